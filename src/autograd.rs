@@ -1,0 +1,239 @@
+//! Tape autograd.
+//!
+//! When an op runs with grad enabled and one of its inputs requires grad, it records a [`Node`] on the
+//! tape: the op's name, a sequence number (its position on the tape), an edge to each input and a
+//! backward closure holding the tensors the gradient needs. The output keeps its node alive; when the last
+//! tensor that can reach a node is dropped, the node and everything it saved go with it, so an abandoned
+//! forward pass leaks nothing.
+//!
+//! `backward` replays the tape backwards: it collects the nodes reachable from the root, runs them in
+//! decreasing sequence number (a node always comes after the nodes of its inputs), sums the gradients of
+//! tensors that feed several consumers (residual adds, Inception branches, concat) and hands leaves
+//! their gradients. Each backward closure is consumed when it runs, which releases its saved tensors.
+//!
+//! [`no_grad`] (or [`NoGradGuard`]) switches recording off: inference keeps no activations.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::BinaryOp;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// A gradient computation: given the output's gradient, the gradient of each input (None where an
+/// input needs none or the op passes nothing to it).
+pub type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send>;
+
+/// Where a tensor's gradient is kept: leaves always, other tensors when retained.
+#[derive(Default)]
+pub struct GradCell {
+    grad: Mutex<Option<Tensor>>,
+    retain: AtomicBool,
+}
+
+impl GradCell {
+    pub(crate) fn get(&self) -> Option<Tensor> {
+        self.grad.lock().unwrap().clone()
+    }
+    pub(crate) fn clear(&self) {
+        *self.grad.lock().unwrap() = None;
+    }
+    pub(crate) fn set_retain(&self) {
+        self.retain.store(true, Ordering::Relaxed);
+    }
+    fn retained(&self) -> bool {
+        self.retain.load(Ordering::Relaxed)
+    }
+    fn accumulate(&self, g: &Tensor) -> Result<()> {
+        let mut slot = self.grad.lock().unwrap();
+        *slot = Some(match slot.take() {
+            None => g.clone(),
+            Some(old) => add_raw(&old, g)?,
+        });
+        Ok(())
+    }
+}
+
+/// Autograd state of a tensor that requires grad.
+pub(crate) struct AutogradMeta {
+    /// The op that produced the tensor; None for leaves.
+    pub(crate) node: Option<Arc<Node>>,
+    pub(crate) cell: Arc<GradCell>,
+}
+
+impl AutogradMeta {
+    pub(crate) fn leaf() -> Self {
+        AutogradMeta { node: None, cell: Arc::new(GradCell::default()) }
+    }
+}
+
+/// Where an input's gradient goes: on to the node that made it, or into a leaf's cell.
+struct Edge {
+    node: Option<Arc<Node>>,
+    cell: Arc<GradCell>,
+    shape: Vec<usize>,
+}
+
+/// One entry of the tape.
+pub(crate) struct Node {
+    seq: u64,
+    op: &'static str,
+    inputs: Vec<Option<Edge>>,
+    out_cell: Arc<GradCell>,
+    backward: Mutex<Option<BackwardFn>>,
+}
+
+static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops record on the tape on this thread.
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Switches recording off until dropped (then restores the previous state).
+pub struct NoGradGuard {
+    prev: bool,
+}
+
+impl NoGradGuard {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let prev = GRAD_ENABLED.with(|g| g.replace(false));
+        NoGradGuard { prev }
+    }
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.prev));
+    }
+}
+
+/// Run `f` without recording: inference mode, no saved activations.
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    let _guard = NoGradGuard::new();
+    f()
+}
+
+/// Whether an op over `inputs` must record a node.
+pub(crate) fn needs_grad(inputs: &[&Tensor]) -> bool {
+    is_grad_enabled() && inputs.iter().any(|t| t.requires_grad())
+}
+
+/// Attach `out` to the tape as the result of `op` over `inputs`. Call only when
+/// [`needs_grad`] is true; `backward` returns one entry per input.
+pub(crate) fn record(
+    op: &'static str,
+    inputs: &[&Tensor],
+    out: Tensor,
+    backward: BackwardFn,
+) -> Tensor {
+    let edges = inputs
+        .iter()
+        .map(|t| {
+            t.0.autograd.as_ref().map(|a| Edge {
+                node: a.node.clone(),
+                cell: a.cell.clone(),
+                shape: t.shape().to_vec(),
+            })
+        })
+        .collect();
+    let cell = Arc::new(GradCell::default());
+    let node = Arc::new(Node {
+        seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
+        op,
+        inputs: edges,
+        out_cell: cell.clone(),
+        backward: Mutex::new(Some(backward)),
+    });
+    out.make(AutogradMeta { node: Some(node), cell })
+}
+
+/// a + b without recording (gradient accumulation).
+fn add_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let buf = a.backend().binary(a.buf(), b.buf(), BinaryOp::Add)?;
+    Ok(a.sibling(buf, a.shape().to_vec()))
+}
+
+pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
+    let meta = root.0.autograd.as_ref().ok_or_else(|| {
+        Error::Autograd(format!(
+            "backward from a tensor that does not require grad (shape {:?}); \
+             was it computed under no_grad or from tensors without with_grad()?",
+            root.shape()
+        ))
+    })?;
+    let _guard = NoGradGuard::new();
+    let Some(root_node) = &meta.node else {
+        return meta.cell.accumulate(&grad);
+    };
+
+    // The reachable part of the tape, replayed newest first.
+    let mut order: BTreeMap<u64, Arc<Node>> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![root_node.clone()];
+    while let Some(node) = stack.pop() {
+        if !seen.insert(node.seq) {
+            continue;
+        }
+        for e in node.inputs.iter().flatten() {
+            if let Some(n) = &e.node {
+                stack.push(n.clone());
+            }
+        }
+        order.insert(node.seq, node);
+    }
+
+    let mut pending: BTreeMap<u64, Tensor> = BTreeMap::new();
+    pending.insert(root_node.seq, grad);
+    for (seq, node) in order.iter().rev() {
+        let Some(g) = pending.remove(seq) else { continue };
+        if node.out_cell.retained() {
+            node.out_cell.accumulate(&g)?;
+        }
+        let f = node.backward.lock().unwrap().take().ok_or_else(|| {
+            Error::Autograd(format!(
+                "backward through '{}' a second time: its saved tensors were released by the first \
+                 backward",
+                node.op
+            ))
+        })?;
+        let grads = f(&g)?;
+        if grads.len() != node.inputs.len() {
+            return Err(Error::Autograd(format!(
+                "'{}' returned {} gradients for {} inputs",
+                node.op,
+                grads.len(),
+                node.inputs.len()
+            )));
+        }
+        for (edge, gi) in node.inputs.iter().zip(grads) {
+            let (Some(edge), Some(gi)) = (edge, gi) else { continue };
+            if gi.shape() != edge.shape.as_slice() {
+                return Err(Error::Autograd(format!(
+                    "'{}' produced a gradient of shape {:?} for an input of shape {:?}",
+                    node.op,
+                    gi.shape(),
+                    edge.shape
+                )));
+            }
+            match &edge.node {
+                Some(n) => {
+                    let acc = match pending.remove(&n.seq) {
+                        None => gi,
+                        Some(prev) => add_raw(&prev, &gi)?,
+                    };
+                    pending.insert(n.seq, acc);
+                }
+                None => edge.cell.accumulate(&gi)?,
+            }
+        }
+    }
+    Ok(())
+}

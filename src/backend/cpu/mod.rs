@@ -1,0 +1,284 @@
+//! The CPU backend: the reference implementation and the fallback without a GPU.
+//!
+//! Buffers are `Vec<f32>` behind a lock (in-place updates such as optimiser steps take the write lock).
+//! Each op family's kernels live in a submodule as plain functions over slices, parallel with rayon;
+//! this file only unwraps buffers and dispatches.
+
+mod attention;
+mod batchnorm;
+mod conv;
+mod elementwise;
+mod layout;
+mod linalg;
+mod loss;
+mod pool;
+mod softmax;
+mod upsample;
+
+use std::any::Any;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use super::*;
+use crate::error::{Error, Result};
+
+/// A host buffer.
+#[derive(Debug)]
+pub struct CpuBuffer(RwLock<Vec<f32>>);
+
+impl BackendBuffer for CpuBuffer {
+    fn len(&self) -> usize {
+        self.0.read().unwrap().len()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn wrap(v: Vec<f32>) -> BufferRef {
+    Arc::new(CpuBuffer(RwLock::new(v)))
+}
+
+fn cpu(b: &dyn BackendBuffer) -> Result<&CpuBuffer> {
+    b.as_any()
+        .downcast_ref::<CpuBuffer>()
+        .ok_or_else(|| Error::Device("a non-CPU buffer was passed to the CPU backend".into()))
+}
+
+fn read(b: &dyn BackendBuffer) -> Result<RwLockReadGuard<'_, Vec<f32>>> {
+    Ok(cpu(b)?.0.read().unwrap())
+}
+
+/// Read an optional buffer: `opt!(x)` gives an `Option<guard>` whose `as_deref()` is `Option<&[f32]>`.
+fn read_opt(b: Option<&dyn BackendBuffer>) -> Result<Option<RwLockReadGuard<'_, Vec<f32>>>> {
+    b.map(read).transpose()
+}
+
+/// The CPU backend (stateless; parallelism from rayon's global pool).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn from_host(&self, data: &[f32]) -> Result<BufferRef> {
+        Ok(wrap(data.to_vec()))
+    }
+    fn to_host(&self, x: &dyn BackendBuffer) -> Result<Vec<f32>> {
+        Ok(read(x)?.clone())
+    }
+    fn full(&self, len: usize, value: f32) -> Result<BufferRef> {
+        Ok(wrap(vec![value; len]))
+    }
+    fn copy(&self, x: &dyn BackendBuffer) -> Result<BufferRef> {
+        Ok(wrap(read(x)?.clone()))
+    }
+    fn copy_into(&self, dst: &dyn BackendBuffer, src: &dyn BackendBuffer) -> Result<()> {
+        let src = read(src)?.clone(); // a copy first, so that dst == src cannot deadlock
+        cpu(dst)?.0.write().unwrap().copy_from_slice(&src);
+        Ok(())
+    }
+
+    fn unary(&self, x: &dyn BackendBuffer, op: UnaryOp) -> Result<BufferRef> {
+        Ok(wrap(elementwise::unary(&read(x)?, op)))
+    }
+    fn binary(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer, op: BinaryOp) -> Result<BufferRef> {
+        Ok(wrap(elementwise::binary(&read(a)?, &read(b)?, op)))
+    }
+    fn relu_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer) -> Result<BufferRef> {
+        Ok(wrap(elementwise::relu_backward(&read(y)?, &read(dy)?)))
+    }
+    fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()> {
+        let x = read(x)?.clone(); // y may alias x
+        elementwise::axpby(&mut cpu(y)?.0.write().unwrap(), a, &x, b);
+        Ok(())
+    }
+    fn sum_all(&self, x: &dyn BackendBuffer) -> Result<BufferRef> {
+        Ok(wrap(vec![elementwise::sum(&read(x)?)]))
+    }
+    fn broadcast_scalar(&self, s: &dyn BackendBuffer, len: usize, scale: f32) -> Result<BufferRef> {
+        Ok(wrap(vec![read(s)?[0] * scale; len]))
+    }
+    fn sum_to_axis(&self, x: &dyn BackendBuffer, g: AxisGeom) -> Result<BufferRef> {
+        Ok(wrap(elementwise::sum_to_axis(&read(x)?, g)))
+    }
+    fn add_axis_bias(&self, x: &dyn BackendBuffer, bias: &dyn BackendBuffer, g: AxisGeom) -> Result<BufferRef> {
+        let mut y = read(x)?.clone();
+        elementwise::add_axis_bias(&mut y, &read(bias)?, g);
+        Ok(wrap(y))
+    }
+
+    fn dropout(&self, x: &dyn BackendBuffer, p: f32, seed: u64) -> Result<BufferRef> {
+        Ok(wrap(elementwise::dropout(&read(x)?, p, seed)))
+    }
+
+    fn conv_forward(
+        &self,
+        x: &dyn BackendBuffer,
+        w: &dyn BackendBuffer,
+        bias: Option<&dyn BackendBuffer>,
+        g: &ConvGeom,
+    ) -> Result<BufferRef> {
+        Ok(wrap(conv::forward(&read(x)?, &read(w)?, read_opt(bias)?.as_deref().map(|v| &v[..]), g)))
+    }
+    fn conv_backward_data(&self, dy: &dyn BackendBuffer, w: &dyn BackendBuffer, g: &ConvGeom) -> Result<BufferRef> {
+        Ok(wrap(conv::backward_data(&read(dy)?, &read(w)?, g)))
+    }
+    fn conv_backward_weight(&self, x: &dyn BackendBuffer, dy: &dyn BackendBuffer, g: &ConvGeom) -> Result<BufferRef> {
+        Ok(wrap(conv::backward_weight(&read(x)?, &read(dy)?, g)))
+    }
+
+    fn batch_norm_train(
+        &self,
+        x: &dyn BackendBuffer,
+        weight: Option<&dyn BackendBuffer>,
+        bias: Option<&dyn BackendBuffer>,
+        g: AxisGeom,
+        eps: f32,
+    ) -> Result<(BufferRef, BnStats)> {
+        let x = read(x)?;
+        let (mean, var) = batchnorm::statistics(&x, g);
+        let (w, b) = (read_opt(weight)?, read_opt(bias)?);
+        let y = batchnorm::normalize(&x, w.as_deref().map(|v| &v[..]), b.as_deref().map(|v| &v[..]), &mean, &var, g, eps);
+        Ok((wrap(y), BnStats { mean: wrap(mean), var: wrap(var) }))
+    }
+    fn batch_norm_eval(
+        &self,
+        x: &dyn BackendBuffer,
+        weight: Option<&dyn BackendBuffer>,
+        bias: Option<&dyn BackendBuffer>,
+        mean: &dyn BackendBuffer,
+        var: &dyn BackendBuffer,
+        g: AxisGeom,
+        eps: f32,
+    ) -> Result<BufferRef> {
+        let (w, b) = (read_opt(weight)?, read_opt(bias)?);
+        Ok(wrap(batchnorm::normalize(
+            &read(x)?,
+            w.as_deref().map(|v| &v[..]),
+            b.as_deref().map(|v| &v[..]),
+            &read(mean)?,
+            &read(var)?,
+            g,
+            eps,
+        )))
+    }
+    fn batch_norm_backward(
+        &self,
+        dy: &dyn BackendBuffer,
+        x: &dyn BackendBuffer,
+        weight: Option<&dyn BackendBuffer>,
+        mean: &dyn BackendBuffer,
+        var: &dyn BackendBuffer,
+        g: AxisGeom,
+        eps: f32,
+        batch_stats: bool,
+    ) -> Result<BnGrads> {
+        let w = read_opt(weight)?;
+        let (dx, dw, db) = batchnorm::backward(
+            &read(dy)?,
+            &read(x)?,
+            w.as_deref().map(|v| &v[..]),
+            &read(mean)?,
+            &read(var)?,
+            g,
+            eps,
+            batch_stats,
+        );
+        Ok(BnGrads { dx: wrap(dx), dweight: wrap(dw), dbias: wrap(db) })
+    }
+
+    fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
+        Ok(wrap(pool::max_forward(&read(x)?, g)))
+    }
+    fn max_pool_backward(&self, x: &dyn BackendBuffer, dy: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
+        Ok(wrap(pool::max_backward(&read(x)?, &read(dy)?, g)))
+    }
+    fn avg_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom, count_include_pad: bool) -> Result<BufferRef> {
+        Ok(wrap(pool::avg_forward(&read(x)?, g, count_include_pad)))
+    }
+    fn avg_pool_backward(&self, dy: &dyn BackendBuffer, g: &PoolGeom, count_include_pad: bool) -> Result<BufferRef> {
+        Ok(wrap(pool::avg_backward(&read(dy)?, g, count_include_pad)))
+    }
+    fn adaptive_avg_pool_forward(&self, x: &dyn BackendBuffer, g: &AdaptivePoolGeom) -> Result<BufferRef> {
+        Ok(wrap(pool::adaptive_forward(&read(x)?, g)))
+    }
+    fn adaptive_avg_pool_backward(&self, dy: &dyn BackendBuffer, g: &AdaptivePoolGeom) -> Result<BufferRef> {
+        Ok(wrap(pool::adaptive_backward(&read(dy)?, g)))
+    }
+
+    fn upsample_trilinear_forward(&self, x: &dyn BackendBuffer, g: &UpsampleGeom) -> Result<BufferRef> {
+        Ok(wrap(upsample::forward(&read(x)?, g)))
+    }
+    fn upsample_trilinear_backward(&self, dy: &dyn BackendBuffer, g: &UpsampleGeom) -> Result<BufferRef> {
+        Ok(wrap(upsample::backward(&read(dy)?, g)))
+    }
+
+    fn softmax_forward(&self, x: &dyn BackendBuffer, g: AxisGeom, log: bool) -> Result<BufferRef> {
+        Ok(wrap(softmax::forward(&read(x)?, g, log)))
+    }
+    fn softmax_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer, g: AxisGeom, log: bool) -> Result<BufferRef> {
+        Ok(wrap(softmax::backward(&read(y)?, &read(dy)?, g, log)))
+    }
+    fn cross_entropy_forward(
+        &self,
+        logits: &dyn BackendBuffer,
+        labels: &[u32],
+        classes: usize,
+        smoothing: f32,
+    ) -> Result<BufferRef> {
+        Ok(wrap(vec![loss::cross_entropy(&read(logits)?, labels, classes, smoothing)]))
+    }
+    fn cross_entropy_backward(
+        &self,
+        logits: &dyn BackendBuffer,
+        labels: &[u32],
+        classes: usize,
+        smoothing: f32,
+        dloss: &dyn BackendBuffer,
+    ) -> Result<BufferRef> {
+        let scale = read(dloss)?[0];
+        Ok(wrap(loss::cross_entropy_backward(&read(logits)?, labels, classes, smoothing, scale)))
+    }
+
+    fn matmul(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer, g: MatmulGeom) -> Result<BufferRef> {
+        Ok(wrap(linalg::matmul(&read(a)?, &read(b)?, g)))
+    }
+    fn attention_forward(
+        &self,
+        q: &dyn BackendBuffer,
+        k: &dyn BackendBuffer,
+        v: &dyn BackendBuffer,
+        g: AttentionGeom,
+    ) -> Result<(BufferRef, BufferRef)> {
+        let (y, lse) = attention::forward(&read(q)?, &read(k)?, &read(v)?, g);
+        Ok((wrap(y), wrap(lse)))
+    }
+    fn attention_backward(
+        &self,
+        q: &dyn BackendBuffer,
+        k: &dyn BackendBuffer,
+        v: &dyn BackendBuffer,
+        y: &dyn BackendBuffer,
+        lse: &dyn BackendBuffer,
+        dy: &dyn BackendBuffer,
+        g: AttentionGeom,
+    ) -> Result<AttentionGrads> {
+        let (dq, dk, dv) =
+            attention::backward(&read(q)?, &read(k)?, &read(v)?, &read(y)?, &read(lse)?, &read(dy)?, g);
+        Ok(AttentionGrads { dq: wrap(dq), dk: wrap(dk), dv: wrap(dv) })
+    }
+
+    fn permute(&self, x: &dyn BackendBuffer, shape: &[usize], perm: &[usize]) -> Result<BufferRef> {
+        Ok(wrap(layout::permute(&read(x)?, shape, perm)))
+    }
+    fn concat(&self, xs: &[&dyn BackendBuffer], outer: usize, inners: &[usize]) -> Result<BufferRef> {
+        let guards = xs.iter().map(|b| read(*b)).collect::<Result<Vec<_>>>()?;
+        let slices: Vec<&[f32]> = guards.iter().map(|g| &g[..]).collect();
+        Ok(wrap(layout::concat(&slices, outer, inners)))
+    }
+    fn split(&self, x: &dyn BackendBuffer, outer: usize, inners: &[usize]) -> Result<Vec<BufferRef>> {
+        Ok(layout::split(&read(x)?, outer, inners).into_iter().map(wrap).collect())
+    }
+}

@@ -1,0 +1,380 @@
+//! The one seam between the engine and the hardware.
+//!
+//! Ops (`crate::ops`) check shapes, resolve the geometry of a call into the plain structs below and then
+//! call a [`Backend`] method. A backend owns its buffers ([`BackendBuffer`]) and never sees a `Tensor`, so a
+//! new backend (CUDA) is one more implementation of this trait: op call sites, autograd and models stay as
+//! they are. Every method works on contiguous f32 buffers in PyTorch's layouts.
+//!
+//! Spatial geometry is always given in three dimensions (D, H, W): a 2-d op is the 3-d op with D = 1 and
+//! kernel, stride and padding 1, 1, 0 along D. That is how conv2d and conv3d share one implementation.
+
+pub mod cpu;
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use crate::error::Result;
+
+/// A block of device memory holding `len()` f32 values, owned by one backend.
+pub trait BackendBuffer: Send + Sync + Debug {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Shared handle on a buffer. Tensors that are views of each other (reshape) share one.
+pub type BufferRef = Arc<dyn BackendBuffer>;
+
+/// Elementwise functions of one argument.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnaryOp {
+    Relu,
+    /// x * s
+    Scale(f32),
+    /// x + s
+    AddScalar(f32),
+}
+
+/// Elementwise functions of two same-shaped arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+}
+
+/// A convolution over [N, C, D, H, W] with weights [Cout, Cin/groups, kD, kH, kW].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub groups: usize,
+    pub input: [usize; 3],
+    pub output: [usize; 3],
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+    pub dilation: [usize; 3],
+}
+
+impl ConvGeom {
+    pub fn in_per_group(&self) -> usize {
+        self.c_in / self.groups
+    }
+    pub fn out_per_group(&self) -> usize {
+        self.c_out / self.groups
+    }
+    pub fn kernel_volume(&self) -> usize {
+        self.kernel.iter().product()
+    }
+    pub fn input_volume(&self) -> usize {
+        self.input.iter().product()
+    }
+    pub fn output_volume(&self) -> usize {
+        self.output.iter().product()
+    }
+    /// Multiply-adds of the forward pass (dgrad and wgrad cost the same).
+    pub fn macs(&self) -> u64 {
+        (self.n * self.c_out * self.output_volume()) as u64
+            * (self.in_per_group() * self.kernel_volume()) as u64
+    }
+}
+
+/// A pooling window over `planes` = N·C independent [D, H, W] volumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolGeom {
+    pub planes: usize,
+    pub input: [usize; 3],
+    pub output: [usize; 3],
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+}
+
+/// Adaptive average pooling: output cell o covers [floor(o·in/out), ceil((o+1)·in/out)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdaptivePoolGeom {
+    pub planes: usize,
+    pub input: [usize; 3],
+    pub output: [usize; 3],
+}
+
+/// Trilinear resampling of `planes` [D, H, W] volumes (PyTorch's `F.interpolate` index rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpsampleGeom {
+    pub planes: usize,
+    pub input: [usize; 3],
+    pub output: [usize; 3],
+    pub align_corners: bool,
+}
+
+/// A tensor viewed as [outer, channels, inner]: batch norm's channel axis, softmax's reduced axis,
+/// bias broadcasting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AxisGeom {
+    pub outer: usize,
+    pub axis: usize,
+    pub inner: usize,
+}
+
+impl AxisGeom {
+    pub fn numel(&self) -> usize {
+        self.outer * self.axis * self.inner
+    }
+}
+
+/// `batch` independent products C[m, n] = Σ_k A[m, k] B[k, n]. With `trans_a`, A is stored [k, m];
+/// with `trans_b`, B is stored [n, k]. All row-major, batches contiguous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulGeom {
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+/// Non-local attention in channel-first layout: q [B, C, N], k [B, C, M], v [B, Cv, M] → y [B, Cv, N],
+/// y[b, :, n] = Σ_m softmax_m(scale · Σ_c q[b,c,n] k[b,c,m]) · v[b, :, m].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionGeom {
+    pub batch: usize,
+    pub c: usize,
+    pub cv: usize,
+    pub n: usize,
+    pub m: usize,
+    pub scale: f32,
+}
+
+/// Batch-norm statistics of one forward pass: per-channel mean and biased variance.
+#[derive(Debug, Clone)]
+pub struct BnStats {
+    pub mean: BufferRef,
+    pub var: BufferRef,
+}
+
+/// Gradients of batch norm.
+#[derive(Debug, Clone)]
+pub struct BnGrads {
+    pub dx: BufferRef,
+    pub dweight: BufferRef,
+    pub dbias: BufferRef,
+}
+
+/// Gradients of attention.
+#[derive(Debug, Clone)]
+pub struct AttentionGrads {
+    pub dq: BufferRef,
+    pub dk: BufferRef,
+    pub dv: BufferRef,
+}
+
+/// Everything a device must do for the ops. Grouped by op family, in the order of `src/ops/`.
+/// Inputs are assumed valid: shape checks happen in the ops before a backend is called.
+pub trait Backend: Send + Sync + Debug {
+    /// Human-readable name, e.g. "cpu" or "cuda:0".
+    fn name(&self) -> String;
+
+    // --- memory -------------------------------------------------------------------------------------
+    fn from_host(&self, data: &[f32]) -> Result<BufferRef>;
+    fn to_host(&self, x: &dyn BackendBuffer) -> Result<Vec<f32>>;
+    fn full(&self, len: usize, value: f32) -> Result<BufferRef>;
+    /// An independent copy of `x`.
+    fn copy(&self, x: &dyn BackendBuffer) -> Result<BufferRef>;
+    /// Overwrite `dst` with `src` (same length).
+    fn copy_into(&self, dst: &dyn BackendBuffer, src: &dyn BackendBuffer) -> Result<()>;
+
+    // --- elementwise --------------------------------------------------------------------------------
+    fn unary(&self, x: &dyn BackendBuffer, op: UnaryOp) -> Result<BufferRef>;
+    fn binary(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer, op: BinaryOp)
+        -> Result<BufferRef>;
+    /// dx = dy where y > 0, else 0 (from ReLU's output, so its input need not be kept).
+    fn relu_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer) -> Result<BufferRef>;
+    /// In place: y = a·x + b·y.
+    fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()>;
+    /// A one-element buffer holding Σ x.
+    fn sum_all(&self, x: &dyn BackendBuffer) -> Result<BufferRef>;
+    /// `len` copies of scale · s[0] (the backward of a sum), without a round trip to the host.
+    fn broadcast_scalar(&self, s: &dyn BackendBuffer, len: usize, scale: f32) -> Result<BufferRef>;
+    /// Per-channel sums of x viewed as [outer, axis, inner] → [axis] (bias gradients).
+    fn sum_to_axis(&self, x: &dyn BackendBuffer, g: AxisGeom) -> Result<BufferRef>;
+    /// x + bias broadcast along the axis of [outer, axis, inner].
+    fn add_axis_bias(&self, x: &dyn BackendBuffer, bias: &dyn BackendBuffer, g: AxisGeom)
+        -> Result<BufferRef>;
+
+    // --- dropout ------------------------------------------------------------------------------------
+    /// Inverted dropout with the counter-based mask of [`crate::rng::dropout_keep`]: keeps x[i]·1/(1-p)
+    /// where the mask keeps index i. Applying it to dy with the same seed is its backward.
+    fn dropout(&self, x: &dyn BackendBuffer, p: f32, seed: u64) -> Result<BufferRef>;
+
+    // --- convolution --------------------------------------------------------------------------------
+    fn conv_forward(
+        &self,
+        x: &dyn BackendBuffer,
+        w: &dyn BackendBuffer,
+        bias: Option<&dyn BackendBuffer>,
+        g: &ConvGeom,
+    ) -> Result<BufferRef>;
+    fn conv_backward_data(
+        &self,
+        dy: &dyn BackendBuffer,
+        w: &dyn BackendBuffer,
+        g: &ConvGeom,
+    ) -> Result<BufferRef>;
+    fn conv_backward_weight(
+        &self,
+        x: &dyn BackendBuffer,
+        dy: &dyn BackendBuffer,
+        g: &ConvGeom,
+    ) -> Result<BufferRef>;
+
+    // --- batch norm ---------------------------------------------------------------------------------
+    /// Normalise with the batch's statistics; returns y and the (mean, biased var) used.
+    fn batch_norm_train(
+        &self,
+        x: &dyn BackendBuffer,
+        weight: Option<&dyn BackendBuffer>,
+        bias: Option<&dyn BackendBuffer>,
+        g: AxisGeom,
+        eps: f32,
+    ) -> Result<(BufferRef, BnStats)>;
+    /// Normalise with given (running) statistics.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_eval(
+        &self,
+        x: &dyn BackendBuffer,
+        weight: Option<&dyn BackendBuffer>,
+        bias: Option<&dyn BackendBuffer>,
+        mean: &dyn BackendBuffer,
+        var: &dyn BackendBuffer,
+        g: AxisGeom,
+        eps: f32,
+    ) -> Result<BufferRef>;
+    /// Gradients of either mode. With `batch_stats`, mean/var are the batch's own and dx carries their
+    /// dependence on x; without, they are constants (eval mode).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward(
+        &self,
+        dy: &dyn BackendBuffer,
+        x: &dyn BackendBuffer,
+        weight: Option<&dyn BackendBuffer>,
+        mean: &dyn BackendBuffer,
+        var: &dyn BackendBuffer,
+        g: AxisGeom,
+        eps: f32,
+        batch_stats: bool,
+    ) -> Result<BnGrads>;
+
+    // --- pooling ------------------------------------------------------------------------------------
+    fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef>;
+    /// Routes dy to the first maximum of each window (PyTorch's choice), recomputed from x.
+    fn max_pool_backward(
+        &self,
+        x: &dyn BackendBuffer,
+        dy: &dyn BackendBuffer,
+        g: &PoolGeom,
+    ) -> Result<BufferRef>;
+    fn avg_pool_forward(
+        &self,
+        x: &dyn BackendBuffer,
+        g: &PoolGeom,
+        count_include_pad: bool,
+    ) -> Result<BufferRef>;
+    fn avg_pool_backward(
+        &self,
+        dy: &dyn BackendBuffer,
+        g: &PoolGeom,
+        count_include_pad: bool,
+    ) -> Result<BufferRef>;
+    fn adaptive_avg_pool_forward(
+        &self,
+        x: &dyn BackendBuffer,
+        g: &AdaptivePoolGeom,
+    ) -> Result<BufferRef>;
+    fn adaptive_avg_pool_backward(
+        &self,
+        dy: &dyn BackendBuffer,
+        g: &AdaptivePoolGeom,
+    ) -> Result<BufferRef>;
+
+    // --- resampling ---------------------------------------------------------------------------------
+    fn upsample_trilinear_forward(
+        &self,
+        x: &dyn BackendBuffer,
+        g: &UpsampleGeom,
+    ) -> Result<BufferRef>;
+    fn upsample_trilinear_backward(
+        &self,
+        dy: &dyn BackendBuffer,
+        g: &UpsampleGeom,
+    ) -> Result<BufferRef>;
+
+    // --- softmax, loss ------------------------------------------------------------------------------
+    /// Softmax (or log-softmax) along the axis of [outer, axis, inner].
+    fn softmax_forward(&self, x: &dyn BackendBuffer, g: AxisGeom, log: bool)
+        -> Result<BufferRef>;
+    /// From the forward's output y.
+    fn softmax_backward(
+        &self,
+        y: &dyn BackendBuffer,
+        dy: &dyn BackendBuffer,
+        g: AxisGeom,
+        log: bool,
+    ) -> Result<BufferRef>;
+    /// Mean over the batch of label-smoothed cross entropy of logits [n, classes]; a one-element buffer.
+    fn cross_entropy_forward(
+        &self,
+        logits: &dyn BackendBuffer,
+        labels: &[u32],
+        classes: usize,
+        smoothing: f32,
+    ) -> Result<BufferRef>;
+    /// dlogits = dloss · (softmax(logits) − target) / n, dloss a one-element buffer.
+    fn cross_entropy_backward(
+        &self,
+        logits: &dyn BackendBuffer,
+        labels: &[u32],
+        classes: usize,
+        smoothing: f32,
+        dloss: &dyn BackendBuffer,
+    ) -> Result<BufferRef>;
+
+    // --- linear algebra, attention ------------------------------------------------------------------
+    fn matmul(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer, g: MatmulGeom)
+        -> Result<BufferRef>;
+    /// Returns y and the per-query log-sum-exp of the scaled scores [B, N], which is all the backward
+    /// needs besides q, k, v to recompute the attention weights.
+    fn attention_forward(
+        &self,
+        q: &dyn BackendBuffer,
+        k: &dyn BackendBuffer,
+        v: &dyn BackendBuffer,
+        g: AttentionGeom,
+    ) -> Result<(BufferRef, BufferRef)>;
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        q: &dyn BackendBuffer,
+        k: &dyn BackendBuffer,
+        v: &dyn BackendBuffer,
+        y: &dyn BackendBuffer,
+        lse: &dyn BackendBuffer,
+        dy: &dyn BackendBuffer,
+        g: AttentionGeom,
+    ) -> Result<AttentionGrads>;
+
+    // --- layout -------------------------------------------------------------------------------------
+    /// Contiguous copy of x (with `shape`) with its dimensions reordered: y.shape[i] = shape[perm[i]].
+    fn permute(&self, x: &dyn BackendBuffer, shape: &[usize], perm: &[usize]) -> Result<BufferRef>;
+    /// Join tensors viewed as [outer, inner_i] along the inner axis → [outer, Σ inner_i].
+    fn concat(&self, xs: &[&dyn BackendBuffer], outer: usize, inners: &[usize])
+        -> Result<BufferRef>;
+    /// The inverse of `concat`.
+    fn split(&self, x: &dyn BackendBuffer, outer: usize, inners: &[usize])
+        -> Result<Vec<BufferRef>>;
+}

@@ -1,0 +1,49 @@
+//! Where a tensor lives.
+
+use crate::backend::{cpu::CpuBackend, Backend};
+use crate::error::{Error, Result};
+
+/// A compute device. The CPU is always present; CUDA arrives with its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+static CPU: CpuBackend = CpuBackend;
+
+impl Device {
+    /// The backend that runs ops on this device.
+    pub fn backend(&self) -> Result<&'static dyn Backend> {
+        match self {
+            Device::Cpu => Ok(&CPU),
+            Device::Cuda(i) => Err(Error::Device(format!(
+                "cuda:{i} requested, but this build of vidgrad has no CUDA backend yet; use --device cpu"
+            ))),
+        }
+    }
+
+    /// Parse "cpu", "cuda" or "cuda:N".
+    pub fn parse(s: &str) -> Result<Device> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    Error::Device(format!("unknown device '{s}' (expected cpu, cuda or cuda:N)"))
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The library's error type. Every fallible call returns [`Result`]; an invalid call names the op and
+//! the shapes involved instead of panicking.
+
+use crate::tensor::DType;
+
+/// Everything that can go wrong inside vidgrad.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Shapes that do not fit the op: `op` is the op's name, `msg` gives the shapes.
+    #[error("{op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+
+    /// An argument outside its domain (a negative probability, a label out of range, ...).
+    #[error("{op}: {msg}")]
+    InvalidArgument { op: &'static str, msg: String },
+
+    /// The op does not support the tensor's dtype yet.
+    #[error("{op}: dtype {dtype:?} is not supported")]
+    DType { op: &'static str, dtype: DType },
+
+    /// Tensors on different devices were combined, or a device is not available.
+    #[error("device error: {0}")]
+    Device(String),
+
+    /// Autograd misuse: backward from a non-scalar, from a tensor that does not require grad, ...
+    #[error("autograd: {0}")]
+    Autograd(String),
+
+    /// Reading or writing a safetensors file.
+    #[error("safetensors {path}: {msg}")]
+    Safetensors { path: String, msg: String },
+
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Shape { op, msg: msg.into() }
+    }
+    pub(crate) fn arg(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::InvalidArgument { op, msg: msg.into() }
+    }
+}
+
+/// Return early with a shape error: `shape_bail!("conv", "x {:?} vs w {:?}", a, b)`.
+macro_rules! shape_bail {
+    ($op:expr, $($arg:tt)*) => {
+        return Err($crate::error::Error::shape($op, format!($($arg)*)))
+    };
+}
+/// Return early with an invalid-argument error.
+macro_rules! arg_bail {
+    ($op:expr, $($arg:tt)*) => {
+        return Err($crate::error::Error::arg($op, format!($($arg)*)))
+    };
+}
+pub(crate) use arg_bail;
+pub(crate) use shape_bail;

@@ -1,0 +1,18 @@
+//! vidgrad: a from-scratch deep-learning engine for video classification.
+//!
+//! Layers, from the hardware up: [`backend`] (one trait, implemented by the CPU backend and, next, CUDA),
+//! [`tensor`] (shapes and storage on a device), [`ops`] (each op family's shape rules, forward and
+//! backward), [`autograd`] (the tape).
+
+pub mod autograd;
+pub mod backend;
+pub mod device;
+pub mod error;
+pub mod ops;
+pub mod rng;
+pub mod tensor;
+
+pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
+pub use device::Device;
+pub use error::{Error, Result};
+pub use tensor::{DType, Tensor};

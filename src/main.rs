@@ -1,0 +1,3 @@
+fn main() {
+    println!("vidgrad {}", env!("CARGO_PKG_VERSION"));
+}

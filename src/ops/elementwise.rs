@@ -1,0 +1,114 @@
+//! relu, add, sub, mul, scalar mul and full reductions (sum, mean).
+
+use crate::autograd::{needs_grad, record};
+use crate::backend::{BinaryOp, UnaryOp};
+use crate::error::{shape_bail, Result};
+use crate::ops::same_device;
+use crate::tensor::Tensor;
+
+/// max(x, 0). The backward uses the output, so the input need not be kept.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    same_device("relu", &[x])?;
+    let y = x.sibling(x.backend().unary(x.buf(), UnaryOp::Relu)?, x.shape().to_vec());
+    if !needs_grad(&[x]) {
+        return Ok(y);
+    }
+    let saved = y.detach();
+    Ok(record(
+        "relu",
+        &[x],
+        y,
+        Box::new(move |gy| {
+            let gx = saved.backend().relu_backward(saved.buf(), gy.buf())?;
+            Ok(vec![Some(saved.sibling(gx, saved.shape().to_vec()))])
+        }),
+    ))
+}
+
+fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: BinaryOp) -> Result<Tensor> {
+    same_device(op, &[a, b])?;
+    if a.shape() != b.shape() {
+        shape_bail!(op, "shapes differ: {:?} and {:?}", a.shape(), b.shape());
+    }
+    let y = a.sibling(a.backend().binary(a.buf(), b.buf(), kind)?, a.shape().to_vec());
+    if !needs_grad(&[a, b]) {
+        return Ok(y);
+    }
+    let (sa, sb) = match kind {
+        BinaryOp::Mul => (Some(a.detach()), Some(b.detach())),
+        _ => (None, None),
+    };
+    Ok(record(
+        op,
+        &[a, b],
+        y,
+        Box::new(move |gy| {
+            Ok(match kind {
+                BinaryOp::Add => vec![Some(gy.clone()), Some(gy.clone())],
+                BinaryOp::Sub => vec![Some(gy.clone()), Some(mul_scalar(gy, -1.0)?)],
+                BinaryOp::Mul => {
+                    let (sa, sb) = (sa.unwrap(), sb.unwrap());
+                    vec![Some(mul(gy, &sb)?), Some(mul(gy, &sa)?)]
+                }
+            })
+        }),
+    ))
+}
+
+/// a + b (same shapes).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("add", a, b, BinaryOp::Add)
+}
+
+/// a − b (same shapes).
+pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("sub", a, b, BinaryOp::Sub)
+}
+
+/// a · b elementwise (same shapes).
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("mul", a, b, BinaryOp::Mul)
+}
+
+/// x · s.
+pub fn mul_scalar(x: &Tensor, s: f32) -> Result<Tensor> {
+    same_device("mul_scalar", &[x])?;
+    let y = x.sibling(x.backend().unary(x.buf(), UnaryOp::Scale(s))?, x.shape().to_vec());
+    if !needs_grad(&[x]) {
+        return Ok(y);
+    }
+    Ok(record("mul_scalar", &[x], y, Box::new(move |gy| Ok(vec![Some(mul_scalar(gy, s)?)]))))
+}
+
+fn reduce_all(op: &'static str, x: &Tensor, scale: f32) -> Result<Tensor> {
+    same_device(op, &[x])?;
+    let mut buf = x.backend().sum_all(x.buf())?;
+    if scale != 1.0 {
+        buf = x.backend().unary(&*buf, UnaryOp::Scale(scale))?;
+    }
+    let y = x.sibling(buf, vec![1]);
+    if !needs_grad(&[x]) {
+        return Ok(y);
+    }
+    let shape = x.shape().to_vec();
+    Ok(record(
+        op,
+        &[x],
+        y,
+        Box::new(move |gy| {
+            let n = shape.iter().product();
+            let gx = gy.backend().broadcast_scalar(gy.buf(), n, scale)?;
+            Ok(vec![Some(gy.sibling(gx, shape))])
+        }),
+    ))
+}
+
+/// Σ x over all elements → shape [1].
+pub fn sum(x: &Tensor) -> Result<Tensor> {
+    reduce_all("sum", x, 1.0)
+}
+
+/// Mean over all elements → shape [1].
+pub fn mean(x: &Tensor) -> Result<Tensor> {
+    reduce_all("mean", x, 1.0 / x.numel() as f32)
+}
