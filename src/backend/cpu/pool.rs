@@ -1,8 +1,588 @@
-//! Pooling kernels (being written).
+//! Pooling kernels: max, average and adaptive average pooling over `planes` independent [D, H, W]
+//! volumes, with PyTorch's window rules.
+//!
+//! Every window is separable: along each dim an output index o covers a clipped input range [lo, hi),
+//! so the geometry is resolved once into three small tables of [`Span`]s and the kernels only walk
+//! them. Planes run in parallel; within a plane the loops are plain (backward scatters serially into
+//! that plane's own slice of dx, so there are no races).
+
+use rayon::prelude::*;
+
 use crate::backend::{AdaptivePoolGeom, PoolGeom};
-pub(super) fn max_forward(_x: &[f32], _g: &PoolGeom) -> Vec<f32> { todo!() }
-pub(super) fn max_backward(_x: &[f32], _dy: &[f32], _g: &PoolGeom) -> Vec<f32> { todo!() }
-pub(super) fn avg_forward(_x: &[f32], _g: &PoolGeom, _count_include_pad: bool) -> Vec<f32> { todo!() }
-pub(super) fn avg_backward(_dy: &[f32], _g: &PoolGeom, _count_include_pad: bool) -> Vec<f32> { todo!() }
-pub(super) fn adaptive_forward(_x: &[f32], _g: &AdaptivePoolGeom) -> Vec<f32> { todo!() }
-pub(super) fn adaptive_backward(_dy: &[f32], _g: &AdaptivePoolGeom) -> Vec<f32> { todo!() }
+
+/// The window of one output index along one dim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    /// Clipped to the input: taps lo..hi.
+    lo: usize,
+    hi: usize,
+    /// This dim's factor of the average's divisor.
+    count: usize,
+}
+
+impl Span {
+    fn is_empty(&self) -> bool {
+        self.lo >= self.hi
+    }
+}
+
+/// PyTorch's pooling windows along one dim: start = o·s − p, end = min(start + k, n + p). The padded
+/// size end − start is the count_include_pad divisor; the window is then clipped to [0, n).
+fn pool_spans(n: usize, out: usize, k: usize, s: usize, p: usize, include_pad: bool) -> Vec<Span> {
+    (0..out)
+        .map(|o| {
+            let start = (o * s) as isize - p as isize;
+            let end = (start + k as isize).min((n + p) as isize);
+            let padded = (end - start).max(0) as usize;
+            let lo = start.max(0) as usize;
+            let hi = (end.max(0) as usize).min(n).max(lo);
+            Span { lo, hi, count: if include_pad { padded } else { hi - lo } }
+        })
+        .collect()
+}
+
+/// Adaptive cells along one dim: o covers [floor(o·n/out), ceil((o+1)·n/out)).
+fn adaptive_spans(n: usize, out: usize) -> Vec<Span> {
+    (0..out)
+        .map(|o| {
+            let lo = o * n / out;
+            let hi = ((o + 1) * n).div_ceil(out).max(lo);
+            Span { lo, hi, count: hi - lo }
+        })
+        .collect()
+}
+
+fn pool_tables(g: &PoolGeom, include_pad: bool) -> [Vec<Span>; 3] {
+    std::array::from_fn(|i| {
+        pool_spans(g.input[i], g.output[i], g.kernel[i], g.stride[i], g.padding[i], include_pad)
+    })
+}
+
+fn adaptive_tables(g: &AdaptivePoolGeom) -> [Vec<Span>; 3] {
+    std::array::from_fn(|i| adaptive_spans(g.input[i], g.output[i]))
+}
+
+fn volume(v: &[usize; 3]) -> usize {
+    v.iter().product()
+}
+
+/// Index (within the plane) and value of the window's maximum with PyTorch's rule: start from −inf at
+/// the window's first tap and take a tap when `val > max || isnan(val)`, scanning d, h, w increasing.
+#[inline]
+fn window_argmax(xp: &[f32], dims: [usize; 3], sd: &Span, sh: &Span, sw: &Span) -> (usize, f32) {
+    let [_, h, w] = dims;
+    let mut best = (sd.lo * h + sh.lo) * w + sw.lo;
+    let mut max = f32::NEG_INFINITY;
+    for d in sd.lo..sd.hi {
+        for hh in sh.lo..sh.hi {
+            let row = (d * h + hh) * w;
+            for (i, &v) in xp[row + sw.lo..row + sw.hi].iter().enumerate() {
+                if v > max || v.is_nan() {
+                    max = v;
+                    best = row + sw.lo + i;
+                }
+            }
+        }
+    }
+    (best, max)
+}
+
+pub(super) fn max_forward(x: &[f32], g: &PoolGeom) -> Vec<f32> {
+    let (iv, ov) = (volume(&g.input), volume(&g.output));
+    let mut y = vec![0.0f32; g.planes * ov];
+    if iv == 0 || ov == 0 {
+        return y;
+    }
+    let [td, th, tw] = pool_tables(g, true);
+    y.par_chunks_mut(ov).zip(x.par_chunks(iv)).for_each(|(yp, xp)| {
+        let mut out = yp.iter_mut();
+        for sd in &td {
+            for sh in &th {
+                for sw in &tw {
+                    *out.next().unwrap() = window_argmax(xp, g.input, sd, sh, sw).1;
+                }
+            }
+        }
+    });
+    y
+}
+
+pub(super) fn max_backward(x: &[f32], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
+    let (iv, ov) = (volume(&g.input), volume(&g.output));
+    let mut dx = vec![0.0f32; g.planes * iv];
+    if iv == 0 || ov == 0 {
+        return dx;
+    }
+    let [td, th, tw] = pool_tables(g, true);
+    dx.par_chunks_mut(iv).zip(x.par_chunks(iv)).zip(dy.par_chunks(ov)).for_each(
+        |((dxp, xp), dyp)| {
+            let mut grads = dyp.iter();
+            for sd in &td {
+                for sh in &th {
+                    for sw in &tw {
+                        let gy = *grads.next().unwrap();
+                        if sd.is_empty() || sh.is_empty() || sw.is_empty() {
+                            continue;
+                        }
+                        dxp[window_argmax(xp, g.input, sd, sh, sw).0] += gy;
+                    }
+                }
+            }
+        },
+    );
+    dx
+}
+
+/// Window averages over separable span tables; the divisor is the product of the spans' counts.
+/// An empty window gives 0 (as PyTorch's kernels skip it).
+fn span_avg_forward(x: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span>; 3]) -> Vec<f32> {
+    let [_, h, w] = input;
+    let iv = volume(&input);
+    let ov = t[0].len() * t[1].len() * t[2].len();
+    let mut y = vec![0.0f32; planes * ov];
+    if iv == 0 || ov == 0 {
+        return y;
+    }
+    y.par_chunks_mut(ov).zip(x.par_chunks(iv)).for_each(|(yp, xp)| {
+        let mut out = yp.iter_mut();
+        for sd in &t[0] {
+            for sh in &t[1] {
+                for sw in &t[2] {
+                    let o = out.next().unwrap();
+                    let div = sd.count * sh.count * sw.count;
+                    if sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0 {
+                        *o = 0.0;
+                        continue;
+                    }
+                    let mut sum = 0.0f32;
+                    for d in sd.lo..sd.hi {
+                        for hh in sh.lo..sh.hi {
+                            let row = (d * h + hh) * w;
+                            sum += xp[row + sw.lo..row + sw.hi].iter().sum::<f32>();
+                        }
+                    }
+                    *o = sum / div as f32;
+                }
+            }
+        }
+    });
+    y
+}
+
+/// The adjoint of [`span_avg_forward`]: each dy/divisor is spread over its (clipped) window.
+fn span_avg_backward(dy: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span>; 3]) -> Vec<f32> {
+    let [_, h, w] = input;
+    let iv = volume(&input);
+    let ov = t[0].len() * t[1].len() * t[2].len();
+    let mut dx = vec![0.0f32; planes * iv];
+    if iv == 0 || ov == 0 {
+        return dx;
+    }
+    dx.par_chunks_mut(iv).zip(dy.par_chunks(ov)).for_each(|(dxp, dyp)| {
+        let mut grads = dyp.iter();
+        for sd in &t[0] {
+            for sh in &t[1] {
+                for sw in &t[2] {
+                    let gy = *grads.next().unwrap();
+                    let div = sd.count * sh.count * sw.count;
+                    if sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0 {
+                        continue;
+                    }
+                    let gv = gy / div as f32;
+                    for d in sd.lo..sd.hi {
+                        for hh in sh.lo..sh.hi {
+                            let row = (d * h + hh) * w;
+                            for v in &mut dxp[row + sw.lo..row + sw.hi] {
+                                *v += gv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    dx
+}
+
+pub(super) fn avg_forward(x: &[f32], g: &PoolGeom, count_include_pad: bool) -> Vec<f32> {
+    span_avg_forward(x, g.planes, g.input, &pool_tables(g, count_include_pad))
+}
+
+pub(super) fn avg_backward(dy: &[f32], g: &PoolGeom, count_include_pad: bool) -> Vec<f32> {
+    span_avg_backward(dy, g.planes, g.input, &pool_tables(g, count_include_pad))
+}
+
+pub(super) fn adaptive_forward(x: &[f32], g: &AdaptivePoolGeom) -> Vec<f32> {
+    span_avg_forward(x, g.planes, g.input, &adaptive_tables(g))
+}
+
+pub(super) fn adaptive_backward(dy: &[f32], g: &AdaptivePoolGeom) -> Vec<f32> {
+    span_avg_backward(dy, g.planes, g.input, &adaptive_tables(g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::pool::pool_out_size;
+    use crate::rng::uniform;
+
+    /// A small deterministic stream of integers for drawing configurations.
+    struct Draw {
+        seed: u64,
+        i: u64,
+    }
+
+    impl Draw {
+        fn new(seed: u64) -> Self {
+            Draw { seed, i: 0 }
+        }
+        /// Uniform in lo..=hi.
+        fn int(&mut self, lo: usize, hi: usize) -> usize {
+            self.i += 1;
+            lo + ((uniform(self.seed, self.i) as f64 * (hi - lo + 1) as f64) as usize).min(hi - lo)
+        }
+        fn bool(&mut self) -> bool {
+            self.int(0, 1) == 1
+        }
+    }
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        (0..n).map(|i| uniform(seed, i as u64) * 2.0 - 1.0).collect()
+    }
+
+    /// A random pooling geometry (3-d, or 2-d with D = 1), output from `pool_out_size`.
+    fn random_geom(dr: &mut Draw, case: usize) -> (PoolGeom, bool) {
+        let two_d = case % 2 == 0;
+        let ceil_mode = dr.bool();
+        loop {
+            let mut input = [0; 3];
+            let mut kernel = [0; 3];
+            let mut stride = [0; 3];
+            let mut padding = [0; 3];
+            for i in 0..3 {
+                if i == 0 && two_d {
+                    (input[i], kernel[i], stride[i], padding[i]) = (1, 1, 1, 0);
+                    continue;
+                }
+                input[i] = dr.int(1, if two_d { 13 } else { 7 });
+                kernel[i] = dr.int(1, 4);
+                stride[i] = dr.int(1, 3);
+                padding[i] = dr.int(0, kernel[i] / 2);
+            }
+            // Now and then, the named shapes of the brief.
+            match case % 7 {
+                1 if !two_d => (kernel, stride, padding) = ([1, 3, 3], [1, 2, 2], [0, 1, 1]),
+                3 if !two_d => (kernel, stride, padding) = ([2, 1, 1], [2, 1, 1], [0, 0, 0]),
+                4 => {
+                    kernel[1..].copy_from_slice(&[3, 3]);
+                    stride[1..].copy_from_slice(&[2, 2]);
+                    padding[1..].copy_from_slice(&[dr.int(0, 1), dr.int(0, 1)]);
+                }
+                _ => {}
+            }
+            let out: Vec<Option<usize>> = (0..3)
+                .map(|i| pool_out_size(input[i], kernel[i], stride[i], padding[i], ceil_mode))
+                .collect();
+            if out.iter().all(|o| o.is_some()) {
+                let output = [out[0].unwrap(), out[1].unwrap(), out[2].unwrap()];
+                let planes = dr.int(1, 3);
+                return (PoolGeom { planes, input, output, kernel, stride, padding }, ceil_mode);
+            }
+        }
+    }
+
+    /// Offsets (within a plane) of the in-input taps of output o, in scan order, and the number of
+    /// taps inside the padded input [−p, n + p).
+    fn naive_taps(g: &PoolGeom, o: [usize; 3]) -> (Vec<usize>, usize) {
+        let mut taps = vec![];
+        let mut padded = 0;
+        for kd in 0..g.kernel[0] {
+            for kh in 0..g.kernel[1] {
+                for kw in 0..g.kernel[2] {
+                    let k = [kd, kh, kw];
+                    let pos: Vec<isize> = (0..3)
+                        .map(|i| (o[i] * g.stride[i] + k[i]) as isize - g.padding[i] as isize)
+                        .collect();
+                    let in_padded = (0..3).all(|i| {
+                        pos[i] >= -(g.padding[i] as isize)
+                            && pos[i] < (g.input[i] + g.padding[i]) as isize
+                    });
+                    padded += in_padded as usize;
+                    if (0..3).all(|i| pos[i] >= 0 && pos[i] < g.input[i] as isize) {
+                        taps.push(
+                            (pos[0] as usize * g.input[1] + pos[1] as usize) * g.input[2]
+                                + pos[2] as usize,
+                        );
+                    }
+                }
+            }
+        }
+        (taps, padded)
+    }
+
+    fn outputs(out: [usize; 3]) -> impl Iterator<Item = [usize; 3]> {
+        (0..out[0]).flat_map(move |d| {
+            (0..out[1]).flat_map(move |h| (0..out[2]).map(move |w| [d, h, w]))
+        })
+    }
+
+    /// Naive max pool (forward, backward) in f64, PyTorch's first-maximum rule.
+    fn naive_max(x: &[f32], dy: &[f32], g: &PoolGeom) -> (Vec<f64>, Vec<f64>) {
+        let (iv, ov) = (volume(&g.input), volume(&g.output));
+        let mut y = vec![0.0; g.planes * ov];
+        let mut dx = vec![0.0; g.planes * iv];
+        for p in 0..g.planes {
+            for (oi, o) in outputs(g.output).enumerate() {
+                let (taps, _) = naive_taps(g, o);
+                let mut best: Option<usize> = None;
+                let mut m = f64::NEG_INFINITY;
+                for &t in &taps {
+                    let v = x[p * iv + t] as f64;
+                    if v > m || v.is_nan() {
+                        m = v;
+                        best = Some(t);
+                    }
+                }
+                let best = best.unwrap_or(taps[0]);
+                y[p * ov + oi] = m;
+                dx[p * iv + best] += dy[p * ov + oi] as f64;
+            }
+        }
+        (y, dx)
+    }
+
+    /// Naive average pool (forward, backward) in f64.
+    fn naive_avg(x: &[f32], dy: &[f32], g: &PoolGeom, cip: bool) -> (Vec<f64>, Vec<f64>) {
+        let (iv, ov) = (volume(&g.input), volume(&g.output));
+        let mut y = vec![0.0; g.planes * ov];
+        let mut dx = vec![0.0; g.planes * iv];
+        for p in 0..g.planes {
+            for (oi, o) in outputs(g.output).enumerate() {
+                let (taps, padded) = naive_taps(g, o);
+                let div = if cip { padded } else { taps.len() } as f64;
+                y[p * ov + oi] = taps.iter().map(|&t| x[p * iv + t] as f64).sum::<f64>() / div;
+                for &t in &taps {
+                    dx[p * iv + t] += dy[p * ov + oi] as f64 / div;
+                }
+            }
+        }
+        (y, dx)
+    }
+
+    /// Naive adaptive average pool (forward, backward) in f64.
+    fn naive_adaptive(x: &[f32], dy: &[f32], g: &AdaptivePoolGeom) -> (Vec<f64>, Vec<f64>) {
+        let (iv, ov) = (volume(&g.input), volume(&g.output));
+        let mut y = vec![0.0; g.planes * ov];
+        let mut dx = vec![0.0; g.planes * iv];
+        let range = |i: usize, o: usize| {
+            let (n, m) = (g.input[i] as f64, g.output[i] as f64);
+            let lo = (o as f64 * n / m).floor() as usize;
+            let hi = ((o + 1) as f64 * n / m).ceil() as usize;
+            lo..hi
+        };
+        for p in 0..g.planes {
+            for (oi, o) in outputs(g.output).enumerate() {
+                let mut taps = vec![];
+                for d in range(0, o[0]) {
+                    for h in range(1, o[1]) {
+                        for w in range(2, o[2]) {
+                            taps.push((d * g.input[1] + h) * g.input[2] + w);
+                        }
+                    }
+                }
+                let div = taps.len() as f64;
+                y[p * ov + oi] = taps.iter().map(|&t| x[p * iv + t] as f64).sum::<f64>() / div;
+                for &t in &taps {
+                    dx[p * iv + t] += dy[p * ov + oi] as f64 / div;
+                }
+            }
+        }
+        (y, dx)
+    }
+
+    /// Max abs and max relative (to max(1, |ref|)) error.
+    fn errors(got: &[f32], want: &[f64]) -> (f64, f64) {
+        assert_eq!(got.len(), want.len());
+        got.iter().zip(want).fold((0.0f64, 0.0f64), |(a, r), (&g, &w)| {
+            let e = (g as f64 - w).abs();
+            (a.max(e), r.max(e / w.abs().max(1.0)))
+        })
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+    }
+
+    /// ⟨forward(x), dy⟩ against ⟨x, backward(dy)⟩, relative.
+    fn adjoint_error(x: &[f32], y: &[f32], dy: &[f32], dx: &[f32]) -> f64 {
+        let (a, b) = (dot(y, dy), dot(x, dx));
+        (a - b).abs() / a.abs().max(b.abs()).max(1.0)
+    }
+
+    #[test]
+    fn max_pool_matches_naive() {
+        let mut dr = Draw::new(11);
+        let (mut ea, mut er, mut ceil_edges) = (0.0f64, 0.0f64, 0);
+        for case in 0..60 {
+            let (g, ceil_mode) = random_geom(&mut dr, case);
+            let (iv, ov) = (volume(&g.input), volume(&g.output));
+            let mut x = data(g.planes * iv, 100 + case as u64);
+            // Every third case: few distinct values, so ties exercise the first-maximum rule.
+            if case % 3 == 0 {
+                x.iter_mut().for_each(|v| *v = (*v * 2.0).round());
+            }
+            let dy = data(g.planes * ov, 200 + case as u64);
+            let y = max_forward(&x, &g);
+            let dx = max_backward(&x, &dy, &g);
+            let (ry, rdx) = naive_max(&x, &dy, &g);
+            let (a1, r1) = errors(&y, &ry);
+            let (a2, r2) = errors(&dx, &rdx);
+            assert!(a1 == 0.0, "forward {g:?}: {a1}");
+            assert!(a2 < 1e-6, "backward {g:?}: {a2}");
+            (ea, er) = (ea.max(a1).max(a2), er.max(r1).max(r2));
+            ceil_edges += (ceil_mode
+                && (0..3).any(|i| {
+                    pool_out_size(g.input[i], g.kernel[i], g.stride[i], g.padding[i], false)
+                        != Some(g.output[i])
+                })) as usize;
+        }
+        println!("max pool: max abs err {ea:.3e}, max rel err {er:.3e}, ceil-mode extra windows in {ceil_edges} cases");
+        assert!(ceil_edges > 0);
+    }
+
+    #[test]
+    fn max_pool_first_maximum_and_nan() {
+        // One window over 2×2: ties go to the first; NaN wins (the last NaN, as in `val > max || isnan`).
+        let g = PoolGeom {
+            planes: 1,
+            input: [1, 2, 2],
+            output: [1, 1, 1],
+            kernel: [1, 2, 2],
+            stride: [1, 2, 2],
+            padding: [0, 0, 0],
+        };
+        let dy = [1.0];
+        assert_eq!(max_forward(&[1.0, 3.0, 3.0, 2.0], &g), vec![3.0]);
+        assert_eq!(max_backward(&[1.0, 3.0, 3.0, 2.0], &dy, &g), vec![0.0, 1.0, 0.0, 0.0]);
+        let x = [1.0, f32::NAN, 5.0, 2.0];
+        assert!(max_forward(&x, &g)[0].is_nan());
+        assert_eq!(max_backward(&x, &dy, &g), vec![0.0, 1.0, 0.0, 0.0]);
+        let x = [f32::NAN, 1.0, f32::NAN, 2.0];
+        assert_eq!(max_backward(&x, &dy, &g), vec![0.0, 0.0, 1.0, 0.0]);
+        // All −inf: the window's first tap.
+        let x = [f32::NEG_INFINITY; 4];
+        assert_eq!(max_forward(&x, &g), vec![f32::NEG_INFINITY]);
+        assert_eq!(max_backward(&x, &dy, &g), vec![1.0, 0.0, 0.0, 0.0]);
+        // Overlapping windows accumulate into a shared maximum.
+        let g = PoolGeom {
+            planes: 1,
+            input: [1, 1, 4],
+            output: [1, 1, 3],
+            kernel: [1, 1, 2],
+            stride: [1, 1, 1],
+            padding: [0, 0, 0],
+        };
+        let x = [0.0, 9.0, 1.0, 2.0];
+        assert_eq!(max_forward(&x, &g), vec![9.0, 9.0, 2.0]);
+        assert_eq!(max_backward(&x, &[1.0, 2.0, 4.0], &g), vec![0.0, 3.0, 0.0, 4.0]);
+    }
+
+    #[test]
+    fn avg_pool_matches_naive() {
+        let mut dr = Draw::new(23);
+        let (mut ea, mut er, mut adj) = (0.0f64, 0.0f64, 0.0f64);
+        for case in 0..60 {
+            let (g, _) = random_geom(&mut dr, case);
+            let (iv, ov) = (volume(&g.input), volume(&g.output));
+            let x = data(g.planes * iv, 300 + case as u64);
+            let dy = data(g.planes * ov, 400 + case as u64);
+            for cip in [false, true] {
+                let y = avg_forward(&x, &g, cip);
+                let dx = avg_backward(&dy, &g, cip);
+                let (ry, rdx) = naive_avg(&x, &dy, &g, cip);
+                let (a1, r1) = errors(&y, &ry);
+                let (a2, r2) = errors(&dx, &rdx);
+                assert!(a1 < 1e-5 && a2 < 1e-5, "{g:?} cip={cip}: forward {a1}, backward {a2}");
+                let e = adjoint_error(&x, &y, &dy, &dx);
+                assert!(e < 1e-5, "adjoint {g:?} cip={cip}: {e}");
+                (ea, er, adj) = (ea.max(a1).max(a2), er.max(r1).max(r2), adj.max(e));
+            }
+        }
+        println!("avg pool: max abs err {ea:.3e}, max rel err {er:.3e}, adjoint rel err {adj:.3e}");
+    }
+
+    #[test]
+    fn avg_pool_ceil_mode_edge_window() {
+        // PyTorch: avg_pool1d(arange(6), 3, 2, ceil_mode=True) = [1, 3, 4.5]; the last window [4, 7)
+        // is cut at the input's end, so its divisor is 2 with or without count_include_pad.
+        let out = pool_out_size(6, 3, 2, 0, true).unwrap();
+        assert_eq!(out, 3);
+        let g = PoolGeom {
+            planes: 1,
+            input: [1, 1, 6],
+            output: [1, 1, out],
+            kernel: [1, 1, 3],
+            stride: [1, 1, 2],
+            padding: [0, 0, 0],
+        };
+        let x: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        assert_eq!(avg_forward(&x, &g, true), vec![1.0, 3.0, 4.5]);
+        assert_eq!(avg_forward(&x, &g, false), vec![1.0, 3.0, 4.5]);
+        // With padding 1: input 5, k 3, s 2, ceil → 3 windows starting at −1, 1, 3 (ends 2, 4, 6=n+p).
+        let out = pool_out_size(5, 3, 2, 1, true).unwrap();
+        let g = PoolGeom {
+            planes: 1,
+            input: [1, 1, 5],
+            output: [1, 1, out],
+            kernel: [1, 1, 3],
+            stride: [1, 1, 2],
+            padding: [0, 0, 1],
+        };
+        let x: Vec<f32> = (1..=5).map(|i| i as f32).collect();
+        assert_eq!(avg_forward(&x, &g, true), vec![1.0, 3.0, 3.0]);
+        assert_eq!(avg_forward(&x, &g, false), vec![1.5, 3.0, 4.5]);
+    }
+
+    #[test]
+    fn adaptive_pool_matches_naive() {
+        let mut dr = Draw::new(37);
+        let (mut ea, mut er, mut adj) = (0.0f64, 0.0f64, 0.0f64);
+        for case in 0..60 {
+            let two_d = case % 2 == 0;
+            let mut input = [1; 3];
+            let mut output = [1; 3];
+            for i in usize::from(two_d)..3 {
+                input[i] = dr.int(1, 11);
+                // Mostly non-dividing sizes, sometimes larger than the input, sometimes global.
+                output[i] = match case % 5 {
+                    0 => 1,
+                    1 => dr.int(1, input[i] + 4),
+                    _ => dr.int(1, input[i]),
+                };
+            }
+            let g = AdaptivePoolGeom { planes: dr.int(1, 3), input, output };
+            let (iv, ov) = (volume(&g.input), volume(&g.output));
+            let x = data(g.planes * iv, 500 + case as u64);
+            let dy = data(g.planes * ov, 600 + case as u64);
+            let y = adaptive_forward(&x, &g);
+            let dx = adaptive_backward(&dy, &g);
+            let (ry, rdx) = naive_adaptive(&x, &dy, &g);
+            let (a1, r1) = errors(&y, &ry);
+            let (a2, r2) = errors(&dx, &rdx);
+            assert!(a1 < 1e-5 && a2 < 1e-5, "{g:?}: forward {a1}, backward {a2}");
+            let e = adjoint_error(&x, &y, &dy, &dx);
+            assert!(e < 1e-5, "adjoint {g:?}: {e}");
+            (ea, er, adj) = (ea.max(a1).max(a2), er.max(r1).max(r2), adj.max(e));
+        }
+        println!("adaptive pool: max abs err {ea:.3e}, max rel err {er:.3e}, adjoint rel err {adj:.3e}");
+    }
+
+    #[test]
+    fn adaptive_pool_overlapping_cells() {
+        // 5 → 3: cells [0, 2), [1, 4), [3, 5) (PyTorch's floor/ceil rule).
+        let g = AdaptivePoolGeom { planes: 1, input: [1, 1, 5], output: [1, 1, 3] };
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(adaptive_forward(&x, &g), vec![1.5, 3.0, 4.5]);
+        assert_eq!(adaptive_backward(&[2.0, 3.0, 4.0], &g), vec![1.0, 2.0, 1.0, 3.0, 2.0]);
+    }
+}

@@ -1,0 +1,158 @@
+//! Shared test helpers: PyTorch fixtures (tests/fixtures/ops, written by tools/reference/gen_op_fixtures.py)
+//! and tolerance checks that print the worst error.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+use vidgrad::{Device, Tensor};
+
+/// The device the suite runs on.
+pub fn device() -> Device {
+    Device::Cpu
+}
+
+/// One fixture file: cases with their metadata and tensors.
+pub struct Fixture {
+    pub family: String,
+    meta: BTreeMap<String, Value>,
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl Fixture {
+    pub fn load(family: &str) -> Fixture {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/ops/{family}.safetensors"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (_, header) = SafeTensors::read_metadata(&bytes).expect("safetensors header");
+        let meta = header
+            .metadata()
+            .as_ref()
+            .expect("fixture metadata")
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::from_str(v).expect("metadata json")))
+            .collect();
+        let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let data: Vec<f32> = match view.dtype() {
+                Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+                Dtype::I64 => view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+                d => panic!("{name}: unexpected dtype {d:?}"),
+            };
+            tensors.insert(name.to_string(), (view.shape().to_vec(), data));
+        }
+        Fixture { family: family.to_string(), meta, tensors }
+    }
+
+    /// Case names whose "op" is `op`.
+    pub fn cases(&self, op: &str) -> Vec<String> {
+        let v: Vec<String> = self.meta.iter().filter(|(_, m)| m["op"] == op).map(|(k, _)| k.clone()).collect();
+        assert!(!v.is_empty(), "no '{op}' cases in {}.safetensors", self.family);
+        v
+    }
+
+    pub fn meta(&self, case: &str) -> &Value {
+        &self.meta[case]
+    }
+
+    pub fn has(&self, case: &str, name: &str) -> bool {
+        self.tensors.contains_key(&format!("{case}.{name}"))
+    }
+
+    pub fn raw(&self, case: &str, name: &str) -> &(Vec<usize>, Vec<f32>) {
+        self.tensors.get(&format!("{case}.{name}")).unwrap_or_else(|| panic!("fixture {}: no tensor {case}.{name}", self.family))
+    }
+
+    /// A tensor (no grad).
+    pub fn t(&self, case: &str, name: &str) -> Tensor {
+        let (shape, data) = self.raw(case, name);
+        let shape = if shape.is_empty() { vec![1] } else { shape.clone() };
+        Tensor::from_slice(data, &shape, device()).unwrap()
+    }
+
+    /// A leaf tensor that requires grad.
+    pub fn leaf(&self, case: &str, name: &str) -> Tensor {
+        self.t(case, name).with_grad()
+    }
+
+    pub fn labels(&self, case: &str) -> Vec<usize> {
+        self.raw(case, "labels").1.iter().map(|&v| v as usize).collect()
+    }
+}
+
+pub fn usizes(v: &Value) -> Vec<usize> {
+    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("uint") as usize).collect()
+}
+
+/// Tolerance: |got − want| ≤ atol + rtol·|want| elementwise.
+#[derive(Clone, Copy, Debug)]
+pub struct Tol {
+    pub atol: f32,
+    pub rtol: f32,
+}
+
+/// Collects comparisons of one test and fails it at the end with every mismatch listed.
+pub struct Report {
+    name: String,
+    failures: Vec<String>,
+    checks: usize,
+}
+
+impl Report {
+    pub fn new(name: &str) -> Self {
+        Report { name: name.to_string(), failures: vec![], checks: 0 }
+    }
+
+    pub fn fail(&mut self, msg: String) {
+        self.failures.push(msg);
+    }
+
+    /// Compare `got` with `want` (shape and values), printing the worst error.
+    pub fn close(&mut self, what: &str, got: &Tensor, want_shape: &[usize], want: &[f32], tol: Tol) {
+        self.checks += 1;
+        let want_shape = if want_shape.is_empty() { &[1][..] } else { want_shape };
+        if got.shape() != want_shape {
+            self.fail(format!("{what}: shape {:?}, expected {want_shape:?}", got.shape()));
+            return;
+        }
+        let g = got.to_vec().unwrap();
+        let (mut worst, mut at, mut excess) = (0f32, 0usize, f32::NEG_INFINITY);
+        for (i, (&a, &b)) in g.iter().zip(want).enumerate() {
+            let err = (a - b).abs();
+            let over = err - (tol.atol + tol.rtol * b.abs());
+            if err > worst || err.is_nan() {
+                worst = err;
+            }
+            if over > excess || over.is_nan() {
+                excess = over;
+                at = i;
+            }
+        }
+        println!("  {what:<48} max|err| {worst:.2e}  (atol {:.0e}, rtol {:.0e})", tol.atol, tol.rtol);
+        if !(excess <= 0.0) {
+            self.fail(format!("{what}: element {at} is {} vs PyTorch {} (max|err| {worst:.3e}, tol {tol:?})", g[at], want[at]));
+        }
+    }
+
+    /// Compare with a fixture tensor.
+    pub fn check(&mut self, fx: &Fixture, case: &str, name: &str, got: &Tensor, tol: Tol) {
+        let (shape, data) = fx.raw(case, name);
+        self.close(&format!("{case}.{name}"), got, shape, data, tol);
+    }
+
+    /// The gradient of leaf `input` against fixture tensor `g<input>`.
+    pub fn check_grad(&mut self, fx: &Fixture, case: &str, input: &str, leaf: &Tensor, tol: Tol) {
+        match leaf.grad() {
+            Some(g) => self.check(fx, case, &format!("g{input}"), &g, tol),
+            None => self.fail(format!("{case}: no gradient reached {input}")),
+        }
+    }
+
+    pub fn finish(self) {
+        println!("{}: {} comparisons, {} failed", self.name, self.checks, self.failures.len());
+        assert!(self.checks > 0, "{}: nothing was compared", self.name);
+        assert!(self.failures.is_empty(), "{} failed:\n  {}", self.name, self.failures.join("\n  "));
+    }
+}
