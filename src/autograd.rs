@@ -65,7 +65,10 @@ pub(crate) struct AutogradMeta {
 
 impl AutogradMeta {
     pub(crate) fn leaf() -> Self {
-        AutogradMeta { node: None, cell: Arc::new(GradCell::default()) }
+        AutogradMeta {
+            node: None,
+            cell: Arc::new(GradCell::default()),
+        }
     }
 }
 
@@ -152,7 +155,10 @@ pub(crate) fn record(
         out_cell: cell.clone(),
         backward: Mutex::new(Some(backward)),
     });
-    out.make(AutogradMeta { node: Some(node), cell })
+    out.make(AutogradMeta {
+        node: Some(node),
+        cell,
+    })
 }
 
 /// a + b without recording (gradient accumulation).
@@ -193,7 +199,9 @@ pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
     let mut pending: BTreeMap<u64, Tensor> = BTreeMap::new();
     pending.insert(root_node.seq, grad);
     for (seq, node) in order.iter().rev() {
-        let Some(g) = pending.remove(seq) else { continue };
+        let Some(g) = pending.remove(seq) else {
+            continue;
+        };
         if node.out_cell.retained() {
             node.out_cell.accumulate(&g)?;
         }
@@ -214,7 +222,9 @@ pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
             )));
         }
         for (edge, gi) in node.inputs.iter().zip(grads) {
-            let (Some(edge), Some(gi)) = (edge, gi) else { continue };
+            let (Some(edge), Some(gi)) = (edge, gi) else {
+                continue;
+            };
             if gi.shape() != edge.shape.as_slice() {
                 return Err(Error::Autograd(format!(
                     "'{}' produced a gradient of shape {:?} for an input of shape {:?}",

@@ -23,6 +23,19 @@ impl Device {
         }
     }
 
+    /// Bytes held by live tensors (and saved activations) on this device.
+    pub fn memory_in_use(&self) -> Result<usize> {
+        Ok(self.backend()?.memory_in_use())
+    }
+    /// Peak of [`Device::memory_in_use`] since start or the last reset.
+    pub fn memory_peak(&self) -> Result<usize> {
+        Ok(self.backend()?.memory_peak())
+    }
+    pub fn reset_memory_peak(&self) -> Result<()> {
+        self.backend()?.reset_memory_peak();
+        Ok(())
+    }
+
     /// Parse "cpu", "cuda" or "cuda:N".
     pub fn parse(s: &str) -> Result<Device> {
         match s {
@@ -33,7 +46,9 @@ impl Device {
                 .and_then(|i| i.parse().ok())
                 .map(Device::Cuda)
                 .ok_or_else(|| {
-                    Error::Device(format!("unknown device '{s}' (expected cpu, cuda or cuda:N)"))
+                    Error::Device(format!(
+                        "unknown device '{s}' (expected cpu, cuda or cuda:N)"
+                    ))
                 }),
         }
     }

@@ -94,7 +94,11 @@ impl Tensor {
 
     fn check_shape(op: &'static str, shape: &[usize]) -> Result<()> {
         if shape.is_empty() || shape.len() > MAX_RANK {
-            shape_bail!(op, "rank {} (shape {shape:?}) is not in 1..={MAX_RANK}", shape.len());
+            shape_bail!(
+                op,
+                "rank {} (shape {shape:?}) is not in 1..={MAX_RANK}",
+                shape.len()
+            );
         }
         Ok(())
     }
@@ -116,7 +120,12 @@ impl Tensor {
             );
         }
         let backend = device.backend()?;
-        Ok(Tensor::from_buffer(backend.from_host(data)?, shape.to_vec(), device, backend))
+        Ok(Tensor::from_buffer(
+            backend.from_host(data)?,
+            shape.to_vec(),
+            device,
+            backend,
+        ))
     }
 
     pub fn full(shape: &[usize], value: f32, device: Device) -> Result<Tensor> {
@@ -136,7 +145,9 @@ impl Tensor {
 
     /// Standard normal values from the counter-based generator of [`crate::rng`]: reproducible.
     pub fn randn(shape: &[usize], seed: u64, device: Device) -> Result<Tensor> {
-        let data: Vec<f32> = (0..numel_of(shape) as u64).map(|i| rng::normal(seed, i)).collect();
+        let data: Vec<f32> = (0..numel_of(shape) as u64)
+            .map(|i| rng::normal(seed, i))
+            .collect();
         Self::from_vec(data, shape, device)
     }
 
@@ -148,8 +159,9 @@ impl Tensor {
         seed: u64,
         device: Device,
     ) -> Result<Tensor> {
-        let data: Vec<f32> =
-            (0..numel_of(shape) as u64).map(|i| lo + (hi - lo) * rng::uniform(seed, i)).collect();
+        let data: Vec<f32> = (0..numel_of(shape) as u64)
+            .map(|i| lo + (hi - lo) * rng::uniform(seed, i))
+            .collect();
         Self::from_vec(data, shape, device)
     }
 
@@ -187,7 +199,11 @@ impl Tensor {
         let r = self.rank() as isize;
         let i = if d < 0 { d + r } else { d };
         if !(0..r).contains(&i) {
-            shape_bail!("dim", "dimension {d} out of range for shape {:?}", self.shape());
+            shape_bail!(
+                "dim",
+                "dimension {d} out of range for shape {:?}",
+                self.shape()
+            );
         }
         Ok(self.0.shape[i as usize])
     }
@@ -200,7 +216,11 @@ impl Tensor {
     /// The value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            shape_bail!("item", "needs a one-element tensor, got shape {:?}", self.shape());
+            shape_bail!(
+                "item",
+                "needs a one-element tensor, got shape {:?}",
+                self.shape()
+            );
         }
         Ok(self.to_vec()?[0])
     }
@@ -222,7 +242,12 @@ impl Tensor {
     /// optimiser updates). Views sharing the storage see the change.
     pub fn assign(&self, src: &Tensor) -> Result<()> {
         if src.shape() != self.shape() {
-            shape_bail!("assign", "source shape {:?} != destination shape {:?}", src.shape(), self.shape());
+            shape_bail!(
+                "assign",
+                "source shape {:?} != destination shape {:?}",
+                src.shape(),
+                self.shape()
+            );
         }
         crate::ops::same_device("assign", &[self, src])?;
         self.backend().copy_into(self.buf(), src.buf())
@@ -231,7 +256,12 @@ impl Tensor {
     /// In place, outside autograd: self = a·x + b·self.
     pub fn axpby_(&self, a: f32, x: &Tensor, b: f32) -> Result<()> {
         if x.shape() != self.shape() {
-            shape_bail!("axpby_", "x shape {:?} != self shape {:?}", x.shape(), self.shape());
+            shape_bail!(
+                "axpby_",
+                "x shape {:?} != self shape {:?}",
+                x.shape(),
+                self.shape()
+            );
         }
         crate::ops::same_device("axpby_", &[self, x])?;
         self.backend().axpby(self.buf(), a, x.buf(), b)

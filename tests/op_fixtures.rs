@@ -9,11 +9,20 @@ use common::{usizes, Fixture, Report, Tol};
 use vidgrad::ops::{self, BatchNormArgs, ConvParams, PoolParams};
 
 /// Exact ops (copies, sign tests, single roundings).
-const EXACT: Tol = Tol { atol: 1e-6, rtol: 1e-6 };
+const EXACT: Tol = Tol {
+    atol: 1e-6,
+    rtol: 1e-6,
+};
 /// Short reductions (softmax rows, batch-norm channels, pooling windows, interpolation).
-const REDUCE: Tol = Tol { atol: 2e-5, rtol: 1e-4 };
+const REDUCE: Tol = Tol {
+    atol: 2e-5,
+    rtol: 1e-4,
+};
 /// Long dot products (convolution, matmul, attention).
-const GEMM: Tol = Tol { atol: 1e-4, rtol: 2e-4 };
+const GEMM: Tol = Tol {
+    atol: 1e-4,
+    rtol: 2e-4,
+};
 
 #[test]
 fn conv_matches_pytorch() {
@@ -48,7 +57,11 @@ fn batch_norm_matches_pytorch() {
         let m = fx.meta(&case);
         let x = fx.leaf(&case, "x");
         let affine = m["affine"].as_bool().unwrap();
-        let (w, b) = if affine { (Some(fx.leaf(&case, "weight")), Some(fx.leaf(&case, "bias"))) } else { (None, None) };
+        let (w, b) = if affine {
+            (Some(fx.leaf(&case, "weight")), Some(fx.leaf(&case, "bias")))
+        } else {
+            (None, None)
+        };
         let (rm, rv) = (fx.t(&case, "running_mean"), fx.t(&case, "running_var"));
         let args = BatchNormArgs {
             weight: w.as_ref(),
@@ -101,7 +114,12 @@ fn avg_pool_matches_pytorch() {
     for case in fx.cases("avg_pool") {
         let m = fx.meta(&case);
         let x = fx.leaf(&case, "x");
-        let y = ops::avg_pool(&x, &pool_params(m), m["count_include_pad"].as_bool().unwrap()).unwrap();
+        let y = ops::avg_pool(
+            &x,
+            &pool_params(m),
+            m["count_include_pad"].as_bool().unwrap(),
+        )
+        .unwrap();
         r.check(&fx, &case, "y", &y, REDUCE);
         y.backward_with(&fx.t(&case, "gy")).unwrap();
         r.check_grad(&fx, &case, "x", &x, REDUCE);
@@ -144,7 +162,9 @@ fn elementwise_matches_pytorch() {
     }
     for case in fx.cases("mul_scalar") {
         let x = fx.leaf(&case, "x");
-        let y = x.mul_scalar(fx.meta(&case)["scalar"].as_f64().unwrap() as f32).unwrap();
+        let y = x
+            .mul_scalar(fx.meta(&case)["scalar"].as_f64().unwrap() as f32)
+            .unwrap();
         r.check(&fx, &case, "y", &y, EXACT);
         y.backward_with(&fx.t(&case, "gy")).unwrap();
         r.check_grad(&fx, &case, "x", &x, EXACT);
@@ -168,16 +188,43 @@ fn layout_ops_match_pytorch() {
             r.check_grad(&fx, &case, &format!("x{i}"), x, EXACT);
         }
     }
-    let unary: [(&str, &dyn Fn(&vidgrad::Tensor, &serde_json::Value) -> vidgrad::Tensor); 4] = [
+    type Apply<'a> = &'a dyn Fn(&vidgrad::Tensor, &serde_json::Value) -> vidgrad::Tensor;
+    let unary: [(&str, Apply); 4] = [
         ("permute", &|x, m| x.permute(&usizes(&m["dims"])).unwrap()),
-        ("transpose", &|x, m| x.transpose(m["dim0"].as_i64().unwrap() as isize, m["dim1"].as_i64().unwrap() as isize).unwrap()),
+        ("transpose", &|x, m| {
+            x.transpose(
+                m["dim0"].as_i64().unwrap() as isize,
+                m["dim1"].as_i64().unwrap() as isize,
+            )
+            .unwrap()
+        }),
         ("reshape", &|x, m| {
-            let want: Vec<i64> = m["shape"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            let want: Vec<i64> = m["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
             let known: i64 = want.iter().filter(|&&d| d >= 0).product();
-            let shape: Vec<usize> = want.iter().map(|&d| if d < 0 { x.numel() / known as usize } else { d as usize }).collect();
+            let shape: Vec<usize> = want
+                .iter()
+                .map(|&d| {
+                    if d < 0 {
+                        x.numel() / known as usize
+                    } else {
+                        d as usize
+                    }
+                })
+                .collect();
             x.reshape(&shape).unwrap()
         }),
-        ("flatten", &|x, m| x.flatten(m["start_dim"].as_i64().unwrap() as isize, m["end_dim"].as_i64().unwrap() as isize).unwrap()),
+        ("flatten", &|x, m| {
+            x.flatten(
+                m["start_dim"].as_i64().unwrap() as isize,
+                m["end_dim"].as_i64().unwrap() as isize,
+            )
+            .unwrap()
+        }),
     ];
     for (op, f) in unary {
         for case in fx.cases(op) {
@@ -197,7 +244,10 @@ fn linear_and_matmul_match_pytorch() {
     let mut r = Report::new("linalg");
     for case in fx.cases("linear") {
         let (x, w) = (fx.leaf(&case, "x"), fx.leaf(&case, "w"));
-        let b = fx.meta(&case)["bias"].as_bool().unwrap().then(|| fx.leaf(&case, "b"));
+        let b = fx.meta(&case)["bias"]
+            .as_bool()
+            .unwrap()
+            .then(|| fx.leaf(&case, "b"));
         let y = x.linear(&w, b.as_ref()).unwrap();
         r.check(&fx, &case, "y", &y, GEMM);
         y.backward_with(&fx.t(&case, "gy")).unwrap();
@@ -226,7 +276,12 @@ fn softmax_matches_pytorch() {
         for case in fx.cases(op) {
             let x = fx.leaf(&case, "x");
             let dim = fx.meta(&case)["dim"].as_i64().unwrap() as isize;
-            let y = if log { x.log_softmax(dim) } else { x.softmax(dim) }.unwrap();
+            let y = if log {
+                x.log_softmax(dim)
+            } else {
+                x.softmax(dim)
+            }
+            .unwrap();
             r.check(&fx, &case, "y", &y, REDUCE);
             y.backward_with(&fx.t(&case, "gy")).unwrap();
             r.check_grad(&fx, &case, "x", &x, REDUCE);
@@ -258,7 +313,9 @@ fn upsample_trilinear_matches_pytorch() {
         let m = fx.meta(&case);
         let s = usizes(&m["size"]);
         let x = fx.leaf(&case, "x");
-        let y = x.upsample_trilinear([s[0], s[1], s[2]], m["align_corners"].as_bool().unwrap()).unwrap();
+        let y = x
+            .upsample_trilinear([s[0], s[1], s[2]], m["align_corners"].as_bool().unwrap())
+            .unwrap();
         r.check(&fx, &case, "y", &y, REDUCE);
         y.backward_with(&fx.t(&case, "gy")).unwrap();
         r.check_grad(&fx, &case, "x", &x, REDUCE);
@@ -271,8 +328,13 @@ fn attention_matches_pytorch() {
     let fx = Fixture::load("attention");
     let mut r = Report::new("attention");
     for case in fx.cases("attention") {
-        let (q, k, v) = (fx.leaf(&case, "q"), fx.leaf(&case, "k"), fx.leaf(&case, "v"));
-        let y = ops::attention(&q, &k, &v, fx.meta(&case)["scale"].as_f64().unwrap() as f32).unwrap();
+        let (q, k, v) = (
+            fx.leaf(&case, "q"),
+            fx.leaf(&case, "k"),
+            fx.leaf(&case, "v"),
+        );
+        let y =
+            ops::attention(&q, &k, &v, fx.meta(&case)["scale"].as_f64().unwrap() as f32).unwrap();
         r.check(&fx, &case, "y", &y, GEMM);
         y.backward_with(&fx.t(&case, "gy")).unwrap();
         r.check_grad(&fx, &case, "q", &q, GEMM);
@@ -302,7 +364,9 @@ fn dropout_matches_pytorch() {
             let ours = x.dropout(p, true, 1234).unwrap().to_vec().unwrap();
             let xv = x.to_vec().unwrap();
             let dropped = ours.iter().filter(|&&v| v == 0.0).count();
-            let all_ok = ours.iter().zip(&xv).all(|(&o, &xi)| o == 0.0 || (o - xi / (1.0 - p)).abs() <= 1e-6 * xi.abs().max(1.0));
+            let all_ok = ours.iter().zip(&xv).all(|(&o, &xi)| {
+                o == 0.0 || (o - xi / (1.0 - p)).abs() <= 1e-6 * xi.abs().max(1.0)
+            });
             if !all_ok {
                 r.fail(format!("{case}: our dropout output is not x/(1-p) or 0"));
             }

@@ -179,8 +179,14 @@ pub struct AttentionGrads {
 pub trait Backend: Send + Sync + Debug {
     /// Human-readable name, e.g. "cpu" or "cuda:0".
     fn name(&self) -> String;
+    /// Bytes held by this backend's live buffers.
+    fn memory_in_use(&self) -> usize;
+    /// Most bytes held at once since start or the last [`Backend::reset_memory_peak`].
+    fn memory_peak(&self) -> usize;
+    fn reset_memory_peak(&self);
 
     // --- memory -------------------------------------------------------------------------------------
+    #[allow(clippy::wrong_self_convention)] // "from host memory", not a constructor
     fn from_host(&self, data: &[f32]) -> Result<BufferRef>;
     fn to_host(&self, x: &dyn BackendBuffer) -> Result<Vec<f32>>;
     fn full(&self, len: usize, value: f32) -> Result<BufferRef>;
@@ -191,8 +197,12 @@ pub trait Backend: Send + Sync + Debug {
 
     // --- elementwise --------------------------------------------------------------------------------
     fn unary(&self, x: &dyn BackendBuffer, op: UnaryOp) -> Result<BufferRef>;
-    fn binary(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer, op: BinaryOp)
-        -> Result<BufferRef>;
+    fn binary(
+        &self,
+        a: &dyn BackendBuffer,
+        b: &dyn BackendBuffer,
+        op: BinaryOp,
+    ) -> Result<BufferRef>;
     /// dx = dy where y > 0, else 0 (from ReLU's output, so its input need not be kept).
     fn relu_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer) -> Result<BufferRef>;
     /// In place: y = a·x + b·y.
@@ -204,8 +214,12 @@ pub trait Backend: Send + Sync + Debug {
     /// Per-channel sums of x viewed as [outer, axis, inner] → [axis] (bias gradients).
     fn sum_to_axis(&self, x: &dyn BackendBuffer, g: AxisGeom) -> Result<BufferRef>;
     /// x + bias broadcast along the axis of [outer, axis, inner].
-    fn add_axis_bias(&self, x: &dyn BackendBuffer, bias: &dyn BackendBuffer, g: AxisGeom)
-        -> Result<BufferRef>;
+    fn add_axis_bias(
+        &self,
+        x: &dyn BackendBuffer,
+        bias: &dyn BackendBuffer,
+        g: AxisGeom,
+    ) -> Result<BufferRef>;
 
     // --- dropout ------------------------------------------------------------------------------------
     /// Inverted dropout with the counter-based mask of [`crate::rng::dropout_keep`]: keeps x[i]·1/(1-p)
@@ -316,8 +330,7 @@ pub trait Backend: Send + Sync + Debug {
 
     // --- softmax, loss ------------------------------------------------------------------------------
     /// Softmax (or log-softmax) along the axis of [outer, axis, inner].
-    fn softmax_forward(&self, x: &dyn BackendBuffer, g: AxisGeom, log: bool)
-        -> Result<BufferRef>;
+    fn softmax_forward(&self, x: &dyn BackendBuffer, g: AxisGeom, log: bool) -> Result<BufferRef>;
     /// From the forward's output y.
     fn softmax_backward(
         &self,
@@ -345,8 +358,12 @@ pub trait Backend: Send + Sync + Debug {
     ) -> Result<BufferRef>;
 
     // --- linear algebra, attention ------------------------------------------------------------------
-    fn matmul(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer, g: MatmulGeom)
-        -> Result<BufferRef>;
+    fn matmul(
+        &self,
+        a: &dyn BackendBuffer,
+        b: &dyn BackendBuffer,
+        g: MatmulGeom,
+    ) -> Result<BufferRef>;
     /// Returns y and the per-query log-sum-exp of the scaled scores [B, N], which is all the backward
     /// needs besides q, k, v to recompute the attention weights.
     fn attention_forward(
@@ -372,9 +389,17 @@ pub trait Backend: Send + Sync + Debug {
     /// Contiguous copy of x (with `shape`) with its dimensions reordered: y.shape[i] = shape[perm[i]].
     fn permute(&self, x: &dyn BackendBuffer, shape: &[usize], perm: &[usize]) -> Result<BufferRef>;
     /// Join tensors viewed as [outer, inner_i] along the inner axis → [outer, Σ inner_i].
-    fn concat(&self, xs: &[&dyn BackendBuffer], outer: usize, inners: &[usize])
-        -> Result<BufferRef>;
+    fn concat(
+        &self,
+        xs: &[&dyn BackendBuffer],
+        outer: usize,
+        inners: &[usize],
+    ) -> Result<BufferRef>;
     /// The inverse of `concat`.
-    fn split(&self, x: &dyn BackendBuffer, outer: usize, inners: &[usize])
-        -> Result<Vec<BufferRef>>;
+    fn split(
+        &self,
+        x: &dyn BackendBuffer,
+        outer: usize,
+        inners: &[usize],
+    ) -> Result<Vec<BufferRef>>;
 }

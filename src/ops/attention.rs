@@ -16,11 +16,33 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tenso
     const OP: &str = "attention";
     same_device(OP, &[q, k, v])?;
     let (sq, sk, sv) = (q.shape(), k.shape(), v.shape());
-    if sq.len() != 3 || sk.len() != 3 || sv.len() != 3 || sq[0] != sk[0] || sk[0] != sv[0] || sq[1] != sk[1] || sk[2] != sv[2] || sq.contains(&0) || sk.contains(&0) || sv.contains(&0) {
-        shape_bail!(OP, "need q [B,C,N], k [B,C,M], v [B,Cv,M]; got q {sq:?}, k {sk:?}, v {sv:?}");
+    if sq.len() != 3
+        || sk.len() != 3
+        || sv.len() != 3
+        || sq[0] != sk[0]
+        || sk[0] != sv[0]
+        || sq[1] != sk[1]
+        || sk[2] != sv[2]
+        || sq.contains(&0)
+        || sk.contains(&0)
+        || sv.contains(&0)
+    {
+        shape_bail!(
+            OP,
+            "need q [B,C,N], k [B,C,M], v [B,Cv,M]; got q {sq:?}, k {sk:?}, v {sv:?}"
+        );
     }
-    let g = AttentionGeom { batch: sq[0], c: sq[1], n: sq[2], m: sk[2], cv: sv[1], scale };
-    let (ybuf, lse) = q.backend().attention_forward(q.buf(), k.buf(), v.buf(), g)?;
+    let g = AttentionGeom {
+        batch: sq[0],
+        c: sq[1],
+        n: sq[2],
+        m: sk[2],
+        cv: sv[1],
+        scale,
+    };
+    let (ybuf, lse) = q
+        .backend()
+        .attention_forward(q.buf(), k.buf(), v.buf(), g)?;
     let y = q.sibling(ybuf, vec![g.batch, g.cv, g.n]);
     if !needs_grad(&[q, k, v]) {
         return Ok(y);
@@ -31,7 +53,15 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tenso
         &[q, k, v],
         y,
         Box::new(move |gy| {
-            let gr = gy.backend().attention_backward(qd.buf(), kd.buf(), vd.buf(), yd.buf(), &*lse, gy.buf(), g)?;
+            let gr = gy.backend().attention_backward(
+                qd.buf(),
+                kd.buf(),
+                vd.buf(),
+                yd.buf(),
+                &*lse,
+                gy.buf(),
+                g,
+            )?;
             Ok(vec![
                 Some(qd.sibling(gr.dq, qd.shape().to_vec())),
                 Some(kd.sibling(gr.dk, kd.shape().to_vec())),

@@ -62,10 +62,14 @@ pub fn batch_norm(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
     if a.running_mean.is_some() != a.running_var.is_some() {
         arg_bail!(OP, "give both running_mean and running_var, or neither");
     }
-    if !(a.eps > 0.0) {
+    if a.eps.is_nan() || a.eps <= 0.0 {
         arg_bail!(OP, "eps must be positive, got {}", a.eps);
     }
-    let g = AxisGeom { outer: xs[0], axis: c, inner: xs[2..].iter().product() };
+    let g = AxisGeom {
+        outer: xs[0],
+        axis: c,
+        inner: xs[2..].iter().product(),
+    };
     let count = g.outer * g.inner;
     let be = x.backend();
     let wbuf = a.weight.map(|t| t.buf());
@@ -73,13 +77,19 @@ pub fn batch_norm(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
 
     let (ybuf, mean, var) = if a.training {
         if count < 2 {
-            shape_bail!(OP, "training needs more than one value per channel, input {xs:?}");
+            shape_bail!(
+                OP,
+                "training needs more than one value per channel, input {xs:?}"
+            );
         }
         let (y, stats) = be.batch_norm_train(x.buf(), wbuf, bbuf, g, a.eps)?;
         if let (Some(rm), Some(rv)) = (a.running_mean, a.running_var) {
             let m = a.momentum;
             be.axpby(rm.buf(), m, &*stats.mean, 1.0 - m)?;
-            let unbiased = be.unary(&*stats.var, UnaryOp::Scale(count as f32 / (count - 1) as f32))?;
+            let unbiased = be.unary(
+                &*stats.var,
+                UnaryOp::Scale(count as f32 / (count - 1) as f32),
+            )?;
             be.axpby(rv.buf(), m, &*unbiased, 1.0 - m)?;
         }
         (y, stats.mean, stats.var)

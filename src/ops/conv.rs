@@ -20,7 +20,12 @@ pub struct ConvParams {
 
 impl Default for ConvParams {
     fn default() -> Self {
-        ConvParams { stride: vec![], padding: vec![], dilation: vec![], groups: 1 }
+        ConvParams {
+            stride: vec![],
+            padding: vec![],
+            dilation: vec![],
+            groups: 1,
+        }
     }
 }
 
@@ -61,7 +66,11 @@ pub(crate) fn conv_geom(
         shape_bail!(op, "input must be [N,C,H,W] or [N,C,D,H,W], got {x:?}");
     }
     if w.len() != x.len() {
-        shape_bail!(op, "weight {w:?} must have the input's rank ({}); input {x:?}", x.len());
+        shape_bail!(
+            op,
+            "weight {w:?} must have the input's rank ({}); input {x:?}",
+            x.len()
+        );
     }
     let nsp = x.len() - 2;
     let list = |name: &str, v: &[usize], default: usize| -> Result<Vec<usize>> {
@@ -74,10 +83,16 @@ pub(crate) fn conv_geom(
             )),
         }
     };
-    let (stride, padding, dilation) =
-        (list("stride", &p.stride, 1)?, list("padding", &p.padding, 0)?, list("dilation", &p.dilation, 1)?);
+    let (stride, padding, dilation) = (
+        list("stride", &p.stride, 1)?,
+        list("padding", &p.padding, 0)?,
+        list("dilation", &p.dilation, 1)?,
+    );
     if stride.contains(&0) || dilation.contains(&0) {
-        arg_bail!(op, "stride {stride:?} and dilation {dilation:?} must be positive");
+        arg_bail!(
+            op,
+            "stride {stride:?} and dilation {dilation:?} must be positive"
+        );
     }
     let groups = p.groups;
     let (c_in, c_out) = (x[1], w[0]);
@@ -96,7 +111,7 @@ pub(crate) fn conv_geom(
             w[1]
         );
     }
-    if w.iter().any(|&d| d == 0) || x.iter().any(|&d| d == 0) {
+    if w.contains(&0) || x.contains(&0) {
         shape_bail!(op, "empty input {x:?} or weight {w:?}");
     }
     if let Some(b) = bias {
@@ -155,19 +170,29 @@ pub fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &ConvParams) -> Re
         Box::new(move |gy| {
             let be = gy.backend();
             let gx = if need_x {
-                Some(xs.sibling(be.conv_backward_data(gy.buf(), ws.buf(), &g)?, xs.shape().to_vec()))
+                Some(xs.sibling(
+                    be.conv_backward_data(gy.buf(), ws.buf(), &g)?,
+                    xs.shape().to_vec(),
+                ))
             } else {
                 None
             };
             let gw = if need_w {
-                Some(ws.sibling(be.conv_backward_weight(xs.buf(), gy.buf(), &g)?, ws.shape().to_vec()))
+                Some(ws.sibling(
+                    be.conv_backward_weight(xs.buf(), gy.buf(), &g)?,
+                    ws.shape().to_vec(),
+                ))
             } else {
                 None
             };
             let mut grads = vec![gx, gw];
             if has_b {
                 grads.push(if need_b {
-                    let ag = AxisGeom { outer: g.n, axis: g.c_out, inner: g.output_volume() };
+                    let ag = AxisGeom {
+                        outer: g.n,
+                        axis: g.c_out,
+                        inner: g.output_volume(),
+                    };
                     Some(gy.sibling(be.sum_to_axis(gy.buf(), ag)?, vec![g.c_out]))
                 } else {
                     None
@@ -191,7 +216,12 @@ pub fn conv2d(
     if x.rank() != 4 {
         shape_bail!("conv2d", "input must be [N,C,H,W], got {:?}", x.shape());
     }
-    let p = ConvParams { stride: stride.to_vec(), padding: padding.to_vec(), dilation: dilation.to_vec(), groups };
+    let p = ConvParams {
+        stride: stride.to_vec(),
+        padding: padding.to_vec(),
+        dilation: dilation.to_vec(),
+        groups,
+    };
     conv(x, w, bias, &p)
 }
 
@@ -208,6 +238,11 @@ pub fn conv3d(
     if x.rank() != 5 {
         shape_bail!("conv3d", "input must be [N,C,D,H,W], got {:?}", x.shape());
     }
-    let p = ConvParams { stride: stride.to_vec(), padding: padding.to_vec(), dilation: dilation.to_vec(), groups };
+    let p = ConvParams {
+        stride: stride.to_vec(),
+        padding: padding.to_vec(),
+        dilation: dilation.to_vec(),
+        groups,
+    };
     conv(x, w, bias, &p)
 }

@@ -9,7 +9,10 @@ use crate::tensor::Tensor;
 /// max(x, 0). The backward uses the output, so the input need not be kept.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     same_device("relu", &[x])?;
-    let y = x.sibling(x.backend().unary(x.buf(), UnaryOp::Relu)?, x.shape().to_vec());
+    let y = x.sibling(
+        x.backend().unary(x.buf(), UnaryOp::Relu)?,
+        x.shape().to_vec(),
+    );
     if !needs_grad(&[x]) {
         return Ok(y);
     }
@@ -30,7 +33,10 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: BinaryOp) -> Result<Te
     if a.shape() != b.shape() {
         shape_bail!(op, "shapes differ: {:?} and {:?}", a.shape(), b.shape());
     }
-    let y = a.sibling(a.backend().binary(a.buf(), b.buf(), kind)?, a.shape().to_vec());
+    let y = a.sibling(
+        a.backend().binary(a.buf(), b.buf(), kind)?,
+        a.shape().to_vec(),
+    );
     if !needs_grad(&[a, b]) {
         return Ok(y);
     }
@@ -73,11 +79,19 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// x · s.
 pub fn mul_scalar(x: &Tensor, s: f32) -> Result<Tensor> {
     same_device("mul_scalar", &[x])?;
-    let y = x.sibling(x.backend().unary(x.buf(), UnaryOp::Scale(s))?, x.shape().to_vec());
+    let y = x.sibling(
+        x.backend().unary(x.buf(), UnaryOp::Scale(s))?,
+        x.shape().to_vec(),
+    );
     if !needs_grad(&[x]) {
         return Ok(y);
     }
-    Ok(record("mul_scalar", &[x], y, Box::new(move |gy| Ok(vec![Some(mul_scalar(gy, s)?)]))))
+    Ok(record(
+        "mul_scalar",
+        &[x],
+        y,
+        Box::new(move |gy| Ok(vec![Some(mul_scalar(gy, s)?)])),
+    ))
 }
 
 fn reduce_all(op: &'static str, x: &Tensor, scale: f32) -> Result<Tensor> {

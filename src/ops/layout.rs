@@ -34,7 +34,11 @@ pub fn flatten(x: &Tensor, start: isize, end: isize) -> Result<Tensor> {
     let s = resolve_dim("flatten", start, x.shape())?;
     let e = resolve_dim("flatten", end, x.shape())?;
     if s > e {
-        shape_bail!("flatten", "start dim {start} after end dim {end} for shape {:?}", x.shape());
+        shape_bail!(
+            "flatten",
+            "start dim {start} after end dim {end} for shape {:?}",
+            x.shape()
+        );
     }
     let sh = x.shape();
     let mut out = sh[..s].to_vec();
@@ -48,8 +52,16 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     same_device("permute", &[x])?;
     let r = x.rank();
     let mut seen = [false; MAX_RANK];
-    if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
-        shape_bail!("permute", "{perm:?} is not a permutation of the dims of {:?}", x.shape());
+    if perm.len() != r
+        || perm
+            .iter()
+            .any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
+    {
+        shape_bail!(
+            "permute",
+            "{perm:?} is not a permutation of the dims of {:?}",
+            x.shape()
+        );
     }
     let yshape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
     let y = x.sibling(x.backend().permute(x.buf(), x.shape(), perm)?, yshape);
@@ -60,7 +72,12 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     for (i, &p) in perm.iter().enumerate() {
         inverse[p] = i;
     }
-    Ok(record("permute", &[x], y, Box::new(move |gy| Ok(vec![Some(permute(gy, &inverse)?)]))))
+    Ok(record(
+        "permute",
+        &[x],
+        y,
+        Box::new(move |gy| Ok(vec![Some(permute(gy, &inverse)?)])),
+    ))
 }
 
 /// Swap two dims (negative counts from the end).
@@ -81,7 +98,11 @@ pub fn concat(xs: &[&Tensor], dim: isize) -> Result<Tensor> {
     let d = resolve_dim("concat", dim, first.shape())?;
     for t in xs {
         let ok = t.rank() == first.rank()
-            && t.shape().iter().zip(first.shape()).enumerate().all(|(i, (a, b))| i == d || a == b);
+            && t.shape()
+                .iter()
+                .zip(first.shape())
+                .enumerate()
+                .all(|(i, (a, b))| i == d || a == b);
         if !ok {
             let shapes: Vec<_> = xs.iter().map(|t| t.shape().to_vec()).collect();
             shape_bail!("concat", "shapes {shapes:?} differ outside dim {dim}");

@@ -13,14 +13,30 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let ok = (sa.len() == 2 && sb.len() == 2 && sa[1] == sb[0])
         || (sa.len() == 3 && sb.len() == 3 && sa[0] == sb[0] && sa[2] == sb[1]);
     if !ok {
-        shape_bail!("matmul", "cannot multiply {sa:?} by {sb:?} (need [M,K]×[K,N] or [B,M,K]×[B,K,N])");
+        shape_bail!(
+            "matmul",
+            "cannot multiply {sa:?} by {sb:?} (need [M,K]×[K,N] or [B,M,K]×[B,K,N])"
+        );
     }
     let batched = sa.len() == 3;
     let batch = if batched { sa[0] } else { 1 };
     let (m, k, n) = (sa[sa.len() - 2], sa[sa.len() - 1], sb[sb.len() - 1]);
-    let geom = move |m, k, n, trans_a, trans_b| MatmulGeom { batch, m, k, n, trans_a, trans_b };
-    let ybuf = a.backend().matmul(a.buf(), b.buf(), geom(m, k, n, false, false))?;
-    let yshape = if batched { vec![batch, m, n] } else { vec![m, n] };
+    let geom = move |m, k, n, trans_a, trans_b| MatmulGeom {
+        batch,
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+    };
+    let ybuf = a
+        .backend()
+        .matmul(a.buf(), b.buf(), geom(m, k, n, false, false))?;
+    let yshape = if batched {
+        vec![batch, m, n]
+    } else {
+        vec![m, n]
+    };
     let y = a.sibling(ybuf, yshape);
     if !needs_grad(&[a, b]) {
         return Ok(y);
@@ -54,12 +70,19 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     same_device("linear", &all)?;
     let (sx, sw) = (x.shape(), w.shape());
     if sw.len() != 2 || sx[sx.len() - 1] != sw[1] {
-        shape_bail!("linear", "input {sx:?} does not fit weight {sw:?} (need [..., in] and [out, in])");
+        shape_bail!(
+            "linear",
+            "input {sx:?} does not fit weight {sw:?} (need [..., in] and [out, in])"
+        );
     }
     let (fin, fout) = (sw[1], sw[0]);
     if let Some(b) = bias {
         if b.shape() != [fout] {
-            shape_bail!("linear", "bias {:?} must be [{fout}] for weight {sw:?}", b.shape());
+            shape_bail!(
+                "linear",
+                "bias {:?} must be [{fout}] for weight {sw:?}",
+                b.shape()
+            );
         }
     }
     let m = x.numel() / fin;
@@ -67,9 +90,20 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let mut ybuf = be.matmul(
         x.buf(),
         w.buf(),
-        MatmulGeom { batch: 1, m, k: fin, n: fout, trans_a: false, trans_b: true },
+        MatmulGeom {
+            batch: 1,
+            m,
+            k: fin,
+            n: fout,
+            trans_a: false,
+            trans_b: true,
+        },
     )?;
-    let axis = AxisGeom { outer: m, axis: fout, inner: 1 };
+    let axis = AxisGeom {
+        outer: m,
+        axis: fout,
+        inner: 1,
+    };
     if let Some(b) = bias {
         ybuf = be.add_axis_bias(&*ybuf, b.buf(), axis)?;
     }
@@ -88,7 +122,14 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         y,
         Box::new(move |gy| {
             let be = gy.backend();
-            let geom = move |m, k, n, trans_a| MatmulGeom { batch: 1, m, k, n, trans_a, trans_b: false };
+            let geom = move |m, k, n, trans_a| MatmulGeom {
+                batch: 1,
+                m,
+                k,
+                n,
+                trans_a,
+                trans_b: false,
+            };
             // dX = dY · W, dW = dYᵀ · X, db = Σ_rows dY
             let gx = need_x
                 .then(|| be.matmul(gy.buf(), wd.buf(), geom(m, fout, fin, false)))

@@ -19,14 +19,23 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize], label_smoothing: f32) ->
         shape_bail!(OP, "{} labels for logits {s:?}", labels.len());
     }
     if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= c) {
-        arg_bail!(OP, "label {l} at position {i} is out of range for {c} classes");
+        arg_bail!(
+            OP,
+            "label {l} at position {i} is out of range for {c} classes"
+        );
     }
     if !(0.0..=1.0).contains(&label_smoothing) {
-        arg_bail!(OP, "label_smoothing must be in [0, 1], got {label_smoothing}");
+        arg_bail!(
+            OP,
+            "label_smoothing must be in [0, 1], got {label_smoothing}"
+        );
     }
     let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
     let be = logits.backend();
-    let y = logits.sibling(be.cross_entropy_forward(logits.buf(), &labels, c, label_smoothing)?, vec![1]);
+    let y = logits.sibling(
+        be.cross_entropy_forward(logits.buf(), &labels, c, label_smoothing)?,
+        vec![1],
+    );
     if !needs_grad(&[logits]) {
         return Ok(y);
     }
@@ -36,7 +45,13 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize], label_smoothing: f32) ->
         &[logits],
         y,
         Box::new(move |gy| {
-            let g = gy.backend().cross_entropy_backward(ld.buf(), &labels, c, label_smoothing, gy.buf())?;
+            let g = gy.backend().cross_entropy_backward(
+                ld.buf(),
+                &labels,
+                c,
+                label_smoothing,
+                gy.buf(),
+            )?;
             Ok(vec![Some(ld.sibling(g, ld.shape().to_vec()))])
         }),
     ))

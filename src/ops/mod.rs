@@ -40,7 +40,10 @@ pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<()> {
                 )));
             }
             if t.dtype() != DType::F32 {
-                return Err(Error::DType { op, dtype: t.dtype() });
+                return Err(Error::DType {
+                    op,
+                    dtype: t.dtype(),
+                });
             }
         }
     }
@@ -52,7 +55,10 @@ pub(crate) fn resolve_dim(op: &'static str, dim: isize, shape: &[usize]) -> Resu
     let r = shape.len() as isize;
     let d = if dim < 0 { dim + r } else { dim };
     if !(0..r).contains(&d) {
-        return Err(Error::shape(op, format!("dim {dim} out of range for shape {shape:?}")));
+        return Err(Error::shape(
+            op,
+            format!("dim {dim} out of range for shape {shape:?}"),
+        ));
     }
     Ok(d as usize)
 }

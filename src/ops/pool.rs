@@ -21,7 +21,12 @@ pub struct PoolParams {
 
 impl PoolParams {
     pub fn new(kernel: &[usize]) -> Self {
-        PoolParams { kernel: kernel.to_vec(), stride: vec![], padding: vec![], ceil_mode: false }
+        PoolParams {
+            kernel: kernel.to_vec(),
+            stride: vec![],
+            padding: vec![],
+            ceil_mode: false,
+        }
     }
     pub fn stride(mut self, s: &[usize]) -> Self {
         self.stride = s.to_vec();
@@ -38,9 +43,19 @@ impl PoolParams {
 }
 
 /// PyTorch's pooling output size, or None when no window fits.
-pub(crate) fn pool_out_size(input: usize, k: usize, s: usize, p: usize, ceil_mode: bool) -> Option<usize> {
+pub(crate) fn pool_out_size(
+    input: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    ceil_mode: bool,
+) -> Option<usize> {
     let span = (input + 2 * p).checked_sub(k)?;
-    let mut out = if ceil_mode { span.div_ceil(s) } else { span / s } + 1;
+    let mut out = if ceil_mode {
+        span.div_ceil(s)
+    } else {
+        span / s
+    } + 1;
     // The last window must start inside the input or the left padding.
     if ceil_mode && (out - 1) * s >= input + p {
         out -= 1;
@@ -61,8 +76,16 @@ fn check_input(op: &'static str, x: &[usize]) -> Result<usize> {
 pub(crate) fn pool_geom(op: &'static str, x: &[usize], p: &PoolParams) -> Result<PoolGeom> {
     let nsp = check_input(op, x)?;
     let kernel = p.kernel.clone();
-    let stride = if p.stride.is_empty() { kernel.clone() } else { p.stride.clone() };
-    let padding = if p.padding.is_empty() { vec![0; nsp] } else { p.padding.clone() };
+    let stride = if p.stride.is_empty() {
+        kernel.clone()
+    } else {
+        p.stride.clone()
+    };
+    let padding = if p.padding.is_empty() {
+        vec![0; nsp]
+    } else {
+        p.padding.clone()
+    };
     if kernel.len() != nsp || stride.len() != nsp || padding.len() != nsp {
         arg_bail!(
             op,
@@ -70,12 +93,18 @@ pub(crate) fn pool_geom(op: &'static str, x: &[usize], p: &PoolParams) -> Result
         );
     }
     if kernel.contains(&0) || stride.contains(&0) {
-        arg_bail!(op, "kernel {kernel:?} and stride {stride:?} must be positive");
+        arg_bail!(
+            op,
+            "kernel {kernel:?} and stride {stride:?} must be positive"
+        );
     }
     let mut out = Vec::with_capacity(nsp);
     for i in 0..nsp {
         if 2 * padding[i] > kernel[i] {
-            arg_bail!(op, "padding {padding:?} must be at most half of kernel {kernel:?}");
+            arg_bail!(
+                op,
+                "padding {padding:?} must be at most half of kernel {kernel:?}"
+            );
         }
         match pool_out_size(x[2 + i], kernel[i], stride[i], padding[i], p.ceil_mode) {
             Some(o) => out.push(o),
@@ -105,7 +134,10 @@ fn out_shape(x: &[usize], out3: &[usize; 3]) -> Vec<usize> {
 pub fn max_pool(x: &Tensor, p: &PoolParams) -> Result<Tensor> {
     same_device("max_pool", &[x])?;
     let g = pool_geom("max_pool", x.shape(), p)?;
-    let y = x.sibling(x.backend().max_pool_forward(x.buf(), &g)?, out_shape(x.shape(), &g.output));
+    let y = x.sibling(
+        x.backend().max_pool_forward(x.buf(), &g)?,
+        out_shape(x.shape(), &g.output),
+    );
     if !needs_grad(&[x]) {
         return Ok(y);
     }
@@ -125,7 +157,9 @@ pub fn max_pool(x: &Tensor, p: &PoolParams) -> Result<Tensor> {
 pub fn avg_pool(x: &Tensor, p: &PoolParams, count_include_pad: bool) -> Result<Tensor> {
     same_device("avg_pool", &[x])?;
     let g = pool_geom("avg_pool", x.shape(), p)?;
-    let ybuf = x.backend().avg_pool_forward(x.buf(), &g, count_include_pad)?;
+    let ybuf = x
+        .backend()
+        .avg_pool_forward(x.buf(), &g, count_include_pad)?;
     let y = x.sibling(ybuf, out_shape(x.shape(), &g.output));
     if !needs_grad(&[x]) {
         return Ok(y);
@@ -136,7 +170,9 @@ pub fn avg_pool(x: &Tensor, p: &PoolParams, count_include_pad: bool) -> Result<T
         &[x],
         y,
         Box::new(move |gy| {
-            let gx = gy.backend().avg_pool_backward(gy.buf(), &g, count_include_pad)?;
+            let gx = gy
+                .backend()
+                .avg_pool_backward(gy.buf(), &g, count_include_pad)?;
             Ok(vec![Some(gy.sibling(gx, xshape))])
         }),
     ))

@@ -17,8 +17,16 @@ pub fn upsample_trilinear(x: &Tensor, size: [usize; 3], align_corners: bool) -> 
     if size.contains(&0) {
         arg_bail!(OP, "output size {size:?} must be positive (input {s:?})");
     }
-    let g = UpsampleGeom { planes: s[0] * s[1], input: spatial3(s), output: size, align_corners };
-    let y = x.sibling(x.backend().upsample_trilinear_forward(x.buf(), &g)?, vec![s[0], s[1], size[0], size[1], size[2]]);
+    let g = UpsampleGeom {
+        planes: s[0] * s[1],
+        input: spatial3(s),
+        output: size,
+        align_corners,
+    };
+    let y = x.sibling(
+        x.backend().upsample_trilinear_forward(x.buf(), &g)?,
+        vec![s[0], s[1], size[0], size[1], size[2]],
+    );
     if !needs_grad(&[x]) {
         return Ok(y);
     }

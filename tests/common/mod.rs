@@ -23,7 +23,8 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn load(family: &str) -> Fixture {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/ops/{family}.safetensors"));
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/fixtures/ops/{family}.safetensors"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let (_, header) = SafeTensors::read_metadata(&bytes).expect("safetensors header");
         let meta = header
@@ -37,19 +38,40 @@ impl Fixture {
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-                Dtype::I64 => view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+                Dtype::F32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                Dtype::I64 => view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
+                    .collect(),
                 d => panic!("{name}: unexpected dtype {d:?}"),
             };
             tensors.insert(name.to_string(), (view.shape().to_vec(), data));
         }
-        Fixture { family: family.to_string(), meta, tensors }
+        Fixture {
+            family: family.to_string(),
+            meta,
+            tensors,
+        }
     }
 
     /// Case names whose "op" is `op`.
     pub fn cases(&self, op: &str) -> Vec<String> {
-        let v: Vec<String> = self.meta.iter().filter(|(_, m)| m["op"] == op).map(|(k, _)| k.clone()).collect();
-        assert!(!v.is_empty(), "no '{op}' cases in {}.safetensors", self.family);
+        let v: Vec<String> = self
+            .meta
+            .iter()
+            .filter(|(_, m)| m["op"] == op)
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert!(
+            !v.is_empty(),
+            "no '{op}' cases in {}.safetensors",
+            self.family
+        );
         v
     }
 
@@ -62,13 +84,19 @@ impl Fixture {
     }
 
     pub fn raw(&self, case: &str, name: &str) -> &(Vec<usize>, Vec<f32>) {
-        self.tensors.get(&format!("{case}.{name}")).unwrap_or_else(|| panic!("fixture {}: no tensor {case}.{name}", self.family))
+        self.tensors
+            .get(&format!("{case}.{name}"))
+            .unwrap_or_else(|| panic!("fixture {}: no tensor {case}.{name}", self.family))
     }
 
     /// A tensor (no grad).
     pub fn t(&self, case: &str, name: &str) -> Tensor {
         let (shape, data) = self.raw(case, name);
-        let shape = if shape.is_empty() { vec![1] } else { shape.clone() };
+        let shape = if shape.is_empty() {
+            vec![1]
+        } else {
+            shape.clone()
+        };
         Tensor::from_slice(data, &shape, device()).unwrap()
     }
 
@@ -78,12 +106,20 @@ impl Fixture {
     }
 
     pub fn labels(&self, case: &str) -> Vec<usize> {
-        self.raw(case, "labels").1.iter().map(|&v| v as usize).collect()
+        self.raw(case, "labels")
+            .1
+            .iter()
+            .map(|&v| v as usize)
+            .collect()
     }
 }
 
 pub fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("uint") as usize).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("uint") as usize)
+        .collect()
 }
 
 /// Tolerance: |got − want| ≤ atol + rtol·|want| elementwise.
@@ -102,7 +138,11 @@ pub struct Report {
 
 impl Report {
     pub fn new(name: &str) -> Self {
-        Report { name: name.to_string(), failures: vec![], checks: 0 }
+        Report {
+            name: name.to_string(),
+            failures: vec![],
+            checks: 0,
+        }
     }
 
     pub fn fail(&mut self, msg: String) {
@@ -110,11 +150,25 @@ impl Report {
     }
 
     /// Compare `got` with `want` (shape and values), printing the worst error.
-    pub fn close(&mut self, what: &str, got: &Tensor, want_shape: &[usize], want: &[f32], tol: Tol) {
+    pub fn close(
+        &mut self,
+        what: &str,
+        got: &Tensor,
+        want_shape: &[usize],
+        want: &[f32],
+        tol: Tol,
+    ) {
         self.checks += 1;
-        let want_shape = if want_shape.is_empty() { &[1][..] } else { want_shape };
+        let want_shape = if want_shape.is_empty() {
+            &[1][..]
+        } else {
+            want_shape
+        };
         if got.shape() != want_shape {
-            self.fail(format!("{what}: shape {:?}, expected {want_shape:?}", got.shape()));
+            self.fail(format!(
+                "{what}: shape {:?}, expected {want_shape:?}",
+                got.shape()
+            ));
             return;
         }
         let g = got.to_vec().unwrap();
@@ -130,9 +184,15 @@ impl Report {
                 at = i;
             }
         }
-        println!("  {what:<48} max|err| {worst:.2e}  (atol {:.0e}, rtol {:.0e})", tol.atol, tol.rtol);
-        if !(excess <= 0.0) {
-            self.fail(format!("{what}: element {at} is {} vs PyTorch {} (max|err| {worst:.3e}, tol {tol:?})", g[at], want[at]));
+        println!(
+            "  {what:<48} max|err| {worst:.2e}  (atol {:.0e}, rtol {:.0e})",
+            tol.atol, tol.rtol
+        );
+        if excess.is_nan() || excess > 0.0 {
+            self.fail(format!(
+                "{what}: element {at} is {} vs PyTorch {} (max|err| {worst:.3e}, tol {tol:?})",
+                g[at], want[at]
+            ));
         }
     }
 
@@ -151,8 +211,18 @@ impl Report {
     }
 
     pub fn finish(self) {
-        println!("{}: {} comparisons, {} failed", self.name, self.checks, self.failures.len());
+        println!(
+            "{}: {} comparisons, {} failed",
+            self.name,
+            self.checks,
+            self.failures.len()
+        );
         assert!(self.checks > 0, "{}: nothing was compared", self.name);
-        assert!(self.failures.is_empty(), "{} failed:\n  {}", self.name, self.failures.join("\n  "));
+        assert!(
+            self.failures.is_empty(),
+            "{} failed:\n  {}",
+            self.name,
+            self.failures.join("\n  ")
+        );
     }
 }

@@ -7,20 +7,38 @@ use super::linalg::{gemm, Mat};
 use crate::backend::AttentionGeom;
 
 /// P = exp(scale·qᵀk − lse) for one batch; with `lse = None` computes lse too (forward).
-fn probabilities(q: &[f32], k: &[f32], g: AttentionGeom, lse: &mut [f32], have_lse: bool) -> Vec<f32> {
+fn probabilities(
+    q: &[f32],
+    k: &[f32],
+    g: AttentionGeom,
+    lse: &mut [f32],
+    have_lse: bool,
+) -> Vec<f32> {
     let (n, m, c) = (g.n, g.m, g.c);
     let mut s = vec![0.0; n * m];
     // S[n, m] = Σ_c q[c, n]·k[c, m]
-    gemm(n, m, c, Mat::new(q, n, true), Mat::new(k, m, false), &mut s, m, false, true);
-    s.par_chunks_mut(m).zip(lse.par_iter_mut()).for_each(|(row, l)| {
-        row.iter_mut().for_each(|v| *v *= g.scale);
-        if !have_lse {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-            *l = (max as f64 + sum.ln()) as f32;
-        }
-        row.iter_mut().for_each(|v| *v = (*v - *l).exp());
-    });
+    gemm(
+        n,
+        m,
+        c,
+        Mat::new(q, n, true),
+        Mat::new(k, m, false),
+        &mut s,
+        m,
+        false,
+        true,
+    );
+    s.par_chunks_mut(m)
+        .zip(lse.par_iter_mut())
+        .for_each(|(row, l)| {
+            row.iter_mut().for_each(|v| *v *= g.scale);
+            if !have_lse {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+                *l = (max as f64 + sum.ln()) as f32;
+            }
+            row.iter_mut().for_each(|v| *v = (*v - *l).exp());
+        });
     s
 }
 
@@ -35,7 +53,17 @@ pub(super) fn forward(q: &[f32], k: &[f32], v: &[f32], g: AttentionGeom) -> (Vec
         let p = probabilities(qb, kb, g, &mut lse[b * n..(b + 1) * n], false);
         // y[cv, n] = Σ_m v[cv, m]·P[n, m]
         let yb = &mut y[b * cv * n..(b + 1) * cv * n];
-        gemm(cv, n, m, Mat::new(vb, m, false), Mat::new(&p, m, true), yb, n, false, true);
+        gemm(
+            cv,
+            n,
+            m,
+            Mat::new(vb, m, false),
+            Mat::new(&p, m, true),
+            yb,
+            n,
+            false,
+            true,
+        );
     }
     (y, lse)
 }
@@ -51,28 +79,82 @@ pub(super) fn backward(
     g: AttentionGeom,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (n, m, c, cv) = (g.n, g.m, g.c, g.cv);
-    let (mut dq, mut dk, mut dv) =
-        (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
     for b in 0..g.batch {
-        let (qs, ks, vs) = (b * c * n..(b + 1) * c * n, b * c * m..(b + 1) * c * m, b * cv * m..(b + 1) * cv * m);
+        let (qs, ks, vs) = (
+            b * c * n..(b + 1) * c * n,
+            b * c * m..(b + 1) * c * m,
+            b * cv * m..(b + 1) * cv * m,
+        );
         let ys = b * cv * n..(b + 1) * cv * n;
-        let (qb, kb, vb, yb, dyb) = (&q[qs.clone()], &k[ks.clone()], &v[vs.clone()], &y[ys.clone()], &dy[ys]);
+        let (qb, kb, vb, yb, dyb) = (
+            &q[qs.clone()],
+            &k[ks.clone()],
+            &v[vs.clone()],
+            &y[ys.clone()],
+            &dy[ys],
+        );
         let mut l = lse[b * n..(b + 1) * n].to_vec();
         let p = probabilities(qb, kb, g, &mut l, true);
         // dv[cv, m] = Σ_n dy[cv, n]·P[n, m]
-        gemm(cv, m, n, Mat::new(dyb, n, false), Mat::new(&p, m, false), &mut dv[vs], m, false, true);
+        gemm(
+            cv,
+            m,
+            n,
+            Mat::new(dyb, n, false),
+            Mat::new(&p, m, false),
+            &mut dv[vs],
+            m,
+            false,
+            true,
+        );
         // dP[n, m] = Σ_cv dy[cv, n]·v[cv, m]
         let mut ds = vec![0.0; n * m];
-        gemm(n, m, cv, Mat::new(dyb, n, true), Mat::new(vb, m, false), &mut ds, m, false, true);
-        let d: Vec<f32> = (0..n).map(|i| (0..cv).map(|j| dyb[j * n + i] * yb[j * n + i]).sum()).collect();
-        ds.par_chunks_mut(m).zip(p.par_chunks(m)).zip(d.par_iter()).for_each(|((dsr, pr), &di)| {
-            for (s, &pv) in dsr.iter_mut().zip(pr) {
-                *s = g.scale * pv * (*s - di);
-            }
-        });
+        gemm(
+            n,
+            m,
+            cv,
+            Mat::new(dyb, n, true),
+            Mat::new(vb, m, false),
+            &mut ds,
+            m,
+            false,
+            true,
+        );
+        let d: Vec<f32> = (0..n)
+            .map(|i| (0..cv).map(|j| dyb[j * n + i] * yb[j * n + i]).sum())
+            .collect();
+        ds.par_chunks_mut(m)
+            .zip(p.par_chunks(m))
+            .zip(d.par_iter())
+            .for_each(|((dsr, pr), &di)| {
+                for (s, &pv) in dsr.iter_mut().zip(pr) {
+                    *s = g.scale * pv * (*s - di);
+                }
+            });
         // dq[c, n] = Σ_m k[c, m]·dS[n, m];  dk[c, m] = Σ_n q[c, n]·dS[n, m]
-        gemm(c, n, m, Mat::new(kb, m, false), Mat::new(&ds, m, true), &mut dq[qs], n, false, true);
-        gemm(c, m, n, Mat::new(qb, n, false), Mat::new(&ds, m, false), &mut dk[ks], m, false, true);
+        gemm(
+            c,
+            n,
+            m,
+            Mat::new(kb, m, false),
+            Mat::new(&ds, m, true),
+            &mut dq[qs],
+            n,
+            false,
+            true,
+        );
+        gemm(
+            c,
+            m,
+            n,
+            Mat::new(qb, n, false),
+            Mat::new(&ds, m, false),
+            &mut dk[ks],
+            m,
+            false,
+            true,
+        );
     }
     (dq, dk, dv)
 }

@@ -19,7 +19,11 @@ pub(super) fn statistics(x: &[f32], g: AxisGeom) -> (Vec<f32>, Vec<f32>) {
         .into_par_iter()
         .map(|c| {
             let mean = channel(x, g, c).flatten().map(|&v| v as f64).sum::<f64>() / count;
-            let var = channel(x, g, c).flatten().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / count;
+            let var = channel(x, g, c)
+                .flatten()
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum::<f64>()
+                / count;
             (mean as f32, var as f32)
         })
         .collect();
@@ -37,14 +41,17 @@ pub(super) fn normalize(
     eps: f32,
 ) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(g.inner).zip(x.par_chunks(g.inner)).enumerate().for_each(|(row, (y, x))| {
-        let c = row % g.axis;
-        let scale = w.map_or(1.0, |w| w[c]) / (var[c] + eps).sqrt();
-        let shift = b.map_or(0.0, |b| b[c]) - mean[c] * scale;
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = x * scale + shift;
-        }
-    });
+    y.par_chunks_mut(g.inner)
+        .zip(x.par_chunks(g.inner))
+        .enumerate()
+        .for_each(|(row, (y, x))| {
+            let c = row % g.axis;
+            let scale = w.map_or(1.0, |w| w[c]) / (var[c] + eps).sqrt();
+            let shift = b.map_or(0.0, |b| b[c]) - mean[c] * scale;
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * scale + shift;
+            }
+        });
     y
 }
 
@@ -61,20 +68,25 @@ pub(super) fn backward(
     eps: f32,
     batch_stats: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let invstd: Vec<f64> = var.iter().map(|&v| 1.0 / (v as f64 + eps as f64).sqrt()).collect();
+    let invstd: Vec<f64> = var
+        .iter()
+        .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
+        .collect();
     let sums: Vec<(f64, f64)> = (0..g.axis)
         .into_par_iter()
         .map(|c| {
             let (m, is) = (mean[c] as f64, invstd[c]);
-            channel(dy, g, c).zip(channel(x, g, c)).fold((0.0, 0.0), |(sd, sdx), (dy, x)| {
-                let mut sd_row = 0.0;
-                let mut sdx_row = 0.0;
-                for (&d, &v) in dy.iter().zip(x) {
-                    sd_row += d as f64;
-                    sdx_row += d as f64 * (v as f64 - m) * is;
-                }
-                (sd + sd_row, sdx + sdx_row)
-            })
+            channel(dy, g, c)
+                .zip(channel(x, g, c))
+                .fold((0.0, 0.0), |(sd, sdx), (dy, x)| {
+                    let mut sd_row = 0.0;
+                    let mut sdx_row = 0.0;
+                    for (&d, &v) in dy.iter().zip(x) {
+                        sd_row += d as f64;
+                        sdx_row += d as f64 * (v as f64 - m) * is;
+                    }
+                    (sd + sd_row, sdx + sdx_row)
+                })
         })
         .collect();
     let n = (g.outer * g.inner) as f64;

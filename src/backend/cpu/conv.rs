@@ -1,5 +1,745 @@
-//! Convolution kernels (being written).
+//! Convolution kernels (conv2d is conv3d with a depth of one).
+//!
+//! General path: vol2col into a per-task column buffer covering a chunk of output rows (whole rows of
+//! oW positions, sized to a few MB so the full column matrix is never built), then a GEMM with the
+//! group's weights, a plain [C_out/G, K] matrix with K = ((ci·kD + a)·kH + b)·kW + c. Pointwise
+//! convolutions (1×1×1, stride 1, no padding) read the input plane as the column matrix directly.
+//! Depthwise convolutions (groups == C_in) use a direct kernel instead: K is only the kernel volume,
+//! too small for GEMM to pay off.
+
+use rayon::prelude::*;
+
+use super::linalg::{gemm, Mat};
 use crate::backend::ConvGeom;
-pub(super) fn forward(_x: &[f32], _w: &[f32], _bias: Option<&[f32]>, _g: &ConvGeom) -> Vec<f32> { todo!() }
-pub(super) fn backward_data(_dy: &[f32], _w: &[f32], _g: &ConvGeom) -> Vec<f32> { todo!() }
-pub(super) fn backward_weight(_x: &[f32], _dy: &[f32], _g: &ConvGeom) -> Vec<f32> { todo!() }
+
+/// How output rows are chunked per task: a column buffer of about `col_floats`, but at least
+/// `min_positions` output positions (GEMM slows down well below a few hundred columns).
+#[derive(Debug, Clone, Copy)]
+struct Chunking {
+    col_floats: usize,
+    min_positions: usize,
+}
+
+/// 4 MB column buffers.
+const CHUNKING: Chunking = Chunking {
+    col_floats: 1 << 20,
+    min_positions: 256,
+};
+
+pub(super) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    forward_with(x, w, bias, g, CHUNKING)
+}
+
+/// dx, shape of x.
+pub(super) fn backward_data(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    backward_data_with(dy, w, g, CHUNKING)
+}
+
+/// dw, shape of w.
+pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+    backward_weight_with(x, dy, g, CHUNKING)
+}
+
+fn is_depthwise(g: &ConvGeom) -> bool {
+    g.groups == g.c_in && g.groups > 1
+}
+
+fn is_pointwise(g: &ConvGeom) -> bool {
+    g.kernel == [1, 1, 1] && g.stride == [1, 1, 1] && g.padding == [0, 0, 0]
+}
+
+/// Output indices o in [lo, hi) whose tap t reads inside the input: 0 ≤ o·s + t·d − p < n.
+fn tap_range(out: usize, n: usize, s: usize, p: usize, d: usize, t: usize) -> (usize, usize) {
+    let off = (t * d) as isize - p as isize;
+    let lo = if off >= 0 {
+        0
+    } else {
+        (-off as usize).div_ceil(s)
+    };
+    let top = n as isize - 1 - off;
+    let hi = if top < 0 {
+        0
+    } else {
+        (top as usize / s + 1).min(out)
+    };
+    (lo.min(hi), hi)
+}
+
+/// Per dim and per tap, the valid output range (see [`tap_range`]).
+struct Taps([Vec<(usize, usize)>; 3]);
+
+impl Taps {
+    fn new(g: &ConvGeom) -> Self {
+        Taps(std::array::from_fn(|i| {
+            (0..g.kernel[i])
+                .map(|t| {
+                    tap_range(
+                        g.output[i],
+                        g.input[i],
+                        g.stride[i],
+                        g.padding[i],
+                        g.dilation[i],
+                        t,
+                    )
+                })
+                .collect()
+        }))
+    }
+    /// The input index along `dim` read by output `o` through tap `t`, if inside the input.
+    #[inline]
+    fn input(&self, g: &ConvGeom, dim: usize, o: usize, t: usize) -> Option<usize> {
+        let (lo, hi) = self.0[dim][t];
+        (lo <= o && o < hi).then(|| o * g.stride[dim] + t * g.dilation[dim] - g.padding[dim])
+    }
+    /// Start of the input run read by outputs lo.. of tap `c` along W (only for a non-empty range).
+    #[inline]
+    fn w_start(&self, g: &ConvGeom, c: usize) -> usize {
+        self.0[2][c].0 * g.stride[2] + c * g.dilation[2] - g.padding[2]
+    }
+}
+
+/// Output rows (od·oH + oh) in chunks sized by `chunking`, split further so that
+/// `tasks_per_chunk`·chunks covers the thread pool when possible.
+fn row_chunks(
+    g: &ConvGeom,
+    kdim: usize,
+    chunking: Chunking,
+    tasks_per_chunk: usize,
+) -> Vec<(usize, usize)> {
+    let rows = g.output[0] * g.output[1];
+    let ow = g.output[2];
+    let by_budget =
+        (chunking.col_floats / (kdim * ow).max(1)).max(chunking.min_positions.div_ceil(ow));
+    let want = rayon::current_num_threads().div_ceil(tasks_per_chunk.max(1));
+    let per = by_budget.min(rows.div_ceil(want)).clamp(1, rows);
+    (0..rows)
+        .step_by(per)
+        .map(|r0| (r0, (r0 + per).min(rows)))
+        .collect()
+}
+
+/// Column rows of one input channel (`kvol` rows of (r1 − r0)·oW positions) from its [D, H, W] plane.
+fn vol2col_channel(xc: &[f32], dst: &mut [f32], g: &ConvGeom, taps: &Taps, r0: usize, r1: usize) {
+    let [kd, kh, kw] = g.kernel;
+    let [_, oh_n, ow_n] = g.output;
+    let [_, ih_n, iw_n] = g.input;
+    let sw = g.stride[2];
+    let pc = (r1 - r0) * ow_n;
+    for (t, row) in dst.chunks_exact_mut(pc).take(kd * kh * kw).enumerate() {
+        let (a, b, c) = (t / (kh * kw), t / kw % kh, t % kw);
+        let (lo, hi) = taps.0[2][c];
+        let w0 = if lo < hi { taps.w_start(g, c) } else { 0 };
+        for (r, seg) in (r0..r1).zip(row.chunks_exact_mut(ow_n)) {
+            let (od, oh) = (r / oh_n, r % oh_n);
+            let (Some(id), Some(ih)) = (taps.input(g, 0, od, a), taps.input(g, 1, oh, b)) else {
+                seg.fill(0.0);
+                continue;
+            };
+            let src = &xc[(id * ih_n + ih) * iw_n..][..iw_n];
+            seg[..lo].fill(0.0);
+            seg[hi..].fill(0.0);
+            if sw == 1 {
+                seg[lo..hi].copy_from_slice(&src[w0..w0 + hi - lo]);
+            } else {
+                for (v, s) in seg[lo..hi].iter_mut().zip(src[w0..].iter().step_by(sw)) {
+                    *v = *s;
+                }
+            }
+        }
+    }
+}
+
+/// Adjoint of [`vol2col_channel`]: scatter-add column rows into one channel's [D, H, W] plane.
+fn col2vol_channel(src: &[f32], dxc: &mut [f32], g: &ConvGeom, taps: &Taps, r0: usize, r1: usize) {
+    let [kd, kh, kw] = g.kernel;
+    let [_, oh_n, ow_n] = g.output;
+    let [_, ih_n, iw_n] = g.input;
+    let sw = g.stride[2];
+    let pc = (r1 - r0) * ow_n;
+    for (t, row) in src.chunks_exact(pc).take(kd * kh * kw).enumerate() {
+        let (a, b, c) = (t / (kh * kw), t / kw % kh, t % kw);
+        let (lo, hi) = taps.0[2][c];
+        if lo >= hi {
+            continue;
+        }
+        let w0 = taps.w_start(g, c);
+        for (r, seg) in (r0..r1).zip(row.chunks_exact(ow_n)) {
+            let (od, oh) = (r / oh_n, r % oh_n);
+            let (Some(id), Some(ih)) = (taps.input(g, 0, od, a), taps.input(g, 1, oh, b)) else {
+                continue;
+            };
+            let dst = &mut dxc[(id * ih_n + ih) * iw_n..][..iw_n];
+            if sw == 1 {
+                for (d, s) in dst[w0..w0 + hi - lo].iter_mut().zip(&seg[lo..hi]) {
+                    *d += s;
+                }
+            } else {
+                for (d, s) in dst[w0..].iter_mut().step_by(sw).zip(&seg[lo..hi]) {
+                    *d += s;
+                }
+            }
+        }
+    }
+}
+
+/// The column matrix [cin_g·kvol, pc] of rows r0..r1 for a group's input `xg` [cin_g, D, H, W].
+fn fill_col(
+    xg: &[f32],
+    col: &mut Vec<f32>,
+    g: &ConvGeom,
+    taps: &Taps,
+    r0: usize,
+    r1: usize,
+    parallel: bool,
+) {
+    let (in_vol, kvol) = (g.input_volume(), g.kernel_volume());
+    let rows = kvol * (r1 - r0) * g.output[2];
+    col.resize(g.in_per_group() * rows, 0.0);
+    let one = |(xc, dst): (&[f32], &mut [f32])| vol2col_channel(xc, dst, g, taps, r0, r1);
+    if parallel {
+        xg.par_chunks(in_vol)
+            .zip(col.par_chunks_mut(rows))
+            .for_each(one);
+    } else {
+        xg.chunks(in_vol).zip(col.chunks_mut(rows)).for_each(one);
+    }
+}
+
+fn forward_with(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+    chunking: Chunking,
+) -> Vec<f32> {
+    if is_depthwise(g) {
+        return depthwise_forward(x, w, bias, g);
+    }
+    let (p_vol, in_vol, ow_n) = (g.output_volume(), g.input_volume(), g.output[2]);
+    let (cin_g, cout_g, groups) = (g.in_per_group(), g.out_per_group(), g.groups);
+    let kdim = cin_g * g.kernel_volume();
+    let pointwise = is_pointwise(g);
+    let chunks = row_chunks(g, kdim, chunking, g.n * groups);
+    let mut y = vec![0.0f32; g.n * g.c_out * p_vol];
+
+    // Tasks own disjoint pieces of y: for each (n, group, chunk), the chunk's span of every output
+    // channel row. The GEMM lands in a small contiguous buffer that is then copied out (with the bias).
+    let mut tasks = Vec::with_capacity(g.n * groups * chunks.len());
+    for (ng, block) in y.chunks_mut(cout_g * p_vol).enumerate() {
+        let mut rows: Vec<&mut [f32]> = block.chunks_mut(p_vol).collect();
+        for &(r0, r1) in &chunks {
+            let len = (r1 - r0) * ow_n;
+            let pieces: Vec<&mut [f32]> = rows
+                .iter_mut()
+                .map(|row| {
+                    let (head, tail) = std::mem::take(row).split_at_mut(len);
+                    *row = tail;
+                    head
+                })
+                .collect();
+            tasks.push((ng, r0, r1, pieces));
+        }
+    }
+    let few = tasks.len() < rayon::current_num_threads();
+    let taps = Taps::new(g);
+    tasks.into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(col, tmp), (ng, r0, r1, pieces)| {
+            let gi = ng % groups;
+            let xg = &x[ng / groups * g.c_in * in_vol + gi * cin_g * in_vol..][..cin_g * in_vol];
+            let wg = Mat::new(&w[gi * cout_g * kdim..][..cout_g * kdim], kdim, false);
+            let (p0, pc) = (r0 * ow_n, (r1 - r0) * ow_n);
+            let b = if pointwise {
+                Mat {
+                    data: &xg[p0..],
+                    rs: p_vol,
+                    cs: 1,
+                }
+            } else {
+                fill_col(xg, col, g, &taps, r0, r1, few);
+                Mat::new(&col[..kdim * pc], pc, false)
+            };
+            tmp.resize(cout_g * pc, 0.0);
+            gemm(cout_g, pc, kdim, wg, b, tmp, pc, false, few);
+            for (j, (piece, src)) in pieces.into_iter().zip(tmp.chunks_exact(pc)).enumerate() {
+                let bv = bias.map_or(0.0, |b| b[gi * cout_g + j]);
+                for (d, s) in piece.iter_mut().zip(src) {
+                    *d = s + bv;
+                }
+            }
+        },
+    );
+    y
+}
+
+fn backward_data_with(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking) -> Vec<f32> {
+    if is_depthwise(g) {
+        return depthwise_backward_data(dy, w, g);
+    }
+    let (p_vol, in_vol, ow_n) = (g.output_volume(), g.input_volume(), g.output[2]);
+    let (cin_g, cout_g, kvol) = (g.in_per_group(), g.out_per_group(), g.kernel_volume());
+    let kdim = cin_g * kvol;
+    let chunks = row_chunks(g, kdim, chunking, usize::MAX);
+    let mut dx = vec![0.0f32; g.n * g.c_in * in_vol];
+    // (n, group) blocks of dx are contiguous and independent; chunks within one scatter into the
+    // same block, so they run in order. With fewer blocks than threads, GEMM and col2vol go parallel.
+    let few = g.n * g.groups < rayon::current_num_threads();
+    let taps = Taps::new(g);
+    dx.par_chunks_mut(cin_g * in_vol)
+        .enumerate()
+        .for_each(|(ng, dxg)| {
+            let wt = Mat::new(
+                &w[ng % g.groups * cout_g * kdim..][..cout_g * kdim],
+                kdim,
+                true,
+            );
+            let dyg = &dy[ng * cout_g * p_vol..][..cout_g * p_vol];
+            if is_pointwise(g) {
+                gemm(
+                    cin_g,
+                    p_vol,
+                    cout_g,
+                    wt,
+                    Mat::new(dyg, p_vol, false),
+                    dxg,
+                    p_vol,
+                    false,
+                    few,
+                );
+                return;
+            }
+            let mut dcol = Vec::new();
+            for &(r0, r1) in &chunks {
+                let (p0, pc) = (r0 * ow_n, (r1 - r0) * ow_n);
+                dcol.resize(kdim * pc, 0.0);
+                let b = Mat {
+                    data: &dyg[p0..],
+                    rs: p_vol,
+                    cs: 1,
+                };
+                gemm(kdim, pc, cout_g, wt, b, &mut dcol, pc, false, few);
+                let one =
+                    |(dxc, src): (&mut [f32], &[f32])| col2vol_channel(src, dxc, g, &taps, r0, r1);
+                if few {
+                    dxg.par_chunks_mut(in_vol)
+                        .zip(dcol.par_chunks(kvol * pc))
+                        .for_each(one);
+                } else {
+                    dxg.chunks_mut(in_vol)
+                        .zip(dcol.chunks(kvol * pc))
+                        .for_each(one);
+                }
+            }
+        });
+    dx
+}
+
+fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking) -> Vec<f32> {
+    if is_depthwise(g) {
+        return depthwise_backward_weight(x, dy, g);
+    }
+    let (p_vol, in_vol, ow_n) = (g.output_volume(), g.input_volume(), g.output[2]);
+    let (cin_g, cout_g, groups) = (g.in_per_group(), g.out_per_group(), g.groups);
+    let kdim = cin_g * g.kernel_volume();
+    let pointwise = is_pointwise(g);
+    let chunks = row_chunks(g, kdim, chunking, g.n * groups);
+    let tasks: Vec<(usize, usize, usize)> = (0..g.n * groups)
+        .flat_map(|ng| chunks.iter().map(move |&(r0, r1)| (ng, r0, r1)))
+        .collect();
+    let few = tasks.len() < rayon::current_num_threads();
+    let taps = Taps::new(g);
+    let w_len = g.c_out * kdim;
+    // Each fold accumulates a private dW over its tasks; the partial sums are added at the end.
+    tasks
+        .into_par_iter()
+        .fold(
+            || (vec![0.0f32; w_len], Vec::new()),
+            |(mut acc, mut col), (ng, r0, r1)| {
+                let gi = ng % groups;
+                let xg =
+                    &x[ng / groups * g.c_in * in_vol + gi * cin_g * in_vol..][..cin_g * in_vol];
+                let dyg = &dy[ng * cout_g * p_vol..][..cout_g * p_vol];
+                let (p0, pc) = (r0 * ow_n, (r1 - r0) * ow_n);
+                let col_t = if pointwise {
+                    Mat {
+                        data: &xg[p0..],
+                        rs: 1,
+                        cs: p_vol,
+                    }
+                } else {
+                    fill_col(xg, &mut col, g, &taps, r0, r1, few);
+                    Mat::new(&col[..kdim * pc], pc, true)
+                };
+                let a = Mat {
+                    data: &dyg[p0..],
+                    rs: p_vol,
+                    cs: 1,
+                };
+                let dst = &mut acc[gi * cout_g * kdim..][..cout_g * kdim];
+                gemm(cout_g, kdim, pc, a, col_t, dst, kdim, true, few);
+                (acc, col)
+            },
+        )
+        .map(|(acc, _)| acc)
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; w_len])
+}
+
+/// Calls `f(out, tap, inp, len)` for every output row and kernel tap reading inside the input: plane
+/// outputs out..out+len read plane inputs inp, inp + stride_w, …
+fn for_each_run(g: &ConvGeom, taps: &Taps, mut f: impl FnMut(usize, usize, usize, usize)) {
+    let [kd, kh, kw] = g.kernel;
+    let [od_n, oh_n, ow_n] = g.output;
+    let [_, ih_n, iw_n] = g.input;
+    for od in 0..od_n {
+        for oh in 0..oh_n {
+            let out_row = (od * oh_n + oh) * ow_n;
+            for a in 0..kd {
+                let Some(id) = taps.input(g, 0, od, a) else {
+                    continue;
+                };
+                for b in 0..kh {
+                    let Some(ih) = taps.input(g, 1, oh, b) else {
+                        continue;
+                    };
+                    let in_row = (id * ih_n + ih) * iw_n;
+                    for c in 0..kw {
+                        let (lo, hi) = taps.0[2][c];
+                        if lo < hi {
+                            f(
+                                out_row + lo,
+                                (a * kh + b) * kw + c,
+                                in_row + taps.w_start(g, c),
+                                hi - lo,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Σ a·b in eight lanes, so it vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Depthwise forward: one task per output plane (n, co), reading input channel co / m.
+fn depthwise_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    let (p_vol, in_vol, kvol, m) = (
+        g.output_volume(),
+        g.input_volume(),
+        g.kernel_volume(),
+        g.out_per_group(),
+    );
+    let sw = g.stride[2];
+    let taps = Taps::new(g);
+    let mut y = vec![0.0f32; g.n * g.c_out * p_vol];
+    y.par_chunks_mut(p_vol).enumerate().for_each(|(nc, yp)| {
+        let (n, co) = (nc / g.c_out, nc % g.c_out);
+        let xp = &x[(n * g.c_in + co / m) * in_vol..][..in_vol];
+        let wk = &w[co * kvol..][..kvol];
+        yp.fill(bias.map_or(0.0, |b| b[co]));
+        for_each_run(g, &taps, |o, t, i, len| {
+            let wv = wk[t];
+            let yr = &mut yp[o..o + len];
+            if sw == 1 {
+                yr.iter_mut()
+                    .zip(&xp[i..i + len])
+                    .for_each(|(y, x)| *y += wv * x);
+            } else {
+                yr.iter_mut()
+                    .zip(xp[i..].iter().step_by(sw))
+                    .for_each(|(y, x)| *y += wv * x);
+            }
+        });
+    });
+    y
+}
+
+/// Depthwise dx: one task per input plane (n, ci), gathering its m output channels.
+fn depthwise_backward_data(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (p_vol, in_vol, kvol, m) = (
+        g.output_volume(),
+        g.input_volume(),
+        g.kernel_volume(),
+        g.out_per_group(),
+    );
+    let sw = g.stride[2];
+    let taps = Taps::new(g);
+    let mut dx = vec![0.0f32; g.n * g.c_in * in_vol];
+    dx.par_chunks_mut(in_vol).enumerate().for_each(|(nc, dxp)| {
+        let (n, ci) = (nc / g.c_in, nc % g.c_in);
+        for co in ci * m..(ci + 1) * m {
+            let dyp = &dy[(n * g.c_out + co) * p_vol..][..p_vol];
+            let wk = &w[co * kvol..][..kvol];
+            for_each_run(g, &taps, |o, t, i, len| {
+                let wv = wk[t];
+                let src = &dyp[o..o + len];
+                if sw == 1 {
+                    dxp[i..i + len]
+                        .iter_mut()
+                        .zip(src)
+                        .for_each(|(d, s)| *d += wv * s);
+                } else {
+                    dxp[i..]
+                        .iter_mut()
+                        .step_by(sw)
+                        .zip(src)
+                        .for_each(|(d, s)| *d += wv * s);
+                }
+            });
+        }
+    });
+    dx
+}
+
+/// Depthwise dw: one task per output channel's kernel, summing over the batch.
+fn depthwise_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (p_vol, in_vol, kvol, m) = (
+        g.output_volume(),
+        g.input_volume(),
+        g.kernel_volume(),
+        g.out_per_group(),
+    );
+    let sw = g.stride[2];
+    let taps = Taps::new(g);
+    let mut dw = vec![0.0f32; g.c_out * kvol];
+    dw.par_chunks_mut(kvol).enumerate().for_each(|(co, acc)| {
+        for n in 0..g.n {
+            let xp = &x[(n * g.c_in + co / m) * in_vol..][..in_vol];
+            let dyp = &dy[(n * g.c_out + co) * p_vol..][..p_vol];
+            for_each_run(g, &taps, |o, t, i, len| {
+                let d = &dyp[o..o + len];
+                acc[t] += if sw == 1 {
+                    dot(d, &xp[i..i + len])
+                } else {
+                    d.iter()
+                        .zip(xp[i..].iter().step_by(sw))
+                        .map(|(a, b)| a * b)
+                        .sum()
+                };
+            });
+        }
+    });
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{splitmix64, uniform};
+
+    fn data(seed: u64, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| uniform(seed, i as u64) * 2.0 - 1.0)
+            .collect()
+    }
+
+    /// Plain loops in f64: (y without bias, dx, dw) for upstream gradient dy.
+    fn reference(x: &[f32], w: &[f32], dy: &[f32], g: &ConvGeom) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let [id_n, ih_n, iw_n] = g.input;
+        let [od_n, oh_n, ow_n] = g.output;
+        let [kd, kh, kw] = g.kernel;
+        let mut y = vec![0.0f64; g.n * g.c_out * g.output_volume()];
+        let mut dx = vec![0.0f64; x.len()];
+        let mut dw = vec![0.0f64; w.len()];
+        let at = |o: usize, k: usize, dim: usize, n: usize| -> Option<usize> {
+            let i = (o * g.stride[dim] + k * g.dilation[dim]) as isize - g.padding[dim] as isize;
+            (i >= 0 && (i as usize) < n).then_some(i as usize)
+        };
+        for n in 0..g.n {
+            for co in 0..g.c_out {
+                let gi = co / cout_g;
+                for od in 0..od_n {
+                    for oh in 0..oh_n {
+                        for ow in 0..ow_n {
+                            let yi = (((n * g.c_out + co) * od_n + od) * oh_n + oh) * ow_n + ow;
+                            for cl in 0..cin_g {
+                                let ci = gi * cin_g + cl;
+                                for a in 0..kd {
+                                    let Some(id) = at(od, a, 0, id_n) else {
+                                        continue;
+                                    };
+                                    for b in 0..kh {
+                                        let Some(ih) = at(oh, b, 1, ih_n) else {
+                                            continue;
+                                        };
+                                        for c in 0..kw {
+                                            let Some(iw) = at(ow, c, 2, iw_n) else {
+                                                continue;
+                                            };
+                                            let xi = (((n * g.c_in + ci) * id_n + id) * ih_n + ih)
+                                                * iw_n
+                                                + iw;
+                                            let wi =
+                                                (((co * cin_g + cl) * kd + a) * kh + b) * kw + c;
+                                            y[yi] += x[xi] as f64 * w[wi] as f64;
+                                            dx[xi] += dy[yi] as f64 * w[wi] as f64;
+                                            dw[wi] += dy[yi] as f64 * x[xi] as f64;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, dx, dw)
+    }
+
+    fn max_err(got: &[f32], want: &[f64]) -> (f64, f64) {
+        assert_eq!(got.len(), want.len());
+        let err = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        (err, scale)
+    }
+
+    /// A small deterministic chooser over splitmix64.
+    struct Pick(u64);
+    impl Pick {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = splitmix64(self.0.wrapping_add(crate::rng::GOLDEN));
+            (self.0 % n as u64) as usize
+        }
+        fn range(&mut self, lo: usize, hi: usize) -> usize {
+            lo + self.below(hi - lo + 1)
+        }
+    }
+
+    fn random_geom(p: &mut Pick, case: usize) -> ConvGeom {
+        const KERNELS: [[usize; 3]; 8] = [
+            [3, 3, 3],
+            [3, 1, 1],
+            [1, 3, 3],
+            [5, 7, 7],
+            [1, 7, 7],
+            [1, 1, 1],
+            [2, 3, 2],
+            [1, 5, 5],
+        ];
+        let kernel = KERNELS[case % KERNELS.len()];
+        let flat = case % 5 == 4 || (kernel[0] == 1 && p.below(2) == 0); // 2-d-like: D = 1
+        let pointwise = kernel == [1, 1, 1] && p.below(2) == 0;
+        let big = kernel.iter().product::<usize>() > 100;
+        let mut g = ConvGeom {
+            n: p.range(1, 3),
+            c_in: 0,
+            c_out: 0,
+            groups: 1,
+            input: [0; 3],
+            output: [0; 3],
+            kernel,
+            stride: [1; 3],
+            padding: [0; 3],
+            dilation: [1; 3],
+        };
+        for (d, &k) in kernel.iter().enumerate() {
+            if flat && d == 0 {
+                g.kernel[0] = 1;
+                g.input[0] = 1;
+                g.output[0] = 1;
+                continue;
+            }
+            if !pointwise {
+                g.stride[d] = p.range(1, 2);
+                g.padding[d] = p.range(0, 2.min(k));
+                if k > 1 && !big {
+                    g.dilation[d] = p.range(1, 2);
+                }
+            }
+            let span = g.dilation[d] * (k - 1) + 1;
+            let min = span.saturating_sub(2 * g.padding[d]).max(1);
+            g.input[d] = min + p.range(0, if big { 3 } else { 6 });
+            g.output[d] = (g.input[d] + 2 * g.padding[d] - span) / g.stride[d] + 1;
+        }
+        let (cin_g, cout_g) = if big {
+            (p.range(1, 2), p.range(1, 2))
+        } else {
+            (p.range(1, 3), p.range(1, 4))
+        };
+        match p.below(4) {
+            0 => (g.groups, g.c_in, g.c_out) = (1, cin_g, cout_g),
+            1 => (g.groups, g.c_in, g.c_out) = (2, 2 * cin_g, 2 * cout_g),
+            m => {
+                let c = p.range(2, 4);
+                (g.groups, g.c_in, g.c_out) = (c, c, c * (m - 1)); // depthwise, multiplier 1 or 2
+            }
+        }
+        g
+    }
+
+    #[test]
+    fn matches_reference() {
+        let mut p = Pick(0x5eed);
+        let mut worst = (0.0f64, String::new());
+        for case in 0..64 {
+            let g = random_geom(&mut p, case);
+            let budget = [1, 40, 700, 0][p.below(4)];
+            let chunking = if budget == 0 {
+                CHUNKING
+            } else {
+                Chunking {
+                    col_floats: budget,
+                    min_positions: 1,
+                }
+            };
+            let seed = case as u64 * 4;
+            let x = data(seed, g.n * g.c_in * g.input_volume());
+            let w = data(seed + 1, g.c_out * g.in_per_group() * g.kernel_volume());
+            let dy = data(seed + 2, g.n * g.c_out * g.output_volume());
+            let bias = (case % 2 == 0).then(|| data(seed + 3, g.c_out));
+            let (mut y_ref, dx_ref, dw_ref) = reference(&x, &w, &dy, &g);
+            if let Some(b) = &bias {
+                for (i, v) in y_ref.iter_mut().enumerate() {
+                    *v += b[i / g.output_volume() % g.c_out] as f64;
+                }
+            }
+            let y = forward_with(&x, &w, bias.as_deref(), &g, chunking);
+            let dx = backward_data_with(&dy, &w, &g, chunking);
+            let dw = backward_weight_with(&x, &dy, &g, chunking);
+            for (name, got, want) in [
+                ("y", &y, &y_ref),
+                ("dx", &dx, &dx_ref),
+                ("dw", &dw, &dw_ref),
+            ] {
+                let (err, scale) = max_err(got, want);
+                assert!(
+                    err <= 1e-4 * (1.0 + scale),
+                    "case {case} {name}: err {err} (scale {scale}) {g:?}"
+                );
+                let rel = err / (1.0 + scale);
+                if rel > worst.0 {
+                    worst = (
+                        rel,
+                        format!("case {case} {name} err {err:.2e} scale {scale:.1}"),
+                    );
+                }
+            }
+        }
+        println!("worst relative error {:.2e}: {}", worst.0, worst.1);
+    }
+}

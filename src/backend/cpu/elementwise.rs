@@ -10,53 +10,63 @@ const CHUNK: usize = 1 << 15;
 
 pub(super) fn unary(x: &[f32], op: UnaryOp) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = match op {
-                UnaryOp::Relu => x.max(0.0),
-                UnaryOp::Scale(s) => x * s,
-                UnaryOp::AddScalar(s) => x + s,
-            };
-        }
-    });
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = match op {
+                    UnaryOp::Relu => x.max(0.0),
+                    UnaryOp::Scale(s) => x * s,
+                    UnaryOp::AddScalar(s) => x + s,
+                };
+            }
+        });
     y
 }
 
 pub(super) fn binary(a: &[f32], b: &[f32], op: BinaryOp) -> Vec<f32> {
     let mut y = vec![0.0; a.len()];
-    y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(y, (a, b))| {
-        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-            *y = match op {
-                BinaryOp::Add => a + b,
-                BinaryOp::Sub => a - b,
-                BinaryOp::Mul => a * b,
-            };
-        }
-    });
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = match op {
+                    BinaryOp::Add => a + b,
+                    BinaryOp::Sub => a - b,
+                    BinaryOp::Mul => a * b,
+                };
+            }
+        });
     y
 }
 
 pub(super) fn relu_backward(y: &[f32], dy: &[f32]) -> Vec<f32> {
     let mut dx = vec![0.0; y.len()];
-    dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (y, dy))| {
-        for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-            *dx = if y > 0.0 { dy } else { 0.0 };
-        }
-    });
+    dx.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(dx, (y, dy))| {
+            for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+                *dx = if y > 0.0 { dy } else { 0.0 };
+            }
+        });
     dx
 }
 
 pub(super) fn axpby(y: &mut [f32], a: f32, x: &[f32], b: f32) {
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = a * x + b * *y;
-        }
-    });
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = a * x + b * *y;
+            }
+        });
 }
 
 /// Σ x, accumulated in f64 per chunk.
 pub(super) fn sum(x: &[f32]) -> f32 {
-    x.par_chunks(CHUNK).map(|c| c.iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() as f32
+    x.par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&v| v as f64).sum::<f64>())
+        .sum::<f64>() as f32
 }
 
 /// Σ over outer and inner of x viewed as [outer, axis, inner] → [axis].
@@ -67,7 +77,10 @@ pub(super) fn sum_to_axis(x: &[f32], g: AxisGeom) -> Vec<f32> {
             let mut s = 0f64;
             for o in 0..g.outer {
                 let base = (o * g.axis + c) * g.inner;
-                s += x[base..base + g.inner].iter().map(|&v| v as f64).sum::<f64>();
+                s += x[base..base + g.inner]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
             }
             s as f32
         })
@@ -84,11 +97,18 @@ pub(super) fn add_axis_bias(y: &mut [f32], bias: &[f32], g: AxisGeom) {
 pub(super) fn dropout(x: &[f32], p: f32, seed: u64) -> Vec<f32> {
     let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
     let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (y, x))| {
-        for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-            let idx = (c * CHUNK + i) as u64;
-            *y = if rng::dropout_keep(seed, idx, p) { x * scale } else { 0.0 };
-        }
-    });
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(c, (y, x))| {
+            for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                let idx = (c * CHUNK + i) as u64;
+                *y = if rng::dropout_keep(seed, idx, p) {
+                    x * scale
+                } else {
+                    0.0
+                };
+            }
+        });
     y
 }

@@ -17,9 +17,17 @@ impl<'a> Mat<'a> {
     /// A row-major matrix with `stored_cols` columns, read as itself or (with `trans`) its transpose.
     pub fn new(data: &'a [f32], stored_cols: usize, trans: bool) -> Self {
         if trans {
-            Mat { data, rs: 1, cs: stored_cols }
+            Mat {
+                data,
+                rs: 1,
+                cs: stored_cols,
+            }
         } else {
-            Mat { data, rs: stored_cols, cs: 1 }
+            Mat {
+                data,
+                rs: stored_cols,
+                cs: 1,
+            }
         }
     }
     fn last_index(&self, rows: usize, cols: usize) -> usize {
@@ -89,14 +97,29 @@ pub(super) fn gemm(
 
 /// Batched C = op(A)·op(B), see [`MatmulGeom`].
 pub(super) fn matmul(a: &[f32], b: &[f32], g: MatmulGeom) -> Vec<f32> {
-    let MatmulGeom { batch, m, k, n, trans_a, trans_b } = g;
+    let MatmulGeom {
+        batch,
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+    } = g;
     let mut c = vec![0.0; batch * m * n];
     if c.is_empty() {
         return c;
     }
     let one = |(i, cb): (usize, &mut [f32])| {
-        let am = Mat::new(&a[i * m * k..(i + 1) * m * k], if trans_a { m } else { k }, trans_a);
-        let bm = Mat::new(&b[i * k * n..(i + 1) * k * n], if trans_b { k } else { n }, trans_b);
+        let am = Mat::new(
+            &a[i * m * k..(i + 1) * m * k],
+            if trans_a { m } else { k },
+            trans_a,
+        );
+        let bm = Mat::new(
+            &b[i * k * n..(i + 1) * k * n],
+            if trans_b { k } else { n },
+            trans_b,
+        );
         gemm(m, n, k, am, bm, cb, n, false, batch == 1);
     };
     if batch == 1 {

@@ -3,7 +3,11 @@
 /// log Σ exp of one row, stable.
 fn logsumexp(row: &[f32]) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
+    max + row
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 /// mean_i [ −(1−ε)·logp_i[y_i] − ε/C · Σ_c logp_i[c] ].
@@ -33,7 +37,11 @@ pub(super) fn cross_entropy_backward(
     let k = scale as f64 / labels.len() as f64;
     let eps = eps as f64;
     let mut d = vec![0.0; logits.len()];
-    for ((drow, row), &y) in d.chunks_mut(classes).zip(logits.chunks(classes)).zip(labels) {
+    for ((drow, row), &y) in d
+        .chunks_mut(classes)
+        .zip(logits.chunks(classes))
+        .zip(labels)
+    {
         let lse = logsumexp(row);
         for (c, (dv, &v)) in drow.iter_mut().zip(row).enumerate() {
             let target = eps / classes as f64 + if c == y as usize { 1.0 - eps } else { 0.0 };

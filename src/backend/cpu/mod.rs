@@ -16,6 +16,7 @@ mod softmax;
 mod upsample;
 
 use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use super::*;
@@ -24,6 +25,17 @@ use crate::error::{Error, Result};
 /// A host buffer.
 #[derive(Debug)]
 pub struct CpuBuffer(RwLock<Vec<f32>>);
+
+/// Bytes held by live CPU buffers, now and at most (for memory tests and reports).
+static IN_USE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for CpuBuffer {
+    fn drop(&mut self) {
+        let bytes = self.0.get_mut().map(|v| v.len() * 4).unwrap_or(0);
+        IN_USE.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
 
 impl BackendBuffer for CpuBuffer {
     fn len(&self) -> usize {
@@ -35,6 +47,8 @@ impl BackendBuffer for CpuBuffer {
 }
 
 fn wrap(v: Vec<f32>) -> BufferRef {
+    let now = IN_USE.fetch_add(v.len() * 4, Ordering::Relaxed) + v.len() * 4;
+    PEAK.fetch_max(now, Ordering::Relaxed);
     Arc::new(CpuBuffer(RwLock::new(v)))
 }
 
@@ -61,6 +75,15 @@ impl Backend for CpuBackend {
     fn name(&self) -> String {
         "cpu".into()
     }
+    fn memory_in_use(&self) -> usize {
+        IN_USE.load(Ordering::Relaxed)
+    }
+    fn memory_peak(&self) -> usize {
+        PEAK.load(Ordering::Relaxed)
+    }
+    fn reset_memory_peak(&self) {
+        PEAK.store(IN_USE.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 
     fn from_host(&self, data: &[f32]) -> Result<BufferRef> {
         Ok(wrap(data.to_vec()))
@@ -83,7 +106,12 @@ impl Backend for CpuBackend {
     fn unary(&self, x: &dyn BackendBuffer, op: UnaryOp) -> Result<BufferRef> {
         Ok(wrap(elementwise::unary(&read(x)?, op)))
     }
-    fn binary(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer, op: BinaryOp) -> Result<BufferRef> {
+    fn binary(
+        &self,
+        a: &dyn BackendBuffer,
+        b: &dyn BackendBuffer,
+        op: BinaryOp,
+    ) -> Result<BufferRef> {
         Ok(wrap(elementwise::binary(&read(a)?, &read(b)?, op)))
     }
     fn relu_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer) -> Result<BufferRef> {
@@ -103,7 +131,12 @@ impl Backend for CpuBackend {
     fn sum_to_axis(&self, x: &dyn BackendBuffer, g: AxisGeom) -> Result<BufferRef> {
         Ok(wrap(elementwise::sum_to_axis(&read(x)?, g)))
     }
-    fn add_axis_bias(&self, x: &dyn BackendBuffer, bias: &dyn BackendBuffer, g: AxisGeom) -> Result<BufferRef> {
+    fn add_axis_bias(
+        &self,
+        x: &dyn BackendBuffer,
+        bias: &dyn BackendBuffer,
+        g: AxisGeom,
+    ) -> Result<BufferRef> {
         let mut y = read(x)?.clone();
         elementwise::add_axis_bias(&mut y, &read(bias)?, g);
         Ok(wrap(y))
@@ -120,12 +153,27 @@ impl Backend for CpuBackend {
         bias: Option<&dyn BackendBuffer>,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        Ok(wrap(conv::forward(&read(x)?, &read(w)?, read_opt(bias)?.as_deref().map(|v| &v[..]), g)))
+        Ok(wrap(conv::forward(
+            &read(x)?,
+            &read(w)?,
+            read_opt(bias)?.as_deref().map(|v| &v[..]),
+            g,
+        )))
     }
-    fn conv_backward_data(&self, dy: &dyn BackendBuffer, w: &dyn BackendBuffer, g: &ConvGeom) -> Result<BufferRef> {
+    fn conv_backward_data(
+        &self,
+        dy: &dyn BackendBuffer,
+        w: &dyn BackendBuffer,
+        g: &ConvGeom,
+    ) -> Result<BufferRef> {
         Ok(wrap(conv::backward_data(&read(dy)?, &read(w)?, g)))
     }
-    fn conv_backward_weight(&self, x: &dyn BackendBuffer, dy: &dyn BackendBuffer, g: &ConvGeom) -> Result<BufferRef> {
+    fn conv_backward_weight(
+        &self,
+        x: &dyn BackendBuffer,
+        dy: &dyn BackendBuffer,
+        g: &ConvGeom,
+    ) -> Result<BufferRef> {
         Ok(wrap(conv::backward_weight(&read(x)?, &read(dy)?, g)))
     }
 
@@ -140,8 +188,22 @@ impl Backend for CpuBackend {
         let x = read(x)?;
         let (mean, var) = batchnorm::statistics(&x, g);
         let (w, b) = (read_opt(weight)?, read_opt(bias)?);
-        let y = batchnorm::normalize(&x, w.as_deref().map(|v| &v[..]), b.as_deref().map(|v| &v[..]), &mean, &var, g, eps);
-        Ok((wrap(y), BnStats { mean: wrap(mean), var: wrap(var) }))
+        let y = batchnorm::normalize(
+            &x,
+            w.as_deref().map(|v| &v[..]),
+            b.as_deref().map(|v| &v[..]),
+            &mean,
+            &var,
+            g,
+            eps,
+        );
+        Ok((
+            wrap(y),
+            BnStats {
+                mean: wrap(mean),
+                var: wrap(var),
+            },
+        ))
     }
     fn batch_norm_eval(
         &self,
@@ -186,39 +248,80 @@ impl Backend for CpuBackend {
             eps,
             batch_stats,
         );
-        Ok(BnGrads { dx: wrap(dx), dweight: wrap(dw), dbias: wrap(db) })
+        Ok(BnGrads {
+            dx: wrap(dx),
+            dweight: wrap(dw),
+            dbias: wrap(db),
+        })
     }
 
     fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
         Ok(wrap(pool::max_forward(&read(x)?, g)))
     }
-    fn max_pool_backward(&self, x: &dyn BackendBuffer, dy: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
+    fn max_pool_backward(
+        &self,
+        x: &dyn BackendBuffer,
+        dy: &dyn BackendBuffer,
+        g: &PoolGeom,
+    ) -> Result<BufferRef> {
         Ok(wrap(pool::max_backward(&read(x)?, &read(dy)?, g)))
     }
-    fn avg_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom, count_include_pad: bool) -> Result<BufferRef> {
+    fn avg_pool_forward(
+        &self,
+        x: &dyn BackendBuffer,
+        g: &PoolGeom,
+        count_include_pad: bool,
+    ) -> Result<BufferRef> {
         Ok(wrap(pool::avg_forward(&read(x)?, g, count_include_pad)))
     }
-    fn avg_pool_backward(&self, dy: &dyn BackendBuffer, g: &PoolGeom, count_include_pad: bool) -> Result<BufferRef> {
+    fn avg_pool_backward(
+        &self,
+        dy: &dyn BackendBuffer,
+        g: &PoolGeom,
+        count_include_pad: bool,
+    ) -> Result<BufferRef> {
         Ok(wrap(pool::avg_backward(&read(dy)?, g, count_include_pad)))
     }
-    fn adaptive_avg_pool_forward(&self, x: &dyn BackendBuffer, g: &AdaptivePoolGeom) -> Result<BufferRef> {
+    fn adaptive_avg_pool_forward(
+        &self,
+        x: &dyn BackendBuffer,
+        g: &AdaptivePoolGeom,
+    ) -> Result<BufferRef> {
         Ok(wrap(pool::adaptive_forward(&read(x)?, g)))
     }
-    fn adaptive_avg_pool_backward(&self, dy: &dyn BackendBuffer, g: &AdaptivePoolGeom) -> Result<BufferRef> {
+    fn adaptive_avg_pool_backward(
+        &self,
+        dy: &dyn BackendBuffer,
+        g: &AdaptivePoolGeom,
+    ) -> Result<BufferRef> {
         Ok(wrap(pool::adaptive_backward(&read(dy)?, g)))
     }
 
-    fn upsample_trilinear_forward(&self, x: &dyn BackendBuffer, g: &UpsampleGeom) -> Result<BufferRef> {
+    fn upsample_trilinear_forward(
+        &self,
+        x: &dyn BackendBuffer,
+        g: &UpsampleGeom,
+    ) -> Result<BufferRef> {
         Ok(wrap(upsample::forward(&read(x)?, g)))
     }
-    fn upsample_trilinear_backward(&self, dy: &dyn BackendBuffer, g: &UpsampleGeom) -> Result<BufferRef> {
+    fn upsample_trilinear_backward(
+        &self,
+        dy: &dyn BackendBuffer,
+        g: &UpsampleGeom,
+    ) -> Result<BufferRef> {
         Ok(wrap(upsample::backward(&read(dy)?, g)))
     }
 
     fn softmax_forward(&self, x: &dyn BackendBuffer, g: AxisGeom, log: bool) -> Result<BufferRef> {
         Ok(wrap(softmax::forward(&read(x)?, g, log)))
     }
-    fn softmax_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer, g: AxisGeom, log: bool) -> Result<BufferRef> {
+    fn softmax_backward(
+        &self,
+        y: &dyn BackendBuffer,
+        dy: &dyn BackendBuffer,
+        g: AxisGeom,
+        log: bool,
+    ) -> Result<BufferRef> {
         Ok(wrap(softmax::backward(&read(y)?, &read(dy)?, g, log)))
     }
     fn cross_entropy_forward(
@@ -228,7 +331,12 @@ impl Backend for CpuBackend {
         classes: usize,
         smoothing: f32,
     ) -> Result<BufferRef> {
-        Ok(wrap(vec![loss::cross_entropy(&read(logits)?, labels, classes, smoothing)]))
+        Ok(wrap(vec![loss::cross_entropy(
+            &read(logits)?,
+            labels,
+            classes,
+            smoothing,
+        )]))
     }
     fn cross_entropy_backward(
         &self,
@@ -239,10 +347,21 @@ impl Backend for CpuBackend {
         dloss: &dyn BackendBuffer,
     ) -> Result<BufferRef> {
         let scale = read(dloss)?[0];
-        Ok(wrap(loss::cross_entropy_backward(&read(logits)?, labels, classes, smoothing, scale)))
+        Ok(wrap(loss::cross_entropy_backward(
+            &read(logits)?,
+            labels,
+            classes,
+            smoothing,
+            scale,
+        )))
     }
 
-    fn matmul(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer, g: MatmulGeom) -> Result<BufferRef> {
+    fn matmul(
+        &self,
+        a: &dyn BackendBuffer,
+        b: &dyn BackendBuffer,
+        g: MatmulGeom,
+    ) -> Result<BufferRef> {
         Ok(wrap(linalg::matmul(&read(a)?, &read(b)?, g)))
     }
     fn attention_forward(
@@ -265,20 +384,44 @@ impl Backend for CpuBackend {
         dy: &dyn BackendBuffer,
         g: AttentionGeom,
     ) -> Result<AttentionGrads> {
-        let (dq, dk, dv) =
-            attention::backward(&read(q)?, &read(k)?, &read(v)?, &read(y)?, &read(lse)?, &read(dy)?, g);
-        Ok(AttentionGrads { dq: wrap(dq), dk: wrap(dk), dv: wrap(dv) })
+        let (dq, dk, dv) = attention::backward(
+            &read(q)?,
+            &read(k)?,
+            &read(v)?,
+            &read(y)?,
+            &read(lse)?,
+            &read(dy)?,
+            g,
+        );
+        Ok(AttentionGrads {
+            dq: wrap(dq),
+            dk: wrap(dk),
+            dv: wrap(dv),
+        })
     }
 
     fn permute(&self, x: &dyn BackendBuffer, shape: &[usize], perm: &[usize]) -> Result<BufferRef> {
         Ok(wrap(layout::permute(&read(x)?, shape, perm)))
     }
-    fn concat(&self, xs: &[&dyn BackendBuffer], outer: usize, inners: &[usize]) -> Result<BufferRef> {
+    fn concat(
+        &self,
+        xs: &[&dyn BackendBuffer],
+        outer: usize,
+        inners: &[usize],
+    ) -> Result<BufferRef> {
         let guards = xs.iter().map(|b| read(*b)).collect::<Result<Vec<_>>>()?;
         let slices: Vec<&[f32]> = guards.iter().map(|g| &g[..]).collect();
         Ok(wrap(layout::concat(&slices, outer, inners)))
     }
-    fn split(&self, x: &dyn BackendBuffer, outer: usize, inners: &[usize]) -> Result<Vec<BufferRef>> {
-        Ok(layout::split(&read(x)?, outer, inners).into_iter().map(wrap).collect())
+    fn split(
+        &self,
+        x: &dyn BackendBuffer,
+        outer: usize,
+        inners: &[usize],
+    ) -> Result<Vec<BufferRef>> {
+        Ok(layout::split(&read(x)?, outer, inners)
+            .into_iter()
+            .map(wrap)
+            .collect())
     }
 }

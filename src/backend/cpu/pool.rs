@@ -36,7 +36,11 @@ fn pool_spans(n: usize, out: usize, k: usize, s: usize, p: usize, include_pad: b
             let padded = (end - start).max(0) as usize;
             let lo = start.max(0) as usize;
             let hi = (end.max(0) as usize).min(n).max(lo);
-            Span { lo, hi, count: if include_pad { padded } else { hi - lo } }
+            Span {
+                lo,
+                hi,
+                count: if include_pad { padded } else { hi - lo },
+            }
         })
         .collect()
 }
@@ -47,14 +51,25 @@ fn adaptive_spans(n: usize, out: usize) -> Vec<Span> {
         .map(|o| {
             let lo = o * n / out;
             let hi = ((o + 1) * n).div_ceil(out).max(lo);
-            Span { lo, hi, count: hi - lo }
+            Span {
+                lo,
+                hi,
+                count: hi - lo,
+            }
         })
         .collect()
 }
 
 fn pool_tables(g: &PoolGeom, include_pad: bool) -> [Vec<Span>; 3] {
     std::array::from_fn(|i| {
-        pool_spans(g.input[i], g.output[i], g.kernel[i], g.stride[i], g.padding[i], include_pad)
+        pool_spans(
+            g.input[i],
+            g.output[i],
+            g.kernel[i],
+            g.stride[i],
+            g.padding[i],
+            include_pad,
+        )
     })
 }
 
@@ -94,16 +109,18 @@ pub(super) fn max_forward(x: &[f32], g: &PoolGeom) -> Vec<f32> {
         return y;
     }
     let [td, th, tw] = pool_tables(g, true);
-    y.par_chunks_mut(ov).zip(x.par_chunks(iv)).for_each(|(yp, xp)| {
-        let mut out = yp.iter_mut();
-        for sd in &td {
-            for sh in &th {
-                for sw in &tw {
-                    *out.next().unwrap() = window_argmax(xp, g.input, sd, sh, sw).1;
+    y.par_chunks_mut(ov)
+        .zip(x.par_chunks(iv))
+        .for_each(|(yp, xp)| {
+            let mut out = yp.iter_mut();
+            for sd in &td {
+                for sh in &th {
+                    for sw in &tw {
+                        *out.next().unwrap() = window_argmax(xp, g.input, sd, sh, sw).1;
+                    }
                 }
             }
-        }
-    });
+        });
     y
 }
 
@@ -114,8 +131,10 @@ pub(super) fn max_backward(x: &[f32], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
         return dx;
     }
     let [td, th, tw] = pool_tables(g, true);
-    dx.par_chunks_mut(iv).zip(x.par_chunks(iv)).zip(dy.par_chunks(ov)).for_each(
-        |((dxp, xp), dyp)| {
+    dx.par_chunks_mut(iv)
+        .zip(x.par_chunks(iv))
+        .zip(dy.par_chunks(ov))
+        .for_each(|((dxp, xp), dyp)| {
             let mut grads = dyp.iter();
             for sd in &td {
                 for sh in &th {
@@ -128,8 +147,7 @@ pub(super) fn max_backward(x: &[f32], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
                     }
                 }
             }
-        },
-    );
+        });
     dx
 }
 
@@ -143,29 +161,31 @@ fn span_avg_forward(x: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span>;
     if iv == 0 || ov == 0 {
         return y;
     }
-    y.par_chunks_mut(ov).zip(x.par_chunks(iv)).for_each(|(yp, xp)| {
-        let mut out = yp.iter_mut();
-        for sd in &t[0] {
-            for sh in &t[1] {
-                for sw in &t[2] {
-                    let o = out.next().unwrap();
-                    let div = sd.count * sh.count * sw.count;
-                    if sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0 {
-                        *o = 0.0;
-                        continue;
-                    }
-                    let mut sum = 0.0f32;
-                    for d in sd.lo..sd.hi {
-                        for hh in sh.lo..sh.hi {
-                            let row = (d * h + hh) * w;
-                            sum += xp[row + sw.lo..row + sw.hi].iter().sum::<f32>();
+    y.par_chunks_mut(ov)
+        .zip(x.par_chunks(iv))
+        .for_each(|(yp, xp)| {
+            let mut out = yp.iter_mut();
+            for sd in &t[0] {
+                for sh in &t[1] {
+                    for sw in &t[2] {
+                        let o = out.next().unwrap();
+                        let div = sd.count * sh.count * sw.count;
+                        if sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0 {
+                            *o = 0.0;
+                            continue;
                         }
+                        let mut sum = 0.0f32;
+                        for d in sd.lo..sd.hi {
+                            for hh in sh.lo..sh.hi {
+                                let row = (d * h + hh) * w;
+                                sum += xp[row + sw.lo..row + sw.hi].iter().sum::<f32>();
+                            }
+                        }
+                        *o = sum / div as f32;
                     }
-                    *o = sum / div as f32;
                 }
             }
-        }
-    });
+        });
     y
 }
 
@@ -178,29 +198,31 @@ fn span_avg_backward(dy: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span
     if iv == 0 || ov == 0 {
         return dx;
     }
-    dx.par_chunks_mut(iv).zip(dy.par_chunks(ov)).for_each(|(dxp, dyp)| {
-        let mut grads = dyp.iter();
-        for sd in &t[0] {
-            for sh in &t[1] {
-                for sw in &t[2] {
-                    let gy = *grads.next().unwrap();
-                    let div = sd.count * sh.count * sw.count;
-                    if sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0 {
-                        continue;
-                    }
-                    let gv = gy / div as f32;
-                    for d in sd.lo..sd.hi {
-                        for hh in sh.lo..sh.hi {
-                            let row = (d * h + hh) * w;
-                            for v in &mut dxp[row + sw.lo..row + sw.hi] {
-                                *v += gv;
+    dx.par_chunks_mut(iv)
+        .zip(dy.par_chunks(ov))
+        .for_each(|(dxp, dyp)| {
+            let mut grads = dyp.iter();
+            for sd in &t[0] {
+                for sh in &t[1] {
+                    for sw in &t[2] {
+                        let gy = *grads.next().unwrap();
+                        let div = sd.count * sh.count * sw.count;
+                        if sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0 {
+                            continue;
+                        }
+                        let gv = gy / div as f32;
+                        for d in sd.lo..sd.hi {
+                            for hh in sh.lo..sh.hi {
+                                let row = (d * h + hh) * w;
+                                for v in &mut dxp[row + sw.lo..row + sw.hi] {
+                                    *v += gv;
+                                }
                             }
                         }
                     }
                 }
             }
-        }
-    });
+        });
     dx
 }
 
@@ -247,7 +269,9 @@ mod tests {
     }
 
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        (0..n).map(|i| uniform(seed, i as u64) * 2.0 - 1.0).collect()
+        (0..n)
+            .map(|i| uniform(seed, i as u64) * 2.0 - 1.0)
+            .collect()
     }
 
     /// A random pooling geometry (3-d, or 2-d with D = 1), output from `pool_out_size`.
@@ -286,7 +310,17 @@ mod tests {
             if out.iter().all(|o| o.is_some()) {
                 let output = [out[0].unwrap(), out[1].unwrap(), out[2].unwrap()];
                 let planes = dr.int(1, 3);
-                return (PoolGeom { planes, input, output, kernel, stride, padding }, ceil_mode);
+                return (
+                    PoolGeom {
+                        planes,
+                        input,
+                        output,
+                        kernel,
+                        stride,
+                        padding,
+                    },
+                    ceil_mode,
+                );
             }
         }
     }
@@ -321,9 +355,8 @@ mod tests {
     }
 
     fn outputs(out: [usize; 3]) -> impl Iterator<Item = [usize; 3]> {
-        (0..out[0]).flat_map(move |d| {
-            (0..out[1]).flat_map(move |h| (0..out[2]).map(move |w| [d, h, w]))
-        })
+        (0..out[0])
+            .flat_map(move |d| (0..out[1]).flat_map(move |h| (0..out[2]).map(move |w| [d, h, w])))
     }
 
     /// Naive max pool (forward, backward) in f64, PyTorch's first-maximum rule.
@@ -403,10 +436,12 @@ mod tests {
     /// Max abs and max relative (to max(1, |ref|)) error.
     fn errors(got: &[f32], want: &[f64]) -> (f64, f64) {
         assert_eq!(got.len(), want.len());
-        got.iter().zip(want).fold((0.0f64, 0.0f64), |(a, r), (&g, &w)| {
-            let e = (g as f64 - w).abs();
-            (a.max(e), r.max(e / w.abs().max(1.0)))
-        })
+        got.iter()
+            .zip(want)
+            .fold((0.0f64, 0.0f64), |(a, r), (&g, &w)| {
+                let e = (g as f64 - w).abs();
+                (a.max(e), r.max(e / w.abs().max(1.0)))
+            })
     }
 
     fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -463,7 +498,10 @@ mod tests {
         };
         let dy = [1.0];
         assert_eq!(max_forward(&[1.0, 3.0, 3.0, 2.0], &g), vec![3.0]);
-        assert_eq!(max_backward(&[1.0, 3.0, 3.0, 2.0], &dy, &g), vec![0.0, 1.0, 0.0, 0.0]);
+        assert_eq!(
+            max_backward(&[1.0, 3.0, 3.0, 2.0], &dy, &g),
+            vec![0.0, 1.0, 0.0, 0.0]
+        );
         let x = [1.0, f32::NAN, 5.0, 2.0];
         assert!(max_forward(&x, &g)[0].is_nan());
         assert_eq!(max_backward(&x, &dy, &g), vec![0.0, 1.0, 0.0, 0.0]);
@@ -484,7 +522,10 @@ mod tests {
         };
         let x = [0.0, 9.0, 1.0, 2.0];
         assert_eq!(max_forward(&x, &g), vec![9.0, 9.0, 2.0]);
-        assert_eq!(max_backward(&x, &[1.0, 2.0, 4.0], &g), vec![0.0, 3.0, 0.0, 4.0]);
+        assert_eq!(
+            max_backward(&x, &[1.0, 2.0, 4.0], &g),
+            vec![0.0, 3.0, 0.0, 4.0]
+        );
     }
 
     #[test]
@@ -502,7 +543,10 @@ mod tests {
                 let (ry, rdx) = naive_avg(&x, &dy, &g, cip);
                 let (a1, r1) = errors(&y, &ry);
                 let (a2, r2) = errors(&dx, &rdx);
-                assert!(a1 < 1e-5 && a2 < 1e-5, "{g:?} cip={cip}: forward {a1}, backward {a2}");
+                assert!(
+                    a1 < 1e-5 && a2 < 1e-5,
+                    "{g:?} cip={cip}: forward {a1}, backward {a2}"
+                );
                 let e = adjoint_error(&x, &y, &dy, &dx);
                 assert!(e < 1e-5, "adjoint {g:?} cip={cip}: {e}");
                 (ea, er, adj) = (ea.max(a1).max(a2), er.max(r1).max(r2), adj.max(e));
@@ -560,7 +604,11 @@ mod tests {
                     _ => dr.int(1, input[i]),
                 };
             }
-            let g = AdaptivePoolGeom { planes: dr.int(1, 3), input, output };
+            let g = AdaptivePoolGeom {
+                planes: dr.int(1, 3),
+                input,
+                output,
+            };
             let (iv, ov) = (volume(&g.input), volume(&g.output));
             let x = data(g.planes * iv, 500 + case as u64);
             let dy = data(g.planes * ov, 600 + case as u64);
@@ -574,15 +622,24 @@ mod tests {
             assert!(e < 1e-5, "adjoint {g:?}: {e}");
             (ea, er, adj) = (ea.max(a1).max(a2), er.max(r1).max(r2), adj.max(e));
         }
-        println!("adaptive pool: max abs err {ea:.3e}, max rel err {er:.3e}, adjoint rel err {adj:.3e}");
+        println!(
+            "adaptive pool: max abs err {ea:.3e}, max rel err {er:.3e}, adjoint rel err {adj:.3e}"
+        );
     }
 
     #[test]
     fn adaptive_pool_overlapping_cells() {
         // 5 → 3: cells [0, 2), [1, 4), [3, 5) (PyTorch's floor/ceil rule).
-        let g = AdaptivePoolGeom { planes: 1, input: [1, 1, 5], output: [1, 1, 3] };
+        let g = AdaptivePoolGeom {
+            planes: 1,
+            input: [1, 1, 5],
+            output: [1, 1, 3],
+        };
         let x = [1.0, 2.0, 3.0, 4.0, 5.0];
         assert_eq!(adaptive_forward(&x, &g), vec![1.5, 3.0, 4.5]);
-        assert_eq!(adaptive_backward(&[2.0, 3.0, 4.0], &g), vec![1.0, 2.0, 1.0, 3.0, 2.0]);
+        assert_eq!(
+            adaptive_backward(&[2.0, 3.0, 4.0], &g),
+            vec![1.0, 2.0, 1.0, 3.0, 2.0]
+        );
     }
 }

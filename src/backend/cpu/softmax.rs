@@ -10,18 +10,22 @@ where
     F: Fn(&[f32], &mut [f32], usize, usize) + Sync,
 {
     let block = g.axis * g.inner;
-    y.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(y, x)| {
-        for i in 0..g.inner {
-            f(x, y, i, g.inner);
-        }
-    });
+    y.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .for_each(|(y, x)| {
+            for i in 0..g.inner {
+                f(x, y, i, g.inner);
+            }
+        });
 }
 
 pub(super) fn forward(x: &[f32], g: AxisGeom, log: bool) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
     lines(x, &mut y, g, |x, y, off, stride| {
         let at = |j: usize| off + j * stride;
-        let max = (0..g.axis).map(|j| x[at(j)]).fold(f32::NEG_INFINITY, f32::max);
+        let max = (0..g.axis)
+            .map(|j| x[at(j)])
+            .fold(f32::NEG_INFINITY, f32::max);
         let sum: f64 = (0..g.axis).map(|j| ((x[at(j)] - max) as f64).exp()).sum();
         if log {
             let lse = max as f64 + sum.ln();
@@ -48,9 +52,12 @@ pub(super) fn backward(y: &[f32], dy: &[f32], g: AxisGeom, log: bool) -> Vec<f32
                         dx[at(j)] = (dy[at(j)] as f64 - (y[at(j)] as f64).exp() * s) as f32
                     });
                 } else {
-                    let s: f64 = (0..g.axis).map(|j| dy[at(j)] as f64 * y[at(j)] as f64).sum();
-                    (0..g.axis)
-                        .for_each(|j| dx[at(j)] = (y[at(j)] as f64 * (dy[at(j)] as f64 - s)) as f32);
+                    let s: f64 = (0..g.axis)
+                        .map(|j| dy[at(j)] as f64 * y[at(j)] as f64)
+                        .sum();
+                    (0..g.axis).for_each(|j| {
+                        dx[at(j)] = (y[at(j)] as f64 * (dy[at(j)] as f64 - s)) as f32
+                    });
                 }
             }
         });
