@@ -118,6 +118,25 @@ impl Drop for NoGradGuard {
     }
 }
 
+/// Switches recording on until dropped (recomputing a checkpointed block inside backward).
+pub(crate) struct EnableGradGuard {
+    prev: bool,
+}
+
+impl EnableGradGuard {
+    pub(crate) fn new() -> Self {
+        EnableGradGuard {
+            prev: GRAD_ENABLED.with(|g| g.replace(true)),
+        }
+    }
+}
+
+impl Drop for EnableGradGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.prev));
+    }
+}
+
 /// Run `f` without recording: inference mode, no saved activations.
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     let _guard = NoGradGuard::new();

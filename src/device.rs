@@ -1,6 +1,6 @@
 //! Where a tensor lives.
 
-use crate::backend::{cpu::CpuBackend, Backend};
+use crate::backend::{cpu::CpuBackend, meta::MetaBackend, Backend};
 use crate::error::{Error, Result};
 
 /// A compute device. The CPU is always present; CUDA arrives with its backend.
@@ -8,18 +8,20 @@ use crate::error::{Error, Result};
 pub enum Device {
     Cpu,
     Cuda(usize),
+    /// Shapes without data: runs every shape check of the ops, allocates nothing (shape inference).
+    Meta,
 }
 
 static CPU: CpuBackend = CpuBackend;
+static META: MetaBackend = MetaBackend;
 
 impl Device {
     /// The backend that runs ops on this device.
     pub fn backend(&self) -> Result<&'static dyn Backend> {
         match self {
             Device::Cpu => Ok(&CPU),
-            Device::Cuda(i) => Err(Error::Device(format!(
-                "cuda:{i} requested, but this build of vidgrad has no CUDA backend yet; use --device cpu"
-            ))),
+            Device::Meta => Ok(&META),
+            Device::Cuda(i) => Ok(crate::backend::cuda::backend(*i)?),
         }
     }
 
@@ -34,6 +36,21 @@ impl Device {
     pub fn reset_memory_peak(&self) -> Result<()> {
         self.backend()?.reset_memory_peak();
         Ok(())
+    }
+
+    /// Whether a CUDA device can be used: this build carries the kernels, the driver library loads and
+    /// reports at least one GPU. Never panics.
+    pub fn cuda_available() -> bool {
+        crate::backend::cuda::device_count() > 0
+    }
+
+    /// The default device: `cuda:0` when [`Device::cuda_available`], else the CPU.
+    pub fn best() -> Device {
+        if Device::cuda_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }
     }
 
     /// Parse "cpu", "cuda" or "cuda:N".
@@ -58,6 +75,7 @@ impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
+            Device::Meta => write!(f, "meta"),
             Device::Cuda(i) => write!(f, "cuda:{i}"),
         }
     }

@@ -26,9 +26,21 @@ pub enum Error {
     #[error("autograd: {0}")]
     Autograd(String),
 
+    /// An op of a network graph failed (at build time: a shape error; at run time: any error).
+    #[error("graph node '{node}': {source}")]
+    Node {
+        node: String,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// Reading or writing a safetensors file.
     #[error("safetensors {path}: {msg}")]
     Safetensors { path: String, msg: String },
+
+    /// A state dict that does not fit a model: every missing, unexpected and mis-shaped key, by name.
+    #[error("{0}")]
+    StateDict(Box<crate::io::StateDictDiff>),
 
     #[error("io error on {path}: {source}")]
     Io {

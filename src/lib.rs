@@ -8,7 +8,12 @@ pub mod autograd;
 pub mod backend;
 pub mod device;
 pub mod error;
+pub mod exec;
+pub mod graph;
+pub mod io;
+pub mod models;
 pub mod ops;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
 

@@ -9,6 +9,8 @@
 //! kernel, stride and padding 1, 1, 0 along D. That is how conv2d and conv3d share one implementation.
 
 pub mod cpu;
+pub mod cuda;
+pub mod meta;
 
 use std::any::Any;
 use std::fmt::Debug;
@@ -36,6 +38,8 @@ pub enum UnaryOp {
     Scale(f32),
     /// x + s
     AddScalar(f32),
+    /// √x (NaN for x < 0, as IEEE)
+    Sqrt,
 }
 
 /// Elementwise functions of two same-shaped arguments.
@@ -44,6 +48,8 @@ pub enum BinaryOp {
     Add,
     Sub,
     Mul,
+    /// a / b (IEEE: ±inf or NaN where b = 0)
+    Div,
 }
 
 /// A convolution over [N, C, D, H, W] with weights [Cout, Cin/groups, kD, kH, kW].

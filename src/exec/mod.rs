@@ -1,0 +1,499 @@
+//! The executor and the `Network` module: a [`Graph`] with materialised parameters, run forward.
+//!
+//! Training mode runs each node's op with recording on, so the tape is built as a side effect and
+//! `loss.backward()` reaches every parameter. Inference mode runs under `no_grad`. In both, the
+//! executor drops its reference to each value right after the value's last reader ran (liveness from the
+//! graph), so in inference a buffer is freed as soon as it is dead. Scopes marked `checkpoint` are run
+//! without recording and put on the tape as one entry whose backward recomputes the block from its
+//! saved input (gradient checkpointing, mmaction2's `with_cp`).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::autograd::{self, EnableGradGuard};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Init, RunCtx, ValueId};
+use crate::rng;
+use crate::tensor::Tensor;
+
+/// A contiguous run of nodes recomputed in backward.
+#[derive(Debug, Clone)]
+struct Segment {
+    nodes: Range<usize>,
+    /// Values read inside and produced outside (saved for the recomputation).
+    inputs: Vec<ValueId>,
+    output: ValueId,
+    params: Vec<usize>,
+}
+
+/// Memory of the last forward pass on this network's device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardStats {
+    pub training: bool,
+    /// Peak bytes above what was allocated before the forward (activations, saved tensors, output).
+    pub peak_activation_bytes: usize,
+    /// Bytes still held after the forward (saved for backward in training; the output in inference).
+    pub held_bytes: usize,
+}
+
+/// A network ready to run: graph + parameters + mode. PyTorch's `nn.Module` for whole models.
+pub struct Network {
+    graph: Arc<Graph>,
+    params: Vec<Tensor>,
+    device: Device,
+    training: bool,
+    checkpointing: bool,
+    segments: Vec<Segment>,
+    seed: u64,
+    forwards: AtomicU64,
+    stats: Mutex<Option<ForwardStats>>,
+}
+
+/// FNV-1a of a parameter name: each parameter's initial values depend on (seed, name) only.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x1000_0000_01b3)
+    })
+}
+
+fn node_err(name: &str, e: Error) -> Error {
+    match e {
+        Error::Node { .. } => e,
+        e => Error::Node {
+            node: name.to_string(),
+            source: Box::new(e),
+        },
+    }
+}
+
+impl Network {
+    /// Materialise the graph's parameters on `device`, initialised from `seed` (reproducible: the same
+    /// seed gives the same values on every device).
+    pub fn new(graph: Graph, device: Device, seed: u64) -> Result<Network> {
+        let mut params = Vec::with_capacity(graph.params.len());
+        for p in &graph.params {
+            let s = rng::mix(seed, name_hash(&p.name));
+            let t = match p.init {
+                Init::FanInUniform { fan_in } => {
+                    let b = 1.0 / (fan_in.max(1) as f32).sqrt();
+                    Tensor::rand_uniform(&p.shape, -b, b, s, device)?
+                }
+                Init::Normal { std } => Tensor::randn(&p.shape, s, device)?.mul_scalar(std)?,
+                Init::Const(v) => Tensor::full(&p.shape, v, device)?,
+            };
+            params.push(if p.trainable { t.with_grad() } else { t });
+        }
+        let segments = find_segments(&graph);
+        Ok(Network {
+            graph: Arc::new(graph),
+            params,
+            device,
+            training: true,
+            checkpointing: true,
+            segments,
+            seed,
+            forwards: AtomicU64::new(0),
+            stats: Mutex::new(None),
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    pub fn train(&mut self) {
+        self.training = true;
+    }
+    pub fn eval(&mut self) {
+        self.training = false;
+    }
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+    /// Use the graph's checkpointed scopes (on by default; off runs them like any other block).
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+    /// Number of forward passes so far: with the seed, it fixes the dropout masks (RNG state).
+    pub fn forward_count(&self) -> u64 {
+        self.forwards.load(Ordering::Relaxed)
+    }
+    pub fn set_forward_count(&self, n: u64) {
+        self.forwards.store(n, Ordering::Relaxed);
+    }
+    /// Memory of the last forward pass.
+    pub fn last_forward_stats(&self) -> Option<ForwardStats> {
+        *self.stats.lock().unwrap()
+    }
+
+    /// Trainable parameters with their state_dict names, in graph order.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.named(true)
+    }
+    /// Buffers (running statistics, num_batches_tracked).
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.named(false)
+    }
+    fn named(&self, trainable: bool) -> Vec<(String, Tensor)> {
+        self.graph
+            .params
+            .iter()
+            .zip(&self.params)
+            .filter(|(s, _)| s.trainable == trainable)
+            .map(|(s, t)| (s.name.clone(), t.clone()))
+            .collect()
+    }
+    /// Parameters and buffers by name (sharing storage with the network).
+    pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
+        self.graph
+            .params
+            .iter()
+            .zip(&self.params)
+            .map(|(s, t)| (s.name.clone(), t.detach()))
+            .collect()
+    }
+    /// The tensor of a parameter or buffer.
+    pub fn param(&self, name: &str) -> Option<&Tensor> {
+        self.graph
+            .params
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| &self.params[i])
+    }
+
+    /// Copy values from a state dict, in place. Every missing, unexpected or mis-shaped key is reported
+    /// by name; with `strict = false` missing and unexpected keys are allowed (and returned).
+    pub fn load_state_dict(
+        &self,
+        sd: &crate::io::StateDict,
+        strict: bool,
+    ) -> Result<crate::io::StateDictDiff> {
+        let targets: Vec<(String, Tensor)> = self
+            .graph
+            .params
+            .iter()
+            .zip(&self.params)
+            .map(|(s, t)| (s.name.clone(), t.detach()))
+            .collect();
+        crate::io::assign_state_dict(&targets, sd, strict)
+    }
+
+    /// Clear every parameter's gradient.
+    pub fn zero_grad(&self) {
+        self.params.iter().for_each(|p| p.zero_grad());
+    }
+
+    /// Move parameters and buffers to `device` (their values, not their gradients).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        for (spec, t) in self.graph.params.iter().zip(self.params.iter_mut()) {
+            let moved = t.detach().to_device(device)?;
+            *t = if spec.trainable {
+                moved.with_grad()
+            } else {
+                moved
+            };
+        }
+        self.device = device;
+        Ok(())
+    }
+
+    /// Run the network on its inputs; returns the first output.
+    pub fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
+        Ok(self.forward_with(inputs, &[])?.0)
+    }
+
+    /// Run the network and also return the values produced by the named nodes or scopes (kept alive;
+    /// in training mode with `retain_grad`, so their gradients are readable after backward).
+    pub fn forward_with(
+        &self,
+        inputs: &[&Tensor],
+        retain: &[&str],
+    ) -> Result<(Tensor, Vec<(String, Tensor)>)> {
+        let g = &*self.graph;
+        self.check_inputs(inputs)?;
+        let mut keep = vec![false; g.values.len()];
+        let mut retained_ids = vec![];
+        for name in retain {
+            let v = g.value_by_name(name).ok_or_else(|| {
+                Error::arg(
+                    "forward",
+                    format!("network '{}' has no node or module named '{name}'", g.name),
+                )
+            })?;
+            keep[v] = true;
+            retained_ids.push((name.to_string(), v));
+        }
+        for &o in &g.outputs {
+            keep[o] = true;
+        }
+        let step = self.forwards.fetch_add(1, Ordering::Relaxed);
+        let base_seed = rng::mix(self.seed, step);
+        let recording = self.training && autograd::is_grad_enabled();
+
+        let before = self.device.memory_in_use().unwrap_or(0);
+        self.device.reset_memory_peak().ok();
+        let mut values: Vec<Option<Tensor>> = vec![None; g.values.len()];
+        for (&v, &t) in g.inputs.iter().zip(inputs) {
+            values[v] = Some(t.clone());
+        }
+        let run = |values: &mut Vec<Option<Tensor>>| -> Result<()> {
+            let last = g.last_uses();
+            let ctx = RunCtx {
+                training: self.training,
+                update_stats: true,
+                seed: base_seed,
+            };
+            let mut i = 0;
+            while i < g.nodes.len() {
+                let seg = (recording && self.checkpointing)
+                    .then(|| self.segments.iter().find(|s| s.nodes.start == i))
+                    .flatten();
+                let range = match seg {
+                    Some(seg) => {
+                        let out = self.run_checkpointed(seg, values, ctx)?;
+                        values[seg.output] = Some(out);
+                        seg.nodes.clone()
+                    }
+                    None => {
+                        run_nodes(g, &self.params, i..i + 1, values, ctx)?;
+                        i..i + 1
+                    }
+                };
+                // Liveness: drop every value whose last reader has run.
+                for n in range.clone() {
+                    for &v in &g.nodes[n].inputs {
+                        if !keep[v] && last[v].is_some_and(|l| l < range.end) {
+                            values[v] = None;
+                        }
+                    }
+                    let o = g.nodes[n].output;
+                    if !keep[o] && last[o].is_none_or(|l| l < range.end) {
+                        values[o] = None;
+                    }
+                }
+                i = range.end;
+            }
+            Ok(())
+        };
+        if self.training {
+            run(&mut values)?;
+        } else {
+            crate::no_grad(|| run(&mut values))?;
+        }
+        let out = values[g.outputs[0]].clone().expect("graph output computed");
+        let mut retained = vec![];
+        for (name, v) in retained_ids {
+            let t = values[v].clone().expect("retained value computed");
+            if t.requires_grad() {
+                t.retain_grad()?;
+            }
+            retained.push((name, t));
+        }
+        drop(values);
+        let peak = self
+            .device
+            .memory_peak()
+            .unwrap_or(0)
+            .saturating_sub(before);
+        let held = self
+            .device
+            .memory_in_use()
+            .unwrap_or(0)
+            .saturating_sub(before);
+        *self.stats.lock().unwrap() = Some(ForwardStats {
+            training: self.training,
+            peak_activation_bytes: peak,
+            held_bytes: held,
+        });
+        Ok((out, retained))
+    }
+
+    fn check_inputs(&self, inputs: &[&Tensor]) -> Result<()> {
+        let g = &*self.graph;
+        if inputs.len() != g.inputs.len() {
+            return Err(Error::arg(
+                "forward",
+                format!(
+                    "network '{}' takes {} inputs, got {}",
+                    g.name,
+                    g.inputs.len(),
+                    inputs.len()
+                ),
+            ));
+        }
+        for (&v, t) in g.inputs.iter().zip(inputs) {
+            let want = &g.values[v].shape;
+            let ok = t.rank() == want.len() && t.shape()[1..] == want[1..];
+            if !ok {
+                return Err(Error::shape(
+                    "forward",
+                    format!(
+                        "network '{}' expects input [N, {}], got {:?}",
+                        g.name,
+                        want[1..]
+                            .iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        t.shape()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Run a segment without recording and put one tape entry in its place whose backward recomputes
+    /// the segment (with recording) from the saved inputs and backpropagates through it.
+    fn run_checkpointed(
+        &self,
+        seg: &Segment,
+        values: &[Option<Tensor>],
+        ctx: RunCtx,
+    ) -> Result<Tensor> {
+        let g = self.graph.clone();
+        let xs: Vec<Tensor> = seg
+            .inputs
+            .iter()
+            .map(|&v| values[v].clone().expect("segment input"))
+            .collect();
+        let params = self.params.clone();
+        let run_segment = {
+            let (g, seg) = (g.clone(), seg.clone());
+            move |xs: &[Tensor], ctx: RunCtx| -> Result<Tensor> {
+                let mut local: Vec<Option<Tensor>> = vec![None; g.values.len()];
+                for (&v, x) in seg.inputs.iter().zip(xs) {
+                    local[v] = Some(x.clone());
+                }
+                run_nodes(&g, &params, seg.nodes.clone(), &mut local, ctx)?;
+                Ok(local[seg.output].take().expect("segment output"))
+            }
+        };
+        let out = crate::no_grad(|| run_segment(&xs, ctx))?;
+        let seg_params: Vec<Tensor> = seg.params.iter().map(|&p| self.params[p].clone()).collect();
+        let mut rec: Vec<&Tensor> = xs.iter().collect();
+        rec.extend(seg_params.iter());
+        if !autograd::needs_grad(&rec) {
+            return Ok(out);
+        }
+        let saved: Vec<Tensor> = xs.iter().map(|x| x.detach()).collect();
+        let n_params = seg_params.len();
+        let recompute_ctx = RunCtx {
+            update_stats: false,
+            ..ctx
+        };
+        Ok(autograd::record(
+            "checkpoint",
+            &rec,
+            out,
+            Box::new(move |gy| {
+                let _grad = EnableGradGuard::new();
+                let leaves: Vec<Tensor> = saved.iter().map(|x| x.with_grad()).collect();
+                let y = run_segment(&leaves, recompute_ctx)?;
+                // Parameters are leaves of this inner tape too: their gradients accumulate directly.
+                y.backward_with(gy)?;
+                let mut grads: Vec<Option<Tensor>> = leaves.iter().map(|x| x.grad()).collect();
+                grads.extend((0..n_params).map(|_| None));
+                Ok(grads)
+            }),
+        ))
+    }
+}
+
+/// Run nodes `range` reading and writing `values`.
+fn run_nodes(
+    g: &Graph,
+    params: &[Tensor],
+    range: Range<usize>,
+    values: &mut [Option<Tensor>],
+    ctx: RunCtx,
+) -> Result<()> {
+    for i in range {
+        let n = &g.nodes[i];
+        let xs: Vec<&Tensor> = n
+            .inputs
+            .iter()
+            .map(|&v| {
+                values[v].as_ref().ok_or_else(|| {
+                    node_err(
+                        &n.name,
+                        Error::Autograd("input value was released before use".into()),
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        let ps: Vec<&Tensor> = n.params.iter().map(|&p| &params[p]).collect();
+        let node_ctx = RunCtx {
+            seed: rng::mix(ctx.seed, i as u64),
+            ..ctx
+        };
+        let y = n
+            .run(&xs, &ps, &node_ctx)
+            .map_err(|e| node_err(&n.name, e))?;
+        values[n.output] = Some(y);
+    }
+    Ok(())
+}
+
+/// The outermost checkpointed scopes as node ranges with one output each.
+fn find_segments(g: &Graph) -> Vec<Segment> {
+    let mut segs: Vec<Segment> = vec![];
+    for (s, scope) in g.scopes.iter().enumerate() {
+        if !scope.checkpoint {
+            continue;
+        }
+        // outermost only
+        let mut p = scope.parent;
+        let mut nested = false;
+        while let Some(q) = p {
+            nested |= g.scopes[q].checkpoint;
+            p = g.scopes[q].parent;
+        }
+        if nested {
+            continue;
+        }
+        let inside: Vec<usize> = (0..g.nodes.len())
+            .filter(|&i| g.scope_contains(s, g.nodes[i].scope))
+            .collect();
+        let (Some(&start), Some(&end)) = (inside.first(), inside.last()) else {
+            continue;
+        };
+        let Some(output) = scope.output else { continue };
+        let nodes = start..end + 1;
+        if inside.len() != nodes.len() {
+            continue; // not contiguous: run normally
+        }
+        let produced_inside = |v: ValueId| g.values[v].producer.is_some_and(|p| nodes.contains(&p));
+        // Only the scope's output may be read after the segment.
+        let leaks = g.nodes[nodes.end..]
+            .iter()
+            .flat_map(|n| &n.inputs)
+            .any(|&v| produced_inside(v) && v != output)
+            || g.outputs.iter().any(|&v| produced_inside(v) && v != output);
+        if leaks {
+            continue;
+        }
+        let mut inputs = vec![];
+        let mut params = vec![];
+        for n in &g.nodes[nodes.clone()] {
+            for &v in &n.inputs {
+                if !produced_inside(v) && !inputs.contains(&v) {
+                    inputs.push(v);
+                }
+            }
+            params.extend(n.params.iter().copied());
+        }
+        segs.push(Segment {
+            nodes,
+            inputs,
+            output,
+            params,
+        });
+    }
+    segs
+}

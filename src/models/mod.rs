@@ -1,0 +1,59 @@
+//! The model zoo. Each model file reads like its source's layer table and builds a [`Graph`].
+
+pub mod eco_lite;
+
+pub use eco_lite::{eco_lite, EcoLiteConfig};
+
+use crate::error::{arg_bail, Result};
+use crate::graph::Graph;
+
+/// The models `vidgrad` knows by name, with the source each follows.
+pub const MODELS: &[(&str, &str)] = &[(
+    "eco-lite",
+    "ECO-Lite, the book's utils/eco.py (seeds 002/003)",
+)];
+
+/// Options shared by the command line: what is not given takes the model's default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelOptions {
+    pub classes: Option<usize>,
+    pub dropout: Option<f32>,
+}
+
+/// Build model `name` for an input of `input_shape` in the model's native layout.
+pub fn build(name: &str, opts: &ModelOptions, input_shape: &[usize]) -> Result<Graph> {
+    match name {
+        "eco-lite" => {
+            let [b, t, c, h, w] = input_shape[..] else {
+                arg_bail!(
+                    "eco-lite",
+                    "input shape must be [B, T, 3, H, W], got {input_shape:?}"
+                );
+            };
+            if c != 3 || h != w {
+                arg_bail!(
+                    "eco-lite",
+                    "input shape must be [B, T, 3, S, S], got {input_shape:?}"
+                );
+            }
+            let d = EcoLiteConfig::default();
+            eco_lite(
+                &EcoLiteConfig {
+                    classes: opts.classes.unwrap_or(d.classes),
+                    frames: t,
+                    size: h,
+                    dropout: opts.dropout.unwrap_or(d.dropout),
+                },
+                b,
+            )
+        }
+        _ => {
+            let known: Vec<&str> = MODELS.iter().map(|m| m.0).collect();
+            arg_bail!(
+                "models",
+                "unknown model '{name}' (known: {})",
+                known.join(", ")
+            )
+        }
+    }
+}
