@@ -9,9 +9,52 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use vidgrad::{Device, Tensor};
 
-/// The device the suite runs on.
+thread_local! {
+    static CURRENT: std::cell::Cell<Device> = const { std::cell::Cell::new(Device::Cpu) };
+}
+
+/// The device the current test runs on (the CPU unless inside [`on_devices`]).
 pub fn device() -> Device {
-    Device::Cpu
+    CURRENT.with(|c| c.get())
+}
+
+/// Whether `VIDGRAD_REQUIRE_CUDA=1` makes the CUDA runs mandatory.
+pub fn cuda_required() -> bool {
+    std::env::var("VIDGRAD_REQUIRE_CUDA").is_ok_and(|v| v == "1")
+}
+
+/// The devices the suite runs on: the CPU, plus cuda:0 when present. Without a CUDA device this prints
+/// `skipped: no CUDA device` (and fails under `VIDGRAD_REQUIRE_CUDA=1`).
+pub fn devices() -> Vec<Device> {
+    let mut v = vec![Device::Cpu];
+    if Device::cuda_available() {
+        v.push(Device::Cuda(0));
+    } else {
+        let why = Device::Cuda(0)
+            .backend()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            !cuda_required(),
+            "VIDGRAD_REQUIRE_CUDA=1 but no CUDA device is usable: {why}"
+        );
+        println!("skipped: no CUDA device ({why})");
+    }
+    v
+}
+
+/// Run `f` once per device of [`devices`], with [`device`] returning that device.
+pub fn on_devices(f: impl Fn()) {
+    for d in devices() {
+        CURRENT.with(|c| c.set(d));
+        println!("== on {d}");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&f));
+        CURRENT.with(|c| c.set(Device::Cpu));
+        if let Err(e) = r {
+            std::panic::resume_unwind(e);
+        }
+    }
 }
 
 /// One fixture file: cases with their metadata and tensors.
@@ -139,7 +182,7 @@ pub struct Report {
 impl Report {
     pub fn new(name: &str) -> Self {
         Report {
-            name: name.to_string(),
+            name: format!("{name} on {}", device()),
             failures: vec![],
             checks: 0,
         }

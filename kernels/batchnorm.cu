@@ -1,0 +1,144 @@
+// Batch norm over [outer, C, inner].
+// Forward statistics: one pass of Welford per thread over a (channel, split) grid, merged with Chan's
+// formula in the block and then across splits. Normalisation is one elementwise pass (ReLU fusable).
+// Backward: two per-channel reductions (Σdy, Σdy·x̂) in one pass, then one elementwise pass for dx.
+#include "common.cuh"
+#include "channel.cuh"
+
+__device__ __forceinline__ void welford_add(float& n, float& mean, float& m2, float v) {
+    n += 1.0f;
+    float d = v - mean;
+    mean += d / n;
+    m2 += d * (v - mean);
+}
+
+// ws[(c·S + s)·3 + {0,1,2}] = (count, mean, M2) of split s of channel c. Grid (C, S).
+extern "C" __global__ void bn_stats_partial(const float* __restrict__ x, int outer, int axis, int inner, float* __restrict__ ws) {
+    const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
+    int j0, j1;
+    channel_split(outer, inner, s, S, j0, j1);
+    float n = 0.0f, mean = 0.0f, m2 = 0.0f;
+    visit_channel(c, j0, j1, axis, inner,
+        [&](int i) {
+            float4 v = *reinterpret_cast<const float4*>(x + i);
+            welford_add(n, mean, m2, v.x); welford_add(n, mean, m2, v.y);
+            welford_add(n, mean, m2, v.z); welford_add(n, mean, m2, v.w);
+        },
+        [&](int i) { welford_add(n, mean, m2, x[i]); });
+    // Merge within the warp, then across warps.
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float nb = __shfl_xor_sync(FULL_MASK, n, o), mb = __shfl_xor_sync(FULL_MASK, mean, o), qb = __shfl_xor_sync(FULL_MASK, m2, o);
+        welford_merge(n, mean, m2, nb, mb, qb);
+    }
+    __shared__ float sn[32], sm[32], sq[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) { sn[warp] = n; sm[warp] = mean; sq[warp] = m2; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float tn = 0.0f, tm = 0.0f, tq = 0.0f;
+        for (int w = 0; w < nw; ++w) welford_merge(tn, tm, tq, sn[w], sm[w], sq[w]);
+        float* o = ws + (c * S + s) * 3;
+        o[0] = tn; o[1] = tm; o[2] = tq;
+    }
+}
+
+// mean[c], var[c] (biased) from the S partials of channel c, merged in f64.
+extern "C" __global__ void bn_stats_final(const float* __restrict__ ws, int axis, int S, float* __restrict__ mean, float* __restrict__ var) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= axis) return;
+    double n = 0.0, m = 0.0, q = 0.0;
+    for (int s = 0; s < S; ++s) {
+        const float* p = ws + (c * S + s) * 3;
+        double nb = p[0], mb = p[1], qb = p[2];
+        double nn = n + nb;
+        if (nn == 0.0) continue;
+        double d = mb - m;
+        m += d * nb / nn;
+        q += qb + d * d * n * nb / nn;
+        n = nn;
+    }
+    mean[c] = (float)m;
+    var[c] = (float)(n > 0.0 ? q / n : 0.0);
+}
+
+// y = (x − mean)·w/sqrt(var + eps) + b, optionally followed by ReLU. w, b may be null.
+extern "C" __global__ void bn_forward(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+                                      const float* __restrict__ mean, const float* __restrict__ var, int n, int axis, int inner, float eps, int relu) {
+    const bool vec = (inner & 3) == 0;
+    const int stride = blockDim.x * gridDim.x;
+    if (vec) {
+        const int n4 = n >> 2;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
+            const int c = ((i << 2) / inner) % axis;
+            const float scale = (w ? w[c] : 1.0f) / sqrtf(var[c] + eps);
+            const float shift = (b ? b[c] : 0.0f) - mean[c] * scale;
+            float4 v = reinterpret_cast<const float4*>(x)[i];
+            v.x = v.x * scale + shift; v.y = v.y * scale + shift; v.z = v.z * scale + shift; v.w = v.w * scale + shift;
+            if (relu) { v.x = fmaxf(v.x, 0.0f); v.y = fmaxf(v.y, 0.0f); v.z = fmaxf(v.z, 0.0f); v.w = fmaxf(v.w, 0.0f); }
+            reinterpret_cast<float4*>(y)[i] = v;
+        }
+    } else {
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+            const int c = (i / inner) % axis;
+            const float scale = (w ? w[c] : 1.0f) / sqrtf(var[c] + eps);
+            const float shift = (b ? b[c] : 0.0f) - mean[c] * scale;
+            float v = x[i] * scale + shift;
+            y[i] = relu ? fmaxf(v, 0.0f) : v;
+        }
+    }
+}
+
+// ws[(c·S + s)·2 + {0,1}] = (Σdy, Σdy·(x − mean)) of split s of channel c. Grid (C, S).
+extern "C" __global__ void bn_backward_partial(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ mean,
+                                               int outer, int axis, int inner, double* __restrict__ ws) {
+    const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
+    int j0, j1;
+    channel_split(outer, inner, s, S, j0, j1);
+    const float m = mean[c];
+    float sd = 0.0f, sdx = 0.0f;
+    visit_channel(c, j0, j1, axis, inner,
+        [&](int i) {
+            float4 d = *reinterpret_cast<const float4*>(dy + i);
+            float4 v = *reinterpret_cast<const float4*>(x + i);
+            sd += (d.x + d.y) + (d.z + d.w);
+            sdx += d.x * (v.x - m) + d.y * (v.y - m) + d.z * (v.z - m) + d.w * (v.w - m);
+        },
+        [&](int i) { float d = dy[i]; sd += d; sdx += d * (x[i] - m); });
+    double a = block_sum_d((double)sd);
+    double b = block_sum_d((double)sdx);
+    if (threadIdx.x == 0) {
+        ws[(c * S + s) * 2] = a;
+        ws[(c * S + s) * 2 + 1] = b;
+    }
+}
+
+// dbias[c] = Σdy, dweight[c] = Σdy·x̂ (x̂ = (x − mean)·invstd).
+extern "C" __global__ void bn_backward_final(const double* __restrict__ ws, const float* __restrict__ var, int axis, int S, float eps,
+                                             float* __restrict__ dweight, float* __restrict__ dbias) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= axis) return;
+    double a = 0.0, b = 0.0;
+    for (int s = 0; s < S; ++s) { a += ws[(c * S + s) * 2]; b += ws[(c * S + s) * 2 + 1]; }
+    const double invstd = 1.0 / sqrt((double)var[c] + (double)eps);
+    dbias[c] = (float)a;
+    dweight[c] = (float)(b * invstd);
+}
+
+// dx = w·invstd/n·(n·dy − Σdy − x̂·Σdy·x̂) with batch statistics, dy·w·invstd without.
+extern "C" __global__ void bn_backward_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ w,
+                                          const float* __restrict__ mean, const float* __restrict__ var, const float* __restrict__ dweight,
+                                          const float* __restrict__ dbias, int n, int axis, int inner, float eps, float count, int batch_stats) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        const int c = (i / inner) % axis;
+        const float invstd = rsqrtf(var[c] + eps);
+        const float wc = w ? w[c] : 1.0f;
+        if (batch_stats) {
+            const float xhat = (x[i] - mean[c]) * invstd;
+            const float k = wc * invstd / count;
+            dx[i] = k * (count * dy[i] - dbias[c] - xhat * dweight[c]);
+        } else {
+            dx[i] = dy[i] * wc * invstd;
+        }
+    }
+}

@@ -1,0 +1,350 @@
+// Convolutions over [N, C, D, H, W] with weights [Cout, Cin/G, kD, kH, kW] as implicit GEMMs: no
+// column matrix ever reaches global memory; tiles are gathered straight from the activations.
+//
+//   fprop  y[co, (n,p)]    = Σ_{(ci,tap)} w[co, (ci,tap)] · x̃[(ci,tap), (n,p)]        M=Cout/G N=N·P    K=Cin/G·kvol
+//   dgrad  dx[ci, (n,q)]   = Σ_{(co,tap)} w[co, ci, tap] · dỹ[(co,tap), (n,q)]        M=Cin/G  N=N·Q    K=Cout/G·kvol
+//   wgrad  dw[co, (ci,tap)] = Σ_{(n,p)} dy[co, (n,p)] · x̃[(n,p), (ci,tap)]            M=Cout/G N=Cin/G·kvol K=N·P (split-K)
+//
+// x̃ reads x at p·stride − pad + tap·dilation (zero outside); dỹ reads dy at q + pad − tap·dilation when
+// that is a multiple of the stride. K is ordered (channel, kd, kh, kw), the weights' memory order, so the
+// fprop A tile is read with 128-bit loads along K; wgrad's A tile (dy) is read with 128-bit loads along
+// positions when P % 4 == 0.
+//
+// Tiling (shared with gemm.cu): 64×64 block tiles, BK = 16, 256 threads with a 4×4 register tile,
+// double-buffered shared tiles stored k-major. The gather is driven by a 16-entry row table computed per
+// K step (one division per row instead of one per load), and each thread's output column is decoded
+// once per block. An MMA inner loop (wmma/mma.sync on the same 64×64×16 tiles) can replace the FMA loop.
+//
+// Depthwise convolutions (groups == Cin > 1) use direct kernels below.
+#include "common.cuh"
+
+struct ConvP {
+    int n, cin, cout, cin_g, cout_g;
+    int in[3];
+    int out[3];
+    int k[3];
+    int s[3];
+    int p[3];
+    int d[3];
+    int kvol, in_vol, out_vol;
+    int M, N, K;      // GEMM dims of the mode (K: the reduction length)
+    int k_per_split;  // wgrad: reduction length per split (multiple of 16)
+    int splits;
+};
+
+enum { FPROP = 0, DGRAD = 1, WGRAD = 2 };
+
+#define TBM 64
+#define TBN 64
+#define TBK 16
+
+struct RowEntry {
+    int aoff, boff, t0, t1, t2;  // aoff < 0: row beyond K
+};
+
+template <int MODE>
+__device__ __forceinline__ RowEntry row_entry(const ConvP& p, int k, int kend) {
+    RowEntry e;
+    if (k >= kend) {
+        e.aoff = -1; e.boff = 0; e.t0 = e.t1 = e.t2 = 0;
+        return e;
+    }
+    if (MODE == WGRAD) {
+        const int img = k / p.out_vol, pos = k - img * p.out_vol;
+        const int hw = p.out[1] * p.out[2];
+        const int od = pos / hw, r = pos - od * hw;
+        const int oh = r / p.out[2], ow = r - oh * p.out[2];
+        e.aoff = img * p.cout * p.out_vol + pos;
+        e.boff = img * p.cin * p.in_vol;
+        e.t0 = od * p.s[0] - p.p[0];
+        e.t1 = oh * p.s[1] - p.p[1];
+        e.t2 = ow * p.s[2] - p.p[2];
+    } else {
+        const int ch = k / p.kvol, tap = k - ch * p.kvol;
+        const int khw = p.k[1] * p.k[2];
+        const int a = tap / khw, r = tap - a * khw;
+        const int b = r / p.k[2], c = r - b * p.k[2];
+        e.t0 = a * p.d[0];
+        e.t1 = b * p.d[1];
+        e.t2 = c * p.d[2];
+        if (MODE == FPROP) {
+            e.aoff = k;
+            e.boff = ch * p.in_vol;
+        } else {
+            e.aoff = ch * p.cin_g * p.kvol + tap;
+            e.boff = ch * p.out_vol;
+        }
+    }
+    return e;
+}
+
+template <int MODE, bool VECA>
+__device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float* __restrict__ Asrc, const float* __restrict__ Bsrc,
+                                           const float* __restrict__ bias, const ConvP& p) {
+    __shared__ __align__(16) float As[2][TBK][TBM];
+    __shared__ __align__(16) float Bs[2][TBK][TBN];
+    __shared__ RowEntry tbl[2][TBK];
+
+    const int t = threadIdx.x, tx = t & 15, ty = t >> 4;
+    const int m0 = blockIdx.y * TBM, n0 = blockIdx.x * TBN;
+    int g, kbeg, kend, split = 0;
+    if (MODE == WGRAD) {
+        g = blockIdx.z / p.splits;
+        split = blockIdx.z - g * p.splits;
+        kbeg = split * p.k_per_split;
+        kend = min(kbeg + p.k_per_split, p.K);
+    } else {
+        g = blockIdx.z;
+        kbeg = 0;
+        kend = p.K;
+    }
+
+    // This thread's A row (fixed) and B column (fixed).
+    const int am = t >> 2, akq = (t & 3) * 4;
+    const bool a_ok = m0 + am < p.M;
+    int abase;
+    if (MODE == FPROP) abase = (g * p.cout_g + m0 + am) * p.K;
+    else if (MODE == DGRAD) abase = g * p.cout_g * p.cin_g * p.kvol + (m0 + am) * p.kvol;
+    else abase = (g * p.cout_g + m0 + am) * p.out_vol;
+
+    const int bn = t & 63, bkr = t >> 6;
+    const int col = n0 + bn;
+    const bool b_ok = col < p.N;
+    int cbase = 0, c0 = 0, c1 = 0, c2 = 0;
+    if (b_ok) {
+        if (MODE == FPROP) {
+            const int img = col / p.out_vol, pos = col - img * p.out_vol;
+            const int hw = p.out[1] * p.out[2];
+            const int od = pos / hw, r = pos - od * hw;
+            const int oh = r / p.out[2], ow = r - oh * p.out[2];
+            cbase = (img * p.cin + g * p.cin_g) * p.in_vol;
+            c0 = od * p.s[0] - p.p[0];
+            c1 = oh * p.s[1] - p.p[1];
+            c2 = ow * p.s[2] - p.p[2];
+        } else if (MODE == DGRAD) {
+            const int img = col / p.in_vol, pos = col - img * p.in_vol;
+            const int hw = p.in[1] * p.in[2];
+            const int id = pos / hw, r = pos - id * hw;
+            const int ih = r / p.in[2], iw = r - ih * p.in[2];
+            cbase = (img * p.cout + g * p.cout_g) * p.out_vol;
+            c0 = id + p.p[0];
+            c1 = ih + p.p[1];
+            c2 = iw + p.p[2];
+        } else {
+            const int ci = col / p.kvol, tap = col - ci * p.kvol;
+            const int khw = p.k[1] * p.k[2];
+            const int a = tap / khw, r = tap - a * khw;
+            const int b = r / p.k[2], c = r - b * p.k[2];
+            cbase = (g * p.cin_g + ci) * p.in_vol;
+            c0 = a * p.d[0];
+            c1 = b * p.d[1];
+            c2 = c * p.d[2];
+        }
+    }
+
+    float acc[4][4] = {};
+    const int steps = (kend - kbeg + TBK - 1) / TBK;
+    for (int s = 0; s < steps; ++s) {
+        const int k0 = kbeg + s * TBK, buf = s & 1;
+        if (t < TBK) tbl[buf][t] = row_entry<MODE>(p, k0 + t, kend);
+        __syncthreads();
+
+        // A tile: row am, rows akq..akq+3 of this K step.
+        {
+            float v[4];
+            const RowEntry& first = tbl[buf][akq];
+            const RowEntry& last = tbl[buf][akq + 3];
+            if (VECA && a_ok && first.aoff >= 0 && last.aoff >= 0) {
+                const float4 q = __ldg(reinterpret_cast<const float4*>(Asrc + abase + first.aoff));
+                v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+            } else {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int off = tbl[buf][akq + e].aoff;
+                    v[e] = (a_ok && off >= 0) ? __ldg(Asrc + abase + off) : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) As[buf][akq + e][am] = v[e];
+        }
+        // B tile: column bn, rows bkr + 4e.
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int kr = bkr + 4 * e;
+            const RowEntry& re = tbl[buf][kr];
+            float v = 0.0f;
+            if (b_ok && re.aoff >= 0) {
+                if (MODE == DGRAD) {
+                    const int z = c0 - re.t0, y = c1 - re.t1, x = c2 - re.t2;
+                    if (z >= 0 && y >= 0 && x >= 0) {
+                        const int oz = z / p.s[0], oy = y / p.s[1], ox = x / p.s[2];
+                        if (oz * p.s[0] == z && oy * p.s[1] == y && ox * p.s[2] == x && oz < p.out[0] && oy < p.out[1] && ox < p.out[2])
+                            v = __ldg(Bsrc + cbase + re.boff + (oz * p.out[1] + oy) * p.out[2] + ox);
+                    }
+                } else {
+                    const int z = c0 + re.t0, y = c1 + re.t1, x = c2 + re.t2;
+                    if ((unsigned)z < (unsigned)p.in[0] && (unsigned)y < (unsigned)p.in[1] && (unsigned)x < (unsigned)p.in[2])
+                        v = __ldg(Bsrc + cbase + re.boff + (z * p.in[1] + y) * p.in[2] + x);
+                }
+            }
+            Bs[buf][kr][bn] = v;
+        }
+        __syncthreads();
+
+#pragma unroll
+        for (int k = 0; k < TBK; ++k) {
+            const float4 a = *reinterpret_cast<const float4*>(&As[buf][k][ty * 4]);
+            const float4 b = *reinterpret_cast<const float4*>(&Bs[buf][k][tx * 4]);
+            const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+    }
+
+    // Epilogue.
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int cj = n0 + tx * 4 + j;
+        if (cj >= p.N) continue;
+        int obase;
+        if (MODE == FPROP) {
+            const int img = cj / p.out_vol, pos = cj - img * p.out_vol;
+            obase = (img * p.cout + g * p.cout_g) * p.out_vol + pos;
+        } else if (MODE == DGRAD) {
+            const int img = cj / p.in_vol, pos = cj - img * p.in_vol;
+            obase = (img * p.cin + g * p.cin_g) * p.in_vol + pos;
+        } else {
+            obase = (split * p.cout + g * p.cout_g) * p.N + cj;
+        }
+        const int mstride = MODE == FPROP ? p.out_vol : MODE == DGRAD ? p.in_vol : p.N;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + ty * 4 + i;
+            if (m >= p.M) continue;
+            float v = acc[i][j];
+            if (MODE == FPROP && bias) v += bias[g * p.cout_g + m];
+            out[obase + m * mstride] = v;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) conv_fprop(float* y, const float* x, const float* w, const float* bias, ConvP p) {
+    conv_igemm<FPROP, false>(y, w, x, bias, p);
+}
+extern "C" __global__ void __launch_bounds__(256) conv_fprop_vec(float* y, const float* x, const float* w, const float* bias, ConvP p) {
+    conv_igemm<FPROP, true>(y, w, x, bias, p);
+}
+extern "C" __global__ void __launch_bounds__(256) conv_dgrad(float* dx, const float* dy, const float* w, ConvP p) {
+    conv_igemm<DGRAD, false>(dx, w, dy, nullptr, p);
+}
+// out: [splits, Cout, Cin/G·kvol] partial sums (or dw itself when splits == 1).
+extern "C" __global__ void __launch_bounds__(256) conv_wgrad(float* out, const float* x, const float* dy, ConvP p) {
+    conv_igemm<WGRAD, false>(out, dy, x, nullptr, p);
+}
+extern "C" __global__ void __launch_bounds__(256) conv_wgrad_vec(float* out, const float* x, const float* dy, ConvP p) {
+    conv_igemm<WGRAD, true>(out, dy, x, nullptr, p);
+}
+
+// dw[i] = Σ_s ws[s·len + i] (split-K finish, fixed order: deterministic).
+extern "C" __global__ void conv_wgrad_reduce(float* __restrict__ dw, const float* __restrict__ ws, int len, int splits) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += blockDim.x * gridDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < splits; ++s) acc += ws[(size_t)s * len + i];
+        dw[i] = acc;
+    }
+}
+
+// --- depthwise (groups == Cin): one thread per output / input element, one block per weight tap ------
+
+extern "C" __global__ void conv_dw_fprop(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, ConvP p) {
+    const int total = p.n * p.cout * p.out_vol;
+    const int mult = p.cout_g;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        const int nc = i / p.out_vol, pos = i - nc * p.out_vol;
+        const int img = nc / p.cout, co = nc - img * p.cout;
+        const int hw = p.out[1] * p.out[2];
+        const int od = pos / hw, r = pos - od * hw;
+        const int oh = r / p.out[2], ow = r - oh * p.out[2];
+        const float* xp = x + (size_t)(img * p.cin + co / mult) * p.in_vol;
+        const float* wk = w + co * p.kvol;
+        float acc = bias ? bias[co] : 0.0f;
+        for (int a = 0; a < p.k[0]; ++a) {
+            const int z = od * p.s[0] - p.p[0] + a * p.d[0];
+            if ((unsigned)z >= (unsigned)p.in[0]) continue;
+            for (int b = 0; b < p.k[1]; ++b) {
+                const int yy = oh * p.s[1] - p.p[1] + b * p.d[1];
+                if ((unsigned)yy >= (unsigned)p.in[1]) continue;
+                const float* xr = xp + (z * p.in[1] + yy) * p.in[2];
+                const float* wr = wk + (a * p.k[1] + b) * p.k[2];
+                for (int c = 0; c < p.k[2]; ++c) {
+                    const int xx = ow * p.s[2] - p.p[2] + c * p.d[2];
+                    if ((unsigned)xx < (unsigned)p.in[2]) acc = fmaf(wr[c], __ldg(xr + xx), acc);
+                }
+            }
+        }
+        y[i] = acc;
+    }
+}
+
+extern "C" __global__ void conv_dw_dgrad(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w, ConvP p) {
+    const int total = p.n * p.cin * p.in_vol;
+    const int mult = p.cout_g;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        const int nc = i / p.in_vol, pos = i - nc * p.in_vol;
+        const int img = nc / p.cin, ci = nc - img * p.cin;
+        const int hw = p.in[1] * p.in[2];
+        const int id = pos / hw, r = pos - id * hw;
+        const int ih = r / p.in[2], iw = r - ih * p.in[2];
+        float acc = 0.0f;
+        for (int co = ci * mult; co < (ci + 1) * mult; ++co) {
+            const float* dyp = dy + (size_t)(img * p.cout + co) * p.out_vol;
+            const float* wk = w + co * p.kvol;
+            for (int a = 0; a < p.k[0]; ++a) {
+                const int z = id + p.p[0] - a * p.d[0];
+                if (z < 0 || z % p.s[0]) continue;
+                const int oz = z / p.s[0];
+                if (oz >= p.out[0]) continue;
+                for (int b = 0; b < p.k[1]; ++b) {
+                    const int yy = ih + p.p[1] - b * p.d[1];
+                    if (yy < 0 || yy % p.s[1]) continue;
+                    const int oy = yy / p.s[1];
+                    if (oy >= p.out[1]) continue;
+                    for (int c = 0; c < p.k[2]; ++c) {
+                        const int xx = iw + p.p[2] - c * p.d[2];
+                        if (xx < 0 || xx % p.s[2]) continue;
+                        const int ox = xx / p.s[2];
+                        if (ox >= p.out[2]) continue;
+                        acc = fmaf(wk[(a * p.k[1] + b) * p.k[2] + c], dyp[(oz * p.out[1] + oy) * p.out[2] + ox], acc);
+                    }
+                }
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+// One block per (co, tap): Σ over the batch and the output volume.
+extern "C" __global__ void conv_dw_wgrad(float* __restrict__ dw, const float* __restrict__ x, const float* __restrict__ dy, ConvP p) {
+    const int co = blockIdx.x / p.kvol, tap = blockIdx.x - co * p.kvol;
+    const int khw = p.k[1] * p.k[2];
+    const int a = tap / khw, r0 = tap - a * khw;
+    const int b = r0 / p.k[2], c = r0 - b * p.k[2];
+    const int ci = co / p.cout_g;
+    const int total = p.n * p.out_vol;
+    const int hw = p.out[1] * p.out[2];
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < total; i += blockDim.x) {
+        const int img = i / p.out_vol, pos = i - img * p.out_vol;
+        const int od = pos / hw, r = pos - od * hw;
+        const int oh = r / p.out[2], ow = r - oh * p.out[2];
+        const int z = od * p.s[0] - p.p[0] + a * p.d[0];
+        const int yy = oh * p.s[1] - p.p[1] + b * p.d[1];
+        const int xx = ow * p.s[2] - p.p[2] + c * p.d[2];
+        if ((unsigned)z < (unsigned)p.in[0] && (unsigned)yy < (unsigned)p.in[1] && (unsigned)xx < (unsigned)p.in[2])
+            acc = fmaf(dy[(size_t)(img * p.cout + co) * p.out_vol + pos], x[(size_t)(img * p.cin + ci) * p.in_vol + (z * p.in[1] + yy) * p.in[2] + xx], acc);
+    }
+    const double s = block_sum_d((double)acc);
+    if (threadIdx.x == 0) dw[blockIdx.x] = (float)s;
+}

@@ -1,0 +1,657 @@
+//! The CUDA backend against the CPU backend, op family by op family, on at least 200 random
+//! configurations each (through the `Backend` trait, so every kernel path is hit directly).
+//! Without a CUDA device every test prints `skipped: no CUDA device` and passes; with
+//! `VIDGRAD_REQUIRE_CUDA=1` a missing device fails them.
+
+use vidgrad::backend::cpu::CpuBackend;
+use vidgrad::backend::*;
+use vidgrad::rng::uniform;
+use vidgrad::Device;
+
+const CASES: usize = 200;
+
+fn cuda() -> Option<&'static dyn Backend> {
+    match Device::Cuda(0).backend() {
+        Ok(b) if Device::cuda_available() => Some(b),
+        r => {
+            let why = r.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                std::env::var("VIDGRAD_REQUIRE_CUDA").map_or(true, |v| v != "1"),
+                "VIDGRAD_REQUIRE_CUDA=1 but no CUDA device: {why}"
+            );
+            println!("skipped: no CUDA device ({why})");
+            None
+        }
+    }
+}
+
+/// A deterministic stream of draws.
+struct Draw(u64, u64);
+impl Draw {
+    fn new(seed: u64) -> Self {
+        Draw(seed, 0)
+    }
+    fn int(&mut self, lo: usize, hi: usize) -> usize {
+        self.1 += 1;
+        lo + ((uniform(self.0, self.1) as f64 * (hi - lo + 1) as f64) as usize).min(hi - lo)
+    }
+    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.int(0, v.len() - 1)]
+    }
+    fn data(&mut self, n: usize) -> Vec<f32> {
+        self.1 += 1;
+        let s = self.0 * 1000 + self.1;
+        (0..n).map(|i| uniform(s, i as u64) * 2.0 - 1.0).collect()
+    }
+}
+
+struct Pair {
+    cpu: &'static dyn Backend,
+    gpu: &'static dyn Backend,
+    worst: f32,
+}
+
+static CPU: CpuBackend = CpuBackend;
+
+impl Pair {
+    fn new() -> Option<Pair> {
+        cuda().map(|gpu| Pair {
+            cpu: &CPU,
+            gpu,
+            worst: 0.0,
+        })
+    }
+    fn up(&self, v: &[f32]) -> (BufferRef, BufferRef) {
+        (
+            self.cpu.from_host(v).unwrap(),
+            self.gpu.from_host(v).unwrap(),
+        )
+    }
+    /// |cuda − cpu| ≤ atol + rtol·|cpu| elementwise.
+    fn check(&mut self, what: &str, c: &BufferRef, g: &BufferRef, atol: f32, rtol: f32) {
+        let (c, g) = (
+            self.cpu.to_host(&**c).unwrap(),
+            self.gpu.to_host(&**g).unwrap(),
+        );
+        assert_eq!(c.len(), g.len(), "{what}: lengths");
+        for (i, (a, b)) in c.iter().zip(&g).enumerate() {
+            let err = (a - b).abs();
+            if a.is_nan() && b.is_nan() {
+                continue;
+            }
+            assert!(
+                err <= atol + rtol * a.abs(),
+                "{what}: element {i}: cpu {a} cuda {b}"
+            );
+            self.worst = self.worst.max(err / (1.0 + a.abs()));
+        }
+    }
+    fn done(&self, family: &str) {
+        println!(
+            "{family}: {CASES} configurations, worst relative error {:.2e}",
+            self.worst
+        );
+    }
+}
+
+#[test]
+fn elementwise_and_reductions_match_cpu() {
+    let Some(mut p) = Pair::new() else { return };
+    let mut d = Draw::new(1);
+    for case in 0..CASES {
+        let n = d.pick(&[1usize, 3, 4, 5, 17, 64, 255, 1000, 4097, 100_003]);
+        let xv = d.data(n);
+        let yv = d.data(n);
+        let ((xc, xg), (yc, yg)) = (p.up(&xv), p.up(&yv));
+        let op = d.pick(&[
+            UnaryOp::Relu,
+            UnaryOp::Scale(-1.5),
+            UnaryOp::AddScalar(0.25),
+            UnaryOp::Sqrt,
+        ]);
+        p.check(
+            "unary",
+            &p.cpu.unary(&*xc, op).unwrap(),
+            &p.gpu.unary(&*xg, op).unwrap(),
+            0.0,
+            0.0,
+        );
+        let bop = d.pick(&[BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div]);
+        p.check(
+            "binary",
+            &p.cpu.binary(&*xc, &*yc, bop).unwrap(),
+            &p.gpu.binary(&*xg, &*yg, bop).unwrap(),
+            0.0,
+            0.0,
+        );
+        p.check(
+            "relu_backward",
+            &p.cpu.relu_backward(&*xc, &*yc).unwrap(),
+            &p.gpu.relu_backward(&*xg, &*yg).unwrap(),
+            0.0,
+            0.0,
+        );
+        let seed = case as u64 * 7 + 1;
+        p.check(
+            "dropout",
+            &p.cpu.dropout(&*xc, 0.3, seed).unwrap(),
+            &p.gpu.dropout(&*xg, 0.3, seed).unwrap(),
+            0.0,
+            0.0,
+        );
+        let (ac, ag) = (p.cpu.copy(&*yc).unwrap(), p.gpu.copy(&*yg).unwrap());
+        p.cpu.axpby(&*ac, 0.5, &*xc, -2.0).unwrap();
+        p.gpu.axpby(&*ag, 0.5, &*xg, -2.0).unwrap();
+        p.check("axpby", &ac, &ag, 0.0, 0.0);
+        p.check(
+            "sum_all",
+            &p.cpu.sum_all(&*xc).unwrap(),
+            &p.gpu.sum_all(&*xg).unwrap(),
+            1e-4,
+            1e-5,
+        );
+        let s = p.cpu.sum_all(&*xc).unwrap();
+        let sg = p.gpu.sum_all(&*xg).unwrap();
+        p.check(
+            "broadcast",
+            &p.cpu.broadcast_scalar(&*s, 7, 0.5).unwrap(),
+            &p.gpu.broadcast_scalar(&*sg, 7, 0.5).unwrap(),
+            1e-4,
+            1e-5,
+        );
+        // Per-axis views of the same data.
+        let axis = d.pick(&[1usize, 2, 3, 7, 64]);
+        let inner = d.pick(&[1usize, 4, 5, 49, 256]);
+        let outer = d.int(1, 4);
+        let g = AxisGeom { outer, axis, inner };
+        let v = d.data(g.numel());
+        let b = d.data(axis);
+        let ((vc, vg), (bc, bg)) = (p.up(&v), p.up(&b));
+        p.check(
+            "sum_to_axis",
+            &p.cpu.sum_to_axis(&*vc, g).unwrap(),
+            &p.gpu.sum_to_axis(&*vg, g).unwrap(),
+            1e-4,
+            1e-5,
+        );
+        p.check(
+            "add_axis_bias",
+            &p.cpu.add_axis_bias(&*vc, &*bc, g).unwrap(),
+            &p.gpu.add_axis_bias(&*vg, &*bg, g).unwrap(),
+            0.0,
+            0.0,
+        );
+    }
+    p.done("elementwise");
+}
+
+fn conv_geom(d: &mut Draw, case: usize) -> ConvGeom {
+    const KERNELS: [[usize; 3]; 9] = [
+        [3, 3, 3],
+        [3, 1, 1],
+        [1, 3, 3],
+        [5, 7, 7],
+        [1, 7, 7],
+        [1, 1, 1],
+        [2, 3, 2],
+        [1, 5, 5],
+        [3, 3, 3],
+    ];
+    let kernel = KERNELS[case % KERNELS.len()];
+    let flat = case % 5 == 4 && kernel[0] == 1;
+    let big = kernel.iter().product::<usize>() > 100;
+    let mut g = ConvGeom {
+        n: d.int(1, 3),
+        c_in: 0,
+        c_out: 0,
+        groups: 1,
+        input: [0; 3],
+        output: [0; 3],
+        kernel,
+        stride: [1; 3],
+        padding: [0; 3],
+        dilation: [1; 3],
+    };
+    for (i, &k) in kernel.iter().enumerate() {
+        if flat && i == 0 {
+            g.input[0] = 1;
+            g.output[0] = 1;
+            continue;
+        }
+        g.stride[i] = d.int(1, 2);
+        g.padding[i] = d.int(0, 2.min(k));
+        if k > 1 && !big {
+            g.dilation[i] = d.int(1, 2);
+        }
+        let span = g.dilation[i] * (k - 1) + 1;
+        let min = span.saturating_sub(2 * g.padding[i]).max(1);
+        g.input[i] = min + d.int(0, if big { 3 } else { 7 });
+        g.output[i] = (g.input[i] + 2 * g.padding[i] - span) / g.stride[i] + 1;
+    }
+    let (ci, co) = if big {
+        (d.int(1, 8), d.int(1, 8))
+    } else {
+        (d.int(1, 70), d.int(1, 70))
+    };
+    match d.int(0, 4) {
+        0 | 1 => (g.groups, g.c_in, g.c_out) = (1, ci, co),
+        2 => (g.groups, g.c_in, g.c_out) = (2, 2 * ci.div_ceil(2), 2 * co.div_ceil(2)),
+        m => {
+            let c = d.int(2, 9);
+            (g.groups, g.c_in, g.c_out) = (c, c, c * (m - 2)); // depthwise, multiplier 1 or 2
+        }
+    }
+    g
+}
+
+#[test]
+fn conv_matches_cpu() {
+    let Some(mut p) = Pair::new() else { return };
+    let mut d = Draw::new(2);
+    for case in 0..CASES {
+        let g = conv_geom(&mut d, case);
+        let xv = d.data(g.n * g.c_in * g.input_volume());
+        let wv = d.data(g.c_out * g.in_per_group() * g.kernel_volume());
+        let dyv = d.data(g.n * g.c_out * g.output_volume());
+        let bv = d.data(g.c_out);
+        let ((xc, xg), (wc, wg), (dc, dg), (bc, bg)) =
+            (p.up(&xv), p.up(&wv), p.up(&dyv), p.up(&bv));
+        let bias = case % 2 == 0;
+        let (ybc, ybg) = (bias.then_some(&*bc), bias.then_some(&*bg));
+        let tol = 1e-4 * (g.in_per_group() * g.kernel_volume()) as f32;
+        p.check(
+            &format!("conv fwd {g:?}"),
+            &p.cpu.conv_forward(&*xc, &*wc, ybc, &g).unwrap(),
+            &p.gpu.conv_forward(&*xg, &*wg, ybg, &g).unwrap(),
+            tol.max(1e-4),
+            1e-4,
+        );
+        p.check(
+            &format!("conv dgrad {g:?}"),
+            &p.cpu.conv_backward_data(&*dc, &*wc, &g).unwrap(),
+            &p.gpu.conv_backward_data(&*dg, &*wg, &g).unwrap(),
+            (1e-4 * (g.out_per_group() * g.kernel_volume()) as f32).max(1e-4),
+            1e-4,
+        );
+        p.check(
+            &format!("conv wgrad {g:?}"),
+            &p.cpu.conv_backward_weight(&*xc, &*dc, &g).unwrap(),
+            &p.gpu.conv_backward_weight(&*xg, &*dg, &g).unwrap(),
+            (1e-4 * (g.n * g.output_volume()) as f32).max(1e-4),
+            1e-4,
+        );
+    }
+    p.done("conv");
+}
+
+#[test]
+fn batch_norm_matches_cpu() {
+    let Some(mut p) = Pair::new() else { return };
+    let mut d = Draw::new(3);
+    for case in 0..CASES {
+        let g = AxisGeom {
+            outer: d.int(1, 4),
+            axis: d.pick(&[1usize, 3, 16, 64]),
+            inner: d.pick(&[1usize, 3, 4, 49, 196, 3136]),
+        };
+        let xv: Vec<f32> = d.data(g.numel()).iter().map(|v| v * 3.0 + 1.0).collect();
+        let (xc, xg) = p.up(&xv);
+        let (wc, wg) = p.up(&d.data(g.axis));
+        let (bc, bg) = p.up(&d.data(g.axis));
+        let (dc, dg) = p.up(&d.data(g.numel()));
+        let affine = case % 3 != 0;
+        let (w1, w2) = (affine.then_some(&*wc), affine.then_some(&*wg));
+        let (b1, b2) = (affine.then_some(&*bc), affine.then_some(&*bg));
+        let (yc, sc) = p.cpu.batch_norm_train(&*xc, w1, b1, g, 1e-5).unwrap();
+        let (yg, sg) = p.gpu.batch_norm_train(&*xg, w2, b2, g, 1e-5).unwrap();
+        p.check("bn mean", &sc.mean, &sg.mean, 1e-5, 1e-4);
+        p.check("bn var", &sc.var, &sg.var, 1e-5, 1e-4);
+        p.check("bn y", &yc, &yg, 2e-4, 1e-4);
+        p.check(
+            "bn eval",
+            &p.cpu
+                .batch_norm_eval(&*xc, w1, b1, &*sc.mean, &*sc.var, g, 1e-5)
+                .unwrap(),
+            &p.gpu
+                .batch_norm_eval(&*xg, w2, b2, &*sg.mean, &*sg.var, g, 1e-5)
+                .unwrap(),
+            2e-4,
+            1e-4,
+        );
+        for batch_stats in [true, false] {
+            let gc = p
+                .cpu
+                .batch_norm_backward(&*dc, &*xc, w1, &*sc.mean, &*sc.var, g, 1e-5, batch_stats)
+                .unwrap();
+            let gg = p
+                .gpu
+                .batch_norm_backward(
+                    &*dg,
+                    &*xg,
+                    w2,
+                    &*sc_to(&p, &sc.mean),
+                    &*sc_to(&p, &sc.var),
+                    g,
+                    1e-5,
+                    batch_stats,
+                )
+                .unwrap();
+            p.check("bn dx", &gc.dx, &gg.dx, 5e-4, 1e-3);
+            p.check("bn dw", &gc.dweight, &gg.dweight, 1e-3, 1e-4);
+            p.check("bn db", &gc.dbias, &gg.dbias, 1e-3, 1e-4);
+        }
+    }
+    p.done("batchnorm");
+}
+
+/// The CPU's statistics on the GPU (so the backward compares like with like).
+fn sc_to(p: &Pair, b: &BufferRef) -> BufferRef {
+    p.gpu.from_host(&p.cpu.to_host(&**b).unwrap()).unwrap()
+}
+
+#[test]
+fn pooling_matches_cpu() {
+    let Some(mut p) = Pair::new() else { return };
+    let mut d = Draw::new(4);
+    for case in 0..CASES {
+        let mut g = PoolGeom {
+            planes: d.int(1, 5),
+            input: [1; 3],
+            output: [1; 3],
+            kernel: [1; 3],
+            stride: [1; 3],
+            padding: [0; 3],
+        };
+        let ceil = case % 2 == 0;
+        for i in usize::from(case % 3 == 0)..3 {
+            g.input[i] = d.int(1, 12);
+            g.kernel[i] = d.int(1, 4);
+            g.stride[i] = d.int(1, 3);
+            g.padding[i] = d.int(0, g.kernel[i] / 2);
+            let span = g.input[i] + 2 * g.padding[i];
+            if span < g.kernel[i] {
+                g.input[i] = g.kernel[i];
+            }
+            let span = g.input[i] + 2 * g.padding[i] - g.kernel[i];
+            let mut o = if ceil {
+                span.div_ceil(g.stride[i]) + 1
+            } else {
+                span / g.stride[i] + 1
+            };
+            if ceil && (o - 1) * g.stride[i] >= g.input[i] + g.padding[i] {
+                o -= 1;
+            }
+            g.output[i] = o;
+        }
+        let iv: usize = g.input.iter().product();
+        let ov: usize = g.output.iter().product();
+        let mut xv = d.data(g.planes * iv);
+        if case % 4 == 0 {
+            xv.iter_mut().for_each(|v| *v = (*v * 2.0).round());
+        }
+        let (xc, xg) = p.up(&xv);
+        let (dc, dg) = p.up(&d.data(g.planes * ov));
+        p.check(
+            "max fwd",
+            &p.cpu.max_pool_forward(&*xc, &g).unwrap(),
+            &p.gpu.max_pool_forward(&*xg, &g).unwrap(),
+            0.0,
+            0.0,
+        );
+        p.check(
+            "max bwd",
+            &p.cpu.max_pool_backward(&*xc, &*dc, &g).unwrap(),
+            &p.gpu.max_pool_backward(&*xg, &*dg, &g).unwrap(),
+            1e-6,
+            1e-6,
+        );
+        for cip in [false, true] {
+            p.check(
+                "avg fwd",
+                &p.cpu.avg_pool_forward(&*xc, &g, cip).unwrap(),
+                &p.gpu.avg_pool_forward(&*xg, &g, cip).unwrap(),
+                1e-6,
+                1e-5,
+            );
+            p.check(
+                "avg bwd",
+                &p.cpu.avg_pool_backward(&*dc, &g, cip).unwrap(),
+                &p.gpu.avg_pool_backward(&*dg, &g, cip).unwrap(),
+                1e-6,
+                1e-5,
+            );
+        }
+        let a = AdaptivePoolGeom {
+            planes: g.planes,
+            input: g.input,
+            output: std::array::from_fn(|i| d.int(1, g.input[i] + 3)),
+        };
+        let (ec, eg) = p.up(&d.data(g.planes * a.output.iter().product::<usize>()));
+        p.check(
+            "adaptive fwd",
+            &p.cpu.adaptive_avg_pool_forward(&*xc, &a).unwrap(),
+            &p.gpu.adaptive_avg_pool_forward(&*xg, &a).unwrap(),
+            1e-6,
+            1e-5,
+        );
+        p.check(
+            "adaptive bwd",
+            &p.cpu.adaptive_avg_pool_backward(&*ec, &a).unwrap(),
+            &p.gpu.adaptive_avg_pool_backward(&*eg, &a).unwrap(),
+            1e-6,
+            1e-5,
+        );
+    }
+    p.done("pool");
+}
+
+#[test]
+fn upsample_matches_cpu() {
+    let Some(mut p) = Pair::new() else { return };
+    let mut d = Draw::new(5);
+    for case in 0..CASES {
+        let input = [d.int(1, 6), d.int(1, 7), d.int(1, 7)];
+        let output = [d.int(1, 12), d.int(1, 14), d.int(1, 14)];
+        let g = UpsampleGeom {
+            planes: d.int(1, 4),
+            input,
+            output,
+            align_corners: case % 2 == 0,
+        };
+        let (xc, xg) = p.up(&d.data(g.planes * input.iter().product::<usize>()));
+        let (dc, dg) = p.up(&d.data(g.planes * output.iter().product::<usize>()));
+        p.check(
+            "upsample fwd",
+            &p.cpu.upsample_trilinear_forward(&*xc, &g).unwrap(),
+            &p.gpu.upsample_trilinear_forward(&*xg, &g).unwrap(),
+            1e-6,
+            1e-5,
+        );
+        p.check(
+            "upsample bwd",
+            &p.cpu.upsample_trilinear_backward(&*dc, &g).unwrap(),
+            &p.gpu.upsample_trilinear_backward(&*dg, &g).unwrap(),
+            1e-5,
+            1e-5,
+        );
+    }
+    p.done("upsample");
+}
+
+#[test]
+fn softmax_and_loss_match_cpu() {
+    let Some(mut p) = Pair::new() else { return };
+    let mut d = Draw::new(6);
+    for case in 0..CASES {
+        let g = AxisGeom {
+            outer: d.int(1, 6),
+            axis: d.pick(&[1usize, 2, 10, 33, 400, 1500]),
+            inner: d.pick(&[1usize, 1, 3, 50]),
+        };
+        let xv: Vec<f32> = d.data(g.numel()).iter().map(|v| v * 8.0).collect();
+        let (xc, xg) = p.up(&xv);
+        let (dc, dg) = p.up(&d.data(g.numel()));
+        let log = case % 2 == 1;
+        let (yc, yg) = (
+            p.cpu.softmax_forward(&*xc, g, log).unwrap(),
+            p.gpu.softmax_forward(&*xg, g, log).unwrap(),
+        );
+        p.check("softmax fwd", &yc, &yg, 2e-5, 1e-4);
+        p.check(
+            "softmax bwd",
+            &p.cpu.softmax_backward(&*yc, &*dc, g, log).unwrap(),
+            &p.gpu
+                .softmax_backward(&*yc_to(&p, &yc), &*dg, g, log)
+                .unwrap(),
+            2e-5,
+            1e-4,
+        );
+        // Cross entropy over [outer·inner, axis] rows.
+        let (n, classes) = (g.outer * g.inner, g.axis);
+        let labels: Vec<u32> = (0..n).map(|_| d.int(0, classes - 1) as u32).collect();
+        let eps = d.pick(&[0.0f32, 0.1]);
+        let (lc, lg) = (
+            p.cpu
+                .cross_entropy_forward(&*xc, &labels, classes, eps)
+                .unwrap(),
+            p.gpu
+                .cross_entropy_forward(&*xg, &labels, classes, eps)
+                .unwrap(),
+        );
+        p.check("ce fwd", &lc, &lg, 1e-5, 1e-5);
+        let (sc, sg) = p.up(&[0.7]);
+        p.check(
+            "ce bwd",
+            &p.cpu
+                .cross_entropy_backward(&*xc, &labels, classes, eps, &*sc)
+                .unwrap(),
+            &p.gpu
+                .cross_entropy_backward(&*xg, &labels, classes, eps, &*sg)
+                .unwrap(),
+            1e-6,
+            1e-4,
+        );
+    }
+    p.done("softmax/loss");
+}
+
+fn yc_to(p: &Pair, b: &BufferRef) -> BufferRef {
+    sc_to(p, b)
+}
+
+#[test]
+fn matmul_and_attention_match_cpu() {
+    let Some(mut p) = Pair::new() else { return };
+    let mut d = Draw::new(7);
+    for case in 0..CASES {
+        let g = MatmulGeom {
+            batch: d.int(1, 3),
+            m: d.int(1, 130),
+            k: d.int(1, 100),
+            n: d.int(1, 130),
+            trans_a: case % 2 == 0,
+            trans_b: case % 3 == 0,
+        };
+        let (ac, ag) = p.up(&d.data(g.batch * g.m * g.k));
+        let (bc, bg) = p.up(&d.data(g.batch * g.k * g.n));
+        p.check(
+            "matmul",
+            &p.cpu.matmul(&*ac, &*bc, g).unwrap(),
+            &p.gpu.matmul(&*ag, &*bg, g).unwrap(),
+            1e-4 * g.k as f32,
+            1e-4,
+        );
+        let a = AttentionGeom {
+            batch: d.int(1, 2),
+            c: d.int(1, 40),
+            cv: d.int(1, 80),
+            n: d.int(1, 150),
+            m: d.int(1, 70),
+            scale: 0.3,
+        };
+        let (qc, qg) = p.up(&d.data(a.batch * a.c * a.n));
+        let (kc, kg) = p.up(&d.data(a.batch * a.c * a.m));
+        let (vc, vg) = p.up(&d.data(a.batch * a.cv * a.m));
+        let (dc, dg) = p.up(&d.data(a.batch * a.cv * a.n));
+        let (yc, lc) = p.cpu.attention_forward(&*qc, &*kc, &*vc, a).unwrap();
+        let (yg, lg) = p.gpu.attention_forward(&*qg, &*kg, &*vg, a).unwrap();
+        p.check("attention y", &yc, &yg, 1e-4, 1e-4);
+        p.check("attention lse", &lc, &lg, 1e-4, 1e-4);
+        let gc = p
+            .cpu
+            .attention_backward(&*qc, &*kc, &*vc, &*yc, &*lc, &*dc, a)
+            .unwrap();
+        let gg = p
+            .gpu
+            .attention_backward(&*qg, &*kg, &*vg, &*yg, &*lg, &*dg, a)
+            .unwrap();
+        p.check("attention dq", &gc.dq, &gg.dq, 1e-3, 1e-3);
+        p.check("attention dk", &gc.dk, &gg.dk, 1e-3, 1e-3);
+        p.check("attention dv", &gc.dv, &gg.dv, 1e-3, 1e-3);
+    }
+    p.done("matmul/attention");
+}
+
+#[test]
+fn layout_matches_cpu() {
+    let Some(mut p) = Pair::new() else { return };
+    let mut d = Draw::new(8);
+    for _ in 0..CASES {
+        let r = d.int(1, 5);
+        let shape: Vec<usize> = (0..r).map(|_| d.int(1, 9)).collect();
+        let mut perm: Vec<usize> = (0..r).collect();
+        for i in (1..r).rev() {
+            let j = d.int(0, i);
+            perm.swap(i, j);
+        }
+        if r >= 2 && d.int(0, 2) == 0 {
+            perm = (0..r).collect();
+            perm.swap(r - 1, r - 2);
+        }
+        let n: usize = shape.iter().product();
+        let (xc, xg) = p.up(&d.data(n));
+        p.check(
+            "permute",
+            &p.cpu.permute(&*xc, &shape, &perm).unwrap(),
+            &p.gpu.permute(&*xg, &shape, &perm).unwrap(),
+            0.0,
+            0.0,
+        );
+        let outer = d.int(1, 6);
+        let inners: Vec<usize> = (0..d.int(1, 4)).map(|_| d.int(0, 20)).collect();
+        let parts: Vec<Vec<f32>> = inners.iter().map(|&i| d.data(outer * i)).collect();
+        let up: Vec<(BufferRef, BufferRef)> = parts.iter().map(|v| p.up(v)).collect();
+        let cs: Vec<&dyn BackendBuffer> = up.iter().map(|(c, _)| &**c).collect();
+        let gs: Vec<&dyn BackendBuffer> = up.iter().map(|(_, g)| &**g).collect();
+        let (yc, yg) = (
+            p.cpu.concat(&cs, outer, &inners).unwrap(),
+            p.gpu.concat(&gs, outer, &inners).unwrap(),
+        );
+        p.check("concat", &yc, &yg, 0.0, 0.0);
+        let (sc, sg) = (
+            p.cpu.split(&*yc, outer, &inners).unwrap(),
+            p.gpu.split(&*yg, outer, &inners).unwrap(),
+        );
+        for (a, b) in sc.iter().zip(&sg) {
+            p.check("split", a, b, 0.0, 0.0);
+        }
+    }
+    p.done("layout");
+}
+
+#[test]
+fn allocator_reuses_blocks_in_steady_state() {
+    let Some(p) = Pair::new() else { return };
+    let run = || {
+        let x = p.gpu.full(100_000, 1.0).unwrap();
+        let y = p.gpu.unary(&*x, UnaryOp::Scale(2.0)).unwrap();
+        p.gpu.sum_all(&*y).unwrap()
+    };
+    let _ = run();
+    let before = p.gpu.memory_in_use();
+    let s = run();
+    assert_eq!(p.gpu.to_host(&*s).unwrap(), vec![200_000.0]);
+    drop(s);
+    assert_eq!(p.gpu.memory_in_use(), before);
+    assert!(p.gpu.memory_peak() >= 800_000);
+}
