@@ -1,4 +1,4 @@
-//! relu, add, sub, mul, scalar mul and full reductions (sum, mean).
+//! relu, add, sub, mul, div, sqrt, scalar mul and add, and full reductions (sum, mean).
 
 use crate::autograd::{needs_grad, record};
 use crate::backend::{BinaryOp, UnaryOp};
@@ -42,6 +42,8 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: BinaryOp) -> Result<Te
     }
     let (sa, sb) = match kind {
         BinaryOp::Mul => (Some(a.detach()), Some(b.detach())),
+        // y = a / b: ga = gy / b, gb = −gy·a/b² = −ga·y, so keep y and b.
+        BinaryOp::Div => (Some(y.detach()), Some(b.detach())),
         _ => (None, None),
     };
     Ok(record(
@@ -55,6 +57,12 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: BinaryOp) -> Result<Te
                 BinaryOp::Mul => {
                     let (sa, sb) = (sa.unwrap(), sb.unwrap());
                     vec![Some(mul(gy, &sb)?), Some(mul(gy, &sa)?)]
+                }
+                BinaryOp::Div => {
+                    let (y, b) = (sa.unwrap(), sb.unwrap());
+                    let ga = div(gy, &b)?;
+                    let gb = mul_scalar(&mul(&ga, &y)?, -1.0)?;
+                    vec![Some(ga), Some(gb)]
                 }
             })
         }),
@@ -74,6 +82,48 @@ pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// a · b elementwise (same shapes).
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary("mul", a, b, BinaryOp::Mul)
+}
+
+/// a / b elementwise (same shapes).
+pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("div", a, b, BinaryOp::Div)
+}
+
+/// √x elementwise. The backward, gy / (2√x), uses the output.
+pub fn sqrt(x: &Tensor) -> Result<Tensor> {
+    same_device("sqrt", &[x])?;
+    let y = x.sibling(
+        x.backend().unary(x.buf(), UnaryOp::Sqrt)?,
+        x.shape().to_vec(),
+    );
+    if !needs_grad(&[x]) {
+        return Ok(y);
+    }
+    let saved = y.detach();
+    Ok(record(
+        "sqrt",
+        &[x],
+        y,
+        Box::new(move |gy| Ok(vec![Some(div(gy, &mul_scalar(&saved, 2.0)?)?)])),
+    ))
+}
+
+/// x + s.
+pub fn add_scalar(x: &Tensor, s: f32) -> Result<Tensor> {
+    same_device("add_scalar", &[x])?;
+    let y = x.sibling(
+        x.backend().unary(x.buf(), UnaryOp::AddScalar(s))?,
+        x.shape().to_vec(),
+    );
+    if !needs_grad(&[x]) {
+        return Ok(y);
+    }
+    Ok(record(
+        "add_scalar",
+        &[x],
+        y,
+        Box::new(move |gy| Ok(vec![Some(gy.clone())])),
+    ))
 }
 
 /// x · s.

@@ -18,6 +18,7 @@ pub(super) fn unary(x: &[f32], op: UnaryOp) -> Vec<f32> {
                     UnaryOp::Relu => x.max(0.0),
                     UnaryOp::Scale(s) => x * s,
                     UnaryOp::AddScalar(s) => x + s,
+                    UnaryOp::Sqrt => x.sqrt(),
                 };
             }
         });
@@ -34,6 +35,7 @@ pub(super) fn binary(a: &[f32], b: &[f32], op: BinaryOp) -> Vec<f32> {
                     BinaryOp::Add => a + b,
                     BinaryOp::Sub => a - b,
                     BinaryOp::Mul => a * b,
+                    BinaryOp::Div => a / b,
                 };
             }
         });
