@@ -14,6 +14,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// (family, Ok((fatbin, nvcc output)) or Err(nvcc output)).
+type Built = (String, Result<(PathBuf, String), String>);
+
 fn find_nvcc() -> Option<PathBuf> {
     if let Some(p) = env::var_os("NVCC") {
         let p = PathBuf::from(p);
@@ -115,7 +118,7 @@ fn main() {
         .map(str::to_string)
         .collect();
     // One thread per file: nvcc is single-threaded per input.
-    let results: Vec<(String, Result<(PathBuf, String), String>)> = std::thread::scope(|s| {
+    let results: Vec<Built> = std::thread::scope(|s| {
         let handles: Vec<_> = sources
             .iter()
             .map(|src| {

@@ -64,10 +64,17 @@ pub struct Fixture {
     tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 }
 
+/// Where `tests/fixtures` lives: `VIDGRAD_FIXTURE_ROOT` (set by the GPU bundle's run script, see
+/// docs/GPU.md), else the source tree.
+pub fn fixture_root() -> PathBuf {
+    std::env::var_os("VIDGRAD_FIXTURE_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 impl Fixture {
     pub fn load(family: &str) -> Fixture {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("tests/fixtures/ops/{family}.safetensors"));
+        let path = fixture_root().join(format!("tests/fixtures/ops/{family}.safetensors"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let (_, header) = SafeTensors::read_metadata(&bytes).expect("safetensors header");
         let meta = header

@@ -445,10 +445,10 @@ impl CudaBackend {
     }
 
     fn upload_u32(&self, v: &[u32]) -> Result<Arc<CudaBuffer>> {
-        self.from_host_typed(bytemuck::cast_slice::<u32, f32>(v))
+        self.upload(bytemuck::cast_slice::<u32, f32>(v))
     }
 
-    fn from_host_typed(&self, data: &[f32]) -> Result<Arc<CudaBuffer>> {
+    fn upload(&self, data: &[f32]) -> Result<Arc<CudaBuffer>> {
         let b = self.alloc(data.len())?;
         if !data.is_empty() {
             // SAFETY: the block holds the data; a pageable source is staged before the call returns.
@@ -653,7 +653,7 @@ impl Backend for CudaBackend {
     }
 
     fn from_host(&self, data: &[f32]) -> Result<BufferRef> {
-        Ok(out(self.from_host_typed(data)?))
+        Ok(out(self.upload(data)?))
     }
     fn to_host(&self, x: &dyn BackendBuffer) -> Result<Vec<f32>> {
         let b = cuda_buf(x)?;
