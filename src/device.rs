@@ -21,7 +21,10 @@ impl Device {
         match self {
             Device::Cpu => Ok(&CPU),
             Device::Meta => Ok(&META),
-            Device::Cuda(i) => Ok(crate::backend::cuda::backend(*i)?),
+            Device::Cuda(i) => Ok(crate::backend::cuda::backend(*i).map_err(|e| match e {
+                Error::Device(msg) => Error::Device(format!("cuda:{i}: {msg}")),
+                e => e,
+            })?),
         }
     }
 

@@ -31,6 +31,15 @@ struct ModelArgs {
     /// Dropout before the classifier (default: the model's).
     #[arg(long)]
     dropout: Option<f32>,
+    /// Model-specific option KEY=VALUE (repeatable), e.g. `--opt preset=i3d`.
+    #[arg(long = "opt", value_parser = parse_key_value)]
+    opts: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> std::result::Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))
 }
 
 impl ModelArgs {
@@ -38,6 +47,7 @@ impl ModelArgs {
         let opts = ModelOptions {
             classes: self.classes,
             dropout: self.dropout,
+            extra: self.opts.iter().cloned().collect(),
         };
         models::build(&self.model, &opts, &self.input_shape).with_context(|| {
             format!(

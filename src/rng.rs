@@ -34,6 +34,13 @@ pub fn normal(seed: u64, i: u64) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
+/// FNV-1a (64-bit) of a string: turns a parameter name into a stream id.
+pub fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Whether dropout with probability `p` keeps element i of stream `seed`.
 #[inline]
 pub fn dropout_keep(seed: u64, i: u64, p: f32) -> bool {

@@ -75,7 +75,8 @@ impl Network {
     pub fn new(graph: Graph, device: Device, seed: u64) -> Result<Network> {
         let mut params = Vec::with_capacity(graph.params.len());
         for p in &graph.params {
-            let s = rng::mix(seed, name_hash(&p.name));
+            // each parameter's initial values depend on (seed, name) only, not on build order
+            let s = rng::mix(seed, rng::fnv1a(&p.name));
             let t = match p.init {
                 Init::FanInUniform { fan_in } => {
                     let b = 1.0 / (fan_in.max(1) as f32).sqrt();

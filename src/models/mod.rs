@@ -1,6 +1,7 @@
 //! The model zoo. Each model file reads like its source's layer table and builds a [`Graph`].
 
 pub mod eco_lite;
+pub mod fill;
 
 pub use eco_lite::{eco_lite, EcoLiteConfig};
 
@@ -13,17 +14,48 @@ pub const MODELS: &[(&str, &str)] = &[(
     "ECO-Lite, the book's utils/eco.py (seeds 002/003)",
 )];
 
-/// Options shared by the command line: what is not given takes the model's default.
+/// Options from the command line (`--classes`, `--dropout`, `--opt key=value`): what is not given takes
+/// the model's default.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelOptions {
     pub classes: Option<usize>,
     pub dropout: Option<f32>,
+    /// Model-specific options, e.g. `preset=i3d`, `depth=50`, `inflate_style=3x3x3`.
+    pub extra: std::collections::BTreeMap<String, String>,
+}
+
+impl ModelOptions {
+    /// A model-specific option parsed as `T`, or `default` when absent.
+    pub fn get<T: std::str::FromStr>(
+        &self,
+        model: &'static str,
+        key: &str,
+        default: T,
+    ) -> Result<T> {
+        match self.extra.get(key) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| {
+                crate::Error::arg(model, format!("option {key}={v} could not be parsed"))
+            }),
+        }
+    }
+
+    /// Fail on options the model does not know (a typo must not be silently ignored).
+    pub fn check_known(&self, model: &'static str, known: &[&str]) -> Result<()> {
+        for k in self.extra.keys() {
+            if !known.contains(&k.as_str()) {
+                arg_bail!(model, "unknown option '{k}' (known: {})", known.join(", "));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Build model `name` for an input of `input_shape` in the model's native layout.
 pub fn build(name: &str, opts: &ModelOptions, input_shape: &[usize]) -> Result<Graph> {
     match name {
         "eco-lite" => {
+            opts.check_known("eco-lite", &[])?;
             let [b, t, c, h, w] = input_shape[..] else {
                 arg_bail!(
                     "eco-lite",

@@ -1,0 +1,173 @@
+//! Every model of the zoo at its full input size against PyTorch: logits in eval and train mode, the
+//! loss, and the gradients of named parameters after cross-entropy backward. Fixtures come from
+//! tools/reference/gen_model_fixtures.py (float64 PyTorch, weights and inputs from the shared seeded
+//! generator of src/models/fill.rs, so the fixtures hold no weights). One test per fixture file.
+
+use std::path::PathBuf;
+
+use safetensors::SafeTensors;
+use serde_json::Value;
+use vidgrad::exec::Network;
+use vidgrad::models::{self, fill, ModelOptions};
+use vidgrad::{ops, Device};
+
+/// Error measure: max |ours − PyTorch| / max |PyTorch| over a tensor, against PyTorch in float64.
+/// Tolerance: the larger of a floor (2e-3 for outputs, 5e-3 for gradients) and 3× the error PyTorch's own
+/// float32 makes on the same case (stored in the fixture): some gradients of deep networks with
+/// train-mode batch norm are ill-conditioned, and no float32 implementation can do better than that.
+const LOGITS_TOL: f32 = 2e-3;
+const GRAD_TOL: f32 = 5e-3;
+const F32_FACTOR: f32 = 3.0;
+
+fn fixture(name: &str) -> (Value, Vec<(String, Vec<usize>, Vec<f32>)>) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/models/{name}.safetensors"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta: Value = serde_json::from_str(&header.metadata().as_ref().unwrap()["case"]).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (n, v.shape().to_vec(), data)
+        })
+        .collect();
+    (meta, tensors)
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+fn check_model(case: &str) {
+    let (meta, tensors) = fixture(case);
+    let get = |n: &str| {
+        tensors
+            .iter()
+            .find(|t| t.0 == n)
+            .unwrap_or_else(|| panic!("{case}: no {n}"))
+    };
+    let shape: Vec<usize> = meta["input_shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let o = &meta["options"];
+    let opts = ModelOptions {
+        classes: o
+            .get("classes")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize),
+        dropout: o.get("dropout").and_then(|v| v.as_f64()).map(|v| v as f32),
+        extra: o
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "classes" && *k != "dropout")
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
+            .collect(),
+    };
+    let seed = meta["seed"].as_u64().unwrap();
+    let labels: Vec<usize> = meta["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let device = Device::Cpu;
+    let graph = models::build(meta["model"].as_str().unwrap(), &opts, &shape).unwrap();
+    let mut net = Network::new(graph, device, 0).unwrap();
+    fill::fill_network(&net, seed).unwrap();
+    let x = fill::fill_input(seed, &shape, device).unwrap();
+
+    let mut failures = vec![];
+    let f32_err = |key: &str| meta["pytorch_f32_err"][key].as_f64().unwrap_or(0.0) as f32;
+    let mut report = |what: &str, key: &str, err: f32, floor: f32| {
+        let pt = f32_err(key);
+        let tol = floor.max(F32_FACTOR * pt);
+        println!("  {case} {what:<60} rel err {err:.2e} (PyTorch f32 {pt:.1e}, tol {tol:.1e})");
+        if err.is_nan() || err > tol {
+            failures.push(format!("{what}: {err:.3e} > {tol:.0e}"));
+        }
+    };
+    net.eval();
+    let eval = net.forward(&[&x]).unwrap();
+    report(
+        "logits (eval)",
+        "logits_eval",
+        rel_err(&eval.to_vec().unwrap(), &get("logits_eval").2),
+        LOGITS_TOL,
+    );
+
+    net.train();
+    let logits = net.forward(&[&x]).unwrap();
+    report(
+        "logits (train)",
+        "logits_train",
+        rel_err(&logits.to_vec().unwrap(), &get("logits_train").2),
+        LOGITS_TOL,
+    );
+    let loss = ops::cross_entropy(&logits, &labels, 0.0).unwrap();
+    report(
+        "loss (train)",
+        "loss_train",
+        rel_err(&loss.to_vec().unwrap(), &get("loss_train").2),
+        LOGITS_TOL,
+    );
+    loss.backward().unwrap();
+    let samples = meta["grad_samples"].as_u64().unwrap() as usize;
+    for g in meta["grads"].as_array().unwrap() {
+        let name = g.as_str().unwrap();
+        let grad = net
+            .param(name)
+            .unwrap_or_else(|| panic!("{case}: no parameter {name}"))
+            .grad()
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let stride = grad.len().div_ceil(samples);
+        let picked: Vec<f32> = grad.iter().step_by(stride).copied().collect();
+        let key = format!("grad.{name}");
+        report(
+            &format!("grad {name}"),
+            &key,
+            rel_err(&picked, &get(&key).2),
+            GRAD_TOL,
+        );
+    }
+    assert!(failures.is_empty(), "{case}: {failures:?}");
+}
+
+#[test]
+fn eco_lite_matches_pytorch() {
+    check_model("eco-lite");
+}
+
+/// The shared weight generator agrees with tools/reference/fill.py (values printed by it).
+#[test]
+fn fill_matches_python() {
+    let w = fill::fill_values(5, "a.conv.weight", &[2, 3, 3]);
+    assert_eq!(&w[..3], &[-0.4787439, -0.3057891, 0.1588511]);
+    assert_eq!(
+        fill::fill_values(5, "bn.running_var", &[3]),
+        vec![0.76754117, 0.8985679, 1.1928768]
+    );
+}
