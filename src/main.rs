@@ -3,7 +3,11 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use std::path::PathBuf;
+
+use vidgrad::exec::Network;
 use vidgrad::models::{self, ModelOptions};
+use vidgrad::Device;
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +79,54 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Run a model on the tensor `input` of a safetensors file and write `logits` to another.
+    Forward {
+        /// Model name (see `vidgrad models`).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        classes: Option<usize>,
+        #[arg(long)]
+        dropout: Option<f32>,
+        /// Model-specific option KEY=VALUE (repeatable).
+        #[arg(long = "opt", value_parser = parse_key_value)]
+        opts: Vec<(String, String)>,
+        /// Weights with the original implementation's state_dict names (strict: every key must match).
+        #[arg(long)]
+        weights: PathBuf,
+        /// A safetensors file holding `input` in the model's native layout.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write `logits`.
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        device: DeviceArg,
+        /// eval: running statistics; train: batch statistics (no dropout masks are reproducible).
+        #[arg(long, default_value = "eval", value_parser = ["eval", "train"])]
+        mode: String,
+    },
+}
+
+/// `--device cuda|cpu` (default: CUDA when present, else CPU).
+#[derive(clap::Args, Clone)]
+struct DeviceArg {
+    /// cpu, cuda or cuda:N (default: cuda when a GPU and the kernels are present, else cpu).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl DeviceArg {
+    fn get(&self) -> Result<Device> {
+        match &self.device {
+            None => Ok(Device::best()),
+            Some(s) => {
+                let d = Device::parse(s)?;
+                d.backend().with_context(|| format!("--device {s}"))?;
+                Ok(d)
+            }
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -86,6 +138,50 @@ fn main() -> Result<()> {
         }
         Command::Summary { model, depth } => print!("{}", model.graph()?.summary(depth)),
         Command::Graph { model } => print!("{}", model.graph()?.to_dot()),
+        Command::Forward {
+            model,
+            classes,
+            dropout,
+            opts,
+            weights,
+            input,
+            output,
+            device,
+            mode,
+        } => {
+            let device = device.get()?;
+            let (inputs, _) = vidgrad::io::load_safetensors(&input, device)?;
+            let x = inputs.get("input").with_context(|| {
+                format!(
+                    "{}: no tensor named 'input' (found: {:?})",
+                    input.display(),
+                    inputs.keys().collect::<Vec<_>>()
+                )
+            })?;
+            let args = ModelArgs {
+                model,
+                input_shape: x.shape().to_vec(),
+                classes,
+                dropout,
+                opts,
+            };
+            let mut net = Network::new(args.graph()?, device, 0)?;
+            let (sd, _) = vidgrad::io::load_safetensors(&weights, device)?;
+            net.load_state_dict(&sd, true)
+                .with_context(|| format!("loading {}", weights.display()))?;
+            if mode == "eval" {
+                net.eval();
+            }
+            let logits = vidgrad::no_grad(|| net.forward(&[x]))?;
+            let out: vidgrad::io::StateDict =
+                [("logits".to_string(), logits)].into_iter().collect();
+            vidgrad::io::save_safetensors(&output, &out, None)?;
+            eprintln!(
+                "wrote logits {:?} to {}",
+                out["logits"].shape(),
+                output.display()
+            );
+        }
     }
     Ok(())
 }

@@ -95,6 +95,37 @@ fn check_model(case: &str) {
     let device = Device::Cpu;
     let graph = models::build(meta["model"].as_str().unwrap(), &opts, &shape).unwrap();
     let mut net = Network::new(graph, device, 0).unwrap();
+    // The PyTorch module's state_dict, key for key and shape for shape (PyTorch's 0-d
+    // num_batches_tracked is [1] here, as vidgrad::io loads it).
+    let ours: std::collections::BTreeMap<String, Vec<usize>> = net
+        .state_dict()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.shape().to_vec()))
+        .collect();
+    let theirs: std::collections::BTreeMap<String, Vec<usize>> = meta["state_dict"]
+        .as_object()
+        .expect("state_dict in fixture metadata")
+        .iter()
+        .map(|(k, v)| {
+            let s: Vec<usize> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            (k.clone(), if s.is_empty() { vec![1] } else { s })
+        })
+        .collect();
+    let missing: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
+    let extra: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
+    let reshaped: Vec<_> = theirs
+        .iter()
+        .filter(|(k, s)| ours.get(*k).is_some_and(|o| o != *s))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && reshaped.is_empty(),
+        "{case}: state_dict differs from PyTorch's: missing {missing:?}, extra {extra:?}, shapes {reshaped:?}"
+    );
     fill::fill_network(&net, seed).unwrap();
     let x = fill::fill_input(seed, &shape, device).unwrap();
 

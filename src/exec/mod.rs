@@ -52,13 +52,6 @@ pub struct Network {
     stats: Mutex<Option<ForwardStats>>,
 }
 
-/// FNV-1a of a parameter name: each parameter's initial values depend on (seed, name) only.
-fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x1000_0000_01b3)
-    })
-}
-
 fn node_err(name: &str, e: Error) -> Error {
     match e {
         Error::Node { .. } => e,

@@ -75,7 +75,9 @@ def outputs(case, dtype):
         flat = params[g].grad.reshape(-1)
         stride = -(-flat.numel() // GRAD_SAMPLES)
         out["grad." + g] = flat[::stride]
-    return {k: v.detach().double() for k, v in out.items()}
+    out = {k: v.detach().double() for k, v in out.items()}
+    out["__state_dict__"] = {k: list(v.shape) for k, v in model.state_dict().items()}
+    return out
 
 
 def rel_err(got, want):
@@ -87,6 +89,8 @@ def run_case(name, case):
     # How far PyTorch's own float32 lands from the float64 oracle: the conditioning of each output,
     # which bounds what any float32 implementation can achieve (tests/models.rs scales its tolerance).
     out32 = outputs(case, torch.float32)
+    state_dict = out.pop("__state_dict__")
+    out32.pop("__state_dict__")
     f32_err = {k: float(f"{rel_err(out32[k], out[k]):.2g}") for k in out}
     tensors = {k: np.ascontiguousarray(v.float().numpy()) for k, v in out.items()}
     meta = {
@@ -98,6 +102,8 @@ def run_case(name, case):
         "grads": case["grads"],
         "grad_samples": GRAD_SAMPLES,
         "pytorch_f32_err": f32_err,
+        # every key and shape of the PyTorch module's state_dict: ours must be identical
+        "state_dict": state_dict,
         "torch": torch.__version__,
     }
     return tensors, {"case": json.dumps(meta, sort_keys=True)}
