@@ -192,6 +192,16 @@ fn eco_lite_matches_pytorch() {
     check_model("eco-lite");
 }
 
+#[test]
+fn r2plus1d_18_matches_pytorch() {
+    check_model("r2plus1d-18");
+}
+
+#[test]
+fn ct_sep_matches_pytorch() {
+    check_model("ct-sep");
+}
+
 /// The shared weight generator agrees with tools/reference/fill.py (values printed by it).
 #[test]
 fn fill_matches_python() {

@@ -1,18 +1,32 @@
 //! The model zoo. Each model file reads like its source's layer table and builds a [`Graph`].
 
+pub mod ct_sep;
 pub mod eco_lite;
 pub mod fill;
+pub mod r2plus1d;
 
+pub use ct_sep::{ct_sep, CtSepConfig};
 pub use eco_lite::{eco_lite, EcoLiteConfig};
+pub use r2plus1d::{r2plus1d_18, R2Plus1dConfig};
 
 use crate::error::{arg_bail, Result};
 use crate::graph::Graph;
 
 /// The models `vidgrad` knows by name, with the source each follows.
-pub const MODELS: &[(&str, &str)] = &[(
-    "eco-lite",
-    "ECO-Lite, the book's utils/eco.py (seeds 002/003)",
-)];
+pub const MODELS: &[(&str, &str)] = &[
+    (
+        "eco-lite",
+        "ECO-Lite, the book's utils/eco.py (seeds 002/003)",
+    ),
+    (
+        "r2plus1d-18",
+        "R(2+1)D-18, torchvision models/video/resnet.py r2plus1d_18 (seed 001)",
+    ),
+    (
+        "ct-sep",
+        "CT-sep: seed 001's channel- and spatio-temporally separable residual net, completed",
+    ),
+];
 
 /// Options from the command line (`--classes`, `--dropout`, `--opt key=value`): what is not given takes
 /// the model's default.
@@ -79,6 +93,18 @@ pub fn build(name: &str, opts: &ModelOptions, input_shape: &[usize]) -> Result<G
                 b,
             )
         }
+        "r2plus1d-18" => {
+            opts.check_known("r2plus1d-18", &[])?;
+            let d = R2Plus1dConfig::default();
+            r2plus1d::r2plus1d_18(
+                &R2Plus1dConfig {
+                    classes: opts.classes.unwrap_or(d.classes),
+                    dropout: opts.dropout.unwrap_or(d.dropout),
+                },
+                input_shape,
+            )
+        }
+        "ct-sep" => ct_sep::build(opts, input_shape),
         _ => {
             let known: Vec<&str> = MODELS.iter().map(|m| m.0).collect();
             arg_bail!(

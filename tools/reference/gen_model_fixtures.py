@@ -25,6 +25,8 @@ from fill import fill_input, fill_module  # noqa: E402
 from safetensors.numpy import save  # noqa: E402
 
 from models.eco_lite import ECO_Lite  # noqa: E402
+from models.ct_sep import CTSepNet  # noqa: E402
+from torchvision.models.video import r2plus1d_18  # noqa: E402
 
 # name -> (constructor, vidgrad model name, options for `vidgrad`, input shape, labels, gradient params)
 CASES = {
@@ -42,6 +44,41 @@ CASES = {
             "fc_final.weight",
         ],
         seed=2024,
+    ),
+    "r2plus1d-18": dict(
+        ctor=lambda: r2plus1d_18(weights=None, num_classes=400),
+        model="r2plus1d-18",
+        options={"classes": 400, "dropout": 0.0},
+        input_shape=[2, 3, 16, 112, 112],
+        labels=[5, 312],
+        grads=[
+            "stem.0.weight",
+            "layer1.0.conv1.0.1.weight",
+            "layer2.0.conv1.0.3.weight",
+            "layer2.0.downsample.0.weight",
+            "layer3.1.conv2.0.0.weight",
+            "layer4.1.conv2.1.bias",
+            "fc.weight",
+        ],
+        seed=2025,
+    ),
+    "ct-sep": dict(
+        ctor=lambda: CTSepNet(classes=400),
+        model="ct-sep",
+        options={"classes": 400, "dropout": 0.0},
+        input_shape=[2, 3, 16, 112, 112],
+        labels=[7, 250],
+        grads=[
+            "stem.0.weight",
+            "layer1.0.conv1.depthwise_spatial.weight",
+            "layer1.0.conv1.bn_spatial.weight",
+            "layer2.0.conv1.depthwise_temporal.weight",
+            "layer2.0.downsample.0.weight",
+            "layer3.1.conv2.pointwise.weight",
+            "layer4.1.bn2.bias",
+            "fc.weight",
+        ],
+        seed=2026,
     ),
 }
 
