@@ -48,6 +48,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// A data source that cannot be used: a missing or unreadable file, a corrupt frame, a bad list or
+    /// labels file, a missing ffmpeg. `path` names the file or folder.
+    #[error("data {path}: {msg}")]
+    Data { path: String, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -6,6 +6,8 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod bench;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod exec;
@@ -16,6 +18,7 @@ pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
 pub use device::Device;

@@ -4,9 +4,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use vidgrad::exec::Network;
 use vidgrad::models::{self, ModelOptions};
+use vidgrad::data::{ClipSpec, CropMode, Dataset, FolderOptions, Loader, SynthConfig};
+use vidgrad::train::args::{DataArgs, Defaults, TrainArgs};
+use vidgrad::train::{checkpoint, metrics};
 use vidgrad::Device;
 
 #[derive(Parser)]
@@ -66,6 +70,49 @@ impl ModelArgs {
 enum Command {
     /// List the model zoo.
     Models,
+    /// Train a model (`vidgrad train --model eco-lite --data DIR`; `--data synthetic` is the built-in set).
+    Train {
+        /// Model name (see `vidgrad models`).
+        #[arg(long)]
+        model: String,
+        /// Model-specific option KEY=VALUE (repeatable).
+        #[arg(long = "opt", value_parser = parse_key_value)]
+        opts: Vec<(String, String)>,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Report top-1/top-5, per-class accuracy and the confusion matrix of a checkpoint on a split.
+    Eval {
+        #[command(flatten)]
+        clip: ClipArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Evaluate the training split instead of the validation one.
+        #[arg(long)]
+        train_split: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write the metrics as JSON here too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Print the top-k classes of a video file or frame folder.
+    Predict {
+        #[command(flatten)]
+        clip: ClipArgs,
+        /// A video file, a folder of frames, or a dataset folder (every video is predicted).
+        path: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Class names (one per line) when the weights are not a vidgrad checkpoint.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+    },
+    /// Write the synthetic action set as frame folders (ROOT/<class>/<video>/img_%05d.jpg).
+    Dataset {
+        #[command(subcommand)]
+        what: DatasetCommand,
+    },
     /// Print a torchinfo-style summary: layers, shapes, parameters, FLOPs, memory.
     Summary {
         #[command(flatten)]
@@ -108,6 +155,104 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// The built-in synthetic action set.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+        #[arg(long, default_value_t = 100)]
+        videos_per_class: usize,
+        #[arg(long, default_value_t = 32)]
+        frames: usize,
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+/// A trained model and how clips are cut for it (defaults from the checkpoint's training config).
+#[derive(clap::Args, Clone)]
+struct ClipArgs {
+    /// Model name (default: the checkpoint's).
+    #[arg(long)]
+    model: Option<String>,
+    /// Model-specific option KEY=VALUE (repeatable).
+    #[arg(long = "opt", value_parser = parse_key_value)]
+    opts: Vec<(String, String)>,
+    /// A checkpoint from `vidgrad train`, or a plain state dict with the model's PyTorch names.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Frames per clip (default: the checkpoint's).
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Crop size (default: the checkpoint's).
+    #[arg(long)]
+    size: Option<usize>,
+    /// Short-side resize (default: the checkpoint's).
+    #[arg(long)]
+    resize_short: Option<usize>,
+    /// Clips per video.
+    #[arg(long, default_value_t = 1)]
+    clips: usize,
+    /// Three crops per clip instead of the centre one.
+    #[arg(long)]
+    three_crop: bool,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+impl ClipArgs {
+    /// The network with its weights loaded, the test clip spec and the class names (if known).
+    fn load(&self, classes_hint: Option<usize>) -> Result<(Network, ClipSpec, Option<Vec<String>>)> {
+        let device = self.device.get()?;
+        let (sd, meta) = checkpoint::load_weights(&self.weights, device)?;
+        let cfg = meta.as_ref().map(|m| m["config"].clone()).unwrap_or_default();
+        let model = self.model.clone().or_else(|| cfg["model"].as_str().map(String::from)).context(
+            "--model is needed: the weights are not a vidgrad checkpoint that names its model",
+        )?;
+        let names: Option<Vec<String>> = meta.as_ref().and_then(|m| {
+            m["classes"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        });
+        let get = |k: &str, d: usize| cfg[k].as_u64().map(|v| v as usize).unwrap_or(d);
+        let mut spec = ClipSpec {
+            segments: self.frames.unwrap_or(get("segments", 16)),
+            size: self.size.unwrap_or(get("size", 224)),
+            resize_short: self.resize_short.unwrap_or(get("resize_short", 256)),
+            train: false,
+            clips_per_video: self.clips,
+            crop: if self.three_crop { CropMode::ThreeCrop } else { CropMode::Center },
+            flip: false,
+            norm: models::native_normalization(&model)?,
+            layout: models::native_layout(&model)?,
+        };
+        if spec.resize_short != 0 && spec.resize_short < spec.size {
+            spec.resize_short = spec.size;
+        }
+        // The classifier's width comes from the weights themselves.
+        let classes = names.as_ref().map(|n| n.len()).or(classes_hint);
+        let mut opts = ModelOptions { extra: self.opts.iter().cloned().collect(), ..Default::default() };
+        if let Some(extra) = cfg["model_options"].as_object() {
+            for (k, v) in extra {
+                opts.extra.entry(k.clone()).or_insert_with(|| v.as_str().unwrap_or_default().to_string());
+            }
+        }
+        opts.classes = classes;
+        let mut shape = vec![self.batch_size];
+        shape.extend(spec.clip_shape());
+        let graph = models::build(&model, &opts, &shape)?;
+        let mut net = Network::new(graph, device, 0)?;
+        net.load_state_dict(&sd, true).with_context(|| format!("loading {}", self.weights.display()))?;
+        net.eval();
+        Ok((net, spec, names))
+    }
+}
+
 /// `--device cuda|cpu` (default: CUDA when present, else CPU).
 #[derive(clap::Args, Clone)]
 struct DeviceArg {
@@ -135,6 +280,65 @@ fn main() -> Result<()> {
             for (name, source) in models::MODELS {
                 println!("{name:<14} {source}");
             }
+        }
+        Command::Train { model, opts, train } => {
+            let defaults = Defaults {
+                frames: 16,
+                size: 224,
+                resize_short: 256,
+                epochs: 10,
+                batch_size: 8,
+                lr: 0.01,
+                weight_decay: 5e-4,
+                warmup_epochs: 0.0,
+            };
+            let cfg = train.config(&model, opts, &defaults)?;
+            train.run(&cfg)?;
+        }
+        Command::Eval { clip, data, train_split, seed, json } => {
+            let (train, val) = data.load(seed, clip.size.unwrap_or(224))?;
+            let ds = if train_split { train } else { val };
+            let (mut net, spec, names) = clip.load(Some(ds.classes().len()))?;
+            let names = names.unwrap_or_else(|| ds.classes().to_vec());
+            let loader = Loader::new(ds.clone(), spec, clip.batch_size, false, seed, 2, 4);
+            let m = vidgrad::train::evaluate(&mut net, &loader, true)?;
+            print!("{}", m.report(&names));
+            if let Some(path) = json {
+                vidgrad::io::write_atomic(&path, m.to_json(&names).to_string().as_bytes())?;
+            }
+        }
+        Command::Predict { clip, path, top_k, labels } => {
+            let ds = Arc::new(Dataset::open(&path, &FolderOptions::default())?);
+            for w in ds.warnings() {
+                eprintln!("warning: {w}");
+            }
+            let label_names = labels.as_deref().map(vidgrad::data::read_labels_csv).transpose()?;
+            let hint = label_names.as_ref().map(|n| n.len());
+            let (net, spec, names) = clip.load(hint)?;
+            let names = names.or(label_names);
+            let views = spec.views();
+            for v in 0..ds.len() {
+                let data = vidgrad::data::load_clip(&ds, v, &spec, 0)?;
+                let mut shape = vec![views];
+                shape.extend(spec.clip_shape());
+                let x = vidgrad::Tensor::from_vec(data, &shape, net.device())?;
+                let logits = vidgrad::no_grad(|| net.forward(&[&x]))?.to_vec()?;
+                let c = logits.len() / views;
+                let mut p = vec![0f32; c];
+                for row in logits.chunks(c) {
+                    metrics::softmax(row).iter().zip(p.iter_mut()).for_each(|(a, b)| *b += a / views as f32);
+                }
+                println!("{}", ds.name(v));
+                for k in metrics::top_k(&p, top_k) {
+                    let name = names.as_ref().and_then(|n| n.get(k).cloned()).unwrap_or_else(|| format!("class {k}"));
+                    println!("  {:6.2}%  {name}", 100.0 * p[k]);
+                }
+            }
+        }
+        Command::Dataset { what: DatasetCommand::Synth { out, classes, videos_per_class, frames, size, seed } } => {
+            let cfg = SynthConfig { classes, videos_per_class, frames, size, seed };
+            vidgrad::data::write_synthetic(&cfg, &out)?;
+            eprintln!("wrote {} videos of {classes} classes to {}", classes * videos_per_class, out.display());
         }
         Command::Summary { model, depth } => print!("{}", model.graph()?.summary(depth)),
         Command::Graph { model } => print!("{}", model.graph()?.to_dot()),

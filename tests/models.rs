@@ -202,6 +202,48 @@ fn ct_sep_matches_pytorch() {
     check_model("ct-sep");
 }
 
+#[test]
+fn c2d_nl_r50_matches_pytorch() {
+    check_model("c2d-nl-r50");
+}
+
+#[test]
+fn i3d_nl_r50_matches_pytorch() {
+    check_model("i3d-nl-r50");
+}
+
+#[test]
+fn i3d_r50_matches_pytorch() {
+    check_model("i3d-r50");
+}
+
+// mmaction2 ResNet3d + I3DHead (seed 004): I3D-R50 at the config's 32×224² clip, non-local variants
+// (embedded gaussian with with_cp, dot product) and two nets through the remaining options.
+#[test]
+fn resnet3d_i3d_r50_matches_pytorch() {
+    check_model("resnet3d-i3d-r50");
+}
+
+#[test]
+fn resnet3d_i3d_nl_eg_cp_matches_pytorch() {
+    check_model("resnet3d-i3d-nl-eg-cp");
+}
+
+#[test]
+fn resnet3d_i3d_nl_dot_matches_pytorch() {
+    check_model("resnet3d-i3d-nl-dot");
+}
+
+#[test]
+fn resnet3d_r18_options_matches_pytorch() {
+    check_model("resnet3d-r18-options");
+}
+
+#[test]
+fn resnet3d_r50_3x3x3_caffe_matches_pytorch() {
+    check_model("resnet3d-r50-3x3x3-caffe");
+}
+
 /// The shared weight generator agrees with tools/reference/fill.py (values printed by it).
 #[test]
 fn fill_matches_python() {

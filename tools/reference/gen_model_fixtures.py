@@ -25,11 +25,64 @@ from fill import fill_input, fill_module  # noqa: E402
 from safetensors.numpy import save  # noqa: E402
 
 from models.eco_lite import ECO_Lite  # noqa: E402
+from models.slowfast_resnet import ResNet as SlowFastResNet  # noqa: E402
 from models.ct_sep import CTSepNet  # noqa: E402
+from models import resnet3d as r3d  # noqa: E402
 from torchvision.models.video import r2plus1d_18  # noqa: E402
 
 # name -> (constructor, vidgrad model name, options for `vidgrad`, input shape, labels, gradient params)
 CASES = {
+    # PySlowFast ResNet-50 (seed 000): C2D + non-local, I3D + non-local, I3D.
+    "c2d-nl-r50": dict(
+        ctor=lambda: SlowFastResNet(arch="c2d", nonlocal_blocks=True, classes=400, dropout=0.0),
+        model="c2d-nl-r50",
+        options={"classes": 400, "dropout": 0.0},
+        input_shape=[2, 3, 8, 224, 224],
+        labels=[17, 388],
+        grads=[
+            "s1.pathway0_stem.conv.weight",
+            "s2.pathway0_res0.branch1.weight",
+            "s3.pathway0_nonlocal1.conv_theta.weight",
+            "s3.pathway0_nonlocal1.conv_g.weight",
+            "s4.pathway0_res3.branch2.b.weight",
+            "s4.pathway0_nonlocal5.bn.weight",
+            "s5.pathway0_res2.branch2.c_bn.bias",
+            "head.projection.weight",
+        ],
+        seed=2000,
+    ),
+    "i3d-nl-r50": dict(
+        ctor=lambda: SlowFastResNet(arch="i3d", nonlocal_blocks=True, classes=400, dropout=0.0),
+        model="i3d-nl-r50",
+        options={"classes": 400, "dropout": 0.0},
+        input_shape=[2, 3, 8, 224, 224],
+        labels=[0, 251],
+        grads=[
+            "s1.pathway0_stem.conv.weight",
+            "s2.pathway0_res1.branch2.a.weight",
+            "s3.pathway0_nonlocal3.conv_phi.weight",
+            "s4.pathway0_nonlocal1.conv_out.weight",
+            "s4.pathway0_res4.branch2.a.weight",
+            "s5.pathway0_res1.branch2.a.weight",
+            "head.projection.bias",
+        ],
+        seed=2001,
+    ),
+    "i3d-r50": dict(
+        ctor=lambda: SlowFastResNet(arch="i3d", nonlocal_blocks=False, classes=400, dropout=0.0),
+        model="i3d-r50",
+        options={"classes": 400, "dropout": 0.0},
+        input_shape=[2, 3, 8, 224, 224],
+        labels=[42, 399],
+        grads=[
+            "s1.pathway0_stem.conv.weight",
+            "s3.pathway0_res0.branch2.a.weight",
+            "s4.pathway0_res0.branch1_bn.weight",
+            "s5.pathway0_res2.branch2.c.weight",
+            "head.projection.weight",
+        ],
+        seed=2002,
+    ),
     "eco-lite": dict(
         ctor=lambda: ECO_Lite(classes=400, frames=16, size=224),
         model="eco-lite",
@@ -81,6 +134,120 @@ CASES = {
         seed=2026,
     ),
 }
+
+# mmaction2 ResNet3d + I3DHead (seed 004, src/models/resnet3d.rs): I3D-R50 at the config's clip size, and small
+# clips through the non-local variants (embedded gaussian with with_cp, dot product), a BasicBlock3d net and a
+# 3x3x3/caffe net that go through the rest of the options.
+_NL = "backbone.layer2.1.non_local_block."
+CASES.update({
+    "resnet3d-i3d-r50": dict(
+        ctor=lambda: r3d.Recognizer3D(400, 0.0, **r3d.I3D_R50),
+        model="resnet3d",
+        options={"classes": 400, "dropout": 0.0, "preset": "i3d-r50"},
+        input_shape=[1, 3, 32, 224, 224],
+        labels=[123],
+        grads=[
+            "backbone.conv1.conv.weight",
+            "backbone.layer1.0.downsample.bn.weight",
+            "backbone.layer2.2.conv1.conv.weight",
+            "backbone.layer3.0.conv2.bn.weight",
+            "backbone.layer3.0.downsample.conv.weight",
+            "backbone.layer4.2.conv3.conv.weight",
+            "cls_head.fc_cls.weight",
+            "cls_head.fc_cls.bias",
+        ],
+        seed=2040,
+    ),
+    "resnet3d-i3d-nl-eg-cp": dict(
+        ctor=lambda: r3d.Recognizer3D(400, 0.0, **r3d.I3D_R50_NL, with_cp=True,
+                                      non_local_cfg=r3d.nl_cfg("embedded_gaussian", use_scale=True)),
+        model="resnet3d",
+        options={"classes": 400, "dropout": 0.0, "preset": "i3d-r50-nl-embedded-gaussian",
+                 "with_cp": True, "non_local_use_scale": True},
+        input_shape=[2, 3, 16, 112, 112],
+        labels=[5, 399],
+        grads=[
+            "backbone.conv1.conv.weight",
+            _NL + "theta.conv.weight",
+            _NL + "theta.conv.bias",
+            _NL + "phi.0.conv.weight",
+            _NL + "g.0.conv.weight",
+            _NL + "conv_out.conv.weight",
+            _NL + "conv_out.bn.weight",
+            "backbone.layer3.5.non_local_block.g.0.conv.weight",
+            "backbone.layer4.2.conv3.bn.bias",
+            "cls_head.fc_cls.weight",
+        ],
+        seed=2041,
+    ),
+    # Two of the preset's five dot-product blocks: with the synthetic running statistics, eval mode does not
+    # normalise, each dot-product block cubes the activations' scale, and five of them overflow (NaN).
+    "resnet3d-i3d-nl-dot": dict(
+        ctor=lambda: r3d.Recognizer3D(400, 0.0, **dict(r3d.I3D_R50_NL, non_local=(0, (0, 1, 0, 0), (0, 0, 0, 1, 0, 0), 0)),
+                                      non_local_cfg=r3d.nl_cfg("dot_product")),
+        model="resnet3d",
+        options={"classes": 400, "dropout": 0.0, "preset": "i3d-r50-nl-dot-product",
+                 "non_local": "0;0,1,0,0;0,0,0,1,0,0;0"},
+        input_shape=[2, 3, 16, 112, 112],
+        labels=[17, 200],
+        grads=[
+            "backbone.conv1.conv.weight",
+            _NL + "theta.conv.weight",
+            _NL + "phi.0.conv.bias",
+            _NL + "g.0.conv.weight",
+            _NL + "conv_out.bn.weight",
+            "backbone.layer3.3.non_local_block.phi.0.conv.weight",
+            "cls_head.fc_cls.weight",
+        ],
+        seed=2042,
+    ),
+    "resnet3d-r18-options": dict(
+        ctor=lambda: r3d.Recognizer3D(
+            10, 0.0, depth=18, inflate=((1, 0), 0, 1, (0, 1)), spatial_strides=(1, 2, 2, 1),
+            temporal_strides=(1, 2, 1, 1), dilations=(1, 1, 1, 2), with_pool2=False,
+            non_local=(0, 0, (0, 1), 0), non_local_cfg=dict(mode="gaussian", sub_sample=False)),
+        model="resnet3d",
+        options={"classes": 10, "dropout": 0.0, "depth": 18, "inflate": "1,0;0;1;0,1",
+                 "spatial_strides": "1,2,2,1", "temporal_strides": "1,2,1,1", "dilations": "1,1,1,2",
+                 "with_pool2": False, "non_local": "0;0;0,1;0", "non_local_mode": "gaussian"},
+        input_shape=[2, 3, 8, 64, 64],
+        labels=[1, 9],
+        # No stem gradient here (resnet3d-i3d-r50 checks it): on this small clip it is ill-conditioned beyond
+        # what one PyTorch float32 run shows (1.2e-3 from mkldnn, 3.6e-3 from the native conv; ours 4.7e-3).
+        grads=[
+            "backbone.layer2.0.conv1.conv.weight",
+            "backbone.layer2.0.downsample.conv.weight",
+            "backbone.layer3.1.non_local_block.g.conv.weight",
+            "backbone.layer3.1.non_local_block.conv_out.conv.bias",
+            "backbone.layer4.1.conv1.conv.weight",
+            "cls_head.fc_cls.weight",
+        ],
+        seed=2043,
+    ),
+    "resnet3d-r50-3x3x3-caffe": dict(
+        ctor=lambda: r3d.Recognizer3D(
+            7, 0.0, depth=50, conv1_kernel=(1, 7, 7), inflate=(1, (0, 1, 0, 1), 0, 1), inflate_style="3x3x3",
+            style="caffe", temporal_strides=(1, 1, 2, 1), pool1_stride_t=2,
+            non_local=(0, 1, 0, 0), non_local_cfg=dict(mode="gaussian", sub_sample=True, norm=True)),
+        model="resnet3d",
+        options={"classes": 7, "dropout": 0.0, "depth": 50, "conv1_kernel": "1,7,7",
+                 "inflate": "1;0,1,0,1;0;1", "inflate_style": "3x3x3", "style": "caffe",
+                 "temporal_strides": "1,1,2,1", "pool1_stride_t": 2, "non_local": "0;1;0;0",
+                 "non_local_mode": "gaussian", "non_local_sub_sample": True, "non_local_norm": True},
+        input_shape=[2, 3, 16, 64, 64],
+        labels=[0, 6],
+        grads=[
+            "backbone.conv1.conv.weight",
+            "backbone.layer1.2.conv2.conv.weight",
+            "backbone.layer2.3.non_local_block.g.0.conv.weight",
+            "backbone.layer2.3.non_local_block.conv_out.bn.weight",
+            "backbone.layer3.0.conv1.conv.weight",
+            "backbone.layer4.2.conv2.conv.weight",
+            "cls_head.fc_cls.bias",
+        ],
+        seed=2044,
+    ),
+})
 
 
 GRAD_SAMPLES = 2048

@@ -349,12 +349,18 @@ fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking)
     let few = tasks.len() < rayon::current_num_threads();
     let taps = Taps::new(g);
     let w_len = g.c_out * kdim;
-    // Each fold accumulates a private dW over its tasks; the partial sums are added at the end.
-    tasks
-        .into_par_iter()
-        .fold(
-            || (vec![0.0f32; w_len], Vec::new()),
-            |(mut acc, mut col), (ng, r0, r1)| {
+    // The tasks are cut into one contiguous group per thread; each group sums its tasks in order into a
+    // private dW and the partial sums are added in group order. Unlike a work-stealing fold, the
+    // summation order does not depend on scheduling, so results are bit-reproducible run to run
+    // (training resumes bit-identically).
+    let parts = rayon::current_num_threads().clamp(1, tasks.len().max(1));
+    let per_part = tasks.len().div_ceil(parts).max(1);
+    let partials: Vec<Vec<f32>> = tasks
+        .par_chunks(per_part)
+        .map(|group| {
+            let mut acc = vec![0.0f32; w_len];
+            let mut col = Vec::new();
+            for &(ng, r0, r1) in group {
                 let gi = ng % groups;
                 let xg =
                     &x[ng / groups * g.c_in * in_vol + gi * cin_g * in_vol..][..cin_g * in_vol];
@@ -377,15 +383,16 @@ fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking)
                 };
                 let dst = &mut acc[gi * cout_g * kdim..][..cout_g * kdim];
                 gemm(cout_g, kdim, pc, a, col_t, dst, kdim, true, few);
-                (acc, col)
-            },
-        )
-        .map(|(acc, _)| acc)
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
+            }
+            acc
         })
-        .unwrap_or_else(|| vec![0.0; w_len])
+        .collect();
+    let mut parts = partials.into_iter();
+    let mut dw = parts.next().unwrap_or_else(|| vec![0.0; w_len]);
+    for p in parts {
+        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    dw
 }
 
 /// Calls `f(out, tap, inp, len)` for every output row and kernel tap reading inside the input: plane

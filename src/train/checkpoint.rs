@@ -1,0 +1,79 @@
+//! Training checkpoints: one safetensors file holding the model's state dict under its PyTorch names,
+//! the optimiser's state under `optimizer.` and, in the metadata, everything else a resume needs
+//! (epoch, step, the network's forward count — its dropout RNG state —, best accuracy, class names,
+//! model and options). Written atomically (temp file + rename) by `vidgrad::io`. The weights load
+//! anywhere a state dict does: [`load_weights`] drops the optimiser entries.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::io::{load_safetensors, save_safetensors, StateDict};
+use crate::optim::OptimizerState;
+
+const OPT_PREFIX: &str = "optimizer.";
+const META_KEY: &str = "vidgrad_checkpoint";
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    pub weights: StateDict,
+    pub optimizer: OptimizerState,
+    /// The training state: `epoch` (last finished), `step`, `forward_count`, `best_top1`, `classes`,
+    /// `model`, `options`, optimiser scalars.
+    pub meta: Value,
+}
+
+/// Write weights, optimiser state and `meta` to `path` atomically.
+pub fn save(path: &Path, weights: &StateDict, optimizer: &OptimizerState, meta: &Value) -> Result<()> {
+    let mut all = weights.clone();
+    for (k, t) in &optimizer.tensors {
+        all.insert(format!("{OPT_PREFIX}{k}"), t.clone());
+    }
+    let mut meta = meta.clone();
+    meta["optimizer_scalars"] = optimizer.scalars.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect::<serde_json::Map<_, _>>().into();
+    let md: BTreeMap<String, String> = [(META_KEY.to_string(), meta.to_string())].into_iter().collect();
+    save_safetensors(path, &all, Some(&md))
+}
+
+/// Read a checkpoint written by [`save`].
+pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
+    let (all, md) = load_safetensors(path, device)?;
+    let meta: Value = md
+        .get(META_KEY)
+        .ok_or_else(|| Error::Safetensors {
+            path: path.display().to_string(),
+            msg: "not a vidgrad training checkpoint (no training state in its metadata)".into(),
+        })
+        .and_then(|s| {
+            serde_json::from_str(s).map_err(|e| Error::Safetensors { path: path.display().to_string(), msg: format!("bad checkpoint metadata: {e}") })
+        })?;
+    let mut weights = StateDict::new();
+    let mut tensors = vec![];
+    for (k, t) in all {
+        match k.strip_prefix(OPT_PREFIX) {
+            Some(rest) => tensors.push((rest.to_string(), t)),
+            None => {
+                weights.insert(k, t);
+            }
+        }
+    }
+    let scalars = meta["optimizer_scalars"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v))).collect())
+        .unwrap_or_default();
+    Ok(Checkpoint { weights, optimizer: OptimizerState { tensors, scalars }, meta })
+}
+
+/// The model weights of a checkpoint or of a plain state-dict file, and the checkpoint's metadata if
+/// it is one (class names for `predict`).
+pub fn load_weights(path: &Path, device: Device) -> Result<(StateDict, Option<Value>)> {
+    let (mut sd, md) = load_safetensors(path, device)?;
+    let meta = md.get(META_KEY).and_then(|s| serde_json::from_str(s).ok());
+    if meta.is_some() {
+        sd.retain(|k, _| !k.starts_with(OPT_PREFIX));
+    }
+    Ok((sd, meta))
+}

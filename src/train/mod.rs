@@ -1,0 +1,424 @@
+//! Training end to end: data → network → loss → backward → optimiser, with evaluation, checkpoints,
+//! metrics (JSONL), curves (PNG) and resume.
+//!
+//! [`fit`] runs a [`TrainConfig`]; `vidgrad train` and `examples/train_eco.rs` are thin wrappers.
+//! Reproducibility: the loader draws every clip from (seed, epoch, video), the network's dropout masks
+//! from (seed, forward count), the schedule is a function of the step and the CPU kernels sum in a fixed
+//! order, so on the CPU a run resumed from its last checkpoint continues bit-identically.
+
+pub mod args;
+pub mod checkpoint;
+pub mod metrics;
+pub mod plot;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::data::{ClipSpec, CropMode, Dataset, Loader};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::exec::Network;
+use crate::models::{self, ModelOptions};
+use crate::ops;
+use crate::optim::{self, AdamW, AdamWConfig, LrSchedule, Optimizer, Sgd, SgdConfig};
+use crate::tensor::Tensor;
+pub use metrics::Metrics;
+
+/// Which optimiser, with its own settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptimizerKind {
+    Sgd { momentum: f32, nesterov: bool },
+    AdamW,
+}
+
+/// How the learning rate moves over the run (per step; epochs converted with the epoch length).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScheduleKind {
+    Constant,
+    /// Cosine annealing to 0 over the whole run.
+    Cosine,
+    /// ×gamma every `every` epochs.
+    Step { every: usize, gamma: f32 },
+    /// ×gamma at each listed epoch.
+    MultiStep { epochs: Vec<usize>, gamma: f32 },
+}
+
+/// Everything a training run needs.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub model: String,
+    pub model_opts: ModelOptions,
+    /// Training clips (the validation spec is derived: centre frames and crops).
+    pub clip: ClipSpec,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub optimizer: OptimizerKind,
+    pub weight_decay: f32,
+    pub schedule: ScheduleKind,
+    /// Linear warm-up from 10 % of the rate over this many epochs (fractions allowed).
+    pub warmup_epochs: f32,
+    /// Clip the global gradient norm to this.
+    pub clip_grad: Option<f32>,
+    pub label_smoothing: f32,
+    /// Test-time clips per video and crops for validation.
+    pub val_clips: usize,
+    pub val_crop: CropMode,
+    pub workers: usize,
+    pub prefetch: usize,
+    pub seed: u64,
+    pub device: Device,
+    /// Checkpoints, metrics.jsonl, curves.
+    pub out_dir: PathBuf,
+    /// Continue from `out_dir/last.safetensors` when it exists.
+    pub resume: bool,
+    /// Show progress bars (off in tests and when stderr is not a terminal).
+    pub progress: bool,
+    /// Stop after this many epochs in this invocation (a resumed run continues the schedule); for tests.
+    pub stop_after_epochs: Option<usize>,
+}
+
+impl TrainConfig {
+    /// Defaults for `model` (layout, normalisation) with everything else conservative.
+    pub fn new(model: &str, device: Device, out_dir: impl Into<PathBuf>) -> Result<TrainConfig> {
+        let layout = models::native_layout(model)?;
+        Ok(TrainConfig {
+            model: model.to_string(),
+            model_opts: ModelOptions::default(),
+            clip: ClipSpec { layout, norm: models::native_normalization(model)?, ..ClipSpec::default() },
+            epochs: 10,
+            batch_size: 8,
+            lr: 0.01,
+            optimizer: OptimizerKind::Sgd { momentum: 0.9, nesterov: false },
+            weight_decay: 5e-4,
+            schedule: ScheduleKind::Cosine,
+            warmup_epochs: 0.0,
+            clip_grad: None,
+            label_smoothing: 0.0,
+            val_clips: 1,
+            val_crop: CropMode::Center,
+            workers: 2,
+            prefetch: 4,
+            seed: 0,
+            device,
+            out_dir: out_dir.into(),
+            resume: false,
+            progress: true,
+            stop_after_epochs: None,
+        })
+    }
+
+    /// The validation clip spec: centre frames, `val_clips` clips, `val_crop`.
+    pub fn val_clip(&self) -> ClipSpec {
+        ClipSpec { train: false, clips_per_video: self.val_clips, crop: self.val_crop, flip: false, ..self.clip.clone() }
+    }
+
+    /// The model's input shape for a batch of `batch` clips.
+    pub fn input_shape(&self, batch: usize) -> Vec<usize> {
+        let mut s = vec![batch];
+        s.extend(self.clip.clip_shape());
+        s
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "model": self.model,
+            "classes": self.model_opts.classes,
+            "dropout": self.model_opts.dropout,
+            "model_options": self.model_opts.extra,
+            "segments": self.clip.segments, "size": self.clip.size, "resize_short": self.clip.resize_short,
+            "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+            "optimizer": format!("{:?}", self.optimizer), "weight_decay": self.weight_decay,
+            "schedule": format!("{:?}", self.schedule), "warmup_epochs": self.warmup_epochs,
+            "clip_grad": self.clip_grad, "label_smoothing": self.label_smoothing, "seed": self.seed,
+            "device": self.device.to_string(),
+        })
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub epochs_run: usize,
+    pub best_top1: f64,
+    pub last: Option<Metrics>,
+    /// Training loss of every step, in order (the resume test compares these).
+    pub step_losses: Vec<f32>,
+    pub seconds: f64,
+    /// Seconds the trainer spent waiting for data.
+    pub data_wait_seconds: f64,
+}
+
+fn build_optimizer(cfg: &TrainConfig, net: &Network) -> Result<Box<dyn Optimizer>> {
+    let groups = optim::param_groups_no_decay(net.parameters(), cfg.weight_decay);
+    Ok(match cfg.optimizer {
+        OptimizerKind::Sgd { momentum, nesterov } => {
+            Box::new(Sgd::new(groups, SgdConfig { lr: cfg.lr, momentum, dampening: 0.0, nesterov })?)
+        }
+        OptimizerKind::AdamW => Box::new(AdamW::new(groups, AdamWConfig { lr: cfg.lr, ..Default::default() })?),
+    })
+}
+
+fn build_schedule(cfg: &TrainConfig, steps_per_epoch: usize) -> LrSchedule {
+    let total = cfg.epochs * steps_per_epoch;
+    let warm = (cfg.warmup_epochs * steps_per_epoch as f32).round() as usize;
+    let main = match &cfg.schedule {
+        ScheduleKind::Constant => LrSchedule::Constant,
+        ScheduleKind::Cosine => LrSchedule::cosine(total.saturating_sub(warm).max(1), 0.0),
+        ScheduleKind::Step { every, gamma } => LrSchedule::step(every * steps_per_epoch, *gamma),
+        ScheduleKind::MultiStep { epochs, gamma } => {
+            LrSchedule::multi_step(&epochs.iter().map(|e| e * steps_per_epoch).collect::<Vec<_>>(), *gamma)
+        }
+    };
+    if warm > 0 {
+        main.with_warmup(0.1, warm)
+    } else {
+        main
+    }
+}
+
+/// Append one JSON line to `path`.
+fn log_json(path: &Path, v: &Value) -> Result<()> {
+    let io = |e| Error::Io { path: path.display().to_string(), source: e };
+    let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+    writeln!(f, "{v}").map_err(io)
+}
+
+/// Keep the lines of a metrics log that belong to epochs before `epoch` (a resumed run rewrites the rest).
+fn truncate_log(path: &Path, epoch: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v["epoch"].as_u64()).is_some_and(|e| (e as usize) < epoch))
+        .collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    crate::io::write_atomic(path, body.as_bytes())
+}
+
+/// Evaluate `net` on `loader`'s epoch 0 (deterministic test clips): per video, the mean of its views'
+/// softmax scores.
+pub fn evaluate(net: &mut Network, loader: &Loader, progress: bool) -> Result<Metrics> {
+    let device = net.device();
+    net.eval();
+    let ds = loader.dataset().clone();
+    let classes = ds.classes().len();
+    let mut sums: Vec<Option<(Vec<f32>, usize)>> = vec![None; ds.len()];
+    let bar = progress_bar(progress, loader.batches_per_epoch() as u64, "eval");
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let x = Tensor::from_vec(batch.data, &batch.shape, device)?;
+        let logits = crate::no_grad(|| net.forward(&[&x]))?.to_vec()?;
+        for (row, &v) in logits.chunks(classes).zip(&batch.indices) {
+            let p = metrics::softmax(row);
+            let e = sums[v].get_or_insert_with(|| (vec![0.0; classes], 0));
+            e.0.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+            e.1 += 1;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut m = Metrics::new(classes);
+    for (v, s) in sums.into_iter().enumerate() {
+        if let Some((p, n)) = s {
+            let p: Vec<f32> = p.iter().map(|x| x / n as f32).collect();
+            let label = ds.label(v);
+            m.add(&p, label, -(p[label].max(1e-12) as f64).ln());
+        }
+    }
+    Ok(m)
+}
+
+fn progress_bar(show: bool, len: u64, what: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+fn draw_curves(dir: &Path, history: &[Value]) -> Result<()> {
+    let get = |k: &str| -> Vec<(f64, f64)> {
+        history.iter().filter_map(|h| Some((h["epoch"].as_f64()? + 1.0, h[k].as_f64()?))).collect()
+    };
+    use plotters::style::RGBColor;
+    plot::line_chart(
+        &dir.join("loss.png"),
+        "loss",
+        "epoch",
+        "cross entropy",
+        &[
+            plot::Series { name: "train", points: get("train_loss"), color: RGBColor(31, 119, 180) },
+            plot::Series { name: "validation", points: get("val_loss"), color: RGBColor(255, 127, 14) },
+        ],
+    )?;
+    plot::line_chart(
+        &dir.join("accuracy.png"),
+        "accuracy",
+        "epoch",
+        "accuracy (%)",
+        &[
+            plot::Series { name: "train top-1", points: get("train_top1"), color: RGBColor(31, 119, 180) },
+            plot::Series { name: "val top-1", points: get("val_top1"), color: RGBColor(255, 127, 14) },
+            plot::Series { name: "val top-5", points: get("val_top5"), color: RGBColor(44, 160, 44) },
+        ],
+    )
+}
+
+/// Train `cfg.model` on `train`, validating on `val` after every epoch.
+pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<TrainSummary> {
+    let t0 = Instant::now();
+    if train.is_empty() || val.is_empty() {
+        return Err(Error::arg("train", format!("empty split: {} training and {} validation videos", train.len(), val.len())));
+    }
+    let classes = train.classes().to_vec();
+    let mut model_opts = cfg.model_opts.clone();
+    model_opts.classes = Some(model_opts.classes.unwrap_or(classes.len()));
+    if model_opts.classes != Some(classes.len()) {
+        return Err(Error::arg("train", format!("--classes {} but the data has {} classes", model_opts.classes.unwrap(), classes.len())));
+    }
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::Io { path: cfg.out_dir.display().to_string(), source: e })?;
+    let graph = models::build(&cfg.model, &model_opts, &cfg.input_shape(cfg.batch_size))?;
+    let mut net = Network::new(graph, cfg.device, cfg.seed)?;
+    let mut opt = build_optimizer(cfg, &net)?;
+    let loader = Loader::new(train.clone(), cfg.clip.clone(), cfg.batch_size, true, cfg.seed, cfg.workers, cfg.prefetch);
+    let val_loader = Loader::new(val.clone(), cfg.val_clip(), cfg.batch_size, false, cfg.seed, cfg.workers, cfg.prefetch);
+    let steps_per_epoch = loader.batches_per_epoch();
+    let schedule = build_schedule(cfg, steps_per_epoch);
+    let metrics_path = cfg.out_dir.join("metrics.jsonl");
+    let last_path = cfg.out_dir.join("last.safetensors");
+    let best_path = cfg.out_dir.join("best.safetensors");
+
+    // Resume.
+    let (mut start_epoch, mut step, mut best_top1) = (0usize, 0usize, f64::NEG_INFINITY);
+    if cfg.resume && last_path.exists() {
+        let ck = checkpoint::load(&last_path, cfg.device)?;
+        net.load_state_dict(&ck.weights, true)?;
+        opt.load_state_dict(&ck.optimizer)?;
+        let m = &ck.meta;
+        start_epoch = m["epoch"].as_u64().unwrap_or(0) as usize + 1;
+        step = m["step"].as_u64().unwrap_or(0) as usize;
+        best_top1 = m["best_top1"].as_f64().unwrap_or(f64::NEG_INFINITY);
+        net.set_forward_count(m["forward_count"].as_u64().unwrap_or(0));
+        eprintln!("resuming from {} after epoch {}", last_path.display(), start_epoch);
+    }
+    truncate_log(&metrics_path, start_epoch)?;
+    let mut history: Vec<Value> = std::fs::read_to_string(&metrics_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["kind"] == "epoch")
+        .collect();
+
+    let mut summary = TrainSummary {
+        epochs_run: 0,
+        best_top1: best_top1.max(0.0),
+        last: None,
+        step_losses: vec![],
+        seconds: 0.0,
+        data_wait_seconds: 0.0,
+    };
+    let end_epoch = cfg.stop_after_epochs.map_or(cfg.epochs, |n| (start_epoch + n).min(cfg.epochs));
+    for epoch in start_epoch..end_epoch {
+        net.train();
+        let bar = progress_bar(cfg.progress, steps_per_epoch as u64, &format!("epoch {}", epoch + 1));
+        let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
+        let epoch_start = Instant::now();
+        loader.reset_wait_time();
+        for batch in loader.epoch(epoch) {
+            let batch = batch?;
+            let lr = schedule.lr(cfg.lr, step);
+            opt.set_lr(lr);
+            let x = Tensor::from_vec(batch.data, &batch.shape, cfg.device)?;
+            let logits = net.forward(&[&x])?;
+            let loss = ops::cross_entropy(&logits, &batch.labels, cfg.label_smoothing)?;
+            let lv = loss.item()?;
+            if !lv.is_finite() {
+                return Err(Error::arg(
+                    "train",
+                    format!(
+                        "the loss is {lv} at epoch {} step {step}: training stopped; the last good checkpoint ({}) is intact",
+                        epoch + 1,
+                        if last_path.exists() { last_path.display().to_string() } else { "none yet".into() }
+                    ),
+                ));
+            }
+            loss.backward()?;
+            if let Some(max) = cfg.clip_grad {
+                opt.clip_grad_norm(max)?;
+            }
+            opt.step()?;
+            opt.zero_grad();
+            let l = logits.to_vec()?;
+            for (row, &y) in l.chunks(classes.len()).zip(&batch.labels) {
+                hits += (metrics::top_k(row, 1)[0] == y) as usize;
+            }
+            seen += batch.labels.len();
+            loss_sum += lv as f64 * batch.labels.len() as f64;
+            summary.step_losses.push(lv);
+            log_json(&metrics_path, &json!({"kind": "step", "epoch": epoch, "step": step, "loss": lv, "lr": lr}))?;
+            step += 1;
+            let rate = seen as f64 / epoch_start.elapsed().as_secs_f64();
+            bar.set_message(format!("loss {lv:.4} lr {lr:.2e} {rate:.1} clips/s"));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let wait = loader.wait_time().as_secs_f64();
+        summary.data_wait_seconds += wait;
+        let train_time = epoch_start.elapsed().as_secs_f64();
+        let m = evaluate(&mut net, &val_loader, cfg.progress)?;
+        let record = json!({
+            "kind": "epoch", "epoch": epoch, "step": step,
+            "train_loss": loss_sum / seen.max(1) as f64, "train_top1": 100.0 * hits as f64 / seen.max(1) as f64,
+            "val_loss": m.mean_loss(), "val_top1": 100.0 * m.top1(), "val_top5": 100.0 * m.top5(),
+            "clips_per_second": seen as f64 / train_time, "data_wait_seconds": wait,
+            "seconds": t0.elapsed().as_secs_f64(),
+            "val": m.to_json(&classes),
+        });
+        log_json(&metrics_path, &record)?;
+        eprintln!(
+            "epoch {}/{}: train loss {:.4} top-1 {:.1}% | val top-1 {:.1}% top-5 {:.1}% | {:.1} clips/s, waited {:.1}s for data",
+            epoch + 1,
+            cfg.epochs,
+            record["train_loss"].as_f64().unwrap(),
+            record["train_top1"].as_f64().unwrap(),
+            100.0 * m.top1(),
+            100.0 * m.top5(),
+            record["clips_per_second"].as_f64().unwrap(),
+            wait
+        );
+        history.push(record);
+        draw_curves(&cfg.out_dir, &history)?;
+
+        let improved = m.top1() > best_top1;
+        best_top1 = best_top1.max(m.top1());
+        let meta = json!({
+            "epoch": epoch, "step": step, "forward_count": net.forward_count(), "best_top1": best_top1,
+            "val_top1": m.top1(), "classes": classes, "model": cfg.model, "config": cfg.to_json(),
+        });
+        let state = opt.state_dict()?;
+        checkpoint::save(&last_path, &net.state_dict(), &state, &meta)?;
+        if improved {
+            checkpoint::save(&best_path, &net.state_dict(), &state, &meta)?;
+        }
+        summary.epochs_run += 1;
+        summary.best_top1 = best_top1;
+        summary.last = Some(m);
+    }
+    summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}
