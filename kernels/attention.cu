@@ -4,8 +4,9 @@
 // Forward is fused flash-attention style: a block owns 64 queries × 64 output channels and streams the
 // keys in tiles of 32, keeping a running max and sum per query (online softmax), so the N × M score
 // matrix never reaches global memory. Score tiles are recomputed for each 64-channel slice of Cv.
-// Backward (for now) materialises the scores per batch through gemm.cu, with the small elementwise
-// kernels below: P = exp(scale·S − lse), D = Σ_c dy·y, dS = scale·P·(dP − D).
+// Backward (for now) materialises the scores per batch through gemm.cu, with the small kernels below:
+// P = softmax_m(scale·S) (renormalised per row, as the CPU backend does), D = Σ_c dy·y,
+// dS = scale·P·(dP − D).
 #include "common.cuh"
 
 #define AQ 64
@@ -120,11 +121,24 @@ extern "C" __global__ void __launch_bounds__(256) attn_forward(float* __restrict
     }
 }
 
-// In place over S [B, N, M]: P = exp(scale·S − lse[b, n]).
-extern "C" __global__ void attn_probs(float* __restrict__ s, const float* __restrict__ lse, int rows, int M, float scale) {
-    const int total = rows * M;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x)
-        s[i] = expf(s[i] * scale - lse[i / M]);
+// In place over S [B·N rows, M]: P = softmax_m(scale·S), one warp per row, normalised with the row's
+// own max and sum as the CPU backend does (not exp(scale·S − lse) with the forward's f32 lse: an ulp of
+// a large lse is a factor e^ulp on every weight). scale·S is rounded before the subtraction (no FMA),
+// as on the CPU.
+extern "C" __global__ void attn_probs(float* __restrict__ s, int rows, int M, float scale) {
+    const int lane = threadIdx.x & 31;
+    const int warps = (blockDim.x >> 5) * gridDim.x;
+    for (int r = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < rows; r += warps) {
+        float* row = s + (size_t)r * M;
+        float m = -INFINITY;
+        for (int j = lane; j < M; j += 32) m = fmaxf(m, __fmul_rn(row[j], scale));
+        m = warp_max(m);
+        float sum = 0.0f;
+        for (int j = lane; j < M; j += 32) sum += expf(__fmul_rn(row[j], scale) - m);
+        sum = warp_sum(sum);
+        const float inv = 1.0f / sum;
+        for (int j = lane; j < M; j += 32) row[j] = expf(__fmul_rn(row[j], scale) - m) * inv;
+    }
 }
 
 // D[b, n] = Σ_c dy[b, c, n]·y[b, c, n].

@@ -43,23 +43,24 @@ extern "C" __global__ void bn_stats_partial(const float* __restrict__ x, int out
     }
 }
 
-// mean[c], var[c] (biased) from the S partials of channel c, merged in f64.
+// mean[c], var[c] (biased) from the S partials of channel c, merged in f64. Grid-stride over channels
+// (the host's grid is capped, see launch::grid_for).
 extern "C" __global__ void bn_stats_final(const float* __restrict__ ws, int axis, int S, float* __restrict__ mean, float* __restrict__ var) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= axis) return;
-    double n = 0.0, m = 0.0, q = 0.0;
-    for (int s = 0; s < S; ++s) {
-        const float* p = ws + (c * S + s) * 3;
-        double nb = p[0], mb = p[1], qb = p[2];
-        double nn = n + nb;
-        if (nn == 0.0) continue;
-        double d = mb - m;
-        m += d * nb / nn;
-        q += qb + d * d * n * nb / nn;
-        n = nn;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < axis; c += blockDim.x * gridDim.x) {
+        double n = 0.0, m = 0.0, q = 0.0;
+        for (int s = 0; s < S; ++s) {
+            const float* p = ws + ((size_t)c * S + s) * 3;
+            double nb = p[0], mb = p[1], qb = p[2];
+            double nn = n + nb;
+            if (nn == 0.0) continue;
+            double d = mb - m;
+            m += d * nb / nn;
+            q += qb + d * d * n * nb / nn;
+            n = nn;
+        }
+        mean[c] = (float)m;
+        var[c] = (float)(n > 0.0 ? q / n : 0.0);
     }
-    mean[c] = (float)m;
-    var[c] = (float)(n > 0.0 ? q / n : 0.0);
 }
 
 // y = (x − mean)·w/sqrt(var + eps) + b, optionally followed by ReLU. w, b may be null.
@@ -113,16 +114,16 @@ extern "C" __global__ void bn_backward_partial(const float* __restrict__ dy, con
     }
 }
 
-// dbias[c] = Σdy, dweight[c] = Σdy·x̂ (x̂ = (x − mean)·invstd).
+// dbias[c] = Σdy, dweight[c] = Σdy·x̂ (x̂ = (x − mean)·invstd). Grid-stride over channels.
 extern "C" __global__ void bn_backward_final(const double* __restrict__ ws, const float* __restrict__ var, int axis, int S, float eps,
                                              float* __restrict__ dweight, float* __restrict__ dbias) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= axis) return;
-    double a = 0.0, b = 0.0;
-    for (int s = 0; s < S; ++s) { a += ws[(c * S + s) * 2]; b += ws[(c * S + s) * 2 + 1]; }
-    const double invstd = 1.0 / sqrt((double)var[c] + (double)eps);
-    dbias[c] = (float)a;
-    dweight[c] = (float)(b * invstd);
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < axis; c += blockDim.x * gridDim.x) {
+        double a = 0.0, b = 0.0;
+        for (int s = 0; s < S; ++s) { a += ws[((size_t)c * S + s) * 2]; b += ws[((size_t)c * S + s) * 2 + 1]; }
+        const double invstd = 1.0 / sqrt((double)var[c] + (double)eps);
+        dbias[c] = (float)a;
+        dweight[c] = (float)(b * invstd);
+    }
 }
 
 // dx = w·invstd/n·(n·dy − Σdy − x̂·Σdy·x̂) with batch statistics, dy·w·invstd without.
@@ -131,7 +132,7 @@ extern "C" __global__ void bn_backward_dx(float* __restrict__ dx, const float* _
                                           const float* __restrict__ dbias, int n, int axis, int inner, float eps, float count, int batch_stats) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const int c = (i / inner) % axis;
-        const float invstd = rsqrtf(var[c] + eps);
+        const float invstd = 1.0f / sqrtf(var[c] + eps);  // not rsqrtf (2 ulp): the CPU's invstd is exact
         const float wc = w ? w[c] : 1.0f;
         if (batch_stats) {
             const float xhat = (x[i] - mean[c]) * invstd;

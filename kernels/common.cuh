@@ -1,6 +1,8 @@
-// Shared helpers for vidgrad's kernels. Every tensor has fewer than 2^31 elements (checked on the host),
-// so indices are 32-bit ints; buffers come from the caching allocator, 256-byte aligned, so float4 loads
-// of a buffer's start are aligned.
+// Shared helpers for vidgrad's kernels. Every tensor has at most 2^31 − 2^26 elements (checked on the
+// host, launch::MAX_ELEMENTS), so indices are 32-bit ints and the `i + stride` of a grid-stride loop
+// (stride ≤ 16384·256) cannot overflow; buffers come from the caching allocator (cuMemAlloc blocks,
+// 256-byte aligned, never offset), so float4 loads at multiples of 4 elements from a buffer's start are
+// aligned.
 #pragma once
 
 #define FULL_MASK 0xffffffffu

@@ -1,4 +1,5 @@
 // Batched SGEMM: C[b] = op(A[b])·op(B[b]) (row-major; trans_a: A stored [K, M]; trans_b: B stored [N, K]).
+// Grid: (ceil(M/64)·ceil(N/64), 1, batch ≤ 65535), block 256.
 // 64×64 block tiles, BK = 16, 256 threads each owning a 4×4 register tile; tiles are staged k-major in
 // shared memory (double-buffered) so the inner loop reads two float4s per 16 FMAs. The same tiling as
 // the convolutions, so an MMA inner loop can replace the FMA one.
@@ -13,7 +14,11 @@ extern "C" __global__ void __launch_bounds__(256) gemm_batched(float* __restrict
     __shared__ __align__(16) float As[2][BK][BM];
     __shared__ __align__(16) float Bs[2][BK][BN];
     const int t = threadIdx.x, tx = t & 15, ty = t >> 4;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    // Grid (ceil(M/64)·ceil(N/64), 1, batch): (row tile, column tile) folded into x, column tiles
+    // fastest, so that a tall M cannot exceed gridDim.y's 65535 limit.
+    const int ntn = (N + BN - 1) / BN;
+    const int tile_m = blockIdx.x / ntn, tile_n = blockIdx.x - tile_m * ntn;
+    const int m0 = tile_m * BM, n0 = tile_n * BN;
     const size_t bz = blockIdx.z;
     A += bz * M * K;
     B += bz * K * N;

@@ -48,10 +48,12 @@ extern "C" __global__ void red_channel_sum_partial(const float* __restrict__ x, 
 }
 
 // out[c] = Σ_s ws[c·S + s].
+// Grid-stride over channels: the host's grid is capped (launch::grid_for), so one thread per channel
+// would leave channels past 256·gridDim.x unwritten.
 extern "C" __global__ void red_channel_sum_final(const double* __restrict__ ws, int axis, int S, float* __restrict__ out) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= axis) return;
-    double t = 0.0;
-    for (int s = 0; s < S; ++s) t += ws[c * S + s];
-    out[c] = (float)t;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < axis; c += blockDim.x * gridDim.x) {
+        double t = 0.0;
+        for (int s = 0; s < S; ++s) t += ws[(size_t)c * S + s];
+        out[c] = (float)t;
+    }
 }

@@ -2,7 +2,9 @@
 //! dropped, kept on a free list per class instead of being returned to the driver. A steady-state
 //! training step (the same sizes every iteration) therefore makes no cuMemAlloc. Reuse needs no events:
 //! every kernel and copy runs on the backend's one stream, so work on a recycled block is ordered after
-//! the work on its previous owner.
+//! the work on its previous owner. Handing blocks back to the driver is different: a dropped buffer's
+//! block may still be read or written by kernels queued before the drop, so [`CachingAllocator::release_cache`]
+//! waits for the device ([`RawMemory::synchronize`]) before the first free.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +26,8 @@ pub trait RawMemory {
     type Error;
     fn alloc(&mut self, bytes: usize) -> Result<u64, Self::Error>;
     fn free(&mut self, ptr: u64);
+    /// Wait until no queued work can touch a block any more (before blocks go back to the driver).
+    fn synchronize(&mut self) {}
 }
 
 /// Byte counts of an allocator.
@@ -92,8 +96,14 @@ impl<R: RawMemory> CachingAllocator<R> {
         self.free.entry(class).or_default().push(ptr);
     }
 
-    /// Give every cached block back to the driver.
+    /// Give every cached block back to the driver, once the device is idle: a cached block's last owner
+    /// may have been dropped while kernels using it were still queued (also on the out-of-memory retry
+    /// of [`CachingAllocator::alloc`], which used to free without waiting).
     pub fn release_cache(&mut self) {
+        if self.free.values().all(Vec::is_empty) {
+            return;
+        }
+        self.raw.synchronize();
         for (class, ptrs) in std::mem::take(&mut self.free) {
             for p in ptrs {
                 self.raw.free(p);
@@ -122,6 +132,8 @@ mod tests {
         live: usize,
         limit: usize,
         sizes: std::collections::HashMap<u64, usize>,
+        /// "sync" and "free" in call order.
+        log: Vec<&'static str>,
     }
     impl RawMemory for Fake {
         type Error = ();
@@ -136,6 +148,10 @@ mod tests {
         }
         fn free(&mut self, ptr: u64) {
             self.live -= self.sizes.remove(&ptr).unwrap();
+            self.log.push("free");
+        }
+        fn synchronize(&mut self) {
+            self.log.push("sync");
         }
     }
 
@@ -197,5 +213,25 @@ mod tests {
         assert_eq!(a.stats().cached, 0);
         assert_eq!(a.stats().reserved, 3 << 20);
         assert!(a.alloc(1 << 20).is_err());
+        // The cached block went back to the driver only after the device was synchronised.
+        assert_eq!(a.raw.log, ["sync", "free"]);
+    }
+
+    #[test]
+    fn release_cache_synchronises_before_freeing() {
+        let mut a = CachingAllocator::new(Fake {
+            limit: usize::MAX,
+            ..Default::default()
+        });
+        // Nothing cached: no synchronisation needed.
+        a.release_cache();
+        assert!(a.raw.log.is_empty());
+        let blocks: Vec<_> = (0..3).map(|_| a.alloc(1000).unwrap()).collect();
+        for (p, c) in blocks {
+            a.release(p, 1000, c);
+        }
+        a.release_cache();
+        assert_eq!(a.raw.log, ["sync", "free", "free", "free"]);
+        assert_eq!((a.stats().cached, a.stats().reserved), (0, 0));
     }
 }

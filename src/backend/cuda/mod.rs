@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 
 use self::alloc::{CachingAllocator, MemoryStats, RawMemory};
-use self::launch::{blocks, channel_splits, grid_for, wgrad_splits, BLOCK};
+use self::launch::{
+    blocks, channel_splits, gemm_tiles, grid_for, wgrad_splits, BLOCK, MAX_ELEMENTS,
+};
 use super::*;
 use crate::error::{Error, Result};
 
@@ -66,10 +68,16 @@ impl RawMemory for DriverMemory {
         unsafe { result::malloc_sync(bytes) }
     }
     fn free(&mut self, ptr: u64) {
-        // SAFETY: ptr came from cuMemAlloc and is no longer referenced by any buffer.
+        // SAFETY: ptr came from cuMemAlloc, is no longer referenced by any buffer, and (see
+        // `synchronize`) no queued work uses it any more.
         unsafe {
             let _ = result::free_sync(ptr);
         }
+    }
+    fn synchronize(&mut self) {
+        // The whole context: a cached block may have been used by any work queued before its owner
+        // was dropped. Called with the context bound (from `CudaBackend::alloc`/`empty_cache`).
+        let _ = result::ctx::synchronize();
     }
 }
 
@@ -143,13 +151,16 @@ macro_rules! kargs {
     };
 }
 
-/// Fewer than 2^31 elements: the kernels index with 32-bit ints.
+/// At most [`MAX_ELEMENTS`] (2^31 − 2^26) elements: the kernels index with 32-bit ints, with headroom
+/// for the `i + stride` of their grid-stride loops.
 fn i32_of(n: usize, what: &str) -> Result<i32> {
-    i32::try_from(n).map_err(|_| {
-        Error::Device(format!(
-            "cuda: {what} has {n} elements; the CUDA kernels handle fewer than 2^31 per tensor"
-        ))
-    })
+    if n > MAX_ELEMENTS {
+        return Err(Error::Device(format!(
+            "cuda: {what} has {n} elements; the CUDA kernels handle at most {MAX_ELEMENTS} \
+             (2^31 - 2^26) per tensor"
+        )));
+    }
+    Ok(n as i32)
 }
 
 /// Geometry of a convolution as the kernels read it (kernels/conv.cu `ConvP`).
@@ -386,6 +397,9 @@ impl CudaBackend {
         args: &mut [*mut c_void],
     ) -> Result<()> {
         let f = self.func(family, name)?;
+        // The launching thread needs the context current (cheap when it already is); do not rely on
+        // an earlier allocation in the same call having bound it.
+        self.bind()?;
         // SAFETY: the argument list matches the kernel's signature (each call site mirrors its
         // kernels/*.cu declaration), and every pointer argument is a live buffer of this backend.
         unsafe { result::launch_kernel(f.0, grid, block, 0, self.stream.cu_stream(), args) }
@@ -463,6 +477,7 @@ impl CudaBackend {
         if len == 0 || dst == src {
             return Ok(());
         }
+        self.bind()?;
         // SAFETY: both blocks hold at least len floats.
         unsafe { result::memcpy_dtod_async(dst, src, len * 4, self.stream.cu_stream()) }
             .map_err(derr("device copy"))
@@ -492,6 +507,8 @@ impl CudaBackend {
         i32_of(batch * k * n, "matmul rhs")?;
         i32_of(batch * m * n, "matmul output")?;
         let (mi, ni, ki, ta, tb) = (m as i32, n as i32, k as i32, trans_a as i32, trans_b as i32);
+        let tiles = gemm_tiles(m, n)
+            .ok_or_else(|| Error::Device(format!("cuda: matmul of {m}×{n} has too many tiles")))?;
         let mut b0 = 0;
         while b0 < batch {
             let nb = (batch - b0).min(65535);
@@ -503,7 +520,7 @@ impl CudaBackend {
             self.launch(
                 "gemm",
                 "gemm_batched",
-                (blocks(n, 64), blocks(m, 64), nb as u32),
+                (tiles, 1, nb as u32),
                 (256, 1, 1),
                 kargs![cp, ap, bp, mi, ni, ki, ta, tb],
             )?;
@@ -528,8 +545,10 @@ impl CudaBackend {
         nesterov: bool,
         first: bool,
     ) -> Result<()> {
-        self.bind()?;
         let n = i32_of(w.len(), "parameter")?;
+        if n == 0 {
+            return Ok(());
+        }
         self.launch1(
             "optimizer",
             "opt_sgd",
@@ -549,7 +568,9 @@ impl CudaBackend {
         )
     }
 
-    /// AdamW, in place on w and the moment buffers; `step` counts from 1.
+    /// AdamW, in place on w and the moment buffers, as `crate::optim::AdamW` does it: `lr` already
+    /// scaled by the group, `betas` in f64 like `AdamWConfig::betas` (the bias corrections 1 − βᵗ are
+    /// computed in f64: with f32 betas 1 − β₂ᵗ is off by ~1e-5 relative early on), `step` counts from 1.
     #[allow(clippy::too_many_arguments)]
     pub fn adamw_step(
         &self,
@@ -558,15 +579,16 @@ impl CudaBackend {
         m: &dyn BackendBuffer,
         v: &dyn BackendBuffer,
         lr: f32,
-        betas: (f32, f32),
+        betas: (f64, f64),
         eps: f32,
         weight_decay: f32,
-        step: u32,
+        step: u64,
     ) -> Result<()> {
-        self.bind()?;
         let n = i32_of(w.len(), "parameter")?;
-        let bc1 = 1.0 - betas.0.powi(step as i32);
-        let bc2 = 1.0 - betas.1.powi(step as i32);
+        if n == 0 {
+            return Ok(());
+        }
+        let c = AdamWCoeffs::new(lr, betas, eps, weight_decay, step);
         self.launch1(
             "optimizer",
             "opt_adamw",
@@ -577,13 +599,14 @@ impl CudaBackend {
                 ptr(m)?,
                 ptr(v)?,
                 n,
-                lr,
-                betas.0,
-                betas.1,
-                eps,
-                weight_decay,
-                bc1,
-                bc2
+                c.a1,
+                c.b1,
+                c.a2,
+                c.b2,
+                c.inv_sqrt_bc2,
+                c.eps,
+                c.neg_step,
+                c.decay
             ],
         )
     }
@@ -631,8 +654,61 @@ impl CudaBackend {
     }
 }
 
+/// The scalar coefficients of one AdamW step (kernels/optimizer.cu `opt_adamw`), computed exactly as
+/// `crate::optim::AdamW::step` computes them (f64, then rounded to f32 once), so that the fused kernel
+/// reproduces the CPU optimiser's chain of elementwise ops bit for bit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWCoeffs {
+    /// 1 − β₁ and β₁: m = a1·g + b1·m.
+    pub a1: f32,
+    pub b1: f32,
+    /// 1 − β₂ and β₂: v = a2·g² + b2·v.
+    pub a2: f32,
+    pub b2: f32,
+    /// 1/√(1 − β₂ᵗ): denom = √v·inv_sqrt_bc2 + eps.
+    pub inv_sqrt_bc2: f32,
+    pub eps: f32,
+    /// −lr/(1 − β₁ᵗ) and 1 − lr·wd: w = neg_step·(m/denom) + decay·w.
+    pub neg_step: f32,
+    pub decay: f32,
+}
+
+impl AdamWCoeffs {
+    pub fn new(lr: f32, (b1, b2): (f64, f64), eps: f32, weight_decay: f32, step: u64) -> Self {
+        let (lr, wd, t) = (lr as f64, weight_decay as f64, step as f64);
+        let bias_correction1 = 1.0 - b1.powf(t);
+        let bias_correction2 = 1.0 - b2.powf(t);
+        AdamWCoeffs {
+            a1: (1.0 - b1) as f32,
+            b1: b1 as f32,
+            a2: (1.0 - b2) as f32,
+            b2: b2 as f32,
+            inv_sqrt_bc2: (1.0 / bias_correction2.sqrt()) as f32,
+            eps,
+            neg_step: (-(lr / bias_correction1)) as f32,
+            decay: (1.0 - lr * wd) as f32,
+        }
+    }
+}
+
 fn is_depthwise(g: &ConvGeom) -> bool {
     g.groups == g.c_in && g.groups > 1
+}
+
+/// Fewer splits (longer, still multiples of 16) until groups·splits fits gridDim.z and the workspace
+/// [splits, wlen] fits the 32-bit index limit. Stops at one split: with more than 65535 groups the
+/// launch itself reports the grid as too large (this loop used to spin forever there).
+fn wgrad_split_limits(
+    (mut splits, mut per): (usize, usize),
+    red: usize,
+    groups: usize,
+    wlen: usize,
+) -> (usize, usize) {
+    while splits > 1 && (splits * groups > 65535 || splits * wlen > MAX_ELEMENTS) {
+        per *= 2;
+        splits = red.div_ceil(per);
+    }
+    (splits, per)
 }
 
 fn out(b: Arc<CudaBuffer>) -> BufferRef {
@@ -925,11 +1001,8 @@ impl Backend for CudaBackend {
         p.k_gemm = red as i32;
         let tiles =
             blocks(p.n_gemm as usize, 64) as usize * blocks(p.m as usize, 64) as usize * g.groups;
-        let (mut splits, mut per) = wgrad_splits(tiles, red, self.sm_count);
-        while splits * g.groups > 65535 || splits * wlen >= i32::MAX as usize {
-            per *= 2;
-            splits = red.div_ceil(per);
-        }
+        let (splits, per) =
+            wgrad_split_limits(wgrad_splits(tiles, red, self.sm_count), red, g.groups, wlen);
         p.splits = splits as i32;
         p.k_per_split = per as i32;
         let name = if p.out_vol % 4 == 0 {
@@ -1112,8 +1185,12 @@ impl Backend for CudaBackend {
 
     fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
         let len = g.planes * g.output.iter().product::<usize>();
+        if g.input.iter().product::<usize>() == 0 {
+            // The CPU backend's answer (its output is zero-filled); was left uninitialised.
+            return Ok(out(self.zeros(len)?));
+        }
         let y = self.alloc(len)?;
-        if len > 0 && g.input.iter().product::<usize>() > 0 {
+        if len > 0 {
             let p = pool_p(g, true);
             self.launch1("pool", "pool_max_forward", len, kargs![y.ptr, ptr(x)?, p])?;
         }
@@ -1408,11 +1485,16 @@ impl Backend for CudaBackend {
         v: &dyn BackendBuffer,
         g: AttentionGeom,
     ) -> Result<(BufferRef, BufferRef)> {
-        let y = self.alloc(g.batch * g.cv * g.n)?;
-        let lse = self.alloc(g.batch * g.n)?;
         i32_of(g.batch * g.c * g.n.max(g.m), "attention input")?;
         i32_of(g.batch * g.cv * g.n.max(g.m), "attention values")?;
-        if g.batch > 0 && g.n > 0 && g.cv > 0 && g.m > 0 {
+        if g.m == 0 && g.batch * g.n > 0 {
+            // A softmax over no keys (the ops reject it; the CPU backend cannot take it either).
+            return Err(Error::Device("cuda: attention over zero keys".into()));
+        }
+        let y = self.alloc(g.batch * g.cv * g.n)?;
+        let lse = self.alloc(g.batch * g.n)?;
+        // cv == 0 still launches (one column tile, every y store masked): lse must be written.
+        if g.batch > 0 && g.n > 0 && g.m > 0 {
             if g.batch > 65535 || g.cv.div_ceil(64) > 65535 {
                 return Err(Error::Device("cuda: attention grid too large".into()));
             }
@@ -1434,8 +1516,6 @@ impl Backend for CudaBackend {
                     g.scale
                 ],
             )?;
-        } else if g.m == 0 {
-            return Err(Error::Device("cuda: attention over zero keys".into()));
         }
         Ok((out(y), out(lse)))
     }
@@ -1460,10 +1540,13 @@ impl Backend for CudaBackend {
                 dv: out(dv),
             });
         }
-        let (qp, kp, vp, yp, lp, dyp) = (ptr(q)?, ptr(k)?, ptr(v)?, ptr(y)?, ptr(lse)?, ptr(dy)?);
+        // The saved lse is not used: like the CPU backend, P is renormalised with each row's own max
+        // and sum (exp(s − lse) with an f32 lse is off by a factor e^ulp(lse) when |s| is large).
+        let _ = lse;
+        let (qp, kp, vp, yp, dyp) = (ptr(q)?, ptr(k)?, ptr(v)?, ptr(y)?, ptr(dy)?);
         let rows = b * n;
         i32_of(rows * m, "attention scores")?;
-        // P = exp(scale·qᵀk − lse)   [B, N, M]
+        // P = softmax_m(scale·qᵀk)   [B, N, M]
         let p = self.alloc(rows * m)?;
         self.gemm_into(
             p.ptr,
@@ -1481,8 +1564,8 @@ impl Backend for CudaBackend {
         self.launch1(
             "attention",
             "attn_probs",
-            rows * m,
-            kargs![p.ptr, lp, rows as i32, m as i32, g.scale],
+            rows * 32,
+            kargs![p.ptr, rows as i32, m as i32, g.scale],
         )?;
         // dv = dy·P                   [B, Cv, M]
         self.gemm_into(
@@ -1713,6 +1796,176 @@ mod tests {
         assert_eq!(std::mem::size_of::<AdaptP>(), 7 * 4);
         assert_eq!(std::mem::size_of::<UpP>(), (1 + 6 + 3 + 1) * 4);
         assert_eq!(std::mem::size_of::<PermP>(), 13 * 4);
+    }
+
+    #[test]
+    fn element_limit_leaves_grid_stride_headroom() {
+        assert_eq!(i32_of(0, "x").unwrap(), 0);
+        assert_eq!(i32_of(MAX_ELEMENTS, "x").unwrap() as usize, MAX_ELEMENTS);
+        let e = i32_of(MAX_ELEMENTS + 1, "conv input")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("conv input") && e.contains("at most"), "{e}");
+        // Formerly accepted (< 2^31) but a grid-stride loop's i + stride would overflow.
+        assert!(i32_of(i32::MAX as usize, "x").is_err());
+        let g = ConvGeom {
+            n: 1 << 12,
+            c_in: 1 << 10,
+            c_out: 1,
+            groups: 1,
+            input: [1, 1, 512],
+            output: [1, 1, 512],
+            kernel: [1; 3],
+            stride: [1; 3],
+            padding: [0; 3],
+            dilation: [1; 3],
+        };
+        assert!(ConvP::new(&g).is_err());
+    }
+
+    #[test]
+    fn wgrad_split_limits_terminate_and_respect_grid_and_workspace() {
+        // More than 65535 groups: nothing can make groups·splits fit; stop at one split (the launch
+        // then reports the grid) rather than loop forever as before.
+        let (s, per) = wgrad_split_limits((8, 64), 500, 70_000, 70_000 * 9);
+        assert_eq!(s, 1);
+        assert!(per >= 500 && per % 16 == 0);
+        // groups·splits must fit gridDim.z.
+        let (s, per) = wgrad_split_limits((1024, 16), 16 * 1024, 100, 100 * 27);
+        assert!(s * 100 <= 65535 && s * per >= 16 * 1024 && (s - 1) * per < 16 * 1024);
+        assert_eq!(per % 16, 0);
+        // The workspace [splits, wlen] must fit the index limit.
+        let wlen = 1 << 28;
+        let (s, _) = wgrad_split_limits((64, 256), 64 * 256, 1, wlen);
+        assert!(s * wlen <= MAX_ELEMENTS, "{s}");
+        // Already fine: unchanged.
+        assert_eq!(wgrad_split_limits((12, 512), 6000, 2, 1000), (12, 512));
+    }
+
+    /// The `opt_adamw` kernel's arithmetic, on the host (Rust does not contract a·b + c into an FMA,
+    /// so this is the kernel's __fmul_rn/__fadd_rn chain).
+    fn adamw_kernel(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamWCoeffs) {
+        for i in 0..w.len() {
+            m[i] = c.a1 * g[i] + c.b1 * m[i];
+            v[i] = c.a2 * (g[i] * g[i]) + c.b2 * v[i];
+            let denom = v[i].sqrt() * c.inv_sqrt_bc2 + c.eps;
+            w[i] = c.neg_step * (m[i] / denom) + c.decay * w[i];
+        }
+    }
+
+    /// The `opt_sgd` kernel's arithmetic, on the host.
+    #[allow(clippy::too_many_arguments)]
+    fn sgd_kernel(
+        w: &mut [f32],
+        g: &[f32],
+        buf: &mut [f32],
+        lr: f32,
+        momentum: f32,
+        dampening: f32,
+        wd: f32,
+        nesterov: bool,
+        first: bool,
+    ) {
+        for i in 0..w.len() {
+            let mut d = if wd != 0.0 { wd * w[i] + g[i] } else { g[i] };
+            if momentum != 0.0 {
+                let b = if first {
+                    d
+                } else {
+                    (1.0 - dampening) * d + momentum * buf[i]
+                };
+                buf[i] = b;
+                d = if nesterov { momentum * b + d } else { b };
+            }
+            w[i] += -lr * d;
+        }
+    }
+
+    /// Grad of sum(p ⊙ g) is g exactly.
+    fn set_grad(p: &crate::Tensor, g: &[f32]) {
+        let gt = crate::Tensor::from_slice(g, p.shape(), crate::Device::Cpu).unwrap();
+        p.zero_grad();
+        p.mul(&gt).unwrap().sum().unwrap().backward().unwrap();
+    }
+
+    #[test]
+    fn fused_adamw_coefficients_reproduce_the_cpu_optimizer_bit_for_bit() {
+        use crate::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup};
+        let init: Vec<f32> = (0..37).map(|i| crate::rng::normal(5, i)).collect();
+        let p = crate::Tensor::from_slice(&init, &[37], crate::Device::Cpu)
+            .unwrap()
+            .with_grad();
+        let cfg = AdamWConfig {
+            lr: 3e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+        };
+        let (wd, lr_scale) = (0.05f32, 0.5f32);
+        let mut opt = AdamW::new(
+            vec![ParamGroup::new(vec![("p".into(), p.clone())], wd).with_lr_scale(lr_scale)],
+            cfg,
+        )
+        .unwrap();
+        let (mut w, mut m, mut v) = (init.clone(), vec![0.0; 37], vec![0.0; 37]);
+        for step in 1..=6u64 {
+            let g: Vec<f32> = (0..37)
+                .map(|i| crate::rng::normal(100 + step, i) * 0.1)
+                .collect();
+            set_grad(&p, &g);
+            opt.step().unwrap();
+            let c = AdamWCoeffs::new(cfg.lr * lr_scale, cfg.betas, cfg.eps, wd, step);
+            adamw_kernel(&mut w, &g, &mut m, &mut v, c);
+            assert_eq!(p.to_vec().unwrap(), w, "step {step}");
+        }
+    }
+
+    #[test]
+    fn fused_sgd_reproduces_the_cpu_optimizer_bit_for_bit() {
+        use crate::optim::{Optimizer, ParamGroup, Sgd, SgdConfig};
+        for (momentum, dampening, nesterov, wd) in [
+            (0.0f32, 0.0f32, false, 0.0f32),
+            (0.9, 0.0, false, 1e-4),
+            (0.9, 0.1, false, 0.0),
+            (0.9, 0.0, true, 5e-4),
+        ] {
+            let init: Vec<f32> = (0..29).map(|i| crate::rng::normal(9, i)).collect();
+            let p = crate::Tensor::from_slice(&init, &[29], crate::Device::Cpu)
+                .unwrap()
+                .with_grad();
+            let lr = 0.05f32;
+            let mut opt = Sgd::new(
+                vec![ParamGroup::new(vec![("p".into(), p.clone())], wd)],
+                SgdConfig {
+                    lr,
+                    momentum,
+                    dampening,
+                    nesterov,
+                },
+            )
+            .unwrap();
+            let (mut w, mut buf) = (init.clone(), vec![0.0; 29]);
+            for step in 0..5u64 {
+                let g: Vec<f32> = (0..29).map(|i| crate::rng::normal(50 + step, i)).collect();
+                set_grad(&p, &g);
+                opt.step().unwrap();
+                sgd_kernel(
+                    &mut w,
+                    &g,
+                    &mut buf,
+                    lr,
+                    momentum,
+                    dampening,
+                    wd,
+                    nesterov,
+                    step == 0,
+                );
+                assert_eq!(
+                    p.to_vec().unwrap(),
+                    w,
+                    "{momentum} {dampening} {nesterov} {wd}"
+                );
+            }
+        }
     }
 
     #[test]
