@@ -29,9 +29,11 @@ pub enum Kernel {
         bias: bool,
         dims: usize,
     },
+    /// `x`: the input's shape ([N, C, ...]), which the geometry flattens to [N, C, inner].
     BatchNorm {
         g: AxisGeom,
         eps: f32,
+        x: Vec<usize>,
     },
     MaxPool {
         g: PoolGeom,
@@ -202,9 +204,7 @@ impl Kernel {
                 Work::Bytes(F * g.numel() as f64 * if bwd { 3.0 } else { 2.0 })
             }
             Kernel::Add { n } => Work::Bytes(F * 3.0 * *n as f64),
-            Kernel::Scale { n, .. } | Kernel::Dropout { n, .. } => {
-                Work::Bytes(F * 2.0 * *n as f64)
-            }
+            Kernel::Scale { n, .. } | Kernel::Dropout { n, .. } => Work::Bytes(F * 2.0 * *n as f64),
             Kernel::Upsample(g) => {
                 let v = |s: [usize; 3]| (g.planes * s.iter().product::<usize>()) as f64;
                 Work::Bytes(F * (v(g.input) + v(g.output)))
@@ -252,7 +252,7 @@ impl Kernel {
                 }
                 format!("{s} on {}x{}", g.n, tail(g.input, *dims))
             }
-            Kernel::BatchNorm { g, .. } => format!("[{}, {}, {}]", g.outer, g.axis, g.inner),
+            Kernel::BatchNorm { x, .. } => format!("{x:?}"),
             Kernel::MaxPool { g, dims, .. } | Kernel::AvgPool { g, dims, .. } => format!(
                 "k{} s{} p{} on {}x{}",
                 tail(g.kernel, *dims),
@@ -269,21 +269,18 @@ impl Kernel {
             ),
             Kernel::Relu { n } | Kernel::Add { n } | Kernel::Scale { n, .. } => format!("n={n}"),
             Kernel::Dropout { n, p } => format!("n={n} p={p}"),
-            Kernel::Softmax { g, .. } => format!("[{}, {}, {}] along {}", g.outer, g.axis, g.inner, g.axis),
+            Kernel::Softmax { g, .. } => {
+                format!("[{}, {}, {}] along {}", g.outer, g.axis, g.inner, g.axis)
+            }
             Kernel::Linear { m, k, n, bias } => {
-                format!("[{m}, {k}] x [{n}, {k}]^T{}", if *bias { " +b" } else { "" })
+                format!(
+                    "[{m}, {k}] x [{n}, {k}]^T{}",
+                    if *bias { " +b" } else { "" }
+                )
             }
             Kernel::MatMul(g) => format!("{} x [{}, {}] x [{}, {}]", g.batch, g.m, g.k, g.k, g.n),
-            Kernel::Attention(g) => format!(
-                "B{} C{} Cv{} N{} M{}",
-                g.batch, g.c, g.cv, g.n, g.m
-            ),
-            Kernel::Upsample(g) => format!(
-                "{}x{} -> {}",
-                g.planes,
-                l(&g.input),
-                l(&g.output)
-            ),
+            Kernel::Attention(g) => format!("B{} C{} Cv{} N{} M{}", g.batch, g.c, g.cv, g.n, g.m),
+            Kernel::Upsample(g) => format!("{}x{} -> {}", g.planes, l(&g.input), l(&g.output)),
             Kernel::Concat { outer, inners, .. } => format!("{outer} x {inners:?}"),
             Kernel::Permute { shape, perm } => format!("[{}] by {perm:?}", l(shape)),
             Kernel::CrossEntropy { n, classes } => format!("[{n}, {classes}]"),
@@ -304,9 +301,7 @@ impl Kernel {
                 json!({"x": x, "w": w, "y": y, "bias": bias, "stride": &g.stride[d..],
                        "padding": &g.padding[d..], "dilation": &g.dilation[d..], "groups": g.groups})
             }
-            Kernel::BatchNorm { g, eps } => {
-                json!({"x": [g.outer, g.axis, g.inner], "eps": eps})
-            }
+            Kernel::BatchNorm { eps, x, .. } => json!({"x": x, "eps": eps}),
             Kernel::MaxPool { g, ceil_mode, dims } => {
                 let d = 3 - dims;
                 json!({"x": pool_x(g.planes, &g.input[d..]), "kernel": &g.kernel[d..],
@@ -423,6 +418,7 @@ pub fn kernel_shapes(g: &Graph) -> Result<Vec<KernelShape>> {
                     inner: x[2..].iter().product(),
                 },
                 eps: *eps,
+                x: x.to_vec(),
             },
             Op::MaxPool(p) => Kernel::MaxPool {
                 g: pool_geom("max_pool", x, p)?,
@@ -512,9 +508,7 @@ pub fn kernel_shapes(g: &Graph) -> Result<Vec<KernelShape>> {
                 let tail: usize = x[d + 1..].iter().product();
                 Kernel::Concat {
                     outer: x[..d].iter().product(),
-                    inners: (0..node.inputs.len())
-                        .map(|i| shape(i)[d] * tail)
-                        .collect(),
+                    inners: (0..node.inputs.len()).map(|i| shape(i)[d] * tail).collect(),
                     dim: d,
                 }
             }
@@ -592,4 +586,43 @@ pub fn bench_models() -> Vec<BenchModel> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel list accounts for every multiply-add the graph counts, and for every node that
+    /// launches a kernel.
+    #[test]
+    fn kernel_shapes_cover_the_graph() {
+        for m in bench_models() {
+            let g = m.graph(2).unwrap();
+            let shapes = kernel_shapes(&g).unwrap();
+            let macs: f64 = shapes
+                .iter()
+                .map(|s| match s.kernel.work(Pass::Fwd) {
+                    Work::Flops(f) => s.count as f64 * f / 2.0,
+                    Work::Bytes(_) => 0.0,
+                })
+                .sum();
+            assert_eq!(macs, g.macs() as f64, "{}", m.name);
+            let calls: usize = shapes
+                .iter()
+                .filter(|s| s.example != "loss")
+                .map(|s| s.count)
+                .sum();
+            let nodes = g
+                .nodes
+                .iter()
+                .filter(|n| match n.op {
+                    Op::Reshape(_) | Op::Flatten { .. } => false,
+                    Op::Dropout { p } => p != 0.0,
+                    _ => true,
+                })
+                .count();
+            assert_eq!(calls, nodes, "{}", m.name);
+            assert!(shapes.iter().any(|s| s.kernel.family() == "conv"));
+        }
+    }
 }

@@ -144,8 +144,7 @@ pub fn make_set(be: &dyn Backend, k: &Kernel, noise: &mut Noise) -> Result<Set> 
                 .iter()
                 .map(|i| up(outer * i, 1.0, 0.0))
                 .collect::<Result<_>>()?;
-            let refs: Vec<&dyn vidgrad::backend::BackendBuffer> =
-                v.iter().map(|b| &**b).collect();
+            let refs: Vec<&dyn vidgrad::backend::BackendBuffer> = v.iter().map(|b| &**b).collect();
             let y = be.concat(&refs, *outer, inners)?;
             v.push(y);
             v
@@ -184,21 +183,13 @@ pub fn run(be: &dyn Backend, k: &Kernel, s: &Set, pass: Pass) -> Result<()> {
                 be.sum_to_axis(s.b(2), ag)?;
             }
         }
-        (Kernel::BatchNorm { g, eps }, Fwd) => {
+        (Kernel::BatchNorm { g, eps, .. }, Fwd) => {
             be.batch_norm_train(s.b(0), Some(s.b(1)), Some(s.b(2)), *g, *eps)?;
         }
-        (Kernel::BatchNorm { g, eps }, FwdEval) => {
-            be.batch_norm_eval(
-                s.b(0),
-                Some(s.b(1)),
-                Some(s.b(2)),
-                s.b(3),
-                s.b(4),
-                *g,
-                *eps,
-            )?;
+        (Kernel::BatchNorm { g, eps, .. }, FwdEval) => {
+            be.batch_norm_eval(s.b(0), Some(s.b(1)), Some(s.b(2)), s.b(3), s.b(4), *g, *eps)?;
         }
-        (Kernel::BatchNorm { g, eps }, Bwd) => {
+        (Kernel::BatchNorm { g, eps, .. }, Bwd) => {
             be.batch_norm_backward(s.b(5), s.b(0), Some(s.b(1)), s.b(3), s.b(4), *g, *eps, true)?;
         }
         (Kernel::MaxPool { g, .. }, Fwd) => {
@@ -334,10 +325,10 @@ pub fn run(be: &dyn Backend, k: &Kernel, s: &Set, pass: Pass) -> Result<()> {
             be.cross_entropy_backward(s.b(0), &s.labels, *classes, 0.0, s.b(1))?;
         }
         (k, p) => {
-            return Err(vidgrad::Error::arg(
-                "bench",
-                format!("{} has no pass {}", k.family(), p.name()),
-            ))
+            return Err(vidgrad::Error::InvalidArgument {
+                op: "bench",
+                msg: format!("{} has no pass {}", k.family(), p.name()),
+            })
         }
     }
     Ok(())

@@ -13,7 +13,9 @@ pub struct StreamEvent(CudaEvent);
 impl StreamEvent {
     /// Milliseconds of stream time from `self` to `end` (waits for both to complete).
     pub fn elapsed_ms(&self, end: &StreamEvent) -> Result<f32> {
-        self.0.elapsed_ms(&end.0).map_err(derr("event elapsed time"))
+        self.0
+            .elapsed_ms(&end.0)
+            .map_err(derr("event elapsed time"))
     }
 }
 

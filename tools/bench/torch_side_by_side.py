@@ -1,0 +1,533 @@
+#!/usr/bin/env python3
+"""Time PyTorch on exactly the rows of vidgrad's benchmark suite and print the ratios.
+
+vidgrad's `cargo bench --bench suite` writes target/bench/kernels_<dev>.json (every kernel call of the models'
+graphs, each pass) and models_<dev>.json (whole-model inference and training steps). This script rebuilds each
+row in PyTorch with the same shapes, the same number of calls and, on the GPU, the same input rotation, times it
+the same way and prints vidgrad / PyTorch (> 1: vidgrad is slower).
+
+    # CPU: same machine, same thread count (read from the JSON)
+    cargo bench --bench suite -- cpu
+    python tools/bench/torch_side_by_side.py --device cpu
+
+    # GPU: both sides in one run on the same GPU (the bench first, then PyTorch)
+    python tools/bench/torch_side_by_side.py --device cuda --ours-cmd "cargo bench --bench suite -- cuda"
+    python tools/bench/torch_side_by_side.py --device cuda --ours-cmd "bin/suite cuda"   # GPU bundle
+
+On CUDA every row is timed twice: with PyTorch's defaults (cuDNN, cudnn.benchmark off, cuDNN TF32 on, matmul
+TF32 off) and with TF32 off everywhere (the like-for-like FP32 comparison). Timing: CUDA events around each
+call after 3 warm-up calls, median of the same number of runs vidgrad made (>= 20), inputs rotated over the
+same number of copies; CPU: perf_counter, one warm-up, the same number of runs. Whole models: wall clock with
+synchronisation, the models of tools/reference/models (and torchvision's r2plus1d_18) with the same classes,
+dropout and input, SGD with the same hyper-parameters.
+
+Writes target/bench/side_by_side_<dev>.json and .md. Uses tools/reference/requirements.txt.
+"""
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools" / "reference"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# timing
+
+class Clock:
+    def __init__(self, cuda):
+        self.cuda = cuda
+
+    def kernel(self, fn, runs, warmup):
+        """fn(i) enqueues call i; returns the median seconds of `runs` timed calls."""
+        i = 0
+        for _ in range(warmup):
+            fn(i)
+            i += 1
+        if self.cuda:
+            torch.cuda.synchronize()
+            evs = []
+            for _ in range(runs):
+                a = torch.cuda.Event(enable_timing=True)
+                b = torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn(i)
+                b.record()
+                evs.append((a, b))
+                i += 1
+            torch.cuda.synchronize()
+            ts = [a.elapsed_time(b) / 1e3 for a, b in evs]
+        else:
+            ts = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                fn(i)
+                ts.append(time.perf_counter() - t0)
+                i += 1
+        return statistics.median(ts)
+
+    def step(self, fn, runs, warmup):
+        """Wall clock per call, synchronised (whole models)."""
+        ts = []
+        for i in range(warmup + runs):
+            if self.cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(i)
+            if self.cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# kernels: one builder per family returns {pass: fn(set)} and a function making one input set
+
+def rnd(shape, dev, a=1.0, b=0.0):
+    return torch.rand(*shape, device=dev).mul_(2 * a).add_(b - a)
+
+
+def conv_row(args, dev):
+    x_s, w_s = args["x"], args["w"]
+    dims = len(x_s) - 2
+    conv = F.conv2d if dims == 2 else F.conv3d
+    st, pd, dl, g = args["stride"], args["padding"], args["dilation"], args["groups"]
+    bias = args["bias"]
+
+    def make():
+        return dict(x=rnd(x_s, dev), w=rnd(w_s, dev, 0.05), dy=rnd(args["y"], dev),
+                    b=rnd([w_s[0]], dev, 0.1) if bias else None)
+
+    def bwd(s, mask):
+        return torch.ops.aten.convolution_backward(
+            s["dy"], s["x"], s["w"], [w_s[0]] if bias else None, st, pd, dl, False, [0] * dims, g, mask)
+
+    return make, {
+        "fwd": lambda s: conv(s["x"], s["w"], s["b"], st, pd, dl, g),
+        "dgrad": lambda s: bwd(s, [True, False, False]),
+        "wgrad": lambda s: bwd(s, [False, True, bias]),
+    }
+
+
+def batch_norm_row(args, dev):
+    x_s, eps = args["x"], args["eps"]
+    c = x_s[1]
+
+    def make():
+        s = dict(x=rnd(x_s, dev).requires_grad_(), w=rnd([c], dev, 0.1, 1.0).requires_grad_(),
+                 b=rnd([c], dev, 0.1).requires_grad_(), rm=rnd([c], dev, 0.1), rv=rnd([c], dev, 0.25, 1.0),
+                 dy=rnd(x_s, dev))
+        s["y"] = F.batch_norm(s["x"], s["rm"].clone(), s["rv"].clone(), s["w"], s["b"], True, 0.1, eps)
+        return s
+
+    def fwd(s, training):
+        with torch.no_grad():
+            return F.batch_norm(s["x"], s["rm"], s["rv"], s["w"], s["b"], training, 0.1, eps)
+
+    return make, {
+        "fwd": lambda s: fwd(s, True),
+        "fwd_eval": lambda s: fwd(s, False),
+        "bwd": lambda s: torch.autograd.grad(s["y"], [s["x"], s["w"], s["b"]], s["dy"], retain_graph=True),
+    }
+
+
+def autograd_row(make_inputs, op):
+    """A family whose backward is PyTorch's autograd of `op` (what a training step runs)."""
+    def make():
+        s = make_inputs()
+        ins = [t.requires_grad_() for t in s["ins"]]
+        s["y"] = op(*ins)
+        return s
+
+    def fwd(s):
+        with torch.no_grad():
+            return op(*s["ins"])
+
+    return make, {
+        "fwd": fwd,
+        "bwd": lambda s: torch.autograd.grad(s["y"], s["ins"], s["dy"], retain_graph=True),
+    }
+
+
+def pool_row(fam, args, dev):
+    x_s = args["x"]
+    dims = len(x_s) - 2
+    if fam == "max_pool":
+        pool = F.max_pool2d if dims == 2 else F.max_pool3d
+        op = lambda x: pool(x, args["kernel"], args["stride"], args["padding"], ceil_mode=args["ceil_mode"])
+    elif fam == "avg_pool":
+        pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
+        op = lambda x: pool(x, args["kernel"], args["stride"], args["padding"], ceil_mode=args["ceil_mode"],
+                            count_include_pad=args["count_include_pad"])
+    else:
+        pool = F.adaptive_avg_pool2d if dims == 2 else F.adaptive_avg_pool3d
+        op = lambda x: pool(x, args["output"])
+    y_s = list(op(torch.empty(*x_s, device="meta")).shape)
+    return autograd_row(lambda: dict(ins=[rnd(x_s, dev)], dy=rnd(y_s, dev)), op)
+
+
+def kernel_row(fam, args, dev):
+    """(make_set, {pass: fn(set)}) for one row of vidgrad's JSON."""
+    if fam == "conv":
+        return conv_row(args, dev)
+    if fam == "batch_norm":
+        return batch_norm_row(args, dev)
+    if fam in ("max_pool", "avg_pool", "adaptive_avg_pool"):
+        return pool_row(fam, args, dev)
+    if fam == "relu":
+        n = args["n"]
+
+        def make():
+            x = rnd([n], dev)
+            return dict(x=x, y=F.relu(x), dy=rnd([n], dev))
+        return make, {"fwd": lambda s: F.relu(s["x"]),
+                      "bwd": lambda s: torch.ops.aten.threshold_backward(s["dy"], s["y"], 0)}
+    if fam == "add":
+        n = args["n"]
+        return (lambda: dict(a=rnd([n], dev), b=rnd([n], dev))), {"fwd": lambda s: s["a"] + s["b"]}
+    if fam == "mul_scalar":
+        n, k = args["n"], args["s"]
+        return (lambda: dict(x=rnd([n], dev))), {"fwd": lambda s: s["x"] * k}
+    if fam == "dropout":
+        n, p = args["n"], args["p"]
+        return (lambda: dict(x=rnd([n], dev))), {"fwd": lambda s: F.dropout(s["x"], p, True)}
+    if fam == "softmax":
+        x_s = args["x"]
+
+        def make():
+            x = rnd(x_s, dev, 2.0)
+            return dict(x=x, y=torch.softmax(x, 1), dy=rnd(x_s, dev))
+        return make, {"fwd": lambda s: torch.softmax(s["x"], 1),
+                      "bwd": lambda s: torch.ops.aten._softmax_backward_data(s["dy"], s["y"], 1, torch.float32)}
+    if fam == "linear":
+        m, k, n, bias = args["m"], args["k"], args["n"], args["bias"]
+
+        def make():
+            return dict(x=rnd([m, k], dev), w=rnd([n, k], dev, 0.05), dy=rnd([m, n], dev),
+                        b=rnd([n], dev, 0.1) if bias else None)
+
+        def wgrad(s):
+            dw = s["dy"].t().mm(s["x"])
+            return (dw, s["dy"].sum(0)) if bias else dw
+        return make, {"fwd": lambda s: F.linear(s["x"], s["w"], s["b"]),
+                      "dgrad": lambda s: s["dy"].mm(s["w"]), "wgrad": wgrad}
+    if fam == "matmul":
+        b, m, k, n = args["batch"], args["m"], args["k"], args["n"]
+        return autograd_row(lambda: dict(ins=[rnd([b, m, k], dev), rnd([b, k, n], dev)], dy=rnd([b, m, n], dev)),
+                            torch.bmm)
+    if fam == "attention":
+        # vidgrad's q [B, C, N], k [B, C, M], v [B, Cv, M] is SDPA's [B, 1, N, C], [B, 1, M, C], [B, 1, M, Cv]
+        b, c, cv, n, m, sc = (args[k] for k in ("batch", "c", "cv", "n", "m", "scale"))
+        op = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=sc)
+        return autograd_row(lambda: dict(ins=[rnd([b, 1, n, c], dev), rnd([b, 1, m, c], dev), rnd([b, 1, m, cv], dev)],
+                                         dy=rnd([b, 1, n, cv], dev)), op)
+    if fam == "upsample_trilinear":
+        x_s, size, ac = args["x"], args["size"], args["align_corners"]
+        op = lambda x: F.interpolate(x, size=size, mode="trilinear", align_corners=ac)
+        return autograd_row(lambda: dict(ins=[rnd(x_s, dev)], dy=rnd(x_s[:2] + size, dev)), op)
+    if fam == "concat":
+        outer, inners = args["outer"], args["inners"]
+        op = lambda *xs: torch.cat(xs, 1)
+        return autograd_row(lambda: dict(ins=[rnd([outer, i], dev) for i in inners],
+                                         dy=rnd([outer, sum(inners)], dev)), op)
+    if fam == "permute":
+        shape, perm = args["shape"], args["perm"]
+        inv = [perm.index(i) for i in range(len(perm))]
+        y_s = [shape[p] for p in perm]
+        return (lambda: dict(x=rnd(shape, dev), dy=rnd(y_s, dev))), {
+            "fwd": lambda s: s["x"].permute(perm).contiguous(),
+            "bwd": lambda s: s["dy"].permute(inv).contiguous()}
+    if fam == "cross_entropy":
+        n, c = args["n"], args["classes"]
+        labels = torch.tensor([(i * 7919) % c for i in range(n)], device=dev)
+        op = lambda x: F.cross_entropy(x, labels)
+        return autograd_row(lambda: dict(ins=[rnd([n, c], dev, 2.0)], dy=torch.ones((), device=dev)), op)
+    raise KeyError(fam)
+
+
+def set_tensors(s):
+    for v in s.values():
+        if isinstance(v, torch.Tensor):
+            yield v
+        elif isinstance(v, list):
+            yield from (t for t in v if isinstance(t, torch.Tensor))
+
+
+def time_kernels(ours, clock, dev, warmup, models_filter):
+    """{(model, index): seconds} for every row of vidgrad's kernels JSON."""
+    out = {}
+    for m in ours["models"]:
+        if models_filter and m["model"] not in models_filter:
+            continue
+        rows = [r for r in m["rows"] if "error" not in r]
+        # rows come grouped per kernel call (one row per pass): build each call's sets once
+        i = 0
+        while i < len(rows):
+            j = i
+            while j < len(rows) and rows[j]["args"] == rows[i]["args"] and rows[j]["family"] == rows[i]["family"]:
+                j += 1
+            r0 = rows[i]
+            sets = None
+            try:
+                make, passes = kernel_row(r0["family"], r0["args"], dev)
+                sets = [make() for _ in range(r0.get("rotation_sets", 1))]
+                for k in range(i, j):
+                    r = rows[k]
+                    fn = passes[r["pass"]]
+                    out[(m["model"], k)] = clock.kernel(lambda t: fn(sets[t % len(sets)]), r["runs"], warmup)
+            except Exception as e:  # noqa: BLE001 — report and go on
+                for k in range(i, j):
+                    out[(m["model"], k)] = e
+            del sets
+            if dev == "cuda":
+                torch.cuda.empty_cache()
+            i = j
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# whole models
+
+def build_model(row):
+    name, classes, p = row["model"], row["classes"], row.get("dropout", 0.0)
+    inp = row["input"]
+    extra = row.get("extra") or {}
+    if name == "eco-lite":
+        from models.eco_lite import ECO_Lite
+        return ECO_Lite(classes=classes, frames=inp[1], size=inp[3], dropout=p)
+    if name in ("c2d-nl-r50", "i3d-r50", "i3d-nl-r50"):
+        from models.slowfast_resnet import ResNet
+        arch = extra.get("preset", "c2d" if name == "c2d-nl-r50" else "i3d")
+        nl = extra.get("nonlocal", "false" if name == "i3d-r50" else "true") == "true"
+        return ResNet(arch=arch, depth=int(extra.get("depth", 50)), nonlocal_blocks=nl, classes=classes,
+                      frames=inp[2], size=inp[3], dropout=p)
+    if name == "r2plus1d-18":
+        from torchvision.models.video import r2plus1d_18
+        if p:
+            raise NotImplementedError("torchvision's r2plus1d_18 has no dropout")
+        return r2plus1d_18(weights=None, num_classes=classes)
+    if name == "ct-sep":
+        from models.ct_sep import CTSepNet
+        return CTSepNet(classes=classes, dropout=p)
+    if name == "resnet3d" and not extra:
+        from models import resnet3d as r3d
+        return r3d.Recognizer3D(classes, p)
+    raise NotImplementedError(f"no PyTorch definition wired up for {name} {extra}")
+
+
+def time_model(row, clock, dev, warmup, runs):
+    net = build_model(row).to(dev)
+    x = torch.rand(*row["input"], device=dev) * 2 - 1
+    b = row["batch"]
+    labels = torch.tensor([(i * 7919) % row["classes"] for i in range(b)], device=dev)
+    net.eval()
+
+    def infer(_):
+        with torch.no_grad():
+            net(x)
+    t_inf = clock.step(infer, runs, warmup)
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        infer(0)
+        peak_inf = torch.cuda.max_memory_allocated()
+    net.train()
+    sgd = row["sgd"]
+    opt = torch.optim.SGD(net.parameters(), lr=sgd["lr"], momentum=sgd["momentum"], weight_decay=sgd["weight_decay"])
+
+    def step(_):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), labels).backward()
+        opt.step()
+    t_train = clock.step(step, runs, warmup)
+    res = dict(infer_s=t_inf, train_s=t_train)
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        step(0)
+        res.update(peak_infer=peak_inf, peak_train=torch.cuda.max_memory_allocated())
+    del net, opt
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+def fmt_ratio(a, t):
+    return f"{a / t:.2f}" if isinstance(t, float) and t > 0 else "—"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dir", default=str(ROOT / "target" / "bench"), help="where vidgrad's JSON is")
+    ap.add_argument("--ours-cmd", help="run this (vidgrad's bench) first, so both sides run in one go")
+    ap.add_argument("--only", choices=["kernels", "models"], help="one part only")
+    ap.add_argument("--models", nargs="*", help="only these models")
+    args = ap.parse_args()
+    d = Path(args.dir)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("torch sees no CUDA device")
+    if args.ours_cmd:
+        print(f"running vidgrad: {args.ours_cmd}", flush=True)
+        import os
+        env = dict(os.environ, VIDGRAD_BENCH_OUT=str(d.resolve()))  # the bench writes where we read
+        subprocess.run(shlex.split(args.ours_cmd), check=True, env=env)
+
+    clock = Clock(cuda)
+    configs = [("torch", None)]
+    if cuda:
+        configs = [("torch default", (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)),
+                   ("torch TF32 off", (False, False))]
+        dev_name = torch.cuda.get_device_name(0)
+    else:
+        dev_name = "cpu"
+    md = []
+    report = {"device": args.device, "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if cuda else None}
+
+    def set_config(c):
+        if c is not None:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = c
+
+    kpath = d / f"kernels_{args.device}.json"
+    if args.only != "models" and kpath.exists():
+        ours = json.loads(kpath.read_text())
+        if not cuda:
+            torch.set_num_threads(ours["device"]["threads"])
+        elif ours["device"]["name"] != dev_name:
+            print(f"WARNING: vidgrad measured on {ours['device']['name']}, torch sees {dev_name}")
+        warmup = ours["timing"]["warmup"]
+        head = f"kernels on {ours['device']['name']} (vidgrad {ours['device']['date']} commit {ours['device']['commit']}), " \
+               f"batch {ours['batch']}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        print("\n" + head)
+        results = {}
+        for cname, c in configs:
+            set_config(c)
+            results[cname] = time_kernels(ours, clock, args.device, warmup, args.models)
+        set_config(configs[0][1])
+        cols = [c for c, _ in configs]
+        report["kernels"] = []
+        md.append(f"## Kernels\n\n{head}\n")
+        for m in ours["models"]:
+            if args.models and m["model"] not in args.models:
+                continue
+            title = f"{m['model']} {m['input']}"
+            print(f"\n--- {title}")
+            hdr = f"  {'kernel':<18} {'pass':<8} {'shape':<46} {'count':>5} {'vidgrad µs':>11}" + \
+                  "".join(f" {c + ' µs':>16} {'ratio':>6}" for c in cols)
+            print(hdr)
+            md.append(f"\n### {title}\n\n| kernel | pass | shape | count | vidgrad µs | " +
+                      " | ".join(f"{c} µs | ratio" for c in cols) + " |\n|" + "---|" * (5 + 2 * len(cols)))
+            sums = {c: [0.0, 0.0] for c in ["vidgrad"] + cols}
+            fam = {}  # (family, pass) -> {side: sum of count x seconds}
+            for k, r in enumerate(r for r in m["rows"] if "error" not in r):
+                ts = [results[c].get((m["model"], k)) for c in cols]
+                a = r["us"] / 1e6
+                line = f"  {r['family']:<18} {r['pass']:<8} {r['shape'][:46]:<46} {r['count']:>5} {r['us']:>11.1f}"
+                cells = []
+                for c, t in zip(cols, ts):
+                    if isinstance(t, float):
+                        line += f" {t * 1e6:>16.1f} {a / t:>6.2f}"
+                        cells += [f"{t * 1e6:.1f}", f"{a / t:.2f}"]
+                        sums[c][0] += r["count"] * t
+                    else:
+                        line += f" {'error':>16} {'—':>6}"
+                        cells += [f"error: {t}", "—"]
+                sums["vidgrad"][0] += r["count"] * a
+                if all(isinstance(t, float) for t in ts):
+                    f = fam.setdefault((r["family"], r["pass"]), {c: 0.0 for c in ["vidgrad"] + cols})
+                    f["vidgrad"] += r["count"] * a
+                    for c, t in zip(cols, ts):
+                        f[c] += r["count"] * t
+                print(line)
+                if not all(isinstance(t, float) for t in ts):
+                    print(f"      torch failed: {[t for t in ts if not isinstance(t, float)][0]}")
+                md.append(f"| {r['family']} | {r['pass']} | {r['shape']} | {r['count']} | {r['us']:.1f} | " +
+                          " | ".join(cells) + " |")
+                report["kernels"].append(dict(model=m["model"], index=k, family=r["family"], pass_=r["pass"],
+                                              shape=r["shape"], vidgrad_us=r["us"],
+                                              **{c: (t * 1e6 if isinstance(t, float) else str(t)) for c, t in zip(cols, ts)}))
+            print(f"  per family and pass, sum of count x time (ms):")
+            md.append(f"\nPer family and pass, sum over the model's calls of count × time (ms):\n\n"
+                      f"| kernel | pass | vidgrad | " + " | ".join(f"{c} | ratio" for c in cols) +
+                      " |\n|" + "---|" * (3 + 2 * len(cols)))
+            for (fa, pa), f in sorted(fam.items(), key=lambda kv: -kv[1]["vidgrad"]):
+                print(f"    {fa:<18} {pa:<8} vidgrad {f['vidgrad'] * 1e3:9.2f}" +
+                      "".join(f" | {c} {f[c] * 1e3:9.2f} ratio {f['vidgrad'] / f[c]:5.2f}" for c in cols))
+                md.append(f"| {fa} | {pa} | {f['vidgrad'] * 1e3:.2f} | " +
+                          " | ".join(f"{f[c] * 1e3:.2f} | {f['vidgrad'] / f[c]:.2f}" for c in cols) + " |")
+            tot = f"  sum of count x time: vidgrad {sums['vidgrad'][0] * 1e3:.1f} ms; " + "; ".join(
+                f"{c} {sums[c][0] * 1e3:.1f} ms (ratio {sums['vidgrad'][0] / sums[c][0]:.2f})" for c in cols if sums[c][0] > 0)
+            print(tot)
+            md.append(f"\n{tot.strip()}\n")
+
+    mpath = d / f"models_{args.device}.json"
+    if args.only != "kernels" and mpath.exists():
+        ours = json.loads(mpath.read_text())
+        if not cuda:
+            torch.set_num_threads(ours["device"]["threads"])
+        warmup, runs = ours["timing"]["warmup"], ours["timing"]["runs"]
+        head = f"whole models on {ours['device']['name']}, batch {ours['batch']}, median of {runs} after {warmup} warm-up"
+        print("\n" + head)
+        md.append(f"\n## Whole models\n\n{head}\n\n| model | input | vidgrad infer clips/s | " +
+                  " | ".join(f"{c} clips/s | ratio" for c, _ in configs) + " | vidgrad train clips/s | " +
+                  " | ".join(f"{c} clips/s | ratio" for c, _ in configs) + " |\n|" + "---|" * (4 + 4 * len(configs)))
+        report["models"] = []
+        for row in ours["models"]:
+            if "error" in row or (args.models and row["model"] not in args.models):
+                continue
+            b = row["batch"]
+            res = {}
+            for cname, c in configs:
+                set_config(c)
+                try:
+                    res[cname] = time_model(row, clock, args.device, warmup, runs)
+                except Exception as e:  # noqa: BLE001
+                    res[cname] = e
+            set_config(configs[0][1])
+            vi, vt = row["inference"]["clips_per_s"], row["train"]["clips_per_s"]
+            line = f"  {row['model']:<14} infer vidgrad {vi:8.2f} clips/s"
+            ci, ct = [], []
+            for cname, _ in configs:
+                r = res[cname]
+                if isinstance(r, dict):
+                    ti, tt = b / r["infer_s"], b / r["train_s"]
+                    line += f" | {cname} {ti:8.2f} (ratio {ti / vi:.2f})"
+                    ci += [f"{ti:.2f}", f"{ti / vi:.2f}"]
+                    ct += [f"{tt:.2f}", f"{tt / vt:.2f}"]
+                else:
+                    line += f" | {cname} failed: {r}"
+                    ci += [f"failed: {r}", "—"]
+                    ct += ["—", "—"]
+            if cuda:
+                line += f" | peak memory vidgrad {row['inference']['peak_bytes'] / 1e9:.2f} GB" + "".join(
+                    f", {c} {res[c]['peak_infer'] / 1e9:.2f} GB" for c, _ in configs if isinstance(res[c], dict))
+            print(line)
+            print(f"  {'':<14} train vidgrad {vt:8.2f} clips/s | " + " | ".join(
+                f"{cname} {ct[2 * i]} (ratio {ct[2 * i + 1]})" for i, (cname, _) in enumerate(configs)) +
+                (f" | peak memory vidgrad {row['train']['peak_bytes'] / 1e9:.2f} GB" + "".join(
+                    f", {c} {res[c]['peak_train'] / 1e9:.2f} GB" for c, _ in configs if isinstance(res[c], dict))
+                 if cuda else ""))
+            md.append(f"| {row['model']} | {row['input']} | {vi:.2f} | " + " | ".join(ci) + f" | {vt:.2f} | " +
+                      " | ".join(ct) + " |")
+            report["models"].append(dict(model=row["model"], vidgrad=dict(infer=vi, train=vt),
+                                         **{c: (r if isinstance(r, dict) else str(r)) for c, r in res.items()}))
+        print("  (model ratios are vidgrad time / torch time = torch clips/s / vidgrad clips/s)")
+
+    (d / f"side_by_side_{args.device}.json").write_text(json.dumps(report, indent=1))
+    (d / f"side_by_side_{args.device}.md").write_text("\n".join(md) + "\n")
+    print(f"\nwrote {d / f'side_by_side_{args.device}.md'} and .json")
+
+
+if __name__ == "__main__":
+    main()
