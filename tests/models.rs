@@ -93,7 +93,18 @@ fn check_model(case: &str) {
         .map(|v| v.as_u64().unwrap() as usize)
         .collect();
     let device = Device::Cpu;
-    let graph = models::build(meta["model"].as_str().unwrap(), &opts, &shape).unwrap();
+    let mut graph = models::build(meta["model"].as_str().unwrap(), &opts, &shape).unwrap();
+    // `bn_calibration` (see calibrate_bn in gen_model_fixtures.py): running statistics := those of the
+    // seed + 1 input, by one train-mode pass with every batch norm's momentum set to 1 (kept at 1 after:
+    // only the outputs below are compared, not the later running statistics).
+    let calibrate = meta["bn_calibration"].as_bool().unwrap_or(false);
+    if calibrate {
+        for n in &mut graph.nodes {
+            if let vidgrad::graph::Op::BatchNorm { momentum, .. } = &mut n.op {
+                *momentum = 1.0;
+            }
+        }
+    }
     let mut net = Network::new(graph, device, 0).unwrap();
     // The PyTorch module's state_dict, key for key and shape for shape (PyTorch's 0-d
     // num_batches_tracked is [1] here, as vidgrad::io loads it).
@@ -128,6 +139,11 @@ fn check_model(case: &str) {
     );
     fill::fill_network(&net, seed).unwrap();
     let x = fill::fill_input(seed, &shape, device).unwrap();
+    if calibrate {
+        net.train();
+        let xc = fill::fill_input(seed + 1, &shape, device).unwrap();
+        vidgrad::no_grad(|| net.forward(&[&xc])).unwrap();
+    }
 
     let mut failures = vec![];
     let f32_err = |key: &str| meta["pytorch_f32_err"][key].as_f64().unwrap_or(0.0) as f32;

@@ -320,7 +320,11 @@ fn parse_flags(key: &str, v: &str) -> Result<Vec<Vec<bool>>> {
         match xs.len() {
             1 => Ok(vec![xs; 4]),
             4 => Ok(xs.into_iter().map(|x| vec![x]).collect()),
-            _ => Err(bad(key, v, "one flag, one per stage, or stages separated by ';'")),
+            _ => Err(bad(
+                key,
+                v,
+                "one flag, one per stage, or stages separated by ';'",
+            )),
         }
     }
 }
@@ -377,9 +381,7 @@ impl ResNet3dConfig {
                         "gaussian" => NonLocalMode::Gaussian,
                         "embedded_gaussian" => NonLocalMode::EmbeddedGaussian,
                         "dot_product" => NonLocalMode::DotProduct,
-                        _ => {
-                            return Err(bad(k, v, "gaussian, embedded_gaussian or dot_product"))
-                        }
+                        _ => return Err(bad(k, v, "gaussian, embedded_gaussian or dot_product")),
                     }
                 }
                 "non_local_use_scale" => c.non_local_cfg.use_scale = parse_bool(k, v)?,
@@ -515,13 +517,7 @@ fn basic_block3d(g: &mut GraphBuilder, x: ValueId, b: &Block) -> Result<ValueId>
 
 /// A 1×1×1 projection of NonLocal3d (ConvModule with bias, no norm), followed by the (1,2,2) max-pool
 /// inside a Sequential when `pool`.
-fn nl_proj(
-    g: &mut GraphBuilder,
-    name: &str,
-    x: ValueId,
-    ci: usize,
-    pool: bool,
-) -> Result<ValueId> {
+fn nl_proj(g: &mut GraphBuilder, name: &str, x: ValueId, ci: usize, pool: bool) -> Result<ValueId> {
     if pool {
         g.module(name, "Sequential", x, |g, x| {
             let y = conv_module(g, "0", x, Conv::new(ci, &[1, 1, 1]), false, false)?;
@@ -755,7 +751,10 @@ pub fn resnet3d(cfg: &ResNet3dConfig, input_shape: &[usize]) -> Result<Graph> {
     };
     let (bottleneck, _) = cfg.arch()?;
     if c == 0 || cfg.classes == 0 || cfg.base_channels == 0 {
-        arg_bail!(MODEL, "channels, base_channels and classes must be positive");
+        arg_bail!(
+            MODEL,
+            "channels, base_channels and classes must be positive"
+        );
     }
     if cfg.inflate.len() != 4 || cfg.non_local.len() != 4 {
         arg_bail!(MODEL, "inflate and non_local need one entry per stage (4)");
