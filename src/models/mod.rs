@@ -50,7 +50,11 @@ pub const MODELS: &[(&str, &str)] = &[
 /// The input layout a model takes: ECO-Lite [B, T, 3, H, W], the 3D CNNs [B, 3, T, H, W].
 pub fn native_layout(name: &str) -> Result<crate::data::Layout> {
     check_name(name)?;
-    Ok(if name == "eco-lite" { crate::data::Layout::BTCHW } else { crate::data::Layout::BCTHW })
+    Ok(if name == "eco-lite" {
+        crate::data::Layout::BTCHW
+    } else {
+        crate::data::Layout::BCTHW
+    })
 }
 
 /// The input normalisation a model was trained with in its source: ECO's BGR 0–255 with means
@@ -71,7 +75,11 @@ fn check_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         let known: Vec<&str> = MODELS.iter().map(|m| m.0).collect();
-        arg_bail!("models", "unknown model '{name}' (known: {})", known.join(", "))
+        arg_bail!(
+            "models",
+            "unknown model '{name}' (known: {})",
+            known.join(", ")
+        )
     }
 }
 
@@ -117,10 +125,7 @@ pub fn build(name: &str, opts: &ModelOptions, input_shape: &[usize]) -> Result<G
     match name {
         "c2d-nl-r50" | "i3d-r50" | "i3d-nl-r50" => {
             const M: &str = "slowfast-resnet";
-            opts.check_known(
-                M,
-                &["preset", "nonlocal", "depth", "softmax", "checkpoint"],
-            )?;
+            opts.check_known(M, &["preset", "nonlocal", "depth", "softmax", "checkpoint"])?;
             let d = SlowFastResNetConfig::default();
             let preset = if name == "c2d-nl-r50" { "c2d" } else { "i3d" };
             let preset: String = opts.get(M, "preset", preset.to_string())?;

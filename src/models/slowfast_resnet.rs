@@ -319,7 +319,10 @@ fn pyslowfast_init(graph: &mut Graph) {
 pub fn slowfast_resnet(cfg: &SlowFastResNetConfig, input_shape: &[usize]) -> Result<Graph> {
     const M: &str = "slowfast-resnet";
     let [b, c, t, h, w] = input_shape[..] else {
-        arg_bail!(M, "input shape must be [B, 3, T, H, W], got {input_shape:?}");
+        arg_bail!(
+            M,
+            "input shape must be [B, 3, T, H, W], got {input_shape:?}"
+        );
     };
     if c != 3 {
         arg_bail!(M, "input must have 3 channels, got {input_shape:?}");

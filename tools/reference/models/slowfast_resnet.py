@@ -9,7 +9,7 @@ one-element list of pathways; the head's average-pool kernel is given (the res5 
 the configuration is explicit arguments instead of a CfgNode; only what these models use is kept
 (one pathway, bottleneck blocks, BatchNorm3d, softmax non-local with (1,2,2) pooling, no detection head).
 
-    python tools/reference/models/slowfast_resnet.py   # parameter counts and forward GMACs
+    python tools/reference/models/slowfast_resnet.py   # parameter counts and forward MACs
 """
 
 import torch
