@@ -11,6 +11,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod exec;
+pub mod explain;
 pub mod graph;
 pub mod io;
 pub mod models;

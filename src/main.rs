@@ -6,9 +6,9 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use vidgrad::data::{ClipSpec, CropMode, Dataset, FolderOptions, Loader, SynthConfig};
 use vidgrad::exec::Network;
 use vidgrad::models::{self, ModelOptions};
-use vidgrad::data::{ClipSpec, CropMode, Dataset, FolderOptions, Loader, SynthConfig};
 use vidgrad::train::args::{DataArgs, Defaults, TrainArgs};
 use vidgrad::train::{checkpoint, metrics};
 use vidgrad::Device;
@@ -104,6 +104,29 @@ enum Command {
         path: PathBuf,
         #[arg(long, default_value_t = 5)]
         top_k: usize,
+        /// Class names (one per line) when the weights are not a vidgrad checkpoint.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+    },
+    /// Grad-CAM of a video: heat-map overlays per frame (PNG), an animated GIF and a contact sheet with
+    /// the top-5 (docs/EXPLAIN.md).
+    Explain {
+        #[command(flatten)]
+        clip: ClipArgs,
+        /// A video file or a folder of frames (a dataset folder: every video, one sub-folder each).
+        path: PathBuf,
+        /// Class to explain, by index or name (default: the predicted one).
+        #[arg(long)]
+        class: Option<String>,
+        /// Feature layer, a module or node name (default: the model's last 3D stage).
+        #[arg(long)]
+        layer: Option<String>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Side of each frame in the images (default: the crop size, enlarged to at least 160 px).
+        #[arg(long)]
+        tile: Option<usize>,
         /// Class names (one per line) when the weights are not a vidgrad checkpoint.
         #[arg(long)]
         labels: Option<PathBuf>,
@@ -209,15 +232,39 @@ struct ClipArgs {
 
 impl ClipArgs {
     /// The network with its weights loaded, the test clip spec and the class names (if known).
-    fn load(&self, classes_hint: Option<usize>) -> Result<(Network, ClipSpec, Option<Vec<String>>)> {
+    fn load(
+        &self,
+        classes_hint: Option<usize>,
+    ) -> Result<(Network, ClipSpec, Option<Vec<String>>)> {
+        self.load_named(classes_hint)
+            .map(|(net, spec, names, _)| (net, spec, names))
+    }
+
+    /// [`ClipArgs::load`], also returning the model's name.
+    #[allow(clippy::type_complexity)]
+    fn load_named(
+        &self,
+        classes_hint: Option<usize>,
+    ) -> Result<(Network, ClipSpec, Option<Vec<String>>, String)> {
         let device = self.device.get()?;
         let (sd, meta) = checkpoint::load_weights(&self.weights, device)?;
-        let cfg = meta.as_ref().map(|m| m["config"].clone()).unwrap_or_default();
-        let model = self.model.clone().or_else(|| cfg["model"].as_str().map(String::from)).context(
-            "--model is needed: the weights are not a vidgrad checkpoint that names its model",
-        )?;
+        let cfg = meta
+            .as_ref()
+            .map(|m| m["config"].clone())
+            .unwrap_or_default();
+        let model = self
+            .model
+            .clone()
+            .or_else(|| cfg["model"].as_str().map(String::from))
+            .context(
+                "--model is needed: the weights are not a vidgrad checkpoint that names its model",
+            )?;
         let names: Option<Vec<String>> = meta.as_ref().and_then(|m| {
-            m["classes"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            m["classes"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
         });
         let get = |k: &str, d: usize| cfg[k].as_u64().map(|v| v as usize).unwrap_or(d);
         let mut spec = ClipSpec {
@@ -226,7 +273,11 @@ impl ClipArgs {
             resize_short: self.resize_short.unwrap_or(get("resize_short", 256)),
             train: false,
             clips_per_video: self.clips,
-            crop: if self.three_crop { CropMode::ThreeCrop } else { CropMode::Center },
+            crop: if self.three_crop {
+                CropMode::ThreeCrop
+            } else {
+                CropMode::Center
+            },
             flip: false,
             norm: models::native_normalization(&model)?,
             layout: models::native_layout(&model)?,
@@ -236,10 +287,15 @@ impl ClipArgs {
         }
         // The classifier's width comes from the weights themselves.
         let classes = names.as_ref().map(|n| n.len()).or(classes_hint);
-        let mut opts = ModelOptions { extra: self.opts.iter().cloned().collect(), ..Default::default() };
+        let mut opts = ModelOptions {
+            extra: self.opts.iter().cloned().collect(),
+            ..Default::default()
+        };
         if let Some(extra) = cfg["model_options"].as_object() {
             for (k, v) in extra {
-                opts.extra.entry(k.clone()).or_insert_with(|| v.as_str().unwrap_or_default().to_string());
+                opts.extra
+                    .entry(k.clone())
+                    .or_insert_with(|| v.as_str().unwrap_or_default().to_string());
             }
         }
         opts.classes = classes;
@@ -247,9 +303,10 @@ impl ClipArgs {
         shape.extend(spec.clip_shape());
         let graph = models::build(&model, &opts, &shape)?;
         let mut net = Network::new(graph, device, 0)?;
-        net.load_state_dict(&sd, true).with_context(|| format!("loading {}", self.weights.display()))?;
+        net.load_state_dict(&sd, true)
+            .with_context(|| format!("loading {}", self.weights.display()))?;
         net.eval();
-        Ok((net, spec, names))
+        Ok((net, spec, names, model))
     }
 }
 
@@ -295,7 +352,13 @@ fn main() -> Result<()> {
             let cfg = train.config(&model, opts, &defaults)?;
             train.run(&cfg)?;
         }
-        Command::Eval { clip, data, train_split, seed, json } => {
+        Command::Eval {
+            clip,
+            data,
+            train_split,
+            seed,
+            json,
+        } => {
             let (train, val) = data.load(seed, clip.size.unwrap_or(224))?;
             let ds = if train_split { train } else { val };
             let (mut net, spec, names) = clip.load(Some(ds.classes().len()))?;
@@ -307,12 +370,20 @@ fn main() -> Result<()> {
                 vidgrad::io::write_atomic(&path, m.to_json(&names).to_string().as_bytes())?;
             }
         }
-        Command::Predict { clip, path, top_k, labels } => {
+        Command::Predict {
+            clip,
+            path,
+            top_k,
+            labels,
+        } => {
             let ds = Arc::new(Dataset::open(&path, &FolderOptions::default())?);
             for w in ds.warnings() {
                 eprintln!("warning: {w}");
             }
-            let label_names = labels.as_deref().map(vidgrad::data::read_labels_csv).transpose()?;
+            let label_names = labels
+                .as_deref()
+                .map(vidgrad::data::read_labels_csv)
+                .transpose()?;
             let hint = label_names.as_ref().map(|n| n.len());
             let (net, spec, names) = clip.load(hint)?;
             let names = names.or(label_names);
@@ -326,19 +397,138 @@ fn main() -> Result<()> {
                 let c = logits.len() / views;
                 let mut p = vec![0f32; c];
                 for row in logits.chunks(c) {
-                    metrics::softmax(row).iter().zip(p.iter_mut()).for_each(|(a, b)| *b += a / views as f32);
+                    metrics::softmax(row)
+                        .iter()
+                        .zip(p.iter_mut())
+                        .for_each(|(a, b)| *b += a / views as f32);
                 }
                 println!("{}", ds.name(v));
                 for k in metrics::top_k(&p, top_k) {
-                    let name = names.as_ref().and_then(|n| n.get(k).cloned()).unwrap_or_else(|| format!("class {k}"));
+                    let name = names
+                        .as_ref()
+                        .and_then(|n| n.get(k).cloned())
+                        .unwrap_or_else(|| format!("class {k}"));
                     println!("  {:6.2}%  {name}", 100.0 * p[k]);
                 }
             }
         }
-        Command::Dataset { what: DatasetCommand::Synth { out, classes, videos_per_class, frames, size, seed } } => {
-            let cfg = SynthConfig { classes, videos_per_class, frames, size, seed };
+        Command::Explain {
+            clip,
+            path,
+            class,
+            layer,
+            out,
+            tile,
+            labels,
+        } => {
+            let ds = Arc::new(Dataset::open(&path, &FolderOptions::default())?);
+            let label_names = labels
+                .as_deref()
+                .map(vidgrad::data::read_labels_csv)
+                .transpose()?;
+            let (net, mut spec, names, model) =
+                clip.load_named(label_names.as_ref().map(|n| n.len()))?;
+            let names = names.or(label_names);
+            spec.clips_per_video = 1;
+            spec.crop = CropMode::Center;
+            let layer = match layer {
+                Some(l) => l,
+                None => vidgrad::explain::default_layer(&model)?.to_string(),
+            };
+            let class = class
+                .map(|c| {
+                    c.parse::<usize>()
+                        .ok()
+                        .or_else(|| names.as_ref()?.iter().position(|n| *n == c))
+                        .with_context(|| {
+                            format!(
+                                "--class {c}: not a class index or one of the model's class names"
+                            )
+                        })
+                })
+                .transpose()?;
+            for v in 0..ds.len() {
+                let data = vidgrad::data::load_clip(&ds, v, &spec, 0)?;
+                let mut shape = vec![1];
+                shape.extend(spec.clip_shape());
+                let x = vidgrad::Tensor::from_vec(data.clone(), &shape, net.device())?;
+                let cam = vidgrad::explain::grad_cam(&net, &x, spec.layout, &layer, class)?;
+                let dir = if ds.len() == 1 {
+                    out.clone()
+                } else {
+                    out.join(ds.name(v))
+                };
+                let mut opts = vidgrad::explain::render::RenderOptions::new(spec.norm, spec.layout);
+                opts.class_names = names.clone();
+                // a single video: its last two path components (class folder and video)
+                let shown = match ds.path(v).filter(|_| ds.len() == 1) {
+                    Some(p) => p
+                        .iter()
+                        .rev()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .map(|c| c.to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                    None => ds.name(v).to_string(),
+                };
+                opts.title = format!("{shown} · {model}");
+                opts.tile = tile;
+                let w = vidgrad::explain::render::write_all(&dir, &data, &cam, &opts)?;
+                let p = cam.probabilities();
+                let name = |k: usize| {
+                    names
+                        .as_ref()
+                        .and_then(|n| n.get(k).cloned())
+                        .unwrap_or_else(|| format!("class {k}"))
+                };
+                println!(
+                    "{}: Grad-CAM of \"{}\" ({:.2}%) at {layer} {:?}",
+                    ds.name(v),
+                    name(cam.class),
+                    100.0 * p[cam.class],
+                    cam.feature_shape
+                );
+                for k in metrics::top_k(&p, 5) {
+                    println!("  {:6.2}%  {}", 100.0 * p[k], name(k));
+                }
+                println!(
+                    "  wrote {} frames, {}, {}",
+                    w.frames.len(),
+                    w.gif.display(),
+                    w.contact_sheet.display()
+                );
+            }
+            for w in ds.warnings() {
+                eprintln!("warning: {w}");
+            }
+        }
+        Command::Dataset {
+            what:
+                DatasetCommand::Synth {
+                    out,
+                    classes,
+                    videos_per_class,
+                    frames,
+                    size,
+                    seed,
+                },
+        } => {
+            let cfg = SynthConfig {
+                classes,
+                videos_per_class,
+                frames,
+                size,
+                seed,
+            };
             vidgrad::data::write_synthetic(&cfg, &out)?;
-            eprintln!("wrote {} videos of {classes} classes to {}", classes * videos_per_class, out.display());
+            eprintln!(
+                "wrote {} videos of {classes} classes to {}",
+                classes * videos_per_class,
+                out.display()
+            );
         }
         Command::Summary { model, depth } => print!("{}", model.graph()?.summary(depth)),
         Command::Graph { model } => print!("{}", model.graph()?.to_dot()),

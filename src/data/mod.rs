@@ -30,7 +30,9 @@ use crate::error::{Error, Result};
 pub use folders::read_labels_csv;
 pub use loader::{load_clip, Batch, EpochIter, Loader};
 pub use sampling::{segment_indices, Sampling};
-pub use synth::{render_frame, write_synthetic, SynthConfig, SYNTH_CLASSES};
+pub use synth::{
+    load_mask_clip, render_frame, render_mask, write_synthetic, SynthConfig, SYNTH_CLASSES,
+};
 pub use transform::{ClipSpec, CropMode, Frame, Layout, Normalization};
 
 /// How to read a folder dataset. `Default` is: classes from the folder names (or `ROOT/labels.csv`

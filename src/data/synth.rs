@@ -644,3 +644,98 @@ pub fn write_synthetic(cfg: &SynthConfig, out: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The main object's pixel mask in frame `frame` of video `video` of class `class` (`size`×`size`,
+/// coverage 0–255 in all three channels, 0 elsewhere): the object that carries the class, drawn with
+/// the same geometry and edge antialiasing as [`render_frame`] (also its wrapped-round copy), without
+/// background, distractors or noise. Deterministic like the frames. A `Frame`, so that it goes through
+/// the same resize and crop as the frames (see [`load_mask_clip`]); Grad-CAM's heat-on-object test uses
+/// it. The object is drawn, exactly as in the frames, once over black and once over white: blending
+/// with coverage a gives black + a·(col − black) and white + a·(col − white), so their difference is
+/// 255·(1 − a) whatever the object's colours, and a = 1 − (white − black)/255.
+pub fn render_mask(cfg: &SynthConfig, class: usize, video: usize, frame: usize) -> Frame {
+    let v = Video::new(cfg.seed, class, video);
+    let size = cfg.size;
+    let s = if cfg.frames > 1 {
+        frame.min(cfg.frames - 1) as f32 / (cfg.frames - 1) as f32
+    } else {
+        0.0
+    };
+    let (c, angle, radius) = v.state(s);
+    let draw = |img: &mut Vec<f32>| {
+        draw_shape(img, size, &v.shape, c, angle, radius);
+        if v.wraps() {
+            let ext = radius * 2.0;
+            if c[0] + ext > 1.0 {
+                draw_shape(img, size, &v.shape, [c[0] - 1.0, c[1]], angle, radius);
+            }
+            if c[0] - ext < 0.0 {
+                draw_shape(img, size, &v.shape, [c[0] + 1.0, c[1]], angle, radius);
+            }
+        }
+    };
+    let mut black = vec![0f32; size * size * 3];
+    let mut white = vec![255f32; size * size * 3];
+    draw(&mut black);
+    draw(&mut white);
+    let data = black
+        .chunks_exact(3)
+        .zip(white.chunks_exact(3))
+        .flat_map(|(b, w)| {
+            let a = 255.0 - (w[0] - b[0]);
+            [a.round().clamp(0.0, 255.0) as u8; 3]
+        })
+        .collect();
+    Frame::new(size, size, data)
+}
+
+/// The object mask of synthetic video `index` of `dataset` cut exactly as [`super::load_clip`] cuts
+/// its test clip (`spec.train == false`: clip 0, the centre frame of each segment, the first crop —
+/// the centre one — after the short-side resize): `spec.segments` planes of `spec.size`², values in
+/// [0, 1], `[T, H, W]` row-major. An error for videos that are not synthetic.
+pub fn load_mask_clip(
+    dataset: &super::Dataset,
+    index: usize,
+    spec: &super::ClipSpec,
+) -> Result<Vec<f32>> {
+    use super::transform::{center_crop, resize_crop, resized_size, three_crop};
+    use super::{CropMode, Sampling, Source};
+    spec.validate()?;
+    let item = dataset.items.get(index).ok_or_else(|| {
+        crate::Error::arg(
+            "load_mask_clip",
+            format!("video {index} of a dataset of {}", dataset.len()),
+        )
+    })?;
+    let (Source::Synthetic { class, video }, Some(cfg)) = (&item.source, dataset.synth_config())
+    else {
+        return Err(data_err(
+            &item.name,
+            "object masks exist for synthetic videos only",
+        ));
+    };
+    let clips = spec.clips_per_video.max(1);
+    let frames =
+        super::segment_indices(cfg.frames, spec.segments, Sampling::Test { clip: 0, clips });
+    let (rw, rh) = resized_size(cfg.size, cfg.size, spec.resize_short);
+    if rw < spec.size || rh < spec.size {
+        return Err(data_err(
+            &item.name,
+            format!(
+                "crop {0}x{0} does not fit in the {rw}x{rh} frame",
+                spec.size
+            ),
+        ));
+    }
+    let rect = match spec.crop {
+        CropMode::ThreeCrop => three_crop(rw, rh, spec.size, spec.size)[0],
+        _ => center_crop(rw, rh, spec.size, spec.size),
+    };
+    let mut out = Vec::with_capacity(frames.len() * spec.size * spec.size);
+    for f in frames {
+        let m = render_mask(cfg, *class, *video, f);
+        let hwc = resize_crop(&m, rw, rh, rect);
+        out.extend(hwc.chunks_exact(3).map(|p| p[0] / 255.0));
+    }
+    Ok(out)
+}
