@@ -67,6 +67,23 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
     Ok(Checkpoint { weights, optimizer: OptimizerState { tensors, scalars }, meta })
 }
 
+/// The training metadata of a checkpoint, read from the file's header only (None for a plain state
+/// dict or an unreadable header).
+pub fn read_meta(path: &Path) -> Option<Value> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).ok()?;
+    let header: Value = serde_json::from_slice(&header).ok()?;
+    serde_json::from_str(header["__metadata__"][META_KEY].as_str()?).ok()
+}
+
 /// The model weights of a checkpoint or of a plain state-dict file, and the checkpoint's metadata if
 /// it is one (class names for `predict`).
 pub fn load_weights(path: &Path, device: Device) -> Result<(StateDict, Option<Value>)> {
