@@ -621,6 +621,9 @@ fn scan_classes(
             }
         }
     }
+    // Class by class (label order), then by name: the order does not depend on how the folder
+    // names sort.
+    found.sort_by(|a, b| (a.label, &a.name).cmp(&(b.label, &b.name)));
     for f in &found {
         count_per_class[f.label] += 1;
     }

@@ -17,8 +17,9 @@ use super::sampling::{segment_indices, shuffle, Sampling, Stream};
 use super::transform::{self, center_crop, random_crop, three_crop, ClipSpec, CropMode, Frame};
 use super::{data_err, synth, video, Dataset, Source};
 
-/// Decode one frame image as RGB.
-pub(crate) fn decode_image(path: &Path) -> Result<Frame> {
+/// Decode one frame image (JPEG or PNG; grey or RGBA are converted) as RGB; an unreadable file is an
+/// error naming it.
+pub fn read_frame(path: &Path) -> Result<Frame> {
     let img = image::ImageReader::open(path)
         .map_err(|e| data_err(path, format!("cannot open frame: {e}")))?
         .with_guessed_format()
@@ -55,7 +56,7 @@ fn load_frames(
             let get = |i: usize, cache: &mut BTreeMap<usize, Result<Frame>>| -> bool {
                 cache
                     .entry(i)
-                    .or_insert_with(|| decode_image(&dir.join(names.name(i))))
+                    .or_insert_with(|| read_frame(&dir.join(names.name(i))))
                     .is_ok()
             };
             let mut out = Vec::with_capacity(indices.len());
@@ -89,12 +90,14 @@ fn load_frames(
                         );
                         out.push(cache[&j].as_ref().expect("checked").clone());
                     }
-                    None => return Err(data_err(
-                        dir,
-                        format!(
+                    None => {
+                        return Err(data_err(
+                            dir,
+                            format!(
                             "no readable frame in this video ({n} files); first problem: {reason}"
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
             Ok(out)
@@ -140,6 +143,14 @@ pub fn load_clip(
             format!("video {index} of a dataset of {}", dataset.len()),
         ));
     }
+    if spec.train && spec.flip && dataset.synth_config().is_some() {
+        return Err(data_err(
+            dataset.root(),
+            "horizontal flip is not allowed on the synthetic action set: a mirrored video of \
+             move_left shows move_right (and rotate_cw shows rotate_ccw), so the labels would be \
+             wrong; set ClipSpec::flip to false",
+        ));
+    }
     let n = dataset.num_frames(index);
     if n == 0 {
         return Err(data_err(dataset.name(index), "video has no frames"));
@@ -154,7 +165,7 @@ pub fn load_clip(
             ),
         );
     }
-    let mut rng = Stream::new(rng::mix(rng_seed, 0x5A3D_1E));
+    let mut rng = Stream::new(rng::mix(rng_seed, 0x005A_3D1E));
     let clips = if spec.train {
         1
     } else {
@@ -250,8 +261,8 @@ fn build_batch(
     let mut indices = Vec::with_capacity(videos.len() * views);
     for &v in videos {
         data.extend(load_clip(ds, v, spec, clip_seed(seed, epoch, v))?);
-        labels.extend(std::iter::repeat_n(ds.label(v), views));
-        indices.extend(std::iter::repeat_n(v, views));
+        labels.extend(std::iter::repeat(ds.label(v)).take(views));
+        indices.extend(std::iter::repeat(v).take(views));
     }
     let mut shape = vec![labels.len()];
     shape.extend(spec.clip_shape());
@@ -368,24 +379,22 @@ impl Loader {
             stats: self.stats.clone(),
         });
         let (tx, rx) = sync_channel(self.prefetch);
-        let workers = if self.workers == 0 {
-            Vec::new()
-        } else {
-            (0..self.workers.min(job.batches.len().max(1)))
-                .map(|w| {
-                    let job = job.clone();
-                    let tx = tx.clone();
-                    std::thread::Builder::new()
-                        .name(format!("vidgrad-loader-{w}"))
-                        .spawn(move || job.work(tx))
-                        .expect("spawn loader worker")
-                })
-                .collect()
-        };
+        // A worker that cannot be started is left out; with none, batches are built in the
+        // consumer's thread.
+        let workers: Vec<JoinHandle<()>> = (0..self.workers.min(job.batches.len()))
+            .filter_map(|w| {
+                let job = job.clone();
+                let tx = tx.clone();
+                std::thread::Builder::new()
+                    .name(format!("vidgrad-loader-{w}"))
+                    .spawn(move || job.work(tx))
+                    .ok()
+            })
+            .collect();
         drop(tx);
         EpochIter {
             job,
-            rx: (self.workers > 0).then_some(rx),
+            rx: (!workers.is_empty()).then_some(rx),
             pending: BTreeMap::new(),
             position: 0,
             workers,

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 
 pub use folders::read_labels_csv;
-pub use loader::{load_clip, Batch, EpochIter, Loader};
+pub use loader::{load_clip, read_frame, Batch, EpochIter, Loader};
 pub use sampling::{segment_indices, Sampling};
 pub use synth::{
     load_mask_clip, render_frame, render_mask, write_synthetic, SynthConfig, SYNTH_CLASSES,
@@ -108,8 +108,9 @@ impl WarningLog {
             (0, Vec::new())
         });
         e.0 += n;
-        if e.1.len() < Warning::MAX_EXAMPLES {
-            e.1.push(example.into());
+        let example = example.into();
+        if e.1.len() < Warning::MAX_EXAMPLES && !e.1.contains(&example) {
+            e.1.push(example);
         }
     }
 
@@ -254,7 +255,8 @@ impl Dataset {
         )
     }
 
-    /// Frame folders `ROOT/<class>/<video>/img_%05d.jpg` (or as listed by `opts.list_file`).
+    /// Frame folders `ROOT/<class>/<video>/img_%05d.jpg` (or as listed by `opts.list_file`). Videos
+    /// are ordered class by class (label order), then by name; a list file keeps its own order.
     pub fn frame_folders(root: &Path, opts: &FolderOptions) -> Result<Dataset> {
         let mut log = WarningLog::default();
         let (items, classes) = folders::scan(root, opts, folders::Want::Frames, &mut log)?;

@@ -25,10 +25,10 @@ pub const SYNTH_CLASSES: &[&str] = &[
     "move_right",      // … rightwards
     "move_up",         // … upwards
     "move_down",       // … downwards
-    "rotate_cw",       // spins 205°–320° clockwise (on screen) about a nearly fixed centre
+    "rotate_cw",       // turns 250°–360° clockwise (on screen) about a pivot near one end
     "rotate_ccw",      // … anticlockwise
-    "grow",            // radius ×2.0–2.6 over the video
-    "shrink",          // radius ÷2.0–2.6
+    "grow",            // length ×2.0–2.4 over the video (from 0.16–0.2 of the frame)
+    "shrink",          // length ÷2.0–2.4
     "move_right_fast", // travels 1.0–1.4 frames rightwards, wrapping round at the edge
     "bounce",          // bounces vertically on a floor, 1.5–2.5 bounces
     "orbit",           // circles a centre (0.6–0.9 turns, either direction)
@@ -104,7 +104,8 @@ const G2: usize = 9; // … and finer grid, both wrapping round
 
 #[derive(Debug, Clone, Copy)]
 enum ShapeKind {
-    /// r(φ) = 1 + Σₖ aₖ cos(kφ − φₖ), k = 1..3 (no rotational symmetry in general).
+    /// r(φ) = 1 + Σₖ aₖ cos(kφ − φₖ), k = 1..3 (no rotational symmetry in general), squeezed by
+    /// `aspect` across its long axis.
     Blob,
     /// A rectangle of half sides 1 × 1/aspect.
     Box,
@@ -113,6 +114,7 @@ enum ShapeKind {
 #[derive(Debug, Clone)]
 struct Shape {
     kind: ShapeKind,
+    /// Half length along the long axis (frame units).
     radius: f32,
     aspect: f32,
     /// (amplitude, cos φₖ, sin φₖ) for k = 1, 2, 3.
@@ -124,6 +126,10 @@ struct Shape {
     border_w: f32,
     stripe_freq: f32,
     stripe_phase: f32,
+    /// A dot on the object (object units: centre x, radius) that makes its orientation unambiguous
+    /// over a full turn (stripes and boxes look the same after half a turn).
+    marker: (f32, f32),
+    marker_col: Rgb,
 }
 
 #[derive(Debug, Clone)]
@@ -134,11 +140,13 @@ enum Motion {
         d: [f32; 2],
         wrap: bool,
     },
-    /// Spin by `omega` radians (positive: clockwise on screen) about `p0`, which drifts by `d`.
+    /// Spin by `omega` radians (positive: clockwise on screen) about the pivot `p0` (drifting by `d`),
+    /// which lies `arm` (frame units) behind the object's centre along its long axis.
     Spin {
         p0: [f32; 2],
         d: [f32; 2],
         omega: f32,
+        arm: f32,
     },
     /// Radius × k^s (grow) or × k^(1−s) (shrink), about `p0` drifting by `d`.
     Scale {
@@ -238,8 +246,8 @@ impl Video {
         };
         let mut shape = Shape {
             kind,
-            radius: s.range(0.08, 0.16),
-            aspect: s.range(1.0, 1.7),
+            radius: s.range(0.13, 0.2),
+            aspect: s.range(1.8, 2.5),
             harm,
             col_a,
             col_b,
@@ -247,6 +255,8 @@ impl Video {
             border_w: 0.15,
             stripe_freq: s.range(1.2, 2.2),
             stripe_phase: s.range(0.0, 1.0),
+            marker: (s.range(0.6, 0.7), s.range(0.3, 0.35)),
+            marker_col: border,
         };
         let angle0 = s.range(0.0, tau);
         let wobble = (s.range(0.0, 0.2), s.range(0.5, 1.5), s.range(0.0, 1.0));
@@ -282,14 +292,15 @@ impl Video {
             4 | 5 => Motion::Spin {
                 p0: [s.range(0.3, 0.7), s.range(0.3, 0.7)],
                 d: small_drift(&mut s, 0.06),
-                omega: s.range(3.6, 5.6) * if class == 4 { 1.0 } else { -1.0 },
+                omega: s.range(4.4, 6.3) * if class == 4 { 1.0 } else { -1.0 },
+                arm: shape.radius * s.range(0.6, 1.0),
             },
             6 | 7 => {
-                shape.radius = s.range(0.06, 0.08);
+                shape.radius = s.range(0.08, 0.1);
                 Motion::Scale {
                     p0: [s.range(0.3, 0.7), s.range(0.3, 0.7)],
                     d: small_drift(&mut s, 0.06),
-                    k: s.range(2.0, 2.6),
+                    k: s.range(2.0, 2.4),
                     grow: class == 6,
                 }
             }
@@ -362,7 +373,11 @@ impl Video {
                 }
                 (p, wob, r)
             }
-            Motion::Spin { p0, d, omega } => (lin(*p0, *d), self.angle0 + omega * s, r),
+            Motion::Spin { p0, d, omega, arm } => {
+                let a = self.angle0 + omega * s;
+                let p = lin(*p0, *d);
+                ([p[0] + arm * a.cos(), p[1] + arm * a.sin()], a, r)
+            }
             Motion::Scale { p0, d, k, grow } => {
                 let e = if *grow { s } else { 1.0 - s };
                 (lin(*p0, *d), wob, r * k.powf(e))
@@ -430,8 +445,8 @@ fn draw_shape(img: &mut [f32], size: usize, sh: &Shape, c: [f32; 2], angle: f32,
     if pix < 0.25 {
         return;
     }
-    let ext = radius * (1.0 + sh.harm.iter().map(|h| h.0).sum::<f32>()) * sh.aspect.max(1.0) * 1.5
-        + 1.5 / sz;
+    // Every point of the shape lies within this distance of its centre (box: half-diagonal ≤ √2).
+    let ext = radius * (1.0 + sh.harm.iter().map(|h| h.0).sum::<f32>()).max(1.42) + 1.5 / sz;
     let x0 = (((c[0] - ext) * sz).floor().max(0.0)) as usize;
     let x1 = (((c[0] + ext) * sz).ceil().min(sz)) as usize;
     let y0 = (((c[1] - ext) * sz).floor().max(0.0)) as usize;
@@ -448,6 +463,7 @@ fn draw_shape(img: &mut [f32], size: usize, sh: &Shape, c: [f32; 2], angle: f32,
             // Signed distance (object units, negative inside).
             let d = match sh.kind {
                 ShapeKind::Blob => {
+                    let qy = qy * sh.aspect;
                     let rho = (qx * qx + qy * qy).sqrt();
                     let (cs, sn) = if rho > 1e-6 {
                         (qx / rho, qy / rho)
@@ -474,6 +490,12 @@ fn draw_shape(img: &mut [f32], size: usize, sh: &Shape, c: [f32; 2], angle: f32,
             let tri = (2.0 * t - 1.0).abs(); // triangle wave in [0, 1]
             let k = ((tri - 0.5) * 3.0 + 0.5).clamp(0.0, 1.0);
             let mut col = lerp3(sh.col_a, sh.col_b, k);
+            let (mx, mq) = ((qx - sh.marker.0) / sh.marker.1, qy / sh.marker.1);
+            let md = (mx * mx + mq * mq).sqrt() - 1.0; // marker units
+            let m = (0.5 - md * sh.marker.1 * pix).clamp(0.0, 1.0);
+            if m > 0.0 {
+                col = lerp3(col, sh.marker_col, m);
+            }
             let b = (0.5 + (d + bw) * pix).clamp(0.0, 1.0);
             col = lerp3(col, sh.border, b);
             blend(&mut img[(y * size + x) * 3..][..3], col, a);
