@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         // The CPU preset: small clips so that an epoch of the synthetic set takes about a minute on
         // two cores (README gives the measured time and accuracy).
-        Defaults { frames: 8, size: 64, resize_short: 0, epochs: 8, batch_size: 8, lr: 0.01, weight_decay: 5e-4, warmup_epochs: 0.5 }
+        Defaults { frames: 8, size: 64, resize_short: 0, epochs: 5, batch_size: 8, lr: 0.01, weight_decay: 5e-4, warmup_epochs: 0.5 }
     };
     let mut args = cli.train;
     if args.out == std::path::Path::new("runs/train") {
