@@ -120,7 +120,7 @@ fn main() -> ExitCode {
     let selected: Vec<&BenchModel> = args
         .names
         .iter()
-        .filter_map(|n| all.iter().find(|m| &m.name == n))
+        .filter_map(|n| all.iter().find(|m| m.name == n.as_str()))
         .collect();
     let out = out_dir();
     let t0 = Instant::now();
