@@ -10,7 +10,9 @@ use vidgrad::train::args::{Defaults, TrainArgs};
 use vidgrad::Device;
 
 #[derive(Parser)]
-#[command(about = "Train ECO-Lite (defaults: the synthetic action set; full size on a GPU, reduced on the CPU)")]
+#[command(
+    about = "Train ECO-Lite (defaults: the synthetic action set; full size on a GPU, reduced on the CPU)"
+)]
 struct Cli {
     #[command(flatten)]
     train: TrainArgs,
@@ -20,11 +22,29 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let device = cli.train.device()?;
     let defaults = if matches!(device, Device::Cuda(_)) {
-        Defaults { frames: 16, size: 224, resize_short: 256, epochs: 20, batch_size: 16, lr: 0.01, weight_decay: 5e-4, warmup_epochs: 1.0 }
+        Defaults {
+            frames: 16,
+            size: 224,
+            resize_short: 256,
+            epochs: 20,
+            batch_size: 16,
+            lr: 0.01,
+            weight_decay: 5e-4,
+            warmup_epochs: 1.0,
+        }
     } else {
         // The CPU preset: small clips so that an epoch of the synthetic set takes about a minute on
         // two cores (README gives the measured time and accuracy).
-        Defaults { frames: 8, size: 64, resize_short: 0, epochs: 5, batch_size: 8, lr: 0.01, weight_decay: 5e-4, warmup_epochs: 0.5 }
+        Defaults {
+            frames: 8,
+            size: 64,
+            resize_short: 0,
+            epochs: 5,
+            batch_size: 8,
+            lr: 0.01,
+            weight_decay: 5e-4,
+            warmup_epochs: 0.5,
+        }
     };
     let mut args = cli.train;
     if args.out == std::path::Path::new("runs/train") {

@@ -360,9 +360,17 @@ fn main() -> Result<()> {
             json,
         } => {
             // The synthetic set is rendered at the size the checkpoint was trained on unless told.
-            let cfg = checkpoint::read_meta(&clip.weights).map(|m| m["config"].clone()).unwrap_or_default();
+            let cfg = checkpoint::read_meta(&clip.weights)
+                .map(|m| m["config"].clone())
+                .unwrap_or_default();
             let get = |k: &str| cfg[k].as_u64().map(|v| v as usize).filter(|&v| v > 0);
-            let frame = clip.resize_short.filter(|&v| v > 0).or(clip.size).or(get("resize_short")).or(get("size")).unwrap_or(224);
+            let frame = clip
+                .resize_short
+                .filter(|&v| v > 0)
+                .or(clip.size)
+                .or(get("resize_short"))
+                .or(get("size"))
+                .unwrap_or(224);
             let (train, val) = data.load(seed, frame)?;
             let ds = if train_split { train } else { val };
             let (mut net, spec, names) = clip.load(Some(ds.classes().len()))?;

@@ -19,7 +19,10 @@ const LOGITS_TOL: f32 = 2e-3;
 const GRAD_TOL: f32 = 5e-3;
 const F32_FACTOR: f32 = 3.0;
 
-fn fixture(name: &str) -> (Value, Vec<(String, Vec<usize>, Vec<f32>)>) {
+/// A fixture tensor: name, shape, values.
+type Named = (String, Vec<usize>, Vec<f32>);
+
+fn fixture(name: &str) -> (Value, Vec<Named>) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join(format!("tests/fixtures/models/{name}.safetensors"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

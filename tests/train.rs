@@ -17,7 +17,13 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn data() -> (Arc<Dataset>, Arc<Dataset>) {
-    let ds = Dataset::synthetic(&SynthConfig { classes: 10, videos_per_class: 3, frames: 8, size: 32, seed: 1 });
+    let ds = Dataset::synthetic(&SynthConfig {
+        classes: 10,
+        videos_per_class: 3,
+        frames: 8,
+        size: 32,
+        seed: 1,
+    });
     let (t, v) = ds.split(0.34, 1);
     (Arc::new(t), Arc::new(v))
 }
@@ -53,7 +59,13 @@ fn resume_continues_bit_identically() {
     let a = tmp("straight");
     let s = train::fit(&config(&a), train_ds.clone(), val_ds.clone()).unwrap();
     assert_eq!(s.epochs_run, 3);
-    for f in ["last.safetensors", "best.safetensors", "metrics.jsonl", "loss.png", "accuracy.png"] {
+    for f in [
+        "last.safetensors",
+        "best.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+        "accuracy.png",
+    ] {
         assert!(a.join(f).exists(), "{f} not written");
     }
 
@@ -67,10 +79,17 @@ fn resume_continues_bit_identically() {
     assert_eq!(s2.epochs_run, 2, "resumed after epoch 1");
     let (la, lb) = (step_losses(&a), step_losses(&b));
     assert_eq!(la.len(), lb.len());
-    assert_eq!(la, lb, "the resumed loss curve differs from the uninterrupted one");
+    assert_eq!(
+        la, lb,
+        "the resumed loss curve differs from the uninterrupted one"
+    );
     // and so do the final weights
-    let wa = checkpoint::load(&a.join("last.safetensors"), Device::Cpu).unwrap().weights;
-    let wb = checkpoint::load(&b.join("last.safetensors"), Device::Cpu).unwrap().weights;
+    let wa = checkpoint::load(&a.join("last.safetensors"), Device::Cpu)
+        .unwrap()
+        .weights;
+    let wb = checkpoint::load(&b.join("last.safetensors"), Device::Cpu)
+        .unwrap()
+        .weights;
     for (k, t) in &wa {
         assert_eq!(t.to_vec().unwrap(), wb[k].to_vec().unwrap(), "{k}");
     }
@@ -91,8 +110,15 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
     cfg.lr = 1e30; // diverges at once
     let err = train::fit(&cfg, train_ds, val_ds).unwrap_err().to_string();
     println!("{err}");
-    assert!(err.contains("loss is") && err.contains("step") && err.contains("last.safetensors"), "{err}");
-    assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), before, "checkpoint changed");
+    assert!(
+        err.contains("loss is") && err.contains("step") && err.contains("last.safetensors"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("last.safetensors")).unwrap(),
+        before,
+        "checkpoint changed"
+    );
     checkpoint::load(&dir.join("last.safetensors"), Device::Cpu).unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -103,8 +129,13 @@ fn bad_configurations_are_clear_errors() {
     let dir = tmp("bad");
     let mut cfg = config(&dir);
     cfg.model_opts.classes = Some(7);
-    let err = train::fit(&cfg, train_ds.clone(), val_ds.clone()).unwrap_err().to_string();
-    assert!(err.contains("--classes 7") && err.contains("10 classes"), "{err}");
+    let err = train::fit(&cfg, train_ds.clone(), val_ds.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--classes 7") && err.contains("10 classes"),
+        "{err}"
+    );
     let mut cfg = config(&dir);
     cfg.clip.segments = 6;
     let err = train::fit(&cfg, train_ds, val_ds).unwrap_err().to_string();

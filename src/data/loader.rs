@@ -261,8 +261,8 @@ fn build_batch(
     let mut indices = Vec::with_capacity(videos.len() * views);
     for &v in videos {
         data.extend(load_clip(ds, v, spec, clip_seed(seed, epoch, v))?);
-        labels.extend(std::iter::repeat(ds.label(v)).take(views));
-        indices.extend(std::iter::repeat(v).take(views));
+        labels.extend(std::iter::repeat_n(ds.label(v), views));
+        indices.extend(std::iter::repeat_n(v, views));
     }
     let mut shape = vec![labels.len()];
     shape.extend(spec.clip_shape());

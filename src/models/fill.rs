@@ -7,6 +7,7 @@
 //! - `*.num_batches_tracked`: 0; `*.running_mean`: 0.2·u − 0.1; `*.running_var`: 0.5 + u;
 //! - rank ≥ 2 (conv / linear weights): (2u − 1)·√(6 / fan_in), fan_in = Π shape[1..] (He-uniform);
 //! - other `*.weight` (batch-norm γ): 0.5 + u; everything else (biases, β): 0.2·u − 0.1.
+//!
 //! Inputs: (2u − 1) on stream mix(seed, fnv1a("input")).
 
 use crate::error::Result;

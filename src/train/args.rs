@@ -58,11 +58,23 @@ impl DataArgs {
             return Ok((Arc::new(t), Arc::new(v)));
         }
         let root = PathBuf::from(&self.data);
-        let opts = |list: &Option<PathBuf>| FolderOptions { labels_csv: self.labels.clone(), list_file: list.clone(), ..Default::default() };
+        let opts = |list: &Option<PathBuf>| FolderOptions {
+            labels_csv: self.labels.clone(),
+            list_file: list.clone(),
+            ..Default::default()
+        };
         let (t, v) = match (&self.train_list, &self.val_list) {
-            (Some(_), Some(_)) => (Dataset::open(&root, &opts(&self.train_list))?, Dataset::open(&root, &opts(&self.val_list))?),
+            (Some(_), Some(_)) => (
+                Dataset::open(&root, &opts(&self.train_list))?,
+                Dataset::open(&root, &opts(&self.val_list))?,
+            ),
             (None, None) => Dataset::open(&root, &opts(&None))?.split(self.val_ratio, seed),
-            _ => return Err(Error::arg("train", "give both --train-list and --val-list, or neither")),
+            _ => {
+                return Err(Error::arg(
+                    "train",
+                    "give both --train-list and --val-list, or neither",
+                ))
+            }
         };
         for w in t.warnings().iter().chain(v.warnings().iter()) {
             eprintln!("warning: {w}");
@@ -181,7 +193,12 @@ impl TrainArgs {
     }
 
     /// The run's configuration for `model` with `d` filling what was not given.
-    pub fn config(&self, model: &str, extra: Vec<(String, String)>, d: &Defaults) -> Result<TrainConfig> {
+    pub fn config(
+        &self,
+        model: &str,
+        extra: Vec<(String, String)>,
+        d: &Defaults,
+    ) -> Result<TrainConfig> {
         let mut cfg = TrainConfig::new(model, self.device()?, &self.out)?;
         cfg.model_opts.classes = self.classes;
         cfg.model_opts.dropout = self.dropout;
@@ -195,12 +212,21 @@ impl TrainArgs {
         cfg.lr = self.lr.unwrap_or(d.lr);
         cfg.optimizer = match self.optimizer.as_str() {
             "adamw" => OptimizerKind::AdamW,
-            _ => OptimizerKind::Sgd { momentum: self.momentum, nesterov: self.nesterov },
+            _ => OptimizerKind::Sgd {
+                momentum: self.momentum,
+                nesterov: self.nesterov,
+            },
         };
         cfg.weight_decay = self.weight_decay.unwrap_or(d.weight_decay);
         cfg.schedule = match self.schedule.as_str() {
-            "step" => ScheduleKind::Step { every: self.step_epochs, gamma: self.gamma },
-            "multistep" => ScheduleKind::MultiStep { epochs: self.milestones.clone(), gamma: self.gamma },
+            "step" => ScheduleKind::Step {
+                every: self.step_epochs,
+                gamma: self.gamma,
+            },
+            "multistep" => ScheduleKind::MultiStep {
+                epochs: self.milestones.clone(),
+                gamma: self.gamma,
+            },
             "constant" => ScheduleKind::Constant,
             _ => ScheduleKind::Cosine,
         };
@@ -208,7 +234,11 @@ impl TrainArgs {
         cfg.clip_grad = self.clip_grad;
         cfg.label_smoothing = self.label_smoothing;
         cfg.val_clips = self.val_clips;
-        cfg.val_crop = if self.three_crop { CropMode::ThreeCrop } else { CropMode::Center };
+        cfg.val_crop = if self.three_crop {
+            CropMode::ThreeCrop
+        } else {
+            CropMode::Center
+        };
         cfg.workers = self.workers;
         cfg.prefetch = self.prefetch;
         cfg.seed = self.seed;
@@ -219,7 +249,11 @@ impl TrainArgs {
 
     /// Load the data and train.
     pub fn run(&self, cfg: &TrainConfig) -> Result<TrainSummary> {
-        let frame = if cfg.clip.resize_short > 0 { cfg.clip.resize_short } else { cfg.clip.size };
+        let frame = if cfg.clip.resize_short > 0 {
+            cfg.clip.resize_short
+        } else {
+            cfg.clip.size
+        };
         let (train, val) = self.data.load(cfg.seed, frame)?;
         eprintln!(
             "training {} on {} ({} classes: {} training / {} validation videos), {} frames × {}², batch {}, {} epochs on {}",

@@ -27,14 +27,26 @@ pub struct Checkpoint {
 }
 
 /// Write weights, optimiser state and `meta` to `path` atomically.
-pub fn save(path: &Path, weights: &StateDict, optimizer: &OptimizerState, meta: &Value) -> Result<()> {
+pub fn save(
+    path: &Path,
+    weights: &StateDict,
+    optimizer: &OptimizerState,
+    meta: &Value,
+) -> Result<()> {
     let mut all = weights.clone();
     for (k, t) in &optimizer.tensors {
         all.insert(format!("{OPT_PREFIX}{k}"), t.clone());
     }
     let mut meta = meta.clone();
-    meta["optimizer_scalars"] = optimizer.scalars.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect::<serde_json::Map<_, _>>().into();
-    let md: BTreeMap<String, String> = [(META_KEY.to_string(), meta.to_string())].into_iter().collect();
+    meta["optimizer_scalars"] = optimizer
+        .scalars
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::from(*v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let md: BTreeMap<String, String> = [(META_KEY.to_string(), meta.to_string())]
+        .into_iter()
+        .collect();
     save_safetensors(path, &all, Some(&md))
 }
 
@@ -48,7 +60,10 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
             msg: "not a vidgrad training checkpoint (no training state in its metadata)".into(),
         })
         .and_then(|s| {
-            serde_json::from_str(s).map_err(|e| Error::Safetensors { path: path.display().to_string(), msg: format!("bad checkpoint metadata: {e}") })
+            serde_json::from_str(s).map_err(|e| Error::Safetensors {
+                path: path.display().to_string(),
+                msg: format!("bad checkpoint metadata: {e}"),
+            })
         })?;
     let mut weights = StateDict::new();
     let mut tensors = vec![];
@@ -62,9 +77,17 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
     }
     let scalars = meta["optimizer_scalars"]
         .as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
+                .collect()
+        })
         .unwrap_or_default();
-    Ok(Checkpoint { weights, optimizer: OptimizerState { tensors, scalars }, meta })
+    Ok(Checkpoint {
+        weights,
+        optimizer: OptimizerState { tensors, scalars },
+        meta,
+    })
 }
 
 /// The training metadata of a checkpoint, read from the file's header only (None for a plain state

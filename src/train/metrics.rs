@@ -15,7 +15,13 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(classes: usize) -> Self {
-        Metrics { classes, confusion: vec![vec![0; classes]; classes], top5_hits: 0, loss_sum: 0.0, count: 0 }
+        Metrics {
+            classes,
+            confusion: vec![vec![0; classes]; classes],
+            top5_hits: 0,
+            loss_sum: 0.0,
+            count: 0,
+        }
     }
 
     /// Add one sample: its scores (logits or probabilities), true label and loss.
@@ -77,7 +83,12 @@ impl Metrics {
             self.mean_loss(),
             self.count
         );
-        let w = class_names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
+        let w = class_names
+            .iter()
+            .map(|n| n.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         for (n, a) in class_names.iter().zip(self.per_class()) {
             let a = a.map_or("   n/a".to_string(), |a| format!("{:6.2}%", 100.0 * a));
             s += &format!("  {n:<w$} {a}\n");
@@ -97,7 +108,12 @@ impl Metrics {
 /// Indices of the k largest scores, best first (ties: lower index first).
 pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        scores[b]
+            .partial_cmp(&scores[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
+    });
     idx.truncate(k.min(scores.len()));
     idx
 }

@@ -44,9 +44,15 @@ pub enum ScheduleKind {
     /// Cosine annealing to 0 over the whole run.
     Cosine,
     /// ×gamma every `every` epochs.
-    Step { every: usize, gamma: f32 },
+    Step {
+        every: usize,
+        gamma: f32,
+    },
     /// ×gamma at each listed epoch.
-    MultiStep { epochs: Vec<usize>, gamma: f32 },
+    MultiStep {
+        epochs: Vec<usize>,
+        gamma: f32,
+    },
 }
 
 /// Everything a training run needs.
@@ -91,11 +97,18 @@ impl TrainConfig {
         Ok(TrainConfig {
             model: model.to_string(),
             model_opts: ModelOptions::default(),
-            clip: ClipSpec { layout, norm: models::native_normalization(model)?, ..ClipSpec::default() },
+            clip: ClipSpec {
+                layout,
+                norm: models::native_normalization(model)?,
+                ..ClipSpec::default()
+            },
             epochs: 10,
             batch_size: 8,
             lr: 0.01,
-            optimizer: OptimizerKind::Sgd { momentum: 0.9, nesterov: false },
+            optimizer: OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
             weight_decay: 5e-4,
             schedule: ScheduleKind::Cosine,
             warmup_epochs: 0.0,
@@ -116,7 +129,13 @@ impl TrainConfig {
 
     /// The validation clip spec: centre frames, `val_clips` clips, `val_crop`.
     pub fn val_clip(&self) -> ClipSpec {
-        ClipSpec { train: false, clips_per_video: self.val_clips, crop: self.val_crop, flip: false, ..self.clip.clone() }
+        ClipSpec {
+            train: false,
+            clips_per_video: self.val_clips,
+            crop: self.val_crop,
+            flip: false,
+            ..self.clip.clone()
+        }
     }
 
     /// The model's input shape for a batch of `batch` clips.
@@ -158,10 +177,22 @@ pub struct TrainSummary {
 fn build_optimizer(cfg: &TrainConfig, net: &Network) -> Result<Box<dyn Optimizer>> {
     let groups = optim::param_groups_no_decay(net.parameters(), cfg.weight_decay);
     Ok(match cfg.optimizer {
-        OptimizerKind::Sgd { momentum, nesterov } => {
-            Box::new(Sgd::new(groups, SgdConfig { lr: cfg.lr, momentum, dampening: 0.0, nesterov })?)
-        }
-        OptimizerKind::AdamW => Box::new(AdamW::new(groups, AdamWConfig { lr: cfg.lr, ..Default::default() })?),
+        OptimizerKind::Sgd { momentum, nesterov } => Box::new(Sgd::new(
+            groups,
+            SgdConfig {
+                lr: cfg.lr,
+                momentum,
+                dampening: 0.0,
+                nesterov,
+            },
+        )?),
+        OptimizerKind::AdamW => Box::new(AdamW::new(
+            groups,
+            AdamWConfig {
+                lr: cfg.lr,
+                ..Default::default()
+            },
+        )?),
     })
 }
 
@@ -172,9 +203,13 @@ fn build_schedule(cfg: &TrainConfig, steps_per_epoch: usize) -> LrSchedule {
         ScheduleKind::Constant => LrSchedule::Constant,
         ScheduleKind::Cosine => LrSchedule::cosine(total.saturating_sub(warm).max(1), 0.0),
         ScheduleKind::Step { every, gamma } => LrSchedule::step(every * steps_per_epoch, *gamma),
-        ScheduleKind::MultiStep { epochs, gamma } => {
-            LrSchedule::multi_step(&epochs.iter().map(|e| e * steps_per_epoch).collect::<Vec<_>>(), *gamma)
-        }
+        ScheduleKind::MultiStep { epochs, gamma } => LrSchedule::multi_step(
+            &epochs
+                .iter()
+                .map(|e| e * steps_per_epoch)
+                .collect::<Vec<_>>(),
+            *gamma,
+        ),
     };
     if warm > 0 {
         main.with_warmup(0.1, warm)
@@ -185,17 +220,31 @@ fn build_schedule(cfg: &TrainConfig, steps_per_epoch: usize) -> LrSchedule {
 
 /// Append one JSON line to `path`.
 fn log_json(path: &Path, v: &Value) -> Result<()> {
-    let io = |e| Error::Io { path: path.display().to_string(), source: e };
-    let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io)?;
     writeln!(f, "{v}").map_err(io)
 }
 
 /// Keep the lines of a metrics log that belong to epochs before `epoch` (a resumed run rewrites the rest).
 fn truncate_log(path: &Path, epoch: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: Vec<&str> = text
         .lines()
-        .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v["epoch"].as_u64()).is_some_and(|e| (e as usize) < epoch))
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v["epoch"].as_u64())
+                .is_some_and(|e| (e as usize) < epoch)
+        })
         .collect();
     let mut body = kept.join("\n");
     if !body.is_empty() {
@@ -253,7 +302,10 @@ fn progress_bar(show: bool, len: u64, what: &str) -> ProgressBar {
 
 fn draw_curves(dir: &Path, history: &[Value]) -> Result<()> {
     let get = |k: &str| -> Vec<(f64, f64)> {
-        history.iter().filter_map(|h| Some((h["epoch"].as_f64()? + 1.0, h[k].as_f64()?))).collect()
+        history
+            .iter()
+            .filter_map(|h| Some((h["epoch"].as_f64()? + 1.0, h[k].as_f64()?)))
+            .collect()
     };
     use plotters::style::RGBColor;
     plot::line_chart(
@@ -262,8 +314,16 @@ fn draw_curves(dir: &Path, history: &[Value]) -> Result<()> {
         "epoch",
         "cross entropy",
         &[
-            plot::Series { name: "train", points: get("train_loss"), color: RGBColor(31, 119, 180) },
-            plot::Series { name: "validation", points: get("val_loss"), color: RGBColor(255, 127, 14) },
+            plot::Series {
+                name: "train",
+                points: get("train_loss"),
+                color: RGBColor(31, 119, 180),
+            },
+            plot::Series {
+                name: "validation",
+                points: get("val_loss"),
+                color: RGBColor(255, 127, 14),
+            },
         ],
     )?;
     plot::line_chart(
@@ -272,9 +332,21 @@ fn draw_curves(dir: &Path, history: &[Value]) -> Result<()> {
         "epoch",
         "accuracy (%)",
         &[
-            plot::Series { name: "train top-1", points: get("train_top1"), color: RGBColor(31, 119, 180) },
-            plot::Series { name: "val top-1", points: get("val_top1"), color: RGBColor(255, 127, 14) },
-            plot::Series { name: "val top-5", points: get("val_top5"), color: RGBColor(44, 160, 44) },
+            plot::Series {
+                name: "train top-1",
+                points: get("train_top1"),
+                color: RGBColor(31, 119, 180),
+            },
+            plot::Series {
+                name: "val top-1",
+                points: get("val_top1"),
+                color: RGBColor(255, 127, 14),
+            },
+            plot::Series {
+                name: "val top-5",
+                points: get("val_top5"),
+                color: RGBColor(44, 160, 44),
+            },
         ],
     )
 }
@@ -283,20 +355,53 @@ fn draw_curves(dir: &Path, history: &[Value]) -> Result<()> {
 pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<TrainSummary> {
     let t0 = Instant::now();
     if train.is_empty() || val.is_empty() {
-        return Err(Error::arg("train", format!("empty split: {} training and {} validation videos", train.len(), val.len())));
+        return Err(Error::arg(
+            "train",
+            format!(
+                "empty split: {} training and {} validation videos",
+                train.len(),
+                val.len()
+            ),
+        ));
     }
     let classes = train.classes().to_vec();
     let mut model_opts = cfg.model_opts.clone();
     model_opts.classes = Some(model_opts.classes.unwrap_or(classes.len()));
     if model_opts.classes != Some(classes.len()) {
-        return Err(Error::arg("train", format!("--classes {} but the data has {} classes", model_opts.classes.unwrap(), classes.len())));
+        return Err(Error::arg(
+            "train",
+            format!(
+                "--classes {} but the data has {} classes",
+                model_opts.classes.unwrap(),
+                classes.len()
+            ),
+        ));
     }
-    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::Io { path: cfg.out_dir.display().to_string(), source: e })?;
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::Io {
+        path: cfg.out_dir.display().to_string(),
+        source: e,
+    })?;
     let graph = models::build(&cfg.model, &model_opts, &cfg.input_shape(cfg.batch_size))?;
     let mut net = Network::new(graph, cfg.device, cfg.seed)?;
     let mut opt = build_optimizer(cfg, &net)?;
-    let loader = Loader::new(train.clone(), cfg.clip.clone(), cfg.batch_size, true, cfg.seed, cfg.workers, cfg.prefetch);
-    let val_loader = Loader::new(val.clone(), cfg.val_clip(), cfg.batch_size, false, cfg.seed, cfg.workers, cfg.prefetch);
+    let loader = Loader::new(
+        train.clone(),
+        cfg.clip.clone(),
+        cfg.batch_size,
+        true,
+        cfg.seed,
+        cfg.workers,
+        cfg.prefetch,
+    );
+    let val_loader = Loader::new(
+        val.clone(),
+        cfg.val_clip(),
+        cfg.batch_size,
+        false,
+        cfg.seed,
+        cfg.workers,
+        cfg.prefetch,
+    );
     let steps_per_epoch = loader.batches_per_epoch();
     let schedule = build_schedule(cfg, steps_per_epoch);
     let metrics_path = cfg.out_dir.join("metrics.jsonl");
@@ -314,7 +419,11 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         step = m["step"].as_u64().unwrap_or(0) as usize;
         best_top1 = m["best_top1"].as_f64().unwrap_or(f64::NEG_INFINITY);
         net.set_forward_count(m["forward_count"].as_u64().unwrap_or(0));
-        eprintln!("resuming from {} after epoch {}", last_path.display(), start_epoch);
+        eprintln!(
+            "resuming from {} after epoch {}",
+            last_path.display(),
+            start_epoch
+        );
     }
     truncate_log(&metrics_path, start_epoch)?;
     let mut history: Vec<Value> = std::fs::read_to_string(&metrics_path)
@@ -332,10 +441,16 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         seconds: 0.0,
         data_wait_seconds: 0.0,
     };
-    let end_epoch = cfg.stop_after_epochs.map_or(cfg.epochs, |n| (start_epoch + n).min(cfg.epochs));
+    let end_epoch = cfg
+        .stop_after_epochs
+        .map_or(cfg.epochs, |n| (start_epoch + n).min(cfg.epochs));
     for epoch in start_epoch..end_epoch {
         net.train();
-        let bar = progress_bar(cfg.progress, steps_per_epoch as u64, &format!("epoch {}", epoch + 1));
+        let bar = progress_bar(
+            cfg.progress,
+            steps_per_epoch as u64,
+            &format!("epoch {}", epoch + 1),
+        );
         let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
         let epoch_start = Instant::now();
         loader.reset_wait_time();
@@ -370,7 +485,10 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
             seen += batch.labels.len();
             loss_sum += lv as f64 * batch.labels.len() as f64;
             summary.step_losses.push(lv);
-            log_json(&metrics_path, &json!({"kind": "step", "epoch": epoch, "step": step, "loss": lv, "lr": lr}))?;
+            log_json(
+                &metrics_path,
+                &json!({"kind": "step", "epoch": epoch, "step": step, "loss": lv, "lr": lr}),
+            )?;
             step += 1;
             let rate = seen as f64 / epoch_start.elapsed().as_secs_f64();
             bar.set_message(format!("loss {lv:.4} lr {lr:.2e} {rate:.1} clips/s"));

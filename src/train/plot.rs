@@ -12,7 +12,11 @@ static FONT: Once = Once::new();
 
 fn register_font() {
     FONT.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
     });
 }
 
@@ -24,11 +28,20 @@ pub struct Series<'a> {
 }
 
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Io { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) }
+    Error::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    }
 }
 
 /// Draw `series` against x to a PNG at `path` (written to a temp file, then renamed).
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
     register_font();
     let pts = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
@@ -48,7 +61,10 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
     // written beside the target, then renamed: readers never see a half-drawn image
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("plot.png");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("plot.png");
     let tmp = path.with_file_name(format!(".{name}.tmp.png"));
     {
         let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
@@ -70,10 +86,15 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         for s in series {
             let color = s.color;
             chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
                 .map_err(|e| plot_err(path, e))?
                 .label(s.name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -84,5 +105,8 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
             .map_err(|e| plot_err(path, e))?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    })
 }
