@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use crate::autograd::{self, EnableGradGuard};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Init, RunCtx, ValueId};
+use crate::graph::{node_err, Graph, Init, RunCtx, ValueId};
 use crate::rng;
 use crate::tensor::Tensor;
 
@@ -50,16 +50,6 @@ pub struct Network {
     seed: u64,
     forwards: AtomicU64,
     stats: Mutex<Option<ForwardStats>>,
-}
-
-fn node_err(name: &str, e: Error) -> Error {
-    match e {
-        Error::Node { .. } => e,
-        e => Error::Node {
-            node: name.to_string(),
-            source: Box::new(e),
-        },
-    }
 }
 
 impl Network {

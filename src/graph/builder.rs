@@ -563,13 +563,3 @@ impl GraphBuilder {
         Ok(self.graph)
     }
 }
-
-fn node_err(node: &str, e: Error) -> Error {
-    match e {
-        Error::Node { .. } => e,
-        e => Error::Node {
-            node: node.to_string(),
-            source: Box::new(e),
-        },
-    }
-}

@@ -229,6 +229,17 @@ impl Node {
     }
 }
 
+/// Attribute an error to graph node `node` (once: an error already naming a node keeps it).
+pub(crate) fn node_err(node: &str, e: crate::Error) -> crate::Error {
+    match e {
+        crate::Error::Node { .. } => e,
+        e => crate::Error::Node {
+            node: node.to_string(),
+            source: Box::new(e),
+        },
+    }
+}
+
 /// Resolve a −1 entry of a reshape target against x's size.
 fn resolve_shape(shape: &[isize], x: &Tensor) -> Result<Vec<usize>> {
     let known: usize = shape
