@@ -93,6 +93,11 @@ fn main() {
         }
     }
 
+    println!("cargo::rustc-check-cfg=cfg(vidgrad_cudasim)");
+    if build_simulator(&manifest, &out) {
+        println!("cargo:rustc-cfg=vidgrad_cudasim");
+    }
+
     let require = env::var("VIDGRAD_REQUIRE_NVCC").is_ok_and(|v| v == "1");
     let Some(nvcc) = find_nvcc() else {
         if require {
@@ -235,4 +240,327 @@ fn write_module(out: &Path, nvcc_version: Option<&str>, built: &[(String, PathBu
         let _ = writeln!(s, "pub const PTXAS_REPORT: &str = \"\";");
     }
     fs::write(out.join("kernels.rs"), s).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The simulated CUDA device (docs/CUDA-SIM.md): the same kernels/*.cu compiled as host C++.
+// ---------------------------------------------------------------------------------------------------
+
+/// One `__global__` kernel found in a source: (name, __launch_bounds__ max threads or 0).
+type KernelDecl = (String, u32);
+
+/// The text with `//` and `/* */` comments blanked out (line structure kept).
+fn strip_comments(src: &str) -> String {
+    let b = src.as_bytes();
+    let mut out = String::with_capacity(src.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'/' && i + 1 < b.len() && b[i + 1] == b'/' {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i] == b'/' && i + 1 < b.len() && b[i + 1] == b'*' {
+            i += 2;
+            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                if b[i] == b'\n' {
+                    out.push('\n');
+                }
+                i += 1;
+            }
+            i += 2;
+        } else if b[i] == b'"' {
+            out.push('"');
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                out.push(b[i] as char);
+                i += 1;
+            }
+            if i < b.len() {
+                out.push('"');
+                i += 1;
+            }
+        } else {
+            let ch = src[i..].chars().next().unwrap();
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
+}
+
+fn ident_at(s: &str) -> &str {
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
+/// Every `extern "C" __global__ void [__launch_bounds__(N[, M])] name(` of a source.
+fn find_kernels(src: &str) -> Vec<KernelDecl> {
+    let code = strip_comments(src);
+    let mut out = vec![];
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("__global__") {
+        let mut s = rest[i + "__global__".len()..].trim_start();
+        rest = &rest[i + 1..];
+        let Some(after_void) = s.strip_prefix("void") else {
+            continue;
+        };
+        s = after_void.trim_start();
+        let mut bounds = 0;
+        if let Some(lb) = s.strip_prefix("__launch_bounds__") {
+            let lb = lb.trim_start().trim_start_matches('(');
+            let close = lb.find(')').unwrap_or(lb.len());
+            bounds = lb[..close]
+                .split(',')
+                .next()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            s = lb[close..].trim_start_matches(')').trim_start();
+        }
+        let name = ident_at(s);
+        if !name.is_empty() && s[name.len()..].trim_start().starts_with('(') {
+            out.push((name.to_string(), bounds));
+        }
+    }
+    out
+}
+
+/// `T name[dims]` → (type, name, dims); pointer stars stay with the type.
+fn split_declarator(d: &str) -> Option<(String, String, String)> {
+    let d = d.trim();
+    let mut end = d.len();
+    // Trailing [..] groups.
+    while d[..end].trim_end().ends_with(']') {
+        let e = d[..end].trim_end().len();
+        let open = d[..e].rfind('[')?;
+        end = open;
+    }
+    let dims = d[end..].trim().to_string();
+    let head = d[..end].trim_end();
+    let name_start = head
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    let name = head[name_start..].to_string();
+    let ty = head[..name_start].trim().to_string();
+    (!name.is_empty()).then_some((ty, name, dims))
+}
+
+/// Rewrite the `__shared__` declarations of one source line into references to the block's shared
+/// arena (see kernels/sim/cudasim.h); `sites` collects "file:line name" per declaration.
+fn rewrite_shared_line(line: &str, file: &str, lineno: usize, sites: &mut Vec<String>) -> String {
+    let trimmed = line.trim_start();
+    let indent = &line[..line.len() - trimmed.len()];
+    let (is_extern, rest) = if let Some(r) = trimmed.strip_prefix("extern __shared__") {
+        (true, r)
+    } else if let Some(r) = trimmed.strip_prefix("__shared__") {
+        (false, r)
+    } else {
+        return line.to_string();
+    };
+    let Some(semi) = rest.find(';') else {
+        panic!("{file}:{lineno}: a __shared__ declaration must end on its line (the simulator rewrites it)");
+    };
+    let (decl, tail) = (&rest[..semi], &rest[semi + 1..]);
+    let mut decl = decl.trim().to_string();
+    let mut align = "0".to_string();
+    if let Some(a) = decl.find("__align__(") {
+        let close = a + decl[a..].find(')').unwrap();
+        align = decl[a + "__align__(".len()..close].trim().to_string();
+        decl = format!("{}{}", &decl[..a], &decl[close + 1..]);
+    }
+    // Declarators at bracket depth 0.
+    let mut parts = vec![];
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in decl.char_indices() {
+        match c {
+            '[' | '(' => depth += 1,
+            ']' | ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(decl[start..i].to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(decl[start..].to_string());
+    let (base_ty, first_name, first_dims) = split_declarator(&parts[0])
+        .unwrap_or_else(|| panic!("{file}:{lineno}: cannot read the __shared__ declaration"));
+    let mut out = indent.to_string();
+    for (k, p) in parts.iter().enumerate() {
+        let (ty, name, dims) = if k == 0 {
+            (base_ty.clone(), first_name.clone(), first_dims.clone())
+        } else {
+            let p = p.trim();
+            let stars = p.len() - p.trim_start_matches('*').len();
+            let (_, n, d) = split_declarator(p.trim_start_matches('*'))
+                .unwrap_or_else(|| panic!("{file}:{lineno}: cannot read the __shared__ declaration"));
+            (format!("{base_ty}{}", "*".repeat(stars)), n, d)
+        };
+        if is_extern {
+            let _ = write!(
+                out,
+                "{ty}* {name} = cudasim_dynamic_shared_var<{ty}>({align}); "
+            );
+        } else {
+            let site = sites.len();
+            sites.push(format!("{name} ({file}:{lineno})"));
+            let _ = write!(
+                out,
+                "auto& {name} = cudasim_shared_var<{ty}{dims}>({site}, {align}); "
+            );
+        }
+    }
+    out.push_str(tail);
+    out
+}
+
+/// The simulator's copy of one source: `#line` back to the original, `__shared__` rewritten.
+fn rewrite_for_sim(src: &str, file: &str, sites: &mut Vec<String>) -> String {
+    let mut out = format!("#line 1 \"{file}\"\n");
+    for (i, line) in src.lines().enumerate() {
+        out.push_str(&rewrite_shared_line(line, file, i + 1, sites));
+        out.push('\n');
+    }
+    out
+}
+
+/// Compile the simulator: kernels/*.cu (+ kernels/sim/selftest.cu) instrumented, the runtime not.
+/// Returns false (with a warning) when no C++ compiler could build it.
+fn build_simulator(manifest: &Path, out: &Path) -> bool {
+    let kdir = manifest.join("kernels");
+    let simdir = kdir.join("sim");
+    let gen = out.join("sim");
+    let gen_src = gen.join("src");
+    fs::create_dir_all(&gen_src).unwrap();
+    for f in ["cudasim.h", "runtime.cpp", "selftest.cu"] {
+        println!("cargo:rerun-if-changed={}", simdir.join(f).display());
+    }
+    let mut sources: Vec<(String, PathBuf)> = fs::read_dir(&kdir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu" || e == "cuh"))
+        .map(|p| (format!("kernels/{}", p.file_name().unwrap().to_string_lossy()), p))
+        .collect();
+    sources.push(("kernels/sim/selftest.cu".into(), simdir.join("selftest.cu")));
+    sources.sort();
+    let mut sites = vec![];
+    let mut families: Vec<(String, Vec<KernelDecl>)> = vec![];
+    let mut units = vec![];
+    for (rel, path) in &sources {
+        let src = fs::read_to_string(path).unwrap();
+        let mut text = rewrite_for_sim(&src, rel, &mut sites);
+        let file_name = path.file_name().unwrap().to_string_lossy().to_string();
+        if rel.ends_with(".cuh") {
+            fs::write(gen_src.join(&file_name), text).unwrap();
+            continue;
+        }
+        let family = path.file_stem().unwrap().to_string_lossy().to_string();
+        let kernels = find_kernels(&src);
+        let _ = writeln!(
+            text,
+            "extern \"C\" const cudasim::KernelEntry cudasim_family_{family}[] = {{"
+        );
+        for (name, bounds) in &kernels {
+            let _ = writeln!(text, "    CUDASIM_KERNEL({name}, {bounds}, \"{rel}\"),");
+        }
+        let _ = writeln!(text, "}};");
+        let unit = gen_src.join(format!("{family}.cu.cpp"));
+        fs::write(&unit, text).unwrap();
+        units.push(unit);
+        families.push((family, kernels));
+    }
+    // The table of every family and the names of the __shared__ declarations.
+    let mut reg = String::from("#include \"cudasim.h\"\n");
+    for (f, _) in &families {
+        let _ = writeln!(
+            reg,
+            "extern \"C\" const cudasim::KernelEntry cudasim_family_{f}[];"
+        );
+    }
+    let _ = writeln!(
+        reg,
+        "extern \"C\" const cudasim::KernelEntry* const cudasim_families[] = {{"
+    );
+    for (f, _) in &families {
+        let _ = writeln!(reg, "    cudasim_family_{f},");
+    }
+    let _ = writeln!(reg, "}};\nextern \"C\" const int cudasim_family_sizes[] = {{");
+    for (_, k) in &families {
+        let _ = writeln!(reg, "    {},", k.len());
+    }
+    let _ = writeln!(
+        reg,
+        "}};\nextern \"C\" const int cudasim_family_count = {};",
+        families.len()
+    );
+    let _ = writeln!(reg, "extern \"C\" const char* const cudasim_site_names[] = {{");
+    for s in &sites {
+        let _ = writeln!(reg, "    {s:?},");
+    }
+    let _ = writeln!(
+        reg,
+        "    nullptr,\n}};\nextern \"C\" const int cudasim_site_count = {};",
+        sites.len()
+    );
+    let registry = gen_src.join("registry.cpp");
+    fs::write(&registry, reg).unwrap();
+
+    // nvcc's default -fmad=true contracts a·b + c; so does GCC with -ffp-contract=fast, and with FMA
+    // instructions (when the build machine has them) fmaf is one instruction instead of a libm call.
+    let host_fma = env::var("TARGET").ok() == env::var("HOST").ok() && {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    let header = simdir.join("cudasim.h");
+    let mut kb = cc::Build::new();
+    kb.cpp(true)
+        .std("c++17")
+        .opt_level(2)
+        .debug(false)
+        .warnings(false)
+        .include(&gen_src)
+        .include(&simdir)
+        .flag("-include")
+        .flag(header.to_str().unwrap())
+        .flag("-fsanitize=thread")
+        .flag("--param=tsan-instrument-func-entry-exit=0")
+        .flag("-ffp-contract=fast")
+        .flag("-fno-exceptions")
+        .flag("-Wno-unknown-pragmas")
+        .flag("-Wno-tsan")
+        .files(&units);
+    if host_fma {
+        kb.flag("-mfma").flag("-mavx2");
+    }
+    let objects = match kb.try_compile_intermediates() {
+        Ok(o) => o,
+        Err(e) => {
+            println!("cargo:warning=the CUDA simulator was not built ({e}); --device cuda-sim is unavailable");
+            return false;
+        }
+    };
+    let mut rb = cc::Build::new();
+    rb.cpp(true)
+        .std("c++17")
+        .opt_level(2)
+        .debug(false)
+        .include(&simdir)
+        .flag("-fno-exceptions")
+        .flag("-Wno-unused-parameter")
+        .file(simdir.join("runtime.cpp"))
+        .file(&registry)
+        .objects(&objects);
+    if let Err(e) = rb.try_compile("vidgrad_cudasim") {
+        println!("cargo:warning=the CUDA simulator was not built ({e}); --device cuda-sim is unavailable");
+        return false;
+    }
+    true
 }

@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod kernels;
 pub mod launch;
+pub mod sim;
 pub mod timing;
 
 use std::any::Any;

@@ -1,0 +1,391 @@
+//! The simulated CUDA device: the real `kernels/*.cu`, compiled by build.rs as host C++ against
+//! `kernels/sim/cudasim.h`, run on the CPU by `kernels/sim/runtime.cpp` with the checks a GPU does not
+//! make (docs/CUDA-SIM.md). This module is the Rust side: the C interface of the runtime, and
+//! [`SimDriver`], the simulator behind the CUDA backend's driver seam, so that the backend executes
+//! exactly what it would ask of a GPU.
+
+use std::collections::HashMap;
+#[cfg(vidgrad_cudasim)]
+use std::ffi::c_char;
+use std::ffi::{c_void, CStr};
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+
+#[cfg(vidgrad_cudasim)]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_void};
+    extern "C" {
+        pub fn cudasim_kernel_count() -> usize;
+        pub fn cudasim_kernel_info(
+            i: usize,
+            name: *mut *const c_char,
+            file: *mut *const c_char,
+            max_threads: *mut c_int,
+            nparams: *mut c_int,
+        ) -> c_int;
+        pub fn cudasim_kernel_launches(i: usize) -> u64;
+        pub fn cudasim_set_max_dynamic_shared(i: usize, bytes: usize);
+        pub fn cudasim_set_order(order: c_int, seed: u64);
+        pub fn cudasim_order() -> c_int;
+        pub fn cudasim_set_checks(on: c_int);
+        pub fn cudasim_threads() -> c_int;
+        pub fn cudasim_context_switches() -> u64;
+        pub fn cudasim_malloc(bytes: usize) -> *mut c_void;
+        pub fn cudasim_free(p: *mut c_void) -> c_int;
+        pub fn cudasim_set_state(p: *mut c_void, state: c_int) -> c_int;
+        pub fn cudasim_check_range(p: u64, bytes: usize, err: *mut c_char, errlen: usize) -> c_int;
+        pub fn cudasim_launch(
+            index: usize,
+            grid: *const u32,
+            block: *const u32,
+            shared_bytes: usize,
+            args: *const *mut c_void,
+            sizes: *const usize,
+            nargs: usize,
+            err: *mut c_char,
+            errlen: usize,
+        ) -> c_int;
+    }
+}
+
+/// The order in which the threads of a block run between two barriers. Every order is a legal
+/// schedule; a kernel whose result depends on it is missing a barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadOrder {
+    Forward,
+    Reverse,
+    /// A seeded random permutation, drawn anew after every barrier.
+    Shuffled(u64),
+}
+
+/// One kernel the simulator carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimKernel {
+    pub name: String,
+    /// `kernels/<family>.cu` (or `kernels/sim/selftest.cu`).
+    pub file: String,
+    /// `__launch_bounds__` maximum threads per block, if declared.
+    pub max_threads: Option<u32>,
+    pub params: usize,
+}
+
+impl SimKernel {
+    /// The family: the source file's stem.
+    pub fn family(&self) -> &str {
+        self.file
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(".cu")
+    }
+}
+
+/// The simulator's kernel table, read once.
+#[derive(Debug)]
+pub struct Simulator {
+    kernels: Vec<SimKernel>,
+    by_name: HashMap<String, usize>,
+}
+
+const NOT_BUILT: &str = "this build of vidgrad has no CUDA simulator: build.rs could not compile \
+kernels/*.cu as C++ (is a C++ compiler, g++ or clang++, installed?); see docs/CUDA-SIM.md";
+
+fn err_text(buf: &[u8]) -> String {
+    CStr::from_bytes_until_nul(buf)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl Simulator {
+    /// Whether this build carries the simulator.
+    pub fn available() -> bool {
+        cfg!(vidgrad_cudasim)
+    }
+
+    /// The simulator (an error when this build has none).
+    pub fn get() -> Result<&'static Simulator> {
+        static SIM: OnceLock<Option<Simulator>> = OnceLock::new();
+        SIM.get_or_init(Self::load)
+            .as_ref()
+            .ok_or_else(|| Error::Device(NOT_BUILT.into()))
+    }
+
+    #[cfg(vidgrad_cudasim)]
+    fn load() -> Option<Simulator> {
+        let mut kernels = vec![];
+        // SAFETY: plain queries of the runtime's static kernel table.
+        unsafe {
+            for i in 0..ffi::cudasim_kernel_count() {
+                let (mut name, mut file): (*const c_char, *const c_char) =
+                    (std::ptr::null(), std::ptr::null());
+                let (mut bounds, mut params) = (0, 0);
+                if ffi::cudasim_kernel_info(i, &mut name, &mut file, &mut bounds, &mut params) != 0
+                {
+                    continue;
+                }
+                kernels.push(SimKernel {
+                    name: CStr::from_ptr(name).to_string_lossy().into_owned(),
+                    file: CStr::from_ptr(file).to_string_lossy().into_owned(),
+                    max_threads: (bounds > 0).then_some(bounds as u32),
+                    params: params as usize,
+                });
+            }
+        }
+        let by_name = kernels
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.name.clone(), i))
+            .collect();
+        Some(Simulator { kernels, by_name })
+    }
+
+    #[cfg(not(vidgrad_cudasim))]
+    fn load() -> Option<Simulator> {
+        None
+    }
+
+    /// Every kernel, in table order.
+    pub fn kernels(&self) -> &[SimKernel] {
+        &self.kernels
+    }
+
+    fn index(&self, kernel: &str) -> Result<usize> {
+        self.by_name.get(kernel).copied().ok_or_else(|| {
+            Error::Device(format!(
+                "cuda-sim: no kernel named {kernel} (not an extern \"C\" __global__ of kernels/*.cu)"
+            ))
+        })
+    }
+
+    /// How often each kernel has been launched in this process (by name).
+    pub fn launch_counts(&self) -> Vec<(&SimKernel, u64)> {
+        self.kernels
+            .iter()
+            .enumerate()
+            // SAFETY: a read of an atomic counter.
+            .map(|(i, k)| (k, unsafe { sys::launches(i) }))
+            .collect()
+    }
+
+    /// Host threads that run blocks in parallel (`VIDGRAD_SIM_THREADS`, default: all cores).
+    pub fn threads(&self) -> usize {
+        // SAFETY: a plain query.
+        unsafe { sys::threads() }
+    }
+
+    /// Fiber context switches so far (each resume and each yield counts one).
+    pub fn context_switches(&self) -> u64 {
+        // SAFETY: a plain query.
+        unsafe { sys::switches() }
+    }
+
+    /// Set the order of the threads of a block between barriers (process-wide).
+    pub fn set_order(&self, order: ThreadOrder) {
+        let (o, seed) = match order {
+            ThreadOrder::Forward => (0, 0),
+            ThreadOrder::Reverse => (1, 0),
+            ThreadOrder::Shuffled(s) => (2, s),
+        };
+        // SAFETY: stores into the runtime's atomics.
+        unsafe { sys::set_order(o, seed) }
+    }
+
+    /// Turn the memory checks (bounds, races, uninitialised shared reads) on or off (process-wide;
+    /// on by default). Off only to show what a check-free run computes.
+    pub fn set_checks(&self, on: bool) {
+        // SAFETY: a store into the runtime's atomic.
+        unsafe { sys::set_checks(on) }
+    }
+
+    /// Device memory: `bytes` (at least one), 256-byte aligned, filled with a NaN pattern.
+    pub fn malloc(&self, bytes: usize) -> Result<u64> {
+        // SAFETY: returns a fresh host block or null.
+        let p = unsafe { sys::malloc(bytes.max(1)) };
+        if p == 0 {
+            return Err(Error::Device(format!(
+                "cuda-sim: out of host memory allocating {bytes} bytes"
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Give a block of [`Simulator::malloc`] back.
+    ///
+    /// # Safety
+    /// No buffer may refer to `ptr` any more.
+    pub unsafe fn free(&self, ptr: u64) {
+        sys::free(ptr)
+    }
+
+    /// Mark a block as held by the caching allocator (`cached`: accesses are use-after-free) or handed
+    /// out again (poisoned anew).
+    pub fn set_cached(&self, ptr: u64, cached: bool) {
+        // SAFETY: the runtime looks the pointer up and ignores unknown ones.
+        unsafe { sys::set_state(ptr, cached) }
+    }
+
+    /// An error unless `[ptr, ptr + bytes)` lies inside one live allocation.
+    pub fn check_range(&self, ptr: u64, bytes: usize, what: &str) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let mut buf = [0u8; 512];
+        // SAFETY: buf outlives the call.
+        if unsafe { sys::check_range(ptr, bytes, &mut buf) } == 0 {
+            return Ok(());
+        }
+        Err(Error::Device(format!(
+            "cuda-sim: {what} of {bytes} bytes at 0x{ptr:x}: {}",
+            err_text(&buf)
+        )))
+    }
+
+    /// Grant `kernel` up to `bytes` of dynamic shared memory (cuFuncSetAttribute's
+    /// MAX_DYNAMIC_SHARED_SIZE_BYTES).
+    pub fn set_max_dynamic_shared(&self, kernel: &str, bytes: usize) -> Result<()> {
+        let i = self.index(kernel)?;
+        // SAFETY: a store into the runtime's table.
+        unsafe { sys::set_optin(i, bytes) };
+        Ok(())
+    }
+
+    /// Launch `kernel` and run it to completion. `args`: the address and size of each argument value
+    /// (sizes are checked against the kernel's parameters; see [`arg`]).
+    ///
+    /// # Safety
+    /// Every pointer argument must be a device address of this simulator (or one the kernel never
+    /// dereferences); the runtime checks each access, but only against the allocation table.
+    pub unsafe fn launch(
+        &self,
+        kernel: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: usize,
+        args: &[(*mut c_void, usize)],
+    ) -> Result<()> {
+        let i = self.index(kernel)?;
+        let (ptrs, sizes): (Vec<_>, Vec<_>) = args.iter().copied().unzip();
+        let mut buf = vec![0u8; 4096];
+        let r = sys::launch(
+            i,
+            [grid.0, grid.1, grid.2],
+            [block.0, block.1, block.2],
+            shared_bytes,
+            &ptrs,
+            &sizes,
+            &mut buf,
+        );
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(Error::Device(format!("cuda-sim: {}", err_text(&buf))))
+        }
+    }
+}
+
+/// The runtime's entry points, or stand-ins that are never reached without it (every path to them goes
+/// through [`Simulator::get`], which fails first).
+#[cfg(vidgrad_cudasim)]
+mod sys {
+    use super::ffi;
+    use std::ffi::c_void;
+
+    pub unsafe fn launches(i: usize) -> u64 {
+        ffi::cudasim_kernel_launches(i)
+    }
+    pub unsafe fn threads() -> usize {
+        ffi::cudasim_threads().max(1) as usize
+    }
+    pub unsafe fn switches() -> u64 {
+        ffi::cudasim_context_switches()
+    }
+    pub unsafe fn set_order(o: i32, seed: u64) {
+        ffi::cudasim_set_order(o, seed)
+    }
+    pub unsafe fn set_checks(on: bool) {
+        ffi::cudasim_set_checks(on as i32)
+    }
+    pub unsafe fn malloc(bytes: usize) -> u64 {
+        ffi::cudasim_malloc(bytes) as u64
+    }
+    pub unsafe fn free(p: u64) {
+        ffi::cudasim_free(p as *mut c_void);
+    }
+    pub unsafe fn set_state(p: u64, cached: bool) {
+        ffi::cudasim_set_state(p as *mut c_void, cached as i32);
+    }
+    pub unsafe fn check_range(p: u64, bytes: usize, buf: &mut [u8]) -> i32 {
+        ffi::cudasim_check_range(p, bytes, buf.as_mut_ptr().cast(), buf.len())
+    }
+    pub unsafe fn set_optin(i: usize, bytes: usize) {
+        ffi::cudasim_set_max_dynamic_shared(i, bytes)
+    }
+    pub unsafe fn launch(
+        i: usize,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared: usize,
+        args: &[*mut c_void],
+        sizes: &[usize],
+        buf: &mut [u8],
+    ) -> i32 {
+        ffi::cudasim_launch(
+            i,
+            grid.as_ptr(),
+            block.as_ptr(),
+            shared,
+            args.as_ptr(),
+            sizes.as_ptr(),
+            args.len(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    }
+    #[allow(dead_code)]
+    pub unsafe fn order() -> i32 {
+        ffi::cudasim_order()
+    }
+}
+
+#[cfg(not(vidgrad_cudasim))]
+#[allow(clippy::missing_safety_doc)]
+mod sys {
+    use std::ffi::c_void;
+    pub unsafe fn launches(_: usize) -> u64 {
+        0
+    }
+    pub unsafe fn threads() -> usize {
+        1
+    }
+    pub unsafe fn switches() -> u64 {
+        0
+    }
+    pub unsafe fn set_order(_: i32, _: u64) {}
+    pub unsafe fn set_checks(_: bool) {}
+    pub unsafe fn malloc(_: usize) -> u64 {
+        0
+    }
+    pub unsafe fn free(_: u64) {}
+    pub unsafe fn set_state(_: u64, _: bool) {}
+    pub unsafe fn check_range(_: u64, _: usize, _: &mut [u8]) -> i32 {
+        -1
+    }
+    pub unsafe fn set_optin(_: usize, _: usize) {}
+    pub unsafe fn launch(
+        _: usize,
+        _: [u32; 3],
+        _: [u32; 3],
+        _: usize,
+        _: &[*mut c_void],
+        _: &[usize],
+        _: &mut [u8],
+    ) -> i32 {
+        -1
+    }
+}
+
+/// One kernel argument for [`Simulator::launch`]: the value's address and size.
+pub fn arg<T>(v: &T) -> (*mut c_void, usize) {
+    (v as *const T as *mut c_void, std::mem::size_of::<T>())
+}
