@@ -28,6 +28,10 @@ pub trait RawMemory {
     fn free(&mut self, ptr: u64);
     /// Wait until no queued work can touch a block any more (before blocks go back to the driver).
     fn synchronize(&mut self) {}
+    /// A cached block of `bytes` (its class) is handed out again, to a new owner.
+    fn reused(&mut self, _ptr: u64, _bytes: usize) {}
+    /// A block of `bytes` (its class) goes back on the free list.
+    fn released(&mut self, _ptr: u64, _bytes: usize) {}
 }
 
 /// Byte counts of an allocator.
@@ -69,6 +73,7 @@ impl<R: RawMemory> CachingAllocator<R> {
         let ptr = match self.free.get_mut(&class).and_then(Vec::pop) {
             Some(p) => {
                 self.stats.cached -= class;
+                self.raw.reused(p, class);
                 p
             }
             None => {
@@ -93,6 +98,7 @@ impl<R: RawMemory> CachingAllocator<R> {
     pub fn release(&mut self, ptr: u64, bytes: usize, class: usize) {
         self.stats.in_use -= bytes;
         self.stats.cached += class;
+        self.raw.released(ptr, class);
         self.free.entry(class).or_default().push(ptr);
     }
 
@@ -134,6 +140,9 @@ mod tests {
         sizes: std::collections::HashMap<u64, usize>,
         /// "sync" and "free" in call order.
         log: Vec<&'static str>,
+        /// (ptr, bytes) of every `reused` / `released` call, in order.
+        reused: Vec<(u64, usize)>,
+        released: Vec<(u64, usize)>,
     }
     impl RawMemory for Fake {
         type Error = ();
@@ -152,6 +161,12 @@ mod tests {
         }
         fn synchronize(&mut self) {
             self.log.push("sync");
+        }
+        fn reused(&mut self, ptr: u64, bytes: usize) {
+            self.reused.push((ptr, bytes));
+        }
+        fn released(&mut self, ptr: u64, bytes: usize) {
+            self.released.push((ptr, bytes));
         }
     }
 
@@ -233,5 +248,27 @@ mod tests {
         a.release_cache();
         assert_eq!(a.raw.log, ["sync", "free", "free", "free"]);
         assert_eq!((a.stats().cached, a.stats().reserved), (0, 0));
+    }
+
+    #[test]
+    fn reuse_and_release_are_reported_with_the_block_size() {
+        let mut a = CachingAllocator::new(Fake {
+            limit: usize::MAX,
+            ..Default::default()
+        });
+        // A fresh block is not a reuse.
+        let (p, c) = a.alloc(1000).unwrap();
+        assert!(a.raw.reused.is_empty() && a.raw.released.is_empty());
+        a.release(p, 1000, c);
+        assert_eq!(a.raw.released, [(p, c)]);
+        // Same class: the cached block comes back, reported with its class, not the request.
+        let (q, c2) = a.alloc(900).unwrap();
+        assert_eq!((q, c2), (p, c));
+        assert_eq!(a.raw.reused, [(p, c)]);
+        a.release(q, 900, c2);
+        assert_eq!(a.raw.released, [(p, c), (p, c)]);
+        // Giving the cache back to the driver is neither.
+        a.release_cache();
+        assert_eq!((a.raw.reused.len(), a.raw.released.len()), (1, 2));
     }
 }

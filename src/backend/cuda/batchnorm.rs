@@ -1,0 +1,160 @@
+//! Batch normalisation (kernels/batchnorm.cu): split per-channel statistics, then elementwise passes.
+
+use super::launch::{channel_splits, BLOCK};
+use super::{opt_ptr, out, ptr, CudaBackend, LaunchConfig};
+use crate::backend::{AxisGeom, BackendBuffer, BnGrads, BnStats, BufferRef};
+use crate::error::Result;
+
+pub(super) fn train(
+    be: &CudaBackend,
+    x: &dyn BackendBuffer,
+    weight: Option<&dyn BackendBuffer>,
+    bias: Option<&dyn BackendBuffer>,
+    g: AxisGeom,
+    eps: f32,
+) -> Result<(BufferRef, BnStats)> {
+    let n = x.len();
+    let (mean, var) = (be.alloc(g.axis)?, be.alloc(g.axis)?);
+    let y = be.alloc(n)?;
+    if g.axis == 0 {
+        return Ok((
+            out(y),
+            BnStats {
+                mean: out(mean),
+                var: out(var),
+            },
+        ));
+    }
+    let count = g.outer * g.inner;
+    let s = channel_splits(g.axis, count, be.sm_count);
+    let ws = be.alloc(3 * g.axis * s as usize)?;
+    let (o, a, i) = (g.outer as i32, g.axis as i32, g.inner as i32);
+    let xp = ptr(x)?;
+    be.launch(
+        "batchnorm",
+        "bn_stats_partial",
+        LaunchConfig::new((g.axis as u32, s, 1), (BLOCK, 1, 1)),
+        kargs![xp, o, a, i, ws.ptr],
+    )?;
+    be.launch1(
+        "batchnorm",
+        "bn_stats_final",
+        g.axis,
+        kargs![ws.ptr, a, s as i32, mean.ptr, var.ptr],
+    )?;
+    if n > 0 {
+        let (wp, bp) = (opt_ptr(weight)?, opt_ptr(bias)?);
+        be.launch1(
+            "batchnorm",
+            "bn_forward",
+            n,
+            kargs![y.ptr, xp, wp, bp, mean.ptr, var.ptr, n as i32, a, i, eps, 0i32],
+        )?;
+    }
+    Ok((
+        out(y),
+        BnStats {
+            mean: out(mean),
+            var: out(var),
+        },
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn eval(
+    be: &CudaBackend,
+    x: &dyn BackendBuffer,
+    weight: Option<&dyn BackendBuffer>,
+    bias: Option<&dyn BackendBuffer>,
+    mean: &dyn BackendBuffer,
+    var: &dyn BackendBuffer,
+    g: AxisGeom,
+    eps: f32,
+) -> Result<BufferRef> {
+    let n = x.len();
+    let y = be.alloc(n)?;
+    if n > 0 {
+        let (wp, bp) = (opt_ptr(weight)?, opt_ptr(bias)?);
+        be.launch1(
+            "batchnorm",
+            "bn_forward",
+            n,
+            kargs![
+                y.ptr,
+                ptr(x)?,
+                wp,
+                bp,
+                ptr(mean)?,
+                ptr(var)?,
+                n as i32,
+                g.axis as i32,
+                g.inner as i32,
+                eps,
+                0i32
+            ],
+        )?;
+    }
+    Ok(out(y))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    be: &CudaBackend,
+    dy: &dyn BackendBuffer,
+    x: &dyn BackendBuffer,
+    weight: Option<&dyn BackendBuffer>,
+    mean: &dyn BackendBuffer,
+    var: &dyn BackendBuffer,
+    g: AxisGeom,
+    eps: f32,
+    batch_stats: bool,
+) -> Result<BnGrads> {
+    let n = x.len();
+    let (dw, db) = (be.zeros(g.axis)?, be.zeros(g.axis)?);
+    let dx = be.alloc(n)?;
+    let count = g.outer * g.inner;
+    if g.axis > 0 && count > 0 {
+        let s = channel_splits(g.axis, count, be.sm_count);
+        let ws = be.alloc(4 * g.axis * s as usize)?;
+        let (o, a, i) = (g.outer as i32, g.axis as i32, g.inner as i32);
+        let (dyp, xp, mp, vp) = (ptr(dy)?, ptr(x)?, ptr(mean)?, ptr(var)?);
+        be.launch(
+            "batchnorm",
+            "bn_backward_partial",
+            LaunchConfig::new((g.axis as u32, s, 1), (BLOCK, 1, 1)),
+            kargs![dyp, xp, mp, o, a, i, ws.ptr],
+        )?;
+        be.launch1(
+            "batchnorm",
+            "bn_backward_final",
+            g.axis,
+            kargs![ws.ptr, vp, a, s as i32, eps, dw.ptr, db.ptr],
+        )?;
+        be.launch1(
+            "batchnorm",
+            "bn_backward_dx",
+            n,
+            kargs![
+                dx.ptr,
+                dyp,
+                xp,
+                opt_ptr(weight)?,
+                mp,
+                vp,
+                dw.ptr,
+                db.ptr,
+                n as i32,
+                a,
+                i,
+                eps,
+                count as f32,
+                batch_stats as i32
+            ],
+        )?;
+    }
+    Ok(BnGrads {
+        dx: out(dx),
+        dweight: out(dw),
+        dbias: out(db),
+    })
+}

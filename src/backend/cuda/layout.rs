@@ -1,0 +1,149 @@
+//! Layout changes (kernels/layout.cu): permutes (a tiled transpose when only the last two dims swap),
+//! concatenation and splitting along one axis as strided 2-d copies.
+
+use super::launch::blocks;
+use super::{out, ptr, CudaBackend, LaunchConfig};
+use crate::backend::{BackendBuffer, BufferRef};
+use crate::error::{Error, Result};
+
+/// kernels/layout.cu `PermP`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct PermP {
+    rank: i32,
+    out_shape: [i32; 6],
+    src_stride: [i32; 6],
+}
+
+pub(super) fn permute(
+    be: &CudaBackend,
+    x: &dyn BackendBuffer,
+    shape: &[usize],
+    perm: &[usize],
+) -> Result<BufferRef> {
+    let n = x.len();
+    let y = be.alloc(n)?;
+    if n == 0 {
+        return Ok(out(y));
+    }
+    let r = shape.len();
+    if r > 6 {
+        return Err(Error::Device(format!(
+            "cuda: permute of rank {r} (at most 6)"
+        )));
+    }
+    let xp = ptr(x)?;
+    // The last two dims swapped, the rest in place: a tiled transpose.
+    if r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|i| perm[i] == i) {
+        let (rows, cols) = (shape[r - 2], shape[r - 1]);
+        let batch = n / (rows * cols);
+        if batch <= 65535 && rows.div_ceil(32) <= 65535 {
+            be.launch(
+                "layout",
+                "layout_transpose",
+                LaunchConfig::new(
+                    (blocks(cols, 32), blocks(rows, 32), batch as u32),
+                    (32, 8, 1),
+                ),
+                kargs![y.ptr, xp, rows as i32, cols as i32],
+            )?;
+            return Ok(out(y));
+        }
+    }
+    let mut in_strides = vec![1usize; r];
+    for i in (0..r.saturating_sub(1)).rev() {
+        in_strides[i] = in_strides[i + 1] * shape[i + 1];
+    }
+    let mut p = PermP {
+        rank: r as i32,
+        ..Default::default()
+    };
+    for (i, &pi) in perm.iter().enumerate() {
+        p.out_shape[i] = shape[pi] as i32;
+        p.src_stride[i] = in_strides[pi] as i32;
+    }
+    be.launch1(
+        "layout",
+        "layout_permute",
+        n,
+        kargs![y.ptr, xp, n as i32, p],
+    )?;
+    Ok(out(y))
+}
+
+pub(super) fn concat(
+    be: &CudaBackend,
+    xs: &[&dyn BackendBuffer],
+    outer: usize,
+    inners: &[usize],
+) -> Result<BufferRef> {
+    let total: usize = inners.iter().sum();
+    let y = be.alloc(outer * total)?;
+    let mut off = 0;
+    for (x, &inner) in xs.iter().zip(inners) {
+        if inner > 0 && outer > 0 {
+            be.launch1(
+                "layout",
+                "layout_copy2d",
+                outer * inner,
+                kargs![
+                    y.ptr,
+                    total as i32,
+                    off as i32,
+                    ptr(*x)?,
+                    inner as i32,
+                    0i32,
+                    outer as i32,
+                    inner as i32
+                ],
+            )?;
+        }
+        off += inner;
+    }
+    Ok(out(y))
+}
+
+pub(super) fn split(
+    be: &CudaBackend,
+    x: &dyn BackendBuffer,
+    outer: usize,
+    inners: &[usize],
+) -> Result<Vec<BufferRef>> {
+    let total: usize = inners.iter().sum();
+    let xp = ptr(x)?;
+    let mut off = 0;
+    let mut parts = Vec::with_capacity(inners.len());
+    for &inner in inners {
+        let part = be.alloc(outer * inner)?;
+        if inner > 0 && outer > 0 {
+            be.launch1(
+                "layout",
+                "layout_copy2d",
+                outer * inner,
+                kargs![
+                    part.ptr,
+                    inner as i32,
+                    0i32,
+                    xp,
+                    total as i32,
+                    off as i32,
+                    outer as i32,
+                    inner as i32
+                ],
+            )?;
+        }
+        off += inner;
+        parts.push(out(part));
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_params_have_c_layout() {
+        assert_eq!(std::mem::size_of::<PermP>(), 13 * 4);
+    }
+}
