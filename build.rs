@@ -393,8 +393,9 @@ fn rewrite_shared_line(line: &str, file: &str, lineno: usize, sites: &mut Vec<St
         } else {
             let p = p.trim();
             let stars = p.len() - p.trim_start_matches('*').len();
-            let (_, n, d) = split_declarator(p.trim_start_matches('*'))
-                .unwrap_or_else(|| panic!("{file}:{lineno}: cannot read the __shared__ declaration"));
+            let (_, n, d) = split_declarator(p.trim_start_matches('*')).unwrap_or_else(|| {
+                panic!("{file}:{lineno}: cannot read the __shared__ declaration")
+            });
             (format!("{base_ty}{}", "*".repeat(stars)), n, d)
         };
         if is_extern {
@@ -441,7 +442,12 @@ fn build_simulator(manifest: &Path, out: &Path) -> bool {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "cu" || e == "cuh"))
-        .map(|p| (format!("kernels/{}", p.file_name().unwrap().to_string_lossy()), p))
+        .map(|p| {
+            (
+                format!("kernels/{}", p.file_name().unwrap().to_string_lossy()),
+                p,
+            )
+        })
         .collect();
     sources.push(("kernels/sim/selftest.cu".into(), simdir.join("selftest.cu")));
     sources.sort();
@@ -486,7 +492,10 @@ fn build_simulator(manifest: &Path, out: &Path) -> bool {
     for (f, _) in &families {
         let _ = writeln!(reg, "    cudasim_family_{f},");
     }
-    let _ = writeln!(reg, "}};\nextern \"C\" const int cudasim_family_sizes[] = {{");
+    let _ = writeln!(
+        reg,
+        "}};\nextern \"C\" const int cudasim_family_sizes[] = {{"
+    );
     for (_, k) in &families {
         let _ = writeln!(reg, "    {},", k.len());
     }
@@ -495,7 +504,10 @@ fn build_simulator(manifest: &Path, out: &Path) -> bool {
         "}};\nextern \"C\" const int cudasim_family_count = {};",
         families.len()
     );
-    let _ = writeln!(reg, "extern \"C\" const char* const cudasim_site_names[] = {{");
+    let _ = writeln!(
+        reg,
+        "extern \"C\" const char* const cudasim_site_names[] = {{"
+    );
     for s in &sites {
         let _ = writeln!(reg, "    {s:?},");
     }

@@ -8,6 +8,10 @@ use crate::error::{Error, Result};
 pub enum Device {
     Cpu,
     Cuda(usize),
+    /// The simulated CUDA device: the CUDA backend and its real kernels, run on the host CPU with
+    /// memory and synchronisation checks (docs/CUDA-SIM.md). For testing; never chosen by
+    /// [`Device::best`], and its timings are not GPU figures.
+    CudaSim,
     /// Shapes without data: runs every shape check of the ops, allocates nothing (shape inference).
     Meta,
 }
@@ -25,6 +29,7 @@ impl Device {
                 Error::Device(msg) => Error::Device(format!("cuda:{i}: {msg}")),
                 e => e,
             })?),
+            Device::CudaSim => Ok(crate::backend::cuda::sim_backend()?),
         }
     }
 
@@ -56,18 +61,24 @@ impl Device {
         }
     }
 
-    /// Parse "cpu", "cuda" or "cuda:N".
+    /// Whether this build carries the CUDA simulator (`--device cuda-sim`).
+    pub fn cuda_sim_available() -> bool {
+        crate::backend::cuda::sim::Simulator::available()
+    }
+
+    /// Parse "cpu", "cuda", "cuda:N" or "cuda-sim".
     pub fn parse(s: &str) -> Result<Device> {
         match s {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
+            "cuda-sim" => Ok(Device::CudaSim),
             _ => s
                 .strip_prefix("cuda:")
                 .and_then(|i| i.parse().ok())
                 .map(Device::Cuda)
                 .ok_or_else(|| {
                     Error::Device(format!(
-                        "unknown device '{s}' (expected cpu, cuda or cuda:N)"
+                        "unknown device '{s}' (expected cpu, cuda, cuda:N or cuda-sim)"
                     ))
                 }),
         }
@@ -80,6 +91,7 @@ impl std::fmt::Display for Device {
             Device::Cpu => write!(f, "cpu"),
             Device::Meta => write!(f, "meta"),
             Device::Cuda(i) => write!(f, "cuda:{i}"),
+            Device::CudaSim => write!(f, "cuda-sim"),
         }
     }
 }

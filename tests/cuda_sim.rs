@@ -37,7 +37,11 @@ impl Buf {
         let mut v = vec![T::zeroed(); self.bytes / std::mem::size_of::<T>()];
         // SAFETY: as above.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr as *const u8, v.as_mut_ptr() as *mut u8, self.bytes);
+            std::ptr::copy_nonoverlapping(
+                self.ptr as *const u8,
+                v.as_mut_ptr() as *mut u8,
+                self.bytes,
+            );
         }
         v
     }
@@ -89,7 +93,11 @@ fn warp_shuffles_and_votes_follow_the_ptx_semantics() {
         let down = |d: i32, w: i32| if l + d < seg(w) + w { v(l + d) } else { v(l) };
         let xor = |m: i32, w: i32| {
             let j = l ^ m;
-            if j < seg(w) + w { v(j) } else { v(l) }
+            if j < seg(w) + w {
+                v(j)
+            } else {
+                v(l)
+            }
         };
         let row = |r: usize| o[r * 32 + l as usize];
         assert_eq!(row(0), idx((l * 7) % 32, 32), "shfl idx lane {l}");
@@ -105,7 +113,11 @@ fn warp_shuffles_and_votes_follow_the_ptx_semantics() {
         assert_eq!(row(9), 1, "any lane {l}");
         assert_eq!(row(10), 1, "all lane {l}");
         assert_eq!(row(11), 0, "all (one false) lane {l}");
-        assert_eq!(row(12), if l % 2 == 0 { v(l ^ 2) } else { -1 }, "partial mask lane {l}");
+        assert_eq!(
+            row(12),
+            if l % 2 == 0 { v(l ^ 2) } else { -1 },
+            "partial mask lane {l}"
+        );
     }
     let d: Vec<f64> = outd.read();
     for l in 0..32 {
@@ -121,7 +133,14 @@ fn barrier_reductions_and_dynamic_shared_memory() {
 
     let x: Vec<f32> = (0..3 * 96).map(|i| i as f32).collect();
     let (xb, yb) = (Buf::new(&x), Buf::uninit(x.len() * 4));
-    launch("st_dynamic_shared", 3, 96, 96 * 4, &[arg(&yb.ptr), arg(&xb.ptr)]).unwrap();
+    launch(
+        "st_dynamic_shared",
+        3,
+        96,
+        96 * 4,
+        &[arg(&yb.ptr), arg(&xb.ptr)],
+    )
+    .unwrap();
     let y: Vec<f32> = yb.read();
     for b in 0..3 {
         for t in 0..96 {
@@ -174,8 +193,21 @@ fn out_of_bounds_global_accesses_are_reported() {
     let n = 100i32;
     let (x, y) = (Buf::new(&vec![1.0f32; 100]), Buf::uninit(100 * 4));
     let msg = expect_error(
-        launch("st_oob_read", 1, 128, 0, &[arg(&y.ptr), arg(&x.ptr), arg(&n)]),
-        &["st_oob_read", "block (0,0,0)", "thread (100,0,0)", "read of 4 bytes", "offset 400 of buffer", "(400 bytes)"],
+        launch(
+            "st_oob_read",
+            1,
+            128,
+            0,
+            &[arg(&y.ptr), arg(&x.ptr), arg(&n)],
+        ),
+        &[
+            "st_oob_read",
+            "block (0,0,0)",
+            "thread (100,0,0)",
+            "read of 4 bytes",
+            "offset 400 of buffer",
+            "(400 bytes)",
+        ],
     );
     assert!(msg.contains("4 bytes past the end"), "{msg}");
     expect_error(
@@ -199,14 +231,26 @@ fn freed_and_cached_buffers_and_gaps_between_buffers_are_reported() {
     let z = Buf::new(&[1.0f32; 64]);
     sim().set_cached(z.ptr, true);
     expect_error(
-        launch("st_read_at", 1, 32, 0, &[arg(&y.ptr), arg(&z.ptr), arg(&off)]),
+        launch(
+            "st_read_at",
+            1,
+            32,
+            0,
+            &[arg(&y.ptr), arg(&z.ptr), arg(&off)],
+        ),
         &["caching allocator"],
     );
     sim().set_cached(z.ptr, false);
     // Just past a buffer (allocations are 256-byte aligned, so 64 floats + 1 lies in the gap).
     let off = 64i64 + 1;
     expect_error(
-        launch("st_read_at", 1, 32, 0, &[arg(&y.ptr), arg(&z.ptr), arg(&off)]),
+        launch(
+            "st_read_at",
+            1,
+            32,
+            0,
+            &[arg(&y.ptr), arg(&z.ptr), arg(&off)],
+        ),
         &["st_read_at", "thread (0,0,0)"],
     );
 }
@@ -221,7 +265,13 @@ fn shared_memory_races_are_reported() {
     );
     let steps = 8i32;
     expect_error(
-        launch("st_single_buffer", 1, 64, 0, &[arg(&y.ptr), arg(&x.ptr), arg(&steps)]),
+        launch(
+            "st_single_buffer",
+            1,
+            64,
+            0,
+            &[arg(&y.ptr), arg(&x.ptr), arg(&steps)],
+        ),
         &["st_single_buffer", "write after read", "tile"],
     );
 }
@@ -243,8 +293,14 @@ fn a_missing_barrier_changes_the_result_under_another_thread_order() {
     };
     let fwd = run(ThreadOrder::Forward);
     let rev = run(ThreadOrder::Reverse);
-    assert!(fwd[..127].iter().all(|v| v.is_nan()), "forward: t reads t+1 before it is written");
-    assert!(rev[..127].iter().enumerate().all(|(t, v)| *v == (t + 1) as f32));
+    assert!(
+        fwd[..127].iter().all(|v| v.is_nan()),
+        "forward: t reads t+1 before it is written"
+    );
+    assert!(rev[..127]
+        .iter()
+        .enumerate()
+        .all(|(t, v)| *v == (t + 1) as f32));
 }
 
 #[test]
@@ -252,7 +308,12 @@ fn barrier_misuse_is_an_error_not_a_hang() {
     let y = Buf::uninit(64 * 4);
     expect_error(
         launch("st_divergent_barrier", 1, 64, 0, &[arg(&y.ptr)]),
-        &["st_divergent_barrier", "block (0,0,0)", "not reached by every thread", "threads 32-63 exited"],
+        &[
+            "st_divergent_barrier",
+            "block (0,0,0)",
+            "not reached by every thread",
+            "threads 32-63 exited",
+        ],
     );
     expect_error(
         launch("st_two_barriers", 1, 64, 0, &[arg(&y.ptr)]),
@@ -288,7 +349,11 @@ fn uninitialised_shared_memory_reads_are_reported() {
     let y = Buf::uninit(64 * 4);
     expect_error(
         launch("st_uninit_shared", 1, 64, 0, &[arg(&y.ptr)]),
-        &["st_uninit_shared", "uninitialised shared memory", "thread (32,0,0)"],
+        &[
+            "st_uninit_shared",
+            "uninitialised shared memory",
+            "thread (32,0,0)",
+        ],
     );
 }
 
@@ -298,28 +363,51 @@ fn launch_limits_are_checked_like_the_driver() {
     let n = 1i32;
     let x = Buf::uninit(4);
     let args = [arg(&y.ptr), arg(&x.ptr), arg(&n)];
-    expect_error(launch("st_copy", 1, 1025, 0, &args), &["CUDA_ERROR_INVALID_VALUE", "block"]);
+    expect_error(
+        launch("st_copy", 1, 1025, 0, &args),
+        &["CUDA_ERROR_INVALID_VALUE", "block"],
+    );
     expect_error(launch("st_copy", 0, 32, 0, &args), &["zero-sized grid"]);
     // SAFETY: as above.
     expect_error(
         unsafe { sim().launch("st_copy", (1, 65536, 1), (32, 1, 1), 0, &args) },
         &["grid"],
     );
-    expect_error(launch("st_bounded", 1, 128, 0, &[arg(&y.ptr)]), &["__launch_bounds__(64)"]);
+    expect_error(
+        launch("st_bounded", 1, 128, 0, &[arg(&y.ptr)]),
+        &["__launch_bounds__(64)"],
+    );
     launch("st_bounded", 1, 64, 0, &[arg(&y.ptr)]).unwrap();
     // Dynamic shared memory past 48 KiB needs the opt-in; static shared memory past 48 KiB never fits.
     let big = 64 * 1024;
     let xs = Buf::new(&vec![0.0f32; 1024]);
     let dyn_args = [arg(&y.ptr), arg(&xs.ptr)];
-    expect_error(launch("st_dynamic_shared", 1, 32, big, &dyn_args), &["dynamic shared memory"]);
-    sim().set_max_dynamic_shared("st_dynamic_shared", 100 * 1024).unwrap();
+    expect_error(
+        launch("st_dynamic_shared", 1, 32, big, &dyn_args),
+        &["dynamic shared memory"],
+    );
+    sim()
+        .set_max_dynamic_shared("st_dynamic_shared", 100 * 1024)
+        .unwrap();
     launch("st_dynamic_shared", 1, 32, big, &dyn_args).unwrap();
-    expect_error(launch("st_big_static_shared", 1, 32, 0, &[arg(&y.ptr)]), &["48 KiB"]);
+    expect_error(
+        launch("st_big_static_shared", 1, 32, 0, &[arg(&y.ptr)]),
+        &["48 KiB"],
+    );
     // Argument count and sizes are checked against the kernel's parameters.
     let small = 1i16;
     expect_error(
-        launch("st_copy", 1, 32, 0, &[arg(&y.ptr), arg(&x.ptr), arg(&small)]),
+        launch(
+            "st_copy",
+            1,
+            32,
+            0,
+            &[arg(&y.ptr), arg(&x.ptr), arg(&small)],
+        ),
         &["argument 2 has 2 bytes", "has 4"],
     );
-    expect_error(launch("st_copy", 1, 32, 0, &[arg(&y.ptr)]), &["1 arguments passed, the kernel takes 3"]);
+    expect_error(
+        launch("st_copy", 1, 32, 0, &[arg(&y.ptr)]),
+        &["1 arguments passed, the kernel takes 3"],
+    );
 }

@@ -23,24 +23,40 @@ pub fn cuda_required() -> bool {
     std::env::var("VIDGRAD_REQUIRE_CUDA").is_ok_and(|v| v == "1")
 }
 
-/// The devices the suite runs on: the CPU, plus cuda:0 when present. Without a CUDA device this prints
-/// `skipped: no CUDA device` (and fails under `VIDGRAD_REQUIRE_CUDA=1`).
+/// The CUDA device the CUDA suites run on: the simulator under `VIDGRAD_CUDA_SIM=1`; else cuda:0 when
+/// a GPU is usable; else the simulator when this build has it (so every CI run executes the kernels),
+/// unless `VIDGRAD_CUDA_SIM=0`. `None` (printing why) when neither can run; fails under
+/// `VIDGRAD_REQUIRE_CUDA=1` when no real GPU is usable.
+pub fn cuda_device() -> Option<Device> {
+    let sim = std::env::var("VIDGRAD_CUDA_SIM").ok();
+    if sim.as_deref() == Some("1") {
+        return Some(Device::CudaSim);
+    }
+    if Device::cuda_available() {
+        return Some(Device::Cuda(0));
+    }
+    let why = Device::Cuda(0)
+        .backend()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        !cuda_required(),
+        "VIDGRAD_REQUIRE_CUDA=1 but no CUDA device is usable: {why}"
+    );
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if sim.as_deref() != Some("0") && Device::cuda_sim_available() {
+        SAID.call_once(|| println!("no CUDA device ({why}): running on the CUDA simulator"));
+        return Some(Device::CudaSim);
+    }
+    SAID.call_once(|| println!("skipped: no CUDA device ({why})"));
+    None
+}
+
+/// The devices the suite runs on: the CPU, plus the CUDA device of [`cuda_device`].
 pub fn devices() -> Vec<Device> {
     let mut v = vec![Device::Cpu];
-    if Device::cuda_available() {
-        v.push(Device::Cuda(0));
-    } else {
-        let why = Device::Cuda(0)
-            .backend()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            !cuda_required(),
-            "VIDGRAD_REQUIRE_CUDA=1 but no CUDA device is usable: {why}"
-        );
-        println!("skipped: no CUDA device ({why})");
-    }
+    v.extend(cuda_device());
     v
 }
 

@@ -65,6 +65,20 @@ pub fn backend(ordinal: usize) -> Result<&'static CudaBackend> {
     Ok(b)
 }
 
+/// The CUDA backend over the simulator (`Device::CudaSim`), created on first use.
+pub fn sim_backend() -> Result<&'static CudaBackend> {
+    static SIM: OnceLock<std::result::Result<&'static CudaBackend, String>> = OnceLock::new();
+    SIM.get_or_init(|| {
+        let driver = sim::SimDriver::new().map_err(|e| e.to_string())?;
+        Ok(Box::leak(Box::new(CudaBackend::with_driver(
+            Box::new(driver),
+            "cuda-sim".into(),
+        ))))
+    })
+    .clone()
+    .map_err(Error::Device)
+}
+
 /// Device memory from the driver.
 #[derive(Debug)]
 struct DriverMemory(Arc<dyn Driver>);

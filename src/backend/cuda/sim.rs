@@ -389,3 +389,160 @@ mod sys {
 pub fn arg<T>(v: &T) -> (*mut c_void, usize) {
     (v as *const T as *mut c_void, std::mem::size_of::<T>())
 }
+
+// ---------------------------------------------------------------------------------------------------
+// The simulator behind the driver seam
+// ---------------------------------------------------------------------------------------------------
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::driver::{
+    DeviceProps, Driver, DriverEvent, KernelArg, LaunchConfig, DEFAULT_SHARED_PER_BLOCK,
+};
+
+/// The name [`SimDriver`] reports: never mistaken for a GPU in logs, benchmarks or checkpoints.
+pub const SIM_DEVICE_NAME: &str = "vidgrad CUDA simulator (host CPU, not a GPU)";
+
+/// SMs the simulated device reports (`VIDGRAD_SIM_SM_COUNT`, default 8). The backend sizes its
+/// grid-stride grids and split-K/split-channel grids from it, so a small value keeps grids small on
+/// the host; the launch arithmetic is the same code a GPU gets.
+fn sim_sm_count() -> u32 {
+    std::env::var("VIDGRAD_SIM_SM_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &u32| n > 0)
+        .unwrap_or(8)
+}
+
+/// The CUDA simulator as a [`Driver`]: launches run to completion on the host before `launch` returns
+/// (one stream, in order); copies and memsets check their ranges against the live allocations.
+#[derive(Debug)]
+pub struct SimDriver {
+    sim: &'static Simulator,
+    props: DeviceProps,
+    /// Kernels granted more than 48 KiB of dynamic shared memory (as the cudarc driver does on demand).
+    optin: Mutex<HashMap<&'static str, u32>>,
+}
+
+impl SimDriver {
+    pub fn new() -> Result<SimDriver> {
+        let sim = Simulator::get()?;
+        Ok(SimDriver {
+            sim,
+            props: DeviceProps {
+                name: SIM_DEVICE_NAME.into(),
+                sm_count: sim_sm_count(),
+                compute_capability: (8, 0),
+                clock_khz: 0,
+                memory_clock_khz: 0,
+                memory_bus_bits: 0,
+                l2_bytes: 40 << 20,
+                total_memory: 0,
+                shared_per_block: DEFAULT_SHARED_PER_BLOCK as u64,
+                shared_per_block_optin: 227 << 10,
+                max_threads_per_block: 1024,
+            },
+            optin: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// A host clock reading: simulator timings are host times, never GPU figures.
+#[derive(Debug)]
+struct SimEvent(Instant);
+
+impl DriverEvent for SimEvent {
+    fn elapsed_ms(&self, end: &dyn DriverEvent) -> Result<f32> {
+        let end = end
+            .as_any()
+            .downcast_ref::<SimEvent>()
+            .ok_or_else(|| Error::Device("cuda-sim: event of another driver".into()))?;
+        Ok(end.0.saturating_duration_since(self.0).as_secs_f32() * 1e3)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Driver for SimDriver {
+    fn props(&self) -> &DeviceProps {
+        &self.props
+    }
+    fn is_simulator(&self) -> bool {
+        true
+    }
+    fn alloc(&self, bytes: usize) -> Result<u64> {
+        self.sim.malloc(bytes)
+    }
+    fn free(&self, ptr: u64) {
+        // SAFETY: the caching allocator frees a block only once no buffer refers to it.
+        unsafe { self.sim.free(ptr) }
+    }
+    fn memset_d8(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
+        self.sim.check_range(dst, bytes, "memset")?;
+        // SAFETY: the range lies in one live allocation (checked above).
+        unsafe { std::ptr::write_bytes(dst as *mut u8, value, bytes) };
+        Ok(())
+    }
+    fn copy_htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.sim.check_range(dst, src.len(), "copy to device")?;
+        // SAFETY: as above; src is a host slice.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+    fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.sim
+            .check_range(dst, bytes, "device copy destination")?;
+        self.sim.check_range(src, bytes, "device copy source")?;
+        // SAFETY: both ranges are live allocations; cuMemcpy allows neither overlap, copy handles it.
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+        Ok(())
+    }
+    fn copy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.sim.check_range(src, dst.len(), "copy to host")?;
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+    fn launch(
+        &self,
+        _family: &'static str,
+        kernel: &'static str,
+        cfg: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        if cfg.shared_bytes > DEFAULT_SHARED_PER_BLOCK {
+            let mut optin = self.optin.lock().unwrap();
+            if optin.get(kernel).is_none_or(|&b| b < cfg.shared_bytes) {
+                self.sim
+                    .set_max_dynamic_shared(kernel, cfg.shared_bytes as usize)?;
+                optin.insert(kernel, cfg.shared_bytes);
+            }
+        }
+        let args: Vec<(*mut c_void, usize)> = args.iter().map(|a| (a.ptr, a.size)).collect();
+        // SAFETY: the backend passes device addresses of its live buffers; the runtime checks every
+        // access against the allocation table anyway.
+        unsafe {
+            self.sim.launch(
+                kernel,
+                cfg.grid,
+                cfg.block,
+                cfg.shared_bytes as usize,
+                &args,
+            )
+        }
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(()) // every launch has completed when `launch` returns
+    }
+    fn record_event(&self) -> Result<Box<dyn DriverEvent>> {
+        Ok(Box::new(SimEvent(Instant::now())))
+    }
+    fn block_reused(&self, ptr: u64, _bytes: usize) {
+        self.sim.set_cached(ptr, false);
+    }
+    fn block_released(&self, ptr: u64, _bytes: usize) {
+        self.sim.set_cached(ptr, true);
+    }
+}
