@@ -157,15 +157,17 @@ __forceinline__ void check_vec(const void* p, int bytes, int write) {
         T x, y, z, w;                                                                           \
         N() = default;                                                                          \
         constexpr N(T a, T b, T c, T d) : x(a), y(b), z(c), w(d) {}                             \
+        /* one 16-byte access (one check), as the GPU's vector load/store */                 \
         N(const N& o) {                                                                         \
             cudasim::check_vec(&o, sizeof(N), 0);                                               \
-            x = o.x; y = o.y; z = o.z; w = o.w;                                                 \
+            std::memcpy((void*)this, (const void*)&o, sizeof(N));                               \
         }                                                                                       \
         N& operator=(const N& o) {                                                              \
             cudasim::check_vec(this, sizeof(N), 1);                                             \
             cudasim::check_vec(&o, sizeof(N), 0);                                               \
-            T a = o.x, b = o.y, c = o.z, d = o.w;                                               \
-            x = a; y = b; z = c; w = d;                                                         \
+            N t;                                                                                \
+            std::memcpy((void*)&t, (const void*)&o, sizeof(N));                                 \
+            std::memcpy((void*)this, (const void*)&t, sizeof(N));                               \
             return *this;                                                                       \
         }                                                                                       \
     };                                                                                          \
@@ -175,15 +177,17 @@ __forceinline__ void check_vec(const void* p, int bytes, int write) {
         T x, y;                                                                                 \
         N() = default;                                                                          \
         constexpr N(T a, T b) : x(a), y(b) {}                                                   \
+        /* one vector access (one check), as on the GPU */                                     \
         N(const N& o) {                                                                         \
             cudasim::check_vec(&o, sizeof(N), 0);                                               \
-            x = o.x; y = o.y;                                                                   \
+            std::memcpy((void*)this, (const void*)&o, sizeof(N));                               \
         }                                                                                       \
         N& operator=(const N& o) {                                                              \
             cudasim::check_vec(this, sizeof(N), 1);                                             \
             cudasim::check_vec(&o, sizeof(N), 0);                                               \
-            T a = o.x, b = o.y;                                                                 \
-            x = a; y = b;                                                                       \
+            N t;                                                                                \
+            std::memcpy((void*)&t, (const void*)&o, sizeof(N));                                 \
+            std::memcpy((void*)this, (const void*)&t, sizeof(N));                               \
             return *this;                                                                       \
         }                                                                                       \
     };                                                                                          \

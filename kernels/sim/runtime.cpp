@@ -400,44 +400,53 @@ std::string shared_name(Worker* w, size_t off) {
     return buf;
 }
 
-void shared_access(Worker* w, uintptr_t a, size_t size, bool write) {
+// Reports of shared_access: out of line and cold, so that the checks themselves stay small.
+[[gnu::noinline, gnu::cold, noreturn]] void shared_out_of_range(Worker* w, size_t off, size_t size, bool write) {
+    fail_here(w, "%s of %zu bytes at shared offset %zu, beyond the %zu bytes of shared memory this block has (static %zu + dynamic %zu)",
+              write ? "write" : "read", size, off, w->arena_used, w->static_bytes, w->dynamic_bytes);
+}
+[[gnu::noinline, gnu::cold, noreturn]] void shared_race(Worker* w, size_t i, const char* kind, int other, bool several) {
+    fail_here(w, "shared-memory race (%s) on %s: %s%s with no barrier in between", kind, shared_name(w, i * 4).c_str(),
+              several ? "several threads, e.g. " : "", thread_name(w, other).c_str());
+}
+[[gnu::noinline, gnu::cold, noreturn]] void shared_uninit(Worker* w, size_t i) {
+    fail_here(w, "read of uninitialised shared memory: %s was never written in this block", shared_name(w, i * 4).c_str());
+}
+
+// Racecheck on the words of one shared access (see Shadow): between two barriers, a word touched by
+// two threads with at least one plain write is a race, unless both are lanes of one warp and a warp
+// collective ordered them.
+inline void shared_access(Worker* w, uintptr_t a, size_t size, bool write) {
     const size_t off = a - w->shared_lo;
-    if (off + size > w->arena_used) {
-        fail_here(w, "%s of %zu bytes at shared offset %zu, beyond the %zu bytes of shared memory this block has (static %zu + dynamic %zu)",
-                  write ? "write" : "read", size, off, w->arena_used, w->static_bytes, w->dynamic_bytes);
-    }
+    if (__builtin_expect(off + size > w->arena_used, 0)) shared_out_of_range(w, off, size, write);
     const int t = w->cur;
     const uint32_t e = w->epoch;
     const uint32_t warp = (uint32_t)t >> 5;
     const uint32_t wgen = w->warp_gen[warp];
+    // Whether an earlier access by `other` in this epoch is unordered with this one.
+    auto unordered = [&](uint16_t other, uint16_t other_wgen) { return (other >> 5) != warp || (uint16_t)wgen == other_wgen; };
+    Shadow* sh = w->shadow.data();
     for (size_t i = off / 4, end = (off + size + 3) / 4; i < end; ++i) {
-        Shadow& s = w->shadow[i];
+        Shadow& s = sh[i];
         if (write) {
-            if (s.w_epoch == e && s.w_tid != t && s.w_tid != kAtomicTid && !((s.w_tid >> 5) == warp && (uint16_t)wgen != s.w_wgen)) {
-                fail_here(w, "shared-memory race (write after write) on %s: also written by %s with no barrier in between",
-                          shared_name(w, i * 4).c_str(), thread_name(w, s.w_tid).c_str());
-            }
-            if (s.r_epoch == e && (s.r_multi || s.r_tid != t) && !(!s.r_multi && (s.r_tid >> 5) == warp && (uint8_t)wgen != s.r_wgen)) {
-                fail_here(w, "shared-memory race (write after read) on %s: read by %s%s with no barrier in between",
-                          shared_name(w, i * 4).c_str(), s.r_multi ? "several threads, e.g. " : "", thread_name(w, s.r_tid == t ? 0 : s.r_tid).c_str());
-            }
+            if (__builtin_expect(s.w_epoch == e && s.w_tid != t && s.w_tid != kAtomicTid, 0) && unordered(s.w_tid, s.w_wgen))
+                shared_race(w, i, "write after write", s.w_tid, false);
+            if (__builtin_expect(s.r_epoch == e && (s.r_multi || s.r_tid != t), 0) &&
+                (s.r_multi || unordered(s.r_tid, (uint16_t)(s.r_wgen | (wgen & 0xff00)))))
+                shared_race(w, i, "write after read", s.r_tid == t ? 0 : s.r_tid, s.r_multi);
             s.w_epoch = e;
             s.w_tid = (uint16_t)t;
             s.w_wgen = (uint16_t)wgen;
         } else {
-            if (s.w_epoch < w->block_epoch0) {
-                fail_here(w, "read of uninitialised shared memory: %s was never written in this block", shared_name(w, i * 4).c_str());
-            }
-            if (s.w_epoch == e && s.w_tid != t && s.w_tid != kAtomicTid && !((s.w_tid >> 5) == warp && (uint16_t)wgen != s.w_wgen)) {
-                fail_here(w, "shared-memory race (read after write) on %s: written by %s with no barrier in between",
-                          shared_name(w, i * 4).c_str(), thread_name(w, s.w_tid).c_str());
-            }
+            if (__builtin_expect(s.w_epoch < w->block_epoch0, 0)) shared_uninit(w, i);
+            if (__builtin_expect(s.w_epoch == e && s.w_tid != t && s.w_tid != kAtomicTid, 0) && unordered(s.w_tid, s.w_wgen))
+                shared_race(w, i, "read after write", s.w_tid, false);
             if (s.r_epoch != e) {
                 s.r_epoch = e;
                 s.r_tid = (uint16_t)t;
                 s.r_multi = 0;
                 s.r_wgen = (uint8_t)wgen;
-            } else if (s.r_tid != t) {
+            } else if (!s.r_multi && s.r_tid != t) {
                 s.r_multi = 1;
             }
         }

@@ -175,3 +175,8 @@ extern "C" __global__ void st_order_dependent(float* y) {
 
 // __launch_bounds__(64): launching with 128 threads is an error.
 extern "C" __global__ void __launch_bounds__(64) st_bounded(float* y) { y[threadIdx.x] = 0.0f; }
+
+// For the context-switch measurement (examples/cuda_sim_speed.rs): `iters` barriers and nothing else.
+extern "C" __global__ void st_barrier_loop(int iters) {
+    for (int i = 0; i < iters; ++i) __syncthreads();
+}
