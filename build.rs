@@ -70,6 +70,7 @@ fn main() {
         "VIDGRAD_CUDA_ARCHS",
         "VIDGRAD_REQUIRE_NVCC",
         "VIDGRAD_NVCC_FLAGS",
+        "VIDGRAD_REQUIRE_SIM",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -554,10 +555,7 @@ fn build_simulator(manifest: &Path, out: &Path) -> bool {
     }
     let objects = match kb.try_compile_intermediates() {
         Ok(o) => o,
-        Err(e) => {
-            println!("cargo:warning=the CUDA simulator was not built ({e}); --device cuda-sim is unavailable");
-            return false;
-        }
+        Err(e) => return sim_not_built(e),
     };
     let mut rb = cc::Build::new();
     rb.cpp(true)
@@ -571,8 +569,18 @@ fn build_simulator(manifest: &Path, out: &Path) -> bool {
         .file(&registry)
         .objects(&objects);
     if let Err(e) = rb.try_compile("vidgrad_cudasim") {
-        println!("cargo:warning=the CUDA simulator was not built ({e}); --device cuda-sim is unavailable");
-        return false;
+        return sim_not_built(e);
     }
     true
+}
+
+/// A warning (the CPU backend still builds), or with `VIDGRAD_REQUIRE_SIM=1` (CI) an error.
+fn sim_not_built(e: cc::Error) -> bool {
+    if env::var("VIDGRAD_REQUIRE_SIM").is_ok_and(|v| v == "1") {
+        panic!("VIDGRAD_REQUIRE_SIM=1 but the CUDA simulator could not be built: {e}");
+    }
+    println!(
+        "cargo:warning=the CUDA simulator was not built ({e}); --device cuda-sim is unavailable"
+    );
+    false
 }

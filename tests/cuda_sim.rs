@@ -5,7 +5,7 @@
 
 use std::ffi::c_void;
 
-use vidgrad::backend::cuda::sim::{arg, Simulator, ThreadOrder};
+use vidgrad::backend::cuda::sim::{arg, LaunchOptions, Simulator, ThreadOrder};
 
 fn sim() -> &'static Simulator {
     Simulator::get().expect("this build carries the CUDA simulator")
@@ -272,7 +272,7 @@ fn shared_memory_races_are_reported() {
             0,
             &[arg(&y.ptr), arg(&x.ptr), arg(&steps)],
         ),
-        &["st_single_buffer", "write after read", "tile"],
+        &["st_single_buffer", "race", "tile"],
     );
 }
 
@@ -280,15 +280,24 @@ fn shared_memory_races_are_reported() {
 fn a_missing_barrier_changes_the_result_under_another_thread_order() {
     // With the checks off, a schedule-dependent kernel computes different things in forward and reverse
     // order: the second order is what makes a missing __syncthreads visible in results.
-    let s = sim();
     let y = Buf::uninit(128 * 4);
     let run = |order| {
-        s.set_order(order);
-        s.set_checks(false);
-        let r = launch("st_order_dependent", 1, 128, 0, &[arg(&y.ptr)]);
-        s.set_checks(true);
-        s.set_order(ThreadOrder::Forward);
-        r.unwrap();
+        let opts = LaunchOptions {
+            order: Some(order),
+            checks: Some(false),
+        };
+        // SAFETY: a buffer of this simulator.
+        unsafe {
+            sim().launch_with(
+                "st_order_dependent",
+                (1, 1, 1),
+                (128, 1, 1),
+                0,
+                &[arg(&y.ptr)],
+                opts,
+            )
+        }
+        .unwrap();
         y.read::<f32>()
     };
     let fwd = run(ThreadOrder::Forward);

@@ -1164,8 +1164,10 @@ int cudasim_check_range(uint64_t p, size_t bytes, char* err, size_t errlen) {
 }
 
 // Launch kernel `index` and run it to completion. 0 on success; otherwise the message is in err.
+// order: −1 for the process-wide setting (cudasim_set_order), else 0/1/2 with `seed`; checks: −1 for the
+// process-wide setting, else 0/1 (per-launch settings keep concurrent callers from changing each other's).
 int cudasim_launch(size_t index, const unsigned grid[3], const unsigned block[3], size_t shared_bytes, void* const* args, const size_t* sizes,
-                   size_t nargs, char* err, size_t errlen) {
+                   size_t nargs, int order, uint64_t seed, int checks, char* err, size_t errlen) {
     init_kernels();
     if (index >= g_kernels->size()) {
         set_err(err, errlen, "no such kernel");
@@ -1209,10 +1211,10 @@ int cudasim_launch(size_t index, const unsigned grid[3], const unsigned block[3]
     L.shared_dynamic = shared_bytes;
     L.shared_limit = limit;
     L.nblocks = (uint64_t)grid[0] * grid[1] * grid[2];
-    L.order = g_order.load();
+    L.order = order >= 0 ? order : g_order.load();
     static std::atomic<uint64_t> serial{0};
-    L.seed = g_seed.load() ^ (serial.fetch_add(1) * 0xD1B54A32D192ED03ull);
-    L.checks = g_checks.load();
+    L.seed = (order >= 0 ? seed : g_seed.load()) ^ (serial.fetch_add(1) * 0xD1B54A32D192ED03ull);
+    L.checks = checks >= 0 ? checks != 0 : g_checks.load();
     // Arguments copied into 16-byte slots owned by the launch.
     size_t off = 0;
     std::vector<size_t> offs(nargs);

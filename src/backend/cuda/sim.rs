@@ -43,6 +43,9 @@ mod ffi {
             args: *const *mut c_void,
             sizes: *const usize,
             nargs: usize,
+            order: c_int,
+            seed: u64,
+            checks: c_int,
             err: *mut c_char,
             errlen: usize,
         ) -> c_int;
@@ -57,6 +60,22 @@ pub enum ThreadOrder {
     Reverse,
     /// A seeded random permutation, drawn anew after every barrier.
     Shuffled(u64),
+}
+
+/// Settings of one launch that override the process-wide ones ([`Simulator::set_order`],
+/// [`Simulator::set_checks`]) for that launch only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaunchOptions {
+    pub order: Option<ThreadOrder>,
+    pub checks: Option<bool>,
+}
+
+fn order_code(order: ThreadOrder) -> (i32, u64) {
+    match order {
+        ThreadOrder::Forward => (0, 0),
+        ThreadOrder::Reverse => (1, 0),
+        ThreadOrder::Shuffled(s) => (2, s),
+    }
 }
 
 /// One kernel the simulator carries.
@@ -182,11 +201,7 @@ impl Simulator {
 
     /// Set the order of the threads of a block between barriers (process-wide).
     pub fn set_order(&self, order: ThreadOrder) {
-        let (o, seed) = match order {
-            ThreadOrder::Forward => (0, 0),
-            ThreadOrder::Reverse => (1, 0),
-            ThreadOrder::Shuffled(s) => (2, s),
-        };
+        let (o, seed) = order_code(order);
         // SAFETY: stores into the runtime's atomics.
         unsafe { sys::set_order(o, seed) }
     }
@@ -264,7 +279,32 @@ impl Simulator {
         shared_bytes: usize,
         args: &[(*mut c_void, usize)],
     ) -> Result<()> {
+        self.launch_with(
+            kernel,
+            grid,
+            block,
+            shared_bytes,
+            args,
+            LaunchOptions::default(),
+        )
+    }
+
+    /// [`Simulator::launch`] with per-launch settings.
+    ///
+    /// # Safety
+    /// As for [`Simulator::launch`].
+    pub unsafe fn launch_with(
+        &self,
+        kernel: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: usize,
+        args: &[(*mut c_void, usize)],
+        opts: LaunchOptions,
+    ) -> Result<()> {
         let i = self.index(kernel)?;
+        let (order, seed) = opts.order.map_or((-1, 0), order_code);
+        let checks = opts.checks.map_or(-1, |c| c as i32);
         let (ptrs, sizes): (Vec<_>, Vec<_>) = args.iter().copied().unzip();
         let mut buf = vec![0u8; 4096];
         let r = sys::launch(
@@ -274,6 +314,7 @@ impl Simulator {
             shared_bytes,
             &ptrs,
             &sizes,
+            (order, seed, checks),
             &mut buf,
         );
         if r == 0 {
@@ -328,6 +369,7 @@ mod sys {
         shared: usize,
         args: &[*mut c_void],
         sizes: &[usize],
+        (order, seed, checks): (i32, u64, i32),
         buf: &mut [u8],
     ) -> i32 {
         ffi::cudasim_launch(
@@ -338,6 +380,9 @@ mod sys {
             args.as_ptr(),
             sizes.as_ptr(),
             args.len(),
+            order,
+            seed,
+            checks,
             buf.as_mut_ptr().cast(),
             buf.len(),
         )
@@ -379,6 +424,7 @@ mod sys {
         _: usize,
         _: &[*mut c_void],
         _: &[usize],
+        _: (i32, u64, i32),
         _: &mut [u8],
     ) -> i32 {
         -1
