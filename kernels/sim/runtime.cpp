@@ -57,8 +57,7 @@ constexpr size_t kMaxThreads = 1024;
 constexpr size_t kSharedDefault = 48 * 1024;
 constexpr size_t kSharedOptinMax = 227 * 1024;
 constexpr size_t kArenaBytes = 228 * 1024;
-constexpr uint32_t kPoison = 0x7fffffffu;
-constexpr uint16_t kAtomicTid = 0xffff;  // shadow writer of a word last written by an atomic  // a NaN as float, as double (twice), INT_MAX as int
+constexpr uint32_t kPoison = 0x7fffffffu;  // a NaN as float, as double (twice), INT_MAX as int
 
 // ---------------------------------------------------------------------------------------------------
 // Allocations
@@ -198,15 +197,33 @@ struct Fiber {
     int pred = 0;
 };
 
+// The racecheck shadow of one 4-byte shared word, 8 bytes (so a block's shadow stays in L1):
+//   bits  0-15 w_epoch  block-relative barrier epoch of the last plain write (0: never written in this
+//                       block; 1: written before an epoch roll-over)
+//         16-25 w_tid   the writer (linear thread index), 26 w_atomic (last written by an atomic),
+//         27-31 w_wgen  the writer's warp-sync generation (low bits)
+//         32-47 r_epoch epoch of the recorded reads, 48-57 r_tid first reader, 58 r_multi (two or more
+//                       readers), 59-63 r_wgen
+// Epochs start at 2 in every block; the shadow of a shared variable is cleared when the block declares it.
 struct Shadow {
-    uint32_t w_epoch;  // barrier epoch of the last plain write (0: never written)
-    uint16_t w_tid;
-    uint16_t w_wgen;   // writer's warp sync generation at the write
-    uint32_t r_epoch;  // epoch of the reads recorded
-    uint16_t r_tid;    // first reader of the epoch
-    uint8_t r_multi;   // read by two or more threads in the epoch
-    uint8_t r_wgen;    // (low bits of) the reader's warp generation
+    uint64_t v;
+    uint32_t w_epoch() const { return (uint32_t)(v & 0xffff); }
+    uint32_t w_tid() const { return (uint32_t)(v >> 16) & 0x3ff; }
+    bool w_atomic() const { return (v >> 26) & 1; }
+    uint32_t w_wgen() const { return (uint32_t)(v >> 27) & 31; }
+    uint32_t r_epoch() const { return (uint32_t)(v >> 32) & 0xffff; }
+    uint32_t r_tid() const { return (uint32_t)(v >> 48) & 0x3ff; }
+    bool r_multi() const { return (v >> 58) & 1; }
+    uint32_t r_wgen() const { return (uint32_t)(v >> 59) & 31; }
+    void set_write(uint32_t e, uint32_t tid, bool atomic, uint32_t wgen) {
+        v = (v & ~0xffffffffull) | e | (uint64_t)tid << 16 | (uint64_t)atomic << 26 | (uint64_t)(wgen & 31) << 27;
+    }
+    void set_read(uint32_t e, uint32_t tid, bool multi, uint32_t wgen) {
+        v = (v & 0xffffffffull) | (uint64_t)e << 32 | (uint64_t)tid << 48 | (uint64_t)multi << 58 | (uint64_t)(wgen & 31) << 59;
+    }
 };
+constexpr uint32_t kEpochStart = 2;
+constexpr uint32_t kEpochMax = 0xffff;
 
 struct Launch;
 
@@ -228,7 +245,7 @@ struct Worker {
     unsigned nthreads = 0;
     uint3 block{0, 0, 0};
     unsigned live = 0, at_barrier = 0;
-    uint32_t epoch = 0, block_epoch0 = 0;  // monotonic over all blocks this worker runs
+    uint32_t epoch = kEpochStart;  // barrier epoch within the block (see Shadow)
     std::vector<uint32_t> warp_gen;
     // Shared memory arena, its racecheck shadow and the per-site offsets of this block.
     char* arena = nullptr;
@@ -258,8 +275,7 @@ struct Worker {
         const long page = sysconf(_SC_PAGESIZE);
         for (size_t i = 0; i < kMaxThreads; ++i) mprotect(stacks + i * kStackBytes, (size_t)page, PROT_NONE);
         arena = static_cast<char*>(aligned_alloc(256, kArenaBytes));
-        shadow.resize(kArenaBytes / 4);
-        std::memset(shadow.data(), 0, shadow.size() * sizeof(Shadow));
+        shadow.assign(kArenaBytes / 4, Shadow{0});
         site_slot.assign((size_t)std::max(cudasim_site_count, 1), 0);
         site_at.assign(kArenaBytes / 16, -1);
         order.reserve(kMaxThreads);
@@ -434,41 +450,50 @@ std::string shared_name(Worker* w, size_t off) {
 // Racecheck on the words of one shared access (see Shadow): between two barriers, a word touched by
 // two threads with at least one plain write is a race, unless both are lanes of one warp and a warp
 // collective ordered them.
-inline void shared_access(Worker* w, uintptr_t a, size_t size, bool write) {
-    const size_t off = a - w->shared_lo;
-    if (__builtin_expect(off + size > w->arena_used, 0)) shared_out_of_range(w, off, size, write);
-    const int t = w->cur;
+[[gnu::noinline]] void shared_access_slow(Worker* w, size_t off, size_t size, bool write) {
+    const uint32_t t = (uint32_t)w->cur;
     const uint32_t e = w->epoch;
-    const uint32_t warp = (uint32_t)t >> 5;
-    const uint32_t wgen = w->warp_gen[warp];
-    // Whether an earlier access by `other` in this epoch is unordered with this one.
-    auto unordered = [&](uint16_t other, uint16_t other_wgen) { return (other >> 5) != warp || (uint16_t)wgen == other_wgen; };
+    const uint32_t warp = t >> 5;
+    const uint32_t wgen = w->warp_gen[warp] & 31;
+    // Whether an earlier access by `other` (at warp generation `g`) in this epoch is unordered with this one.
+    auto unordered = [&](uint32_t other, uint32_t g) { return (other >> 5) != warp || wgen == g; };
     Shadow* sh = w->shadow.data();
     for (size_t i = off / 4, end = (off + size + 3) / 4; i < end; ++i) {
         Shadow& s = sh[i];
         if (write) {
-            if (__builtin_expect(s.w_epoch == e && s.w_tid != t && s.w_tid != kAtomicTid, 0) && unordered(s.w_tid, s.w_wgen))
-                shared_race(w, i, "write after write", s.w_tid, false);
-            if (__builtin_expect(s.r_epoch == e && (s.r_multi || s.r_tid != t), 0) &&
-                (s.r_multi || unordered(s.r_tid, (uint16_t)(s.r_wgen | (wgen & 0xff00)))))
-                shared_race(w, i, "write after read", s.r_tid == t ? 0 : s.r_tid, s.r_multi);
-            s.w_epoch = e;
-            s.w_tid = (uint16_t)t;
-            s.w_wgen = (uint16_t)wgen;
+            if (s.w_epoch() == e && !s.w_atomic() && s.w_tid() != t && unordered(s.w_tid(), s.w_wgen()))
+                shared_race(w, i, "write after write", (int)s.w_tid(), false);
+            if (s.r_epoch() == e && (s.r_multi() || (s.r_tid() != t && unordered(s.r_tid(), s.r_wgen()))))
+                shared_race(w, i, "write after read", s.r_tid() == t ? 0 : (int)s.r_tid(), s.r_multi());
+            s.set_write(e, t, false, wgen);
         } else {
-            if (__builtin_expect(s.w_epoch < w->block_epoch0, 0)) shared_uninit(w, i);
-            if (__builtin_expect(s.w_epoch == e && s.w_tid != t && s.w_tid != kAtomicTid, 0) && unordered(s.w_tid, s.w_wgen))
-                shared_race(w, i, "read after write", s.w_tid, false);
-            if (s.r_epoch != e) {
-                s.r_epoch = e;
-                s.r_tid = (uint16_t)t;
-                s.r_multi = 0;
-                s.r_wgen = (uint8_t)wgen;
-            } else if (!s.r_multi && s.r_tid != t) {
-                s.r_multi = 1;
-            }
+            if (s.w_epoch() == 0) shared_uninit(w, i);
+            if (s.w_epoch() == e && !s.w_atomic() && s.w_tid() != t && unordered(s.w_tid(), s.w_wgen()))
+                shared_race(w, i, "read after write", (int)s.w_tid(), false);
+            if (s.r_epoch() != e) s.set_read(e, t, false, wgen);
+            else if (!s.r_multi() && s.r_tid() != t) s.set_read(e, s.r_tid(), true, s.r_wgen());
         }
     }
+}
+
+inline void shared_access(Worker* w, uintptr_t a, size_t size, bool write) {
+    const size_t off = a - w->shared_lo;
+    if (__builtin_expect(off + size > w->arena_used, 0)) shared_out_of_range(w, off, size, write);
+    if (!write) {
+        // The common case of a GEMM's inner loop: words written in an earlier epoch of this block and
+        // already read by several threads in this one: nothing to check or record.
+        const uint64_t e = w->epoch;
+        const uint64_t want = e | (1ull << 26);
+        const Shadow* sh = w->shadow.data();
+        size_t i = off / 4;
+        const size_t end = (off + size + 3) / 4;
+        for (; i < end; ++i) {
+            const uint64_t v = sh[i].v;
+            if (((v >> 32) & 0x0400ffffull) != want || (uint32_t)((v & 0xffff) - 1) >= (uint32_t)(e - 1)) break;
+        }
+        if (i == end) return;
+    }
+    shared_access_slow(w, off, size, write);
 }
 
 [[gnu::noinline]] void global_access(Worker* w, uintptr_t a, size_t size, bool write) {
@@ -571,6 +596,7 @@ void* cudasim_shared_alloc(int site, size_t bytes, size_t align) {
     // The dynamic region was placed at the arena's end of the static part when the block started; static
     // variables are placed after it so neither moves (offsets stay valid for the block's life).
     poison(w->arena + off, bytes);
+    std::memset(w->shadow.data() + off / 4, 0, ((off + bytes + 3) / 4 - off / 4) * sizeof(Shadow));
     w->arena_used = off + bytes;
     w->static_bytes += bytes;
     w->site_at[off / 16] = site;
@@ -605,10 +631,7 @@ void check_atomic(void* p, size_t size) {
         // Atomics do not race with each other; the word counts as written (by no thread in particular).
         for (size_t i = off / 4; i < (off + size + 3) / 4; ++i) {
             Shadow& s = w->shadow[i];
-            if (s.w_epoch < w->block_epoch0 || s.w_tid == kAtomicTid) {
-                s.w_epoch = w->epoch;
-                s.w_tid = kAtomicTid;
-            }
+            if (s.w_epoch() == 0 || s.w_atomic()) s.set_write(w->epoch, 0, true, 0);
         }
         return;
     }
@@ -889,8 +912,7 @@ bool run_block(Worker* w, Launch* L, uint64_t linear) {
     w->shared_lo = reinterpret_cast<uintptr_t>(w->arena);
     w->shared_size = kArenaBytes;
     ++w->block_serial;
-    w->epoch += 2;
-    w->block_epoch0 = w->epoch;
+    w->epoch = kEpochStart;
     w->warp_gen.assign((n + 31) / 32, 0);
     // The dynamic region first (256-aligned at the arena start), then static variables as they are declared.
     w->dynamic_bytes = L->shared_dynamic;
@@ -898,7 +920,8 @@ bool run_block(Worker* w, Launch* L, uint64_t linear) {
     w->arena_used = (L->shared_dynamic + 255) & ~(size_t)255;
     if (L->shared_dynamic) {
         poison(w->arena, L->shared_dynamic);
-        // Dynamic shared memory counts as written by nobody: reads before writes are reported.
+        // Written by nobody yet: reads before writes are reported.
+        std::memset(w->shadow.data(), 0, (L->shared_dynamic + 3) / 4 * sizeof(Shadow));
     }
     for (size_t i : w->site_at_set) w->site_at[i] = -1;
     w->site_at_set.clear();
@@ -985,7 +1008,14 @@ bool run_block(Worker* w, Launch* L, uint64_t linear) {
                 f.result = (uint64_t)res;
             }
             w->at_barrier = 0;
-            ++w->epoch;
+            if (++w->epoch == kEpochMax) {
+                // Roll over: keep "written in this block", forget who and when.
+                for (size_t i = 0, n = (w->arena_used + 3) / 4; i < n; ++i) {
+                    Shadow& sw = w->shadow[i];
+                    sw.v = sw.w_epoch() ? 1 : 0;
+                }
+                w->epoch = kEpochStart;
+            }
             continue;
         }
         if (!ran) {
