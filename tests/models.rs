@@ -3,6 +3,8 @@
 //! tools/reference/gen_model_fixtures.py (float64 PyTorch, weights and inputs from the shared seeded
 //! generator of src/models/fill.rs, so the fixtures hold no weights). One test per fixture file.
 
+mod common;
+
 use std::path::PathBuf;
 
 use safetensors::SafeTensors;
@@ -53,6 +55,11 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
 }
 
 fn check_model(case: &str) {
+    check_model_on(case, Device::Cpu);
+}
+
+fn check_model_on(case: &str, device: Device) {
+    println!("== {case} on {device}");
     let (meta, tensors) = fixture(case);
     let get = |n: &str| {
         tensors
@@ -95,7 +102,6 @@ fn check_model(case: &str) {
         .iter()
         .map(|v| v.as_u64().unwrap() as usize)
         .collect();
-    let device = Device::Cpu;
     let mut graph = models::build(meta["model"].as_str().unwrap(), &opts, &shape).unwrap();
     // `bn_calibration` (see calibrate_bn in gen_model_fixtures.py): running statistics := those of the
     // seed + 1 input, by one train-mode pass with every batch norm's momentum set to 1 (kept at 1 after:
@@ -261,6 +267,32 @@ fn resnet3d_r18_options_matches_pytorch() {
 #[test]
 fn resnet3d_r50_3x3x3_caffe_matches_pytorch() {
     check_model("resnet3d-r50-3x3x3-caffe");
+}
+
+// The same full-size fixtures on the CUDA device (the simulator without a GPU: tests/common
+// `cuda_device`), for the models whose fixture fits CI's time on the simulator (≲ 25 G multiply-adds for
+// the eval, train and backward passes together; the others run in the GPU bundle, docs/GPU.md). The
+// tolerances are those above: relative to float64 PyTorch, at PyTorch's own float32 error level, which
+// the CUDA kernels' different summation orders stay within.
+#[test]
+fn ct_sep_matches_pytorch_on_cuda() {
+    if let Some(d) = common::cuda_device() {
+        check_model_on("ct-sep", d);
+    }
+}
+
+#[test]
+fn resnet3d_r18_options_matches_pytorch_on_cuda() {
+    if let Some(d) = common::cuda_device() {
+        check_model_on("resnet3d-r18-options", d);
+    }
+}
+
+#[test]
+fn resnet3d_r50_3x3x3_caffe_matches_pytorch_on_cuda() {
+    if let Some(d) = common::cuda_device() {
+        check_model_on("resnet3d-r50-3x3x3-caffe", d);
+    }
 }
 
 /// The shared weight generator agrees with tools/reference/fill.py (values printed by it).
