@@ -120,8 +120,8 @@ fn warp_shuffles_and_votes_follow_the_ptx_semantics() {
         );
     }
     let d: Vec<f64> = outd.read();
-    for l in 0..32 {
-        assert_eq!(d[l], (l ^ 1) as f64 + 0.5, "double shuffle lane {l}");
+    for (l, v) in d.iter().enumerate() {
+        assert_eq!(*v, (l ^ 1) as f64 + 0.5, "double shuffle lane {l}");
     }
 }
 

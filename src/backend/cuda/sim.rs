@@ -362,6 +362,7 @@ mod sys {
     pub unsafe fn set_optin(i: usize, bytes: usize) {
         ffi::cudasim_set_max_dynamic_shared(i, bytes)
     }
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn launch(
         i: usize,
         grid: [u32; 3],
@@ -417,6 +418,7 @@ mod sys {
         -1
     }
     pub unsafe fn set_optin(_: usize, _: usize) {}
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn launch(
         _: usize,
         _: [u32; 3],
