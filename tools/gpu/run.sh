@@ -6,7 +6,7 @@
 #   ./run.sh [OUTDIR]        results in OUTDIR/results/ (default OUTDIR: $OUT, else ./out)
 #
 # Steps, in this order, each under its own time limit (a failing or hanging step does not stop the next;
-# the whole run stays within BUNDLE_BUDGET_S, default 570 s, so it fits a 10-minute command):
+# the whole run stays within BUNDLE_BUDGET_S, default 565 s, so it fits a 10-minute command):
 #   00  the machine: nvidia-smi, driver, compute-sanitizer, PyTorch        → results/00-env.txt
 #   01  CUDA suites on the GPU against the CPU and the PyTorch fixtures     → results/01-cuda-suite.txt
 #       (cuda_ops, op_fixtures, optim, explain, cuda_ptxas; VIDGRAD_REQUIRE_CUDA=1: no silent skip)
@@ -46,7 +46,7 @@ if [ "$SIM" = 1 ]; then
   unset VIDGRAD_REQUIRE_CUDA
 else
   SCALE="${BUNDLE_TIME_SCALE:-1}"
-  BUDGET="${BUNDLE_BUDGET_S:-570}"
+  BUDGET="${BUNDLE_BUDGET_S:-565}"
   export VIDGRAD_REQUIRE_CUDA=1
 fi
 export VIDGRAD_FIXTURE_ROOT="$HERE/tree"
@@ -90,7 +90,7 @@ run_to() {
   echo "\$ $* (time limit ${t} s)" >>"$logf"
   local t0
   t0=$(now_ms)
-  timeout --kill-after=10 "$t" "$@" >>"$logf" 2>&1 </dev/null || rc=$?
+  timeout --kill-after=5 "$t" "$@" >>"$logf" 2>&1 </dev/null || rc=$?
   if [ "$rc" = 137 ]; then rc=124; fi
   if [ "$rc" = 124 ]; then
     echo "TIMED OUT after ${t} s: $*" >>"$logf"
@@ -150,6 +150,9 @@ GPU="none" DRIVER="n/a" CUDA_VER="n/a" SANITIZER="" SAN_VER="" TORCH=""
   cat "$HERE/BUILD.txt" 2>/dev/null || echo "(no BUILD.txt)"
   echo
 } >"$ENV_F"
+if ! command -v nvidia-smi >/dev/null 2>&1 && [ -x /usr/local/nvidia/bin/nvidia-smi ]; then
+  PATH="$PATH:/usr/local/nvidia/bin"
+fi
 if command -v nvidia-smi >/dev/null 2>&1; then
   q="$(timeout 20 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -n1 || true)"
   if [ -n "$q" ] && ! grep -qi "fail\|error\|not found" <<<"$q"; then
