@@ -782,15 +782,27 @@ fn cuda_backend(d: Device) -> &'static CudaBackend {
 /// when the launch counts are read.
 #[test]
 fn every_family_matches_cpu_and_every_kernel_runs() {
-    elementwise_and_reductions_match_cpu();
-    conv_matches_cpu();
-    batch_norm_matches_cpu();
-    pooling_matches_cpu();
-    upsample_matches_cpu();
-    softmax_and_loss_match_cpu();
-    matmul_and_attention_match_cpu();
-    layout_matches_cpu();
-    optimizers_match_cpu();
+    // Every family runs even after one fails, so that one GPU run reports them all.
+    let families: [(&str, fn()); 9] = [
+        ("elementwise", elementwise_and_reductions_match_cpu),
+        ("conv", conv_matches_cpu),
+        ("batchnorm", batch_norm_matches_cpu),
+        ("pool", pooling_matches_cpu),
+        ("upsample", upsample_matches_cpu),
+        ("softmax/loss", softmax_and_loss_match_cpu),
+        ("matmul/attention", matmul_and_attention_match_cpu),
+        ("layout", layout_matches_cpu),
+        ("optimizer", optimizers_match_cpu),
+    ];
+    let failed: Vec<&str> = families
+        .iter()
+        .filter(|(_, f)| std::panic::catch_unwind(*f).is_err())
+        .map(|(name, _)| *name)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "families that do not match the CPU (their panics are above): {failed:?}"
+    );
     if common::cuda_device() != Some(Device::CudaSim) {
         return;
     }

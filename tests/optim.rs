@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use common::{device, Report, Tol};
 use safetensors::{Dtype, SafeTensors};
@@ -69,8 +68,7 @@ struct Fx {
 
 impl Fx {
     fn load() -> Fx {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/optim/optim.safetensors");
+        let path = common::fixture_root().join("tests/fixtures/optim/optim.safetensors");
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let (_, header) = SafeTensors::read_metadata(&bytes).expect("safetensors header");
         let meta = header
