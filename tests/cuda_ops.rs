@@ -96,6 +96,14 @@ fn elementwise_and_reductions_match_cpu() {
         let xv = d.data(n);
         let yv = d.data(n);
         let ((xc, xg), (yc, yg)) = (p.up(&xv), p.up(&yv));
+        let fill = d.pick(&[0.0f32, -0.0, 1.5, f32::NAN]);
+        p.check(
+            "full",
+            &p.cpu.full(n, fill).unwrap(),
+            &p.gpu.full(n, fill).unwrap(),
+            0.0,
+            0.0,
+        );
         let op = d.pick(&[
             UnaryOp::Relu,
             UnaryOp::Scale(-1.5),

@@ -184,7 +184,10 @@ fn construction_and_autograd_misuse() {
         &["5 values", "[2, 3]"],
     );
     expect_err(Tensor::zeros(&[1, 1, 1, 1, 1, 1], device()), &["rank 6"]);
-    expect_err(Tensor::zeros(&[2, 2], Device::Cuda(0)), &["cuda:0"]);
+    if !Device::cuda_available() {
+        // Without a usable GPU, asking for one is an error naming it (with one, it is not an error).
+        expect_err(Tensor::zeros(&[2, 2], Device::Cuda(0)), &["cuda:0"]);
+    }
     expect_err(Device::parse("tpu"), &["tpu"]);
     let x = t(&[2, 3]).with_grad();
     expect_err(x.relu().unwrap().backward(), &["scalar", "[2, 3]"]);
