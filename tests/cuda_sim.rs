@@ -356,8 +356,23 @@ fn misaligned_vector_loads_are_reported_before_they_are_made() {
 #[test]
 fn uninitialised_shared_memory_reads_are_reported() {
     let y = Buf::uninit(64 * 4);
+    // Forward order, so that the first thread to read an unwritten word is thread 32.
+    let opts = LaunchOptions {
+        order: Some(ThreadOrder::Forward),
+        checks: None,
+    };
     expect_error(
-        launch("st_uninit_shared", 1, 64, 0, &[arg(&y.ptr)]),
+        // SAFETY: a buffer of this simulator.
+        unsafe {
+            sim().launch_with(
+                "st_uninit_shared",
+                (1, 1, 1),
+                (64, 1, 1),
+                0,
+                &[arg(&y.ptr)],
+                opts,
+            )
+        },
         &[
             "st_uninit_shared",
             "uninitialised shared memory",

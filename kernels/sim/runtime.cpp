@@ -88,8 +88,10 @@ void poison(void* p, size_t bytes) {
 std::string describe_address(const std::vector<Alloc>& allocs, uintptr_t a, size_t size) {
     char buf[512];
     auto it = std::upper_bound(allocs.begin(), allocs.end(), a, [](uintptr_t x, const Alloc& al) { return x < al.base; });
-    // Freed blocks first: a freed address may since lie in a gap.
-    if (it == allocs.begin() || a >= (it - 1)->base + (it - 1)->bytes) {
+    // An address inside the 256-byte padding of the live buffer below overruns that buffer; otherwise a
+    // freed block that held the address is the likelier story (its memory may lie in a gap since).
+    const bool in_padding = it != allocs.begin() && a < (it - 1)->base + (((it - 1)->bytes + 255) & ~(size_t)255);
+    if (!in_padding && (it == allocs.begin() || a >= (it - 1)->base + (it - 1)->bytes)) {
         std::lock_guard<std::mutex> g(g_alloc_mu);
         for (auto f = g_freed.rbegin(); f != g_freed.rend(); ++f) {
             if (a >= f->base && a < f->base + f->bytes) {
@@ -261,6 +263,7 @@ struct Worker {
     uint64_t switches = 0;
     uint64_t rng = 0;
     std::vector<int> order;
+    int pos = 0;  // position of the running fiber in `order` (the scheduler's pass)
 
     Worker() {
         fibers.resize(kMaxThreads);
@@ -348,6 +351,7 @@ std::string where(const Worker* w) {
     return buf;
 }
 
+// Leave the running fiber for the scheduler (on failure, and where the pass of the block is over).
 void yield_to_scheduler(Worker* w) {
     Fiber& f = w->fibers[w->cur];
     ++w->switches;
@@ -358,6 +362,30 @@ void yield_to_scheduler(Worker* w) {
 #else
     swapcontext(&f.uc, &w->sched_uc);
 #endif
+}
+
+// The running fiber waits (or has ended): switch straight to the next runnable fiber of the scheduler's
+// pass (one switch instead of two through the scheduler); back to the scheduler when the pass is over.
+void yield_to_next(Worker* w) {
+    Fiber& f = w->fibers[w->cur];
+    const int n = (int)w->order.size();
+    while (++w->pos < n) {
+        const int t = w->order[w->pos];
+        Fiber& g = w->fibers[t];
+        if (g.state != RUNNABLE) continue;
+        w->cur = t;
+        w->stack_lo = reinterpret_cast<uintptr_t>(g.stack_lo);
+        ++w->switches;
+#if defined(__x86_64__)
+        __asm__ __volatile__("" ::: "memory");
+        cudasim_switch(&f.sp, g.sp);
+        __asm__ __volatile__("" ::: "memory");
+#else
+        swapcontext(&f.uc, &g.uc);
+#endif
+        return;
+    }
+    yield_to_scheduler(w);
 }
 
 // Record the error of the running fiber and leave it for good.
@@ -394,7 +422,7 @@ extern "C" void cudasim_fiber_main(Worker* w) {
     Fiber& f = w->fibers[w->cur];
     f.state = EXITED;
     --w->live;
-    yield_to_scheduler(w);
+    yield_to_next(w);
     __builtin_unreachable();
 }
 
@@ -809,7 +837,7 @@ extern "C" unsigned long long cudasim_warp(const char* file, int line, int op, u
         complete_warp(w, base, mask);
         return me.result;
     }
-    yield_to_scheduler(w);
+    yield_to_next(w);
     return w->fibers[t].result;
 }
 
@@ -822,8 +850,9 @@ extern "C" int cudasim_barrier(const char* file, int line, int op, int pred) {
     me.pred = pred;
     me.state = AT_BARRIER;
     ++w->at_barrier;
-    yield_to_scheduler(w);  // the scheduler releases the barrier once every live thread has arrived
-    return (int)w->fibers[w->cur].result;
+    const int t = w->cur;
+    yield_to_next(w);  // the scheduler releases the barrier once every live thread has arrived
+    return (int)w->fibers[t].result;
 }
 
 namespace {
@@ -966,7 +995,10 @@ bool run_block(Worker* w, Launch* L, uint64_t linear) {
     for (;;) {
         make_order(w, mode);
         bool ran = false;
-        for (int t : w->order) {
+        // Fibers advance `pos` as they hand over to each other; control comes back here when the pass
+        // is over (or on failure).
+        for (w->pos = 0; w->pos < (int)w->order.size(); ++w->pos) {
+            const int t = w->order[w->pos];
             if (w->fibers[t].state != RUNNABLE) continue;
             ran = true;
             resume(w, t);
