@@ -287,11 +287,26 @@ struct Worker {
 
 thread_local Worker* tls_worker TLS_IE = nullptr;
 
+// Frees a host thread's worker (stacks, arena, shadow) when the thread ends: test harnesses run each
+// test on a thread of its own.
+struct WorkerOwner {
+    Worker* w = nullptr;
+    ~WorkerOwner() {
+        if (!w) return;
+        tls_worker = nullptr;
+        munmap(w->stacks, kStackBytes * kMaxThreads);
+        free(w->arena);
+        delete w;
+    }
+};
+thread_local WorkerOwner tls_owner;
+
 Worker* worker() {
     Worker* w = tls_worker;
     if (!w) {
-        w = new Worker();  // one per host thread that runs blocks; kept for the thread's life
+        w = new Worker();  // one per host thread that runs blocks, for the thread's life
         tls_worker = w;
+        tls_owner.w = w;
     }
     return w;
 }
