@@ -313,7 +313,8 @@ impl ClipArgs {
 /// `--device cuda|cpu` (default: CUDA when present, else CPU).
 #[derive(clap::Args, Clone)]
 struct DeviceArg {
-    /// cpu, cuda or cuda:N (default: cuda when a GPU and the kernels are present, else cpu).
+    /// cpu, cuda, cuda:N or cuda-sim (the simulated CUDA device, for testing; docs/CUDA-SIM.md). Default:
+    /// cuda when a GPU and the kernels are present, else cpu.
     #[arg(long)]
     device: Option<String>,
 }

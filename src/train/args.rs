@@ -153,7 +153,8 @@ pub struct TrainArgs {
     pub prefetch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu, cuda or cuda:N (default: cuda when available, else cpu).
+    /// cpu, cuda, cuda:N or cuda-sim (the simulated CUDA device, for testing; docs/CUDA-SIM.md). Default:
+    /// cuda when available, else cpu.
     #[arg(long)]
     pub device: Option<String>,
     /// Output folder: checkpoints (last/best.safetensors), metrics.jsonl, loss.png, accuracy.png.
