@@ -1,23 +1,13 @@
 //! The `vidgrad` command line as a user runs it.
 
-use std::process::Command;
+mod common;
 
 use vidgrad::exec::Network;
 use vidgrad::io::{load_safetensors, save_safetensors, StateDict};
 use vidgrad::models::{self, fill, ModelOptions};
 use vidgrad::Device;
 
-fn vidgrad(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vidgrad"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::run_vidgrad as vidgrad;
 
 #[test]
 fn models_summary_and_graph() {

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 use vidgrad::exec::Network;
@@ -14,15 +13,10 @@ use vidgrad::io::{load_safetensors, save_safetensors, StateDict};
 use vidgrad::models::{self, fill, ModelOptions};
 use vidgrad::Device;
 
+/// `vidgrad ARGS`: (success, stderr).
 fn vidgrad(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vidgrad"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let (ok, _, err) = common::run_vidgrad(args);
+    (ok, err)
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {

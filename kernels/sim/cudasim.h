@@ -152,24 +152,26 @@ __forceinline__ void check_vec(const void* p, int bytes, int write) {
     if (reinterpret_cast<uintptr_t>(p) & (uintptr_t)(bytes - 1)) cudasim_misaligned(p, bytes, write);
 }
 }  // namespace cudasim
+// Copying a vector type is one vector access (one check) as on the GPU: the alignment is checked first.
+#define CUDASIM_VEC_COPY(N)                                                                     \
+    N(const N& o) {                                                                             \
+        cudasim::check_vec(&o, sizeof(N), 0);                                                   \
+        std::memcpy((void*)this, (const void*)&o, sizeof(N));                                   \
+    }                                                                                           \
+    N& operator=(const N& o) {                                                                  \
+        cudasim::check_vec(this, sizeof(N), 1);                                                 \
+        cudasim::check_vec(&o, sizeof(N), 0);                                                   \
+        N t;                                                                                    \
+        std::memcpy((void*)&t, (const void*)&o, sizeof(N));                                     \
+        std::memcpy((void*)this, (const void*)&t, sizeof(N));                                   \
+        return *this;                                                                           \
+    }
 #define CUDASIM_VEC4(T, N)                                                                      \
     struct __attribute__((aligned(4 * sizeof(T)))) N {                                          \
         T x, y, z, w;                                                                           \
         N() = default;                                                                          \
         constexpr N(T a, T b, T c, T d) : x(a), y(b), z(c), w(d) {}                             \
-        /* one 16-byte access (one check), as the GPU's vector load/store */                 \
-        N(const N& o) {                                                                         \
-            cudasim::check_vec(&o, sizeof(N), 0);                                               \
-            std::memcpy((void*)this, (const void*)&o, sizeof(N));                               \
-        }                                                                                       \
-        N& operator=(const N& o) {                                                              \
-            cudasim::check_vec(this, sizeof(N), 1);                                             \
-            cudasim::check_vec(&o, sizeof(N), 0);                                               \
-            N t;                                                                                \
-            std::memcpy((void*)&t, (const void*)&o, sizeof(N));                                 \
-            std::memcpy((void*)this, (const void*)&t, sizeof(N));                               \
-            return *this;                                                                       \
-        }                                                                                       \
+        CUDASIM_VEC_COPY(N)                                                                     \
     };                                                                                          \
     __forceinline__ N make_##N(T a, T b, T c, T d) { return N(a, b, c, d); }
 #define CUDASIM_VEC2(T, N)                                                                      \
@@ -177,19 +179,7 @@ __forceinline__ void check_vec(const void* p, int bytes, int write) {
         T x, y;                                                                                 \
         N() = default;                                                                          \
         constexpr N(T a, T b) : x(a), y(b) {}                                                   \
-        /* one vector access (one check), as on the GPU */                                     \
-        N(const N& o) {                                                                         \
-            cudasim::check_vec(&o, sizeof(N), 0);                                               \
-            std::memcpy((void*)this, (const void*)&o, sizeof(N));                               \
-        }                                                                                       \
-        N& operator=(const N& o) {                                                              \
-            cudasim::check_vec(this, sizeof(N), 1);                                             \
-            cudasim::check_vec(&o, sizeof(N), 0);                                               \
-            N t;                                                                                \
-            std::memcpy((void*)&t, (const void*)&o, sizeof(N));                                 \
-            std::memcpy((void*)this, (const void*)&t, sizeof(N));                               \
-            return *this;                                                                       \
-        }                                                                                       \
+        CUDASIM_VEC_COPY(N)                                                                     \
     };                                                                                          \
     __forceinline__ N make_##N(T a, T b) { return N(a, b); }
 CUDASIM_VEC4(float, float4)

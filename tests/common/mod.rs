@@ -82,6 +82,19 @@ pub struct Fixture {
 
 /// Where `tests/fixtures` lives: `VIDGRAD_FIXTURE_ROOT` (set by the GPU bundle's run script, see
 /// docs/GPU.md), else the source tree.
+/// Run the `vidgrad` binary: (success, stdout, stderr).
+pub fn run_vidgrad(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vidgrad"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
 pub fn fixture_root() -> PathBuf {
     std::env::var_os("VIDGRAD_FIXTURE_ROOT")
         .map(PathBuf::from)

@@ -26,6 +26,16 @@ struct AdaptP {
     output: [i32; 3],
 }
 
+impl AdaptP {
+    fn new(g: &AdaptivePoolGeom) -> AdaptP {
+        AdaptP {
+            planes: g.planes as i32,
+            input: a3(g.input),
+            output: a3(g.output),
+        }
+    }
+}
+
 fn pool_p(g: &PoolGeom, include_pad: bool) -> PoolP {
     PoolP {
         planes: g.planes as i32,
@@ -129,11 +139,7 @@ pub(super) fn adaptive_forward(
     }
     let y = be.alloc(len)?;
     if len > 0 {
-        let p = AdaptP {
-            planes: g.planes as i32,
-            input: a3(g.input),
-            output: a3(g.output),
-        };
+        let p = AdaptP::new(g);
         be.launch1(
             "pool",
             "pool_adaptive_forward",
@@ -155,11 +161,7 @@ pub(super) fn adaptive_backward(
     }
     let dx = be.alloc(len)?;
     if len > 0 {
-        let p = AdaptP {
-            planes: g.planes as i32,
-            input: a3(g.input),
-            output: a3(g.output),
-        };
+        let p = AdaptP::new(g);
         be.launch1(
             "pool",
             "pool_adaptive_backward",

@@ -12,6 +12,35 @@ use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
+/// Without the simulator (no C++ compiler at build time) nothing reaches these: [`Simulator::get`]
+/// fails first, so no `Simulator` exists to call them.
+#[cfg(not(vidgrad_cudasim))]
+#[allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_void};
+    macro_rules! absent {
+        ($($name:ident($($a:ty),*) -> $r:ty;)*) => {$(
+            pub unsafe fn $name($(_: $a),*) -> $r {
+                unreachable!("the CUDA simulator is not built")
+            }
+        )*};
+    }
+    absent! {
+        cudasim_kernel_launches(usize) -> u64;
+        cudasim_set_max_dynamic_shared(usize, usize) -> ();
+        cudasim_set_order(c_int, u64) -> ();
+        cudasim_set_checks(c_int) -> ();
+        cudasim_threads() -> c_int;
+        cudasim_context_switches() -> u64;
+        cudasim_malloc(usize) -> *mut c_void;
+        cudasim_free(*mut c_void) -> c_int;
+        cudasim_set_state(*mut c_void, c_int) -> c_int;
+        cudasim_check_range(u64, usize, *mut c_char, usize) -> c_int;
+        cudasim_launch(usize, *const u32, *const u32, usize, *const *mut c_void, *const usize, usize,
+            c_int, u64, c_int, *mut c_char, usize) -> c_int;
+    }
+}
+
 #[cfg(vidgrad_cudasim)]
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
@@ -27,7 +56,6 @@ mod ffi {
         pub fn cudasim_kernel_launches(i: usize) -> u64;
         pub fn cudasim_set_max_dynamic_shared(i: usize, bytes: usize);
         pub fn cudasim_set_order(order: c_int, seed: u64);
-        pub fn cudasim_order() -> c_int;
         pub fn cudasim_set_checks(on: c_int);
         pub fn cudasim_threads() -> c_int;
         pub fn cudasim_context_switches() -> u64;
@@ -183,40 +211,40 @@ impl Simulator {
             .iter()
             .enumerate()
             // SAFETY: a read of an atomic counter.
-            .map(|(i, k)| (k, unsafe { sys::launches(i) }))
+            .map(|(i, k)| (k, unsafe { ffi::cudasim_kernel_launches(i) }))
             .collect()
     }
 
     /// Host threads that run blocks in parallel (`VIDGRAD_SIM_THREADS`, default: all cores).
     pub fn threads(&self) -> usize {
         // SAFETY: a plain query.
-        unsafe { sys::threads() }
+        unsafe { ffi::cudasim_threads().max(1) as usize }
     }
 
     /// Fiber context switches so far (each resume and each yield counts one).
     pub fn context_switches(&self) -> u64 {
         // SAFETY: a plain query.
-        unsafe { sys::switches() }
+        unsafe { ffi::cudasim_context_switches() }
     }
 
     /// Set the order of the threads of a block between barriers (process-wide).
     pub fn set_order(&self, order: ThreadOrder) {
         let (o, seed) = order_code(order);
         // SAFETY: stores into the runtime's atomics.
-        unsafe { sys::set_order(o, seed) }
+        unsafe { ffi::cudasim_set_order(o, seed) }
     }
 
     /// Turn the memory checks (bounds, races, uninitialised shared reads) on or off (process-wide;
     /// on by default). Off only to show what a check-free run computes.
     pub fn set_checks(&self, on: bool) {
         // SAFETY: a store into the runtime's atomic.
-        unsafe { sys::set_checks(on) }
+        unsafe { ffi::cudasim_set_checks(on as i32) }
     }
 
     /// Device memory: `bytes` (at least one), 256-byte aligned, filled with a NaN pattern.
     pub fn malloc(&self, bytes: usize) -> Result<u64> {
         // SAFETY: returns a fresh host block or null.
-        let p = unsafe { sys::malloc(bytes.max(1)) };
+        let p = unsafe { ffi::cudasim_malloc(bytes.max(1)) } as u64;
         if p == 0 {
             return Err(Error::Device(format!(
                 "cuda-sim: out of host memory allocating {bytes} bytes"
@@ -230,14 +258,14 @@ impl Simulator {
     /// # Safety
     /// No buffer may refer to `ptr` any more.
     pub unsafe fn free(&self, ptr: u64) {
-        sys::free(ptr)
+        ffi::cudasim_free(ptr as *mut c_void);
     }
 
     /// Mark a block as held by the caching allocator (`cached`: accesses are use-after-free) or handed
     /// out again (poisoned anew).
     pub fn set_cached(&self, ptr: u64, cached: bool) {
         // SAFETY: the runtime looks the pointer up and ignores unknown ones.
-        unsafe { sys::set_state(ptr, cached) }
+        unsafe { ffi::cudasim_set_state(ptr as *mut c_void, cached as i32) };
     }
 
     /// An error unless `[ptr, ptr + bytes)` lies inside one live allocation.
@@ -247,7 +275,8 @@ impl Simulator {
         }
         let mut buf = [0u8; 512];
         // SAFETY: buf outlives the call.
-        if unsafe { sys::check_range(ptr, bytes, &mut buf) } == 0 {
+        if unsafe { ffi::cudasim_check_range(ptr, bytes, buf.as_mut_ptr().cast(), buf.len()) } == 0
+        {
             return Ok(());
         }
         Err(Error::Device(format!(
@@ -261,7 +290,7 @@ impl Simulator {
     pub fn set_max_dynamic_shared(&self, kernel: &str, bytes: usize) -> Result<()> {
         let i = self.index(kernel)?;
         // SAFETY: a store into the runtime's table.
-        unsafe { sys::set_optin(i, bytes) };
+        unsafe { ffi::cudasim_set_max_dynamic_shared(i, bytes) };
         Ok(())
     }
 
@@ -307,129 +336,25 @@ impl Simulator {
         let checks = opts.checks.map_or(-1, |c| c as i32);
         let (ptrs, sizes): (Vec<_>, Vec<_>) = args.iter().copied().unzip();
         let mut buf = vec![0u8; 4096];
-        let r = sys::launch(
+        let r = ffi::cudasim_launch(
             i,
-            [grid.0, grid.1, grid.2],
-            [block.0, block.1, block.2],
+            [grid.0, grid.1, grid.2].as_ptr(),
+            [block.0, block.1, block.2].as_ptr(),
             shared_bytes,
-            &ptrs,
-            &sizes,
-            (order, seed, checks),
-            &mut buf,
+            ptrs.as_ptr(),
+            sizes.as_ptr(),
+            ptrs.len(),
+            order,
+            seed,
+            checks,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
         );
         if r == 0 {
             Ok(())
         } else {
             Err(Error::Device(format!("cuda-sim: {}", err_text(&buf))))
         }
-    }
-}
-
-/// The runtime's entry points, or stand-ins that are never reached without it (every path to them goes
-/// through [`Simulator::get`], which fails first).
-#[cfg(vidgrad_cudasim)]
-mod sys {
-    use super::ffi;
-    use std::ffi::c_void;
-
-    pub unsafe fn launches(i: usize) -> u64 {
-        ffi::cudasim_kernel_launches(i)
-    }
-    pub unsafe fn threads() -> usize {
-        ffi::cudasim_threads().max(1) as usize
-    }
-    pub unsafe fn switches() -> u64 {
-        ffi::cudasim_context_switches()
-    }
-    pub unsafe fn set_order(o: i32, seed: u64) {
-        ffi::cudasim_set_order(o, seed)
-    }
-    pub unsafe fn set_checks(on: bool) {
-        ffi::cudasim_set_checks(on as i32)
-    }
-    pub unsafe fn malloc(bytes: usize) -> u64 {
-        ffi::cudasim_malloc(bytes) as u64
-    }
-    pub unsafe fn free(p: u64) {
-        ffi::cudasim_free(p as *mut c_void);
-    }
-    pub unsafe fn set_state(p: u64, cached: bool) {
-        ffi::cudasim_set_state(p as *mut c_void, cached as i32);
-    }
-    pub unsafe fn check_range(p: u64, bytes: usize, buf: &mut [u8]) -> i32 {
-        ffi::cudasim_check_range(p, bytes, buf.as_mut_ptr().cast(), buf.len())
-    }
-    pub unsafe fn set_optin(i: usize, bytes: usize) {
-        ffi::cudasim_set_max_dynamic_shared(i, bytes)
-    }
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn launch(
-        i: usize,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared: usize,
-        args: &[*mut c_void],
-        sizes: &[usize],
-        (order, seed, checks): (i32, u64, i32),
-        buf: &mut [u8],
-    ) -> i32 {
-        ffi::cudasim_launch(
-            i,
-            grid.as_ptr(),
-            block.as_ptr(),
-            shared,
-            args.as_ptr(),
-            sizes.as_ptr(),
-            args.len(),
-            order,
-            seed,
-            checks,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    }
-    #[allow(dead_code)]
-    pub unsafe fn order() -> i32 {
-        ffi::cudasim_order()
-    }
-}
-
-#[cfg(not(vidgrad_cudasim))]
-#[allow(clippy::missing_safety_doc)]
-mod sys {
-    use std::ffi::c_void;
-    pub unsafe fn launches(_: usize) -> u64 {
-        0
-    }
-    pub unsafe fn threads() -> usize {
-        1
-    }
-    pub unsafe fn switches() -> u64 {
-        0
-    }
-    pub unsafe fn set_order(_: i32, _: u64) {}
-    pub unsafe fn set_checks(_: bool) {}
-    pub unsafe fn malloc(_: usize) -> u64 {
-        0
-    }
-    pub unsafe fn free(_: u64) {}
-    pub unsafe fn set_state(_: u64, _: bool) {}
-    pub unsafe fn check_range(_: u64, _: usize, _: &mut [u8]) -> i32 {
-        -1
-    }
-    pub unsafe fn set_optin(_: usize, _: usize) {}
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn launch(
-        _: usize,
-        _: [u32; 3],
-        _: [u32; 3],
-        _: usize,
-        _: &[*mut c_void],
-        _: &[usize],
-        _: (i32, u64, i32),
-        _: &mut [u8],
-    ) -> i32 {
-        -1
     }
 }
 
