@@ -417,11 +417,28 @@ fn rewrite_shared_line(line: &str, file: &str, lineno: usize, sites: &mut Vec<St
     out
 }
 
-/// The simulator's copy of one source: `#line` back to the original, `__shared__` rewritten.
+/// nvcc's `#pragma unroll [N]` as GCC's `#pragma GCC unroll N` (GCC ignores the former): a tile loop left
+/// rolled keeps its accumulators in memory, and the simulator runs several times slower.
+fn rewrite_unroll_line(line: &str) -> Option<String> {
+    let trimmed = line.trim_start();
+    let rest = trimmed.strip_prefix("#pragma unroll")?;
+    let count = rest.trim();
+    let count = if count.is_empty() { "64" } else { count };
+    Some(format!(
+        "{}#pragma GCC unroll {count}",
+        &line[..line.len() - trimmed.len()]
+    ))
+}
+
+/// The simulator's copy of one source: `#line` back to the original, `__shared__` and `#pragma unroll`
+/// rewritten.
 fn rewrite_for_sim(src: &str, file: &str, sites: &mut Vec<String>) -> String {
     let mut out = format!("#line 1 \"{file}\"\n");
     for (i, line) in src.lines().enumerate() {
-        out.push_str(&rewrite_shared_line(line, file, i + 1, sites));
+        match rewrite_unroll_line(line) {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(&rewrite_shared_line(line, file, i + 1, sites)),
+        }
         out.push('\n');
     }
     out

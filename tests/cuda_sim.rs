@@ -5,7 +5,7 @@
 
 use std::ffi::c_void;
 
-use vidgrad::backend::cuda::sim::{arg, LaunchOptions, Simulator, ThreadOrder};
+use vidgrad::backend::cuda::sim::{arg, LaunchOptions, SimChecks, Simulator, ThreadOrder};
 
 fn sim() -> &'static Simulator {
     Simulator::get().expect("this build carries the CUDA simulator")
@@ -277,6 +277,46 @@ fn shared_memory_races_are_reported() {
 }
 
 #[test]
+fn bounds_checks_alone_keep_the_bounds_and_drop_the_racecheck() {
+    // VIDGRAD_SIM_CHECKS=bounds (the full-size model fixtures): global bounds still reported, the
+    // shared-memory shadow not consulted.
+    let bounds = LaunchOptions {
+        order: None,
+        checks: Some(SimChecks::Bounds),
+    };
+    let n = 100i32;
+    let (x, y) = (Buf::new(&vec![1.0f32; 100]), Buf::uninit(100 * 4));
+    expect_error(
+        // SAFETY: buffers of this simulator.
+        unsafe {
+            sim().launch_with(
+                "st_oob_read",
+                (1, 1, 1),
+                (128, 1, 1),
+                0,
+                &[arg(&y.ptr), arg(&x.ptr), arg(&n)],
+                bounds,
+            )
+        },
+        &["st_oob_read", "thread (100,0,0)", "offset 400 of buffer"],
+    );
+    let x = Buf::new(&vec![1.0f32; 64 * 8]);
+    let y = Buf::uninit(256 * 4);
+    // SAFETY: as above.
+    unsafe {
+        sim().launch_with(
+            "st_missing_sync",
+            (1, 1, 1),
+            (256, 1, 1),
+            0,
+            &[arg(&y.ptr), arg(&x.ptr)],
+            bounds,
+        )
+    }
+    .expect("without the racecheck the missing barrier goes unreported");
+}
+
+#[test]
 fn a_missing_barrier_changes_the_result_under_another_thread_order() {
     // With the checks off, a schedule-dependent kernel computes different things in forward and reverse
     // order: the second order is what makes a missing __syncthreads visible in results.
@@ -284,7 +324,7 @@ fn a_missing_barrier_changes_the_result_under_another_thread_order() {
     let run = |order| {
         let opts = LaunchOptions {
             order: Some(order),
-            checks: Some(false),
+            checks: Some(SimChecks::Off),
         };
         // SAFETY: a buffer of this simulator.
         unsafe {

@@ -148,22 +148,121 @@ __forceinline__ unsigned int __activemask() { return cudasim_activemask(); }
 // ---- vector types: 8/16-byte aligned as on the GPU; an access through a misaligned one is reported
 // (before it is made: GCC emits aligned SSE moves for these types, which would fault).
 namespace cudasim {
+// What the inline access checks read, kept current by runtime.cpp for the running fiber. The hooks that
+// -fsanitize=thread inserts and the vector copies below share these checks (access_settled); whatever they
+// cannot settle goes to cudasim_access_slow (bounds against the allocation table, racecheck shadow).
+struct AccessView {
+    uintptr_t stack_lo, stack_size;    // the running fiber's stack: locals, parameters, coordinates
+    uintptr_t shared_lo, shared_size;  // the block's shared arena (as mapped)
+    uintptr_t shared_used;             // bytes of the arena the block has declared so far
+    uintptr_t global_lo[8], global_hi[8];  // the live global allocations accesses were found in last
+    const uint16_t* clean;             // per 16-byte shared granule: the epoch in which any read is settled
+    uint32_t epoch;                    // barrier epoch of the block
+    bool checking;                     // any checks (VIDGRAD_SIM_CHECKS=all or bounds)
+    bool racecheck;                    // the shared-memory shadow too (all)
+};
+}  // namespace cudasim
+// `__thread`, not `thread_local`: no dynamic initialisation, so no TLS wrapper call at each use.
+extern __thread const cudasim::AccessView* cudasim_view __attribute__((tls_model("initial-exec")));
+extern "C" void cudasim_access_slow(const void* p, size_t bytes, int write);
+
+namespace cudasim {
+// A load the sanitizer does not instrument (an asm statement), for the checks' own bookkeeping: the kernels'
+// translation units are compiled with -fsanitize=thread, and these inline checks are part of them.
+#if defined(__x86_64__)
+template <class T>
+__forceinline__ T raw_load(const T& r) {
+    T v;
+    asm("mov %1, %0" : "=r"(v) : "m"(r));
+    return v;
+}
+#else
+template <class T>
+__forceinline__ T raw_load(const T& r) {
+    return r;  // instrumented: the hooks then make the same checks, a little slower
+}
+#endif
+
+// True when an access needs no further check: checks off, the fiber's own stack, a shared read of granules
+// marked clean in this epoch, or inside one of the global allocations found last.
+__forceinline__ bool access_settled(const AccessView* v, uintptr_t a, size_t n, bool write) {
+    if (!raw_load(v->checking)) return true;
+    if (a - raw_load(v->stack_lo) < raw_load(v->stack_size)) return true;
+    const uintptr_t off = a - raw_load(v->shared_lo);
+    if (off < raw_load(v->shared_size)) {
+        if (off + n > raw_load(v->shared_used)) return false;
+        if (!raw_load(v->racecheck)) return true;
+        if (write) return false;
+        const uint16_t e = (uint16_t)raw_load(v->epoch);
+        const uint16_t* clean = raw_load(v->clean);
+        const uintptr_t g0 = off >> 4, g1 = (off + n - 1) >> 4;
+        return g1 - g0 <= 1 && raw_load(clean[g0]) == e && raw_load(clean[g1]) == e;
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i)  // kernels read and write a few buffers in turn (batch norm: six)
+        if (a >= raw_load(v->global_lo[i]) && a + n <= raw_load(v->global_hi[i])) return true;
+    return false;
+}
+__forceinline__ void check_access(const void* p, size_t n, bool write) {
+    if (__builtin_expect(!access_settled(raw_load(cudasim_view), reinterpret_cast<uintptr_t>(p), n, write), 0)) cudasim_access_slow(p, n, write);
+}
 __forceinline__ void check_vec(const void* p, int bytes, int write) {
     if (reinterpret_cast<uintptr_t>(p) & (uintptr_t)(bytes - 1)) cudasim_misaligned(p, bytes, write);
+}
+
+// One vector access of 8 or 16 bytes: alignment, then the access check, then the move. On x86-64 the move
+// is an asm statement, which the sanitizer does not instrument (the check above stands in for its hook),
+// so a GEMM's inner loop of float4 shared reads makes no calls and keeps its accumulators in registers.
+template <size_t N>
+struct Bytes {
+    char b[N];
+};
+template <size_t N>
+__forceinline__ void vec_load(void* dst, const void* src) {
+    check_vec(src, (int)N, 0);
+    check_access(src, N, false);
+#if defined(__x86_64__)
+    if constexpr (N == 16) {
+        typedef float v4 __attribute__((vector_size(16)));
+        v4 r;
+        asm("movups %1, %0" : "=x"(r) : "m"(*static_cast<const Bytes<16>*>(src)));
+        std::memcpy(dst, &r, 16);
+    } else {
+        uint64_t r;
+        asm("movq %1, %0" : "=r"(r) : "m"(*static_cast<const Bytes<8>*>(src)));
+        std::memcpy(dst, &r, 8);
+    }
+#else
+    std::memcpy(dst, src, N);
+#endif
+}
+template <size_t N>
+__forceinline__ void vec_store(void* dst, const void* src) {
+    check_vec(dst, (int)N, 1);
+    check_access(dst, N, true);
+#if defined(__x86_64__)
+    if constexpr (N == 16) {
+        typedef float v4 __attribute__((vector_size(16)));
+        v4 r;
+        std::memcpy(&r, src, 16);
+        asm("movups %1, %0" : "=m"(*static_cast<Bytes<16>*>(dst)) : "x"(r));
+    } else {
+        uint64_t r;
+        std::memcpy(&r, src, 8);
+        asm("movq %1, %0" : "=m"(*static_cast<Bytes<8>*>(dst)) : "r"(r));
+    }
+#else
+    std::memcpy(dst, src, N);
+#endif
 }
 }  // namespace cudasim
 // Copying a vector type is one vector access (one check) as on the GPU: the alignment is checked first.
 #define CUDASIM_VEC_COPY(N)                                                                     \
-    N(const N& o) {                                                                             \
-        cudasim::check_vec(&o, sizeof(N), 0);                                                   \
-        std::memcpy((void*)this, (const void*)&o, sizeof(N));                                   \
-    }                                                                                           \
+    N(const N& o) { cudasim::vec_load<sizeof(N)>(this, &o); }                                   \
     N& operator=(const N& o) {                                                                  \
-        cudasim::check_vec(this, sizeof(N), 1);                                                 \
-        cudasim::check_vec(&o, sizeof(N), 0);                                                   \
         N t;                                                                                    \
-        std::memcpy((void*)&t, (const void*)&o, sizeof(N));                                     \
-        std::memcpy((void*)this, (const void*)&t, sizeof(N));                                   \
+        cudasim::vec_load<sizeof(N)>(&t, &o);                                                   \
+        cudasim::vec_store<sizeof(N)>(this, &t);                                                \
         return *this;                                                                           \
     }
 #define CUDASIM_VEC4(T, N)                                                                      \

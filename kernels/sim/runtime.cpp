@@ -207,6 +207,12 @@ struct Fiber {
 //         32-47 r_epoch epoch of the recorded reads, 48-57 r_tid first reader, 58 r_multi (two or more
 //                       readers), 59-63 r_wgen
 // Epochs start at 2 in every block; the shadow of a shared variable is cleared when the block declares it.
+//
+// A second, coarser shadow keeps the common case of a tiled kernel's inner loop to one compare: per 16-byte
+// granule, the epoch in which every word of the granule was found "written in an earlier epoch and already
+// read by two or more threads in this one" (Worker::clean_epoch). Any read of such a granule, by any thread,
+// has nothing to check or record; a write or an atomic to the granule clears the mark, and a new epoch
+// invalidates every mark.
 struct Shadow {
     uint64_t v;
     uint32_t w_epoch() const { return (uint32_t)(v & 0xffff); }
@@ -231,10 +237,8 @@ struct Launch;
 
 struct Worker {
     // Current fiber (for the hooks): its stack range and linear thread index.
-    uintptr_t stack_lo = 0, stack_size = 0;
-    uintptr_t shared_lo = 0, shared_size = 0;
-    uintptr_t cache_lo = 0, cache_hi = 0;  // last global allocation hit
-    bool checking = false;
+    // What the inline checks read (cudasim.h): the current fiber's stack, the arena, the clean marks.
+    cudasim::AccessView view{};
     int cur = -1;
     void* sched_sp = nullptr;
 #if !defined(__x86_64__)
@@ -247,12 +251,21 @@ struct Worker {
     unsigned nthreads = 0;
     uint3 block{0, 0, 0};
     unsigned live = 0, at_barrier = 0;
-    uint32_t epoch = kEpochStart;  // barrier epoch within the block (see Shadow)
     std::vector<uint32_t> warp_gen;
+    // Per warp: the lanes that have exited, and the collective its waiting lanes are at (see cudasim_warp).
+    std::vector<uint32_t> warp_exited;
+    struct WarpWait {
+        const char* file;
+        int line, op;
+        unsigned mask, waiting;
+        bool mixed;  // lanes wait at different collectives (or masks): decided by a full scan
+    };
+    std::vector<WarpWait> warp_wait;
     // Shared memory arena, its racecheck shadow and the per-site offsets of this block.
     char* arena = nullptr;
     std::vector<Shadow> shadow;
-    size_t arena_used = 0, dynamic_bytes = 0, static_bytes = 0;
+    std::vector<uint16_t> clean_epoch;  // per 16-byte granule (see Shadow)
+    size_t dynamic_bytes = 0, static_bytes = 0;
     std::vector<uint64_t> site_slot;  // (block serial << 32) | (offset + 1)
     std::vector<int> site_at;         // arena offset → site, for messages (per 16-byte granule)
     std::vector<size_t> site_at_set;  // entries of site_at set in this block
@@ -279,6 +292,9 @@ struct Worker {
         for (size_t i = 0; i < kMaxThreads; ++i) mprotect(stacks + i * kStackBytes, (size_t)page, PROT_NONE);
         arena = static_cast<char*>(aligned_alloc(256, kArenaBytes));
         shadow.assign(kArenaBytes / 4, Shadow{0});
+        clean_epoch.assign(kArenaBytes / 16, 0);
+        view.clean = clean_epoch.data();
+        view.epoch = kEpochStart;
         site_slot.assign((size_t)std::max(cudasim_site_count, 1), 0);
         site_at.assign(kArenaBytes / 16, -1);
         order.reserve(kMaxThreads);
@@ -286,6 +302,10 @@ struct Worker {
 };
 
 thread_local Worker* tls_worker TLS_IE = nullptr;
+const cudasim::AccessView kNoChecks{};  // outside a block: nothing to check
+}  // namespace
+__thread const cudasim::AccessView* cudasim_view TLS_IE = &kNoChecks;
+namespace {
 
 // Frees a host thread's worker (stacks, arena, shadow) when the thread ends: test harnesses run each
 // test on a thread of its own.
@@ -294,6 +314,7 @@ struct WorkerOwner {
     ~WorkerOwner() {
         if (!w) return;
         tls_worker = nullptr;
+        cudasim_view = &kNoChecks;
         munmap(w->stacks, kStackBytes * kMaxThreads);
         free(w->arena);
         delete w;
@@ -306,6 +327,7 @@ Worker* worker() {
     if (!w) {
         w = new Worker();  // one per host thread that runs blocks, for the thread's life
         tls_worker = w;
+        cudasim_view = &w->view;
         tls_owner.w = w;
     }
     return w;
@@ -326,7 +348,7 @@ struct Launch {
     std::string error;
     int order;
     uint64_t seed;
-    bool checks;
+    int checks;  // see g_checks
     const std::vector<Alloc>* allocs;  // snapshot of the live allocations at launch
 };
 
@@ -350,7 +372,20 @@ void init_order_from_env() {
         } else fprintf(stderr, "cuda-sim: VIDGRAD_SIM_ORDER=%s is not forward, reverse or shuffle[:SEED]; using shuffle\n", e);
     });
 }
-std::atomic<bool> g_checks{true};
+// Checks: 2 all (default), 1 bounds (global bounds, alignment, shared bounds; no racecheck shadow),
+// 0 off. VIDGRAD_SIM_CHECKS = all | bounds | off.
+std::atomic<int> g_checks{2};
+void init_checks_from_env() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        const char* e = getenv("VIDGRAD_SIM_CHECKS");
+        if (!e || !*e) return;
+        if (!strcmp(e, "all")) g_checks.store(2);
+        else if (!strcmp(e, "bounds")) g_checks.store(1);
+        else if (!strcmp(e, "off")) g_checks.store(0);
+        else fprintf(stderr, "cuda-sim: VIDGRAD_SIM_CHECKS=%s is not all, bounds or off; using all\n", e);
+    });
+}
 std::atomic<uint64_t> g_switches{0};
 
 std::string thread_name(const Worker* w, int t) {
@@ -389,7 +424,7 @@ void yield_to_next(Worker* w) {
         Fiber& g = w->fibers[t];
         if (g.state != RUNNABLE) continue;
         w->cur = t;
-        w->stack_lo = reinterpret_cast<uintptr_t>(g.stack_lo);
+        w->view.stack_lo = reinterpret_cast<uintptr_t>(g.stack_lo);
         ++w->switches;
 #if defined(__x86_64__)
         __asm__ __volatile__("" ::: "memory");
@@ -410,6 +445,7 @@ void yield_to_next(Worker* w) {
         w->error = msg;
     }
     w->fibers[w->cur].state = EXITED;
+    w->warp_exited[w->cur >> 5] |= 1u << (w->cur & 31);
     yield_to_scheduler(w);
     __builtin_unreachable();
 }
@@ -436,6 +472,7 @@ extern "C" void cudasim_fiber_main(Worker* w) {
     }
     Fiber& f = w->fibers[w->cur];
     f.state = EXITED;
+    w->warp_exited[w->cur >> 5] |= 1u << (w->cur & 31);
     --w->live;
     yield_to_next(w);
     __builtin_unreachable();
@@ -480,7 +517,7 @@ std::string shared_name(Worker* w, size_t off) {
 // Reports of shared_access: out of line and cold, so that the checks themselves stay small.
 [[gnu::noinline, gnu::cold, noreturn]] void shared_out_of_range(Worker* w, size_t off, size_t size, bool write) {
     fail_here(w, "%s of %zu bytes at shared offset %zu, beyond the %zu bytes of shared memory this block has (static %zu + dynamic %zu)",
-              write ? "write" : "read", size, off, w->arena_used, w->static_bytes, w->dynamic_bytes);
+              write ? "write" : "read", size, off, w->view.shared_used, w->static_bytes, w->dynamic_bytes);
 }
 [[gnu::noinline, gnu::cold, noreturn]] void shared_race(Worker* w, size_t i, const char* kind, int other, bool several) {
     fail_here(w, "shared-memory race (%s) on %s: %s%s with no barrier in between", kind, shared_name(w, i * 4).c_str(),
@@ -490,27 +527,41 @@ std::string shared_name(Worker* w, size_t off) {
     fail_here(w, "read of uninitialised shared memory: %s was never written in this block", shared_name(w, i * 4).c_str());
 }
 
+// A write (or an atomic, or a new declaration) changes the granules it touches: their clean marks go.
+inline void clear_clean_marks(Worker* w, size_t off, size_t size) {
+    for (size_t g = off >> 4, g1 = (off + size - 1) >> 4; g <= g1; ++g) w->clean_epoch[g] = 0;
+}
+
 // Racecheck on the words of one shared access (see Shadow): between two barriers, a word touched by
 // two threads with at least one plain write is a race, unless both are lanes of one warp and a warp
 // collective ordered them.
-[[gnu::noinline]] void shared_access_slow(Worker* w, size_t off, size_t size, bool write) {
+template <bool WRITE>
+inline void shared_access_slow(Worker* w, size_t off, size_t size) {
     const uint32_t t = (uint32_t)w->cur;
-    const uint32_t e = w->epoch;
+    const uint32_t e = w->view.epoch;
     const uint32_t warp = t >> 5;
     const uint32_t wgen = w->warp_gen[warp] & 31;
     // Whether an earlier access by `other` (at warp generation `g`) in this epoch is unordered with this one.
     auto unordered = [&](uint32_t other, uint32_t g) { return (other >> 5) != warp || wgen == g; };
     Shadow* sh = w->shadow.data();
+    if (WRITE) clear_clean_marks(w, off, size);
     for (size_t i = off / 4, end = (off + size + 3) / 4; i < end; ++i) {
         Shadow& s = sh[i];
-        if (write) {
-            if (s.w_epoch() == e && !s.w_atomic() && s.w_tid() != t && unordered(s.w_tid(), s.w_wgen()))
-                shared_race(w, i, "write after write", (int)s.w_tid(), false);
-            if (s.r_epoch() == e && (s.r_multi() || (s.r_tid() != t && unordered(s.r_tid(), s.r_wgen()))))
-                shared_race(w, i, "write after read", s.r_tid() == t ? 0 : (int)s.r_tid(), s.r_multi());
+        const bool touched_now = s.w_epoch() == e || s.r_epoch() == e;  // any access in this epoch yet
+        if (WRITE) {
+            if (touched_now) {
+                if (s.w_epoch() == e && !s.w_atomic() && s.w_tid() != t && unordered(s.w_tid(), s.w_wgen()))
+                    shared_race(w, i, "write after write", (int)s.w_tid(), false);
+                if (s.r_epoch() == e && (s.r_multi() || (s.r_tid() != t && unordered(s.r_tid(), s.r_wgen()))))
+                    shared_race(w, i, "write after read", s.r_tid() == t ? 0 : (int)s.r_tid(), s.r_multi());
+            }
             s.set_write(e, t, false, wgen);
         } else {
             if (s.w_epoch() == 0) shared_uninit(w, i);
+            if (!touched_now) {
+                s.set_read(e, t, false, wgen);
+                continue;
+            }
             if (s.w_epoch() == e && !s.w_atomic() && s.w_tid() != t && unordered(s.w_tid(), s.w_wgen()))
                 shared_race(w, i, "read after write", (int)s.w_tid(), false);
             if (s.r_epoch() != e) s.set_read(e, t, false, wgen);
@@ -519,24 +570,56 @@ std::string shared_name(Worker* w, size_t off) {
     }
 }
 
-inline void shared_access(Worker* w, uintptr_t a, size_t size, bool write) {
-    const size_t off = a - w->shared_lo;
-    if (__builtin_expect(off + size > w->arena_used, 0)) shared_out_of_range(w, off, size, write);
-    if (!write) {
-        // The common case of a GEMM's inner loop: words written in an earlier epoch of this block and
-        // already read by several threads in this one: nothing to check or record.
-        const uint64_t e = w->epoch;
-        const uint64_t want = e | (1ull << 26);
+// Whether a read of this word has nothing to check or record: written in an earlier epoch of this block
+// and already read by two or more threads in this one.
+inline bool read_is_settled(uint64_t v, uint64_t e) {
+    return ((v >> 32) & 0x0400ffffull) == (e | (1ull << 26)) && (uint32_t)((v & 0xffff) - 1) < (uint32_t)(e - 1);
+}
+
+// Marks granule g clean for this epoch when all four of its words are settled.
+inline void mark_if_clean(Worker* w, size_t g) {
+    const Shadow* sh = w->shadow.data() + g * 4;
+    const uint64_t e = w->view.epoch;
+    if (read_is_settled(sh[0].v, e) && read_is_settled(sh[1].v, e) && read_is_settled(sh[2].v, e) && read_is_settled(sh[3].v, e))
+        w->clean_epoch[g] = (uint16_t)e;
+}
+
+template <bool WRITE>
+inline void shared_access(Worker* w, uintptr_t a, size_t size) {
+    const size_t off = a - w->view.shared_lo;
+    if (__builtin_expect(off + size > w->view.shared_used, 0)) shared_out_of_range(w, off, size, WRITE);
+    if (!WRITE) {
+        // Granules marked clean were settled inline (cudasim::access_settled). Next: every word settled
+        // (then its granules are marked for the reads that follow).
+        const size_t g0 = off >> 4, g1 = (off + size - 1) >> 4;
+        const uint64_t e = w->view.epoch;
         const Shadow* sh = w->shadow.data();
         size_t i = off / 4;
         const size_t end = (off + size + 3) / 4;
-        for (; i < end; ++i) {
-            const uint64_t v = sh[i].v;
-            if (((v >> 32) & 0x0400ffffull) != want || (uint32_t)((v & 0xffff) - 1) >= (uint32_t)(e - 1)) break;
+        for (; i < end; ++i)
+            if (!read_is_settled(sh[i].v, e)) break;
+        if (i == end) {
+            for (size_t g = g0; g <= g1; ++g) mark_if_clean(w, g);
+            return;
         }
-        if (i == end) return;
     }
-    shared_access_slow(w, off, size, write);
+    shared_access_slow<WRITE>(w, off, size);
+}
+
+// Allocations may be freed between launches: each block starts with none remembered.
+inline void forget_globals(Worker* w) {
+    for (int i = 0; i < 8; ++i) w->view.global_lo[i] = w->view.global_hi[i] = 0;
+}
+
+// [lo, hi) becomes the first allocation the inline check tries; the last of the eight drops out.
+inline void remember_global(Worker* w, uintptr_t lo, uintptr_t hi) {
+    cudasim::AccessView& v = w->view;
+    for (int i = 7; i > 0; --i) {
+        v.global_lo[i] = v.global_lo[i - 1];
+        v.global_hi[i] = v.global_hi[i - 1];
+    }
+    v.global_lo[0] = lo;
+    v.global_hi[0] = hi;
 }
 
 [[gnu::noinline]] void global_access(Worker* w, uintptr_t a, size_t size, bool write) {
@@ -545,8 +628,7 @@ inline void shared_access(Worker* w, uintptr_t a, size_t size, bool write) {
     if (it != v.begin()) {
         const Alloc& b = *(it - 1);
         if (b.state == LIVE && a + size <= b.base + b.bytes && a >= b.base) {
-            w->cache_lo = b.base;
-            w->cache_hi = b.base + b.bytes;
+            remember_global(w, b.base, b.base + b.bytes);
             return;
         }
     }
@@ -554,17 +636,23 @@ inline void shared_access(Worker* w, uintptr_t a, size_t size, bool write) {
               describe_address(v, a, size).c_str());
 }
 
-inline void access(void* p, size_t size, bool write) {
+// What the inline checks of cudasim.h leave: shared accesses (bounds, racecheck) and global accesses
+// outside the allocations found last.
+template <bool WRITE>
+[[gnu::noinline]] void access_unsettled(const void* p, size_t size) {
     Worker* w = tls_worker;
-    if (!w || !w->checking) return;
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-    if (a - w->stack_lo < w->stack_size) return;  // the thread's own stack: locals, parameters, its coordinates
-    if (a - w->shared_lo < w->shared_size) {
-        shared_access(w, a, size, write);
+    if (a - w->view.shared_lo < w->view.shared_size) {
+        shared_access<WRITE>(w, a, size);
         return;
     }
-    if (a >= w->cache_lo && a + size <= w->cache_hi) return;
-    global_access(w, a, size, write);
+    global_access(w, a, size, WRITE);
+}
+
+template <bool WRITE>
+inline void access(const void* p, size_t size) {
+    if (__builtin_expect(!cudasim::access_settled(cudasim_view, reinterpret_cast<uintptr_t>(p), size, WRITE), 0))
+        access_unsettled<WRITE>(p, size);
 }
 
 }  // namespace
@@ -574,39 +662,43 @@ extern "C" {
 void __tsan_init() {}
 void __tsan_func_entry(void*) {}
 void __tsan_func_exit() {}
-void __tsan_read1(void* p) { access(p, 1, false); }
-void __tsan_read2(void* p) { access(p, 2, false); }
-void __tsan_read4(void* p) { access(p, 4, false); }
-void __tsan_read8(void* p) { access(p, 8, false); }
-void __tsan_read16(void* p) { access(p, 16, false); }
-void __tsan_write1(void* p) { access(p, 1, true); }
-void __tsan_write2(void* p) { access(p, 2, true); }
-void __tsan_write4(void* p) { access(p, 4, true); }
-void __tsan_write8(void* p) { access(p, 8, true); }
-void __tsan_write16(void* p) { access(p, 16, true); }
-void __tsan_unaligned_read2(void* p) { access(p, 2, false); }
-void __tsan_unaligned_read4(void* p) { access(p, 4, false); }
-void __tsan_unaligned_read8(void* p) { access(p, 8, false); }
-void __tsan_unaligned_read16(void* p) { access(p, 16, false); }
-void __tsan_unaligned_write2(void* p) { access(p, 2, true); }
-void __tsan_unaligned_write4(void* p) { access(p, 4, true); }
-void __tsan_unaligned_write8(void* p) { access(p, 8, true); }
-void __tsan_unaligned_write16(void* p) { access(p, 16, true); }
-void __tsan_volatile_read1(void* p) { access(p, 1, false); }
-void __tsan_volatile_read2(void* p) { access(p, 2, false); }
-void __tsan_volatile_read4(void* p) { access(p, 4, false); }
-void __tsan_volatile_read8(void* p) { access(p, 8, false); }
-void __tsan_volatile_read16(void* p) { access(p, 16, false); }
-void __tsan_volatile_write1(void* p) { access(p, 1, true); }
-void __tsan_volatile_write2(void* p) { access(p, 2, true); }
-void __tsan_volatile_write4(void* p) { access(p, 4, true); }
-void __tsan_volatile_write8(void* p) { access(p, 8, true); }
-void __tsan_volatile_write16(void* p) { access(p, 16, true); }
+void __tsan_read1(void* p) { access<false>(p, 1); }
+void __tsan_read2(void* p) { access<false>(p, 2); }
+void __tsan_read4(void* p) { access<false>(p, 4); }
+void __tsan_read8(void* p) { access<false>(p, 8); }
+void __tsan_read16(void* p) { access<false>(p, 16); }
+void __tsan_write1(void* p) { access<true>(p, 1); }
+void __tsan_write2(void* p) { access<true>(p, 2); }
+void __tsan_write4(void* p) { access<true>(p, 4); }
+void __tsan_write8(void* p) { access<true>(p, 8); }
+void __tsan_write16(void* p) { access<true>(p, 16); }
+void __tsan_unaligned_read2(void* p) { access<false>(p, 2); }
+void __tsan_unaligned_read4(void* p) { access<false>(p, 4); }
+void __tsan_unaligned_read8(void* p) { access<false>(p, 8); }
+void __tsan_unaligned_read16(void* p) { access<false>(p, 16); }
+void __tsan_unaligned_write2(void* p) { access<true>(p, 2); }
+void __tsan_unaligned_write4(void* p) { access<true>(p, 4); }
+void __tsan_unaligned_write8(void* p) { access<true>(p, 8); }
+void __tsan_unaligned_write16(void* p) { access<true>(p, 16); }
+void __tsan_volatile_read1(void* p) { access<false>(p, 1); }
+void __tsan_volatile_read2(void* p) { access<false>(p, 2); }
+void __tsan_volatile_read4(void* p) { access<false>(p, 4); }
+void __tsan_volatile_read8(void* p) { access<false>(p, 8); }
+void __tsan_volatile_read16(void* p) { access<false>(p, 16); }
+void __tsan_volatile_write1(void* p) { access<true>(p, 1); }
+void __tsan_volatile_write2(void* p) { access<true>(p, 2); }
+void __tsan_volatile_write4(void* p) { access<true>(p, 4); }
+void __tsan_volatile_write8(void* p) { access<true>(p, 8); }
+void __tsan_volatile_write16(void* p) { access<true>(p, 16); }
+void cudasim_access_slow(const void* p, size_t bytes, int write) {
+    if (write) access_unsettled<true>(p, bytes);
+    else access_unsettled<false>(p, bytes);
+}
 void __tsan_read_range(void* p, unsigned long n) {
-    if (n) access(p, n, false);
+    if (n) access<false>(p, n);
 }
 void __tsan_write_range(void* p, unsigned long n) {
-    if (n) access(p, n, true);
+    if (n) access<true>(p, n);
 }
 void __tsan_vptr_read(void**) {}
 void __tsan_vptr_update(void**, void*) {}
@@ -626,7 +718,7 @@ void* cudasim_shared_alloc(int site, size_t bytes, size_t align) {
     Worker* w = tls_worker;
     uint64_t& slot = w->site_slot[site];
     if ((slot >> 32) == (w->block_serial & 0xffffffffu) && (uint32_t)slot != 0) return w->arena + ((uint32_t)slot - 1);
-    size_t off = (w->arena_used + align - 1) & ~(align - 1);
+    size_t off = (w->view.shared_used + align - 1) & ~(align - 1);
     if (off + bytes > kSharedDefault) {
         fail_here(w, "static shared memory of %zu bytes (with __shared__ %s) exceeds the 48 KiB a kernel may declare", off + bytes,
                   site < cudasim_site_count ? cudasim_site_names[site] : "?");
@@ -640,7 +732,8 @@ void* cudasim_shared_alloc(int site, size_t bytes, size_t align) {
     // variables are placed after it so neither moves (offsets stay valid for the block's life).
     poison(w->arena + off, bytes);
     std::memset(w->shadow.data() + off / 4, 0, ((off + bytes + 3) / 4 - off / 4) * sizeof(Shadow));
-    w->arena_used = off + bytes;
+    if (bytes) clear_clean_marks(w, off, bytes);
+    w->view.shared_used = off + bytes;
     w->static_bytes += bytes;
     w->site_at[off / 16] = site;
     w->site_at_set.push_back(off / 16);
@@ -666,19 +759,21 @@ namespace {
 void check_atomic(void* p, size_t size) {
     Worker* w = tls_worker;
     if (reinterpret_cast<uintptr_t>(p) % size) fail_here(w, "misaligned %zu-byte atomic at 0x%llx", size, (unsigned long long)(uintptr_t)p);
-    if (!w->checking) return;
+    if (!w->view.checking) return;
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-    if (a - w->shared_lo < w->shared_size) {
-        const size_t off = a - w->shared_lo;
-        if (off + size > w->arena_used) fail_here(w, "atomic beyond the block's shared memory at shared offset %zu", off);
+    if (a - w->view.shared_lo < w->view.shared_size) {
+        const size_t off = a - w->view.shared_lo;
+        if (off + size > w->view.shared_used) fail_here(w, "atomic beyond the block's shared memory at shared offset %zu", off);
+        if (!w->view.racecheck) return;
         // Atomics do not race with each other; the word counts as written (by no thread in particular).
+        clear_clean_marks(w, off, size);
         for (size_t i = off / 4; i < (off + size + 3) / 4; ++i) {
             Shadow& s = w->shadow[i];
-            if (s.w_epoch() == 0 || s.w_atomic()) s.set_write(w->epoch, 0, true, 0);
+            if (s.w_epoch() == 0 || s.w_atomic()) s.set_write(w->view.epoch, 0, true, 0);
         }
         return;
     }
-    if (a >= w->cache_lo && a + size <= w->cache_hi) return;
+    if (cudasim::access_settled(&w->view, a, size, true)) return;
     global_access(w, a, size, true);
 }
 
@@ -828,7 +923,28 @@ extern "C" unsigned long long cudasim_warp(const char* file, int line, int op, u
     me.b = b;
     me.c = c;
     me.state = AT_WARP;
-    // Everyone named must be here, at the same collective with the same mask.
+    const unsigned bit = 1u << lane;
+    if (const unsigned gone = mask & w->warp_exited[base >> 5]) {
+        fail_here(w, "%s at %s:%d with mask 0x%08x names lane %d, which has exited", warp_op_name(op), file, line, mask, __builtin_ctz(gone));
+    }
+    // The common case in O(1): every waiting lane of the warp is at this collective with this mask.
+    Worker::WarpWait& ww = w->warp_wait[base >> 5];
+    if (ww.waiting == 0) {
+        ww = Worker::WarpWait{file, line, op, mask, bit, false};
+    } else {
+        ww.waiting |= bit;
+        if (ww.file != file || ww.line != line || ww.op != op || ww.mask != mask) ww.mixed = true;
+    }
+    if (!ww.mixed) {
+        if (ww.waiting != mask) {
+            yield_to_next(w);
+            return w->fibers[t].result;
+        }
+        ww.waiting = 0;
+        complete_warp(w, base, mask);
+        return me.result;
+    }
+    // Otherwise: everyone named must be here, at the same collective with the same mask.
     bool all = true;
     for (int l = 0; l < 32; ++l) {
         if (!(mask >> l & 1) || l == lane) continue;
@@ -849,6 +965,8 @@ extern "C" unsigned long long cudasim_warp(const char* file, int line, int op, u
         }
     }
     if (all) {
+        ww.waiting &= ~mask;
+        if (ww.waiting == 0) ww.mixed = false;
         complete_warp(w, base, mask);
         return me.result;
     }
@@ -886,7 +1004,7 @@ uint64_t splitmix(uint64_t& s) {
 void resume(Worker* w, int t) {
     Fiber& f = w->fibers[t];
     w->cur = t;
-    w->stack_lo = reinterpret_cast<uintptr_t>(f.stack_lo);
+    w->view.stack_lo = reinterpret_cast<uintptr_t>(f.stack_lo);
     ++w->switches;
 #if defined(__x86_64__)
     __asm__ __volatile__("" ::: "memory");
@@ -950,22 +1068,26 @@ bool run_block(Worker* w, Launch* L, uint64_t linear) {
     w->error.clear();
     w->live = n;
     w->at_barrier = 0;
-    w->checking = L->checks;
-    w->cache_lo = w->cache_hi = 0;
-    w->stack_size = kStackBytes;
-    w->shared_lo = reinterpret_cast<uintptr_t>(w->arena);
-    w->shared_size = kArenaBytes;
+    w->view.checking = L->checks > 0;
+    w->view.racecheck = L->checks > 1;
+    w->view.stack_size = kStackBytes;
+    w->view.shared_lo = reinterpret_cast<uintptr_t>(w->arena);
+    w->view.shared_size = kArenaBytes;
     ++w->block_serial;
-    w->epoch = kEpochStart;
+    w->view.epoch = kEpochStart;
     w->warp_gen.assign((n + 31) / 32, 0);
+    w->warp_exited.assign((n + 31) / 32, 0);
+    w->warp_wait.assign((n + 31) / 32, Worker::WarpWait{nullptr, 0, 0, 0, 0, false});
+    forget_globals(w);
     // The dynamic region first (256-aligned at the arena start), then static variables as they are declared.
     w->dynamic_bytes = L->shared_dynamic;
     w->static_bytes = 0;
-    w->arena_used = (L->shared_dynamic + 255) & ~(size_t)255;
+    w->view.shared_used = (L->shared_dynamic + 255) & ~(size_t)255;
     if (L->shared_dynamic) {
         poison(w->arena, L->shared_dynamic);
         // Written by nobody yet: reads before writes are reported.
         std::memset(w->shadow.data(), 0, (L->shared_dynamic + 3) / 4 * sizeof(Shadow));
+        clear_clean_marks(w, 0, L->shared_dynamic);
     }
     for (size_t i : w->site_at_set) w->site_at[i] = -1;
     w->site_at_set.clear();
@@ -1055,13 +1177,14 @@ bool run_block(Worker* w, Launch* L, uint64_t linear) {
                 f.result = (uint64_t)res;
             }
             w->at_barrier = 0;
-            if (++w->epoch == kEpochMax) {
+            if (++w->view.epoch == kEpochMax) {
                 // Roll over: keep "written in this block", forget who and when.
-                for (size_t i = 0, n = (w->arena_used + 3) / 4; i < n; ++i) {
+                for (size_t i = 0, n = (w->view.shared_used + 3) / 4; i < n; ++i) {
                     Shadow& sw = w->shadow[i];
                     sw.v = sw.w_epoch() ? 1 : 0;
                 }
-                w->epoch = kEpochStart;
+                std::fill(w->clean_epoch.begin(), w->clean_epoch.end(), 0);
+                w->view.epoch = kEpochStart;
             }
             continue;
         }
@@ -1101,7 +1224,7 @@ void run_blocks(Launch* L) {
     }
     g_switches.fetch_add(w->switches, std::memory_order_relaxed);
     w->switches = 0;
-    w->checking = false;
+    w->view.checking = false;
     w->launch = nullptr;
     tls_allocs = nullptr;
 }
@@ -1198,7 +1321,10 @@ void cudasim_set_order(int order, uint64_t seed) {
     g_seed.store(seed);
 }
 int cudasim_order(void) { return g_order.load(); }
-void cudasim_set_checks(int on) { g_checks.store(on != 0); }
+void cudasim_set_checks(int level) {
+    init_checks_from_env();
+    g_checks.store(level < 0 ? 0 : level > 2 ? 2 : level);
+}
 int cudasim_threads(void) { return host_threads(); }
 uint64_t cudasim_context_switches(void) { return g_switches.load(); }
 
@@ -1311,7 +1437,8 @@ int cudasim_launch(size_t index, const unsigned grid[3], const unsigned block[3]
     L.order = order >= 0 ? order : g_order.load();
     static std::atomic<uint64_t> serial{0};
     L.seed = (order >= 0 ? seed : g_seed.load()) ^ (serial.fetch_add(1) * 0xD1B54A32D192ED03ull);
-    L.checks = checks >= 0 ? checks != 0 : g_checks.load();
+    init_checks_from_env();
+    L.checks = checks >= 0 ? std::min(checks, 2) : g_checks.load();
     // Arguments copied into 16-byte slots owned by the launch.
     size_t off = 0;
     std::vector<size_t> offs(nargs);

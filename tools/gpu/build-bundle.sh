@@ -58,9 +58,10 @@ export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=debuginfo
 export VIDGRAD_CUDA_ARCHS="${VIDGRAD_CUDA_ARCHS-90a}"
 export VIDGRAD_REQUIRE_NVCC=1 VIDGRAD_REQUIRE_SIM=1 # sim mode (VIDGRAD_CUDA_SIM=1 ./run.sh) needs the simulator
 
-# The GPU check's test binaries: the CUDA suites, and the zoo-on-CUDA suite(s) when the tree has them.
+# The GPU check's test binaries: the CUDA suites, the full-size model fixtures (tests/models.rs, run.sh
+# filters its on_cuda tests), and the zoo-on-CUDA suite(s) when the tree has them.
 TESTS=()
-for t in cuda_ops op_fixtures optim explain cuda_ptxas; do
+for t in cuda_ops op_fixtures optim explain cuda_ptxas models; do
   [ -f "tests/$t.rs" ] && TESTS+=("$t")
 done
 for f in tests/models_cuda*.rs; do

@@ -10,7 +10,8 @@
 #   00  the machine: nvidia-smi, driver, compute-sanitizer, PyTorch        → results/00-env.txt
 #   01  CUDA suites on the GPU against the CPU and the PyTorch fixtures     → results/01-cuda-suite.txt
 #       (cuda_ops, op_fixtures, optim, explain, cuda_ptxas; VIDGRAD_REQUIRE_CUDA=1: no silent skip)
-#   02  the zoo models on the GPU against the CPU (tests/models_cuda*)      → results/02-models.txt
+#   02  the zoo models on the GPU against the CPU (tests/models_cuda*) and the full-size PyTorch model
+#       fixtures on the GPU (tests/models.rs, its on_cuda tests; not in sim mode)  → results/02-models.txt
 #   03  compute-sanitizer memcheck and racecheck on cuda_ops, test by test → results/03-memcheck.txt,
 #                                                                            results/03-racecheck.txt
 #   04  the bench suite's CUDA rows and PyTorch side by side               → results/04-bench.md (tables
@@ -23,7 +24,7 @@
 #   device (docs/CUDA-SIM.md), VIDGRAD_REQUIRE_CUDA is not set, compute-sanitizer is not run, the bench's
 #   CUDA rows (which need a real GPU) and PyTorch's side are noted as not run. Time limits are
 #   multiplied by BUNDLE_TIME_SCALE (default 20 in sim mode, 1 otherwise); BUNDLE_BUDGET_S=0: no overall limit.
-# Time limits in seconds (before the scale): LIMIT_SUITE=140 LIMIT_MODELS=60 LIMIT_MEMCHECK=55
+# Time limits in seconds (before the scale): LIMIT_SUITE=140 LIMIT_MODELS=90 LIMIT_MEMCHECK=55
 #   LIMIT_RACECHECK=55 LIMIT_BENCH_MODELS=50 LIMIT_BENCH_KERNELS=80 LIMIT_TORCH_MODELS=45 LIMIT_TORCH_KERNELS=60
 #   (555 s in all; each is also cut to what is left of BUNDLE_BUDGET_S).
 # COMPUTE_SANITIZER=/path picks the sanitizer; SIM_SANITIZER=1 runs step 03 in sim mode too (with a
@@ -233,6 +234,8 @@ test_step() {
     local extra=()
     # cuda_ops prints each family's worst relative error: keep those lines.
     if [ "$b" = cuda_ops ]; then extra=(--nocapture); fi
+    # tests/models.rs: its CUDA half only (the CPU half is the README's test command's business).
+    if [ "$b" = models ]; then extra=(on_cuda); fi
     # Tests that run the CLI binary find it at the build machine's path (CARGO_BIN_EXE_vidgrad): not here.
     if [ "$b" = explain ]; then
       extra=(--skip explain_command_writes_frames_gif_and_contact_sheet)
@@ -322,6 +325,8 @@ step01() {
 # ---------------------------------------------------------------------------------------------------
 step02() {
   mapfile -t ZOO < <(find "$HERE/tests" -maxdepth 1 -type f -name 'models_cuda*' -perm -u+x | sort)
+  # The full-size fixtures: on a GPU only (`cargo test --release` runs those that fit CI on the simulator).
+  if [ "$SIM" != 1 ] && [ -x "$HERE/tests/models" ]; then ZOO+=("$HERE/tests/models"); fi
   if [ "${#ZOO[@]}" = 0 ]; then
     f="$RES/02-models.txt"
     {
@@ -332,7 +337,7 @@ step02() {
     record 02 "zoo models" "n/a" "0.0" "-" 02-models.txt "tests/models_cuda*" \
       "not in this bundle (tests/models_cuda.rs absent when it was built)"
   else
-    test_step 02 "zoo models on the GPU vs the CPU" 02-models.txt "${LIMIT_MODELS:-60}" "${ZOO[@]}"
+    test_step 02 "zoo models on the GPU vs the CPU" 02-models.txt "${LIMIT_MODELS:-90}" "${ZOO[@]}"
     record 02 "zoo models" "$STEP_STATUS" "$STEP_SECS" "$STEP_LIMIT" 02-models.txt \
       "$ENVNOTE tests/{$STEP_CMD} --test-threads=1" "$STEP_SUMMARY"
   fi

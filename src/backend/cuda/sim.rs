@@ -56,7 +56,7 @@ mod ffi {
         pub fn cudasim_kernel_launches(i: usize) -> u64;
         pub fn cudasim_set_max_dynamic_shared(i: usize, bytes: usize);
         pub fn cudasim_set_order(order: c_int, seed: u64);
-        pub fn cudasim_set_checks(on: c_int);
+        pub fn cudasim_set_checks(level: c_int);
         pub fn cudasim_threads() -> c_int;
         pub fn cudasim_context_switches() -> u64;
         pub fn cudasim_malloc(bytes: usize) -> *mut c_void;
@@ -90,12 +90,24 @@ pub enum ThreadOrder {
     Shuffled(u64),
 }
 
+/// Which memory checks the simulator makes (process-wide default: `VIDGRAD_SIM_CHECKS`, else `All`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimChecks {
+    /// Nothing checked: only to show what a check-free run computes, and to measure the checks' cost.
+    Off = 0,
+    /// Global bounds (every access inside one live allocation), vector and atomic alignment, shared
+    /// memory within the block's declared size; no racecheck shadow (races, uninitialised shared reads).
+    Bounds = 1,
+    /// Everything (the default).
+    All = 2,
+}
+
 /// Settings of one launch that override the process-wide ones ([`Simulator::set_order`],
 /// [`Simulator::set_checks`]) for that launch only.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LaunchOptions {
     pub order: Option<ThreadOrder>,
-    pub checks: Option<bool>,
+    pub checks: Option<SimChecks>,
 }
 
 fn order_code(order: ThreadOrder) -> (i32, u64) {
@@ -234,11 +246,11 @@ impl Simulator {
         unsafe { ffi::cudasim_set_order(o, seed) }
     }
 
-    /// Turn the memory checks (bounds, races, uninitialised shared reads) on or off (process-wide;
-    /// on by default). Off only to show what a check-free run computes.
-    pub fn set_checks(&self, on: bool) {
+    /// Choose the memory checks (process-wide; [`SimChecks::All`] unless `VIDGRAD_SIM_CHECKS` says
+    /// otherwise).
+    pub fn set_checks(&self, checks: SimChecks) {
         // SAFETY: a store into the runtime's atomic.
-        unsafe { ffi::cudasim_set_checks(on as i32) }
+        unsafe { ffi::cudasim_set_checks(checks as i32) }
     }
 
     /// Device memory: `bytes` (at least one), 256-byte aligned, filled with a NaN pattern.
