@@ -209,7 +209,8 @@ pub trait Backend: Send + Sync + Debug {
         b: &dyn BackendBuffer,
         op: BinaryOp,
     ) -> Result<BufferRef>;
-    /// dx = dy where y > 0, else 0 (from ReLU's output, so its input need not be kept).
+    /// dx = 0 where y <= 0, else dy (from ReLU's output, so its input need not be kept); a NaN output
+    /// passes dy on, as PyTorch's threshold_backward.
     fn relu_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer) -> Result<BufferRef>;
     /// In place: y = a·x + b·y.
     fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()>;
