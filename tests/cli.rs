@@ -160,18 +160,19 @@ fn non_finite_logits_are_errors_and_check_finite_names_the_layer() {
     // eval on the built-in synthetic set.
     let mut args = vec!["eval", "--weights", &ws];
     args.extend(clip);
-    args.extend([
+    let synth = [
         "--data",
         "synthetic",
         "--synth-classes",
         "2",
         "--synth-videos",
-        "2",
+        "4",
         "--synth-frames",
         "4",
         "--val-ratio",
         "0.5",
-    ]);
+    ];
+    args.extend(synth);
     let (ok, out, err) = vidgrad(&args);
     assert!(
         !ok && err.contains("logits") && err.contains("not finite"),
@@ -259,26 +260,10 @@ fn non_finite_logits_are_errors_and_check_finite_names_the_layer() {
     // train: a step at lr 1e30 blows the weights up; --check-finite names the first layer whose
     // output overflows in the next step (without it, the loss check stops the run).
     let run = s(&dir.join("run"));
-    let mut args = vec![
-        "train",
-        "--model",
-        "eco-lite",
-        "--data",
-        "synthetic",
-        "--synth-classes",
-        "2",
-        "--synth-videos",
-        "4",
-        "--synth-frames",
-        "4",
-        "--val-ratio",
-        "0.5",
-        "--frames",
-        "4",
-        "--size",
-        "32",
-        "--resize-short",
-        "0",
+    let mut args = vec!["train"];
+    args.extend(clip);
+    args.extend(synth);
+    args.extend([
         "--epochs",
         "1",
         "--batch-size",
@@ -286,13 +271,11 @@ fn non_finite_logits_are_errors_and_check_finite_names_the_layer() {
         "--workers",
         "1",
         "--quiet",
-        "--device",
-        "cpu",
         "--lr",
         "1e30",
         "--out",
         &run,
-    ];
+    ]);
     let (ok, _, err) = vidgrad(&args);
     assert!(!ok && err.contains("the loss is NaN"), "{err}");
     args.push("--check-finite");

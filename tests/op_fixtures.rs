@@ -10,6 +10,7 @@ mod common;
 
 use common::{usizes, Fixture, Report, Tol};
 use vidgrad::ops::{self, BatchNormArgs, ConvParams, PoolParams};
+use vidgrad::Tensor;
 
 /// Exact ops (copies, sign tests, single roundings).
 const EXACT: Tol = Tol {
@@ -26,6 +27,22 @@ const GEMM: Tol = Tol {
     atol: 1e-4,
     rtol: 2e-4,
 };
+
+/// Checks the case's output `y`, runs backward from its `gy` and checks the gradient of each leaf.
+fn check_forward_backward(
+    fx: &Fixture,
+    case: &str,
+    r: &mut Report,
+    y: &Tensor,
+    leaves: &[(&str, &Tensor)],
+    tol: Tol,
+) {
+    r.check(fx, case, "y", y, tol);
+    y.backward_with(&fx.t(case, "gy")).unwrap();
+    for (name, leaf) in leaves {
+        r.check_grad(fx, case, name, leaf, tol);
+    }
+}
 
 /// Runs one fixture case of an op and checks its output and gradients with the given tolerance.
 type CaseFn = fn(&Fixture, &str, &mut Report, Tol);
@@ -52,13 +69,9 @@ fn conv_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
         .dilation(&usizes(&m["dilation"]))
         .groups(m["groups"].as_u64().unwrap() as usize);
     let y = ops::conv(&x, &w, b.as_ref(), &p).unwrap();
-    r.check(fx, case, "y", &y, tol);
-    y.backward_with(&fx.t(case, "gy")).unwrap();
-    r.check_grad(fx, case, "x", &x, tol);
-    r.check_grad(fx, case, "w", &w, tol);
-    if let Some(b) = &b {
-        r.check_grad(fx, case, "b", b, tol);
-    }
+    let mut leaves = vec![("x", &x), ("w", &w)];
+    leaves.extend(b.as_ref().map(|b| ("b", b)));
+    check_forward_backward(fx, case, r, &y, &leaves, tol);
 }
 
 #[test]
@@ -86,15 +99,13 @@ fn batch_norm_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
         eps: m["eps"].as_f64().unwrap() as f32,
     };
     let y = ops::batch_norm(&x, &args).unwrap();
-    r.check(fx, case, "y", &y, tol);
     r.check(fx, case, "running_mean_out", &rm, tol);
     r.check(fx, case, "running_var_out", &rv, tol);
-    y.backward_with(&fx.t(case, "gy")).unwrap();
-    r.check_grad(fx, case, "x", &x, tol);
+    let mut leaves = vec![("x", &x)];
     if let (Some(w), Some(b)) = (&w, &b) {
-        r.check_grad(fx, case, "weight", w, tol);
-        r.check_grad(fx, case, "bias", b, tol);
+        leaves.extend([("weight", w), ("bias", b)]);
     }
+    check_forward_backward(fx, case, r, &y, &leaves, tol);
 }
 
 #[test]
@@ -112,9 +123,7 @@ fn pool_params(m: &serde_json::Value) -> PoolParams {
 fn max_pool_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
     let x = fx.leaf(case, "x");
     let y = ops::max_pool(&x, &pool_params(fx.meta(case))).unwrap();
-    r.check(fx, case, "y", &y, tol);
-    y.backward_with(&fx.t(case, "gy")).unwrap();
-    r.check_grad(fx, case, "x", &x, tol);
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
 }
 
 #[test]
@@ -131,9 +140,7 @@ fn avg_pool_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
         m["count_include_pad"].as_bool().unwrap(),
     )
     .unwrap();
-    r.check(fx, case, "y", &y, tol);
-    y.backward_with(&fx.t(case, "gy")).unwrap();
-    r.check_grad(fx, case, "x", &x, tol);
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
 }
 
 #[test]
@@ -144,9 +151,7 @@ fn avg_pool_matches_pytorch() {
 fn adaptive_avg_pool_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
     let x = fx.leaf(case, "x");
     let y = ops::adaptive_avg_pool(&x, &usizes(&fx.meta(case)["output_size"])).unwrap();
-    r.check(fx, case, "y", &y, tol);
-    y.backward_with(&fx.t(case, "gy")).unwrap();
-    r.check_grad(fx, case, "x", &x, tol);
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
 }
 
 #[test]
@@ -157,9 +162,7 @@ fn adaptive_avg_pool_matches_pytorch() {
 fn relu_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
     let x = fx.leaf(case, "x");
     let y = x.relu().unwrap();
-    r.check(fx, case, "y", &y, tol);
-    y.backward_with(&fx.t(case, "gy")).unwrap();
-    r.check_grad(fx, case, "x", &x, tol);
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
 }
 
 #[test]
@@ -266,13 +269,9 @@ fn linear_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
         .unwrap()
         .then(|| fx.leaf(case, "b"));
     let y = x.linear(&w, b.as_ref()).unwrap();
-    r.check(fx, case, "y", &y, tol);
-    y.backward_with(&fx.t(case, "gy")).unwrap();
-    r.check_grad(fx, case, "x", &x, tol);
-    r.check_grad(fx, case, "w", &w, tol);
-    if let Some(b) = &b {
-        r.check_grad(fx, case, "b", b, tol);
-    }
+    let mut leaves = vec![("x", &x), ("w", &w)];
+    leaves.extend(b.as_ref().map(|b| ("b", b)));
+    check_forward_backward(fx, case, r, &y, &leaves, tol);
 }
 
 #[test]
@@ -304,9 +303,7 @@ fn softmax_like_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol, log: bo
         x.softmax(dim)
     }
     .unwrap();
-    r.check(fx, case, "y", &y, tol);
-    y.backward_with(&fx.t(case, "gy")).unwrap();
-    r.check_grad(fx, case, "x", &x, tol);
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
 }
 
 fn softmax_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
@@ -327,9 +324,7 @@ fn cross_entropy_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
     let logits = fx.leaf(case, "logits");
     let eps = fx.meta(case)["label_smoothing"].as_f64().unwrap() as f32;
     let y = ops::cross_entropy(&logits, &fx.labels(case), eps).unwrap();
-    r.check(fx, case, "y", &y, tol);
-    y.backward_with(&fx.t(case, "gy")).unwrap();
-    r.check_grad(fx, case, "logits", &logits, tol);
+    check_forward_backward(fx, case, r, &y, &[("logits", &logits)], tol);
 }
 
 #[test]
@@ -344,9 +339,7 @@ fn upsample_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
     let y = x
         .upsample_trilinear([s[0], s[1], s[2]], m["align_corners"].as_bool().unwrap())
         .unwrap();
-    r.check(fx, case, "y", &y, tol);
-    y.backward_with(&fx.t(case, "gy")).unwrap();
-    r.check_grad(fx, case, "x", &x, tol);
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
 }
 
 #[test]
@@ -357,11 +350,7 @@ fn upsample_trilinear_matches_pytorch() {
 fn attention_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
     let (q, k, v) = (fx.leaf(case, "q"), fx.leaf(case, "k"), fx.leaf(case, "v"));
     let y = ops::attention(&q, &k, &v, fx.meta(case)["scale"].as_f64().unwrap() as f32).unwrap();
-    r.check(fx, case, "y", &y, tol);
-    y.backward_with(&fx.t(case, "gy")).unwrap();
-    r.check_grad(fx, case, "q", &q, tol);
-    r.check_grad(fx, case, "k", &k, tol);
-    r.check_grad(fx, case, "v", &v, tol);
+    check_forward_backward(fx, case, r, &y, &[("q", &q), ("k", &k), ("v", &v)], tol);
 }
 
 #[test]
