@@ -115,5 +115,6 @@ __device__ __forceinline__ float uniform01(unsigned long long seed, unsigned lon
 }
 
 extern "C" __global__ void ew_dropout(float* __restrict__ y, const float* __restrict__ x, int n, float p, float scale, unsigned long long seed) {
-    GRID_STRIDE(i, n) y[i] = uniform01(seed, (unsigned long long)i) >= p ? __fmul_rn(x[i], scale) : 0.0f;
+    // x·0 for a dropped element, not 0: NaN and ±Inf give NaN, as PyTorch's x·mask·scale.
+    GRID_STRIDE(i, n) y[i] = __fmul_rn(x[i], uniform01(seed, (unsigned long long)i) >= p ? scale : 0.0f);
 }

@@ -358,12 +358,52 @@ fn attention_matches_pytorch() {
     run_op("attention", "attention", attention_case, GEMM);
 }
 
+/// Training dropout with NaN/Inf inputs: PyTorch's y is x·mask/(1−p) with its own mask (so a dropped NaN
+/// or Inf is NaN); ours, with our mask (read off a run on ones, same seed), must follow the same rule
+/// exactly, forward and backward.
+fn dropout_nonfinite_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let p = fx.meta(case)["p"].as_f64().unwrap() as f32;
+    let x = fx.leaf(case, "x");
+    let rule =
+        |x: &Tensor, mask: &Tensor| x.mul(mask).unwrap().mul_scalar(1.0 / (1.0 - p)).unwrap();
+    r.check(fx, case, "y", &rule(&x.detach(), &fx.t(case, "mask")), tol);
+    let seed = 77;
+    let ones = Tensor::full(x.shape(), 1.0, common::device()).unwrap();
+    let mask = ones
+        .dropout(p, true, seed)
+        .unwrap()
+        .mul_scalar(1.0 - p)
+        .unwrap();
+    let (xv, mv) = (x.to_vec().unwrap(), mask.to_vec().unwrap());
+    let dropped_bad = xv
+        .iter()
+        .zip(&mv)
+        .filter(|(x, m)| !x.is_finite() && **m == 0.0);
+    assert!(
+        dropped_bad.count() > 0,
+        "{case}: our mask keeps every NaN/Inf: the case tests nothing"
+    );
+    let want = rule(&x.detach(), &mask);
+    let (ws, wv) = (want.shape().to_vec(), want.to_vec().unwrap());
+    let y = x.dropout(p, true, seed).unwrap();
+    r.close(&format!("{case}.y (our mask)"), &y, &ws, &wv, tol);
+    // The backward is the same map on dy: the non-finite x as dy.
+    y.backward_with(&x.detach()).unwrap();
+    r.close(
+        &format!("{case}.gx (our mask)"),
+        &x.grad().unwrap(),
+        &ws,
+        &wv,
+        tol,
+    );
+}
+
 /// NaN and ±Inf inputs (nonfinite.safetensors) on every op where their handling is not plain IEEE
 /// arithmetic per value, with each op's own tolerance for the finite values. Every case of the file is
 /// run (a new op there must be added here).
 #[test]
 fn nonfinite_inputs_match_pytorch() {
-    let ops: [(&str, CaseFn, Tol); 12] = [
+    let ops: [(&str, CaseFn, Tol); 13] = [
         ("relu", relu_case, EXACT),
         ("max_pool", max_pool_case, EXACT),
         ("avg_pool", avg_pool_case, REDUCE),
@@ -376,6 +416,7 @@ fn nonfinite_inputs_match_pytorch() {
         ("linear", linear_case, GEMM),
         ("upsample_trilinear", upsample_case, REDUCE),
         ("attention", attention_case, GEMM),
+        ("dropout", dropout_nonfinite_case, EXACT),
     ];
     common::on_devices(|| {
         let fx = Fixture::load("nonfinite");

@@ -229,8 +229,9 @@ pub trait Backend: Send + Sync + Debug {
     ) -> Result<BufferRef>;
 
     // --- dropout ------------------------------------------------------------------------------------
-    /// Inverted dropout with the counter-based mask of [`crate::rng::dropout_keep`]: keeps x[i]·1/(1-p)
-    /// where the mask keeps index i. Applying it to dy with the same seed is its backward.
+    /// Inverted dropout with the counter-based mask of [`crate::rng::dropout_keep`]: x[i]·1/(1-p) where
+    /// the mask keeps index i, x[i]·0 elsewhere (NaN for NaN/Inf, as PyTorch's x·mask·scale). Applying
+    /// it to dy with the same seed is its backward.
     fn dropout(&self, x: &dyn BackendBuffer, p: f32, seed: u64) -> Result<BufferRef>;
 
     // --- convolution --------------------------------------------------------------------------------

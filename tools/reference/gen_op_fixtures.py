@@ -766,6 +766,23 @@ def gen_nonfinite():
         fn = lambda x: F.interpolate(x, size=(5, 7, 9), mode="trilinear", align_corners=ac)
         fam.grad_case(name, meta, {"x": poke(randn(1, 2, 2, 3, 4), {5: NAN, 30: INF})}, fn)
 
+    # Dropout (training) is x·mask·scale: a dropped NaN or ±Inf gives NaN, not 0. The mask is PyTorch's
+    # own, drawn again from the same seed on ones (the draw depends on the shape only).
+    name, p = "dropout_train_nonfinite", 0.5
+    fam.begin(name)
+
+    def fn(x):
+        torch.manual_seed(1234)
+        mask = (F.dropout(torch.ones_like(x), p, training=True) != 0).to(x.dtype)
+        torch.manual_seed(1234)
+        y = F.dropout(x, p, training=True)
+        torch.testing.assert_close(y, x * mask / (1 - p), rtol=0, atol=1e-12, equal_nan=True)
+        assert 0 < mask.sum() < mask.numel()
+        return y, {"mask": mask}
+
+    bad = {1: NAN, 6: INF, 9: -INF, 17: NAN, 22: NAN, 30: INF, 41: NAN, 50: -INF, 63: NAN}
+    fam.grad_case(name, {"op": "dropout", "p": p, "training": True}, {"x": poke(randn(4, 16), bad)}, fn)
+
     # Attention: a NaN query makes its own output NaN; the key and value gradients see every query.
     name = "attn_nan_query"
     fam.begin(name)

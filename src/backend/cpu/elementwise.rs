@@ -116,8 +116,9 @@ pub(super) fn dropout(x: &[f32], p: f32, seed: u64) -> Vec<f32> {
         .for_each(|(c, (y, x))| {
             for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
                 let idx = (c * CHUNK + i) as u64;
-                *y = if rng::dropout_keep(seed, idx, p) {
-                    x * scale
+                // x·0 for a dropped element, not 0: NaN and ±Inf give NaN, as PyTorch's x·mask·scale.
+                *y = x * if rng::dropout_keep(seed, idx, p) {
+                    scale
                 } else {
                     0.0
                 };
