@@ -159,8 +159,8 @@ impl std::fmt::Display for NonFinite {
     }
 }
 
-/// The non-finite values of `t`, None when all are finite. Copies `t` to the host: only for checks
-/// that were asked for (`--check-finite`) or that run once per batch.
+/// The non-finite values of `t`, None when all are finite. Copies `t` to the host: only for the checks
+/// `--check-finite` asks for.
 pub(crate) fn non_finite(t: &Tensor) -> Result<Option<NonFinite>> {
     let v = t.to_vec()?;
     let Some(at) = v.iter().position(|x| !x.is_finite()) else {
