@@ -62,11 +62,11 @@ extern "C" __global__ void __launch_bounds__(256) attn_forward(float* __restrict
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             s[j] = (m0 + sp * 8 + j < M) ? s[j] * scale : -INFINITY;
-            tmax = fmaxf(tmax, s[j]);
+            tmax = nan_maxf(tmax, s[j]);
         }
-        tmax = fmaxf(tmax, __shfl_xor_sync(FULL_MASK, tmax, 1));
-        tmax = fmaxf(tmax, __shfl_xor_sync(FULL_MASK, tmax, 2));
-        const float m_new = fmaxf(m_run, tmax);  // finite: every tile holds at least one key
+        tmax = nan_maxf(tmax, __shfl_xor_sync(FULL_MASK, tmax, 1));
+        tmax = nan_maxf(tmax, __shfl_xor_sync(FULL_MASK, tmax, 2));
+        const float m_new = nan_maxf(m_run, tmax);  // > -inf: every tile holds at least one key
         const float alpha = expf(m_run - m_new);
         float psum = 0.0f;
 #pragma unroll
@@ -131,7 +131,7 @@ extern "C" __global__ void attn_probs(float* __restrict__ s, int rows, int M, fl
     for (int r = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < rows; r += warps) {
         float* row = s + (size_t)r * M;
         float m = -INFINITY;
-        for (int j = lane; j < M; j += 32) m = fmaxf(m, __fmul_rn(row[j], scale));
+        for (int j = lane; j < M; j += 32) m = nan_maxf(m, __fmul_rn(row[j], scale));
         m = warp_max(m);
         float sum = 0.0f;
         for (int j = lane; j < M; j += 32) sum += expf(__fmul_rn(row[j], scale) - m);

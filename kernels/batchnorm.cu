@@ -2,44 +2,57 @@
 // Forward statistics: one pass of Welford per thread over a (channel, split) grid, merged with Chan's
 // formula in the block and then across splits. Normalisation is one elementwise pass (ReLU fusable).
 // Backward: two per-channel reductions (Σdy, Σdy·x̂) in one pass, then one elementwise pass for dx.
+// Non-finite values: Welford's running mean turns +Inf followed by a finite value into Inf − Inf = NaN,
+// where PyTorch's Σx/n is +Inf; so which of NaN, +Inf and −Inf a channel holds is tracked as flags and
+// decides its mean (NaN, ±Inf) and variance (NaN), as Σx/n and Σ(x − mean)²/n give.
 #include "common.cuh"
 #include "channel.cuh"
 
-__device__ __forceinline__ void welford_add(float& n, float& mean, float& m2, float v) {
+enum { NF_NAN = 1, NF_POS = 2, NF_NEG = 4 };
+
+__device__ __forceinline__ void welford_add(float& n, float& mean, float& m2, int& nf, float v) {
     n += 1.0f;
     float d = v - mean;
     mean += d / n;
     m2 += d * (v - mean);
+    if (!isfinite(v)) nf |= isnan(v) ? NF_NAN : v > 0.0f ? NF_POS : NF_NEG;
 }
 
-// ws[(c·S + s)·3 + {0,1,2}] = (count, mean, M2) of split s of channel c. Grid (C, S).
+// ws[(c·S + s)·4 + {0,1,2,3}] = (count, mean, M2, non-finite flags) of split s of channel c. Grid (C, S).
 extern "C" __global__ void bn_stats_partial(const float* __restrict__ x, int outer, int axis, int inner, float* __restrict__ ws) {
     const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
     int j0, j1;
     channel_split(outer, inner, s, S, j0, j1);
     float n = 0.0f, mean = 0.0f, m2 = 0.0f;
+    int nf = 0;
     visit_channel(c, j0, j1, axis, inner,
         [&](int i) {
             float4 v = *reinterpret_cast<const float4*>(x + i);
-            welford_add(n, mean, m2, v.x); welford_add(n, mean, m2, v.y);
-            welford_add(n, mean, m2, v.z); welford_add(n, mean, m2, v.w);
+            welford_add(n, mean, m2, nf, v.x); welford_add(n, mean, m2, nf, v.y);
+            welford_add(n, mean, m2, nf, v.z); welford_add(n, mean, m2, nf, v.w);
         },
-        [&](int i) { welford_add(n, mean, m2, x[i]); });
+        [&](int i) { welford_add(n, mean, m2, nf, x[i]); });
     // Merge within the warp, then across warps.
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         float nb = __shfl_xor_sync(FULL_MASK, n, o), mb = __shfl_xor_sync(FULL_MASK, mean, o), qb = __shfl_xor_sync(FULL_MASK, m2, o);
         welford_merge(n, mean, m2, nb, mb, qb);
+        nf |= __shfl_xor_sync(FULL_MASK, nf, o);
     }
     __shared__ float sn[32], sm[32], sq[32];
+    __shared__ int sf[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) { sn[warp] = n; sm[warp] = mean; sq[warp] = m2; }
+    if (lane == 0) { sn[warp] = n; sm[warp] = mean; sq[warp] = m2; sf[warp] = nf; }
     __syncthreads();
     if (threadIdx.x == 0) {
         float tn = 0.0f, tm = 0.0f, tq = 0.0f;
-        for (int w = 0; w < nw; ++w) welford_merge(tn, tm, tq, sn[w], sm[w], sq[w]);
-        float* o = ws + (c * S + s) * 3;
-        o[0] = tn; o[1] = tm; o[2] = tq;
+        int tf = 0;
+        for (int w = 0; w < nw; ++w) {
+            welford_merge(tn, tm, tq, sn[w], sm[w], sq[w]);
+            tf |= sf[w];
+        }
+        float* o = ws + (c * S + s) * 4;
+        o[0] = tn; o[1] = tm; o[2] = tq; o[3] = (float)tf;
     }
 }
 
@@ -48,9 +61,11 @@ extern "C" __global__ void bn_stats_partial(const float* __restrict__ x, int out
 extern "C" __global__ void bn_stats_final(const float* __restrict__ ws, int axis, int S, float* __restrict__ mean, float* __restrict__ var) {
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < axis; c += blockDim.x * gridDim.x) {
         double n = 0.0, m = 0.0, q = 0.0;
+        int nf = 0;
         for (int s = 0; s < S; ++s) {
-            const float* p = ws + ((size_t)c * S + s) * 3;
+            const float* p = ws + ((size_t)c * S + s) * 4;
             double nb = p[0], mb = p[1], qb = p[2];
+            nf |= (int)p[3];
             double nn = n + nb;
             if (nn == 0.0) continue;
             double d = mb - m;
@@ -60,6 +75,12 @@ extern "C" __global__ void bn_stats_final(const float* __restrict__ ws, int axis
         }
         mean[c] = (float)m;
         var[c] = (float)(n > 0.0 ? q / n : 0.0);
+        if (nf) {
+            const float qnan = __int_as_float(0x7fc00000);
+            const bool both = (nf & (NF_POS | NF_NEG)) == (NF_POS | NF_NEG);
+            mean[c] = (nf & NF_NAN) || both ? qnan : (nf & NF_POS) ? INFINITY : -INFINITY;
+            var[c] = qnan;
+        }
     }
 }
 
@@ -76,7 +97,7 @@ extern "C" __global__ void bn_forward(float* __restrict__ y, const float* __rest
             const float shift = (b ? b[c] : 0.0f) - mean[c] * scale;
             float4 v = reinterpret_cast<const float4*>(x)[i];
             v.x = v.x * scale + shift; v.y = v.y * scale + shift; v.z = v.z * scale + shift; v.w = v.w * scale + shift;
-            if (relu) { v.x = fmaxf(v.x, 0.0f); v.y = fmaxf(v.y, 0.0f); v.z = fmaxf(v.z, 0.0f); v.w = fmaxf(v.w, 0.0f); }
+            if (relu) { v.x = relu_f(v.x); v.y = relu_f(v.y); v.z = relu_f(v.z); v.w = relu_f(v.w); }
             reinterpret_cast<float4*>(y)[i] = v;
         }
     } else {
@@ -85,7 +106,7 @@ extern "C" __global__ void bn_forward(float* __restrict__ y, const float* __rest
             const float scale = (w ? w[c] : 1.0f) / sqrtf(var[c] + eps);
             const float shift = (b ? b[c] : 0.0f) - mean[c] * scale;
             float v = x[i] * scale + shift;
-            y[i] = relu ? fmaxf(v, 0.0f) : v;
+            y[i] = relu ? relu_f(v) : v;
         }
     }
 }

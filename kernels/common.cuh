@@ -17,11 +17,16 @@ __device__ __forceinline__ double warp_sum_d(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;
 }
+// max(a, b), NaN if either is NaN, as PyTorch's max reductions (fmaxf returns the non-NaN operand).
+__device__ __forceinline__ float nan_maxf(float a, float b) { return (a > b || isnan(a)) ? a : b; }
+// NaN-propagating max over the warp.
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = nan_maxf(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
 }
+// ReLU keeping NaN (fmaxf(NaN, 0) is 0; PyTorch's relu(NaN) is NaN).
+__device__ __forceinline__ float relu_f(float x) { return (x > 0.0f || isnan(x)) ? x : 0.0f; }
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); the result is valid in every thread.
 __device__ __forceinline__ double block_sum_d(double v) {

@@ -15,6 +15,10 @@
 // K step (one division per row instead of one per load), and each thread's output column is decoded
 // once per block. An MMA inner loop (wmma/mma.sync on the same 64×64×16 tiles) can replace the FMA loop.
 //
+// dgrad's dỹ holds structural zeros (taps with no output); 0·w must add nothing even where w is NaN or
+// ±Inf (PyTorch's col2im never adds those terms), so a K step whose weight tile is not all finite runs
+// a masked inner loop (block vote; finite weights keep the plain loop).
+//
 // Depthwise convolutions (groups == Cin > 1) use direct kernels below.
 #include "common.cuh"
 
@@ -84,6 +88,9 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
     __shared__ __align__(16) float As[2][TBK][TBM];
     __shared__ __align__(16) float Bs[2][TBK][TBN];
     __shared__ RowEntry tbl[2][TBK];
+    // dgrad: bit n of Bok[buf][k][n / 32] says whether Bs[buf][k][n] is a real dy value (not a structural
+    // zero); read only by the masked loop.
+    __shared__ unsigned int Bok[2][TBK][TBN / 32];
 
     const int t = threadIdx.x, tx = t & 15, ty = t >> 4;
     const int m0 = blockIdx.y * TBM, n0 = blockIdx.x * TBN;
@@ -150,6 +157,7 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
         __syncthreads();
 
         // A tile: row am, rows akq..akq+3 of this K step.
+        bool a_bad = false;
         {
             float v[4];
             const RowEntry& first = tbl[buf][akq];
@@ -165,7 +173,10 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
                 }
             }
 #pragma unroll
-            for (int e = 0; e < 4; ++e) As[buf][akq + e][am] = v[e];
+            for (int e = 0; e < 4; ++e) {
+                As[buf][akq + e][am] = v[e];
+                a_bad |= !isfinite(v[e]);
+            }
         }
         // B tile: column bn, rows bkr + 4e.
 #pragma unroll
@@ -173,13 +184,14 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
             const int kr = bkr + 4 * e;
             const RowEntry& re = tbl[buf][kr];
             float v = 0.0f;
+            bool ok = false;
             if (b_ok && re.aoff >= 0) {
                 if (MODE == DGRAD) {
                     const int z = c0 - re.t0, y = c1 - re.t1, x = c2 - re.t2;
                     if (z >= 0 && y >= 0 && x >= 0) {
                         const int oz = z / p.s[0], oy = y / p.s[1], ox = x / p.s[2];
-                        if (oz * p.s[0] == z && oy * p.s[1] == y && ox * p.s[2] == x && oz < p.out[0] && oy < p.out[1] && ox < p.out[2])
-                            v = __ldg(Bsrc + cbase + re.boff + (oz * p.out[1] + oy) * p.out[2] + ox);
+                        ok = oz * p.s[0] == z && oy * p.s[1] == y && ox * p.s[2] == x && oz < p.out[0] && oy < p.out[1] && ox < p.out[2];
+                        if (ok) v = __ldg(Bsrc + cbase + re.boff + (oz * p.out[1] + oy) * p.out[2] + ox);
                     }
                 } else {
                     const int z = c0 + re.t0, y = c1 + re.t1, x = c2 + re.t2;
@@ -188,9 +200,25 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
                 }
             }
             Bs[buf][kr][bn] = v;
+            if (MODE == DGRAD) {
+                // A warp covers 32 consecutive columns of one row kr.
+                const unsigned int bits = __ballot_sync(FULL_MASK, ok);
+                if ((t & 31) == 0) Bok[buf][kr][bn >> 5] = bits;
+            }
         }
-        __syncthreads();
+        const bool masked = MODE == DGRAD ? __syncthreads_or(a_bad) != 0 : (__syncthreads(), false);
 
+        if (masked) {
+            for (int k = 0; k < TBK; ++k) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if ((Bok[buf][k][(tx * 4 + j) >> 5] >> ((tx * 4 + j) & 31)) & 1u)
+                            acc[i][j] = fmaf(As[buf][k][ty * 4 + i], Bs[buf][k][tx * 4 + j], acc[i][j]);
+            }
+            continue;
+        }
 #pragma unroll
         for (int k = 0; k < TBK; ++k) {
             const float4 a = *reinterpret_cast<const float4*>(&As[buf][k][ty * 4]);
@@ -270,17 +298,22 @@ extern "C" __global__ void conv_dw_fprop(float* __restrict__ y, const float* __r
         const float* xp = x + (size_t)(img * p.cin + co / mult) * p.in_vol;
         const float* wk = w + co * p.kvol;
         float acc = bias ? bias[co] : 0.0f;
+        // Taps on the zero padding still add w·0: nothing for a finite w, NaN for a NaN or ±Inf one, as
+        // PyTorch's zero-padded convolution (only border outputs pay for it).
         for (int a = 0; a < p.k[0]; ++a) {
             const int z = od * p.s[0] - p.p[0] + a * p.d[0];
-            if ((unsigned)z >= (unsigned)p.in[0]) continue;
+            const bool z_in = (unsigned)z < (unsigned)p.in[0];
             for (int b = 0; b < p.k[1]; ++b) {
                 const int yy = oh * p.s[1] - p.p[1] + b * p.d[1];
-                if ((unsigned)yy >= (unsigned)p.in[1]) continue;
-                const float* xr = xp + (z * p.in[1] + yy) * p.in[2];
                 const float* wr = wk + (a * p.k[1] + b) * p.k[2];
+                if (!z_in || (unsigned)yy >= (unsigned)p.in[1]) {
+                    for (int c = 0; c < p.k[2]; ++c) acc = fmaf(wr[c], 0.0f, acc);
+                    continue;
+                }
+                const float* xr = xp + (z * p.in[1] + yy) * p.in[2];
                 for (int c = 0; c < p.k[2]; ++c) {
                     const int xx = ow * p.s[2] - p.p[2] + c * p.d[2];
-                    if ((unsigned)xx < (unsigned)p.in[2]) acc = fmaf(wr[c], __ldg(xr + xx), acc);
+                    acc = fmaf(wr[c], (unsigned)xx < (unsigned)p.in[2] ? __ldg(xr + xx) : 0.0f, acc);
                 }
             }
         }

@@ -7,7 +7,7 @@ enum { BIN_ADD = 0, BIN_SUB = 1, BIN_MUL = 2, BIN_DIV = 3 };
 
 __device__ __forceinline__ float unary_op(float x, int op, float s) {
     switch (op) {
-        case UN_RELU: return fmaxf(x, 0.0f);
+        case UN_RELU: return relu_f(x);
         case UN_SCALE: return __fmul_rn(x, s);
         case UN_SQRT: return __fsqrt_rn(x);
         default: return __fadd_rn(x, s);
@@ -53,7 +53,8 @@ extern "C" __global__ void ew_binary(float* __restrict__ y, const float* __restr
         y[i] = binary_op(a[i], b[i], op);
 }
 
-__device__ __forceinline__ float relu_bw(float y, float dy) { return y > 0.0f ? dy : 0.0f; }
+// PyTorch's threshold_backward: 0 where y <= 0, so a NaN output passes dy on.
+__device__ __forceinline__ float relu_bw(float y, float dy) { return y <= 0.0f ? 0.0f : dy; }
 
 extern "C" __global__ void ew_relu_backward(float* __restrict__ dx, const float* __restrict__ y, const float* __restrict__ dy, int n) {
     const int n4 = n >> 2;
@@ -114,5 +115,6 @@ __device__ __forceinline__ float uniform01(unsigned long long seed, unsigned lon
 }
 
 extern "C" __global__ void ew_dropout(float* __restrict__ y, const float* __restrict__ x, int n, float p, float scale, unsigned long long seed) {
-    GRID_STRIDE(i, n) y[i] = uniform01(seed, (unsigned long long)i) >= p ? __fmul_rn(x[i], scale) : 0.0f;
+    // x·0 for a dropped element, not 0: NaN and ±Inf give NaN, as PyTorch's x·mask·scale.
+    GRID_STRIDE(i, n) y[i] = __fmul_rn(x[i], uniform01(seed, (unsigned long long)i) >= p ? scale : 0.0f);
 }

@@ -5,7 +5,7 @@
 
 __device__ __forceinline__ void row_stats(const float* row, int classes, int lane, float& lse, float& sum) {
     float m = -INFINITY;
-    for (int j = lane; j < classes; j += 32) m = fmaxf(m, row[j]);
+    for (int j = lane; j < classes; j += 32) m = nan_maxf(m, row[j]);
     m = warp_max(m);
     float s = 0.0f, t = 0.0f;
     for (int j = lane; j < classes; j += 32) { s += expf(row[j] - m); t += row[j]; }
@@ -25,7 +25,9 @@ extern "C" __global__ void ce_forward(float* __restrict__ out, const float* __re
         if (lane == 0) {
             const double nll = (double)lse - (double)row[labels[r]];
             const double mean_neg_logp = (double)lse - (double)sum / classes;
-            acc += (1.0 - (double)eps) * nll + (double)eps * mean_neg_logp;
+            // Without smoothing the smoothing term is skipped, not multiplied by 0: a −inf logit makes it
+            // +inf (PyTorch skips it too).
+            acc += eps == 0.0f ? nll : (1.0 - (double)eps) * nll + (double)eps * mean_neg_logp;
         }
     }
     acc = block_sum_d(acc);

@@ -11,7 +11,7 @@ extern "C" __global__ void softmax_rows_forward(float* __restrict__ y, const flo
         const float* xr = x + (size_t)r * len;
         float* yr = y + (size_t)r * len;
         float m = -INFINITY;
-        for (int j = lane; j < len; j += 32) m = fmaxf(m, xr[j]);
+        for (int j = lane; j < len; j += 32) m = nan_maxf(m, xr[j]);
         m = warp_max(m);
         float s = 0.0f;
         for (int j = lane; j < len; j += 32) s += expf(xr[j] - m);
@@ -47,7 +47,7 @@ extern "C" __global__ void softmax_cols_forward(float* __restrict__ y, const flo
         const int o = t / inner, i = t - o * inner;
         const size_t base = (size_t)o * axis * inner + i;
         float m = -INFINITY;
-        for (int j = 0; j < axis; ++j) m = fmaxf(m, x[base + (size_t)j * inner]);
+        for (int j = 0; j < axis; ++j) m = nan_maxf(m, x[base + (size_t)j * inner]);
         float s = 0.0f;
         for (int j = 0; j < axis; ++j) s += expf(x[base + (size_t)j * inner] - m);
         if (log) {

@@ -12,8 +12,12 @@
 //! their gradients. Each backward closure is consumed when it runs, which releases its saved tensors.
 //!
 //! [`no_grad`] (or [`NoGradGuard`]) switches recording off: inference keeps no activations.
+//!
+//! Tape entries recorded while a [`LabelGuard`] is alive carry that label (the graph node being run,
+//! set by the executor under `--check-finite`); `backward` checks the gradients such entries produce and
+//! fails naming the node at the first that is not finite, as `torch.autograd.detect_anomaly` does.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,10 +83,21 @@ struct Edge {
     shape: Vec<usize>,
 }
 
+/// The graph node a tape entry was recorded for (see [`LabelGuard`]).
+#[derive(Debug)]
+pub(crate) struct NodeLabel {
+    /// The graph node's full name, e.g. `layer1.0.conv1`.
+    pub(crate) name: String,
+    /// The graph op, e.g. "conv".
+    pub(crate) op: &'static str,
+}
+
 /// One entry of the tape.
 pub(crate) struct Node {
     seq: u64,
     op: &'static str,
+    /// Set only under a [`LabelGuard`]: then backward checks that this entry's gradients are finite.
+    label: Option<Arc<NodeLabel>>,
     inputs: Vec<Option<Edge>>,
     out_cell: Arc<GradCell>,
     backward: Mutex<Option<BackwardFn>>,
@@ -92,6 +107,78 @@ static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+    static LABEL: RefCell<Option<Arc<NodeLabel>>> = const { RefCell::new(None) };
+}
+
+/// Labels every tape entry recorded on this thread until dropped (then restores the previous label),
+/// so that backward checks their gradients: the executor's `--check-finite` mode.
+pub(crate) struct LabelGuard {
+    prev: Option<Arc<NodeLabel>>,
+}
+
+impl LabelGuard {
+    pub(crate) fn new(name: &str, op: &'static str) -> Self {
+        let label = Arc::new(NodeLabel {
+            name: name.to_string(),
+            op,
+        });
+        LabelGuard {
+            prev: LABEL.with(|l| l.replace(Some(label))),
+        }
+    }
+}
+
+impl Drop for LabelGuard {
+    fn drop(&mut self) {
+        LABEL.with(|l| *l.borrow_mut() = self.prev.take());
+    }
+}
+
+/// How many values of a tensor are NaN, +Inf and −Inf, and where the first of them is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NonFinite {
+    pub(crate) nan: usize,
+    pub(crate) pos_inf: usize,
+    pub(crate) neg_inf: usize,
+    /// Multi-index of the first non-finite value.
+    pub(crate) first: Vec<usize>,
+}
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = [
+            (self.nan, "NaN"),
+            (self.pos_inf, "+Inf"),
+            (self.neg_inf, "-Inf"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        write!(f, "{} (first at {:?})", parts.join(", "), self.first)
+    }
+}
+
+/// The non-finite values of `t`, None when all are finite. Copies `t` to the host: only for the checks
+/// `--check-finite` asks for.
+pub(crate) fn non_finite(t: &Tensor) -> Result<Option<NonFinite>> {
+    let v = t.to_vec()?;
+    let Some(at) = v.iter().position(|x| !x.is_finite()) else {
+        return Ok(None);
+    };
+    let mut first = vec![0; t.rank()];
+    let mut rest = at;
+    for (f, &d) in first.iter_mut().zip(t.shape()).rev() {
+        *f = rest % d.max(1);
+        rest /= d.max(1);
+    }
+    let count = |p: fn(&f32) -> bool| v[at..].iter().filter(|x| p(x)).count();
+    Ok(Some(NonFinite {
+        nan: count(|x| x.is_nan()),
+        pos_inf: count(|x| *x == f32::INFINITY),
+        neg_inf: count(|x| *x == f32::NEG_INFINITY),
+        first,
+    }))
 }
 
 /// Whether ops record on the tape on this thread.
@@ -170,6 +257,7 @@ pub(crate) fn record(
     let node = Arc::new(Node {
         seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
         op,
+        label: LABEL.with(|l| l.borrow().clone()),
         inputs: edges,
         out_cell: cell.clone(),
         backward: Mutex::new(Some(backward)),
@@ -232,6 +320,9 @@ pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
             ))
         })?;
         let grads = f(&g)?;
+        if let Some(label) = &node.label {
+            check_grads(node, label, &g, &grads)?;
+        }
         if grads.len() != node.inputs.len() {
             return Err(Error::Autograd(format!(
                 "'{}' returned {} gradients for {} inputs",
@@ -263,6 +354,34 @@ pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
                 None => edge.cell.accumulate(&gi)?,
             }
         }
+    }
+    Ok(())
+}
+
+/// `--check-finite` in backward: the first tape entry (in backward order) whose input gradients are not
+/// finite, named by its graph node.
+fn check_grads(
+    node: &Node,
+    label: &NodeLabel,
+    gy: &Tensor,
+    grads: &[Option<Tensor>],
+) -> Result<()> {
+    for (k, gi) in grads.iter().enumerate() {
+        let Some(gi) = gi else { continue };
+        let Some(bad) = non_finite(gi)? else { continue };
+        let received = match non_finite(gy)? {
+            None => "the gradient it received is finite".to_string(),
+            Some(b) => format!("the gradient it received already held {b}"),
+        };
+        return Err(Error::NonFinite(format!(
+            "check-finite: the gradient of node '{}' ({}, output {:?}) with respect to input {k} of \
+             its '{}' step ({:?}) holds {bad}; {received}",
+            label.name,
+            label.op,
+            gy.shape(),
+            node.op,
+            gi.shape(),
+        )));
     }
     Ok(())
 }

@@ -34,6 +34,11 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A value that must be finite is not: non-finite logits, or what `--check-finite`
+    /// ([`crate::exec::Network::set_check_finite`]) found.
+    #[error("{0}")]
+    NonFinite(String),
+
     /// Reading or writing a safetensors file.
     #[error("safetensors {path}: {msg}")]
     Safetensors { path: String, msg: String },

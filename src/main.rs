@@ -175,6 +175,8 @@ enum Command {
         /// eval: running statistics; train: batch statistics (no dropout masks are reproducible).
         #[arg(long, default_value = "eval", value_parser = ["eval", "train"])]
         mode: String,
+        #[command(flatten)]
+        check: CheckFiniteArg,
     },
 }
 
@@ -228,6 +230,17 @@ struct ClipArgs {
     batch_size: usize,
     #[command(flatten)]
     device: DeviceArg,
+    #[command(flatten)]
+    check: CheckFiniteArg,
+}
+
+/// `--check-finite`, for the commands that run a model.
+#[derive(clap::Args, Clone)]
+struct CheckFiniteArg {
+    /// Fail at the first layer whose output (or gradient, in training) holds NaN/Inf, naming it
+    /// (slow: each check copies the tensor to the host; PyTorch's detect_anomaly).
+    #[arg(long)]
+    check_finite: bool,
 }
 
 impl ClipArgs {
@@ -306,6 +319,7 @@ impl ClipArgs {
         net.load_state_dict(&sd, true)
             .with_context(|| format!("loading {}", self.weights.display()))?;
         net.eval();
+        net.set_check_finite(self.check.check_finite);
         Ok((net, spec, names, model))
     }
 }
@@ -408,6 +422,9 @@ fn main() -> Result<()> {
                 let x = vidgrad::Tensor::from_vec(data, &shape, net.device())?;
                 let logits = vidgrad::no_grad(|| net.forward(&[&x]))?.to_vec()?;
                 let c = logits.len() / views;
+                metrics::check_logits(&logits, c, |r| {
+                    format!("'{}' (view {r} of {views})", ds.name(v))
+                })?;
                 let mut p = vec![0f32; c];
                 for row in logits.chunks(c) {
                     metrics::softmax(row)
@@ -465,6 +482,10 @@ fn main() -> Result<()> {
                 let mut shape = vec![1];
                 shape.extend(spec.clip_shape());
                 let x = vidgrad::Tensor::from_vec(data.clone(), &shape, net.device())?;
+                if clip.check.check_finite {
+                    // Grad-CAM runs its own executor: the checked forward is one extra pass.
+                    vidgrad::no_grad(|| net.forward(&[&x]))?;
+                }
                 let cam = vidgrad::explain::grad_cam(&net, &x, spec.layout, &layer, class)?;
                 let dir = if ds.len() == 1 {
                     out.clone()
@@ -489,8 +510,12 @@ fn main() -> Result<()> {
                 };
                 opts.title = format!("{shown} · {model}");
                 opts.tile = tile;
-                let w = vidgrad::explain::render::write_all(&dir, &data, &cam, &opts)?;
+                // No heat map or "NaN%" for a score that is not finite.
+                metrics::check_logits(&cam.logits, cam.logits.len(), |_| {
+                    format!("'{}'", ds.name(v))
+                })?;
                 let p = cam.probabilities();
+                let w = vidgrad::explain::render::write_all(&dir, &data, &cam, &opts)?;
                 let name = |k: usize| {
                     names
                         .as_ref()
@@ -555,6 +580,7 @@ fn main() -> Result<()> {
             output,
             device,
             mode,
+            check,
         } => {
             let device = device.get()?;
             let (inputs, _) = vidgrad::io::load_safetensors(&input, device)?;
@@ -579,7 +605,17 @@ fn main() -> Result<()> {
             if mode == "eval" {
                 net.eval();
             }
+            net.set_check_finite(check.check_finite);
             let logits = vidgrad::no_grad(|| net.forward(&[x]))?;
+            // The logits are written as computed (NaN in, NaN out, as PyTorch), but not silently.
+            let v = logits.to_vec()?;
+            let bad = v.iter().filter(|x| !x.is_finite()).count();
+            if bad > 0 {
+                eprintln!(
+                    "warning: {bad} of the {} logits are not finite (--check-finite names the first layer that produces them)",
+                    v.len()
+                );
+            }
             let out: vidgrad::io::StateDict =
                 [("logits".to_string(), logits)].into_iter().collect();
             vidgrad::io::save_safetensors(&output, &out, None)?;

@@ -2,11 +2,15 @@
 //! tools/reference/gen_op_fixtures.py). Each test runs all cases of one op, prints the worst error per
 //! tensor and fails listing every mismatch. Tolerances are stated per op below: the references are
 //! computed in float64, so they bound our float32 rounding (sums over K terms: ~sqrt(K)·2^-24 relative).
+//! NaN and ±Inf are compared exactly (tests/common `Report::close`); nonfinite.safetensors holds NaN/Inf
+//! inputs for the ops where their handling is not plain per-value IEEE arithmetic, run through the same
+//! per-op case functions and tolerances as the finite cases.
 
 mod common;
 
 use common::{usizes, Fixture, Report, Tol};
 use vidgrad::ops::{self, BatchNormArgs, ConvParams, PoolParams};
+use vidgrad::Tensor;
 
 /// Exact ops (copies, sign tests, single roundings).
 const EXACT: Tol = Tol {
@@ -24,70 +28,89 @@ const GEMM: Tol = Tol {
     rtol: 2e-4,
 };
 
-#[test]
-fn conv_matches_pytorch() {
+/// Checks the case's output `y`, runs backward from its `gy` and checks the gradient of each leaf.
+fn check_forward_backward(
+    fx: &Fixture,
+    case: &str,
+    r: &mut Report,
+    y: &Tensor,
+    leaves: &[(&str, &Tensor)],
+    tol: Tol,
+) {
+    r.check(fx, case, "y", y, tol);
+    y.backward_with(&fx.t(case, "gy")).unwrap();
+    for (name, leaf) in leaves {
+        r.check_grad(fx, case, name, leaf, tol);
+    }
+}
+
+/// Runs one fixture case of an op and checks its output and gradients with the given tolerance.
+type CaseFn = fn(&Fixture, &str, &mut Report, Tol);
+
+/// Every case of `op` in fixture file `family` through `f`.
+fn run_op(family: &str, op: &str, f: CaseFn, tol: Tol) {
     common::on_devices(|| {
-        let fx = Fixture::load("conv");
-        let mut r = Report::new("conv");
-        for case in fx.cases("conv") {
-            let m = fx.meta(&case);
-            let (x, w) = (fx.leaf(&case, "x"), fx.leaf(&case, "w"));
-            let b = m["bias"].as_bool().unwrap().then(|| fx.leaf(&case, "b"));
-            let p = ConvParams::default()
-                .stride(&usizes(&m["stride"]))
-                .padding(&usizes(&m["padding"]))
-                .dilation(&usizes(&m["dilation"]))
-                .groups(m["groups"].as_u64().unwrap() as usize);
-            let y = ops::conv(&x, &w, b.as_ref(), &p).unwrap();
-            r.check(&fx, &case, "y", &y, GEMM);
-            y.backward_with(&fx.t(&case, "gy")).unwrap();
-            r.check_grad(&fx, &case, "x", &x, GEMM);
-            r.check_grad(&fx, &case, "w", &w, GEMM);
-            if let Some(b) = &b {
-                r.check_grad(&fx, &case, "b", b, GEMM);
-            }
+        let fx = Fixture::load(family);
+        let mut r = Report::new(op);
+        for case in fx.cases(op) {
+            f(&fx, &case, &mut r, tol);
         }
         r.finish();
     });
 }
 
+fn conv_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let m = fx.meta(case);
+    let (x, w) = (fx.leaf(case, "x"), fx.leaf(case, "w"));
+    let b = m["bias"].as_bool().unwrap().then(|| fx.leaf(case, "b"));
+    let p = ConvParams::default()
+        .stride(&usizes(&m["stride"]))
+        .padding(&usizes(&m["padding"]))
+        .dilation(&usizes(&m["dilation"]))
+        .groups(m["groups"].as_u64().unwrap() as usize);
+    let y = ops::conv(&x, &w, b.as_ref(), &p).unwrap();
+    let mut leaves = vec![("x", &x), ("w", &w)];
+    leaves.extend(b.as_ref().map(|b| ("b", b)));
+    check_forward_backward(fx, case, r, &y, &leaves, tol);
+}
+
+#[test]
+fn conv_matches_pytorch() {
+    run_op("conv", "conv", conv_case, GEMM);
+}
+
+fn batch_norm_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let m = fx.meta(case);
+    let x = fx.leaf(case, "x");
+    let affine = m["affine"].as_bool().unwrap();
+    let (w, b) = if affine {
+        (Some(fx.leaf(case, "weight")), Some(fx.leaf(case, "bias")))
+    } else {
+        (None, None)
+    };
+    let (rm, rv) = (fx.t(case, "running_mean"), fx.t(case, "running_var"));
+    let args = BatchNormArgs {
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+        running_mean: Some(&rm),
+        running_var: Some(&rv),
+        training: m["training"].as_bool().unwrap(),
+        momentum: m["momentum"].as_f64().unwrap() as f32,
+        eps: m["eps"].as_f64().unwrap() as f32,
+    };
+    let y = ops::batch_norm(&x, &args).unwrap();
+    r.check(fx, case, "running_mean_out", &rm, tol);
+    r.check(fx, case, "running_var_out", &rv, tol);
+    let mut leaves = vec![("x", &x)];
+    if let (Some(w), Some(b)) = (&w, &b) {
+        leaves.extend([("weight", w), ("bias", b)]);
+    }
+    check_forward_backward(fx, case, r, &y, &leaves, tol);
+}
+
 #[test]
 fn batch_norm_matches_pytorch() {
-    common::on_devices(|| {
-        let fx = Fixture::load("batchnorm");
-        let mut r = Report::new("batch_norm");
-        for case in fx.cases("batch_norm") {
-            let m = fx.meta(&case);
-            let x = fx.leaf(&case, "x");
-            let affine = m["affine"].as_bool().unwrap();
-            let (w, b) = if affine {
-                (Some(fx.leaf(&case, "weight")), Some(fx.leaf(&case, "bias")))
-            } else {
-                (None, None)
-            };
-            let (rm, rv) = (fx.t(&case, "running_mean"), fx.t(&case, "running_var"));
-            let args = BatchNormArgs {
-                weight: w.as_ref(),
-                bias: b.as_ref(),
-                running_mean: Some(&rm),
-                running_var: Some(&rv),
-                training: m["training"].as_bool().unwrap(),
-                momentum: m["momentum"].as_f64().unwrap() as f32,
-                eps: m["eps"].as_f64().unwrap() as f32,
-            };
-            let y = ops::batch_norm(&x, &args).unwrap();
-            r.check(&fx, &case, "y", &y, REDUCE);
-            r.check(&fx, &case, "running_mean_out", &rm, REDUCE);
-            r.check(&fx, &case, "running_var_out", &rv, REDUCE);
-            y.backward_with(&fx.t(&case, "gy")).unwrap();
-            r.check_grad(&fx, &case, "x", &x, REDUCE);
-            if let (Some(w), Some(b)) = (&w, &b) {
-                r.check_grad(&fx, &case, "weight", w, REDUCE);
-                r.check_grad(&fx, &case, "bias", b, REDUCE);
-            }
-        }
-        r.finish();
-    });
+    run_op("batchnorm", "batch_norm", batch_norm_case, REDUCE);
 }
 
 fn pool_params(m: &serde_json::Value) -> PoolParams {
@@ -97,58 +120,49 @@ fn pool_params(m: &serde_json::Value) -> PoolParams {
         .ceil_mode(m["ceil_mode"].as_bool().unwrap())
 }
 
+fn max_pool_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let x = fx.leaf(case, "x");
+    let y = ops::max_pool(&x, &pool_params(fx.meta(case))).unwrap();
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
+}
+
 #[test]
 fn max_pool_matches_pytorch() {
-    common::on_devices(|| {
-        let fx = Fixture::load("pool");
-        let mut r = Report::new("max_pool");
-        for case in fx.cases("max_pool") {
-            let x = fx.leaf(&case, "x");
-            let y = ops::max_pool(&x, &pool_params(fx.meta(&case))).unwrap();
-            r.check(&fx, &case, "y", &y, EXACT);
-            y.backward_with(&fx.t(&case, "gy")).unwrap();
-            r.check_grad(&fx, &case, "x", &x, EXACT);
-        }
-        r.finish();
-    });
+    run_op("pool", "max_pool", max_pool_case, EXACT);
+}
+
+fn avg_pool_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let m = fx.meta(case);
+    let x = fx.leaf(case, "x");
+    let y = ops::avg_pool(
+        &x,
+        &pool_params(m),
+        m["count_include_pad"].as_bool().unwrap(),
+    )
+    .unwrap();
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
 }
 
 #[test]
 fn avg_pool_matches_pytorch() {
-    common::on_devices(|| {
-        let fx = Fixture::load("pool");
-        let mut r = Report::new("avg_pool");
-        for case in fx.cases("avg_pool") {
-            let m = fx.meta(&case);
-            let x = fx.leaf(&case, "x");
-            let y = ops::avg_pool(
-                &x,
-                &pool_params(m),
-                m["count_include_pad"].as_bool().unwrap(),
-            )
-            .unwrap();
-            r.check(&fx, &case, "y", &y, REDUCE);
-            y.backward_with(&fx.t(&case, "gy")).unwrap();
-            r.check_grad(&fx, &case, "x", &x, REDUCE);
-        }
-        r.finish();
-    });
+    run_op("pool", "avg_pool", avg_pool_case, REDUCE);
+}
+
+fn adaptive_avg_pool_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let x = fx.leaf(case, "x");
+    let y = ops::adaptive_avg_pool(&x, &usizes(&fx.meta(case)["output_size"])).unwrap();
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
 }
 
 #[test]
 fn adaptive_avg_pool_matches_pytorch() {
-    common::on_devices(|| {
-        let fx = Fixture::load("pool");
-        let mut r = Report::new("adaptive_avg_pool");
-        for case in fx.cases("adaptive_avg_pool") {
-            let x = fx.leaf(&case, "x");
-            let y = ops::adaptive_avg_pool(&x, &usizes(&fx.meta(&case)["output_size"])).unwrap();
-            r.check(&fx, &case, "y", &y, REDUCE);
-            y.backward_with(&fx.t(&case, "gy")).unwrap();
-            r.check_grad(&fx, &case, "x", &x, REDUCE);
-        }
-        r.finish();
-    });
+    run_op("pool", "adaptive_avg_pool", adaptive_avg_pool_case, REDUCE);
+}
+
+fn relu_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let x = fx.leaf(case, "x");
+    let y = x.relu().unwrap();
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
 }
 
 #[test]
@@ -157,11 +171,7 @@ fn elementwise_matches_pytorch() {
         let fx = Fixture::load("elementwise");
         let mut r = Report::new("elementwise");
         for case in fx.cases("relu") {
-            let x = fx.leaf(&case, "x");
-            let y = x.relu().unwrap();
-            r.check(&fx, &case, "y", &y, EXACT);
-            y.backward_with(&fx.t(&case, "gy")).unwrap();
-            r.check_grad(&fx, &case, "x", &x, EXACT);
+            relu_case(&fx, &case, &mut r, EXACT);
         }
         for case in fx.cases("add") {
             let (a, b) = (fx.leaf(&case, "a"), fx.leaf(&case, "b"));
@@ -252,25 +262,25 @@ fn layout_ops_match_pytorch() {
     });
 }
 
+fn linear_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let (x, w) = (fx.leaf(case, "x"), fx.leaf(case, "w"));
+    let b = fx.meta(case)["bias"]
+        .as_bool()
+        .unwrap()
+        .then(|| fx.leaf(case, "b"));
+    let y = x.linear(&w, b.as_ref()).unwrap();
+    let mut leaves = vec![("x", &x), ("w", &w)];
+    leaves.extend(b.as_ref().map(|b| ("b", b)));
+    check_forward_backward(fx, case, r, &y, &leaves, tol);
+}
+
 #[test]
 fn linear_and_matmul_match_pytorch() {
     common::on_devices(|| {
         let fx = Fixture::load("linalg");
         let mut r = Report::new("linalg");
         for case in fx.cases("linear") {
-            let (x, w) = (fx.leaf(&case, "x"), fx.leaf(&case, "w"));
-            let b = fx.meta(&case)["bias"]
-                .as_bool()
-                .unwrap()
-                .then(|| fx.leaf(&case, "b"));
-            let y = x.linear(&w, b.as_ref()).unwrap();
-            r.check(&fx, &case, "y", &y, GEMM);
-            y.backward_with(&fx.t(&case, "gy")).unwrap();
-            r.check_grad(&fx, &case, "x", &x, GEMM);
-            r.check_grad(&fx, &case, "w", &w, GEMM);
-            if let Some(b) = &b {
-                r.check_grad(&fx, &case, "b", b, GEMM);
-            }
+            linear_case(&fx, &case, &mut r, GEMM);
         }
         for case in fx.cases("matmul") {
             let (a, b) = (fx.leaf(&case, "a"), fx.leaf(&case, "b"));
@@ -284,86 +294,145 @@ fn linear_and_matmul_match_pytorch() {
     });
 }
 
+fn softmax_like_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol, log: bool) {
+    let x = fx.leaf(case, "x");
+    let dim = fx.meta(case)["dim"].as_i64().unwrap() as isize;
+    let y = if log {
+        x.log_softmax(dim)
+    } else {
+        x.softmax(dim)
+    }
+    .unwrap();
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
+}
+
+fn softmax_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    softmax_like_case(fx, case, r, tol, false);
+}
+
+fn log_softmax_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    softmax_like_case(fx, case, r, tol, true);
+}
+
 #[test]
 fn softmax_matches_pytorch() {
-    common::on_devices(|| {
-        let fx = Fixture::load("softmax");
-        let mut r = Report::new("softmax");
-        for (op, log) in [("softmax", false), ("log_softmax", true)] {
-            for case in fx.cases(op) {
-                let x = fx.leaf(&case, "x");
-                let dim = fx.meta(&case)["dim"].as_i64().unwrap() as isize;
-                let y = if log {
-                    x.log_softmax(dim)
-                } else {
-                    x.softmax(dim)
-                }
-                .unwrap();
-                r.check(&fx, &case, "y", &y, REDUCE);
-                y.backward_with(&fx.t(&case, "gy")).unwrap();
-                r.check_grad(&fx, &case, "x", &x, REDUCE);
-            }
-        }
-        r.finish();
-    });
+    run_op("softmax", "softmax", softmax_case, REDUCE);
+    run_op("softmax", "log_softmax", log_softmax_case, REDUCE);
+}
+
+fn cross_entropy_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let logits = fx.leaf(case, "logits");
+    let eps = fx.meta(case)["label_smoothing"].as_f64().unwrap() as f32;
+    let y = ops::cross_entropy(&logits, &fx.labels(case), eps).unwrap();
+    check_forward_backward(fx, case, r, &y, &[("logits", &logits)], tol);
 }
 
 #[test]
 fn cross_entropy_matches_pytorch() {
-    common::on_devices(|| {
-        let fx = Fixture::load("loss");
-        let mut r = Report::new("cross_entropy");
-        for case in fx.cases("cross_entropy") {
-            let logits = fx.leaf(&case, "logits");
-            let eps = fx.meta(&case)["label_smoothing"].as_f64().unwrap() as f32;
-            let y = ops::cross_entropy(&logits, &fx.labels(&case), eps).unwrap();
-            r.check(&fx, &case, "y", &y, REDUCE);
-            y.backward_with(&fx.t(&case, "gy")).unwrap();
-            r.check_grad(&fx, &case, "logits", &logits, REDUCE);
-        }
-        r.finish();
-    });
+    run_op("loss", "cross_entropy", cross_entropy_case, REDUCE);
+}
+
+fn upsample_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let m = fx.meta(case);
+    let s = usizes(&m["size"]);
+    let x = fx.leaf(case, "x");
+    let y = x
+        .upsample_trilinear([s[0], s[1], s[2]], m["align_corners"].as_bool().unwrap())
+        .unwrap();
+    check_forward_backward(fx, case, r, &y, &[("x", &x)], tol);
 }
 
 #[test]
 fn upsample_trilinear_matches_pytorch() {
-    common::on_devices(|| {
-        let fx = Fixture::load("upsample");
-        let mut r = Report::new("upsample_trilinear");
-        for case in fx.cases("upsample_trilinear") {
-            let m = fx.meta(&case);
-            let s = usizes(&m["size"]);
-            let x = fx.leaf(&case, "x");
-            let y = x
-                .upsample_trilinear([s[0], s[1], s[2]], m["align_corners"].as_bool().unwrap())
-                .unwrap();
-            r.check(&fx, &case, "y", &y, REDUCE);
-            y.backward_with(&fx.t(&case, "gy")).unwrap();
-            r.check_grad(&fx, &case, "x", &x, REDUCE);
-        }
-        r.finish();
-    });
+    run_op("upsample", "upsample_trilinear", upsample_case, REDUCE);
+}
+
+fn attention_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let (q, k, v) = (fx.leaf(case, "q"), fx.leaf(case, "k"), fx.leaf(case, "v"));
+    let y = ops::attention(&q, &k, &v, fx.meta(case)["scale"].as_f64().unwrap() as f32).unwrap();
+    check_forward_backward(fx, case, r, &y, &[("q", &q), ("k", &k), ("v", &v)], tol);
 }
 
 #[test]
 fn attention_matches_pytorch() {
+    run_op("attention", "attention", attention_case, GEMM);
+}
+
+/// Training dropout with NaN/Inf inputs: PyTorch's y is x·mask/(1−p) with its own mask (so a dropped NaN
+/// or Inf is NaN); ours, with our mask (read off a run on ones, same seed), must follow the same rule
+/// exactly, forward and backward.
+fn dropout_nonfinite_case(fx: &Fixture, case: &str, r: &mut Report, tol: Tol) {
+    let p = fx.meta(case)["p"].as_f64().unwrap() as f32;
+    let x = fx.leaf(case, "x");
+    let rule =
+        |x: &Tensor, mask: &Tensor| x.mul(mask).unwrap().mul_scalar(1.0 / (1.0 - p)).unwrap();
+    r.check(fx, case, "y", &rule(&x.detach(), &fx.t(case, "mask")), tol);
+    let seed = 77;
+    let ones = Tensor::full(x.shape(), 1.0, common::device()).unwrap();
+    let mask = ones
+        .dropout(p, true, seed)
+        .unwrap()
+        .mul_scalar(1.0 - p)
+        .unwrap();
+    let (xv, mv) = (x.to_vec().unwrap(), mask.to_vec().unwrap());
+    let dropped_bad = xv
+        .iter()
+        .zip(&mv)
+        .filter(|(x, m)| !x.is_finite() && **m == 0.0);
+    assert!(
+        dropped_bad.count() > 0,
+        "{case}: our mask keeps every NaN/Inf: the case tests nothing"
+    );
+    let want = rule(&x.detach(), &mask);
+    let (ws, wv) = (want.shape().to_vec(), want.to_vec().unwrap());
+    let y = x.dropout(p, true, seed).unwrap();
+    r.close(&format!("{case}.y (our mask)"), &y, &ws, &wv, tol);
+    // The backward is the same map on dy: the non-finite x as dy.
+    y.backward_with(&x.detach()).unwrap();
+    r.close(
+        &format!("{case}.gx (our mask)"),
+        &x.grad().unwrap(),
+        &ws,
+        &wv,
+        tol,
+    );
+}
+
+/// NaN and ±Inf inputs (nonfinite.safetensors) on every op where their handling is not plain IEEE
+/// arithmetic per value, with each op's own tolerance for the finite values. Every case of the file is
+/// run (a new op there must be added here).
+#[test]
+fn nonfinite_inputs_match_pytorch() {
+    let ops: [(&str, CaseFn, Tol); 13] = [
+        ("relu", relu_case, EXACT),
+        ("max_pool", max_pool_case, EXACT),
+        ("avg_pool", avg_pool_case, REDUCE),
+        ("adaptive_avg_pool", adaptive_avg_pool_case, REDUCE),
+        ("softmax", softmax_case, REDUCE),
+        ("log_softmax", log_softmax_case, REDUCE),
+        ("batch_norm", batch_norm_case, REDUCE),
+        ("cross_entropy", cross_entropy_case, REDUCE),
+        ("conv", conv_case, GEMM),
+        ("linear", linear_case, GEMM),
+        ("upsample_trilinear", upsample_case, REDUCE),
+        ("attention", attention_case, GEMM),
+        ("dropout", dropout_nonfinite_case, EXACT),
+    ];
     common::on_devices(|| {
-        let fx = Fixture::load("attention");
-        let mut r = Report::new("attention");
-        for case in fx.cases("attention") {
-            let (q, k, v) = (
-                fx.leaf(&case, "q"),
-                fx.leaf(&case, "k"),
-                fx.leaf(&case, "v"),
-            );
-            let y = ops::attention(&q, &k, &v, fx.meta(&case)["scale"].as_f64().unwrap() as f32)
-                .unwrap();
-            r.check(&fx, &case, "y", &y, GEMM);
-            y.backward_with(&fx.t(&case, "gy")).unwrap();
-            r.check_grad(&fx, &case, "q", &q, GEMM);
-            r.check_grad(&fx, &case, "k", &k, GEMM);
-            r.check_grad(&fx, &case, "v", &v, GEMM);
+        let fx = Fixture::load("nonfinite");
+        let mut r = Report::new("nonfinite");
+        let mut run = 0;
+        for (op, f, tol) in ops {
+            for case in fx.cases(op) {
+                f(&fx, &case, &mut r, tol);
+                run += 1;
+            }
         }
+        assert_eq!(
+            run,
+            fx.len(),
+            "nonfinite.safetensors has cases of an op not run here"
+        );
         r.finish();
     });
 }

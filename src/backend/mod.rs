@@ -209,7 +209,8 @@ pub trait Backend: Send + Sync + Debug {
         b: &dyn BackendBuffer,
         op: BinaryOp,
     ) -> Result<BufferRef>;
-    /// dx = dy where y > 0, else 0 (from ReLU's output, so its input need not be kept).
+    /// dx = 0 where y <= 0, else dy (from ReLU's output, so its input need not be kept); a NaN output
+    /// passes dy on, as PyTorch's threshold_backward.
     fn relu_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer) -> Result<BufferRef>;
     /// In place: y = a·x + b·y.
     fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()>;
@@ -228,8 +229,9 @@ pub trait Backend: Send + Sync + Debug {
     ) -> Result<BufferRef>;
 
     // --- dropout ------------------------------------------------------------------------------------
-    /// Inverted dropout with the counter-based mask of [`crate::rng::dropout_keep`]: keeps x[i]·1/(1-p)
-    /// where the mask keeps index i. Applying it to dy with the same seed is its backward.
+    /// Inverted dropout with the counter-based mask of [`crate::rng::dropout_keep`]: x[i]·1/(1-p) where
+    /// the mask keeps index i, x[i]·0 elsewhere (NaN for NaN/Inf, as PyTorch's x·mask·scale). Applying
+    /// it to dy with the same seed is its backward.
     fn dropout(&self, x: &dyn BackendBuffer, p: f32, seed: u64) -> Result<BufferRef>;
 
     // --- convolution --------------------------------------------------------------------------------

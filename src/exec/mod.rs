@@ -6,13 +6,18 @@
 //! graph), so in inference a buffer is freed as soon as it is dead. Scopes marked `checkpoint` are run
 //! without recording and put on the tape as one entry whose backward recomputes the block from its
 //! saved input (gradient checkpointing, mmaction2's `with_cp`).
+//!
+//! With [`Network::set_check_finite`] (the CLI's `--check-finite`, PyTorch's `detect_anomaly`), every
+//! node's output is checked as soon as it is computed and every tape entry it records checks its
+//! gradients in backward; the first that is not finite fails the run naming the node. Off (the
+//! default), none of this runs.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::autograd::{self, EnableGradGuard};
+use crate::autograd::{self, non_finite, EnableGradGuard, LabelGuard};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::graph::{node_err, Graph, Init, RunCtx, ValueId};
@@ -46,6 +51,7 @@ pub struct Network {
     device: Device,
     training: bool,
     checkpointing: bool,
+    check_finite: bool,
     segments: Vec<Segment>,
     seed: u64,
     forwards: AtomicU64,
@@ -77,6 +83,7 @@ impl Network {
             device,
             training: true,
             checkpointing: true,
+            check_finite: false,
             segments,
             seed,
             forwards: AtomicU64::new(0),
@@ -102,6 +109,11 @@ impl Network {
     /// Use the graph's checkpointed scopes (on by default; off runs them like any other block).
     pub fn set_checkpointing(&mut self, on: bool) {
         self.checkpointing = on;
+    }
+    /// Check every node's output (forward) and gradients (backward) for NaN/Inf and fail at the first
+    /// that is not finite, naming the node (off by default: each check copies the tensor to the host).
+    pub fn set_check_finite(&mut self, on: bool) {
+        self.check_finite = on;
     }
     /// Number of forward passes so far: with the seed, it fixes the dropout masks (RNG state).
     pub fn forward_count(&self) -> u64 {
@@ -222,9 +234,19 @@ impl Network {
         let before = self.device.memory_in_use().unwrap_or(0);
         self.device.reset_memory_peak().ok();
         let mut values: Vec<Option<Tensor>> = vec![None; g.values.len()];
-        for (&v, &t) in g.inputs.iter().zip(inputs) {
+        for (i, (&v, &t)) in g.inputs.iter().zip(inputs).enumerate() {
+            if self.check_finite {
+                if let Some(bad) = non_finite(t)? {
+                    return Err(Error::NonFinite(format!(
+                        "check-finite: input {i} {:?} of network '{}' holds {bad}",
+                        t.shape(),
+                        g.name
+                    )));
+                }
+            }
             values[v] = Some(t.clone());
         }
+        let check = self.check_finite;
         let run = |values: &mut Vec<Option<Tensor>>| -> Result<()> {
             let last = g.last_uses();
             let ctx = RunCtx {
@@ -244,7 +266,7 @@ impl Network {
                         seg.nodes.clone()
                     }
                     None => {
-                        run_nodes(g, &self.params, i..i + 1, values, ctx)?;
+                        run_nodes(g, &self.params, i..i + 1, values, ctx, check)?;
                         i..i + 1
                     }
                 };
@@ -347,6 +369,7 @@ impl Network {
             .map(|&v| values[v].clone().expect("segment input"))
             .collect();
         let params = self.params.clone();
+        let check = self.check_finite;
         let run_segment = {
             let (g, seg) = (g.clone(), seg.clone());
             move |xs: &[Tensor], ctx: RunCtx| -> Result<Tensor> {
@@ -354,7 +377,7 @@ impl Network {
                 for (&v, x) in seg.inputs.iter().zip(xs) {
                     local[v] = Some(x.clone());
                 }
-                run_nodes(&g, &params, seg.nodes.clone(), &mut local, ctx)?;
+                run_nodes(&g, &params, seg.nodes.clone(), &mut local, ctx, check)?;
                 Ok(local[seg.output].take().expect("segment output"))
             }
         };
@@ -389,13 +412,15 @@ impl Network {
     }
 }
 
-/// Run nodes `range` reading and writing `values`.
+/// Run nodes `range` reading and writing `values`; with `check`, label their tape entries and fail at
+/// the first output that is not finite.
 fn run_nodes(
     g: &Graph,
     params: &[Tensor],
     range: Range<usize>,
     values: &mut [Option<Tensor>],
     ctx: RunCtx,
+    check: bool,
 ) -> Result<()> {
     for i in range {
         let n = &g.nodes[i];
@@ -416,12 +441,56 @@ fn run_nodes(
             seed: rng::mix(ctx.seed, i as u64),
             ..ctx
         };
-        let y = n
-            .run(&xs, &ps, &node_ctx)
-            .map_err(|e| node_err(&n.name, e))?;
+        let y = if check {
+            let _label = LabelGuard::new(&n.name, n.op.name());
+            let y = n
+                .run(&xs, &ps, &node_ctx)
+                .map_err(|e| node_err(&n.name, e))?;
+            check_output(g, n, &y, &xs, &ps)?;
+            y
+        } else {
+            n.run(&xs, &ps, &node_ctx)
+                .map_err(|e| node_err(&n.name, e))?
+        };
         values[n.output] = Some(y);
     }
     Ok(())
+}
+
+/// `--check-finite` in forward: fail if `y`, the output of `n`, is not finite, saying which of the
+/// node's inputs and parameters already were not (none: the op itself overflowed or divided 0 by 0).
+fn check_output(
+    g: &Graph,
+    n: &crate::graph::Node,
+    y: &Tensor,
+    xs: &[&Tensor],
+    ps: &[&Tensor],
+) -> Result<()> {
+    let Some(bad) = non_finite(y)? else {
+        return Ok(());
+    };
+    let mut causes = vec![];
+    for (k, x) in xs.iter().enumerate() {
+        if let Some(b) = non_finite(x)? {
+            causes.push(format!("input {k} {:?} holds {b}", x.shape()));
+        }
+    }
+    for (&p, t) in n.params.iter().zip(ps) {
+        if let Some(b) = non_finite(t)? {
+            causes.push(format!("parameter '{}' holds {b}", g.params[p].name));
+        }
+    }
+    let cause = if causes.is_empty() {
+        "its inputs and parameters are finite".to_string()
+    } else {
+        causes.join("; ")
+    };
+    Err(Error::NonFinite(format!(
+        "check-finite: the output of node '{}' ({}, {:?}) holds {bad}; {cause}",
+        n.name,
+        n.op.name(),
+        y.shape()
+    )))
 }
 
 /// The outermost checkpointed scopes as node ranges with one output each.

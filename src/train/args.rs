@@ -166,6 +166,10 @@ pub struct TrainArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Fail at the first layer whose output or gradient holds NaN/Inf, naming it (slow: each check
+    /// copies the tensor to the host; PyTorch's detect_anomaly).
+    #[arg(long)]
+    pub check_finite: bool,
 }
 
 /// Model-specific defaults applied where an argument was not given.
@@ -245,6 +249,7 @@ impl TrainArgs {
         cfg.seed = self.seed;
         cfg.resume = self.resume;
         cfg.progress = !self.quiet;
+        cfg.check_finite = self.check_finite;
         Ok(cfg)
     }
 

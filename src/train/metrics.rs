@@ -105,22 +105,51 @@ impl Metrics {
     }
 }
 
-/// Indices of the k largest scores, best first (ties: lower index first).
+/// Indices of the k largest scores, best first (ties: lower index first). NaN ranks above every number,
+/// as in PyTorch's topk/argmax (and the order stays total, which `sort_by` needs).
 pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let rank = |v: f32| (v.is_nan(), if v.is_nan() { 0.0 } else { v });
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| {
-        scores[b]
-            .partial_cmp(&scores[a])
-            .unwrap_or(std::cmp::Ordering::Equal)
+        let (na, va) = rank(scores[a]);
+        let (nb, vb) = rank(scores[b]);
+        nb.cmp(&na)
+            .then(vb.partial_cmp(&va).unwrap())
             .then(a.cmp(&b))
     });
     idx.truncate(k.min(scores.len()));
     idx
 }
 
+/// Fail unless every logit is finite: a NaN or Inf score would rank and average silently (a
+/// "NaN%" prediction). `logits` holds rows of `classes`; `row_name(r)` says what row r is (a video).
+pub fn check_logits(
+    logits: &[f32],
+    classes: usize,
+    row_name: impl Fn(usize) -> String,
+) -> crate::Result<()> {
+    let Some(at) = logits.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let bad = |p: fn(&f32) -> bool| logits.iter().filter(|v| p(v)).count();
+    let (nan, inf) = (bad(|v| v.is_nan()), bad(|v| v.is_infinite()));
+    Err(crate::Error::NonFinite(format!(
+        "the model's logits for {} are not finite (class {} is {}; {nan} NaN and {inf} Inf among {} \
+         logits): the weights or the input hold NaN/Inf, or a layer overflowed; --check-finite names \
+         the first layer whose output is not finite",
+        row_name(at / classes.max(1)),
+        at % classes.max(1),
+        logits[at],
+        logits.len()
+    )))
+}
+
 /// Softmax of one row (stable).
 pub fn softmax(scores: &[f32]) -> Vec<f32> {
-    let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let m = scores
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, crate::backend::cpu::nan_max);
     let e: Vec<f64> = scores.iter().map(|&s| ((s - m) as f64).exp()).collect();
     let z: f64 = e.iter().sum();
     e.iter().map(|v| (v / z) as f32).collect()
@@ -142,5 +171,25 @@ mod tests {
         assert_eq!(m.per_class()[1], Some(1.0));
         assert_eq!(m.per_class()[2], None);
         assert!((m.mean_loss() - 2.6 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn top_k_ranks_nan_first_and_logits_must_be_finite() {
+        // torch.topk / argmax put NaN above every number.
+        let s = [
+            1.0,
+            f32::NAN,
+            3.0,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::INFINITY,
+        ];
+        assert_eq!(top_k(&s, 6), vec![1, 4, 5, 2, 0, 3]);
+        assert!(softmax(&[1.0, f32::NAN]).iter().all(|p| p.is_nan()));
+        assert!(check_logits(&[1.0, 2.0, -3.0, 0.5], 2, |r| format!("row {r}")).is_ok());
+        let e = check_logits(&[1.0, 2.0, -3.0, f32::NAN], 2, |r| format!("row {r}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 1") && e.contains("class 1 is NaN"), "{e}");
     }
 }

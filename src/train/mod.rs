@@ -88,6 +88,8 @@ pub struct TrainConfig {
     pub progress: bool,
     /// Stop after this many epochs in this invocation (a resumed run continues the schedule); for tests.
     pub stop_after_epochs: Option<usize>,
+    /// Fail at the first node whose output or gradient is not finite (`Network::set_check_finite`).
+    pub check_finite: bool,
 }
 
 impl TrainConfig {
@@ -124,6 +126,7 @@ impl TrainConfig {
             resume: false,
             progress: true,
             stop_after_epochs: None,
+            check_finite: false,
         })
     }
 
@@ -266,6 +269,9 @@ pub fn evaluate(net: &mut Network, loader: &Loader, progress: bool) -> Result<Me
         let batch = batch?;
         let x = Tensor::from_vec(batch.data, &batch.shape, device)?;
         let logits = crate::no_grad(|| net.forward(&[&x]))?.to_vec()?;
+        metrics::check_logits(&logits, classes, |r| {
+            format!("'{}'", ds.name(batch.indices[r]))
+        })?;
         for (row, &v) in logits.chunks(classes).zip(&batch.indices) {
             let p = metrics::softmax(row);
             let e = sums[v].get_or_insert_with(|| (vec![0.0; classes], 0));
@@ -383,6 +389,7 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
     })?;
     let graph = models::build(&cfg.model, &model_opts, &cfg.input_shape(cfg.batch_size))?;
     let mut net = Network::new(graph, cfg.device, cfg.seed)?;
+    net.set_check_finite(cfg.check_finite);
     let mut opt = build_optimizer(cfg, &net)?;
     let loader = Loader::new(
         train.clone(),

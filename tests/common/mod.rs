@@ -138,6 +138,11 @@ impl Fixture {
         }
     }
 
+    /// Number of cases in the file.
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+
     /// Case names whose "op" is `op`.
     pub fn cases(&self, op: &str) -> Vec<String> {
         let v: Vec<String> = self
@@ -201,7 +206,9 @@ pub fn usizes(v: &Value) -> Vec<usize> {
         .collect()
 }
 
-/// Tolerance: |got − want| ≤ atol + rtol·|want| elementwise.
+/// Tolerance: |got − want| ≤ atol + rtol·|want| elementwise where PyTorch's value is finite; where it is
+/// NaN or ±Inf the value must be NaN, or the same infinity, exactly (and a non-finite value where PyTorch
+/// has a finite one is a mismatch).
 #[derive(Clone, Copy, Debug)]
 pub struct Tol {
     pub atol: f32,
@@ -252,7 +259,17 @@ impl Report {
         }
         let g = got.to_vec().unwrap();
         let (mut worst, mut at, mut excess) = (0f32, 0usize, f32::NEG_INFINITY);
+        let mut non_finite = 0;
         for (i, (&a, &b)) in g.iter().zip(want).enumerate() {
+            if !a.is_finite() || !b.is_finite() {
+                // NaN where PyTorch has NaN, the same infinity where it has one: nothing else.
+                let same = (a.is_nan() && b.is_nan()) || a == b;
+                non_finite += 1;
+                if !same && excess != f32::INFINITY {
+                    (excess, at) = (f32::INFINITY, i);
+                }
+                continue;
+            }
             let err = (a - b).abs();
             let over = err - (tol.atol + tol.rtol * b.abs());
             if err > worst || err.is_nan() {
@@ -263,8 +280,13 @@ impl Report {
                 at = i;
             }
         }
+        let nf = if non_finite > 0 {
+            format!(", {non_finite} non-finite compared exactly")
+        } else {
+            String::new()
+        };
         println!(
-            "  {what:<48} max|err| {worst:.2e}  (atol {:.0e}, rtol {:.0e})",
+            "  {what:<48} max|err| {worst:.2e}  (atol {:.0e}, rtol {:.0e}){nf}",
             tol.atol, tol.rtol
         );
         if excess.is_nan() || excess > 0.0 {

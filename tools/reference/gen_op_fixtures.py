@@ -140,7 +140,7 @@ def verify(path, tensors, metadata):
         assert set(f.keys()) == set(tensors), path
         for key in f.keys():
             a = f.get_tensor(key)
-            assert a.dtype == tensors[key].dtype and np.array_equal(a, tensors[key]), key
+            assert a.dtype == tensors[key].dtype and np.array_equal(a, tensors[key], equal_nan=True), key
     for case, meta in metadata.items():
         prefix = case + "."
         names = {k[len(prefix) :] for k in tensors if k.startswith(prefix)}
@@ -595,6 +595,203 @@ def gen_dropout():
 
 
 # --------------------------------------------------------------------------- #
+# nonfinite.safetensors
+# --------------------------------------------------------------------------- #
+
+NAN, INF = float("nan"), float("inf")
+
+
+def poke(x, values):
+    """A copy of x with ``values[i]`` at flat index i (NaN/Inf placed where a case needs them)."""
+    flat = x.clone().reshape(-1)
+    for i, v in values.items():
+        flat[i] = v
+    return flat.reshape(x.shape)
+
+
+def gen_nonfinite():
+    """NaN and ±Inf inputs for every op whose handling of them is not plain IEEE arithmetic on each
+    value: maxima (relu, max pooling, the max of softmax / cross entropy / attention), sums over
+    windows and channels (pooling, batch norm, conv, linear, interpolation). Same ops, metadata and
+    tensor names as the finite cases in the other files; gradients may be non-finite too."""
+    fam = Family("nonfinite.safetensors")
+
+    # relu: relu(NaN) = NaN and its gradient passes (threshold_backward zeroes only where y <= 0).
+    name = "relu_nonfinite"
+    fam.begin(name)
+    x = poke(away_from_zero(randn(3, 8)), {1: NAN, 5: INF, 9: -INF, 12: NAN, 20: -INF})
+    fam.grad_case(name, {"op": "relu"}, {"x": x}, lambda x: F.relu(x))
+
+    # max pooling: a NaN in a window wins (the last NaN when several, PyTorch's `val > max || isnan`),
+    # +Inf is an ordinary maximum, an all -Inf window gives -Inf with the gradient at its first tap.
+    M = "max_pool"
+    # name, x shape, kernel, stride, padding, ceil_mode, {flat index: value}
+    pools = [
+        ("maxpool2d_k2_s2_nan", (1, 2, 6, 6), (2, 2), (2, 2), (0, 0), False,
+         {0: NAN, 7: NAN, 3: INF, 12: -INF, 13: -INF, 18: -INF, 19: -INF, 14: NAN, 15: INF, 71: NAN}),
+        ("maxpool2d_k3_s2_p1_nan", (1, 1, 7, 7), (3, 3), (2, 2), (1, 1), False,
+         {24: NAN, 0: NAN, 6: -INF, 30: INF, 31: NAN}),
+        ("maxpool2d_k3_s2_ceil_nan", (1, 1, 8, 8), (3, 3), (2, 2), (0, 0), True, {63: NAN, 62: INF, 20: NAN}),
+        ("maxpool3d_k333_s2_p1_nan", (1, 2, 5, 5, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), False,
+         {0: NAN, 62: NAN, 63: INF, 124: -INF, 130: NAN, 200: INF}),
+        ("maxpool3d_k133_s122_p011_nan", (1, 2, 3, 6, 6), (1, 3, 3), (1, 2, 2), (0, 1, 1), False,
+         {7: NAN, 8: NAN, 40: INF, 41: NAN, 100: -INF}),
+    ]
+    for name, x_shape, kernel, stride, padding, ceil_mode, bad in pools:
+        fam.begin(name)
+        pool = F.max_pool2d if len(kernel) == 2 else F.max_pool3d
+        meta = {"op": M, "kernel": list(kernel), "stride": list(stride), "padding": list(padding), "ceil_mode": ceil_mode}
+        fn = lambda x: pool(x, kernel, stride, padding, ceil_mode=ceil_mode)
+        fam.grad_case(name, meta, {"x": poke(distinct(*x_shape), bad)}, fn)
+
+    # average pooling: NaN and Inf spread to every window holding them; +Inf and -Inf in one window
+    # give NaN. The gradient does not read x, so it stays finite.
+    A = "avg_pool"
+    avgs = [
+        ("avgpool2d_k3_s1_p1_incpad_nan", (1, 2, 5, 5), (3, 3), (1, 1), (1, 1), False, True,
+         {6: NAN, 18: INF, 20: -INF, 30: INF}),
+        ("avgpool3d_k2_s2_p1_ceil_excpad_nan", (1, 1, 4, 5, 5), (2, 2, 2), (2, 2, 2), (1, 1, 1), True, False,
+         {0: NAN, 31: INF, 99: -INF}),
+    ]
+    for name, x_shape, kernel, stride, padding, ceil_mode, cip, bad in avgs:
+        fam.begin(name)
+        pool = F.avg_pool2d if len(kernel) == 2 else F.avg_pool3d
+        meta = {"op": A, "kernel": list(kernel), "stride": list(stride), "padding": list(padding),
+                "ceil_mode": ceil_mode, "count_include_pad": cip}
+        fn = lambda x: pool(x, kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=cip)
+        fam.grad_case(name, meta, {"x": poke(randn(*x_shape), bad)}, fn)
+
+    adaptive = [
+        ("adapt3d_577to233_nan", (1, 2, 5, 7, 7), (2, 3, 3), {10: NAN, 100: INF, 300: -INF}),
+        ("adapt2d_global_inf", (1, 3, 4, 4), (1, 1), {1: INF, 2: -INF, 17: INF, 40: NAN}),
+    ]
+    for name, x_shape, out_size, bad in adaptive:
+        fam.begin(name)
+        pool = F.adaptive_avg_pool2d if len(out_size) == 2 else F.adaptive_avg_pool3d
+        meta = {"op": "adaptive_avg_pool", "output_size": list(out_size)}
+        fam.grad_case(name, meta, {"x": poke(randn(*x_shape), bad)}, lambda x: pool(x, out_size))
+
+    # softmax / log-softmax: a NaN or +Inf in a line makes the line NaN; -Inf entries get probability
+    # 0; an all -Inf line is NaN. Along the last dim (rows) and along dim 1 (strided lines).
+    softmaxes = [
+        ("2d_last", (5, 6), -1, {2: NAN, 6: INF, 13: -INF, 16: -INF, **{18 + j: -INF for j in range(6)}}),
+        ("4d_dim1", (2, 4, 3, 2), 1, {0: NAN, 7: -INF, 13: -INF, 25: INF, 27: -INF, 33: -INF, 39: -INF, 45: -INF}),
+    ]
+    for op, fn in [("softmax", F.softmax), ("log_softmax", F.log_softmax)]:
+        for suffix, shape, dim, bad in softmaxes:
+            name = f"{op}_{suffix}_nonfinite"
+            fam.begin(name)
+            fam.grad_case(name, {"op": op, "dim": dim}, {"x": poke(randn(*shape), bad)}, lambda x: fn(x, dim))
+
+    # batch norm: a NaN or Inf in a channel makes that channel's statistics, output and input gradient
+    # NaN in training (Inf - Inf in the variance); in eval mode only that element's output, and the
+    # weight gradient. A NaN running mean (NaN weights in a checkpoint) poisons its channel.
+    momentum = 0.1
+    bns = [
+        ("bn2d_train_nonfinite", (3, 3, 4, 4), True, {5: NAN, 20: INF}, {}),
+        ("bn3d_train_nonfinite", (2, 3, 2, 3, 3), True, {18: -INF, 19: INF, 60: NAN}, {}),
+        ("bn3d_eval_nonfinite", (2, 3, 2, 3, 3), False, {1: NAN, 30: INF, 70: -INF}, {}),
+        ("bn2d_eval_nan_running_mean", (2, 3, 3, 3), False, {}, {1: NAN}),
+    ]
+    for name, x_shape, training, bad, bad_mean in bns:
+        fam.begin(name)
+        c = x_shape[1]
+        inputs = {
+            "x": poke(randn(*x_shape, scale=1.5) + 0.5, bad),
+            "weight": 1.0 + randn(c, scale=0.2),
+            "bias": randn(c, scale=0.5),
+        }
+        consts = {
+            "running_mean": poke(randn(c, scale=0.5), bad_mean),
+            "running_var": torch.rand(c, dtype=F32) + 0.5,
+        }
+
+        def fn(x, running_mean, running_var, weight, bias):
+            y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, 1e-5)
+            return y, {"running_mean_out": running_mean, "running_var_out": running_var}
+
+        meta = {"op": "batch_norm", "training": training, "momentum": momentum, "eps": 1e-5, "affine": True}
+        fam.grad_case(name, meta, inputs, fn, consts=consts)
+
+    # cross entropy: a NaN or +Inf logit makes its row's loss (so the mean) and gradient NaN; a -Inf
+    # logit of a wrong class is probability 0 (finite loss), but with label smoothing, or on the true
+    # class, the loss is +Inf.
+    # name, N, C, labels, label smoothing, {flat index: value}
+    ces = [
+        ("ce_nan_row", 3, 5, [0, 3, 4], 0.0, {7: NAN}),
+        ("ce_posinf", 2, 4, [1, 2], 0.1, {1: INF}),
+        ("ce_neginf", 3, 5, [0, 3, 4], 0.0, {1: -INF, 13: -INF}),
+        ("ce_neginf_target", 2, 3, [2, 0], 0.0, {2: -INF}),
+        ("ce_neginf_ls01", 3, 5, [0, 3, 4], 0.1, {1: -INF}),
+    ]
+    for name, n, c, labels, ls, bad in ces:
+        fam.begin(name)
+        fn = lambda logits, labels: F.cross_entropy(logits, labels, label_smoothing=ls).reshape(1)
+        meta = {"op": "cross_entropy", "label_smoothing": ls}
+        fam.grad_case(name, meta, {"logits": poke(randn(n, c, scale=2.0), bad)}, fn,
+                      consts={"labels": torch.tensor(labels, dtype=torch.int64)}, gy=torch.tensor([1.0], dtype=F32))
+
+    # Sums of products: a NaN input or weight reaches every output it touches, and NaN·0 is NaN.
+    # A NaN weight also reaches the outputs whose window puts it on the zero padding (0·NaN), but not
+    # the input gradient through taps that have no output (col2im adds nothing there).
+    # name, x shape, C_out, kernel, padding, groups, bias, bad x, bad w
+    convs = [
+        ("conv2d_k3_p1_nan_x", (1, 2, 6, 6), 3, (3, 3), (1, 1), 1, True, {8: NAN, 50: INF}, {}),
+        ("conv3d_k333_p1_nan_w", (1, 2, 3, 4, 4), 2, (3, 3, 3), (1, 1, 1), 1, False, {}, {5: NAN}),
+        ("conv2d_dw_k3_p1_nan_w", (1, 3, 5, 5), 3, (3, 3), (1, 1), 3, True, {}, {0: NAN, 13: INF}),
+        ("conv3d_dw_k333_p1_nan_x", (1, 2, 3, 4, 4), 2, (3, 3, 3), (1, 1, 1), 2, False, {20: NAN, 60: -INF}, {3: INF}),
+    ]
+    for name, x_shape, c_out, kernel, padding, groups, bias, bad_x, bad_w in convs:
+        fam.begin(name)
+        c_in = x_shape[1]
+        fan_in = c_in // groups * math.prod(kernel)
+        w = randn(c_out, c_in // groups, *kernel, scale=fan_in**-0.5)
+        inputs = {"x": poke(randn(*x_shape), bad_x), "w": poke(w, bad_w)}
+        if bias:
+            inputs["b"] = randn(c_out, scale=fan_in**-0.5)
+        conv = F.conv2d if len(kernel) == 2 else F.conv3d
+        stride, dilation = [1] * len(kernel), [1] * len(kernel)
+        meta = {"op": "conv", "stride": stride, "padding": list(padding), "dilation": dilation, "groups": groups, "bias": bias}
+        fam.grad_case(name, meta, inputs, lambda x, w, b=None: conv(x, w, b, stride, padding, dilation, groups))
+
+    name = "linear_nonfinite"
+    fam.begin(name)
+    inputs = {"x": poke(randn(4, 6), {7: NAN}), "w": poke(randn(3, 6, scale=6**-0.5), {16: INF}), "b": randn(3, scale=0.4)}
+    fam.grad_case(name, {"op": "linear", "bias": True}, inputs, lambda x, w, b: F.linear(x, w, b))
+
+    # Trilinear interpolation: every output whose 8 neighbours include a NaN is NaN, even at weight 0.
+    for name, ac in [("up_234_to_579_nan", False), ("up_234_to_579_ac_nan", True)]:
+        fam.begin(name)
+        meta = {"op": "upsample_trilinear", "size": [5, 7, 9], "align_corners": ac}
+        fn = lambda x: F.interpolate(x, size=(5, 7, 9), mode="trilinear", align_corners=ac)
+        fam.grad_case(name, meta, {"x": poke(randn(1, 2, 2, 3, 4), {5: NAN, 30: INF})}, fn)
+
+    # Dropout (training) is x·mask·scale: a dropped NaN or ±Inf gives NaN, not 0. The mask is PyTorch's
+    # own, drawn again from the same seed on ones (the draw depends on the shape only).
+    name, p = "dropout_train_nonfinite", 0.5
+    fam.begin(name)
+
+    def fn(x):
+        torch.manual_seed(1234)
+        mask = (F.dropout(torch.ones_like(x), p, training=True) != 0).to(x.dtype)
+        torch.manual_seed(1234)
+        y = F.dropout(x, p, training=True)
+        torch.testing.assert_close(y, x * mask / (1 - p), rtol=0, atol=1e-12, equal_nan=True)
+        assert 0 < mask.sum() < mask.numel()
+        return y, {"mask": mask}
+
+    bad = {1: NAN, 6: INF, 9: -INF, 17: NAN, 22: NAN, 30: INF, 41: NAN, 50: -INF, 63: NAN}
+    fam.grad_case(name, {"op": "dropout", "p": p, "training": True}, {"x": poke(randn(4, 16), bad)}, fn)
+
+    # Attention: a NaN query makes its own output NaN; the key and value gradients see every query.
+    name = "attn_nan_query"
+    fam.begin(name)
+    inputs = {"q": poke(randn(1, 4, 6), {2: NAN}), "k": randn(1, 4, 5), "v": randn(1, 3, 5)}
+    fam.grad_case(name, {"op": "attention", "scale": 0.5}, inputs, lambda q, k, v: nonlocal_attention(q, k, v, 0.5))
+    return fam
+
+
+# --------------------------------------------------------------------------- #
 
 
 GENERATORS = [
@@ -609,6 +806,7 @@ GENERATORS = [
     gen_upsample,
     gen_attention,
     gen_dropout,
+    gen_nonfinite,
 ]
 
 

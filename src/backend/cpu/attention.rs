@@ -35,7 +35,7 @@ fn probabilities(
         .zip(lse.par_iter_mut())
         .for_each(|(row, l)| {
             row.iter_mut().for_each(|v| *v *= g.scale);
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, super::nan_max);
             let mut sum = 0f64;
             for v in row.iter_mut() {
                 *v = (*v - max).exp();

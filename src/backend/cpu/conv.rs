@@ -477,8 +477,39 @@ fn depthwise_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -
                     .for_each(|(y, x)| *y += wv * x);
             }
         });
+        if wk.iter().any(|v| !v.is_finite()) {
+            padding_products(yp, wk, g);
+        }
     });
     y
+}
+
+/// The taps that fall on the zero padding add w·0 to their outputs: nothing for a finite w, NaN for a
+/// NaN or ±Inf one, as PyTorch's zero-padded convolution gives (the direct kernel skips those taps).
+fn padding_products(yp: &mut [f32], wk: &[f32], g: &ConvGeom) {
+    let [k0, k1, k2] = g.kernel;
+    let [o0, o1, o2] = g.output;
+    for (t, &wv) in wk.iter().enumerate() {
+        if wv.is_finite() {
+            continue;
+        }
+        let tap = [t / (k1 * k2), (t / k2) % k1, t % k2];
+        debug_assert!(tap[0] < k0);
+        // Whether output index o along dim d puts this tap outside the input.
+        let outside = |d: usize, o: usize| {
+            let pos = (o * g.stride[d] + tap[d] * g.dilation[d]) as isize - g.padding[d] as isize;
+            pos < 0 || pos >= g.input[d] as isize
+        };
+        for a in 0..o0 {
+            for b in 0..o1 {
+                for c in 0..o2 {
+                    if outside(0, a) || outside(1, b) || outside(2, c) {
+                        yp[(a * o1 + b) * o2 + c] += wv * 0.0;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Depthwise dx: one task per input plane (n, ci), gathering its m output channels.

@@ -8,6 +8,16 @@ use crate::rng;
 /// Elements per rayon task: big enough that scheduling costs nothing, small enough to spread work.
 const CHUNK: usize = 1 << 15;
 
+/// max(x, 0) keeping NaN, as PyTorch (f32::max would turn NaN into 0).
+#[inline]
+fn relu(x: f32) -> f32 {
+    if x > 0.0 || x.is_nan() {
+        x
+    } else {
+        0.0
+    }
+}
+
 pub(super) fn unary(x: &[f32], op: UnaryOp) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
     y.par_chunks_mut(CHUNK)
@@ -15,7 +25,7 @@ pub(super) fn unary(x: &[f32], op: UnaryOp) -> Vec<f32> {
         .for_each(|(y, x)| {
             for (y, &x) in y.iter_mut().zip(x) {
                 *y = match op {
-                    UnaryOp::Relu => x.max(0.0),
+                    UnaryOp::Relu => relu(x),
                     UnaryOp::Scale(s) => x * s,
                     UnaryOp::AddScalar(s) => x + s,
                     UnaryOp::Sqrt => x.sqrt(),
@@ -48,7 +58,8 @@ pub(super) fn relu_backward(y: &[f32], dy: &[f32]) -> Vec<f32> {
         .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
         .for_each(|(dx, (y, dy))| {
             for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-                *dx = if y > 0.0 { dy } else { 0.0 };
+                // PyTorch's threshold_backward: 0 where y <= 0, so a NaN output passes dy on.
+                *dx = if y <= 0.0 { 0.0 } else { dy };
             }
         });
     dx
@@ -105,8 +116,9 @@ pub(super) fn dropout(x: &[f32], p: f32, seed: u64) -> Vec<f32> {
         .for_each(|(c, (y, x))| {
             for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
                 let idx = (c * CHUNK + i) as u64;
-                *y = if rng::dropout_keep(seed, idx, p) {
-                    x * scale
+                // x·0 for a dropped element, not 0: NaN and ±Inf give NaN, as PyTorch's x·mask·scale.
+                *y = x * if rng::dropout_keep(seed, idx, p) {
+                    scale
                 } else {
                     0.0
                 };

@@ -2,7 +2,7 @@
 
 /// log Σ exp of one row, stable.
 fn logsumexp(row: &[f32]) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, super::nan_max) as f64;
     max + row
         .iter()
         .map(|&v| (v as f64 - max).exp())
@@ -19,6 +19,10 @@ pub(super) fn cross_entropy(logits: &[f32], labels: &[u32], classes: usize, eps:
         .map(|(row, &y)| {
             let lse = logsumexp(row);
             let nll = lse - row[y as usize] as f64;
+            if eps == 0.0 {
+                // Not 0·(smoothing term): a −inf logit makes that term +inf, and PyTorch skips it.
+                return nll;
+            }
             let mean_neg_logp = lse - row.iter().map(|&v| v as f64).sum::<f64>() / classes as f64;
             (1.0 - eps) * nll + eps * mean_neg_logp
         })

@@ -67,6 +67,16 @@ fn read_opt(b: Option<&dyn BackendBuffer>) -> Result<Option<RwLockReadGuard<'_, 
     b.map(read).transpose()
 }
 
+/// The larger of a and b, NaN if either is NaN: PyTorch's max (f32::max returns the other operand).
+#[inline]
+pub(crate) fn nan_max(a: f32, b: f32) -> f32 {
+    if a > b || a.is_nan() {
+        a
+    } else {
+        b
+    }
+}
+
 /// The CPU backend (stateless; parallelism from rayon's global pool).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;

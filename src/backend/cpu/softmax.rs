@@ -25,7 +25,7 @@ pub(super) fn forward(x: &[f32], g: AxisGeom, log: bool) -> Vec<f32> {
         let at = |j: usize| off + j * stride;
         let max = (0..g.axis)
             .map(|j| x[at(j)])
-            .fold(f32::NEG_INFINITY, f32::max);
+            .fold(f32::NEG_INFINITY, super::nan_max);
         let sum: f64 = (0..g.axis).map(|j| ((x[at(j)] - max) as f64).exp()).sum();
         if log {
             let lse = max as f64 + sum.ln();

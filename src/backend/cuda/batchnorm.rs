@@ -27,7 +27,8 @@ pub(super) fn train(
     }
     let count = g.outer * g.inner;
     let s = channel_splits(g.axis, count, be.sm_count);
-    let ws = be.alloc(3 * g.axis * s as usize)?;
+    // (count, mean, M2, non-finite flags) per (channel, split)
+    let ws = be.alloc(4 * g.axis * s as usize)?;
     let (o, a, i) = (g.outer as i32, g.axis as i32, g.inner as i32);
     let xp = ptr(x)?;
     be.launch(
