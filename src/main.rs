@@ -1,7 +1,7 @@
 //! The `vidgrad` command line.
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +9,9 @@ use std::sync::Arc;
 use vidgrad::data::{ClipSpec, CropMode, Dataset, FolderOptions, Loader, SynthConfig};
 use vidgrad::exec::Network;
 use vidgrad::models::{self, ModelOptions};
-use vidgrad::train::args::{DataArgs, Defaults, TrainArgs};
+use vidgrad::train::args::{
+    finite, frame_side, positive, resize_side, DataArgs, Defaults, TrainArgs,
+};
 use vidgrad::train::{checkpoint, metrics};
 use vidgrad::Device;
 
@@ -34,10 +36,10 @@ struct ModelArgs {
     #[arg(long, value_delimiter = ',')]
     input_shape: Vec<usize>,
     /// Number of classes (default: the model's).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     classes: Option<usize>,
     /// Dropout before the classifier (default: the model's).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     dropout: Option<f32>,
     /// Model-specific option KEY=VALUE (repeatable), e.g. `--opt preset=i3d`.
     #[arg(long = "opt", value_parser = parse_key_value)]
@@ -72,9 +74,9 @@ enum Command {
     Models,
     /// Train a model (`vidgrad train --model eco-lite --data DIR`; `--data synthetic` is the built-in set).
     Train {
-        /// Model name (see `vidgrad models`).
+        /// Model name (see `vidgrad models`; with --resume, the run's).
         #[arg(long)]
-        model: String,
+        model: Option<String>,
         /// Model-specific option KEY=VALUE (repeatable).
         #[arg(long = "opt", value_parser = parse_key_value)]
         opts: Vec<(String, String)>,
@@ -102,7 +104,7 @@ enum Command {
         clip: ClipArgs,
         /// A video file, a folder of frames, or a dataset folder (every video is predicted).
         path: PathBuf,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = positive)]
         top_k: usize,
         /// Class names (one per line) when the weights are not a vidgrad checkpoint.
         #[arg(long)]
@@ -209,22 +211,26 @@ struct ClipArgs {
     /// A checkpoint from `vidgrad train`, or a plain state dict with the model's PyTorch names.
     #[arg(long)]
     weights: PathBuf,
+    /// Number of classes of plain state-dict weights (a checkpoint knows its own; default: the
+    /// --labels file's, else the data's or the model's).
+    #[arg(long, value_parser = positive)]
+    classes: Option<usize>,
     /// Frames per clip (default: the checkpoint's).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     frames: Option<usize>,
     /// Crop size (default: the checkpoint's).
-    #[arg(long)]
+    #[arg(long, value_parser = frame_side)]
     size: Option<usize>,
     /// Short-side resize (default: the checkpoint's).
-    #[arg(long)]
+    #[arg(long, value_parser = resize_side)]
     resize_short: Option<usize>,
     /// Clips per video.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive)]
     clips: usize,
     /// Three crops per clip instead of the centre one.
     #[arg(long)]
     three_crop: bool,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = positive)]
     batch_size: usize,
     #[command(flatten)]
     device: DeviceArg,
@@ -285,8 +291,21 @@ impl ClipArgs {
         if spec.resize_short != 0 && spec.resize_short < spec.size {
             spec.resize_short = spec.size;
         }
-        // The classifier's width comes from the weights themselves.
-        let classes = names.as_ref().map(|n| n.len()).or(classes_hint);
+        if let (Some(n), Some(c)) = (&names, self.classes) {
+            if n.len() != c {
+                bail!(
+                    "--classes {c}, but {} is a checkpoint of {} classes {n:?}",
+                    self.weights.display(),
+                    n.len()
+                );
+            }
+        }
+        // The classifier's width: the checkpoint's classes, else --classes, else the caller's hint.
+        let classes = names
+            .as_ref()
+            .map(|n| n.len())
+            .or(self.classes)
+            .or(classes_hint);
         let mut opts = ModelOptions {
             extra: self.opts.iter().cloned().collect(),
             ..Default::default()
@@ -303,8 +322,16 @@ impl ClipArgs {
         shape.extend(spec.clip_shape());
         let graph = models::build(&model, &opts, &shape)?;
         let mut net = Network::new(graph, device, 0)?;
-        net.load_state_dict(&sd, true)
-            .with_context(|| format!("loading {}", self.weights.display()))?;
+        net.load_state_dict(&sd, true).with_context(|| {
+            let built = match (&names, classes) {
+                (Some(_), _) => String::new(),
+                (None, c) => format!(
+                    " (a plain state dict, without class names: the model was built for {}; if the weights have another number of classes, pass --classes N, or --labels with their class names)",
+                    c.map_or("its default number of classes".into(), |c| format!("{c} classes"))
+                ),
+            };
+            format!("loading {}{built}", self.weights.display())
+        })?;
         net.eval();
         Ok((net, spec, names, model))
     }
@@ -332,25 +359,29 @@ impl DeviceArg {
     }
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    vidgrad::error::exit_code(run())
+}
+
+fn run() -> Result<()> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command {
         Command::Models => {
             for (name, source) in models::MODELS {
                 println!("{name:<14} {source}");
             }
         }
-        Command::Train { model, opts, train } => {
-            let defaults = Defaults {
-                frames: 16,
-                size: 224,
-                resize_short: 256,
-                epochs: 10,
-                batch_size: 8,
-                lr: 0.01,
-                weight_decay: 5e-4,
-                warmup_epochs: 0.0,
-            };
-            let cfg = train.config(&model, opts, &defaults)?;
+        Command::Train {
+            model,
+            opts,
+            mut train,
+        } => {
+            if let Some((_, m)) = matches.subcommand() {
+                train.note_given_flags(m);
+            }
+            let defaults = Defaults::for_device(train.device()?);
+            let cfg = train.config(model.as_deref(), true, opts, &defaults)?;
             train.run(&cfg)?;
         }
         Command::Eval {
@@ -361,7 +392,7 @@ fn main() -> Result<()> {
             json,
         } => {
             // The synthetic set is rendered at the size the checkpoint was trained on unless told.
-            let cfg = checkpoint::read_meta(&clip.weights)
+            let cfg = checkpoint::read_meta(&clip.weights)?
                 .map(|m| m["config"].clone())
                 .unwrap_or_default();
             let get = |k: &str| cfg[k].as_u64().map(|v| v as usize).filter(|&v| v > 0);

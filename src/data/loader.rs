@@ -285,7 +285,7 @@ struct Stats {
 /// A seeded batch loader with background decode workers and bounded prefetch.
 ///
 /// Videos are ordered per epoch (a seeded shuffle of (seed, epoch) when `shuffle`), cut into batches
-/// of `batch_size` (the last one smaller: drop_last = false). Each clip's randomness comes from
+/// of `batch_size` (the last one smaller, or left out after [`Loader::drop_last`]). Each clip's randomness comes from
 /// (seed, epoch, video), so the batches are identical whatever the number of workers and the thread
 /// timing, and arrive in order. `workers` threads build whole batches; at most `prefetch` batches are
 /// built ahead of the consumer. `workers == 0` builds each batch in the consumer's thread.
@@ -297,6 +297,7 @@ pub struct Loader {
     seed: u64,
     workers: usize,
     prefetch: usize,
+    drop_last: bool,
     stats: Arc<Stats>,
 }
 
@@ -318,12 +319,23 @@ impl Loader {
             seed,
             workers,
             prefetch: prefetch.max(1),
+            drop_last: false,
             stats: Arc::new(Stats::default()),
         }
     }
 
+    /// Leave out the last batch of an epoch when it is incomplete (PyTorch's `drop_last`).
+    pub fn drop_last(mut self, drop: bool) -> Loader {
+        self.drop_last = drop;
+        self
+    }
+
     pub fn batches_per_epoch(&self) -> usize {
-        self.dataset.len().div_ceil(self.batch_size)
+        if self.drop_last {
+            self.dataset.len() / self.batch_size
+        } else {
+            self.dataset.len().div_ceil(self.batch_size)
+        }
     }
 
     pub fn dataset(&self) -> &Arc<Dataset> {
@@ -363,7 +375,11 @@ impl Loader {
     /// The batches of `epoch`, in order. Dropping the iterator stops its workers.
     pub fn epoch(&self, epoch: usize) -> EpochIter {
         let order = self.order(epoch);
-        let batches: Vec<Vec<usize>> = order.chunks(self.batch_size).map(|c| c.to_vec()).collect();
+        let batches: Vec<Vec<usize>> = order
+            .chunks(self.batch_size)
+            .take(self.batches_per_epoch())
+            .map(|c| c.to_vec())
+            .collect();
         let job = Arc::new(Job {
             dataset: self.dataset.clone(),
             spec: self.spec.clone(),

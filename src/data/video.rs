@@ -245,7 +245,10 @@ pub(crate) fn decode(
     if !out.status.success() {
         return Err(data_err(
             path,
-            format!("ffmpeg cannot decode it: {}", stderr_line(&out)),
+            format!(
+                "ffmpeg cannot decode it scaled to {w}×{h} (the short side set by --resize-short, else --size): {}",
+                stderr_line(&out)
+            ),
         ));
     }
     let fb = w * h * 3;

@@ -269,6 +269,33 @@ pub fn overlaid_frames(data: &[f32], cam: &GradCam, opts: &RenderOptions) -> (Ve
     (frames, tile)
 }
 
+fn frame_name(k: usize) -> String {
+    format!("frame_{k:03}.png")
+}
+
+/// Remove the frames an earlier explain of a longer clip left in `dir` (`frame_NNN.png` from `count` on),
+/// so that the folder shows this clip only.
+fn remove_stale_frames(dir: &Path, count: usize) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let index = name
+            .strip_prefix("frame_")
+            .and_then(|n| n.strip_suffix(".png"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if index.is_some_and(|k| k >= count && name == frame_name(k)) {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::Io {
+                path: entry.path().display().to_string(),
+                source: e,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Write everything for one clip into `dir` (created if needed): `frame_000.png`…, `clip.gif`,
 /// `contact_sheet.png`, `cam.safetensors`, `explain.json`. `data` is the clip as given to the network
 /// (one view, `opts.layout`, normalised with `opts.norm`).
@@ -287,10 +314,11 @@ pub fn write_all(dir: &Path, data: &[f32], cam: &GradCam, opts: &RenderOptions) 
     let (frames, tile) = overlaid_frames(data, cam, opts);
     let mut frame_paths = vec![];
     for (k, f) in frames.iter().enumerate() {
-        let p = dir.join(format!("frame_{k:03}.png"));
+        let p = dir.join(frame_name(k));
         write_png(&p, f, tile, tile)?;
         frame_paths.push(p);
     }
+    remove_stale_frames(dir, frames.len())?;
     let gif = dir.join("clip.gif");
     write_gif(&gif, &frames, tile, opts.gif_delay_ms)?;
     let sheet = dir.join("contact_sheet.png");

@@ -59,12 +59,7 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
             path: path.display().to_string(),
             msg: "not a vidgrad training checkpoint (no training state in its metadata)".into(),
         })
-        .and_then(|s| {
-            serde_json::from_str(s).map_err(|e| Error::Safetensors {
-                path: path.display().to_string(),
-                msg: format!("bad checkpoint metadata: {e}"),
-            })
-        })?;
+        .and_then(|s| parse_meta(path, s))?;
     let mut weights = StateDict::new();
     let mut tensors = vec![];
     for (k, t) in all {
@@ -90,28 +85,54 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
     })
 }
 
-/// The training metadata of a checkpoint, read from the file's header only (None for a plain state
-/// dict or an unreadable header).
-pub fn read_meta(path: &Path) -> Option<Value> {
+/// The training metadata of a checkpoint, read from the file's header only: `None` for a plain state
+/// dict; an error naming the file when it cannot be read or its header or metadata is corrupt.
+pub fn read_meta(path: &Path) -> Result<Option<Value>> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let corrupt = |msg: String| Error::Safetensors {
+        path: path.display().to_string(),
+        msg,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).ok()?;
+    f.read_exact(&mut len)
+        .map_err(|_| corrupt("shorter than a safetensors header".into()))?;
     let n = u64::from_le_bytes(len);
     if n > 100 << 20 {
-        return None;
+        return Err(corrupt(format!(
+            "header length {n} is not plausible: not a safetensors file"
+        )));
     }
     let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).ok()?;
-    let header: Value = serde_json::from_slice(&header).ok()?;
-    serde_json::from_str(header["__metadata__"][META_KEY].as_str()?).ok()
+    f.read_exact(&mut header)
+        .map_err(|_| corrupt(format!("truncated: the header of {n} bytes is incomplete")))?;
+    let header: Value = serde_json::from_slice(&header)
+        .map_err(|e| corrupt(format!("the header is not valid JSON: {e}")))?;
+    header["__metadata__"][META_KEY]
+        .as_str()
+        .map(|s| parse_meta(path, s))
+        .transpose()
+}
+
+/// The training metadata stored under [`META_KEY`]; corrupt metadata is an error saying so.
+fn parse_meta(path: &Path, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| Error::Safetensors {
+        path: path.display().to_string(),
+        msg: format!(
+            "a vidgrad checkpoint whose training metadata is corrupt ({e}): the file was damaged or edited"
+        ),
+    })
 }
 
 /// The model weights of a checkpoint or of a plain state-dict file, and the checkpoint's metadata if
 /// it is one (class names for `predict`).
 pub fn load_weights(path: &Path, device: Device) -> Result<(StateDict, Option<Value>)> {
     let (mut sd, md) = load_safetensors(path, device)?;
-    let meta = md.get(META_KEY).and_then(|s| serde_json::from_str(s).ok());
+    let meta = md.get(META_KEY).map(|s| parse_meta(path, s)).transpose()?;
     if meta.is_some() {
         sd.retain(|k, _| !k.starts_with(OPT_PREFIX));
     }
