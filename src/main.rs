@@ -406,9 +406,24 @@ fn run() -> Result<()> {
             let (train, val) = data.load(seed, frame)?;
             let ds = if train_split { train } else { val };
             let (mut net, spec, names) = clip.load(Some(ds.classes().len()))?;
-            let names = names.unwrap_or_else(|| ds.classes().to_vec());
+            // The data's labels are mapped to the model's classes by name (their orders may differ:
+            // folder names sorted vs a labels file); weights without names take the data's order.
+            let (names, label_map) = match names {
+                Some(model_names) => {
+                    let map = vidgrad::data::match_class_names(&model_names, ds.classes())
+                        .map_err(|why| {
+                            anyhow::anyhow!(
+                                "the classes of {} do not match those of {}: {why}",
+                                data.data,
+                                clip.weights.display()
+                            )
+                        })?;
+                    (model_names, map)
+                }
+                None => (ds.classes().to_vec(), (0..ds.classes().len()).collect()),
+            };
             let loader = Loader::new(ds.clone(), spec, clip.batch_size, false, seed, 2, 4);
-            let m = vidgrad::train::evaluate(&mut net, &loader, true)?;
+            let m = vidgrad::train::evaluate(&mut net, &loader, &label_map, true)?;
             print!("{}", m.report(&names));
             if let Some(path) = json {
                 vidgrad::io::write_atomic(&path, m.to_json(&names).to_string().as_bytes())?;
@@ -430,7 +445,7 @@ fn run() -> Result<()> {
                 .transpose()?;
             let hint = label_names.as_ref().map(|n| n.len());
             let (net, spec, names) = clip.load(hint)?;
-            let names = names.or(label_names);
+            let names = class_names(names, label_names, labels.as_deref())?;
             let views = spec.views();
             for v in 0..ds.len() {
                 let data = vidgrad::data::load_clip(&ds, v, &spec, 0)?;
@@ -472,7 +487,7 @@ fn run() -> Result<()> {
                 .transpose()?;
             let (net, mut spec, names, model) =
                 clip.load_named(label_names.as_ref().map(|n| n.len()))?;
-            let names = names.or(label_names);
+            let names = class_names(names, label_names, labels.as_deref())?;
             spec.clips_per_video = 1;
             spec.crop = CropMode::Center;
             let layer = match layer {
@@ -622,4 +637,20 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The class names to print: the checkpoint's, else the `--labels` file's; a labels file that names
+/// other classes than the checkpoint is an error naming both.
+fn class_names(
+    checkpoint: Option<Vec<String>>,
+    labels: Option<Vec<String>>,
+    labels_path: Option<&std::path::Path>,
+) -> Result<Option<Vec<String>>> {
+    match (checkpoint, labels) {
+        (Some(c), Some(l)) if c != l => bail!(
+            "--labels {}: its classes {l:?} differ from the checkpoint's {c:?} (the checkpoint's own names are used without --labels)",
+            labels_path.map(|p| p.display().to_string()).unwrap_or_default()
+        ),
+        (c, l) => Ok(c.or(l)),
+    }
 }

@@ -304,6 +304,46 @@ impl ClassMap {
     }
 }
 
+/// For each of `data`'s class names, the index of the same class in `model`'s, matched as class folders
+/// are matched to a labels file (exact, else case-insensitively with ' ', '-', '_' alike). `Err` says
+/// which names of either side have no counterpart.
+pub fn match_class_names(
+    model: &[String],
+    data: &[String],
+) -> std::result::Result<Vec<usize>, String> {
+    let map = ClassMap::new(model);
+    let found: Vec<Option<usize>> = data.iter().map(|c| map.get(c)).collect();
+    let unknown: Vec<&str> = data
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(c, _)| c.as_str())
+        .collect();
+    let absent: Vec<&str> = model
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !found.contains(&Some(*i)))
+        .map(|(_, c)| c.as_str())
+        .collect();
+    if unknown.is_empty() && absent.is_empty() {
+        return Ok(found.into_iter().flatten().collect());
+    }
+    let mut why = vec![format!(
+        "{} classes in the data, {} in the model",
+        data.len(),
+        model.len()
+    )];
+    if !unknown.is_empty() {
+        why.push(format!("not among the model's classes: {unknown:?}"));
+    }
+    if !absent.is_empty() {
+        why.push(format!(
+            "the model's classes missing from the data: {absent:?}"
+        ));
+    }
+    Err(why.join("; "))
+}
+
 // --- frame folders -------------------------------------------------------------------------------------
 
 /// Trailing number of a file stem (`img_00012` → 12).

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
-pub use folders::read_labels_csv;
+pub use folders::{match_class_names, read_labels_csv};
 pub use loader::{load_clip, read_frame, Batch, EpochIter, Loader};
 pub use sampling::{segment_indices, Sampling};
 pub use synth::{

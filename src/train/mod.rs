@@ -269,18 +269,36 @@ fn truncate_log(path: &Path, epoch: usize) -> Result<()> {
 }
 
 /// Evaluate `net` on `loader`'s epoch 0 (deterministic test clips): per video, the mean of its views'
-/// softmax scores.
-pub fn evaluate(net: &mut Network, loader: &Loader, progress: bool) -> Result<Metrics> {
+/// softmax scores. `label_map[k]`: the model's index of the data's class `k` (the identity when the
+/// model was trained on this data's classes; see `data::match_class_names`).
+pub fn evaluate(
+    net: &mut Network,
+    loader: &Loader,
+    label_map: &[usize],
+    progress: bool,
+) -> Result<Metrics> {
     let device = net.device();
     net.eval();
     let ds = loader.dataset().clone();
-    let classes = ds.classes().len();
+    if label_map.len() != ds.classes().len() {
+        return Err(Error::arg(
+            "evaluate",
+            format!(
+                "a label map of {} classes for data of {}",
+                label_map.len(),
+                ds.classes().len()
+            ),
+        ));
+    }
+    let mut classes = 0;
     let mut sums: Vec<Option<(Vec<f32>, usize)>> = vec![None; ds.len()];
     let bar = progress_bar(progress, loader.batches_per_epoch() as u64, "eval");
     for batch in loader.epoch(0) {
         let batch = batch?;
         let x = Tensor::from_vec(batch.data, &batch.shape, device)?;
-        let logits = crate::no_grad(|| net.forward(&[&x]))?.to_vec()?;
+        let logits = crate::no_grad(|| net.forward(&[&x]))?;
+        classes = logits.shape()[logits.shape().len() - 1];
+        let logits = logits.to_vec()?;
         for (row, &v) in logits.chunks(classes).zip(&batch.indices) {
             let p = metrics::softmax(row);
             let e = sums[v].get_or_insert_with(|| (vec![0.0; classes], 0));
@@ -290,11 +308,17 @@ pub fn evaluate(net: &mut Network, loader: &Loader, progress: bool) -> Result<Me
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(&bad) = label_map.iter().find(|&&k| k >= classes) {
+        return Err(Error::arg(
+            "evaluate",
+            format!("class index {bad} for a model of {classes} classes"),
+        ));
+    }
     let mut m = Metrics::new(classes);
     for (v, s) in sums.into_iter().enumerate() {
         if let Some((p, n)) = s {
             let p: Vec<f32> = p.iter().map(|x| x / n as f32).collect();
-            let label = ds.label(v);
+            let label = label_map[ds.label(v)];
             m.add(&p, label, -(p[label].max(1e-12) as f64).ln());
         }
     }
@@ -461,6 +485,7 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         ));
     }
     let classes = train.classes().to_vec();
+    let identity: Vec<usize> = (0..classes.len()).collect();
     let mut model_opts = cfg.model_opts.clone();
     model_opts.classes = Some(model_opts.classes.unwrap_or(classes.len()));
     if model_opts.classes != Some(classes.len()) {
@@ -601,7 +626,7 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         let wait = loader.wait_time().as_secs_f64();
         summary.data_wait_seconds += wait;
         let train_time = epoch_start.elapsed().as_secs_f64();
-        let m = evaluate(&mut net, &val_loader, cfg.progress)?;
+        let m = evaluate(&mut net, &val_loader, &identity, cfg.progress)?;
         let record = json!({
             "kind": "epoch", "epoch": epoch, "step": step,
             "train_loss": loss_sum / seen.max(1) as f64, "train_top1": 100.0 * hits as f64 / seen.max(1) as f64,

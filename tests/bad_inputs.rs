@@ -1,0 +1,387 @@
+//! Bad input through the `vidgrad` command line: each case gets a clear error naming what and where
+//! (or a counted warning) and never a panic, a backtrace or a plausible wrong answer. The table in
+//! [`bad_inputs_get_clear_messages`] is meant to grow: add a row per bad input.
+//!
+//! Also here: `eval` and `predict` match the data's classes to the checkpoint's by name.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use vidgrad::io::save_safetensors;
+use vidgrad::train::checkpoint;
+use vidgrad::Device;
+
+use common::{run_vidgrad_env as run, tiny_train_args};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vidgrad-bad-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Files shared by the cases: a tiny trained checkpoint, its data as frame folders (with a
+/// `labels.csv` whose order is not the folders' sorted order), a plain state dict of its weights and
+/// a checkpoint whose metadata is corrupt.
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn get() -> &'static Files {
+        static FILES: OnceLock<Files> = OnceLock::new();
+        FILES.get_or_init(|| {
+            let dir = tmp("files");
+            let s = |p: PathBuf| p.to_str().unwrap().to_string();
+            let data = s(dir.join("data"));
+            let (ok, _, err) = run(
+                &[
+                    "dataset",
+                    "synth",
+                    "--out",
+                    &data,
+                    "--classes",
+                    "10",
+                    "--videos-per-class",
+                    "3",
+                    "--frames",
+                    "8",
+                    "--size",
+                    "32",
+                ],
+                &[],
+            );
+            assert!(ok, "{err}");
+            let mut train = tiny_train_args(&dir.join("run"), 2);
+            train.extend(["--data", &data, "--lr", "0.05"].map(String::from));
+            let train: Vec<&str> = train.iter().map(String::as_str).collect();
+            let (ok, _, err) = run(&train, &[]);
+            assert!(ok, "{err}");
+            let ck = dir.join("run/last.safetensors");
+            let (weights, _) = checkpoint::load_weights(&ck, Device::Cpu).unwrap();
+            save_safetensors(dir.join("plain.safetensors"), &weights, None).unwrap();
+            let corrupt: BTreeMap<String, String> =
+                [("vidgrad_checkpoint".to_string(), "{\"model\": ".to_string())].into();
+            save_safetensors(dir.join("corrupt.safetensors"), &weights, Some(&corrupt)).unwrap();
+            Files { dir }
+        })
+    }
+
+    /// A path under the shared folder; `{ck}`, `{plain}`, `{corrupt}`, `{data}`, `{video}` and `{dir}`
+    /// in a case's arguments stand for these.
+    fn expand(&self, arg: &str) -> String {
+        let d = &self.dir;
+        let s = |p: PathBuf| p.to_str().unwrap().to_string();
+        arg.replace("{ck}", &s(d.join("run/last.safetensors")))
+            .replace("{plain}", &s(d.join("plain.safetensors")))
+            .replace("{corrupt}", &s(d.join("corrupt.safetensors")))
+            .replace("{data}", &s(d.join("data")))
+            .replace("{video}", &s(d.join("data/move_left/v_0000")))
+            .replace("{dir}", &s(d.to_path_buf()))
+    }
+}
+
+/// One bad input: the command, its environment, whether it still succeeds (a warning) and the
+/// fragments its stderr must hold.
+struct Case {
+    args: &'static str,
+    env: &'static [(&'static str, &'static str)],
+    succeeds: bool,
+    says: &'static [&'static str],
+}
+
+const fn fails(args: &'static str, says: &'static [&'static str]) -> Case {
+    Case {
+        args,
+        env: &[],
+        succeeds: false,
+        says,
+    }
+}
+
+const CASES: &[Case] = &[
+    // flags out of their domain name the flag
+    fails(
+        "train --model ct-sep --batch-size 0",
+        &["'--batch-size <BATCH_SIZE>'", "at least 1"],
+    ),
+    fails("train --model ct-sep --lr inf", &["'--lr <LR>'", "must be finite"]),
+    fails("train --model ct-sep --lr NaN", &["--lr", "must be finite"]),
+    fails("train --model ct-sep --frames 0", &["--frames", "at least 1"]),
+    fails(
+        "eval --weights {ck} --data {data} --clips 0",
+        &["'--clips <CLIPS>'", "at least 1"],
+    ),
+    fails(
+        "predict --weights {ck} {video} --top-k 0",
+        &["'--top-k <TOP_K>'", "at least 1"],
+    ),
+    fails(
+        "predict --weights {ck} {video} --resize-short 100000",
+        &["--resize-short", "100000", "at most 8192"],
+    ),
+    // weights that do not fit
+    fails(
+        "predict --weights {plain} {video} --model ct-sep --opt layers=1,1,1,1",
+        &["plain state dict", "--classes", "--labels", "fc.weight"],
+    ),
+    fails(
+        "predict --weights {corrupt} {video}",
+        &["corrupt.safetensors", "training metadata is corrupt"],
+    ),
+    fails(
+        "eval --weights {corrupt} --data {data}",
+        &["corrupt.safetensors", "training metadata is corrupt"],
+    ),
+    // a user error under RUST_BACKTRACE=1 is one line, not a crash report
+    Case {
+        args: "train --model nope --device cpu --out {dir}/nope",
+        env: &[("RUST_BACKTRACE", "1")],
+        succeeds: false,
+        says: &["error: models: unknown model 'nope'"],
+    },
+    // out-of-range synthetic options are clamped, with a warning
+    Case {
+        args: "train --model ct-sep --synth-classes 20 --synth-videos 2 --frames 4 --size 32 --epochs 0 --device cpu --out {dir}/synth20",
+        env: &[],
+        succeeds: true,
+        says: &["warning:", "synthetic options out of range (clamped)", "classes 20 → 12"],
+    },
+    // a training batch of one clip: the flag to change
+    Case {
+        args: "train --model ct-sep --opt layers=1,1,1,1 --synth-videos 3 --synth-frames 8 --frames 4 --size 16 --val-ratio 0.34 --batch-size 19 --epochs 1 --drop-last false --device cpu --quiet --out {dir}/one-clip",
+        env: &[],
+        succeeds: false,
+        says: &["a training batch of one clip", "--drop-last", "--batch-size 19"],
+    },
+    Case {
+        args: "train --model ct-sep --opt layers=1,1,1,1 --synth-videos 3 --synth-frames 8 --frames 4 --size 16 --val-ratio 0.34 --batch-size 19 --epochs 1 --device cpu --quiet --out {dir}/drop-last",
+        env: &[],
+        succeeds: true,
+        says: &["done in"],
+    },
+    fails(
+        "train --model ct-sep --opt layers=1,1,1,1 --synth-videos 3 --synth-frames 8 --frames 4 --size 32 --val-ratio 0.34 --batch-size 32 --device cpu --out {dir}/too-few",
+        &["20 videos, fewer than --batch-size 32", "--drop-last"],
+    ),
+];
+
+#[test]
+fn bad_inputs_get_clear_messages() {
+    let files = Files::get();
+    let mut failures = vec![];
+    for case in CASES {
+        let args: Vec<String> = case
+            .args
+            .split_whitespace()
+            .map(|a| files.expand(a))
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = run(&args, case.env);
+        println!("$ vidgrad {}\n{err}", case.args);
+        let mut wrong = vec![];
+        if ok != case.succeeds {
+            wrong.push(format!("exit {}", if ok { "success" } else { "failure" }));
+        }
+        for f in case.says {
+            if !err.contains(f) {
+                wrong.push(format!("no '{f}'"));
+            }
+        }
+        for crash in ["panicked", "backtrace", "RUST_BACKTRACE"] {
+            if err.contains(crash) {
+                wrong.push(format!("'{crash}' in the output"));
+            }
+        }
+        if !case.succeeds && err.trim().lines().filter(|l| !l.is_empty()).count() > 4 {
+            wrong.push("a long error".into());
+        }
+        if !wrong.is_empty() {
+            failures.push(format!(
+                "vidgrad {}: {}\n{err}",
+                case.args,
+                wrong.join(", ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `eval` of the shared checkpoint on every video of `data`: (success, the metrics JSON or stdout,
+/// stderr).
+fn eval_json(files: &Files, data: &Path, name: &str) -> (bool, String, String) {
+    let json = files.dir.join(format!("{name}.json"));
+    let (ok, out, err) = run(
+        &[
+            "eval",
+            "--weights",
+            &files.expand("{ck}"),
+            "--data",
+            data.to_str().unwrap(),
+            // all videos in the validation split, whatever the class order
+            "--val-ratio",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let json = std::fs::read_to_string(&json).unwrap_or_default();
+    (ok, if ok { json } else { out }, err)
+}
+
+/// A copy of the shared data (frame folders, labels.csv), to be altered.
+fn copy_data(files: &Files, name: &str) -> PathBuf {
+    let to = files.dir.join(name);
+    let _ = std::fs::remove_dir_all(&to);
+    let status = std::process::Command::new("cp")
+        .args(["-r", &files.expand("{data}"), to.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    to
+}
+
+#[test]
+fn eval_matches_classes_by_name() {
+    let files = Files::get();
+    let data = PathBuf::from(files.expand("{data}"));
+    let (ok, with_labels, err) = eval_json(files, &data, "with-labels");
+    assert!(ok, "{err}");
+
+    // without labels.csv the classes come in sorted folder order: the same videos, the same metrics
+    let sorted = copy_data(files, "no-labels");
+    std::fs::remove_file(sorted.join("labels.csv")).unwrap();
+    let (ok, without_labels, err) = eval_json(files, &sorted, "no-labels");
+    assert!(ok, "{err}");
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(&with_labels).unwrap(),
+        serde_json::from_str(&without_labels).unwrap(),
+    );
+    for k in ["confusion", "per_class", "top1", "top5", "count"] {
+        assert_eq!(a[k], b[k], "{k}");
+    }
+    assert!((a["loss"].as_f64().unwrap() - b["loss"].as_f64().unwrap()).abs() < 1e-9);
+    assert_eq!(a["count"], 30);
+
+    // a class the checkpoint does not know (here an empty folder) is an error naming it
+    let extra = copy_data(files, "extra-class");
+    std::fs::remove_file(extra.join("labels.csv")).unwrap();
+    std::fs::create_dir(extra.join("zz_unknown")).unwrap();
+    let (ok, _, err) = eval_json(files, &extra, "extra-class");
+    assert!(!ok, "evaluated an unknown class");
+    assert!(
+        err.contains("do not match")
+            && err.contains("zz_unknown")
+            && err.contains("11 classes in the data, 10 in the model"),
+        "{err}"
+    );
+
+    // fewer classes than the checkpoint: the missing ones are named
+    let fewer = copy_data(files, "fewer-classes");
+    std::fs::remove_file(fewer.join("labels.csv")).unwrap();
+    std::fs::remove_dir_all(fewer.join("move_left")).unwrap();
+    let (ok, _, err) = eval_json(files, &fewer, "fewer-classes");
+    assert!(!ok, "evaluated a different class set");
+    assert!(
+        err.contains("missing from the data") && err.contains("move_left"),
+        "{err}"
+    );
+}
+
+#[test]
+fn predict_refuses_labels_that_contradict_the_checkpoint() {
+    let files = Files::get();
+    let labels = files.dir.join("other-labels.csv");
+    std::fs::write(&labels, "a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n").unwrap();
+    let (ok, _, err) = run(
+        &[
+            "predict",
+            "--weights",
+            &files.expand("{ck}"),
+            &files.expand("{video}"),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        &[],
+    );
+    assert!(
+        !ok && err.contains("--labels") && err.contains("differ from the checkpoint's"),
+        "{err}"
+    );
+    // the plain state dict with --classes and --labels predicts with those names
+    let (ok, out, err) = run(
+        &[
+            "predict",
+            "--weights",
+            &files.expand("{plain}"),
+            "--model",
+            "ct-sep",
+            "--opt",
+            "layers=1,1,1,1",
+            "--frames",
+            "4",
+            "--size",
+            "32",
+            "--resize-short",
+            "0",
+            &files.expand("{video}"),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(out.lines().count() == 6, "{out}");
+}
+
+#[test]
+fn explain_into_a_used_folder_keeps_only_its_own_frames() {
+    let files = Files::get();
+    let out = files.dir.join("cam");
+    let explain = |frames: &str| {
+        run(
+            &[
+                "explain",
+                "--weights",
+                &files.expand("{ck}"),
+                &files.expand("{video}"),
+                "--frames",
+                frames,
+                "--out",
+                out.to_str().unwrap(),
+                "--device",
+                "cpu",
+            ],
+            &[],
+        )
+    };
+    let (ok, _, err) = explain("8");
+    assert!(ok, "{err}");
+    let (ok, _, err) = explain("4");
+    assert!(ok, "{err}");
+    let mut frames: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("frame_"))
+        .collect();
+    frames.sort();
+    assert_eq!(
+        frames,
+        [
+            "frame_000.png",
+            "frame_001.png",
+            "frame_002.png",
+            "frame_003.png"
+        ]
+    );
+}
