@@ -60,6 +60,18 @@ fn temporaries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Return once a checkpoint's temporary file exists in `dir` (or `child` has ended).
+fn wait_for_checkpoint_write(dir: &Path, child: &mut Child) {
+    let writing = || {
+        temporaries(dir)
+            .iter()
+            .any(|t| t.starts_with(".last.") || t.starts_with(".best."))
+    };
+    while !writing() && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// What a killed run left must be usable: a `last` that loads, and the `best` it records.
 fn check_after_kill(dir: &Path) {
     let last = dir.join("last.safetensors");
@@ -114,8 +126,15 @@ fn sigkill_at_many_instants_then_resume_matches_an_uninterrupted_run() {
             .flatten()
             .map_or(0, |m| m["epoch"].as_u64().unwrap() as usize + 1);
         let left_ms = run_ms * (EPOCHS - done) as u64 / EPOCHS as u64;
-        let delay = 30 + (kills as u64 * 7919 + starts * 104729) % left_ms.max(1);
-        std::thread::sleep(Duration::from_millis(delay));
+        if kills % 3 == 0 {
+            // inside a checkpoint write: once its temporary file appears, 0–49 ms on (the write pauses
+            // twice for PAUSE_MS: half-written, and written but not yet renamed)
+            wait_for_checkpoint_write(&killed, &mut child);
+            std::thread::sleep(Duration::from_millis((kills as u64 * 13) % 50));
+        } else {
+            let delay = 30 + (kills as u64 * 7919 + starts * 104729) % left_ms.max(1);
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         if child.try_wait().unwrap().is_some() {
             // finished before the kill: start over, to keep killing
             let (ok, err) = stderr_of(child);
@@ -141,7 +160,7 @@ fn sigkill_at_many_instants_then_resume_matches_an_uninterrupted_run() {
         "the final run was killed {kills_in_chain} times only"
     );
     assert!(
-        inside_writes >= 3,
+        inside_writes >= KILLS / 4,
         "only {inside_writes} kills landed inside a write"
     );
     assert!(
@@ -204,6 +223,13 @@ fn an_earlier_run_needs_resume_or_overwrite() {
     };
     let (ok, _, err) = run(&[]);
     assert!(ok, "{err}");
+    // what the run claims to have written exists
+    assert!(
+        err.contains(
+            "last.safetensors, best.safetensors, metrics.jsonl, loss.png, accuracy.png in"
+        ),
+        "{err}"
+    );
     let before = std::fs::read(dir.join("last.safetensors")).unwrap();
     let (ok, _, err) = run(&[]);
     assert!(!ok && err.contains("holds an earlier run"), "{err}");
