@@ -149,6 +149,13 @@ const CASES: &[Case] = &[
         succeeds: true,
         says: &["warning:", "synthetic options out of range (clamped)", "classes 20 → 12"],
     },
+    // the CPU preset says what it chose (real videos are resized first)
+    Case {
+        args: "train --model ct-sep --data {data} --epochs 0 --device cpu --out {dir}/preset",
+        env: &[],
+        succeeds: true,
+        says: &["CPU preset's --frames 8, --size 64, --resize-short 73, --batch-size 8", "--epochs 0: nothing to train"],
+    },
     // a training batch of one clip: the flag to change
     Case {
         args: "train --model ct-sep --opt layers=1,1,1,1 --synth-videos 3 --synth-frames 8 --frames 4 --size 16 --val-ratio 0.34 --batch-size 19 --epochs 1 --drop-last false --device cpu --quiet --out {dir}/one-clip",

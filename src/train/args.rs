@@ -264,7 +264,8 @@ impl Defaults {
     }
 
     /// The CPU preset: small clips so that an epoch of the synthetic set takes about a minute on two
-    /// cores (README gives the measured time and accuracy).
+    /// cores (README gives the measured time and accuracy). No resize: the synthetic set is rendered
+    /// at the frame size; for real videos [`TrainArgs::config`] resizes the short side to 73.
     pub fn cpu() -> Defaults {
         Defaults {
             frames: 8,
@@ -300,17 +301,18 @@ macro_rules! stored_settings {
                 m
             }
 
-            /// Set the flag `id` to a value of [`TrainArgs::settings`]; false for an unknown id.
-            fn set_setting(&mut self, id: &str, v: &Value) -> Result<bool> {
+            /// Set the flag `id` to a value of [`TrainArgs::settings`]; an id this version does not
+            /// know is left out.
+            fn set_setting(&mut self, id: &str, v: &Value) -> Result<()> {
                 match id {
                     $($id => {
                         self.$($field).+ = serde_json::from_value(v.clone()).map_err(|e| {
                             Error::arg("train", format!("--resume: the stored --{} ({v}) is unreadable: {e}", flag(id)))
                         })?
                     })*
-                    _ => return Ok(false),
+                    _ => {}
                 }
-                Ok(true)
+                Ok(())
             }
         }
     };
@@ -472,7 +474,15 @@ impl TrainArgs {
         };
         fill(&mut self.frames, d.frames, "--frames");
         fill(&mut self.size, d.size, "--size");
-        fill(&mut self.resize_short, d.resize_short, "--resize-short");
+        // "no resize" suits the synthetic set, rendered at the frame size; real videos are resized
+        // first, as 256 is to 224
+        let resize_short = match (d.resize_short, self.data.data.as_str()) {
+            (0, data) if data != "synthetic" => {
+                (self.size.unwrap_or(d.size) as f64 * 256.0 / 224.0).round() as usize
+            }
+            (r, _) => r,
+        };
+        fill(&mut self.resize_short, resize_short, "--resize-short");
         fill(&mut self.batch_size, d.batch_size, "--batch-size");
         fill(&mut self.epochs, d.epochs, "--epochs");
         self.lr.get_or_insert(d.lr);
@@ -502,7 +512,7 @@ impl TrainArgs {
         let mut cfg = TrainConfig::new(&model, device, &self.out)?;
         cfg.model_opts.classes = self.classes;
         cfg.model_opts.dropout = self.dropout;
-        cfg.model_opts.extra = extra.iter().cloned().collect();
+        cfg.model_opts.extra = extra.into_iter().collect();
         cfg.clip.segments = self.frames.unwrap_or(d.frames);
         cfg.clip.size = self.size.unwrap_or(d.size);
         cfg.clip.resize_short = self.resize_short.unwrap_or(d.resize_short);

@@ -280,6 +280,9 @@ pub fn evaluate(
     let device = net.device();
     net.eval();
     let ds = loader.dataset().clone();
+    if ds.is_empty() {
+        return Err(Error::arg("evaluate", "the split holds no videos"));
+    }
     if label_map.len() != ds.classes().len() {
         return Err(Error::arg(
             "evaluate",
