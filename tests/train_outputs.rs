@@ -60,12 +60,13 @@ fn temporaries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Return once a checkpoint's temporary file exists in `dir` (or `child` has ended).
+/// Return once `child` has a checkpoint's temporary file in `dir` (or has ended).
 fn wait_for_checkpoint_write(dir: &Path, child: &mut Child) {
+    let mine = format!(".tmp-{}-", child.id());
     let writing = || {
         temporaries(dir)
             .iter()
-            .any(|t| t.starts_with(".last.") || t.starts_with(".best."))
+            .any(|t| (t.starts_with(".last.") || t.starts_with(".best.")) && t.contains(&mine))
     };
     while !writing() && child.try_wait().unwrap().is_none() {
         std::thread::sleep(Duration::from_millis(1));
