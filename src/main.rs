@@ -109,6 +109,10 @@ enum Command {
         /// Class names (one per line) when the weights are not a vidgrad checkpoint.
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// Make data problems errors instead of counted warnings (unreadable frames, a video shorter
+        /// than the clip or with fewer decodable frames than reported).
+        #[arg(long)]
+        strict_data: bool,
     },
     /// Grad-CAM of a video: heat-map overlays per frame (PNG), an animated GIF and a contact sheet with
     /// the top-5 (docs/EXPLAIN.md).
@@ -132,6 +136,10 @@ enum Command {
         /// Class names (one per line) when the weights are not a vidgrad checkpoint.
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// Make data problems errors instead of counted warnings (unreadable frames, a video shorter
+        /// than the clip or with fewer decodable frames than reported).
+        #[arg(long)]
+        strict_data: bool,
     },
     /// Write the synthetic action set as frame folders (ROOT/<class>/<video>/img_%05d.jpg).
     Dataset {
@@ -423,10 +431,15 @@ fn run() -> Result<()> {
                 None => (ds.classes().to_vec(), (0..ds.classes().len()).collect()),
             };
             let loader = Loader::new(ds.clone(), spec, clip.batch_size, false, seed, 2, 4);
+            let warnings_before = ds.warning_count();
             let m = vidgrad::train::evaluate(&mut net, &loader, &label_map, true)?;
+            let data_warnings = ds.warning_count() - warnings_before;
             print!("{}", m.report(&names));
+            vidgrad::data::print_new_warnings(&ds, "");
             if let Some(path) = json {
-                vidgrad::io::write_atomic(&path, m.to_json(&names).to_string().as_bytes())?;
+                let mut j = m.to_json(&names);
+                j["data_warnings"] = data_warnings.into();
+                vidgrad::io::write_atomic(&path, j.to_string().as_bytes())?;
             }
         }
         Command::Predict {
@@ -434,11 +447,10 @@ fn run() -> Result<()> {
             path,
             top_k,
             labels,
+            strict_data,
         } => {
-            let ds = Arc::new(Dataset::open(&path, &FolderOptions::default())?);
-            for w in ds.warnings() {
-                eprintln!("warning: {w}");
-            }
+            let ds = Arc::new(Dataset::open(&path, &strict(strict_data))?);
+            vidgrad::data::print_new_warnings(&ds, "");
             let label_names = labels
                 .as_deref()
                 .map(vidgrad::data::read_labels_csv)
@@ -469,6 +481,8 @@ fn run() -> Result<()> {
                         .unwrap_or_else(|| format!("class {k}"));
                     println!("  {:6.2}%  {name}", 100.0 * p[k]);
                 }
+                // after each video, so that a problem is seen next to the prediction it affects
+                vidgrad::data::print_new_warnings(&ds, "");
             }
         }
         Command::Explain {
@@ -479,8 +493,10 @@ fn run() -> Result<()> {
             out,
             tile,
             labels,
+            strict_data,
         } => {
-            let ds = Arc::new(Dataset::open(&path, &FolderOptions::default())?);
+            let ds = Arc::new(Dataset::open(&path, &strict(strict_data))?);
+            vidgrad::data::print_new_warnings(&ds, "");
             let label_names = labels
                 .as_deref()
                 .map(vidgrad::data::read_labels_csv)
@@ -559,9 +575,7 @@ fn run() -> Result<()> {
                     w.gif.display(),
                     w.contact_sheet.display()
                 );
-            }
-            for w in ds.warnings() {
-                eprintln!("warning: {w}");
+                vidgrad::data::print_new_warnings(&ds, "");
             }
         }
         Command::Dataset {
@@ -637,6 +651,14 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How `predict` and `explain` open their path: lenient, or `--strict-data`.
+fn strict(strict_data: bool) -> FolderOptions {
+    FolderOptions {
+        strict: strict_data,
+        ..FolderOptions::default()
+    }
 }
 
 /// The class names to print: the checkpoint's, else the `--labels` file's; a labels file that names

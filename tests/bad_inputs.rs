@@ -392,3 +392,179 @@ fn explain_into_a_used_folder_keeps_only_its_own_frames() {
         ]
     );
 }
+
+/// A copy of the shared data whose `move_left` videos have only their first frame readable (the
+/// others truncated or not JPEG at all), so that every clip of them meets unreadable frames.
+fn corrupt_data(files: &Files) -> PathBuf {
+    let data = copy_data(files, "corrupt-data");
+    for v in std::fs::read_dir(data.join("move_left")).unwrap().flatten() {
+        for f in std::fs::read_dir(v.path()).unwrap().flatten() {
+            let p = f.path();
+            if p.file_name().unwrap() == "img_00001.jpg" {
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            if p.file_name().unwrap() == "img_00002.jpg" {
+                std::fs::write(&p, b"not a jpeg").unwrap();
+            } else {
+                std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap(); // truncated
+            }
+        }
+    }
+    data
+}
+
+const UNREADABLE: &str = "unreadable frames (replaced by the nearest readable frame";
+
+/// Issue 14 §3: `predict`, `explain`, `eval` and `train` all report unreadable frames, once each,
+/// with a count; `--strict-data` makes them errors naming the video.
+#[test]
+fn data_problems_are_reported_by_every_command() {
+    let files = Files::get();
+    let bad = corrupt_data(files);
+    let s = |p: PathBuf| p.to_str().unwrap().to_string();
+    let video = s(bad.join("move_left/v_0000"));
+    let ck = files.expand("{ck}");
+    let cam = s(files.dir.join("cam-corrupt"));
+    let json = s(files.dir.join("corrupt-eval.json"));
+    #[rustfmt::skip]
+    let commands: [Vec<&str>; 3] = [
+        vec!["predict", "--weights", &ck, &video, "--device", "cpu"],
+        vec!["explain", "--weights", &ck, &video, "--device", "cpu", "--out", &cam],
+        vec!["eval", "--weights", &ck, "--data", bad.to_str().unwrap(), "--val-ratio", "1",
+             "--device", "cpu", "--json", &json],
+    ];
+    for args in commands {
+        let (ok, _, err) = run(&args, &[]);
+        assert!(ok, "{args:?}: {err}");
+        assert_eq!(err.matches(UNREADABLE).count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("warning: ") && err.contains("img_0000"),
+            "{err}"
+        );
+        let mut strict = args.clone();
+        strict.push("--strict-data");
+        let (ok, _, err) = run(&strict, &[]);
+        assert!(!ok, "{strict:?} succeeded");
+        assert!(
+            err.contains("move_left/v_000")
+                && err.contains("unreadable frames: ")
+                && err.contains("an error under --strict-data")
+                && !err.contains("panicked"),
+            "{strict:?}: {err}"
+        );
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(j["data_warnings"].as_u64().unwrap() > 0, "{j}");
+
+    // train: a count per epoch in the progress line and in metrics.jsonl
+    let out = files.dir.join("corrupt-run");
+    let mut train = tiny_train_args(&out, 2);
+    train.extend(["--data", bad.to_str().unwrap(), "--overwrite"].map(String::from));
+    let train: Vec<&str> = train.iter().map(String::as_str).collect();
+    let (ok, _, err) = run(&train, &[]);
+    assert!(ok, "{err}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let counts: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "epoch")
+        .map(|v| v["data_warnings"].as_u64().unwrap())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts.iter().all(|&n| n > 0),
+        "{counts:?}"
+    );
+    for (e, n) in counts.iter().enumerate() {
+        let line = format!("epoch {}/2: ", e + 1);
+        let progress = err.lines().find(|l| l.starts_with(&line)).unwrap();
+        assert!(
+            progress.ends_with(&format!(", {n} data warnings")),
+            "{progress}"
+        );
+        assert!(
+            err.contains(&format!("warning: epoch {}: ", e + 1)),
+            "{err}"
+        );
+    }
+    let mut strict = train.clone();
+    strict.push("--strict-data");
+    let (ok, _, err) = run(&strict, &[]);
+    assert!(!ok && err.contains("an error under --strict-data"), "{err}");
+}
+
+fn have_ffmpeg(test: &str) -> bool {
+    let ok = ["ffmpeg", "ffprobe"].iter().all(|t| {
+        std::process::Command::new(t)
+            .arg("-version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        println!("skipped: {test}: ffmpeg/ffprobe not found on the PATH (apt-get install ffmpeg)");
+    }
+    ok
+}
+
+/// Issue 14 §3 for video files: a truncated mp4 (fewer decodable frames than reported) and a video
+/// shorter than the clip are warned about by `predict`, and errors under `--strict-data`.
+#[test]
+fn video_problems_are_warned_about() {
+    if !have_ffmpeg("video_problems_are_warned_about") {
+        return;
+    }
+    let files = Files::get();
+    let dir = files.dir.join("videos");
+    std::fs::create_dir_all(&dir).unwrap();
+    let full = dir.join("full.mp4");
+    // 100 frames, a key frame every 10, the index first (faststart): a cut file keeps its count
+    let st = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x48:rate=10",
+        ])
+        .args(["-frames:v", "100", "-g", "10", "-pix_fmt", "yuv420p"])
+        .args(["-movflags", "+faststart", "-y", full.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bytes = std::fs::read(&full).unwrap();
+    let half = dir.join("half.mp4");
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
+    let ck = files.expand("{ck}");
+    let predict = |video: &PathBuf, frames: &str, strict: bool| {
+        let mut a = vec!["predict", "--weights", &ck, video.to_str().unwrap()];
+        a.extend([
+            "--frames",
+            frames,
+            "--resize-short",
+            "32",
+            "--device",
+            "cpu",
+        ]);
+        if strict {
+            a.push("--strict-data");
+        }
+        run(&a, &[])
+    };
+    let fewer = "videos with fewer decodable frames than ffprobe reported";
+    let (ok, _, err) = predict(&half, "8", false);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches(fewer).count(), 1, "{err}");
+    assert!(err.contains("half.mp4: 100 frames reported"), "{err}");
+    let (ok, _, err) = predict(&half, "8", true);
+    assert!(!ok && err.contains("an error under --strict-data"), "{err}");
+
+    let shorter = "clips from videos shorter than the number of segments";
+    let (ok, _, err) = predict(&full, "120", false);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches(shorter).count(), 1, "{err}");
+    assert!(err.contains("100 frames < 120 segments"), "{err}");
+    let (ok, _, err) = predict(&full, "120", true);
+    assert!(!ok && err.contains("an error under --strict-data"), "{err}");
+}

@@ -85,9 +85,10 @@ fn load_frames(
                 match replacement {
                     Some(j) => {
                         ds.warn(
+                            index,
                             "unreadable frames (replaced by the nearest readable frame of the same video)",
                             reason,
-                        );
+                        )?;
                         out.push(cache[&j].as_ref().expect("checked").clone());
                     }
                     None => {
@@ -104,22 +105,32 @@ fn load_frames(
         }
         Source::Video { path, info } => {
             let (w, h) = transform::resized_size(info.width, info.height, spec.resize_short);
-            let mut frames = video::decode(&ds.tools, path, indices, w, h)?;
+            let (mut frames, complaint) = video::decode(&ds.tools, path, indices, w, h)?;
+            let complaint = complaint
+                .map(|c| format!(" (ffmpeg: {c})"))
+                .unwrap_or_default();
             if frames.len() < indices.len() {
                 ds.warn(
+                    index,
                     "videos with fewer decodable frames than ffprobe reported (last frame repeated)",
                     format!(
-                        "{}: {} frames reported, frame {} missing",
+                        "{}: {} frames reported, frame {} missing{complaint}",
                         path.display(),
                         info.frames,
                         indices[frames.len()]
                     ),
-                );
+                )?;
                 let last = frames
                     .last()
                     .expect("decode returns at least one frame")
                     .clone();
                 frames.resize(indices.len(), last);
+            } else if !complaint.is_empty() {
+                ds.warn(
+                    index,
+                    "damaged videos (ffmpeg reported an error after decoding every sampled frame)",
+                    format!("{}{complaint}", path.display()),
+                )?;
             }
             Ok(frames)
         }
@@ -157,13 +168,14 @@ pub fn load_clip(
     }
     if n < spec.segments {
         dataset.warn(
+            index,
             "clips from videos shorter than the number of segments (last frame repeated)",
             format!(
                 "{}: {n} frames < {} segments",
                 dataset.name(index),
                 spec.segments
             ),
-        );
+        )?;
     }
     let mut rng = Stream::new(rng::mix(rng_seed, 0x005A_3D1E));
     let clips = if spec.train {

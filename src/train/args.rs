@@ -85,19 +85,25 @@ pub struct DataArgs {
     /// Synthetic set: frame side in pixels (default: the resize target, else the crop size).
     #[arg(long)]
     pub synth_size: Option<usize>,
+    /// Make every data problem an error instead of a counted warning: unreadable frames, videos
+    /// shorter than the clip or with fewer decodable frames than reported, video folders without
+    /// frames, unreadable video files, list entries that do not exist.
+    #[arg(long)]
+    pub strict_data: bool,
 }
 
 impl DataArgs {
     /// (train, validation) datasets.
     pub fn load(&self, seed: u64, frame_size: usize) -> Result<(Arc<Dataset>, Arc<Dataset>)> {
         if self.data == "synthetic" {
-            let ds = Dataset::synthetic(&SynthConfig {
+            let mut ds = Dataset::synthetic(&SynthConfig {
                 classes: self.synth_classes,
                 videos_per_class: self.synth_videos,
                 frames: self.synth_frames,
                 size: self.synth_size.unwrap_or(frame_size),
                 seed,
             });
+            ds.set_strict(self.strict_data);
             let (t, v) = ds.split(self.val_ratio, seed);
             print_warnings(&t, &v);
             return Ok((Arc::new(t), Arc::new(v)));
@@ -106,6 +112,7 @@ impl DataArgs {
         let opts = |list: &Option<PathBuf>| FolderOptions {
             labels_csv: self.labels.clone(),
             list_file: list.clone(),
+            strict: self.strict_data,
             ..Default::default()
         };
         let (t, v) = match (&self.train_list, &self.val_list) {
@@ -129,12 +136,9 @@ impl DataArgs {
 /// Print the warnings of a training and a validation split once each (the parts of one split share
 /// their dataset's warnings).
 fn print_warnings(train: &Dataset, val: &Dataset) {
-    let mut said = BTreeSet::new();
-    for w in train.warnings().iter().chain(val.warnings().iter()) {
-        let line = w.to_string();
-        if said.insert(line.clone()) {
-            eprintln!("warning: {line}");
-        }
+    crate::data::print_new_warnings(train, "");
+    if !val.shares_warnings_with(train) {
+        crate::data::print_new_warnings(val, "");
     }
 }
 

@@ -567,6 +567,15 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         data_wait_seconds: 0.0,
         files: vec![],
     };
+    // problems met while loading clips, counted per epoch (training and validation together)
+    let data_warnings = || {
+        train.warning_count()
+            + if val.shares_warnings_with(&train) {
+                0
+            } else {
+                val.warning_count()
+            }
+    };
     let end_epoch = cfg
         .stop_after_epochs
         .map_or(cfg.epochs, |n| (start_epoch + n).min(cfg.epochs));
@@ -579,6 +588,7 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         );
         let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
         let epoch_start = Instant::now();
+        let warnings_before = data_warnings();
         loader.reset_wait_time();
         for batch in loader.epoch(epoch) {
             let batch = batch?;
@@ -630,17 +640,19 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         summary.data_wait_seconds += wait;
         let train_time = epoch_start.elapsed().as_secs_f64();
         let m = evaluate(&mut net, &val_loader, &identity, cfg.progress)?;
+        let epoch_warnings = data_warnings() - warnings_before;
         let record = json!({
             "kind": "epoch", "epoch": epoch, "step": step,
             "train_loss": loss_sum / seen.max(1) as f64, "train_top1": 100.0 * hits as f64 / seen.max(1) as f64,
             "val_loss": m.mean_loss(), "val_top1": 100.0 * m.top1(), "val_top5": 100.0 * m.top5(),
             "clips_per_second": seen as f64 / train_time, "data_wait_seconds": wait,
+            "data_warnings": epoch_warnings,
             "seconds": t0.elapsed().as_secs_f64(),
             "val": m.to_json(&classes),
         });
         log_json(&metrics_path, &record)?;
         eprintln!(
-            "epoch {}/{}: train loss {:.4} top-1 {:.1}% | val top-1 {:.1}% top-5 {:.1}% | {:.1} clips/s, waited {:.1}s for data",
+            "epoch {}/{}: train loss {:.4} top-1 {:.1}% | val top-1 {:.1}% top-5 {:.1}% | {:.1} clips/s, waited {:.1}s for data, {} data warnings",
             epoch + 1,
             cfg.epochs,
             record["train_loss"].as_f64().unwrap(),
@@ -648,8 +660,14 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
             100.0 * m.top1(),
             100.0 * m.top5(),
             record["clips_per_second"].as_f64().unwrap(),
-            wait
+            wait,
+            epoch_warnings
         );
+        let context = format!("epoch {}: ", epoch + 1);
+        crate::data::print_new_warnings(&train, &context);
+        if !val.shares_warnings_with(&train) {
+            crate::data::print_new_warnings(&val, &context);
+        }
         history.push(record);
         draw_curves(&cfg.out_dir, &history)?;
 
