@@ -68,11 +68,29 @@ pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
             if std::env::var("VIDGRAD_BACKTRACE").is_ok_and(|v| v == "1") {
                 eprintln!("error: {e:?}");
             } else {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", chain_message(&e));
             }
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes as one line, `outer: cause: …`, leaving out a cause whose text the line
+/// already ends with (this crate's errors that wrap another, e.g. `graph node 'x': …`, show it in
+/// their own message).
+pub fn chain_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if msg.ends_with(&s) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s);
+    }
+    msg
 }
 
 impl Error {

@@ -130,8 +130,9 @@ enum Command {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
-        /// Side of each frame in the images (default: the crop size, enlarged to at least 160 px).
-        #[arg(long)]
+        /// Side of each frame in the images (default: the crop size, enlarged to at least 160 px;
+        /// at most 2048).
+        #[arg(long, value_parser = tile_side)]
         tile: Option<usize>,
         /// Class names (one per line) when the weights are not a vidgrad checkpoint.
         #[arg(long)]
@@ -280,25 +281,18 @@ impl ClipArgs {
                     .collect()
             })
         });
-        let get = |k: &str, d: usize| cfg[k].as_u64().map(|v| v as usize).unwrap_or(d);
-        let mut spec = ClipSpec {
-            segments: self.frames.unwrap_or(get("segments", 16)),
-            size: self.size.unwrap_or(get("size", 224)),
-            resize_short: self.resize_short.unwrap_or(get("resize_short", 256)),
-            train: false,
-            clips_per_video: self.clips,
-            crop: if self.three_crop {
-                CropMode::ThreeCrop
-            } else {
-                CropMode::Center
-            },
-            flip: false,
-            norm: models::native_normalization(&model)?,
-            layout: models::native_layout(&model)?,
-        };
-        if spec.resize_short != 0 && spec.resize_short < spec.size {
-            spec.resize_short = spec.size;
+        let (mut spec, preprocessing) = checkpoint::inference_clip(
+            meta.as_ref(),
+            &model,
+            self.frames,
+            self.size,
+            self.resize_short,
+        )?;
+        spec.clips_per_video = self.clips;
+        if self.three_crop {
+            spec.crop = CropMode::ThreeCrop;
         }
+        eprintln!("{preprocessing}");
         if let (Some(n), Some(c)) = (&names, self.classes) {
             if n.len() != c {
                 bail!(
@@ -341,6 +335,8 @@ impl ClipArgs {
             format!("loading {}{built}", self.weights.display())
         })?;
         net.eval();
+        // before any clip is loaded: a clip too large for this machine is an error, not an abort
+        net.check_memory(false)?;
         Ok((net, spec, names, model))
     }
 }
@@ -400,16 +396,20 @@ fn run() -> Result<()> {
             json,
         } => {
             // The synthetic set is rendered at the size the checkpoint was trained on unless told.
-            let cfg = checkpoint::read_meta(&clip.weights)?
-                .map(|m| m["config"].clone())
-                .unwrap_or_default();
-            let get = |k: &str| cfg[k].as_u64().map(|v| v as usize).filter(|&v| v > 0);
+            let meta = checkpoint::read_meta(&clip.weights)?.unwrap_or_default();
             let frame = clip
                 .resize_short
                 .filter(|&v| v > 0)
                 .or(clip.size)
-                .or(get("resize_short"))
-                .or(get("size"))
+                .or(meta["transform"]["resize_short"]
+                    .as_u64()
+                    .map(|v| v as usize)
+                    .filter(|&v| v > 0))
+                .or(meta["config"]["resize_short"]
+                    .as_u64()
+                    .map(|v| v as usize)
+                    .filter(|&v| v > 0))
+                .or(meta["config"]["size"].as_u64().map(|v| v as usize))
                 .unwrap_or(224);
             let (train, val) = data.load(seed, frame)?;
             let ds = if train_split { train } else { val };
@@ -651,6 +651,18 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// clap value parser of `explain --tile`: 1..=2048 pixels (the images hold frames × tile² pixels).
+fn tile_side(s: &str) -> std::result::Result<usize, String> {
+    let v = positive(s)?;
+    if v > vidgrad::explain::render::MAX_TILE {
+        return Err(format!(
+            "at most {} pixels",
+            vidgrad::explain::render::MAX_TILE
+        ));
+    }
+    Ok(v)
 }
 
 /// How `predict` and `explain` open their path: lenient, or `--strict-data`.

@@ -173,6 +173,32 @@ const CASES: &[Case] = &[
         "train --model ct-sep --opt layers=1,1,1,1 --synth-videos 3 --synth-frames 8 --frames 4 --size 32 --val-ratio 0.34 --batch-size 32 --device cpu --out {dir}/too-few",
         &["20 videos, fewer than --batch-size 32", "--drop-last"],
     ),
+    // limits checked before work starts (issue 14 §6): the memory plan against the memory available
+    // (this used to abort allocating the clip), shapes whose sizes would wrap, images too large
+    fails(
+        "predict --weights {ck} {video} --device cpu --frames 1000000",
+        &["not enough memory on cpu", "CTSepNet", "[8, 3, 1000000, 32, 32]", "GiB by the executor's memory plan", "available (MemAvailable"],
+    ),
+    fails(
+        "train --model ct-sep --opt layers=1,1,1,1 --synth-videos 3 --synth-frames 8 --frames 1000000 --size 32 --val-ratio 0.34 --batch-size 4 --epochs 1 --device cpu --quiet --out {dir}/huge",
+        &["not enough memory on cpu", "training forward", "available (MemAvailable"],
+    ),
+    fails(
+        "summary --model ct-sep --input-shape 100000,3,100000,100000,100000",
+        &["[100000, 3, 100000, 100000, 100000]", "more than 2^40 elements"],
+    ),
+    fails(
+        "summary --model ct-sep --input-shape 1,3,8,4000000,4000000",
+        &["[1, 3, 8, 4000000, 4000000]", "more than 2^40 elements"],
+    ),
+    fails(
+        "explain --weights {ck} {video} --device cpu --out {dir}/tile --tile 20000",
+        &["'--tile <TILE>'", "at most 2048"],
+    ),
+    fails(
+        "explain --weights {ck} {video} --device cpu --out {dir}/tile --tile 2000 --frames 64",
+        &["64 frames of 2000×2000 pixels (--tile 2000)", "lower --tile or --frames"],
+    ),
 ];
 
 #[test]
@@ -567,4 +593,108 @@ fn video_problems_are_warned_about() {
     assert!(err.contains("100 frames < 120 segments"), "{err}");
     let (ok, _, err) = predict(&full, "120", true);
     assert!(!ok && err.contains("an error under --strict-data"), "{err}");
+}
+
+/// Issue 14 §4: a checkpoint stores its training transform, and inference applies the equivalent to
+/// frames of another resolution instead of cropping a small centre of them. The shared checkpoint was
+/// trained on 32² frames without a resize; a 160×96 video is resized to short side 32 before its
+/// centre 32² crop, so the crop sees the red border around a green centre (the old behaviour, a 32²
+/// crop of the full-size frames, saw only green).
+#[test]
+fn inference_applies_the_stored_transform() {
+    let files = Files::get();
+    let ck = PathBuf::from(files.expand("{ck}"));
+    let meta = checkpoint::read_meta(&ck).unwrap().unwrap();
+    let t = &meta["transform"];
+    assert_eq!(t["frames"], 4, "{t}");
+    assert_eq!(t["crop"], 32, "{t}");
+    assert_eq!(t["resize_short"], 32, "{t}");
+    assert_eq!(
+        t["resize_source"], "first training video's frame size",
+        "{t}"
+    );
+    assert_eq!(t["normalization"], "R2plus1d", "{t}");
+
+    let (spec, line) = checkpoint::inference_clip(Some(&meta), "ct-sep", None, None, None).unwrap();
+    assert_eq!((spec.segments, spec.size, spec.resize_short), (4, 32, 32));
+    assert!(
+        line.contains("short side resized to 32 (checkpoint)"),
+        "{line}"
+    );
+
+    // a 160×96 video: green in the middle (x 48..112, y 24..72), red around it
+    let video = files.dir.join("wide/v");
+    std::fs::create_dir_all(&video).unwrap();
+    let (w, h) = (160u32, 96u32);
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        if (48..112).contains(&x) && (24..72).contains(&y) {
+            image::Rgb([0, 255, 0])
+        } else {
+            image::Rgb([255, 0, 0])
+        }
+    });
+    for i in 1..=8 {
+        img.save(video.join(format!("img_{i:05}.png"))).unwrap();
+    }
+    let ds = vidgrad::data::Dataset::open(&video, &Default::default()).unwrap();
+    // (red − green) of the first frame at crop pixel (x, y), in the BCTHW layout of ct-sep
+    let red_minus_green = |clip: &[f32], x: usize, y: usize| {
+        let plane = 4 * 32 * 32;
+        clip[y * 32 + x] - clip[plane + y * 32 + x]
+    };
+    let clip = vidgrad::data::load_clip(&ds, 0, &spec, 0).unwrap();
+    assert!(
+        red_minus_green(&clip, 0, 16) > 0.0,
+        "the crop's left edge is not red"
+    );
+    assert!(
+        red_minus_green(&clip, 16, 16) < 0.0,
+        "the crop's centre is not green"
+    );
+    let old = vidgrad::data::ClipSpec {
+        resize_short: 0,
+        ..spec.clone()
+    };
+    let clip = vidgrad::data::load_clip(&ds, 0, &old, 0).unwrap();
+    assert!(
+        red_minus_green(&clip, 0, 16) < 0.0,
+        "test premise: no resize sees only green"
+    );
+
+    // the command says what it applies, once
+    let (ok, _, err) = run(
+        &[
+            "predict",
+            "--weights",
+            ck.to_str().unwrap(),
+            video.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("preprocessing: 4 frames").count(), 1, "{err}");
+    assert!(
+        err.contains("short side resized to 32 (checkpoint), centre crop 32×32"),
+        "{err}"
+    );
+
+    // checkpoints from before the transform was stored: a synthetic run without a resize saw whole
+    // frames of its render size
+    let old_meta = serde_json::json!({
+        "config": {"segments": 8, "size": 64, "resize_short": 0},
+        "settings": {"data": "synthetic", "synth_size": null},
+    });
+    let (spec, _) =
+        checkpoint::inference_clip(Some(&old_meta), "eco-lite", None, None, None).unwrap();
+    assert_eq!((spec.segments, spec.size, spec.resize_short), (8, 64, 64));
+    // a flag wins, and says so
+    let (spec, line) =
+        checkpoint::inference_clip(Some(&meta), "ct-sep", Some(6), None, Some(40)).unwrap();
+    assert_eq!((spec.segments, spec.resize_short), (6, 40));
+    assert!(
+        line.contains("(--frames") && line.contains("(--resize-short)"),
+        "{line}"
+    );
 }

@@ -228,7 +228,22 @@ pub fn load_clip(
     };
     let flip = spec.train && spec.flip && rng.uniform() < 0.5;
     let by_index = |i: usize| &frames[distinct.binary_search(&i).expect("frame loaded")];
-    let mut out = Vec::with_capacity(clips * rects.len() * spec.clip_len());
+    let mut out = Vec::new();
+    // an allocation failure is an error naming the clip, not an abort of the process
+    let len = clips * rects.len() * spec.clip_len();
+    out.try_reserve_exact(len).map_err(|e| {
+        data_err(
+            dataset.path(index).unwrap_or(Path::new(dataset.name(index))),
+            format!(
+                "cannot allocate the clip ({} MiB for {len} values: {} frames of {}×{}, {} views): {e}",
+                (len * 4) >> 20,
+                spec.segments,
+                spec.size,
+                spec.size,
+                clips * rects.len()
+            ),
+        )
+    })?;
     for set in &index_sets {
         let clip_frames: Vec<&Frame> = set.iter().map(|&i| by_index(i)).collect();
         for &r in &rects {

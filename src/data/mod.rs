@@ -458,6 +458,22 @@ impl Dataset {
         }
     }
 
+    /// Width and height of video `i`'s frames as stored (synthetic: the render size; video files: as
+    /// ffprobe reported; frame folders: the first frame's, which is read).
+    pub fn frame_size(&self, i: usize) -> Result<(usize, usize)> {
+        match &self.items[i].source {
+            Source::Synthetic { .. } => {
+                let s = self.synth_config().map_or(0, |c| c.size);
+                Ok((s, s))
+            }
+            Source::Frames { dir, names } => {
+                let f = read_frame(&dir.join(names.name(0)))?;
+                Ok((f.width, f.height))
+            }
+            Source::Video { info, .. } => Ok((info.width, info.height)),
+        }
+    }
+
     /// The file or folder of video `i` (None for synthetic videos).
     pub fn path(&self, i: usize) -> Option<&Path> {
         match &self.items[i].source {

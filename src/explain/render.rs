@@ -230,6 +230,11 @@ impl Canvas {
 }
 
 /// The display side for crop size `size`: enlarged by an integer factor to at least 160 px.
+/// The largest `--tile`.
+pub const MAX_TILE: usize = 2048;
+/// The most bytes of RGB frames one explanation draws (each of its images holds them all).
+pub const MAX_IMAGE_BYTES: usize = 512 << 20;
+
 fn default_tile(size: usize) -> usize {
     size * 160usize.div_ceil(size.max(1)).max(1)
 }
@@ -305,6 +310,20 @@ pub fn write_all(dir: &Path, data: &[f32], cam: &GradCam, opts: &RenderOptions) 
         return Err(Error::arg(
             "explain",
             format!("clip of {} values for a cam of {t}×{h}×{w}", data.len()),
+        ));
+    }
+    // the frames, the GIF and the contact sheet each hold t tiles: bounded before any is drawn
+    let tile = opts.tile.unwrap_or_else(|| default_tile(h.max(w)));
+    let bytes = [t, tile, tile, 3]
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b));
+    if tile > MAX_TILE || bytes.is_none_or(|b| b > MAX_IMAGE_BYTES) {
+        return Err(Error::arg(
+            "explain",
+            format!(
+                "{t} frames of {tile}×{tile} pixels (--tile {tile}) are more than the {} MiB of images explain draws at most; lower --tile or --frames",
+                MAX_IMAGE_BYTES >> 20
+            ),
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::Io {

@@ -309,12 +309,31 @@ impl GraphBuilder {
             seed: 0,
         };
         let y = no_grad(|| node.run(&xs, &ps, &ctx)).map_err(|e| node_err(&node.name, e))?;
+        // shapes and counts are bounded so that no size, byte or FLOP figure of the graph wraps
+        crate::tensor::checked_numel("graph", y.shape()).map_err(|e| node_err(&node.name, e))?;
+        let name = node.name.clone();
         self.graph.values.push(Value {
             shape: y.shape().to_vec(),
             producer: Some(self.graph.nodes.len()),
         });
         self.meta.push(y);
         self.graph.nodes.push(node);
+        let i = self.graph.nodes.len() - 1;
+        let total = (0..=i).try_fold(0u64, |a, k| a.checked_add(self.graph.checked_node_macs(k)?));
+        if total.is_none() {
+            let n = &self.graph.nodes[i];
+            let inputs: Vec<&[usize]> = n.inputs.iter().map(|&v| self.shape(v)).collect();
+            return Err(node_err(
+                &name,
+                Error::arg(
+                    "graph",
+                    format!(
+                        "the multiply-add count overflows a u64 (inputs {inputs:?}, output {:?}): the shapes are too large",
+                        self.graph.values[n.output].shape
+                    ),
+                ),
+            ));
+        }
         Ok(self.graph.values.len() - 1)
     }
 

@@ -509,6 +509,8 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
     }
     let graph = models::build(&cfg.model, &model_opts, &cfg.input_shape(cfg.batch_size))?;
     let mut net = Network::new(graph, cfg.device, cfg.seed)?;
+    // before the loaders allocate batches: a plan larger than the memory is an error, not an abort
+    net.check_memory(true)?;
     let mut opt = build_optimizer(cfg, &net)?;
     let loader = Loader::new(
         train.clone(),
@@ -567,6 +569,8 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         data_wait_seconds: 0.0,
         files: vec![],
     };
+    // how clips were made, for inference to cut equivalent ones from any resolution
+    let transform = checkpoint::transform_json(&cfg.clip, &train);
     // problems met while loading clips, counted per epoch (training and validation together)
     let data_warnings = || {
         train.warning_count()
@@ -676,7 +680,7 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         let meta = json!({
             "epoch": epoch, "step": step, "forward_count": net.forward_count(), "best_top1": best_top1,
             "val_top1": m.top1(), "classes": classes, "model": cfg.model, "config": cfg.to_json(),
-            "settings": cfg.settings,
+            "settings": cfg.settings, "transform": transform,
         });
         let state = opt.state_dict()?;
         // best before last: `last` records the best accuracy, so whenever a `last` exists the `best`
