@@ -65,6 +65,12 @@ impl Files {
             let corrupt: BTreeMap<String, String> =
                 [("vidgrad_checkpoint".to_string(), "{\"model\": ".to_string())].into();
             save_safetensors(dir.join("corrupt.safetensors"), &weights, Some(&corrupt)).unwrap();
+            // found by tests/fuzz.rs: a label this large made the class list allocate without bound
+            std::fs::write(
+                dir.join("huge-label.txt"),
+                "move_left/v_0000 8 187529126381688\n",
+            )
+            .unwrap();
             Files { dir }
         })
     }
@@ -172,6 +178,10 @@ const CASES: &[Case] = &[
     fails(
         "train --model ct-sep --opt layers=1,1,1,1 --synth-videos 3 --synth-frames 8 --frames 4 --size 32 --val-ratio 0.34 --batch-size 32 --device cpu --out {dir}/too-few",
         &["20 videos, fewer than --batch-size 32", "--drop-last"],
+    ),
+    fails(
+        "eval --weights {ck} --data {data} --train-list {dir}/huge-label.txt --val-list {dir}/huge-label.txt",
+        &["huge-label.txt", "line 1: label 187529126381688 is not below 100000"],
     ),
     // limits checked before work starts (issue 14 §6): the memory plan against the memory available
     // (this used to abort allocating the clip), shapes whose sizes would wrap, images too large
