@@ -183,6 +183,10 @@ const CASES: &[Case] = &[
         "eval --weights {ck} --data {data} --train-list {dir}/huge-label.txt --val-list {dir}/huge-label.txt",
         &["huge-label.txt", "line 1: label 187529126381688 is not below 100000"],
     ),
+    fails(
+        "dataset synth --out {dir}/synth-huge --classes 1 --videos-per-class 1 --frames 1 --size 1000000",
+        &["synthetic options", "size 1000000 → 2048 (8..=2048)"],
+    ),
     // limits checked before work starts (issue 14 §6): the memory plan against the memory available
     // (this used to abort allocating the clip), shapes whose sizes would wrap, images too large
     fails(
@@ -707,4 +711,23 @@ fn inference_applies_the_stored_transform() {
         line.contains("(--frames") && line.contains("(--resize-short)"),
         "{line}"
     );
+}
+
+/// Issue 14 §4: a run on the synthetic set without a resize stores its render size as the resize, so
+/// that its checkpoint works on real videos (scaled whole to that size, not cropped at their centre).
+#[test]
+fn a_synthetic_run_stores_its_render_size_as_the_resize() {
+    let out = tmp("synth-transform");
+    let args = tiny_train_args(&out, 1); // synthetic, --resize-short 0, --size 32
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = run(&args, &[]);
+    assert!(ok, "{err}");
+    let meta = checkpoint::read_meta(&out.join("last.safetensors"))
+        .unwrap()
+        .unwrap();
+    let t = &meta["transform"];
+    assert_eq!(t["resize_short"], 32, "{t}");
+    assert_eq!(t["resize_source"], "synthetic frame size", "{t}");
+    let (spec, _) = checkpoint::inference_clip(Some(&meta), "ct-sep", None, None, None).unwrap();
+    assert_eq!((spec.resize_short, spec.size), (32, 32));
 }
