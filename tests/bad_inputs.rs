@@ -14,7 +14,7 @@ use vidgrad::io::save_safetensors;
 use vidgrad::train::checkpoint;
 use vidgrad::Device;
 
-use common::{run_vidgrad_env as run, tiny_train_args};
+use common::{have_ffmpeg, run_vidgrad_env as run, tiny_train_args};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vidgrad-bad-{name}-{}", std::process::id()));
@@ -534,19 +534,6 @@ fn data_problems_are_reported_by_every_command() {
     assert!(!ok && err.contains("an error under --strict-data"), "{err}");
 }
 
-fn have_ffmpeg(test: &str) -> bool {
-    let ok = ["ffmpeg", "ffprobe"].iter().all(|t| {
-        std::process::Command::new(t)
-            .arg("-version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        println!("skipped: {test}: ffmpeg/ffprobe not found on the PATH (apt-get install ffmpeg)");
-    }
-    ok
-}
-
 /// Issue 14 §3 for video files: a truncated mp4 (fewer decodable frames than reported) and a video
 /// shorter than the clip are warned about by `predict`, and errors under `--strict-data`.
 #[test]
@@ -599,6 +586,29 @@ fn video_problems_are_warned_about() {
     assert!(err.contains("half.mp4: 100 frames reported"), "{err}");
     let (ok, _, err) = predict(&half, "8", true);
     assert!(!ok && err.contains("an error under --strict-data"), "{err}");
+
+    // a stream-copied cut that starts between key frames: the container counts frames that cannot
+    // be decoded (38 reported, 32 decodable with ffmpeg 7)
+    let cut = dir.join("cut.mp4");
+    let st = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", "0.55", "-i", full.to_str().unwrap()])
+        .args(["-t", "3", "-c", "copy", "-y", cut.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (ok, _, err) = predict(&cut, "30", false);
+    assert!(ok, "{err}");
+    if err.contains("videos with fewer decodable frames") {
+        assert_eq!(err.matches(fewer).count(), 1, "{err}");
+        assert!(
+            err.contains("cut.mp4: ") && err.contains("frames reported"),
+            "{err}"
+        );
+    } else {
+        println!(
+            "note: this ffmpeg decodes every frame of the cut; that case is not covered\n{err}"
+        );
+    }
 
     let shorter = "clips from videos shorter than the number of segments";
     let (ok, _, err) = predict(&full, "120", false);

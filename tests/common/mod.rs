@@ -342,3 +342,19 @@ impl Report {
         );
     }
 }
+
+/// Whether ffmpeg and ffprobe are installed; prints why `test` is skipped when not (CI installs
+/// ffmpeg; the video tests pass without it).
+pub fn have_ffmpeg(test: &str) -> bool {
+    let available = |name: &str| {
+        std::process::Command::new(name)
+            .arg("-version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let ok = available("ffmpeg") && available("ffprobe");
+    if !ok {
+        println!("skipped: {test}: ffmpeg/ffprobe not found on the PATH (apt-get install ffmpeg)");
+    }
+    ok
+}
