@@ -289,8 +289,13 @@ impl ClipArgs {
             self.resize_short,
         )?;
         spec.clips_per_video = self.clips;
+        let mut preprocessing = preprocessing;
         if self.three_crop {
             spec.crop = CropMode::ThreeCrop;
+            preprocessing = preprocessing.replace("centre crop", "three crops");
+        }
+        if self.clips > 1 {
+            preprocessing.push_str(&format!(", {} clips per video (--clips)", self.clips));
         }
         eprintln!("{preprocessing}");
         if let (Some(n), Some(c)) = (&names, self.classes) {

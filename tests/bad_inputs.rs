@@ -187,6 +187,13 @@ const CASES: &[Case] = &[
         "dataset synth --out {dir}/synth-huge --classes 1 --videos-per-class 1 --frames 1 --size 1000000",
         &["synthetic options", "size 1000000 → 2048 (8..=2048)"],
     ),
+    // the preprocessing line says what is applied, test-time views included
+    Case {
+        args: "predict --weights {ck} {video} --device cpu --three-crop --clips 2",
+        env: &[],
+        succeeds: true,
+        says: &["preprocessing: 4 frames (checkpoint", "three crops 32×32 (checkpoint)", "2 clips per video (--clips)"],
+    },
     // limits checked before work starts (issue 14 §6): the memory plan against the memory available
     // (this used to abort allocating the clip), shapes whose sizes would wrap, images too large
     fails(

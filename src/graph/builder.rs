@@ -140,6 +140,8 @@ pub struct GraphBuilder {
     node_names: HashSet<String>,
     /// Per scope and functional op: how many were added (for names like `add_1`).
     counters: HashMap<(ScopeId, &'static str), usize>,
+    /// Multiply-adds of the nodes so far (checked: it must fit a u64).
+    macs: u64,
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -183,6 +185,7 @@ impl GraphBuilder {
             stack: vec![0],
             param_names: HashSet::new(),
             node_names: HashSet::new(),
+            macs: 0,
             counters: HashMap::new(),
         }
     }
@@ -319,8 +322,13 @@ impl GraphBuilder {
         self.meta.push(y);
         self.graph.nodes.push(node);
         let i = self.graph.nodes.len() - 1;
-        let total = (0..=i).try_fold(0u64, |a, k| a.checked_add(self.graph.checked_node_macs(k)?));
-        if total.is_none() {
+        let total = self
+            .graph
+            .checked_node_macs(i)
+            .and_then(|m| self.macs.checked_add(m));
+        if let Some(t) = total {
+            self.macs = t;
+        } else {
             let n = &self.graph.nodes[i];
             let inputs: Vec<&[usize]> = n.inputs.iter().map(|&v| self.shape(v)).collect();
             return Err(node_err(
