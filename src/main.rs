@@ -340,8 +340,6 @@ impl ClipArgs {
             format!("loading {}{built}", self.weights.display())
         })?;
         net.eval();
-        // before any clip is loaded: a clip too large for this machine is an error, not an abort
-        net.check_memory(false)?;
         Ok((net, spec, names, model))
     }
 }
@@ -419,6 +417,8 @@ fn run() -> Result<()> {
             let (train, val) = data.load(seed, frame)?;
             let ds = if train_split { train } else { val };
             let (mut net, spec, names) = clip.load(Some(ds.classes().len()))?;
+            // before any clip is loaded: batches too large for this machine are an error, not an abort
+            net.check_memory(false)?;
             // The data's labels are mapped to the model's classes by name (their orders may differ:
             // folder names sorted vs a labels file); weights without names take the data's order.
             let (names, label_map) = match names {
@@ -464,6 +464,9 @@ fn run() -> Result<()> {
             let (net, spec, names) = clip.load(hint)?;
             let names = class_names(names, label_names, labels.as_deref())?;
             let views = spec.views();
+            // before any clip is loaded (a clip too large is an error, not an abort); every view of
+            // a video goes through the network at once
+            net.check_memory_for_batch(false, views)?;
             for v in 0..ds.len() {
                 let data = vidgrad::data::load_clip(&ds, v, &spec, 0)?;
                 let mut shape = vec![views];
@@ -509,6 +512,8 @@ fn run() -> Result<()> {
             let (net, mut spec, names, model) =
                 clip.load_named(label_names.as_ref().map(|n| n.len()))?;
             let names = class_names(names, label_names, labels.as_deref())?;
+            // before any clip is loaded: one clip at a time
+            net.check_memory_for_batch(false, 1)?;
             spec.clips_per_video = 1;
             spec.crop = CropMode::Center;
             let layer = match layer {

@@ -197,8 +197,20 @@ const CASES: &[Case] = &[
     // limits checked before work starts (issue 14 §6): the memory plan against the memory available
     // (this used to abort allocating the clip), shapes whose sizes would wrap, images too large
     fails(
-        "predict --weights {ck} {video} --device cpu --frames 1000000",
-        &["not enough memory on cpu", "CTSepNet", "[8, 3, 1000000, 32, 32]", "GiB by the executor's memory plan", "available (MemAvailable"],
+        "predict --weights {ck} {video} --device cpu --frames 2000000",
+        &["not enough memory on cpu", "CTSepNet", "[1, 3, 2000000, 32, 32]", "GiB by the executor's memory plan", "available (MemAvailable"],
+    ),
+    fails(
+        "predict --weights {ck} {video} --device cpu --clips 1000000",
+        &["not enough memory on cpu", "[1000000, 3, 4, 32, 32]", "available (MemAvailable"],
+    ),
+    fails(
+        "explain --weights {ck} {video} --device cpu --out {dir}/huge-cam --frames 2000000",
+        &["not enough memory on cpu", "[1, 3, 2000000, 32, 32]"],
+    ),
+    fails(
+        "eval --weights {ck} --data {data} --device cpu --frames 2000000",
+        &["not enough memory on cpu", "[8, 3, 2000000, 32, 32]"],
     ),
     fails(
         "train --model ct-sep --opt layers=1,1,1,1 --synth-videos 3 --synth-frames 8 --frames 1000000 --size 32 --val-ratio 0.34 --batch-size 4 --epochs 1 --device cpu --quiet --out {dir}/huge",

@@ -120,6 +120,21 @@ impl Network {
     /// for backward in training without gradient checkpointing, else the inference peak (the least
     /// any forward needs). Unknown available memory (the simulator, no /proc) passes.
     pub fn check_memory(&self, training: bool) -> Result<()> {
+        self.check_memory_for_batch(training, self.planned_batch())
+    }
+
+    /// The batch size the graph was built for (its first input's first dimension).
+    fn planned_batch(&self) -> usize {
+        self.graph
+            .inputs
+            .first()
+            .and_then(|&v| self.graph.values[v].shape.first().copied())
+            .unwrap_or(1)
+    }
+
+    /// [`Network::check_memory`] for a forward on `batch` samples instead of the graph's planned
+    /// batch (activations scale with the batch): `predict` runs all views of a video at once.
+    pub fn check_memory_for_batch(&self, training: bool, batch: usize) -> Result<()> {
         let Some((available, source)) = self.device.backend()?.available_memory() else {
             return Ok(());
         };
@@ -129,12 +144,20 @@ impl Network {
         } else {
             (infer, "forward (peak of live activations)")
         };
+        let planned = self.planned_batch().max(1) as u128;
+        let need = u64::try_from(need as u128 * batch as u128 / planned).unwrap_or(u64::MAX);
         if need > available {
-            let inputs: Vec<&[usize]> = self
+            let inputs: Vec<Vec<usize>> = self
                 .graph
                 .inputs
                 .iter()
-                .map(|&v| self.graph.values[v].shape.as_slice())
+                .map(|&v| {
+                    let mut s = self.graph.values[v].shape.clone();
+                    if let Some(b) = s.first_mut() {
+                        *b = batch;
+                    }
+                    s
+                })
                 .collect();
             return Err(Error::Device(format!(
                 "not enough memory on {}: a {what} of {} on input {inputs:?} needs {} by the executor's memory plan, {} available ({source}); use a smaller batch, fewer frames or smaller frames",
@@ -238,7 +261,8 @@ impl Network {
         let g = &*self.graph;
         self.check_inputs(inputs)?;
         if !self.memory_checked[self.training as usize].swap(true, Ordering::Relaxed) {
-            self.check_memory(self.training)?;
+            let batch = inputs.first().and_then(|x| x.shape().first().copied());
+            self.check_memory_for_batch(self.training, batch.unwrap_or(self.planned_batch()))?;
         }
         let mut keep = vec![false; g.values.len()];
         let mut retained_ids = vec![];
