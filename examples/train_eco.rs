@@ -5,7 +5,7 @@
 //! minutes on two cores. Every `vidgrad train` option works here too (`-- --help` lists them), e.g.
 //! `-- --data kinetics_videos --frames 16 --size 224 --epochs 30`.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use vidgrad::train::args::{Defaults, TrainArgs};
 use vidgrad::Device;
 
@@ -18,39 +18,30 @@ struct Cli {
     train: TrainArgs,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let device = cli.train.device()?;
+fn main() -> std::process::ExitCode {
+    vidgrad::error::exit_code(run())
+}
+
+fn run() -> anyhow::Result<()> {
+    let matches = Cli::command().get_matches();
+    let mut args = Cli::from_arg_matches(&matches)?.train;
+    args.note_given_flags(&matches);
+    let device = args.device()?;
     let defaults = if matches!(device, Device::Cuda(_)) {
+        // the paper's recipe
         Defaults {
-            frames: 16,
-            size: 224,
-            resize_short: 256,
             epochs: 20,
             batch_size: 16,
-            lr: 0.01,
-            weight_decay: 5e-4,
             warmup_epochs: 1.0,
+            ..Defaults::gpu()
         }
     } else {
-        // The CPU preset: small clips so that an epoch of the synthetic set takes about a minute on
-        // two cores (README gives the measured time and accuracy).
-        Defaults {
-            frames: 8,
-            size: 64,
-            resize_short: 0,
-            epochs: 5,
-            batch_size: 8,
-            lr: 0.01,
-            weight_decay: 5e-4,
-            warmup_epochs: 0.5,
-        }
+        Defaults::cpu()
     };
-    let mut args = cli.train;
     if args.out == std::path::Path::new("runs/train") {
         args.out = "runs/train_eco".into();
     }
-    let cfg = args.config("eco-lite", vec![], &defaults)?;
+    let cfg = args.config(Some("eco-lite"), false, vec![], &defaults)?;
     args.run(&cfg)?;
     Ok(())
 }

@@ -62,6 +62,42 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// How a command-line program ends: an error prints as one line with its causes (`error: …: …`) and
+/// exit status 1 — a user error is not a crash, so no backtrace even under `RUST_BACKTRACE=1` (panics,
+/// real bugs, still print theirs). `VIDGRAD_BACKTRACE=1` prints the error's debug form, with the
+/// backtrace captured when `RUST_BACKTRACE=1` is set too.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if std::env::var("VIDGRAD_BACKTRACE").is_ok_and(|v| v == "1") {
+                eprintln!("error: {e:?}");
+            } else {
+                eprintln!("error: {}", chain_message(&e));
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes as one line, `outer: cause: …`, leaving out a cause whose text the line
+/// already ends with (this crate's errors that wrap another, e.g. `graph node 'x': …`, show it in
+/// their own message).
+pub fn chain_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if msg.ends_with(&s) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s);
+    }
+    msg
+}
+
 impl Error {
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Shape {

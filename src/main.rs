@@ -1,7 +1,7 @@
 //! The `vidgrad` command line.
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +9,9 @@ use std::sync::Arc;
 use vidgrad::data::{ClipSpec, CropMode, Dataset, FolderOptions, Loader, SynthConfig};
 use vidgrad::exec::Network;
 use vidgrad::models::{self, ModelOptions};
-use vidgrad::train::args::{DataArgs, Defaults, TrainArgs};
+use vidgrad::train::args::{
+    finite, frame_side, positive, resize_side, DataArgs, Defaults, TrainArgs,
+};
 use vidgrad::train::{checkpoint, metrics};
 use vidgrad::Device;
 
@@ -34,10 +36,10 @@ struct ModelArgs {
     #[arg(long, value_delimiter = ',')]
     input_shape: Vec<usize>,
     /// Number of classes (default: the model's).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     classes: Option<usize>,
     /// Dropout before the classifier (default: the model's).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     dropout: Option<f32>,
     /// Model-specific option KEY=VALUE (repeatable), e.g. `--opt preset=i3d`.
     #[arg(long = "opt", value_parser = parse_key_value)]
@@ -72,9 +74,9 @@ enum Command {
     Models,
     /// Train a model (`vidgrad train --model eco-lite --data DIR`; `--data synthetic` is the built-in set).
     Train {
-        /// Model name (see `vidgrad models`).
+        /// Model name (see `vidgrad models`; with --resume, the run's).
         #[arg(long)]
-        model: String,
+        model: Option<String>,
         /// Model-specific option KEY=VALUE (repeatable).
         #[arg(long = "opt", value_parser = parse_key_value)]
         opts: Vec<(String, String)>,
@@ -102,11 +104,15 @@ enum Command {
         clip: ClipArgs,
         /// A video file, a folder of frames, or a dataset folder (every video is predicted).
         path: PathBuf,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = positive)]
         top_k: usize,
         /// Class names (one per line) when the weights are not a vidgrad checkpoint.
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// Make data problems errors instead of counted warnings (unreadable frames, a video shorter
+        /// than the clip or with fewer decodable frames than reported).
+        #[arg(long)]
+        strict_data: bool,
     },
     /// Grad-CAM of a video: heat-map overlays per frame (PNG), an animated GIF and a contact sheet with
     /// the top-5 (docs/EXPLAIN.md).
@@ -124,12 +130,17 @@ enum Command {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
-        /// Side of each frame in the images (default: the crop size, enlarged to at least 160 px).
-        #[arg(long)]
+        /// Side of each frame in the images (default: the crop size, enlarged to at least 160 px;
+        /// at most 2048).
+        #[arg(long, value_parser = tile_side)]
         tile: Option<usize>,
         /// Class names (one per line) when the weights are not a vidgrad checkpoint.
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// Make data problems errors instead of counted warnings (unreadable frames, a video shorter
+        /// than the clip or with fewer decodable frames than reported).
+        #[arg(long)]
+        strict_data: bool,
     },
     /// Write the synthetic action set as frame folders (ROOT/<class>/<video>/img_%05d.jpg).
     Dataset {
@@ -211,22 +222,26 @@ struct ClipArgs {
     /// A checkpoint from `vidgrad train`, or a plain state dict with the model's PyTorch names.
     #[arg(long)]
     weights: PathBuf,
+    /// Number of classes of plain state-dict weights (a checkpoint knows its own; default: the
+    /// --labels file's, else the data's or the model's).
+    #[arg(long, value_parser = positive)]
+    classes: Option<usize>,
     /// Frames per clip (default: the checkpoint's).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     frames: Option<usize>,
     /// Crop size (default: the checkpoint's).
-    #[arg(long)]
+    #[arg(long, value_parser = frame_side)]
     size: Option<usize>,
     /// Short-side resize (default: the checkpoint's).
-    #[arg(long)]
+    #[arg(long, value_parser = resize_side)]
     resize_short: Option<usize>,
     /// Clips per video.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive)]
     clips: usize,
     /// Three crops per clip instead of the centre one.
     #[arg(long)]
     three_crop: bool,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = positive)]
     batch_size: usize,
     #[command(flatten)]
     device: DeviceArg,
@@ -279,27 +294,38 @@ impl ClipArgs {
                     .collect()
             })
         });
-        let get = |k: &str, d: usize| cfg[k].as_u64().map(|v| v as usize).unwrap_or(d);
-        let mut spec = ClipSpec {
-            segments: self.frames.unwrap_or(get("segments", 16)),
-            size: self.size.unwrap_or(get("size", 224)),
-            resize_short: self.resize_short.unwrap_or(get("resize_short", 256)),
-            train: false,
-            clips_per_video: self.clips,
-            crop: if self.three_crop {
-                CropMode::ThreeCrop
-            } else {
-                CropMode::Center
-            },
-            flip: false,
-            norm: models::native_normalization(&model)?,
-            layout: models::native_layout(&model)?,
-        };
-        if spec.resize_short != 0 && spec.resize_short < spec.size {
-            spec.resize_short = spec.size;
+        let (mut spec, preprocessing) = checkpoint::inference_clip(
+            meta.as_ref(),
+            &model,
+            self.frames,
+            self.size,
+            self.resize_short,
+        )?;
+        spec.clips_per_video = self.clips;
+        let mut preprocessing = preprocessing;
+        if self.three_crop {
+            spec.crop = CropMode::ThreeCrop;
+            preprocessing = preprocessing.replace("centre crop", "three crops");
         }
-        // The classifier's width comes from the weights themselves.
-        let classes = names.as_ref().map(|n| n.len()).or(classes_hint);
+        if self.clips > 1 {
+            preprocessing.push_str(&format!(", {} clips per video (--clips)", self.clips));
+        }
+        eprintln!("{preprocessing}");
+        if let (Some(n), Some(c)) = (&names, self.classes) {
+            if n.len() != c {
+                bail!(
+                    "--classes {c}, but {} is a checkpoint of {} classes {n:?}",
+                    self.weights.display(),
+                    n.len()
+                );
+            }
+        }
+        // The classifier's width: the checkpoint's classes, else --classes, else the caller's hint.
+        let classes = names
+            .as_ref()
+            .map(|n| n.len())
+            .or(self.classes)
+            .or(classes_hint);
         let mut opts = ModelOptions {
             extra: self.opts.iter().cloned().collect(),
             ..Default::default()
@@ -316,8 +342,16 @@ impl ClipArgs {
         shape.extend(spec.clip_shape());
         let graph = models::build(&model, &opts, &shape)?;
         let mut net = Network::new(graph, device, 0)?;
-        net.load_state_dict(&sd, true)
-            .with_context(|| format!("loading {}", self.weights.display()))?;
+        net.load_state_dict(&sd, true).with_context(|| {
+            let built = match (&names, classes) {
+                (Some(_), _) => String::new(),
+                (None, c) => format!(
+                    " (a plain state dict, without class names: the model was built for {}; if the weights have another number of classes, pass --classes N, or --labels with their class names)",
+                    c.map_or("its default number of classes".into(), |c| format!("{c} classes"))
+                ),
+            };
+            format!("loading {}{built}", self.weights.display())
+        })?;
         net.eval();
         net.set_check_finite(self.check.check_finite);
         Ok((net, spec, names, model))
@@ -346,25 +380,29 @@ impl DeviceArg {
     }
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    vidgrad::error::exit_code(run())
+}
+
+fn run() -> Result<()> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command {
         Command::Models => {
             for (name, source) in models::MODELS {
                 println!("{name:<14} {source}");
             }
         }
-        Command::Train { model, opts, train } => {
-            let defaults = Defaults {
-                frames: 16,
-                size: 224,
-                resize_short: 256,
-                epochs: 10,
-                batch_size: 8,
-                lr: 0.01,
-                weight_decay: 5e-4,
-                warmup_epochs: 0.0,
-            };
-            let cfg = train.config(&model, opts, &defaults)?;
+        Command::Train {
+            model,
+            opts,
+            mut train,
+        } => {
+            if let Some((_, m)) = matches.subcommand() {
+                train.note_given_flags(m);
+            }
+            let defaults = Defaults::for_device(train.device()?);
+            let cfg = train.config(model.as_deref(), true, opts, &defaults)?;
             train.run(&cfg)?;
         }
         Command::Eval {
@@ -375,26 +413,52 @@ fn main() -> Result<()> {
             json,
         } => {
             // The synthetic set is rendered at the size the checkpoint was trained on unless told.
-            let cfg = checkpoint::read_meta(&clip.weights)
-                .map(|m| m["config"].clone())
-                .unwrap_or_default();
-            let get = |k: &str| cfg[k].as_u64().map(|v| v as usize).filter(|&v| v > 0);
+            let meta = checkpoint::read_meta(&clip.weights)?.unwrap_or_default();
             let frame = clip
                 .resize_short
                 .filter(|&v| v > 0)
                 .or(clip.size)
-                .or(get("resize_short"))
-                .or(get("size"))
+                .or(meta["transform"]["resize_short"]
+                    .as_u64()
+                    .map(|v| v as usize)
+                    .filter(|&v| v > 0))
+                .or(meta["config"]["resize_short"]
+                    .as_u64()
+                    .map(|v| v as usize)
+                    .filter(|&v| v > 0))
+                .or(meta["config"]["size"].as_u64().map(|v| v as usize))
                 .unwrap_or(224);
             let (train, val) = data.load(seed, frame)?;
             let ds = if train_split { train } else { val };
             let (mut net, spec, names) = clip.load(Some(ds.classes().len()))?;
-            let names = names.unwrap_or_else(|| ds.classes().to_vec());
+            // before any clip is loaded: batches too large for this machine are an error, not an abort
+            net.check_memory(false)?;
+            // The data's labels are mapped to the model's classes by name (their orders may differ:
+            // folder names sorted vs a labels file); weights without names take the data's order.
+            let (names, label_map) = match names {
+                Some(model_names) => {
+                    let map = vidgrad::data::match_class_names(&model_names, ds.classes())
+                        .map_err(|why| {
+                            anyhow::anyhow!(
+                                "the classes of {} do not match those of {}: {why}",
+                                data.data,
+                                clip.weights.display()
+                            )
+                        })?;
+                    (model_names, map)
+                }
+                None => (ds.classes().to_vec(), (0..ds.classes().len()).collect()),
+            };
             let loader = Loader::new(ds.clone(), spec, clip.batch_size, false, seed, 2, 4);
-            let m = vidgrad::train::evaluate(&mut net, &loader, true)?;
+            let warnings_before = ds.warning_count();
+            let m = vidgrad::train::evaluate(&mut net, &loader, &label_map, true)?;
+            let data_warnings = ds.warning_count() - warnings_before;
             print!("{}", m.report(&names));
+            vidgrad::data::print_new_warnings(&ds, "");
             if let Some(path) = json {
-                vidgrad::io::write_atomic(&path, m.to_json(&names).to_string().as_bytes())?;
+                let mut j = m.to_json(&names);
+                j["data_warnings"] = data_warnings.into();
+                vidgrad::io::write_atomic(&path, j.to_string().as_bytes())?;
             }
         }
         Command::Predict {
@@ -402,19 +466,21 @@ fn main() -> Result<()> {
             path,
             top_k,
             labels,
+            strict_data,
         } => {
-            let ds = Arc::new(Dataset::open(&path, &FolderOptions::default())?);
-            for w in ds.warnings() {
-                eprintln!("warning: {w}");
-            }
+            let ds = Arc::new(Dataset::open(&path, &strict(strict_data))?);
+            vidgrad::data::print_new_warnings(&ds, "");
             let label_names = labels
                 .as_deref()
                 .map(vidgrad::data::read_labels_csv)
                 .transpose()?;
             let hint = label_names.as_ref().map(|n| n.len());
             let (net, spec, names) = clip.load(hint)?;
-            let names = names.or(label_names);
+            let names = class_names(names, label_names, labels.as_deref())?;
             let views = spec.views();
+            // before any clip is loaded (a clip too large is an error, not an abort); every view of
+            // a video goes through the network at once
+            net.check_memory_for_batch(false, views)?;
             for v in 0..ds.len() {
                 let data = vidgrad::data::load_clip(&ds, v, &spec, 0)?;
                 let mut shape = vec![views];
@@ -440,6 +506,8 @@ fn main() -> Result<()> {
                         .unwrap_or_else(|| format!("class {k}"));
                     println!("  {:6.2}%  {name}", 100.0 * p[k]);
                 }
+                // after each video, so that a problem is seen next to the prediction it affects
+                vidgrad::data::print_new_warnings(&ds, "");
             }
         }
         Command::Explain {
@@ -450,15 +518,19 @@ fn main() -> Result<()> {
             out,
             tile,
             labels,
+            strict_data,
         } => {
-            let ds = Arc::new(Dataset::open(&path, &FolderOptions::default())?);
+            let ds = Arc::new(Dataset::open(&path, &strict(strict_data))?);
+            vidgrad::data::print_new_warnings(&ds, "");
             let label_names = labels
                 .as_deref()
                 .map(vidgrad::data::read_labels_csv)
                 .transpose()?;
             let (net, mut spec, names, model) =
                 clip.load_named(label_names.as_ref().map(|n| n.len()))?;
-            let names = names.or(label_names);
+            let names = class_names(names, label_names, labels.as_deref())?;
+            // before any clip is loaded: one clip at a time
+            net.check_memory_for_batch(false, 1)?;
             spec.clips_per_video = 1;
             spec.crop = CropMode::Center;
             let layer = match layer {
@@ -538,9 +610,7 @@ fn main() -> Result<()> {
                     w.gif.display(),
                     w.contact_sheet.display()
                 );
-            }
-            for w in ds.warnings() {
-                eprintln!("warning: {w}");
+                vidgrad::data::print_new_warnings(&ds, "");
             }
         }
         Command::Dataset {
@@ -627,4 +697,40 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// clap value parser of `explain --tile`: 1..=2048 pixels (the images hold frames × tile² pixels).
+fn tile_side(s: &str) -> std::result::Result<usize, String> {
+    let v = positive(s)?;
+    if v > vidgrad::explain::render::MAX_TILE {
+        return Err(format!(
+            "at most {} pixels",
+            vidgrad::explain::render::MAX_TILE
+        ));
+    }
+    Ok(v)
+}
+
+/// How `predict` and `explain` open their path: lenient, or `--strict-data`.
+fn strict(strict_data: bool) -> FolderOptions {
+    FolderOptions {
+        strict: strict_data,
+        ..FolderOptions::default()
+    }
+}
+
+/// The class names to print: the checkpoint's, else the `--labels` file's; a labels file that names
+/// other classes than the checkpoint is an error naming both.
+fn class_names(
+    checkpoint: Option<Vec<String>>,
+    labels: Option<Vec<String>>,
+    labels_path: Option<&std::path::Path>,
+) -> Result<Option<Vec<String>>> {
+    match (checkpoint, labels) {
+        (Some(c), Some(l)) if c != l => bail!(
+            "--labels {}: its classes {l:?} differ from the checkpoint's {c:?} (the checkpoint's own names are used without --labels)",
+            labels_path.map(|p| p.display().to_string()).unwrap_or_default()
+        ),
+        (c, l) => Ok(c.or(l)),
+    }
 }

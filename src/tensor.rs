@@ -22,6 +22,22 @@ pub enum DType {
 /// Largest rank vidgrad handles (N, C, D, H, W).
 pub const MAX_RANK: usize = 5;
 
+/// The most elements a tensor may have: 2⁴⁰ (4 TiB of f32), beyond any video model's activations,
+/// and small enough that sums of sizes, byte counts and FLOP counts cannot wrap a u64.
+pub const MAX_NUMEL: usize = 1 << 40;
+
+/// The element count of `shape`, or an error for `op` when it exceeds [`MAX_NUMEL`] (or would wrap).
+pub fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_NUMEL)
+        .ok_or_else(|| Error::Shape {
+            op,
+            msg: format!("shape {shape:?} has more than 2^40 elements, the most a tensor may hold"),
+        })
+}
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A unique identity per tensor object (views get their own).
@@ -100,7 +116,7 @@ impl Tensor {
                 shape.len()
             );
         }
-        Ok(())
+        checked_numel(op, shape).map(|_| ())
     }
 
     /// A tensor from host data in row-major order.
@@ -145,6 +161,7 @@ impl Tensor {
 
     /// Standard normal values from the counter-based generator of [`crate::rng`]: reproducible.
     pub fn randn(shape: &[usize], seed: u64, device: Device) -> Result<Tensor> {
+        Self::check_shape("randn", shape)?;
         let data: Vec<f32> = (0..numel_of(shape) as u64)
             .map(|i| rng::normal(seed, i))
             .collect();
@@ -159,6 +176,7 @@ impl Tensor {
         seed: u64,
         device: Device,
     ) -> Result<Tensor> {
+        Self::check_shape("rand_uniform", shape)?;
         let data: Vec<f32> = (0..numel_of(shape) as u64)
             .map(|i| lo + (hi - lo) * rng::uniform(seed, i))
             .collect();

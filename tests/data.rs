@@ -7,6 +7,9 @@
 //!
 //! Tests that need ffmpeg print `skipped: ...` and pass when it is not installed.
 
+mod common;
+
+use common::have_ffmpeg;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,23 +62,6 @@ fn write_frames(dir: &Path, prefix: &str, ext: &str, n: usize, w: usize, h: usiz
             &coord_frame(w, h, t, 4),
         );
     }
-}
-
-fn tool_available(name: &str) -> bool {
-    Command::new(name)
-        .arg("-version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// Whether ffmpeg and ffprobe are installed; prints why a test is skipped when not.
-fn have_ffmpeg(test: &str) -> bool {
-    let ok = tool_available("ffmpeg") && tool_available("ffprobe");
-    if !ok {
-        println!("skipped: {test}: ffmpeg/ffprobe not found on the PATH (apt-get install ffmpeg)");
-    }
-    ok
 }
 
 fn warning(ds: &Dataset, what: &str) -> Option<Warning> {

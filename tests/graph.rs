@@ -352,3 +352,34 @@ fn state_dict_round_trip_through_safetensors() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Issue 14 §6: shape arithmetic is bounded and checked. A tensor of more than 2^40 elements is an
+/// error naming the node and shape, and so is a graph whose multiply-add count would wrap a u64
+/// (here 17 matmuls of 2^60 each), so `summary` never prints wrapped figures.
+#[test]
+fn sizes_and_flop_counts_cannot_wrap() {
+    let mut g = GraphBuilder::new("Huge");
+    let e = g.input("x", &[1 << 21, 1 << 20]).unwrap_err().to_string();
+    assert!(
+        e.contains("more than 2^40 elements") && e.contains("[2097152, 1048576]"),
+        "{e}"
+    );
+
+    let mut g = GraphBuilder::new("Huge");
+    let a = g.input("a", &[1, 1 << 20, 1 << 20]).unwrap();
+    let mut err = None;
+    for _ in 0..17 {
+        match g.matmul(a, a) {
+            Ok(_) => {}
+            Err(e) => {
+                err = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let e = err.expect("17 matmuls of 2^60 multiply-adds were accepted");
+    assert!(
+        e.contains("multiply-add count overflows a u64") && e.contains("[1, 1048576, 1048576]"),
+        "{e}"
+    );
+}

@@ -2,10 +2,12 @@
 //! a resumed run continues bit-identically on the CPU, a non-finite loss stops training with an error
 //! naming the step and leaves the last good checkpoint intact, `evaluate` and checkpoint loading agree.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::Value;
+use common::step_losses;
 use vidgrad::data::{Dataset, SynthConfig};
 use vidgrad::train::{self, checkpoint, TrainConfig};
 use vidgrad::Device;
@@ -41,16 +43,6 @@ fn config(out: &Path) -> TrainConfig {
     cfg.progress = false;
     cfg.workers = 2;
     cfg
-}
-
-fn step_losses(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| (v["loss"].as_f64().unwrap() as f32).to_bits())
-        .collect()
 }
 
 #[test]

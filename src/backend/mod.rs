@@ -190,6 +190,11 @@ pub trait Backend: Send + Sync + Debug {
     /// Most bytes held at once since start or the last [`Backend::reset_memory_peak`].
     fn memory_peak(&self) -> usize;
     fn reset_memory_peak(&self);
+    /// Bytes this device can still allocate, with where the figure comes from; `None` when unknown.
+    /// Compared with a network's memory plan before it runs.
+    fn available_memory(&self) -> Option<(u64, String)> {
+        None
+    }
 
     // --- memory -------------------------------------------------------------------------------------
     #[allow(clippy::wrong_self_convention)] // "from host memory", not a constructor

@@ -220,6 +220,9 @@ pub(crate) struct ListEntry {
     label: usize,
 }
 
+/// The most classes a list file's labels may reach (Kinetics has 700, ImageNet-21k 21 841).
+pub(crate) const MAX_LIST_CLASSES: usize = 100_000;
+
 /// mmaction2 list file: `path num_frames label` (rawframes) or `path label` (videos).
 pub(crate) fn parse_list(path: &Path) -> Result<Vec<ListEntry>> {
     let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
@@ -244,6 +247,17 @@ pub(crate) fn parse_list(path: &Path) -> Result<Vec<ListEntry>> {
             return Err(bad());
         }
         let label = tok[tok.len() - 1].parse::<usize>().map_err(|_| bad())?;
+        // without a labels file the class list is 0..=max label: bound it (found by tests/fuzz.rs,
+        // a label of 10^14 tried to allocate the names of that many classes)
+        if label >= MAX_LIST_CLASSES {
+            return Err(data_err(
+                path,
+                format!(
+                    "line {}: label {label} is not below {MAX_LIST_CLASSES}, the most classes a list file may use",
+                    i + 1
+                ),
+            ));
+        }
         let (p, frames) = if tok.len() >= 3 {
             match tok[tok.len() - 2].parse::<usize>() {
                 Ok(n) => (tok[..tok.len() - 2].join(" "), Some(n)),
@@ -302,6 +316,46 @@ impl ClassMap {
             .or_else(|| self.loose.get(&normalise_class(name)))
             .copied()
     }
+}
+
+/// For each of `data`'s class names, the index of the same class in `model`'s, matched as class folders
+/// are matched to a labels file (exact, else case-insensitively with ' ', '-', '_' alike). `Err` says
+/// which names of either side have no counterpart.
+pub fn match_class_names(
+    model: &[String],
+    data: &[String],
+) -> std::result::Result<Vec<usize>, String> {
+    let map = ClassMap::new(model);
+    let found: Vec<Option<usize>> = data.iter().map(|c| map.get(c)).collect();
+    let unknown: Vec<&str> = data
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(c, _)| c.as_str())
+        .collect();
+    let absent: Vec<&str> = model
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !found.contains(&Some(*i)))
+        .map(|(_, c)| c.as_str())
+        .collect();
+    if unknown.is_empty() && absent.is_empty() {
+        return Ok(found.into_iter().flatten().collect());
+    }
+    let mut why = vec![format!(
+        "{} classes in the data, {} in the model",
+        data.len(),
+        model.len()
+    )];
+    if !unknown.is_empty() {
+        why.push(format!("not among the model's classes: {unknown:?}"));
+    }
+    if !absent.is_empty() {
+        why.push(format!(
+            "the model's classes missing from the data: {absent:?}"
+        ));
+    }
+    Err(why.join("; "))
 }
 
 // --- frame folders -------------------------------------------------------------------------------------

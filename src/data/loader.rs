@@ -85,9 +85,10 @@ fn load_frames(
                 match replacement {
                     Some(j) => {
                         ds.warn(
+                            index,
                             "unreadable frames (replaced by the nearest readable frame of the same video)",
                             reason,
-                        );
+                        )?;
                         out.push(cache[&j].as_ref().expect("checked").clone());
                     }
                     None => {
@@ -104,22 +105,32 @@ fn load_frames(
         }
         Source::Video { path, info } => {
             let (w, h) = transform::resized_size(info.width, info.height, spec.resize_short);
-            let mut frames = video::decode(&ds.tools, path, indices, w, h)?;
+            let (mut frames, complaint) = video::decode(&ds.tools, path, indices, w, h)?;
+            let complaint = complaint
+                .map(|c| format!(" (ffmpeg: {c})"))
+                .unwrap_or_default();
             if frames.len() < indices.len() {
                 ds.warn(
+                    index,
                     "videos with fewer decodable frames than ffprobe reported (last frame repeated)",
                     format!(
-                        "{}: {} frames reported, frame {} missing",
+                        "{}: {} frames reported, frame {} missing{complaint}",
                         path.display(),
                         info.frames,
                         indices[frames.len()]
                     ),
-                );
+                )?;
                 let last = frames
                     .last()
                     .expect("decode returns at least one frame")
                     .clone();
                 frames.resize(indices.len(), last);
+            } else if !complaint.is_empty() {
+                ds.warn(
+                    index,
+                    "damaged videos (ffmpeg reported an error after decoding every sampled frame)",
+                    format!("{}{complaint}", path.display()),
+                )?;
             }
             Ok(frames)
         }
@@ -157,13 +168,14 @@ pub fn load_clip(
     }
     if n < spec.segments {
         dataset.warn(
+            index,
             "clips from videos shorter than the number of segments (last frame repeated)",
             format!(
                 "{}: {n} frames < {} segments",
                 dataset.name(index),
                 spec.segments
             ),
-        );
+        )?;
     }
     let mut rng = Stream::new(rng::mix(rng_seed, 0x005A_3D1E));
     let clips = if spec.train {
@@ -216,7 +228,22 @@ pub fn load_clip(
     };
     let flip = spec.train && spec.flip && rng.uniform() < 0.5;
     let by_index = |i: usize| &frames[distinct.binary_search(&i).expect("frame loaded")];
-    let mut out = Vec::with_capacity(clips * rects.len() * spec.clip_len());
+    let mut out = Vec::new();
+    // an allocation failure is an error naming the clip, not an abort of the process
+    let len = clips * rects.len() * spec.clip_len();
+    out.try_reserve_exact(len).map_err(|e| {
+        data_err(
+            dataset.path(index).unwrap_or(Path::new(dataset.name(index))),
+            format!(
+                "cannot allocate the clip ({} MiB for {len} values: {} frames of {}×{}, {} views): {e}",
+                (len * 4) >> 20,
+                spec.segments,
+                spec.size,
+                spec.size,
+                clips * rects.len()
+            ),
+        )
+    })?;
     for set in &index_sets {
         let clip_frames: Vec<&Frame> = set.iter().map(|&i| by_index(i)).collect();
         for &r in &rects {
@@ -285,7 +312,7 @@ struct Stats {
 /// A seeded batch loader with background decode workers and bounded prefetch.
 ///
 /// Videos are ordered per epoch (a seeded shuffle of (seed, epoch) when `shuffle`), cut into batches
-/// of `batch_size` (the last one smaller: drop_last = false). Each clip's randomness comes from
+/// of `batch_size` (the last one smaller, or left out after [`Loader::drop_last`]). Each clip's randomness comes from
 /// (seed, epoch, video), so the batches are identical whatever the number of workers and the thread
 /// timing, and arrive in order. `workers` threads build whole batches; at most `prefetch` batches are
 /// built ahead of the consumer. `workers == 0` builds each batch in the consumer's thread.
@@ -297,6 +324,7 @@ pub struct Loader {
     seed: u64,
     workers: usize,
     prefetch: usize,
+    drop_last: bool,
     stats: Arc<Stats>,
 }
 
@@ -318,12 +346,23 @@ impl Loader {
             seed,
             workers,
             prefetch: prefetch.max(1),
+            drop_last: false,
             stats: Arc::new(Stats::default()),
         }
     }
 
+    /// Leave out the last batch of an epoch when it is incomplete (PyTorch's `drop_last`).
+    pub fn drop_last(mut self, drop: bool) -> Loader {
+        self.drop_last = drop;
+        self
+    }
+
     pub fn batches_per_epoch(&self) -> usize {
-        self.dataset.len().div_ceil(self.batch_size)
+        if self.drop_last {
+            self.dataset.len() / self.batch_size
+        } else {
+            self.dataset.len().div_ceil(self.batch_size)
+        }
     }
 
     pub fn dataset(&self) -> &Arc<Dataset> {
@@ -363,7 +402,11 @@ impl Loader {
     /// The batches of `epoch`, in order. Dropping the iterator stops its workers.
     pub fn epoch(&self, epoch: usize) -> EpochIter {
         let order = self.order(epoch);
-        let batches: Vec<Vec<usize>> = order.chunks(self.batch_size).map(|c| c.to_vec()).collect();
+        let batches: Vec<Vec<usize>> = order
+            .chunks(self.batch_size)
+            .take(self.batches_per_epoch())
+            .map(|c| c.to_vec())
+            .collect();
         let job = Arc::new(Job {
             dataset: self.dataset.clone(),
             spec: self.spec.clone(),

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
-pub use folders::read_labels_csv;
+pub use folders::{match_class_names, read_labels_csv};
 pub use loader::{load_clip, read_frame, Batch, EpochIter, Loader};
 pub use sampling::{segment_indices, Sampling};
 pub use synth::{
@@ -50,7 +50,9 @@ pub struct FolderOptions {
     /// else every image file of the folder.
     pub frame_prefix: Option<String>,
     /// Turn per-item problems (a video folder without frames, an unreadable video, a list entry that
-    /// does not exist, ...) into errors instead of warnings.
+    /// does not exist, ...) and every problem met while loading clips (an unreadable frame, a video
+    /// shorter than the clip or than its reported length) into errors instead of warnings
+    /// (`--strict-data`).
     pub strict: bool,
     /// The ffmpeg binary (default: `$VIDGRAD_FFMPEG`, else `ffmpeg` on the PATH).
     pub ffmpeg: Option<PathBuf>,
@@ -92,6 +94,10 @@ impl fmt::Display for Warning {
 pub(crate) struct WarningLog {
     order: Vec<String>,
     map: BTreeMap<String, (usize, Vec<String>)>,
+    /// Per kind: the count and the number of examples [`WarningLog::take_new`] already handed out.
+    reported: BTreeMap<String, (usize, usize)>,
+    /// Every problem counted so far, all kinds together.
+    total: usize,
 }
 
 impl WarningLog {
@@ -108,10 +114,32 @@ impl WarningLog {
             (0, Vec::new())
         });
         e.0 += n;
-        let example = example.into();
+        self.total += n;
+        // decoder messages may end in a newline; a warning is one line
+        let example = example.into().trim().replace('\n', " ");
         if e.1.len() < Warning::MAX_EXAMPLES && !e.1.contains(&example) {
             e.1.push(example);
         }
+    }
+
+    /// What was recorded since the last call: per kind, the new count and the examples not handed
+    /// out before (none when every new case repeats an earlier example), so that each problem is
+    /// printed once.
+    fn take_new(&mut self) -> Vec<Warning> {
+        let mut out = vec![];
+        for w in &self.order {
+            let (count, examples) = &self.map[w];
+            let seen = self.reported.entry(w.clone()).or_insert((0, 0));
+            if *count > seen.0 {
+                out.push(Warning {
+                    what: w.clone(),
+                    count: count - seen.0,
+                    examples: examples[seen.1..].to_vec(),
+                });
+                *seen = (*count, examples.len());
+            }
+        }
+        out
     }
 
     fn list(&self) -> Vec<Warning> {
@@ -205,6 +233,8 @@ pub struct Dataset {
     pub(crate) tools: video::Tools,
     pub(crate) root: PathBuf,
     log: Arc<Mutex<WarningLog>>,
+    /// Problems met while loading clips are errors ([`FolderOptions::strict`]).
+    strict: bool,
 }
 
 impl Dataset {
@@ -223,7 +253,15 @@ impl Dataset {
             tools,
             root,
             log: Arc::new(Mutex::new(log)),
+            strict: false,
         }
+    }
+
+    /// With `strict`, a problem met while loading a clip (an unreadable frame, a video shorter than
+    /// the clip or with fewer decodable frames than reported) is an error instead of a counted
+    /// warning (`--strict-data`). Set from [`FolderOptions::strict`] by the constructors.
+    pub fn set_strict(&mut self, strict: bool) {
+        self.strict = strict;
     }
 
     /// The built-in synthetic action set, generated on the fly (frames are rendered when a clip is
@@ -260,14 +298,16 @@ impl Dataset {
     pub fn frame_folders(root: &Path, opts: &FolderOptions) -> Result<Dataset> {
         let mut log = WarningLog::default();
         let (items, classes) = folders::scan(root, opts, folders::Want::Frames, &mut log)?;
-        Ok(Dataset::new(
+        let mut ds = Dataset::new(
             items,
             classes,
             DatasetKind::FrameFolders,
             video::Tools::from_options(opts),
             root.to_path_buf(),
             log,
-        ))
+        );
+        ds.set_strict(opts.strict);
+        Ok(ds)
     }
 
     /// Video files `ROOT/<class>/<video>.mp4` (avi, webm, mkv, mov, ...; or as listed by
@@ -275,20 +315,28 @@ impl Dataset {
     pub fn video_files(root: &Path, opts: &FolderOptions) -> Result<Dataset> {
         let mut log = WarningLog::default();
         let (items, classes) = folders::scan(root, opts, folders::Want::Videos, &mut log)?;
-        Ok(Dataset::new(
+        let mut ds = Dataset::new(
             items,
             classes,
             DatasetKind::VideoFiles,
             video::Tools::from_options(opts),
             root.to_path_buf(),
             log,
-        ))
+        );
+        ds.set_strict(opts.strict);
+        Ok(ds)
     }
 
     /// Open `path`, detecting what it holds: a folder of class folders of frame folders or of video
     /// files, a single frame folder, or a single video file (the last two give one unlabelled video,
     /// class "unlabelled", for prediction).
     pub fn open(path: &Path, opts: &FolderOptions) -> Result<Dataset> {
+        let mut ds = Dataset::open_as_detected(path, opts)?;
+        ds.set_strict(opts.strict);
+        Ok(ds)
+    }
+
+    fn open_as_detected(path: &Path, opts: &FolderOptions) -> Result<Dataset> {
         match folders::detect(path, opts)? {
             folders::Detected::FrameFolders => Dataset::frame_folders(path, opts),
             folders::Detected::VideoFiles => Dataset::video_files(path, opts),
@@ -410,6 +458,22 @@ impl Dataset {
         }
     }
 
+    /// Width and height of video `i`'s frames as stored (synthetic: the render size; video files: as
+    /// ffprobe reported; frame folders: the first frame's, which is read).
+    pub fn frame_size(&self, i: usize) -> Result<(usize, usize)> {
+        match &self.items[i].source {
+            Source::Synthetic { .. } => {
+                let s = self.synth_config().map_or(0, |c| c.size);
+                Ok((s, s))
+            }
+            Source::Frames { dir, names } => {
+                let f = read_frame(&dir.join(names.name(0)))?;
+                Ok((f.width, f.height))
+            }
+            Source::Video { info, .. } => Ok((info.width, info.height)),
+        }
+    }
+
     /// The file or folder of video `i` (None for synthetic videos).
     pub fn path(&self, i: usize) -> Option<&Path> {
         match &self.items[i].source {
@@ -434,17 +498,73 @@ impl Dataset {
         self.log.lock().map(|l| l.list()).unwrap_or_default()
     }
 
-    /// Record a load-time warning (shared with the datasets split from this one).
-    pub(crate) fn warn(&self, what: &str, example: impl Into<String>) {
+    /// The warnings recorded since the last call (on this dataset or any that shares its warnings:
+    /// the parts of a split), each kind with its new count and the examples not returned before. A
+    /// command prints these at its natural points (after opening, after each epoch or video), so
+    /// every problem is printed once.
+    pub fn take_new_warnings(&self) -> Vec<Warning> {
+        self.log
+            .lock()
+            .map(|mut l| l.take_new())
+            .unwrap_or_default()
+    }
+
+    /// How many problems were counted so far, all kinds together (the difference over an epoch is
+    /// that epoch's count).
+    pub fn warning_count(&self) -> usize {
+        self.log.lock().map(|l| l.total).unwrap_or(0)
+    }
+
+    /// Whether `self` and `other` record their warnings in the same log (parts of one split).
+    pub fn shares_warnings_with(&self, other: &Dataset) -> bool {
+        Arc::ptr_eq(&self.log, &other.log)
+    }
+
+    /// Record a problem met while loading video `index` (shared with the datasets split from this
+    /// one); under [`Dataset::set_strict`] it is an error naming the video instead.
+    pub(crate) fn warn(&self, index: usize, what: &str, example: impl Into<String>) -> Result<()> {
+        let example = example.into();
+        if self.strict {
+            let path = self
+                .path(index)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| self.name(index).to_string());
+            return Err(Error::Data {
+                path,
+                msg: format!(
+                    "{}: {} (an error under --strict-data)",
+                    // what the lenient mode would have done does not apply
+                    what.split(" (").next().unwrap_or(what),
+                    example.trim().replace('\n', " ")
+                ),
+            });
+        }
         if let Ok(mut l) = self.log.lock() {
             l.add(what, example);
         }
+        Ok(())
     }
 
     pub(crate) fn synth_config(&self) -> Option<&SynthConfig> {
         match &self.kind {
             DatasetKind::Synthetic(c) => Some(c),
             _ => None,
+        }
+    }
+}
+
+/// Print to stderr, one line each, the warnings `ds` (and every dataset sharing its warnings)
+/// recorded since the last call; `context` (e.g. `"epoch 3: "`) starts each line. Each problem is
+/// printed once: a kind seen again shows its new count and only examples not printed before.
+pub fn print_new_warnings(ds: &Dataset, context: &str) {
+    for w in ds.take_new_warnings() {
+        if w.examples.is_empty() {
+            eprintln!(
+                "warning: {context}{} {} (the same items as reported above)",
+                w.count, w.what
+            );
+        } else {
+            eprintln!("warning: {context}{w}");
         }
     }
 }

@@ -75,15 +75,19 @@ pub(crate) fn checked_config(cfg: &SynthConfig, log: &mut WarningLog) -> SynthCo
         c.frames = 1;
         log.add("synthetic options out of range (clamped)", "frames 0 → 1");
     }
-    if c.size < 8 {
-        c.size = 8;
+    if c.size < 8 || c.size > MAX_SYNTH_SIZE {
+        c.size = c.size.clamp(8, MAX_SYNTH_SIZE);
         log.add(
             "synthetic options out of range (clamped)",
-            format!("size {} → 8", cfg.size),
+            format!("size {} → {} (8..={MAX_SYNTH_SIZE})", cfg.size, c.size),
         );
     }
     c
 }
+
+/// The largest synthetic frame side: the set is defined in frame units, so larger frames add no
+/// detail, only memory (a side of 10⁶ used to abort allocating the frame).
+pub const MAX_SYNTH_SIZE: usize = 2048;
 
 pub(crate) fn video_name(class: usize, video: usize) -> String {
     format!("{}/v_{video:04}", SYNTH_CLASSES[class])

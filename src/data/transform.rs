@@ -69,6 +69,43 @@ pub enum Normalization {
 }
 
 impl Normalization {
+    pub const ALL: [Normalization; 5] = [
+        Normalization::Eco,
+        Normalization::EcoBook,
+        Normalization::Mmaction2,
+        Normalization::R2plus1d,
+        Normalization::Unit,
+    ];
+
+    /// The preset's name as stored in checkpoints (`Eco`, `EcoBook`, ...).
+    pub fn name(&self) -> String {
+        format!("{self:?}")
+    }
+
+    /// The preset called `name` ([`Normalization::name`]).
+    pub fn from_name(name: &str) -> Option<Normalization> {
+        Normalization::ALL.into_iter().find(|n| n.name() == name)
+    }
+
+    /// What the preset does, for messages: channel order, scale, mean and std.
+    pub fn describe(&self) -> String {
+        let c = self.channels();
+        let order = if c[0].0 == 2 { "BGR" } else { "RGB" };
+        let range = if c[0].1 == 1.0 { "0–255" } else { "0–1" };
+        let list = |f: fn(&(usize, f32, f32, f32)) -> f32| {
+            c.iter()
+                .map(|x| format!("{}", f(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "{} ({order} {range}, mean ({}), std ({}))",
+            self.name(),
+            list(|x| x.2),
+            list(|x| x.3)
+        )
+    }
+
     /// For output channel c: (source RGB channel, scale, mean, std), output = (v·scale − mean) / std.
     pub fn channels(&self) -> [(usize, f32, f32, f32); 3] {
         match self {

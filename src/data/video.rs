@@ -202,14 +202,15 @@ fn count_packets(tools: &Tools, path: &Path) -> Result<usize> {
 }
 
 /// Decode frames `indices` (sorted, distinct) of `path`, scaled to `w`×`h`. Returns fewer frames than
-/// asked when the video holds fewer than its reported count (the caller repeats the last one).
+/// asked when the video holds fewer than its reported count (the caller repeats the last one), and
+/// ffmpeg's complaint when it failed after decoding some frames (a truncated or damaged file).
 pub(crate) fn decode(
     tools: &Tools,
     path: &Path,
     indices: &[usize],
     w: usize,
     h: usize,
-) -> Result<Vec<Frame>> {
+) -> Result<(Vec<Frame>, Option<String>)> {
     let select = indices
         .iter()
         .map(|i| format!("eq(n\\,{i})"))
@@ -242,14 +243,17 @@ pub(crate) fn decode(
     if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("fps_mode") {
         out = attempt(&["-vsync", "0"])?; // ffmpeg before 5.1
     }
-    if !out.status.success() {
-        return Err(data_err(
-            path,
-            format!("ffmpeg cannot decode it: {}", stderr_line(&out)),
-        ));
-    }
     let fb = w * h * 3;
     let n = (out.stdout.len() / fb).min(indices.len());
+    if !out.status.success() && n == 0 {
+        return Err(data_err(
+            path,
+            format!(
+                "ffmpeg cannot decode it scaled to {w}×{h} (the short side set by --resize-short, else --size): {}",
+                stderr_line(&out)
+            ),
+        ));
+    }
     if n == 0 {
         return Err(Error::Data {
             path: path.display().to_string(),
@@ -259,10 +263,13 @@ pub(crate) fn decode(
             ),
         });
     }
-    Ok(out
+    // a truncated file: ffmpeg fails at the damage after writing the frames before it
+    let complaint = (!out.status.success()).then(|| stderr_line(&out));
+    let frames = out
         .stdout
         .chunks_exact(fb)
         .take(n)
         .map(|c| Frame::new(w, h, c.to_vec()))
-        .collect())
+        .collect();
+    Ok((frames, complaint))
 }

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::autograd::{self, non_finite, EnableGradGuard, LabelGuard};
@@ -56,6 +56,8 @@ pub struct Network {
     seed: u64,
     forwards: AtomicU64,
     stats: Mutex<Option<ForwardStats>>,
+    /// Whether the memory plan was checked for a forward in (inference, training) mode.
+    memory_checked: [AtomicBool; 2],
 }
 
 impl Network {
@@ -88,6 +90,7 @@ impl Network {
             seed,
             forwards: AtomicU64::new(0),
             stats: Mutex::new(None),
+            memory_checked: [AtomicBool::new(false), AtomicBool::new(false)],
         })
     }
 
@@ -122,6 +125,63 @@ impl Network {
     pub fn set_forward_count(&self, n: u64) {
         self.forwards.store(n, Ordering::Relaxed);
     }
+    /// Compare the executor's memory plan for one forward pass with the memory the device can still
+    /// allocate (host: `MemAvailable`; CUDA: the driver's free memory), before anything is allocated
+    /// for it: an error giving both figures instead of an allocation failure (an abort) or a machine
+    /// driven into swap. The plan is the graph's activation bytes at its input shape: everything kept
+    /// for backward in training without gradient checkpointing, else the inference peak (the least
+    /// any forward needs). Unknown available memory (the simulator, no /proc) passes.
+    pub fn check_memory(&self, training: bool) -> Result<()> {
+        self.check_memory_for_batch(training, self.planned_batch())
+    }
+
+    /// The batch size the graph was built for (its first input's first dimension).
+    fn planned_batch(&self) -> usize {
+        self.graph
+            .inputs
+            .first()
+            .and_then(|&v| self.graph.values[v].shape.first().copied())
+            .unwrap_or(1)
+    }
+
+    /// [`Network::check_memory`] for a forward on `batch` samples instead of the graph's planned
+    /// batch (activations scale with the batch): `predict` runs all views of a video at once.
+    pub fn check_memory_for_batch(&self, training: bool, batch: usize) -> Result<()> {
+        let Some((available, source)) = self.device.backend()?.available_memory() else {
+            return Ok(());
+        };
+        let (train, infer) = self.graph.activation_bytes();
+        let (need, what) = if training && self.segments.is_empty() {
+            (train, "training forward (activations kept for backward)")
+        } else {
+            (infer, "forward (peak of live activations)")
+        };
+        let planned = self.planned_batch().max(1) as u128;
+        let need = u64::try_from(need as u128 * batch as u128 / planned).unwrap_or(u64::MAX);
+        if need > available {
+            let inputs: Vec<Vec<usize>> = self
+                .graph
+                .inputs
+                .iter()
+                .map(|&v| {
+                    let mut s = self.graph.values[v].shape.clone();
+                    if let Some(b) = s.first_mut() {
+                        *b = batch;
+                    }
+                    s
+                })
+                .collect();
+            return Err(Error::Device(format!(
+                "not enough memory on {}: a {what} of {} on input {inputs:?} needs {} by the executor's memory plan, {} available ({source}); use a smaller batch, fewer frames or smaller frames",
+                self.device,
+                self.graph.name,
+                gib(need),
+                gib(available)
+            )));
+        }
+        Ok(())
+    }
+
     /// Memory of the last forward pass.
     pub fn last_forward_stats(&self) -> Option<ForwardStats> {
         *self.stats.lock().unwrap()
@@ -212,6 +272,10 @@ impl Network {
     ) -> Result<(Tensor, Vec<(String, Tensor)>)> {
         let g = &*self.graph;
         self.check_inputs(inputs)?;
+        if !self.memory_checked[self.training as usize].swap(true, Ordering::Relaxed) {
+            let batch = inputs.first().and_then(|x| x.shape().first().copied());
+            self.check_memory_for_batch(self.training, batch.unwrap_or(self.planned_batch()))?;
+        }
         let mut keep = vec![false; g.values.len()];
         let mut retained_ids = vec![];
         for name in retain {
@@ -549,4 +613,13 @@ fn find_segments(g: &Graph) -> Vec<Segment> {
         });
     }
     segs
+}
+
+/// Bytes as GiB (MiB below one GiB), for messages.
+fn gib(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
 }

@@ -230,6 +230,11 @@ impl Canvas {
 }
 
 /// The display side for crop size `size`: enlarged by an integer factor to at least 160 px.
+/// The largest `--tile`.
+pub const MAX_TILE: usize = 2048;
+/// The most bytes of RGB frames one explanation draws (each of its images holds them all).
+pub const MAX_IMAGE_BYTES: usize = 512 << 20;
+
 fn default_tile(size: usize) -> usize {
     size * 160usize.div_ceil(size.max(1)).max(1)
 }
@@ -269,6 +274,33 @@ pub fn overlaid_frames(data: &[f32], cam: &GradCam, opts: &RenderOptions) -> (Ve
     (frames, tile)
 }
 
+fn frame_name(k: usize) -> String {
+    format!("frame_{k:03}.png")
+}
+
+/// Remove the frames an earlier explain of a longer clip left in `dir` (`frame_NNN.png` from `count` on),
+/// so that the folder shows this clip only.
+fn remove_stale_frames(dir: &Path, count: usize) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let index = name
+            .strip_prefix("frame_")
+            .and_then(|n| n.strip_suffix(".png"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if index.is_some_and(|k| k >= count && name == frame_name(k)) {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::Io {
+                path: entry.path().display().to_string(),
+                source: e,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Write everything for one clip into `dir` (created if needed): `frame_000.png`…, `clip.gif`,
 /// `contact_sheet.png`, `cam.safetensors`, `explain.json`. `data` is the clip as given to the network
 /// (one view, `opts.layout`, normalised with `opts.norm`).
@@ -280,6 +312,20 @@ pub fn write_all(dir: &Path, data: &[f32], cam: &GradCam, opts: &RenderOptions) 
             format!("clip of {} values for a cam of {t}×{h}×{w}", data.len()),
         ));
     }
+    // the frames, the GIF and the contact sheet each hold t tiles: bounded before any is drawn
+    let tile = opts.tile.unwrap_or_else(|| default_tile(h.max(w)));
+    let bytes = [t, tile, tile, 3]
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b));
+    if tile > MAX_TILE || bytes.is_none_or(|b| b > MAX_IMAGE_BYTES) {
+        return Err(Error::arg(
+            "explain",
+            format!(
+                "{t} frames of {tile}×{tile} pixels (--tile {tile}) are more than the {} MiB of images explain draws at most; lower --tile or --frames",
+                MAX_IMAGE_BYTES >> 20
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::Io {
         path: dir.display().to_string(),
         source: e,
@@ -287,10 +333,11 @@ pub fn write_all(dir: &Path, data: &[f32], cam: &GradCam, opts: &RenderOptions) 
     let (frames, tile) = overlaid_frames(data, cam, opts);
     let mut frame_paths = vec![];
     for (k, f) in frames.iter().enumerate() {
-        let p = dir.join(format!("frame_{k:03}.png"));
+        let p = dir.join(frame_name(k));
         write_png(&p, f, tile, tile)?;
         frame_paths.push(p);
     }
+    remove_stale_frames(dir, frames.len())?;
     let gif = dir.join("clip.gif");
     write_gif(&gif, &frames, tile, opts.gif_delay_ms)?;
     let sheet = dir.join("contact_sheet.png");

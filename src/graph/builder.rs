@@ -140,6 +140,8 @@ pub struct GraphBuilder {
     node_names: HashSet<String>,
     /// Per scope and functional op: how many were added (for names like `add_1`).
     counters: HashMap<(ScopeId, &'static str), usize>,
+    /// Multiply-adds of the nodes so far (checked: it must fit a u64).
+    macs: u64,
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -183,6 +185,7 @@ impl GraphBuilder {
             stack: vec![0],
             param_names: HashSet::new(),
             node_names: HashSet::new(),
+            macs: 0,
             counters: HashMap::new(),
         }
     }
@@ -309,12 +312,36 @@ impl GraphBuilder {
             seed: 0,
         };
         let y = no_grad(|| node.run(&xs, &ps, &ctx)).map_err(|e| node_err(&node.name, e))?;
+        // shapes and counts are bounded so that no size, byte or FLOP figure of the graph wraps
+        crate::tensor::checked_numel("graph", y.shape()).map_err(|e| node_err(&node.name, e))?;
+        let name = node.name.clone();
         self.graph.values.push(Value {
             shape: y.shape().to_vec(),
             producer: Some(self.graph.nodes.len()),
         });
         self.meta.push(y);
         self.graph.nodes.push(node);
+        let i = self.graph.nodes.len() - 1;
+        let total = self
+            .graph
+            .checked_node_macs(i)
+            .and_then(|m| self.macs.checked_add(m));
+        if let Some(t) = total {
+            self.macs = t;
+        } else {
+            let n = &self.graph.nodes[i];
+            let inputs: Vec<&[usize]> = n.inputs.iter().map(|&v| self.shape(v)).collect();
+            return Err(node_err(
+                &name,
+                Error::arg(
+                    "graph",
+                    format!(
+                        "the multiply-add count overflows a u64 (inputs {inputs:?}, output {:?}): the shapes are too large",
+                        self.graph.values[n.output].shape
+                    ),
+                ),
+            ));
+        }
         Ok(self.graph.values.len() - 1)
     }
 

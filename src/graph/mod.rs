@@ -271,35 +271,47 @@ impl Graph {
     }
 
     /// Forward multiply-adds of one node: convolutions, linear layers, matmuls and attention (the
-    /// counting convention of fvcore and of the model papers).
+    /// counting convention of fvcore and of the model papers). Saturates at `u64::MAX`; the graph
+    /// builder refuses a node whose count does not fit (see [`Graph::checked_node_macs`]).
     pub fn node_macs(&self, i: usize) -> u64 {
+        self.checked_node_macs(i).unwrap_or(u64::MAX)
+    }
+
+    /// [`Graph::node_macs`], or `None` when it does not fit a u64.
+    pub fn checked_node_macs(&self, i: usize) -> Option<u64> {
         let n = &self.nodes[i];
         let shape = |v: ValueId| &self.values[v].shape;
-        let numel = |s: &[usize]| s.iter().product::<usize>() as u64;
-        let out = shape(n.output);
-        match &n.op {
+        // u128: each factor is below 2^64, so the products of two cannot wrap
+        let prod = |s: &[usize]| s.iter().try_fold(1u128, |a, &d| a.checked_mul(d as u128));
+        let out = prod(shape(n.output))?;
+        let m: u128 = match &n.op {
             Op::Conv(_) => {
                 // each output element: Cin/groups · kernel volume multiply-adds
                 let w = &self.params[n.params[0]].shape;
-                numel(out) * w[1..].iter().product::<usize>() as u64
+                out.checked_mul(prod(&w[1..])?)?
             }
-            Op::Linear => numel(out) * shape(n.inputs[0]).last().copied().unwrap_or(0) as u64,
+            Op::Linear => {
+                out.checked_mul(shape(n.inputs[0]).last().copied().unwrap_or(0) as u128)?
+            }
             Op::MatMul => {
                 let a = shape(n.inputs[0]);
-                numel(out) * a[a.len() - 1] as u64
+                out.checked_mul(a[a.len() - 1] as u128)?
             }
             Op::Attention { .. } => {
                 let (q, v) = (shape(n.inputs[0]), shape(n.inputs[2]));
                 // scores: B·N·M·C, weighted sum: B·Cv·N·M
-                (q[0] * q[2] * v[2]) as u64 * (q[1] + v[1]) as u64
+                prod(&[q[0], q[2], v[2]])?.checked_mul(q[1] as u128 + v[1] as u128)?
             }
             _ => 0,
-        }
+        };
+        u64::try_from(m).ok()
     }
 
     /// Forward multiply-adds of the whole network.
     pub fn macs(&self) -> u64 {
-        (0..self.nodes.len()).map(|i| self.node_macs(i)).sum()
+        (0..self.nodes.len())
+            .map(|i| self.node_macs(i))
+            .fold(0u64, |a, b| a.saturating_add(b))
     }
 
     /// For each value, the index of the last node that reads it (None: never read, or a graph output).

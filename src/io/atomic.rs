@@ -10,6 +10,20 @@ use crate::{Error, Result};
 
 static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 
+/// A test hook: `VIDGRAD_TEST_WRITE_PAUSE_MS=N` makes every atomic write pause N ms halfway through
+/// the temporary file and again before the rename, so that a test's SIGKILL can land inside a write.
+fn test_write_pause() -> impl Fn() {
+    let ms = std::env::var("VIDGRAD_TEST_WRITE_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    move || {
+        if ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+}
+
 /// Replace `path` with `bytes` atomically: a temporary file in the same directory
 /// (`.<name>.tmp-<pid>-<n>`) is written, fsynced and renamed over `path`, then the directory is
 /// fsynced. On any error the temporary file is removed and an existing `path` is left untouched;
@@ -37,11 +51,16 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
         NEXT_TMP.fetch_add(1, Ordering::Relaxed)
     ));
 
+    let pause = test_write_pause();
     let written = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
+        let (head, tail) = bytes.split_at(bytes.len() / 2);
+        f.write_all(head)?;
+        pause();
+        f.write_all(tail)?;
         f.sync_all()?;
         drop(f);
+        pause();
         fs::rename(&tmp, path)
     })();
     if let Err(e) = written {

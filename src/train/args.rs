@@ -1,14 +1,58 @@
 //! Command-line arguments of training, shared by `vidgrad train` and `examples/train_eco.rs`.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
+use serde_json::{json, Map, Value};
 
-use super::{fit, OptimizerKind, ScheduleKind, TrainConfig, TrainSummary};
+use super::{checkpoint, fit, OptimizerKind, ScheduleKind, TrainConfig, TrainSummary};
 use crate::data::{CropMode, Dataset, FolderOptions, SynthConfig};
 use crate::device::Device;
 use crate::error::{Error, Result};
+
+/// The largest frame side `--size` and `--resize-short` accept (beyond it ffmpeg's scaler and the
+/// frame buffers fail far from the flag that caused it).
+pub const MAX_FRAME_SIDE: usize = 8192;
+
+/// clap value parser: an integer of at least 1.
+pub fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// clap value parser: a finite number (not inf or NaN).
+pub fn finite(s: &str) -> std::result::Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err("must be finite".into())
+    }
+}
+
+/// clap value parser: a frame side in pixels, 1..=[`MAX_FRAME_SIDE`].
+pub fn frame_side(s: &str) -> std::result::Result<usize, String> {
+    let v = positive(s)?;
+    if v > MAX_FRAME_SIDE {
+        return Err(format!("at most {MAX_FRAME_SIDE} pixels"));
+    }
+    Ok(v)
+}
+
+/// clap value parser: a short-side resize, 0 (keep the frames' size) or a frame side.
+pub fn resize_side(s: &str) -> std::result::Result<usize, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    frame_side(s)
+        .map_err(|e| format!("0 (no resize) or a side of 1..={MAX_FRAME_SIDE} pixels: {e}"))
+}
 
 /// Where the videos come from.
 #[derive(Args, Debug, Clone)]
@@ -27,13 +71,13 @@ pub struct DataArgs {
     #[arg(long)]
     pub val_list: Option<PathBuf>,
     /// Without list files: the fraction of each class held out for validation.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = finite)]
     pub val_ratio: f32,
     /// Synthetic set: number of classes (10–12).
     #[arg(long, default_value_t = 10)]
     pub synth_classes: usize,
     /// Synthetic set: videos per class.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = positive)]
     pub synth_videos: usize,
     /// Synthetic set: frames per video.
     #[arg(long, default_value_t = 32)]
@@ -41,26 +85,34 @@ pub struct DataArgs {
     /// Synthetic set: frame side in pixels (default: the resize target, else the crop size).
     #[arg(long)]
     pub synth_size: Option<usize>,
+    /// Make every data problem an error instead of a counted warning: unreadable frames, videos
+    /// shorter than the clip or with fewer decodable frames than reported, video folders without
+    /// frames, unreadable video files, list entries that do not exist.
+    #[arg(long)]
+    pub strict_data: bool,
 }
 
 impl DataArgs {
     /// (train, validation) datasets.
     pub fn load(&self, seed: u64, frame_size: usize) -> Result<(Arc<Dataset>, Arc<Dataset>)> {
         if self.data == "synthetic" {
-            let ds = Dataset::synthetic(&SynthConfig {
+            let mut ds = Dataset::synthetic(&SynthConfig {
                 classes: self.synth_classes,
                 videos_per_class: self.synth_videos,
                 frames: self.synth_frames,
                 size: self.synth_size.unwrap_or(frame_size),
                 seed,
             });
+            ds.set_strict(self.strict_data);
             let (t, v) = ds.split(self.val_ratio, seed);
+            print_warnings(&t, &v);
             return Ok((Arc::new(t), Arc::new(v)));
         }
         let root = PathBuf::from(&self.data);
         let opts = |list: &Option<PathBuf>| FolderOptions {
             labels_csv: self.labels.clone(),
             list_file: list.clone(),
+            strict: self.strict_data,
             ..Default::default()
         };
         let (t, v) = match (&self.train_list, &self.val_list) {
@@ -76,10 +128,17 @@ impl DataArgs {
                 ))
             }
         };
-        for w in t.warnings().iter().chain(v.warnings().iter()) {
-            eprintln!("warning: {w}");
-        }
+        print_warnings(&t, &v);
         Ok((Arc::new(t), Arc::new(v)))
+    }
+}
+
+/// Print the warnings of a training and a validation split once each (the parts of one split share
+/// their dataset's warnings).
+fn print_warnings(train: &Dataset, val: &Dataset) {
+    crate::data::print_new_warnings(train, "");
+    if !val.shares_warnings_with(train) {
+        crate::data::print_new_warnings(val, "");
     }
 }
 
@@ -89,58 +148,58 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Number of classes (default: the data's).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub classes: Option<usize>,
     /// Dropout before the classifier (default: the model's).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub dropout: Option<f32>,
     /// Frames per clip (segments).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub frames: Option<usize>,
     /// Crop size.
-    #[arg(long)]
+    #[arg(long, value_parser = frame_side)]
     pub size: Option<usize>,
     /// Resize the short side to this before cropping (0: keep).
-    #[arg(long)]
+    #[arg(long, value_parser = resize_side)]
     pub resize_short: Option<usize>,
     /// Random horizontal flips (off by default: they swap left/right motion classes).
     #[arg(long)]
     pub flip: bool,
     #[arg(long)]
     pub epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub lr: Option<f32>,
     /// sgd or adamw.
     #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
     pub optimizer: String,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = finite)]
     pub momentum: f32,
     #[arg(long)]
     pub nesterov: bool,
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub weight_decay: Option<f32>,
     /// cosine, step, multistep or constant.
     #[arg(long, default_value = "cosine", value_parser = ["cosine", "step", "multistep", "constant"])]
     pub schedule: String,
     /// step: decay every N epochs.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = positive)]
     pub step_epochs: usize,
     /// multistep: the epochs to decay at, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub milestones: Vec<usize>,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = finite)]
     pub gamma: f32,
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub warmup_epochs: Option<f32>,
     /// Clip the global gradient norm.
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub clip_grad: Option<f32>,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = finite)]
     pub label_smoothing: f32,
     /// Clips per video when validating.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive)]
     pub val_clips: usize,
     /// Validate on three crops per clip instead of the centre one.
     #[arg(long)]
@@ -157,12 +216,21 @@ pub struct TrainArgs {
     /// cuda when available, else cpu.
     #[arg(long)]
     pub device: Option<String>,
+    /// Leave out each epoch's last training batch when it is incomplete (a batch of one clip cannot be
+    /// batch-normalised); `--drop-last false` keeps it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub drop_last: bool,
     /// Output folder: checkpoints (last/best.safetensors), metrics.jsonl, loss.png, accuracy.png.
+    /// One live run per folder (OUT/train.lock); an earlier run there needs --resume or --overwrite.
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
-    /// Continue from OUT/last.safetensors.
-    #[arg(long)]
+    /// Continue the run in OUT from OUT/last.safetensors, with the settings stored there (a flag that
+    /// contradicts them is an error).
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Replace the earlier run in OUT (its checkpoints, metrics and curves are deleted first).
+    #[arg(long)]
+    pub overwrite: bool,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -170,9 +238,12 @@ pub struct TrainArgs {
     /// copies the tensor to the host; PyTorch's detect_anomaly).
     #[arg(long)]
     pub check_finite: bool,
+    /// The flags the command line gave (see [`TrainArgs::note_given_flags`]).
+    #[arg(skip)]
+    pub given: BTreeSet<String>,
 }
 
-/// Model-specific defaults applied where an argument was not given.
+/// Defaults applied where an argument was not given.
 #[derive(Debug, Clone)]
 pub struct Defaults {
     pub frames: usize,
@@ -183,6 +254,119 @@ pub struct Defaults {
     pub lr: f32,
     pub weight_decay: f32,
     pub warmup_epochs: f32,
+}
+
+impl Defaults {
+    /// Full-size clips (16 frames × 224², short side 256), for a GPU.
+    pub fn gpu() -> Defaults {
+        Defaults {
+            frames: 16,
+            size: 224,
+            resize_short: 256,
+            epochs: 10,
+            batch_size: 8,
+            lr: 0.01,
+            weight_decay: 5e-4,
+            warmup_epochs: 0.0,
+        }
+    }
+
+    /// The CPU preset: small clips so that an epoch of the synthetic set takes about a minute on two
+    /// cores (README gives the measured time and accuracy). No resize: the synthetic set is rendered
+    /// at the frame size; for real videos [`TrainArgs::config`] resizes the short side to 73.
+    pub fn cpu() -> Defaults {
+        Defaults {
+            frames: 8,
+            size: 64,
+            resize_short: 0,
+            epochs: 5,
+            batch_size: 8,
+            lr: 0.01,
+            weight_decay: 5e-4,
+            warmup_epochs: 0.5,
+        }
+    }
+
+    /// [`Defaults::cpu`] on the CPU, else [`Defaults::gpu`].
+    pub fn for_device(device: Device) -> Defaults {
+        if device == Device::Cpu {
+            Defaults::cpu()
+        } else {
+            Defaults::gpu()
+        }
+    }
+}
+
+/// Declares the flags a run stores in its checkpoints (by clap id, the field name) and `--resume`
+/// restores: [`TrainArgs::settings`] reads them, [`TrainArgs::set_setting`] writes one back.
+macro_rules! stored_settings {
+    ($($id:literal => $($field:ident).+),* $(,)?) => {
+        impl TrainArgs {
+            /// The run's stored settings by clap id (after [`TrainArgs::fill_defaults`]: as run).
+            pub fn settings(&self) -> Map<String, Value> {
+                let mut m = Map::new();
+                $(m.insert($id.into(), serde_json::to_value(&self.$($field).+).unwrap_or(Value::Null));)*
+                m
+            }
+
+            /// Set the flag `id` to a value of [`TrainArgs::settings`]; an id this version does not
+            /// know is left out.
+            fn set_setting(&mut self, id: &str, v: &Value) -> Result<()> {
+                match id {
+                    $($id => {
+                        self.$($field).+ = serde_json::from_value(v.clone()).map_err(|e| {
+                            Error::arg("train", format!("--resume: the stored --{} ({v}) is unreadable: {e}", flag(id)))
+                        })?
+                    })*
+                    _ => {}
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+stored_settings! {
+    "data" => data.data, "labels" => data.labels, "train_list" => data.train_list,
+    "val_list" => data.val_list, "val_ratio" => data.val_ratio, "synth_classes" => data.synth_classes,
+    "synth_videos" => data.synth_videos, "synth_frames" => data.synth_frames,
+    "synth_size" => data.synth_size, "classes" => classes, "dropout" => dropout, "frames" => frames,
+    "size" => size, "resize_short" => resize_short, "flip" => flip, "epochs" => epochs,
+    "batch_size" => batch_size, "lr" => lr, "optimizer" => optimizer, "momentum" => momentum,
+    "nesterov" => nesterov, "weight_decay" => weight_decay, "schedule" => schedule,
+    "step_epochs" => step_epochs, "milestones" => milestones, "gamma" => gamma,
+    "warmup_epochs" => warmup_epochs, "clip_grad" => clip_grad, "label_smoothing" => label_smoothing,
+    "val_clips" => val_clips, "three_crop" => three_crop, "seed" => seed, "drop_last" => drop_last,
+}
+
+/// A setting as the user types it: strings bare, numbers stored from an f32 in their shortest f32 form.
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_f64() => format!("{}", n.as_f64().unwrap_or(f64::NAN) as f32),
+        Value::Null => "(not set)".into(),
+        v => v.to_string(),
+    }
+}
+
+/// A clap id as the user types it (`batch_size` → `batch-size`).
+fn flag(id: &str) -> String {
+    id.replace('_', "-")
+}
+
+/// The stored settings of the run in `out`, with its model and model options; `None` when `out` has
+/// no checkpoint or one written before settings were stored.
+fn stored_run(out: &Path) -> Result<Option<Value>> {
+    let last = out.join("last.safetensors");
+    if !last.exists() {
+        return Ok(None);
+    }
+    Ok(checkpoint::read_meta(&last)?.and_then(|m| {
+        let settings = m.get("settings").filter(|s| s.is_object())?;
+        Some(
+            json!({"model": m["model"], "opt": m["config"]["model_options"], "settings": settings}),
+        )
+    }))
 }
 
 impl TrainArgs {
@@ -197,14 +381,143 @@ impl TrainArgs {
         }
     }
 
-    /// The run's configuration for `model` with `d` filling what was not given.
+    /// Record which flags the command line gave (`m`: the matches of the command these arguments are
+    /// flattened into); on `--resume` the others come from the run's checkpoint.
+    pub fn note_given_flags(&mut self, m: &ArgMatches) {
+        self.given = self
+            .settings()
+            .keys()
+            .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+            .cloned()
+            .collect();
+    }
+
+    /// With `--resume`, take the settings stored in the run's checkpoint for every flag not given, and
+    /// refuse a given one that contradicts them; `model` and `opts` likewise (`model_given`: whether
+    /// the user chose the model). Returns the model and its options.
+    fn restore_settings(
+        &mut self,
+        model: Option<&str>,
+        model_given: bool,
+        opts: Vec<(String, String)>,
+    ) -> Result<(String, Vec<(String, String)>)> {
+        let stored = if self.resume {
+            stored_run(&self.out)?
+        } else {
+            None
+        };
+        if self.resume && model.is_none() && stored.is_none() {
+            super::run_dir::check_not_in_use(&self.out)?;
+            return Err(super::run_dir::nothing_to_resume(&self.out, ""));
+        }
+        let Some(stored) = stored else {
+            let model = model.ok_or_else(|| Error::arg("train", "--model is required"))?;
+            return Ok((model.to_string(), opts));
+        };
+        let source = self.out.join("last.safetensors");
+        let conflict = |what: String, given: &Value, kept: &Value| {
+            Error::arg(
+                "train",
+                format!(
+                    "--resume: {what} {} conflicts with {} stored in {} (a resumed run keeps its settings; drop the flag, or start a new run with --overwrite or another --out)",
+                    show(given),
+                    show(kept),
+                    source.display()
+                ),
+            )
+        };
+        let stored_model = stored["model"].as_str().unwrap_or_default().to_string();
+        match model {
+            Some(m) if m != stored_model => {
+                let what = if model_given { "--model" } else { "model" };
+                return Err(conflict(what.into(), &json!(m), &stored["model"]));
+            }
+            _ => {}
+        }
+        let stored_opts: Vec<(String, String)> = stored["opt"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut given_opts = opts.clone();
+        given_opts.sort();
+        if !opts.is_empty() && given_opts != stored_opts {
+            let show_opts = |o: &[(String, String)]| {
+                o.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            return Err(conflict(
+                "--opt".into(),
+                &json!(show_opts(&given_opts)),
+                &json!(show_opts(&stored_opts)),
+            ));
+        }
+        let current = self.settings();
+        for (id, kept) in stored["settings"].as_object().into_iter().flatten() {
+            if self.given.contains(id) {
+                let given = &current[id];
+                if given != kept {
+                    return Err(conflict(format!("--{}", flag(id)), given, kept));
+                }
+            } else {
+                self.set_setting(id, kept)?;
+            }
+        }
+        Ok((stored_model, stored_opts))
+    }
+
+    /// Fill the flags left unset from `d`; on the CPU, say which values the CPU preset chose.
+    fn fill_defaults(&mut self, d: &Defaults, device: Device) {
+        let mut filled = vec![];
+        let mut fill = |slot: &mut Option<usize>, v: usize, what: &str| {
+            if slot.is_none() {
+                *slot = Some(v);
+                filled.push(format!("{what} {v}"));
+            }
+        };
+        fill(&mut self.frames, d.frames, "--frames");
+        fill(&mut self.size, d.size, "--size");
+        // "no resize" suits the synthetic set, rendered at the frame size; real videos are resized
+        // first, as 256 is to 224
+        let resize_short = match (d.resize_short, self.data.data.as_str()) {
+            (0, data) if data != "synthetic" => {
+                (self.size.unwrap_or(d.size) as f64 * 256.0 / 224.0).round() as usize
+            }
+            (r, _) => r,
+        };
+        fill(&mut self.resize_short, resize_short, "--resize-short");
+        fill(&mut self.batch_size, d.batch_size, "--batch-size");
+        fill(&mut self.epochs, d.epochs, "--epochs");
+        self.lr.get_or_insert(d.lr);
+        self.weight_decay.get_or_insert(d.weight_decay);
+        self.warmup_epochs.get_or_insert(d.warmup_epochs);
+        if !filled.is_empty() && device == Device::Cpu {
+            eprintln!(
+                "on the CPU: the CPU preset's {} (give these flags to change them)",
+                filled.join(", ")
+            );
+        }
+    }
+
+    /// The run's configuration: with `--resume`, the settings stored in OUT's checkpoint (the model
+    /// too: `model` may then be `None`); else the flags, with `d` filling what was not given.
+    /// `model_given`: whether `model` is the user's choice (a flag) rather than the program's.
     pub fn config(
-        &self,
-        model: &str,
+        &mut self,
+        model: Option<&str>,
+        model_given: bool,
         extra: Vec<(String, String)>,
         d: &Defaults,
     ) -> Result<TrainConfig> {
-        let mut cfg = TrainConfig::new(model, self.device()?, &self.out)?;
+        let device = self.device()?;
+        let (model, extra) = self.restore_settings(model, model_given, extra)?;
+        self.fill_defaults(d, device);
+        let mut cfg = TrainConfig::new(&model, device, &self.out)?;
         cfg.model_opts.classes = self.classes;
         cfg.model_opts.dropout = self.dropout;
         cfg.model_opts.extra = extra.into_iter().collect();
@@ -248,8 +561,11 @@ impl TrainArgs {
         cfg.prefetch = self.prefetch;
         cfg.seed = self.seed;
         cfg.resume = self.resume;
+        cfg.overwrite = self.overwrite;
+        cfg.drop_last = self.drop_last;
         cfg.progress = !self.quiet;
         cfg.check_finite = self.check_finite;
+        cfg.settings = Value::Object(self.settings());
         Ok(cfg)
     }
 
@@ -275,12 +591,34 @@ impl TrainArgs {
             cfg.device
         );
         let s = fit(cfg, train, val)?;
-        eprintln!(
-            "done in {:.0} s: best validation top-1 {:.1}% (checkpoints, metrics.jsonl, loss.png and accuracy.png in {})",
-            s.seconds,
-            100.0 * s.best_top1,
-            cfg.out_dir.display()
-        );
+        eprintln!("{}", outcome(cfg, &s));
         Ok(s)
     }
+}
+
+/// What a finished `train` says: only files that exist.
+fn outcome(cfg: &TrainConfig, s: &TrainSummary) -> String {
+    if cfg.epochs == 0 {
+        return "--epochs 0: nothing to train, no files written".into();
+    }
+    if s.epochs_run == 0 {
+        return format!(
+            "the run in {} has already finished its {} epochs: nothing to do (best validation top-1 {:.1}%)",
+            cfg.out_dir.display(),
+            cfg.epochs,
+            100.0 * s.best_top1
+        );
+    }
+    let names: Vec<String> = s
+        .files
+        .iter()
+        .filter_map(|f| Some(f.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    format!(
+        "done in {:.0} s: best validation top-1 {:.1}% ({} in {})",
+        s.seconds,
+        100.0 * s.best_top1,
+        names.join(", "),
+        cfg.out_dir.display()
+    )
 }

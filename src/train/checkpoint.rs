@@ -59,12 +59,7 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
             path: path.display().to_string(),
             msg: "not a vidgrad training checkpoint (no training state in its metadata)".into(),
         })
-        .and_then(|s| {
-            serde_json::from_str(s).map_err(|e| Error::Safetensors {
-                path: path.display().to_string(),
-                msg: format!("bad checkpoint metadata: {e}"),
-            })
-        })?;
+        .and_then(|s| parse_meta(path, s))?;
     let mut weights = StateDict::new();
     let mut tensors = vec![];
     for (k, t) in all {
@@ -90,30 +85,165 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
     })
 }
 
-/// The training metadata of a checkpoint, read from the file's header only (None for a plain state
-/// dict or an unreadable header).
-pub fn read_meta(path: &Path) -> Option<Value> {
+/// The training metadata of a checkpoint, read from the file's header only: `None` for a plain state
+/// dict; an error naming the file when it cannot be read or its header or metadata is corrupt.
+pub fn read_meta(path: &Path) -> Result<Option<Value>> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let corrupt = |msg: String| Error::Safetensors {
+        path: path.display().to_string(),
+        msg,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).ok()?;
+    f.read_exact(&mut len)
+        .map_err(|_| corrupt("shorter than a safetensors header".into()))?;
     let n = u64::from_le_bytes(len);
     if n > 100 << 20 {
-        return None;
+        return Err(corrupt(format!(
+            "header length {n} is not plausible: not a safetensors file"
+        )));
     }
     let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).ok()?;
-    let header: Value = serde_json::from_slice(&header).ok()?;
-    serde_json::from_str(header["__metadata__"][META_KEY].as_str()?).ok()
+    f.read_exact(&mut header)
+        .map_err(|_| corrupt(format!("truncated: the header of {n} bytes is incomplete")))?;
+    let header: Value = serde_json::from_slice(&header)
+        .map_err(|e| corrupt(format!("the header is not valid JSON: {e}")))?;
+    header["__metadata__"][META_KEY]
+        .as_str()
+        .map(|s| parse_meta(path, s))
+        .transpose()
+}
+
+/// The training metadata stored under [`META_KEY`]; corrupt metadata is an error saying so.
+fn parse_meta(path: &Path, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| Error::Safetensors {
+        path: path.display().to_string(),
+        msg: format!(
+            "a vidgrad checkpoint whose training metadata is corrupt ({e}): the file was damaged or edited"
+        ),
+    })
 }
 
 /// The model weights of a checkpoint or of a plain state-dict file, and the checkpoint's metadata if
 /// it is one (class names for `predict`).
 pub fn load_weights(path: &Path, device: Device) -> Result<(StateDict, Option<Value>)> {
     let (mut sd, md) = load_safetensors(path, device)?;
-    let meta = md.get(META_KEY).and_then(|s| serde_json::from_str(s).ok());
+    let meta = md.get(META_KEY).map(|s| parse_meta(path, s)).transpose()?;
     if meta.is_some() {
         sd.retain(|k, _| !k.starts_with(OPT_PREFIX));
     }
     Ok((sd, meta))
+}
+
+/// How the clips of a run were made, as stored in its checkpoints under `transform`: enough for
+/// inference to cut equivalent clips from a video of any resolution. `resize_short` is the short side
+/// the training frames had before the crop: the run's `--resize-short`, else (no resize) the frames'
+/// own short side — the synthetic set's render size, or the first training video's.
+pub fn transform_json(clip: &crate::data::ClipSpec, train: &crate::data::Dataset) -> Value {
+    let (resize, source) = if clip.resize_short > 0 {
+        (clip.resize_short, "resize_short")
+    } else {
+        match train.frame_size(0) {
+            Ok((w, h)) if train.synth_config().is_some() => (w.min(h), "synthetic frame size"),
+            Ok((w, h)) => (w.min(h), "first training video's frame size"),
+            Err(_) => (0, "unknown"),
+        }
+    };
+    serde_json::json!({
+        "frames": clip.segments,
+        "sampling": "tsn_segments",
+        "resize_short": resize,
+        "resize_source": source,
+        "crop": clip.size,
+        "train_crop": format!("{:?}", clip.crop),
+        "flip": clip.flip,
+        "normalization": clip.norm.name(),
+        "layout": format!("{:?}", clip.layout),
+    })
+}
+
+/// The test-time clip of a checkpoint (`meta`: its metadata, `None` for a plain state dict) for
+/// `model`: frames, resize, crop and normalisation as trained, each overridden by a flag given
+/// (`frames`, `size`, `resize_short`); centre crop, one clip. Also returns a line saying what it is
+/// and where each value came from, for the command to print once.
+pub fn inference_clip(
+    meta: Option<&Value>,
+    model: &str,
+    frames: Option<usize>,
+    size: Option<usize>,
+    resize_short: Option<usize>,
+) -> Result<(crate::data::ClipSpec, String)> {
+    use crate::data::{ClipSpec, CropMode, Normalization};
+    let null = Value::Null;
+    let meta = meta.unwrap_or(&null);
+    let (t, cfg, settings) = (&meta["transform"], &meta["config"], &meta["settings"]);
+    let num = |v: &Value| v.as_u64().map(|v| v as usize);
+    // where a value comes from: a flag, the stored transform, the older `config`, or the default
+    let pick = |flag: Option<usize>, name: &str, stored: Option<usize>, default: usize| match (
+        flag, stored,
+    ) {
+        (Some(v), _) => (v, format!("--{name}")),
+        (None, Some(v)) => (v, "checkpoint".to_string()),
+        (None, None) => (default, "default".to_string()),
+    };
+    let (segments, seg_from) = pick(
+        frames,
+        "frames",
+        num(&t["frames"]).or(num(&cfg["segments"])),
+        16,
+    );
+    let (crop, crop_from) = pick(size, "size", num(&t["crop"]).or(num(&cfg["size"])), 224);
+    // Checkpoints written before the transform was stored: a run on the synthetic set without a
+    // resize saw whole frames of its render size.
+    let old_resize = match num(&cfg["resize_short"]) {
+        Some(0) if settings["data"] == "synthetic" => {
+            num(&settings["synth_size"]).or(num(&cfg["size"]))
+        }
+        r => r,
+    };
+    let (mut resize, mut resize_from) = pick(
+        resize_short,
+        "resize-short",
+        num(&t["resize_short"]).or(old_resize),
+        256,
+    );
+    let norm = match t["normalization"].as_str() {
+        Some(n) => Normalization::from_name(n).ok_or_else(|| {
+            Error::arg(
+                "checkpoint",
+                format!("the stored normalisation '{n}' is unknown to this version"),
+            )
+        })?,
+        None => crate::models::native_normalization(model)?,
+    };
+    if resize != 0 && resize < crop {
+        resize = crop;
+        resize_from = format!("raised to the crop size {crop}");
+    }
+    let spec = ClipSpec {
+        segments,
+        size: crop,
+        resize_short: resize,
+        train: false,
+        clips_per_video: 1,
+        crop: CropMode::Center,
+        flip: false,
+        norm,
+        layout: crate::models::native_layout(model)?,
+    };
+    let resize_text = if resize == 0 {
+        format!("no resize ({resize_from}: frames are cropped at their own size; pass --resize-short to resize them)")
+    } else {
+        format!("short side resized to {resize} ({resize_from})")
+    };
+    let line = format!(
+        "preprocessing: {segments} frames ({seg_from}; the centre frame of each of {segments} equal segments), {resize_text}, centre crop {crop}×{crop} ({crop_from}), normalisation {}, layout {:?}",
+        norm.describe(),
+        spec.layout
+    );
+    Ok((spec, line))
 }

@@ -10,6 +10,7 @@ pub mod args;
 pub mod checkpoint;
 pub mod metrics;
 pub mod plot;
+pub mod run_dir;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -29,6 +30,7 @@ use crate::ops;
 use crate::optim::{self, AdamW, AdamWConfig, LrSchedule, Optimizer, Sgd, SgdConfig};
 use crate::tensor::Tensor;
 pub use metrics::Metrics;
+use run_dir::{RunDir, Start};
 
 /// Which optimiser, with its own settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,8 +84,16 @@ pub struct TrainConfig {
     pub device: Device,
     /// Checkpoints, metrics.jsonl, curves.
     pub out_dir: PathBuf,
-    /// Continue from `out_dir/last.safetensors` when it exists.
+    /// Continue from `out_dir/last.safetensors` (an error when there is none).
     pub resume: bool,
+    /// Replace an earlier run in `out_dir` (without it, or `resume`, an earlier run is an error).
+    pub overwrite: bool,
+    /// Leave out the last incomplete training batch of each epoch (a batch of one clip cannot be
+    /// normalised by train-mode batch norm); validation always sees every video.
+    pub drop_last: bool,
+    /// The run's settings as command-line flags (stored in the checkpoints so that `--resume` restores
+    /// them; see `args::TrainArgs`). Null for runs started from the library.
+    pub settings: Value,
     /// Show progress bars (off in tests and when stderr is not a terminal).
     pub progress: bool,
     /// Stop after this many epochs in this invocation (a resumed run continues the schedule); for tests.
@@ -124,6 +134,9 @@ impl TrainConfig {
             device,
             out_dir: out_dir.into(),
             resume: false,
+            overwrite: false,
+            drop_last: true,
+            settings: Value::Null,
             progress: true,
             stop_after_epochs: None,
             check_finite: false,
@@ -165,7 +178,7 @@ impl TrainConfig {
 }
 
 /// What a finished run reports.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TrainSummary {
     pub epochs_run: usize,
     pub best_top1: f64,
@@ -175,6 +188,8 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// Seconds the trainer spent waiting for data.
     pub data_wait_seconds: f64,
+    /// The run's files in its folder at the end (checkpoints, metrics, curves), by path.
+    pub files: Vec<PathBuf>,
 }
 
 fn build_optimizer(cfg: &TrainConfig, net: &Network) -> Result<Box<dyn Optimizer>> {
@@ -257,18 +272,39 @@ fn truncate_log(path: &Path, epoch: usize) -> Result<()> {
 }
 
 /// Evaluate `net` on `loader`'s epoch 0 (deterministic test clips): per video, the mean of its views'
-/// softmax scores.
-pub fn evaluate(net: &mut Network, loader: &Loader, progress: bool) -> Result<Metrics> {
+/// softmax scores. `label_map[k]`: the model's index of the data's class `k` (the identity when the
+/// model was trained on this data's classes; see `data::match_class_names`).
+pub fn evaluate(
+    net: &mut Network,
+    loader: &Loader,
+    label_map: &[usize],
+    progress: bool,
+) -> Result<Metrics> {
     let device = net.device();
     net.eval();
     let ds = loader.dataset().clone();
-    let classes = ds.classes().len();
+    if ds.is_empty() {
+        return Err(Error::arg("evaluate", "the split holds no videos"));
+    }
+    if label_map.len() != ds.classes().len() {
+        return Err(Error::arg(
+            "evaluate",
+            format!(
+                "a label map of {} classes for data of {}",
+                label_map.len(),
+                ds.classes().len()
+            ),
+        ));
+    }
+    let mut classes = 0;
     let mut sums: Vec<Option<(Vec<f32>, usize)>> = vec![None; ds.len()];
     let bar = progress_bar(progress, loader.batches_per_epoch() as u64, "eval");
     for batch in loader.epoch(0) {
         let batch = batch?;
         let x = Tensor::from_vec(batch.data, &batch.shape, device)?;
-        let logits = crate::no_grad(|| net.forward(&[&x]))?.to_vec()?;
+        let logits = crate::no_grad(|| net.forward(&[&x]))?;
+        classes = logits.shape()[logits.shape().len() - 1];
+        let logits = logits.to_vec()?;
         metrics::check_logits(&logits, classes, |r| {
             format!("'{}'", ds.name(batch.indices[r]))
         })?;
@@ -281,11 +317,17 @@ pub fn evaluate(net: &mut Network, loader: &Loader, progress: bool) -> Result<Me
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(&bad) = label_map.iter().find(|&&k| k >= classes) {
+        return Err(Error::arg(
+            "evaluate",
+            format!("class index {bad} for a model of {classes} classes"),
+        ));
+    }
     let mut m = Metrics::new(classes);
     for (v, s) in sums.into_iter().enumerate() {
         if let Some((p, n)) = s {
             let p: Vec<f32> = p.iter().map(|x| x / n as f32).collect();
-            let label = ds.label(v);
+            let label = label_map[ds.label(v)];
             m.add(&p, label, -(p[label].max(1e-12) as f64).ln());
         }
     }
@@ -357,6 +399,87 @@ fn draw_curves(dir: &Path, history: &[Value]) -> Result<()> {
     )
 }
 
+/// Where a resumed run continues.
+struct Resumed {
+    next_epoch: usize,
+    step: usize,
+    best_top1: f64,
+}
+
+/// Load the run's `last.safetensors` into `net` and `opt`, after checking that the `best` it records
+/// exists.
+fn resume(run: &RunDir, net: &mut Network, opt: &mut dyn Optimizer) -> Result<Resumed> {
+    let last_path = run.last();
+    let ck = checkpoint::load(&last_path, net.device())?;
+    let m = &ck.meta;
+    let best_top1 = m["best_top1"].as_f64().unwrap_or(f64::NEG_INFINITY);
+    let best = run.best();
+    if best_top1.is_finite() {
+        let problem = if !best.exists() {
+            Some("is missing")
+        } else if checkpoint::read_meta(&best)?.is_none() {
+            Some("is not a vidgrad checkpoint")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(Error::arg(
+                "train",
+                format!(
+                    "--resume: {} records a best validation top-1 of {:.1}% but {} {problem}; restore it, or start over with --overwrite",
+                    last_path.display(),
+                    100.0 * best_top1,
+                    best.display()
+                ),
+            ));
+        }
+    }
+    net.load_state_dict(&ck.weights, true)?;
+    opt.load_state_dict(&ck.optimizer)?;
+    net.set_forward_count(m["forward_count"].as_u64().unwrap_or(0));
+    let next_epoch = m["epoch"].as_u64().unwrap_or(0) as usize + 1;
+    eprintln!(
+        "resuming from {} after epoch {next_epoch}",
+        last_path.display()
+    );
+    Ok(Resumed {
+        next_epoch,
+        step: m["step"].as_u64().unwrap_or(0) as usize,
+        best_top1,
+    })
+}
+
+/// An epoch must hold at least one training batch.
+fn check_batches(cfg: &TrainConfig, train_videos: usize) -> Result<()> {
+    if cfg.drop_last && train_videos < cfg.batch_size {
+        return Err(Error::arg(
+            "train",
+            format!(
+                "the training split has {train_videos} videos, fewer than --batch-size {}: with --drop-last (the default) no batch is complete; lower --batch-size",
+                cfg.batch_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The error of a training batch of one clip, which train-mode batch norm may be unable to normalise,
+/// with the flag to change.
+fn one_clip_batch_error(cfg: &TrainConfig, train_videos: usize, e: Error) -> Error {
+    let advice = if cfg.batch_size == 1 {
+        "raise --batch-size".to_string()
+    } else {
+        format!(
+            "the last batch of an epoch ({train_videos} videos, --batch-size {}) holds one clip: keep --drop-last (the default) or change --batch-size",
+            cfg.batch_size
+        )
+    };
+    Error::arg(
+        "train",
+        format!("a training batch of one clip: {e}; {advice}"),
+    )
+}
+
 /// Train `cfg.model` on `train`, validating on `val` after every epoch.
 pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<TrainSummary> {
     let t0 = Instant::now();
@@ -371,6 +494,7 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         ));
     }
     let classes = train.classes().to_vec();
+    let identity: Vec<usize> = (0..classes.len()).collect();
     let mut model_opts = cfg.model_opts.clone();
     model_opts.classes = Some(model_opts.classes.unwrap_or(classes.len()));
     if model_opts.classes != Some(classes.len()) {
@@ -383,13 +507,17 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
             ),
         ));
     }
-    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::Io {
-        path: cfg.out_dir.display().to_string(),
-        source: e,
-    })?;
+    if cfg.resume && cfg.overwrite {
+        return Err(Error::arg(
+            "train",
+            "--resume and --overwrite exclude each other: continue the run or replace it",
+        ));
+    }
     let graph = models::build(&cfg.model, &model_opts, &cfg.input_shape(cfg.batch_size))?;
     let mut net = Network::new(graph, cfg.device, cfg.seed)?;
     net.set_check_finite(cfg.check_finite);
+    // before the loaders allocate batches: a plan larger than the memory is an error, not an abort
+    net.check_memory(true)?;
     let mut opt = build_optimizer(cfg, &net)?;
     let loader = Loader::new(
         train.clone(),
@@ -399,7 +527,8 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         cfg.seed,
         cfg.workers,
         cfg.prefetch,
-    );
+    )
+    .drop_last(cfg.drop_last);
     let val_loader = Loader::new(
         val.clone(),
         cfg.val_clip(),
@@ -410,27 +539,25 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         cfg.prefetch,
     );
     let steps_per_epoch = loader.batches_per_epoch();
+    check_batches(cfg, train.len())?;
     let schedule = build_schedule(cfg, steps_per_epoch);
-    let metrics_path = cfg.out_dir.join("metrics.jsonl");
-    let last_path = cfg.out_dir.join("last.safetensors");
-    let best_path = cfg.out_dir.join("best.safetensors");
+    if cfg.epochs == 0 && !cfg.resume {
+        return Ok(TrainSummary::default()); // nothing to train: the output folder is left as it is
+    }
+    let start = match (cfg.resume, cfg.overwrite) {
+        (true, _) => Start::Resume,
+        (false, true) => Start::Overwrite,
+        (false, false) => Start::New,
+    };
+    let run = RunDir::open(&cfg.out_dir, start)?;
+    let metrics_path = run.metrics();
+    let last_path = run.last();
+    let best_path = run.best();
 
-    // Resume.
     let (mut start_epoch, mut step, mut best_top1) = (0usize, 0usize, f64::NEG_INFINITY);
-    if cfg.resume && last_path.exists() {
-        let ck = checkpoint::load(&last_path, cfg.device)?;
-        net.load_state_dict(&ck.weights, true)?;
-        opt.load_state_dict(&ck.optimizer)?;
-        let m = &ck.meta;
-        start_epoch = m["epoch"].as_u64().unwrap_or(0) as usize + 1;
-        step = m["step"].as_u64().unwrap_or(0) as usize;
-        best_top1 = m["best_top1"].as_f64().unwrap_or(f64::NEG_INFINITY);
-        net.set_forward_count(m["forward_count"].as_u64().unwrap_or(0));
-        eprintln!(
-            "resuming from {} after epoch {}",
-            last_path.display(),
-            start_epoch
-        );
+    if cfg.resume {
+        let resumed = resume(&run, &mut net, opt.as_mut())?;
+        (start_epoch, step, best_top1) = (resumed.next_epoch, resumed.step, resumed.best_top1);
     }
     truncate_log(&metrics_path, start_epoch)?;
     let mut history: Vec<Value> = std::fs::read_to_string(&metrics_path)
@@ -447,6 +574,18 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         step_losses: vec![],
         seconds: 0.0,
         data_wait_seconds: 0.0,
+        files: vec![],
+    };
+    // how clips were made, for inference to cut equivalent ones from any resolution
+    let transform = checkpoint::transform_json(&cfg.clip, &train);
+    // problems met while loading clips, counted per epoch (training and validation together)
+    let data_warnings = || {
+        train.warning_count()
+            + if val.shares_warnings_with(&train) {
+                0
+            } else {
+                val.warning_count()
+            }
     };
     let end_epoch = cfg
         .stop_after_epochs
@@ -460,13 +599,19 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         );
         let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
         let epoch_start = Instant::now();
+        let warnings_before = data_warnings();
         loader.reset_wait_time();
         for batch in loader.epoch(epoch) {
             let batch = batch?;
             let lr = schedule.lr(cfg.lr, step);
             opt.set_lr(lr);
             let x = Tensor::from_vec(batch.data, &batch.shape, cfg.device)?;
-            let logits = net.forward(&[&x])?;
+            let logits = match net.forward(&[&x]) {
+                Err(e) if batch.labels.len() == 1 => {
+                    return Err(one_clip_batch_error(cfg, train.len(), e))
+                }
+                r => r?,
+            };
             let loss = ops::cross_entropy(&logits, &batch.labels, cfg.label_smoothing)?;
             let lv = loss.item()?;
             if !lv.is_finite() {
@@ -505,18 +650,20 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         let wait = loader.wait_time().as_secs_f64();
         summary.data_wait_seconds += wait;
         let train_time = epoch_start.elapsed().as_secs_f64();
-        let m = evaluate(&mut net, &val_loader, cfg.progress)?;
+        let m = evaluate(&mut net, &val_loader, &identity, cfg.progress)?;
+        let epoch_warnings = data_warnings() - warnings_before;
         let record = json!({
             "kind": "epoch", "epoch": epoch, "step": step,
             "train_loss": loss_sum / seen.max(1) as f64, "train_top1": 100.0 * hits as f64 / seen.max(1) as f64,
             "val_loss": m.mean_loss(), "val_top1": 100.0 * m.top1(), "val_top5": 100.0 * m.top5(),
             "clips_per_second": seen as f64 / train_time, "data_wait_seconds": wait,
+            "data_warnings": epoch_warnings,
             "seconds": t0.elapsed().as_secs_f64(),
             "val": m.to_json(&classes),
         });
         log_json(&metrics_path, &record)?;
         eprintln!(
-            "epoch {}/{}: train loss {:.4} top-1 {:.1}% | val top-1 {:.1}% top-5 {:.1}% | {:.1} clips/s, waited {:.1}s for data",
+            "epoch {}/{}: train loss {:.4} top-1 {:.1}% | val top-1 {:.1}% top-5 {:.1}% | {:.1} clips/s, waited {:.1}s for data, {} data warnings",
             epoch + 1,
             cfg.epochs,
             record["train_loss"].as_f64().unwrap(),
@@ -524,8 +671,14 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
             100.0 * m.top1(),
             100.0 * m.top5(),
             record["clips_per_second"].as_f64().unwrap(),
-            wait
+            wait,
+            epoch_warnings
         );
+        let context = format!("epoch {}: ", epoch + 1);
+        crate::data::print_new_warnings(&train, &context);
+        if !val.shares_warnings_with(&train) {
+            crate::data::print_new_warnings(&val, &context);
+        }
         history.push(record);
         draw_curves(&cfg.out_dir, &history)?;
 
@@ -534,16 +687,25 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         let meta = json!({
             "epoch": epoch, "step": step, "forward_count": net.forward_count(), "best_top1": best_top1,
             "val_top1": m.top1(), "classes": classes, "model": cfg.model, "config": cfg.to_json(),
+            "settings": cfg.settings, "transform": transform,
         });
         let state = opt.state_dict()?;
-        checkpoint::save(&last_path, &net.state_dict(), &state, &meta)?;
+        // best before last: `last` records the best accuracy, so whenever a `last` exists the `best`
+        // it speaks of exists too (a kill between the two re-runs this epoch and rewrites the same
+        // `best`).
         if improved {
             checkpoint::save(&best_path, &net.state_dict(), &state, &meta)?;
         }
+        checkpoint::save(&last_path, &net.state_dict(), &state, &meta)?;
         summary.epochs_run += 1;
         summary.best_top1 = best_top1;
         summary.last = Some(m);
     }
     summary.seconds = t0.elapsed().as_secs_f64();
+    summary.files = run
+        .existing_files()
+        .into_iter()
+        .map(|f| run.path().join(f))
+        .collect();
     Ok(summary)
 }

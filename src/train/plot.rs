@@ -34,7 +34,7 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Draw `series` against x to a PNG at `path` (written to a temp file, then renamed).
+/// Draw `series` against x to a PNG at `path` (drawn in memory, then written atomically).
 pub fn line_chart(
     path: &Path,
     title: &str,
@@ -60,14 +60,10 @@ pub fn line_chart(
         x1 = x0 + 1.0;
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
-    // written beside the target, then renamed: readers never see a half-drawn image
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("plot.png");
-    let tmp = path.with_file_name(format!(".{name}.tmp.png"));
+    const SIZE: (u32, u32) = (800, 500);
+    let mut pixels = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
     {
-        let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut pixels, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 22))
@@ -105,8 +101,11 @@ pub fn line_chart(
             .map_err(|e| plot_err(path, e))?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    })
+    let image = image::RgbImage::from_raw(SIZE.0, SIZE.1, pixels)
+        .ok_or_else(|| plot_err(path, "plot buffer of the wrong size"))?;
+    let mut png = std::io::Cursor::new(vec![]);
+    image
+        .write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| plot_err(path, e))?;
+    crate::io::write_atomic(path, png.get_ref())
 }

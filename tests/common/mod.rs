@@ -80,12 +80,21 @@ pub struct Fixture {
     tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 }
 
-/// Where `tests/fixtures` lives: `VIDGRAD_FIXTURE_ROOT` (set by the GPU bundle's run script, see
-/// docs/GPU.md), else the source tree.
+/// The `vidgrad` binary, to be given arguments and run or spawned.
+pub fn vidgrad_command() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vidgrad"))
+}
+
 /// Run the `vidgrad` binary: (success, stdout, stderr).
 pub fn run_vidgrad(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vidgrad"))
+    run_vidgrad_env(args, &[])
+}
+
+/// [`run_vidgrad`] with environment variables set.
+pub fn run_vidgrad_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = vidgrad_command()
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -95,6 +104,34 @@ pub fn run_vidgrad(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `vidgrad train` arguments for a run of a few hundred milliseconds per epoch on the CPU: a 4-stage
+/// ct-sep with one block each, on 4 × 32² clips of the synthetic set (20 training, 10 validation
+/// videos; `--data` added later wins).
+pub fn tiny_train_args(out: &std::path::Path, epochs: usize) -> Vec<String> {
+    let (epochs, out) = (epochs.to_string(), out.to_str().unwrap());
+    #[rustfmt::skip]
+    let args = [
+        "train", "--model", "ct-sep", "--opt", "layers=1,1,1,1", "--synth-videos", "3",
+        "--synth-frames", "8", "--frames", "4", "--size", "32", "--resize-short", "0",
+        "--batch-size", "4", "--val-ratio", "0.34", "--epochs", &epochs, "--device", "cpu",
+        "--workers", "1", "--quiet", "--out", out,
+    ];
+    args.map(String::from).to_vec()
+}
+
+/// The loss of every training step in a run folder's metrics.jsonl, as f32 bits.
+pub fn step_losses(dir: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| (v["loss"].as_f64().unwrap() as f32).to_bits())
+        .collect()
+}
+
+/// Where `tests/fixtures` lives: `VIDGRAD_FIXTURE_ROOT` (set by the GPU bundle's run script, see
+/// docs/GPU.md), else the source tree.
 pub fn fixture_root() -> PathBuf {
     std::env::var_os("VIDGRAD_FIXTURE_ROOT")
         .map(PathBuf::from)
@@ -326,4 +363,20 @@ impl Report {
             self.failures.join("\n  ")
         );
     }
+}
+
+/// Whether ffmpeg and ffprobe are installed; prints why `test` is skipped when not (CI installs
+/// ffmpeg; the video tests pass without it).
+pub fn have_ffmpeg(test: &str) -> bool {
+    let available = |name: &str| {
+        std::process::Command::new(name)
+            .arg("-version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let ok = available("ffmpeg") && available("ffprobe");
+    if !ok {
+        println!("skipped: {test}: ffmpeg/ffprobe not found on the PATH (apt-get install ffmpeg)");
+    }
+    ok
 }

@@ -94,6 +94,9 @@ impl Backend for CpuBackend {
     fn reset_memory_peak(&self) {
         PEAK.store(IN_USE.load(Ordering::Relaxed), Ordering::Relaxed);
     }
+    fn available_memory(&self) -> Option<(u64, String)> {
+        host_available_memory().map(|b| (b, "MemAvailable in /proc/meminfo".to_string()))
+    }
 
     fn from_host(&self, data: &[f32]) -> Result<BufferRef> {
         Ok(wrap(data.to_vec()))
@@ -434,4 +437,13 @@ impl Backend for CpuBackend {
             .map(wrap)
             .collect())
     }
+}
+
+/// The host's available memory (`MemAvailable` of /proc/meminfo, in bytes); `None` where there is no
+/// such file (not Linux).
+pub fn host_available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }

@@ -197,6 +197,12 @@ impl Driver for CudarcDriver {
     fn props(&self) -> &DeviceProps {
         &self.props
     }
+    fn free_memory(&self) -> Option<u64> {
+        self.ctx
+            .mem_get_info()
+            .ok()
+            .map(|(free, _total)| free as u64)
+    }
     fn is_simulator(&self) -> bool {
         false
     }

@@ -110,6 +110,11 @@ pub trait Driver: Send + Sync + Debug {
     fn record_event(&self) -> Result<Box<dyn DriverEvent>>;
     /// The caching allocator hands `ptr` (a block of `bytes`) out again to a new owner. Default:
     /// nothing (the simulator poisons reused blocks with NaN).
+    /// Free device memory as the driver reports it (`cuMemGetInfo`); `None` when unknown (the
+    /// simulator).
+    fn free_memory(&self) -> Option<u64> {
+        None
+    }
     fn block_reused(&self, _ptr: u64, _bytes: usize) {}
     /// The caching allocator takes `ptr` (a block of `bytes`) back from its owner. Default: nothing
     /// (the simulator treats cached blocks as freed).

@@ -321,6 +321,15 @@ impl Backend for CudaBackend {
     fn memory_peak(&self) -> usize {
         self.pool.lock().unwrap().stats().peak
     }
+    fn available_memory(&self) -> Option<(u64, String)> {
+        // blocks cached by the allocator are free for this process though not for the driver
+        let free = self.driver.free_memory()?;
+        let cached = self.pool.lock().unwrap().stats().cached as u64;
+        Some((
+            free + cached,
+            format!("free memory reported by the CUDA driver on {}, plus blocks cached by vidgrad's allocator", self.name),
+        ))
+    }
     fn reset_memory_peak(&self) {
         self.pool.lock().unwrap().reset_peak();
     }
