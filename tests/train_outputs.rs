@@ -116,7 +116,14 @@ fn sigkill_at_many_instants_then_resume_matches_an_uninterrupted_run() {
         };
         starts += 1;
         let mut child = spawn(&args, PAUSE_MS);
-        if kills == KILLS {
+        // Done once enough kills landed and the run being finished has itself been killed (and resumed)
+        // several times: a run that ended before its kill started the chain over, so on a loaded
+        // machine more kills may be needed (bounded, so that the test cannot spin).
+        assert!(
+            kills < 4 * KILLS,
+            "{kills} kills and still no run killed 5 times in a row: runs keep ending before the kill"
+        );
+        if kills >= KILLS && kills_in_chain >= 5 {
             let (ok, err) = stderr_of(child);
             assert!(ok, "the last resume failed: {err}");
             break;
@@ -155,10 +162,6 @@ fn sigkill_at_many_instants_then_resume_matches_an_uninterrupted_run() {
     }
     println!(
         "{kills} kills ({inside_writes} inside a write, {kills_in_chain} in the final run's history), {starts} starts, uninterrupted run {run_ms} ms"
-    );
-    assert!(
-        kills_in_chain >= 5,
-        "the final run was killed {kills_in_chain} times only"
     );
     assert!(
         inside_writes >= KILLS / 4,
