@@ -278,7 +278,8 @@ fn non_finite_logits_are_errors_and_check_finite_names_the_layer() {
     ]);
     let (ok, _, err) = vidgrad(&args);
     assert!(!ok && err.contains("the loss is NaN"), "{err}");
-    args.push("--check-finite");
+    // (the failed run left its metrics: replacing them needs --overwrite)
+    args.extend(["--check-finite", "--overwrite"]);
     let (ok, _, err) = vidgrad(&args);
     assert!(
         !ok && err.contains("check-finite: the output of node 'eco_2d.")
