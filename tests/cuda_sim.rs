@@ -276,6 +276,36 @@ fn shared_memory_races_are_reported() {
     );
 }
 
+// The racecheck's clean marks (a granule read by two or more threads is settled inline) must not hide
+// a race on a tile that every thread has read.
+#[test]
+fn races_on_a_tile_read_by_every_thread_are_reported() {
+    let x = Buf::new(&(0..64).map(|i| i as f32).collect::<Vec<f32>>());
+    let y = Buf::uninit(64 * 4);
+    let run = |mode: i32| {
+        launch(
+            "st_clean_tile_race",
+            1,
+            64,
+            0,
+            &[arg(&y.ptr), arg(&x.ptr), arg(&mode)],
+        )
+    };
+    run(0).expect("no race without a broken mode");
+    let sum: f32 = (0..64).map(|i| i as f32).sum();
+    assert!(
+        y.read::<f32>().iter().all(|&v| v == sum),
+        "every thread sums the whole tile"
+    );
+    // Which of the two accesses comes second depends on the thread order; the word does not.
+    expect_error(run(1), &["st_clean_tile_race", "race", "tile", "byte 20"]);
+    expect_error(
+        run(2),
+        &["st_clean_tile_race", "write after write", "tile", "byte 36"],
+    );
+    expect_error(run(3), &["st_clean_tile_race", "race", "tile", "byte 52"]);
+}
+
 #[test]
 fn bounds_checks_alone_keep_the_bounds_and_drop_the_racecheck() {
     // VIDGRAD_SIM_CHECKS=bounds (the full-size model fixtures): global bounds still reported, the

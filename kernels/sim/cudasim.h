@@ -289,9 +289,25 @@ CUDASIM_VEC2(int, int2)
 CUDASIM_VEC2(unsigned int, uint2)
 CUDASIM_VEC2(double, double2)
 
-// __ldg: a read-only global load (the simulator checks it like any other).
+// __ldg: a read-only global load, checked like any other. A 4- or 8-byte scalar is checked inline and
+// loaded by an asm move (no hook call: the gathers of the convolutions make one per element); vector
+// types go through their checked copy.
 template <class T>
 __forceinline__ T __ldg(const T* p) {
+#if defined(__x86_64__)
+    if constexpr (std::is_arithmetic_v<T> && (sizeof(T) == 4 || sizeof(T) == 8)) {
+        cudasim::check_access(p, sizeof(T), false);
+        if constexpr (std::is_floating_point_v<T>) {
+            using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+            const Bits b = cudasim::raw_load(*reinterpret_cast<const Bits*>(p));
+            T v;
+            std::memcpy(&v, &b, sizeof(T));
+            return v;
+        } else {
+            return cudasim::raw_load(*p);
+        }
+    }
+#endif
     return *p;
 }
 

@@ -112,6 +112,30 @@ extern "C" __global__ void st_single_buffer(float* y, const float* x, int steps)
     y[t] = acc;
 }
 
+// The racecheck's shortcut on the tiled-kernel pattern: a tile written, a barrier, then every thread reads
+// all of it with float4 loads, so each 16-byte granule is marked clean (read by two or more threads; later
+// reads are settled inline, runtime.cpp's Shadow). `mode` breaks it without a barrier: 1 the last thread
+// overwrites word 5 after the others read it (write after reads by several); 2 threads 0 and 1 write word
+// 9 (write after write); 3 thread 2 reads word 13 that thread 0 wrote (read after write). 0: no race.
+extern "C" __global__ void st_clean_tile_race(float* y, const float* x, int mode) {
+    __shared__ __align__(16) float tile[64];
+    const int t = threadIdx.x;
+    tile[t] = x[t];
+    __syncthreads();
+    float acc = 0.0f;
+    for (int i = 0; i < 16; ++i) {
+        const float4 q = *reinterpret_cast<const float4*>(&tile[4 * ((i + t) & 15)]);
+        acc += q.x + q.y + q.z + q.w;
+    }
+    if (mode == 1 && t == (int)blockDim.x - 1) tile[5] = acc;
+    __syncthreads();
+    if (mode == 2 && t < 2) tile[9] = acc;
+    if (mode == 3 && t == 0) tile[13] = acc;
+    if (mode == 3 && t == 2) acc += tile[13];
+    __syncthreads();
+    y[t] = acc;
+}
+
 // Only the first half of the block reaches the barrier.
 extern "C" __global__ void st_divergent_barrier(float* y) {
     if (threadIdx.x < blockDim.x / 2) __syncthreads();
