@@ -311,6 +311,22 @@ fn out(b: Arc<CudaBuffer>) -> BufferRef {
     b
 }
 
+/// The CUDA backend's convolution and matmul kernels are FP32 (CUDA cores) so far: a tf32 or bf16 math
+/// mode is an error rather than an FP32 result reported as another mode. The tensor-core kernels (issue
+/// 12) lift this; until then fp32 is also the default on CUDA devices.
+fn fp32_kernels_only(op: &'static str) -> Result<()> {
+    match crate::math_mode::math_mode()? {
+        crate::math_mode::MathMode::Fp32 => Ok(()),
+        m => Err(Error::InvalidArgument {
+            op,
+            msg: format!(
+                "math mode {m} needs the tensor-core kernels, which the CUDA backend does not have yet; \
+                 use --math fp32 (VIDGRAD_MATH=fp32) on CUDA, or --math {m} on the CPU backend"
+            ),
+        }),
+    }
+}
+
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         self.name.clone()
@@ -404,6 +420,7 @@ impl Backend for CudaBackend {
         bias: Option<&dyn BackendBuffer>,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
+        fp32_kernels_only("conv_forward")?;
         conv::forward(self, x, w, bias, g)
     }
     fn conv_backward_data(
@@ -412,6 +429,7 @@ impl Backend for CudaBackend {
         w: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
+        fp32_kernels_only("conv_backward_data")?;
         conv::backward_data(self, dy, w, g)
     }
     fn conv_backward_weight(
@@ -420,6 +438,7 @@ impl Backend for CudaBackend {
         dy: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
+        fp32_kernels_only("conv_backward_weight")?;
         conv::backward_weight(self, x, dy, g)
     }
 
@@ -554,6 +573,7 @@ impl Backend for CudaBackend {
         b: &dyn BackendBuffer,
         g: MatmulGeom,
     ) -> Result<BufferRef> {
+        fp32_kernels_only("matmul")?;
         gemm::matmul(self, a, b, g)
     }
     fn attention_forward(
