@@ -93,9 +93,29 @@ pub fn set_math_mode(m: MathMode) {
     MODE.store(encode(m), Ordering::Relaxed);
 }
 
-/// The process-wide math mode: the last [`set_math_mode`], else `VIDGRAD_MATH`, else fp32. An invalid
-/// `VIDGRAD_MATH` is an error (at every call, so no run starts with a mode it did not ask for).
+thread_local! {
+    static SCOPED: std::cell::Cell<Option<MathMode>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with math mode `m` on this thread only (the backends read the mode on the calling thread):
+/// tests compare one mode's kernels while other tests of the process run in theirs.
+pub fn with_math_mode<R>(m: MathMode, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<MathMode>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(SCOPED.with(|c| c.replace(Some(m))));
+    f()
+}
+
+/// The math mode: inside [`with_math_mode`] its mode; else the process-wide one, the last
+/// [`set_math_mode`], else `VIDGRAD_MATH`, else fp32. An invalid `VIDGRAD_MATH` is an error.
 pub fn math_mode() -> Result<MathMode> {
+    if let Some(m) = SCOPED.with(|c| c.get()) {
+        return Ok(m);
+    }
     match MODE.load(Ordering::Relaxed) {
         0 => {
             let m = match std::env::var("VIDGRAD_MATH") {
