@@ -284,6 +284,64 @@ fn conv_matches_cpu() {
     p.done("conv");
 }
 
+/// The tensor-core convolution fprop (--math tf32 | bf16) against the CPU backend in the same mode, on
+/// the geometries of `conv_matches_cpu` (values in [−1, 1], so Σ|x̃w̃| ≤ K = Cin/G·kvol): both sides
+/// multiply the same rounded operands and differ by FP32 accumulation, ≤ 2·γ_K·K (γ_K = K·u/(1 − K·u),
+/// u = 2^-24), plus the FP32 bias addition, ≤ 2u·(K + 1). Against plain FP32 the operand rounding adds
+/// (2u_mode + u_mode²)·K. Depthwise convolutions (FP32 kernels only so far) must be refused. 100
+/// configurations per mode (200 in the family): the simulator runs each mma as a warp collective.
+fn conv_tensor_cores_match_cpu() {
+    use vidgrad::math_mode::{with_math_mode, MathMode};
+    let Some(mut p) = Pair::new() else { return };
+    for (mode, seed) in [(MathMode::Tf32, 81), (MathMode::Bf16, 82)] {
+        let mut d = Draw::new(seed);
+        for case in 0..CASES / 2 {
+            let g = conv_geom(&mut d, case);
+            let xv = d.data(g.n * g.c_in * g.input_volume());
+            let wv = d.data(g.c_out * g.in_per_group() * g.kernel_volume());
+            let bv = d.data(g.c_out);
+            let ((xc, xg), (wc, wg), (bc, bg)) = (p.up(&xv), p.up(&wv), p.up(&bv));
+            let bias = case % 2 == 0;
+            let (ybc, ybg) = (bias.then_some(&*bc), bias.then_some(&*bg));
+            let (cpu, gpu) = with_math_mode(mode, || {
+                (
+                    p.cpu.conv_forward(&*xc, &*wc, ybc, &g).unwrap(),
+                    p.gpu.conv_forward(&*xg, &*wg, ybg, &g),
+                )
+            });
+            if g.groups > 1 && g.groups == g.c_in {
+                let e = gpu.err().expect("depthwise tf32/bf16 refused").to_string();
+                assert!(e.contains("tensor-core kernels"), "{e}");
+                continue;
+            }
+            let gpu = gpu.unwrap();
+            let k = (g.in_per_group() * g.kernel_volume()) as f64;
+            let u = 2f64.powi(-24);
+            let gamma = k * u / (1.0 - k * u);
+            let atol = 2.0 * gamma * k + 2.0 * u * (k + 1.0);
+            p.check(
+                &format!("conv fwd {mode} {g:?}"),
+                &cpu,
+                &gpu,
+                atol as f32,
+                0.0,
+            );
+            let fp32 = p.cpu.conv_forward(&*xc, &*wc, ybc, &g).unwrap();
+            let um = mode.unit_roundoff();
+            let atol = atol + (2.0 * um + um * um) * k;
+            p.check(
+                &format!("conv fwd {mode} vs fp32 {g:?}"),
+                &fp32,
+                &gpu,
+                atol as f32,
+                0.0,
+            );
+        }
+    }
+    println!("(conv fprop tf32/bf16: {} configurations per mode)", CASES / 2);
+    p.done("conv fprop tf32/bf16");
+}
+
 fn batch_norm_matches_cpu() {
     let Some(mut p) = Pair::new() else { return };
     let mut d = Draw::new(3);
@@ -838,9 +896,10 @@ fn cuda_backend(d: Device) -> &'static CudaBackend {
 #[test]
 fn every_family_matches_cpu_and_every_kernel_runs() {
     // Every family runs even after one fails, so that one GPU run reports them all.
-    let families: [(&str, fn()); 10] = [
+    let families: [(&str, fn()); 11] = [
         ("elementwise", elementwise_and_reductions_match_cpu),
         ("conv", conv_matches_cpu),
+        ("conv fprop tf32/bf16", conv_tensor_cores_match_cpu),
         ("batchnorm", batch_norm_matches_cpu),
         ("pool", pooling_matches_cpu),
         ("upsample", upsample_matches_cpu),

@@ -311,16 +311,16 @@ fn out(b: Arc<CudaBuffer>) -> BufferRef {
     b
 }
 
-/// The CUDA backend's convolution kernels are FP32 (CUDA cores) so far: a tf32 or bf16 math mode is an
-/// error rather than an FP32 result reported as another mode (matmul has its tensor-core kernels). The
-/// tensor-core convolutions (issue 12) lift this; until then fp32 is also the default on CUDA devices.
-fn fp32_kernels_only(op: &'static str) -> Result<()> {
-    match crate::math_mode::math_mode()? {
+/// Kernels that exist in FP32 only (dgrad, wgrad, depthwise convolutions; issue 12): a tf32 or bf16
+/// math mode is an error rather than an FP32 result reported as another mode. Until the tensor-core
+/// kernels cover them, fp32 stays the default on CUDA devices.
+fn fp32_kernels_only(op: &'static str, mode: crate::math_mode::MathMode) -> Result<()> {
+    match mode {
         crate::math_mode::MathMode::Fp32 => Ok(()),
         m => Err(Error::InvalidArgument {
             op,
             msg: format!(
-                "math mode {m} needs the tensor-core kernels, which the CUDA backend does not have yet; \
+                "math mode {m} needs tensor-core kernels the CUDA backend does not have yet for this op; \
                  use --math fp32 (VIDGRAD_MATH=fp32) on CUDA, or --math {m} on the CPU backend"
             ),
         }),
@@ -420,7 +420,6 @@ impl Backend for CudaBackend {
         bias: Option<&dyn BackendBuffer>,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        fp32_kernels_only("conv_forward")?;
         conv::forward(self, x, w, bias, g)
     }
     fn conv_backward_data(
@@ -429,7 +428,7 @@ impl Backend for CudaBackend {
         w: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        fp32_kernels_only("conv_backward_data")?;
+        fp32_kernels_only("conv_backward_data", crate::math_mode::math_mode()?)?;
         conv::backward_data(self, dy, w, g)
     }
     fn conv_backward_weight(
@@ -438,7 +437,7 @@ impl Backend for CudaBackend {
         dy: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        fp32_kernels_only("conv_backward_weight")?;
+        fp32_kernels_only("conv_backward_weight", crate::math_mode::math_mode()?)?;
         conv::backward_weight(self, x, dy, g)
     }
 
