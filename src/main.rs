@@ -26,7 +26,7 @@ struct Cli {
     command: Command,
     /// Math mode of convolution and matmul: fp32, tf32 (operands rounded to TF32, FP32 accumulation) or
     /// bf16 (operands rounded to BF16). Default: VIDGRAD_MATH, else fp32. The CPU backend runs every
-    /// mode; on CUDA, convolutions are fp32 only until their tensor-core kernels land (docs/CUDA.md).
+    /// mode; on CUDA, convolution gradients and depthwise convolutions are fp32 only for now (docs/CUDA.md).
     #[arg(long, global = true)]
     math: Option<String>,
 }

@@ -338,7 +338,10 @@ fn conv_tensor_cores_match_cpu() {
             );
         }
     }
-    println!("(conv fprop tf32/bf16: {} configurations per mode)", CASES / 2);
+    println!(
+        "(conv fprop tf32/bf16: {} configurations per mode)",
+        CASES / 2
+    );
     p.done("conv fprop tf32/bf16");
 }
 
