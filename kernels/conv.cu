@@ -360,52 +360,8 @@ __device__ __forceinline__ void conv_fprop_tc(float* __restrict__ y, const float
         cp_async_commit();
         const float* as = As[s % TC_STAGES];
         const float* bs = Bs[s % TC_STAGES];
-        if (BF16) {
-            unsigned int fa[2][4], fb[4][2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const float* r0 = as + (wm + 16 * i + gq) * TBK;
-                const float* r8 = r0 + 8 * TBK;
-                fa[i][0] = pack_bf16x2(r0[2 * q], r0[2 * q + 1]);
-                fa[i][1] = pack_bf16x2(r8[2 * q], r8[2 * q + 1]);
-                fa[i][2] = pack_bf16x2(r0[2 * q + 8], r0[2 * q + 9]);
-                fa[i][3] = pack_bf16x2(r8[2 * q + 8], r8[2 * q + 9]);
-            }
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int c = wn + 8 * j + gq;
-                fb[j][0] = pack_bf16x2(bs[(2 * q) * TBN + c], bs[(2 * q + 1) * TBN + c]);
-                fb[j][1] = pack_bf16x2(bs[(2 * q + 8) * TBN + c], bs[(2 * q + 9) * TBN + c]);
-            }
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc[i][j], fa[i], fb[j], acc[i][j]);
-        } else {
-#pragma unroll
-            for (int kk = 0; kk < TBK; kk += 8) {
-                unsigned int fa[2][4], fb[4][2];
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const float* r0 = as + (wm + 16 * i + gq) * TBK + kk;
-                    const float* r8 = r0 + 8 * TBK;
-                    fa[i][0] = f32_to_tf32(r0[q]);
-                    fa[i][1] = f32_to_tf32(r8[q]);
-                    fa[i][2] = f32_to_tf32(r0[q + 4]);
-                    fa[i][3] = f32_to_tf32(r8[q + 4]);
-                }
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int c = wn + 8 * j + gq;
-                    fb[j][0] = f32_to_tf32(bs[(kk + q) * TBN + c]);
-                    fb[j][1] = f32_to_tf32(bs[(kk + q + 4) * TBN + c]);
-                }
-#pragma unroll
-                for (int i = 0; i < 2; ++i)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) mma_m16n8k8_tf32(acc[i][j], fa[i], fb[j], acc[i][j]);
-            }
-        }
+        mma_warp_tile_k16<BF16>(
+            acc, wm, wn, [&](int m, int k) { return as[m * TBK + k]; }, [&](int k, int n) { return bs[k * TBN + n]; });
     }
     cp_async_wait<0>();  // only empty groups remain; nothing is left in flight at exit
     // Accumulator e of an mma tile: row gq + 8·(e >> 1), column 2q + (e & 1).

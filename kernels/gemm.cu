@@ -134,50 +134,7 @@ __device__ __forceinline__ void gemm_tc(float* __restrict__ C, const float* __re
         // Element (m, k) of the A tile and (k, n) of the B tile in shared memory.
         auto a_at = [&](int m, int k) { return trans_a ? as[k * BM + m] : as[m * TC_BK + k]; };
         auto b_at = [&](int k, int n) { return trans_b ? bs[n * TC_BK + k] : bs[k * BN + n]; };
-        if (BF16) {
-            unsigned int fa[2][4], fb[4][2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int r = wm + 16 * i + g;
-                fa[i][0] = pack_bf16x2(a_at(r, 2 * q), a_at(r, 2 * q + 1));
-                fa[i][1] = pack_bf16x2(a_at(r + 8, 2 * q), a_at(r + 8, 2 * q + 1));
-                fa[i][2] = pack_bf16x2(a_at(r, 2 * q + 8), a_at(r, 2 * q + 9));
-                fa[i][3] = pack_bf16x2(a_at(r + 8, 2 * q + 8), a_at(r + 8, 2 * q + 9));
-            }
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int c = wn + 8 * j + g;
-                fb[j][0] = pack_bf16x2(b_at(2 * q, c), b_at(2 * q + 1, c));
-                fb[j][1] = pack_bf16x2(b_at(2 * q + 8, c), b_at(2 * q + 9, c));
-            }
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc[i][j], fa[i], fb[j], acc[i][j]);
-        } else {
-#pragma unroll
-            for (int kk = 0; kk < TC_BK; kk += 8) {
-                unsigned int fa[2][4], fb[4][2];
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const int r = wm + 16 * i + g;
-                    fa[i][0] = f32_to_tf32(a_at(r, kk + q));
-                    fa[i][1] = f32_to_tf32(a_at(r + 8, kk + q));
-                    fa[i][2] = f32_to_tf32(a_at(r, kk + q + 4));
-                    fa[i][3] = f32_to_tf32(a_at(r + 8, kk + q + 4));
-                }
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int c = wn + 8 * j + g;
-                    fb[j][0] = f32_to_tf32(b_at(kk + q, c));
-                    fb[j][1] = f32_to_tf32(b_at(kk + q + 4, c));
-                }
-#pragma unroll
-                for (int i = 0; i < 2; ++i)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) mma_m16n8k8_tf32(acc[i][j], fa[i], fb[j], acc[i][j]);
-            }
-        }
+        mma_warp_tile_k16<BF16>(acc, wm, wn, a_at, b_at);
     }
     cp_async_wait<0>();  // only empty groups remain; nothing is left in flight at exit
     // Accumulator i of an mma tile: row g + 8·(i >> 1), column 2q + (i & 1).

@@ -178,3 +178,57 @@ __forceinline__ void cp_async_wait_all(const char* f = __builtin_FILE(), int l =
     cudasim_cp_async_wait(f, l, 0);
 }
 #endif
+
+// One K step of 16 for a warp's 32×32 tile, as gemm.cu and conv.cu use it: 2×4 mma tiles of 16×8 with
+// FP32 accumulators acc[i][j][e] at row 16i + g + 8(e >> 1), column 8j + 2t + (e & 1) of the warp tile
+// (g = lane >> 2, t = lane % 4, lane = threadIdx.x % 32). acc += A·B over k = 0..15, where
+// A(m, k) = a_at(wm + m, k) and B(k, n) = b_at(k, wn + n) are FP32 values (shared memory) rounded here,
+// on their way into the fragments: TF32 (two m16n8k8 steps) or BF16 (one m16n8k16).
+template <bool BF16, class AAt, class BAt>
+__device__ __forceinline__ void mma_warp_tile_k16(float (&acc)[2][4][4], int wm, int wn, const AAt& a_at, const BAt& b_at) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    if constexpr (BF16) {
+        unsigned int fa[2][4], fb[4][2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int r = wm + 16 * i + g;
+            fa[i][0] = pack_bf16x2(a_at(r, 2 * t), a_at(r, 2 * t + 1));
+            fa[i][1] = pack_bf16x2(a_at(r + 8, 2 * t), a_at(r + 8, 2 * t + 1));
+            fa[i][2] = pack_bf16x2(a_at(r, 2 * t + 8), a_at(r, 2 * t + 9));
+            fa[i][3] = pack_bf16x2(a_at(r + 8, 2 * t + 8), a_at(r + 8, 2 * t + 9));
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int c = wn + 8 * j + g;
+            fb[j][0] = pack_bf16x2(b_at(2 * t, c), b_at(2 * t + 1, c));
+            fb[j][1] = pack_bf16x2(b_at(2 * t + 8, c), b_at(2 * t + 9, c));
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc[i][j], fa[i], fb[j], acc[i][j]);
+    } else {
+#pragma unroll
+        for (int kk = 0; kk < 16; kk += 8) {
+            unsigned int fa[2][4], fb[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int r = wm + 16 * i + g;
+                fa[i][0] = f32_to_tf32(a_at(r, kk + t));
+                fa[i][1] = f32_to_tf32(a_at(r + 8, kk + t));
+                fa[i][2] = f32_to_tf32(a_at(r, kk + t + 4));
+                fa[i][3] = f32_to_tf32(a_at(r + 8, kk + t + 4));
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int c = wn + 8 * j + g;
+                fb[j][0] = f32_to_tf32(b_at(kk + t, c));
+                fb[j][1] = f32_to_tf32(b_at(kk + t + 4, c));
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) mma_m16n8k8_tf32(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+    }
+}
