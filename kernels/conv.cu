@@ -348,22 +348,12 @@ __device__ __forceinline__ void conv_fprop_tc(float* __restrict__ y, const float
         }
     };
     float acc[2][4][4] = {};
-#pragma unroll
-    for (int s = 0; s < TC_STAGES - 1; ++s) {
-        if (s < steps) stage(s, s);
-        cp_async_commit();  // an empty group past the end keeps the wait count uniform
-    }
-    for (int s = 0; s < steps; ++s) {
-        cp_async_wait<TC_STAGES - 2>();  // this thread's copies of step s are done
-        __syncthreads();                 // everyone's are; and step s − 1's buffer is read by no one now
-        if (s + TC_STAGES - 1 < steps) stage(s + TC_STAGES - 1, (s + TC_STAGES - 1) % TC_STAGES);
-        cp_async_commit();
-        const float* as = As[s % TC_STAGES];
-        const float* bs = Bs[s % TC_STAGES];
+    cp_async_pipeline<TC_STAGES>(steps, stage, [&](int buf) {
+        const float* as = As[buf];
+        const float* bs = Bs[buf];
         mma_warp_tile_k16<BF16>(
             acc, wm, wn, [&](int m, int k) { return as[m * TBK + k]; }, [&](int k, int n) { return bs[k * TBN + n]; });
-    }
-    cp_async_wait<0>();  // only empty groups remain; nothing is left in flight at exit
+    });
     // Accumulator e of an mma tile: row gq + 8·(e >> 1), column 2q + (e & 1).
 #pragma unroll
     for (int j = 0; j < 4; ++j)

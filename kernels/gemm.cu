@@ -119,24 +119,14 @@ __device__ __forceinline__ void gemm_tc(float* __restrict__ C, const float* __re
         }
     };
     float acc[2][4][4] = {};
-#pragma unroll
-    for (int s = 0; s < TC_STAGES - 1; ++s) {
-        if (s < steps) stage(s, s);
-        cp_async_commit();  // an empty group past the end keeps the wait count uniform
-    }
-    for (int s = 0; s < steps; ++s) {
-        cp_async_wait<TC_STAGES - 2>();  // this thread's copies of step s are done
-        __syncthreads();                 // everyone's are; and step s − 1's buffer is read by no one now
-        if (s + TC_STAGES - 1 < steps) stage(s + TC_STAGES - 1, (s + TC_STAGES - 1) % TC_STAGES);
-        cp_async_commit();
-        const float* as = As[s % TC_STAGES];
-        const float* bs = Bs[s % TC_STAGES];
+    cp_async_pipeline<TC_STAGES>(steps, stage, [&](int buf) {
+        const float* as = As[buf];
+        const float* bs = Bs[buf];
         // Element (m, k) of the A tile and (k, n) of the B tile in shared memory.
         auto a_at = [&](int m, int k) { return trans_a ? as[k * BM + m] : as[m * TC_BK + k]; };
         auto b_at = [&](int k, int n) { return trans_b ? bs[n * TC_BK + k] : bs[k * BN + n]; };
         mma_warp_tile_k16<BF16>(acc, wm, wn, a_at, b_at);
-    }
-    cp_async_wait<0>();  // only empty groups remain; nothing is left in flight at exit
+    });
     // Accumulator i of an mma tile: row g + 8·(i >> 1), column 2q + (i & 1).
 #pragma unroll
     for (int i = 0; i < 2; ++i)

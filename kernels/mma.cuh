@@ -232,3 +232,25 @@ __device__ __forceinline__ void mma_warp_tile_k16(float (&acc)[2][4][4], int wm,
         }
     }
 }
+
+// A STAGES-deep cp.async pipeline over `steps` K steps, as gemm.cu and conv.cu run it: stage(s, buf)
+// issues this thread's copies of step s into buffer buf; compute(buf) consumes a step once every
+// thread's copies of it have landed. One group is committed per step (empty ones past the end keep the
+// wait count uniform); the barrier before each refill also ends every read of the buffer it refills
+// (step s − 1's). Nothing is left in flight at the end.
+template <int STAGES, class Stage, class Compute>
+__device__ __forceinline__ void cp_async_pipeline(int steps, const Stage& stage, const Compute& compute) {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < steps) stage(s, s);
+        cp_async_commit();
+    }
+    for (int s = 0; s < steps; ++s) {
+        cp_async_wait<STAGES - 2>();  // this thread's copies of step s are done
+        __syncthreads();              // everyone's are
+        if (s + STAGES - 1 < steps) stage(s + STAGES - 1, (s + STAGES - 1) % STAGES);
+        cp_async_commit();
+        compute(s % STAGES);
+    }
+    cp_async_wait<0>();
+}
