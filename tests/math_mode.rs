@@ -163,3 +163,19 @@ fn cli_takes_math_and_vidgrad_math() {
     let (ok, _, err) = common::run_vidgrad(&with_flag);
     assert!(!ok && err.contains("fp32, tf32, bf16"), "{err}");
 }
+
+#[test]
+fn training_checkpoints_record_the_math_mode() {
+    let out = std::env::temp_dir().join(format!("vidgrad-math-mode-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut args = common::tiny_train_args(&out, 1);
+    args.extend(["--math".to_string(), "bf16".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = common::run_vidgrad(&args);
+    assert!(ok, "{err}");
+    let meta = vidgrad::train::checkpoint::read_meta(&out.join("last.safetensors"))
+        .unwrap()
+        .expect("a training checkpoint");
+    assert_eq!(meta["config"]["math"], "bf16", "{meta}");
+    let _ = std::fs::remove_dir_all(&out);
+}
