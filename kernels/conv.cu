@@ -284,6 +284,105 @@ extern "C" __global__ void conv_wgrad_reduce(float* __restrict__ dw, const float
     }
 }
 
+// --- tensor cores (--math tf32 | bf16; kernels/mma.cuh): fprop ---------------------------------------
+// The fprop implicit GEMM on mma.sync (TF32 m16n8k8 or BF16 m16n8k16), FP32 accumulation, tiles as
+// gemm.cu's gemm_batched_tf32/bf16: 64×64 block tile, K step 16, 3-stage cp.async pipeline of 4-byte
+// copies (src-size 0 zero-fills the padding and what lies past M, N or K), 128 threads = 4 warps in 2×2
+// with 32×32 warp tiles. A (weights) is staged [m][k]; B (the gathered x̃) [k][n]: each thread owns one
+// column n of the B tile (its output position decoded once per block) and 8 rows of it per stage, each
+// row's (channel, tap) decoded by row_entry. Operands are rounded (f32_to_tf32, pack_bf16x2) as they go
+// from shared memory into fragment registers; the bias is added in FP32 afterwards.
+#include "mma.cuh"
+
+#define TC_STAGES 3
+
+template <bool BF16>
+__device__ __forceinline__ void conv_fprop_tc(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
+                                              const float* __restrict__ bias, const ConvP& p) {
+    __shared__ __align__(16) float As[TC_STAGES][TBM * TBK];
+    __shared__ __align__(16) float Bs[TC_STAGES][TBK * TBN];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int gq = lane >> 2, q = lane & 3;  // the PTX ISA's groupID and threadID_in_group
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    const int m0 = blockIdx.y * TBM, n0 = blockIdx.x * TBN;
+    const int g = blockIdx.z;
+    // This thread's B column (fixed for the block).
+    const int bn = t & 63, bk0 = t >> 6;
+    const int col = n0 + bn;
+    const bool b_ok = col < p.N;
+    int cbase = 0, c0 = 0, c1 = 0, c2 = 0;
+    if (b_ok) {
+        const int img = col / p.out_vol, pos = col - img * p.out_vol;
+        const int hw = p.out[1] * p.out[2];
+        const int od = pos / hw, r = pos - od * hw;
+        const int oh = r / p.out[2], ow = r - oh * p.out[2];
+        cbase = (img * p.cin + g * p.cin_g) * p.in_vol;
+        c0 = od * p.s[0] - p.p[0];
+        c1 = oh * p.s[1] - p.p[1];
+        c2 = ow * p.s[2] - p.p[2];
+    }
+    const float* wg = w + (size_t)g * p.cout_g * p.K;
+    const int steps = (p.K + TBK - 1) / TBK;
+    auto stage = [&](int s, int buf) {
+        const int k0 = s * TBK;
+#pragma unroll
+        for (int r = 0; r < 8; ++r) {
+            const int e = t + 128 * r;
+            // A: weights (m, k) at wg[m·K + k].
+            const int am = e >> 4, ak = e & 15;
+            const bool ina = m0 + am < p.M && k0 + ak < p.K;
+            cp_async<4>(&As[buf][e], ina ? wg + (size_t)(m0 + am) * p.K + k0 + ak : w, ina ? 4 : 0);
+            // B: x̃ (k, n), row bk0 + 2r.
+            const int kr = bk0 + 2 * r;
+            const RowEntry re = row_entry<FPROP>(p, k0 + kr, p.K);
+            const float* src = x;
+            bool inb = false;
+            if (b_ok && re.aoff >= 0) {
+                const int z = c0 + re.t0, yy = c1 + re.t1, xx = c2 + re.t2;
+                if ((unsigned)z < (unsigned)p.in[0] && (unsigned)yy < (unsigned)p.in[1] && (unsigned)xx < (unsigned)p.in[2]) {
+                    src = x + cbase + re.boff + (z * p.in[1] + yy) * p.in[2] + xx;
+                    inb = true;
+                }
+            }
+            cp_async<4>(&Bs[buf][kr * TBN + bn], src, inb ? 4 : 0);
+        }
+    };
+    float acc[2][4][4] = {};
+    cp_async_pipeline<TC_STAGES>(steps, stage, [&](int buf) {
+        const float* as = As[buf];
+        const float* bs = Bs[buf];
+        mma_warp_tile_k16<BF16>(
+            acc, wm, wn, [&](int m, int k) { return as[m * TBK + k]; }, [&](int k, int n) { return bs[k * TBN + n]; });
+    });
+    // Accumulator e of an mma tile: row gq + 8·(e >> 1), column 2q + (e & 1).
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e1 = 0; e1 < 2; ++e1) {
+            const int cj = n0 + wn + 8 * j + 2 * q + e1;
+            if (cj >= p.N) continue;
+            const int img = cj / p.out_vol, pos = cj - img * p.out_vol;
+            const int obase = (img * p.cout + g * p.cout_g) * p.out_vol + pos;
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int e0 = 0; e0 < 2; ++e0) {
+                    const int m = m0 + wm + 16 * i + gq + 8 * e0;
+                    if (m >= p.M) continue;
+                    float v = acc[i][j][2 * e0 + e1];
+                    if (bias) v += bias[g * p.cout_g + m];
+                    y[obase + m * p.out_vol] = v;
+                }
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_fprop_tf32(float* y, const float* x, const float* w, const float* bias, ConvP p) {
+    conv_fprop_tc<false>(y, x, w, bias, p);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_fprop_bf16(float* y, const float* x, const float* w, const float* bias, ConvP p) {
+    conv_fprop_tc<true>(y, x, w, bias, p);
+}
+
 // --- depthwise (groups == Cin): one thread per output / input element, one block per weight tap ------
 
 extern "C" __global__ void conv_dw_fprop(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, ConvP p) {

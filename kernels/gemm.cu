@@ -66,3 +66,84 @@ extern "C" __global__ void __launch_bounds__(256) gemm_batched(float* __restrict
         }
     }
 }
+
+// ---- tensor cores (--math tf32 | bf16; kernels/mma.cuh) ---------------------------------------------
+// Batched C[b] = op(A[b])·op(B[b]) on mma.sync: TF32 m16n8k8 or BF16 m16n8k16, FP32 accumulation.
+// Grid as gemm_batched; block 128 threads = 4 warps in 2×2, each warp a 32×32 tile of the 64×64 block
+// tile (2 × 4 mma tiles of 16×8, 32 accumulators per thread). K advances in steps of TC_BK = 16 through a
+// TC_STAGES = 3 stage cp.async pipeline: the tiles stay FP32 in shared memory as global memory stores
+// them (A as [m][k] or, transposed, [k][m]; B as [k][n] or [n][k]), copied 4 bytes at a time so that any
+// size and offset is aligned, with src-size 0 zero-filling what lies outside the matrix. Each operand is
+// rounded (f32_to_tf32, pack_bf16x2) as it goes from shared memory into an mma fragment register: every
+// element of A and B is rounded exactly once per product it enters, the same values as rounding when
+// staging. (BF16 tiles stored as bf16 in shared memory, read with ldmatrix, and 16-byte copies where the
+// layout allows are the next steps; docs/CUDA.md.)
+#include "mma.cuh"
+
+#define TC_BK 16
+#define TC_STAGES 3
+
+template <bool BF16>
+__device__ __forceinline__ void gemm_tc(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B, int M, int N, int K,
+                                        int trans_a, int trans_b) {
+    __shared__ __align__(16) float As[TC_STAGES][BM * TC_BK];
+    __shared__ __align__(16) float Bs[TC_STAGES][TC_BK * BN];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int g = lane >> 2, q = lane & 3;  // the PTX ISA's groupID and threadID_in_group
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    const int ntn = (N + BN - 1) / BN;
+    const int tile_m = blockIdx.x / ntn, tile_n = blockIdx.x - tile_m * ntn;
+    const int m0 = tile_m * BM, n0 = tile_n * BN;
+    const size_t bz = blockIdx.z;
+    A += bz * M * K;
+    B += bz * K * N;
+    C += bz * M * N;
+    const int steps = (K + TC_BK - 1) / TC_BK;
+    // Stage s of the K loop into buffer `buf`: 1024 elements of each tile, 8 per thread, consecutive
+    // threads along the stored contiguous dimension.
+    auto stage = [&](int s, int buf) {
+        const int k0 = s * TC_BK;
+#pragma unroll
+        for (int r = 0; r < 8; ++r) {
+            const int e = t + 128 * r;
+            int m, k;
+            if (trans_a) { k = e >> 6; m = e & 63; } else { m = e >> 4; k = e & 15; }
+            const bool ina = m0 + m < M && k0 + k < K;
+            const float* src = ina ? (trans_a ? A + (size_t)(k0 + k) * M + m0 + m : A + (size_t)(m0 + m) * K + k0 + k) : A;
+            cp_async<4>(&As[buf][e], src, ina ? 4 : 0);
+            int n, kb;
+            if (trans_b) { n = e >> 4; kb = e & 15; } else { kb = e >> 6; n = e & 63; }
+            const bool inb = n0 + n < N && k0 + kb < K;
+            const float* srcb = inb ? (trans_b ? B + (size_t)(n0 + n) * K + k0 + kb : B + (size_t)(k0 + kb) * N + n0 + n) : B;
+            cp_async<4>(&Bs[buf][e], srcb, inb ? 4 : 0);
+        }
+    };
+    float acc[2][4][4] = {};
+    cp_async_pipeline<TC_STAGES>(steps, stage, [&](int buf) {
+        const float* as = As[buf];
+        const float* bs = Bs[buf];
+        // Element (m, k) of the A tile and (k, n) of the B tile in shared memory.
+        auto a_at = [&](int m, int k) { return trans_a ? as[k * BM + m] : as[m * TC_BK + k]; };
+        auto b_at = [&](int k, int n) { return trans_b ? bs[n * TC_BK + k] : bs[k * BN + n]; };
+        mma_warp_tile_k16<BF16>(acc, wm, wn, a_at, b_at);
+    });
+    // Accumulator i of an mma tile: row g + 8·(i >> 1), column 2q + (i & 1).
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int m = m0 + wm + 16 * i + g + 8 * (e >> 1), n = n0 + wn + 8 * j + 2 * q + (e & 1);
+                if (m < M && n < N) C[(size_t)m * N + n] = acc[i][j][e];
+            }
+}
+
+extern "C" __global__ void __launch_bounds__(128) gemm_batched_tf32(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
+                                                                    int M, int N, int K, int trans_a, int trans_b) {
+    gemm_tc<false>(C, A, B, M, N, K, trans_a, trans_b);
+}
+extern "C" __global__ void __launch_bounds__(128) gemm_batched_bf16(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
+                                                                    int M, int N, int K, int trans_a, int trans_b) {
+    gemm_tc<true>(C, A, B, M, N, K, trans_a, trans_b);
+}

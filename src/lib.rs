@@ -14,6 +14,7 @@ pub mod exec;
 pub mod explain;
 pub mod graph;
 pub mod io;
+pub mod math_mode;
 pub mod models;
 pub mod ops;
 pub mod optim;

@@ -24,6 +24,11 @@ use vidgrad::Device;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Math mode of convolution and matmul: fp32, tf32 (operands rounded to TF32, FP32 accumulation) or
+    /// bf16 (operands rounded to BF16). Default: VIDGRAD_MATH, else fp32. The CPU backend runs every
+    /// mode; on CUDA, convolution gradients and depthwise convolutions are fp32 only for now (docs/CUDA.md).
+    #[arg(long, global = true)]
+    math: Option<String>,
 }
 
 /// Options that choose and shape a model.
@@ -387,6 +392,13 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Chosen (and an invalid VIDGRAD_MATH reported) before anything runs.
+    match &cli.math {
+        Some(m) => vidgrad::math_mode::set_math_mode(vidgrad::math_mode::MathMode::parse(m)?),
+        None => {
+            vidgrad::math_mode::math_mode()?;
+        }
+    }
     match cli.command {
         Command::Models => {
             for (name, source) in models::MODELS {
@@ -638,7 +650,13 @@ fn run() -> Result<()> {
                 out.display()
             );
         }
-        Command::Summary { model, depth } => print!("{}", model.graph()?.summary(depth)),
+        Command::Summary { model, depth } => {
+            print!("{}", model.graph()?.summary(depth));
+            println!(
+                "Math mode: {} (convolution and matmul operands)",
+                vidgrad::math_mode::math_mode()?
+            );
+        }
         Command::Graph { model } => print!("{}", model.graph()?.to_dot()),
         Command::Forward {
             model,

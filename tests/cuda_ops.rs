@@ -284,6 +284,70 @@ fn conv_matches_cpu() {
     p.done("conv");
 }
 
+/// The tensor-core convolution fprop (--math tf32 | bf16) against the CPU backend in the same mode, on
+/// the geometries of `conv_matches_cpu` (values in [−1, 1], so Σ|x̃w̃| ≤ K = Cin/G·kvol): both sides
+/// multiply the same rounded operands and differ by FP32 accumulation, ≤ 2·γ_K·K (γ_K = K·u/(1 − K·u),
+/// u = 2^-24), plus the FP32 bias addition, ≤ 2u·(K + 1). Against plain FP32 the operand rounding adds
+/// (2u_mode + u_mode²)·K. Depthwise convolutions (FP32 kernels only so far) must be refused. 100
+/// configurations per mode (200 in the family): the simulator runs each mma as a warp collective.
+fn conv_tensor_cores_match_cpu() {
+    use vidgrad::math_mode::{with_math_mode, MathMode};
+    let Some(mut p) = Pair::new() else { return };
+    for (mode, seed) in [(MathMode::Tf32, 81), (MathMode::Bf16, 82)] {
+        let mut d = Draw::new(seed);
+        for case in 0..CASES / 2 {
+            let g = conv_geom(&mut d, case);
+            let xv = d.data(g.n * g.c_in * g.input_volume());
+            let wv = d.data(g.c_out * g.in_per_group() * g.kernel_volume());
+            let bv = d.data(g.c_out);
+            let ((xc, xg), (wc, wg), (bc, bg)) = (p.up(&xv), p.up(&wv), p.up(&bv));
+            let bias = case % 2 == 0;
+            let (ybc, ybg) = (bias.then_some(&*bc), bias.then_some(&*bg));
+            let (cpu, gpu) = with_math_mode(mode, || {
+                (
+                    p.cpu.conv_forward(&*xc, &*wc, ybc, &g).unwrap(),
+                    p.gpu.conv_forward(&*xg, &*wg, ybg, &g),
+                )
+            });
+            if g.groups > 1 && g.groups == g.c_in {
+                let Err(e) = gpu else {
+                    panic!("depthwise conv in {mode} was not refused: {g:?}")
+                };
+                let e = e.to_string();
+                assert!(e.contains("tensor-core kernels"), "{e}");
+                continue;
+            }
+            let gpu = gpu.unwrap();
+            let k = (g.in_per_group() * g.kernel_volume()) as f64;
+            let u = 2f64.powi(-24);
+            let gamma = k * u / (1.0 - k * u);
+            let atol = 2.0 * gamma * k + 2.0 * u * (k + 1.0);
+            p.check(
+                &format!("conv fwd {mode} {g:?}"),
+                &cpu,
+                &gpu,
+                atol as f32,
+                0.0,
+            );
+            let fp32 = p.cpu.conv_forward(&*xc, &*wc, ybc, &g).unwrap();
+            let um = mode.unit_roundoff();
+            let atol = atol + (2.0 * um + um * um) * k;
+            p.check(
+                &format!("conv fwd {mode} vs fp32 {g:?}"),
+                &fp32,
+                &gpu,
+                atol as f32,
+                0.0,
+            );
+        }
+    }
+    println!(
+        "(conv fprop tf32/bf16: {} configurations per mode)",
+        CASES / 2
+    );
+    p.done("conv fprop tf32/bf16");
+}
+
 fn batch_norm_matches_cpu() {
     let Some(mut p) = Pair::new() else { return };
     let mut d = Draw::new(3);
@@ -587,6 +651,53 @@ fn matmul_and_attention_match_cpu() {
     p.done("matmul/attention");
 }
 
+/// The tensor-core GEMMs (--math tf32 | bf16) against the CPU backend in the same mode: both multiply
+/// the same rounded operands (|ã|, |b̃| ≤ 1 here), so they differ only by FP32 accumulation. The CPU's
+/// sum is within γ_K·Σ|ãb̃| of the exact one and the GPU's within the same (the simulator's within u·|s|),
+/// so |cuda − cpu| ≤ 2·γ_K·K with γ_K = K·u/(1 − K·u), u = 2^-24. Plain FP32 is further off by the
+/// operand rounding, (2u_mode + u_mode²)·Σ|ab| (u_mode = 2^-11 for tf32, 2^-8 for bf16): checked too, so
+/// that a kernel skipping the rounding fails the first check and one rounding wrongly the second.
+fn matmul_tensor_cores_match_cpu() {
+    use vidgrad::math_mode::{with_math_mode, MathMode};
+    let Some(mut p) = Pair::new() else { return };
+    for (mode, seed) in [(MathMode::Tf32, 71), (MathMode::Bf16, 72)] {
+        let mut d = Draw::new(seed);
+        for case in 0..CASES {
+            let g = MatmulGeom {
+                batch: d.int(1, 3),
+                m: d.int(1, 130),
+                k: d.int(1, 100),
+                n: d.int(1, 130),
+                trans_a: case % 2 == 0,
+                trans_b: case % 3 == 0,
+            };
+            let (ac, ag) = p.up(&d.data(g.batch * g.m * g.k));
+            let (bc, bg) = p.up(&d.data(g.batch * g.k * g.n));
+            let k = g.k as f64;
+            let u = 2f64.powi(-24);
+            let gamma = k * u / (1.0 - k * u);
+            let (cpu, gpu) = with_math_mode(mode, || {
+                (
+                    p.cpu.matmul(&*ac, &*bc, g).unwrap(),
+                    p.gpu.matmul(&*ag, &*bg, g).unwrap(),
+                )
+            });
+            p.check(
+                &format!("matmul {mode}"),
+                &cpu,
+                &gpu,
+                (2.0 * gamma * k) as f32,
+                0.0,
+            );
+            let fp32 = p.cpu.matmul(&*ac, &*bc, g).unwrap();
+            let um = mode.unit_roundoff();
+            let atol = ((2.0 * um + um * um) * k + 2.0 * gamma * k) as f32;
+            p.check(&format!("matmul {mode} vs fp32"), &fp32, &gpu, atol, 0.0);
+        }
+    }
+    p.done("matmul tf32/bf16");
+}
+
 fn layout_matches_cpu() {
     let Some(mut p) = Pair::new() else { return };
     let mut d = Draw::new(8);
@@ -791,14 +902,16 @@ fn cuda_backend(d: Device) -> &'static CudaBackend {
 #[test]
 fn every_family_matches_cpu_and_every_kernel_runs() {
     // Every family runs even after one fails, so that one GPU run reports them all.
-    let families: [(&str, fn()); 9] = [
+    let families: [(&str, fn()); 11] = [
         ("elementwise", elementwise_and_reductions_match_cpu),
         ("conv", conv_matches_cpu),
+        ("conv fprop tf32/bf16", conv_tensor_cores_match_cpu),
         ("batchnorm", batch_norm_matches_cpu),
         ("pool", pooling_matches_cpu),
         ("upsample", upsample_matches_cpu),
         ("softmax/loss", softmax_and_loss_match_cpu),
         ("matmul/attention", matmul_and_attention_match_cpu),
+        ("matmul tf32/bf16", matmul_tensor_cores_match_cpu),
         ("layout", layout_matches_cpu),
         ("optimizer", optimizers_match_cpu),
     ];

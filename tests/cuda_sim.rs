@@ -505,3 +505,391 @@ fn launch_limits_are_checked_like_the_driver() {
         &["1 arguments passed, the kernel takes 3"],
     );
 }
+
+// ---- tensor cores (kernels/mma.cuh) ------------------------------------------------------------------
+//
+// The fragment layouts as the PTX ISA gives them (section "Warp Level Matrix Multiply-Accumulate
+// Instructions": "Matrix Fragments for mma.m16n8k8" for .tf32, "Matrix Fragments for mma.m16n8k16 with
+// floating point type" for .bf16; "ldmatrix" for the 8×8 loads), written here independently of the
+// simulator: (row, col) of fragment element `e` of lane `lane`, with groupID = lane >> 2 and
+// threadID_in_group = lane % 4.
+
+/// m16n8k8 .tf32, A (16×8): row groupID for a0, a2 and groupID + 8 for a1, a3; col threadID_in_group for
+/// a0, a1 and threadID_in_group + 4 for a2, a3.
+fn tf32_a(lane: usize, e: usize) -> (usize, usize) {
+    let (g, t) = (lane >> 2, lane % 4);
+    (
+        if e % 2 == 0 { g } else { g + 8 },
+        if e < 2 { t } else { t + 4 },
+    )
+}
+/// m16n8k8 .tf32, B (8×8): row threadID_in_group for b0, + 4 for b1; col groupID.
+fn tf32_b(lane: usize, e: usize) -> (usize, usize) {
+    let (g, t) = (lane >> 2, lane % 4);
+    (if e == 0 { t } else { t + 4 }, g)
+}
+/// m16n8k16 .bf16, A (16×16): row groupID for a0, a1, a4, a5 and groupID + 8 otherwise; col
+/// threadID_in_group · 2 + (e & 1), plus 8 for a4..a7.
+fn bf16_a(lane: usize, e: usize) -> (usize, usize) {
+    let (g, t) = (lane >> 2, lane % 4);
+    let row = if e < 2 || (4..6).contains(&e) {
+        g
+    } else {
+        g + 8
+    };
+    (row, t * 2 + (e & 1) + if e >= 4 { 8 } else { 0 })
+}
+/// m16n8k16 .bf16, B (16×8): row threadID_in_group · 2 + (e & 1), plus 8 for b2, b3; col groupID.
+fn bf16_b(lane: usize, e: usize) -> (usize, usize) {
+    let (g, t) = (lane >> 2, lane % 4);
+    (t * 2 + (e & 1) + if e >= 2 { 8 } else { 0 }, g)
+}
+/// C and D (16×8, f32) of both shapes: row groupID for c0, c1 and groupID + 8 for c2, c3; col
+/// threadID_in_group · 2 + (e & 1).
+fn acc_cd(lane: usize, e: usize) -> (usize, usize) {
+    let (g, t) = (lane >> 2, lane % 4);
+    (if e < 2 { g } else { g + 8 }, t * 2 + (e & 1))
+}
+
+/// The row-major index of every fragment element of every lane, for `cols` columns.
+fn frag_table(n: usize, cols: usize, f: fn(usize, usize) -> (usize, usize)) -> Vec<i32> {
+    let mut v = vec![];
+    for lane in 0..32 {
+        for e in 0..n {
+            let (r, c) = f(lane, e);
+            v.push((r * cols + c) as i32);
+        }
+    }
+    v
+}
+
+/// Every (row, col) of an m×n matrix appears exactly once in a table (the formulas above are a layout).
+fn assert_is_layout(t: &[i32], m: usize, n: usize) {
+    let mut seen = vec![false; m * n];
+    for &i in t {
+        assert!(!seen[i as usize], "element {i} held twice");
+        seen[i as usize] = true;
+    }
+    assert!(seen.iter().all(|&s| s));
+}
+
+/// Runs one warp-wide mma per warp (two warps) on random operands loaded through the PTX tables, and
+/// compares D (read back through the table) with a host matmul of the same rounded operands.
+fn check_mma(kernel: &str, k: usize, na: usize, round: fn(f32) -> f32, seed: u64) {
+    let a_t = frag_table(na, k, if k == 8 { tf32_a } else { bf16_a });
+    let b_t = frag_table(na / 2, 8, if k == 8 { tf32_b } else { bf16_b });
+    let c_t = frag_table(4, 8, acc_cd);
+    assert_is_layout(&a_t, 16, k);
+    assert_is_layout(&b_t, k, 8);
+    assert_is_layout(&c_t, 16, 8);
+    let warps = 2;
+    let rnd = |s: u64, n: usize| -> Vec<f32> {
+        (0..n).map(|i| vidgrad::rng::normal(s, i as u64)).collect()
+    };
+    let (a, b, c) = (
+        rnd(seed, warps * 16 * k),
+        rnd(seed + 1, warps * k * 8),
+        rnd(seed + 2, warps * 128),
+    );
+    let d = Buf::uninit(warps * 128 * 4);
+    let (ab, bb, cb) = (Buf::new(&a), Buf::new(&b), Buf::new(&c));
+    let (at, bt, ct) = (Buf::new(&a_t), Buf::new(&b_t), Buf::new(&c_t));
+    launch(
+        kernel,
+        1,
+        32 * warps as u32,
+        0,
+        &[
+            arg(&d.ptr),
+            arg(&ab.ptr),
+            arg(&bb.ptr),
+            arg(&cb.ptr),
+            arg(&at.ptr),
+            arg(&bt.ptr),
+            arg(&ct.ptr),
+        ],
+    )
+    .unwrap();
+    let got: Vec<f32> = d.read();
+    let mut max_rounding_effect = 0.0f64;
+    for w in 0..warps {
+        let (a, b, c) = (&a[w * 16 * k..], &b[w * k * 8..], &c[w * 128..]);
+        for lane in 0..32 {
+            for e in 0..4 {
+                let (r, n) = acc_cd(lane, e);
+                // The simulator's model (runtime.cpp, complete_mma): the exact sum of the exact products of
+                // the rounded operands plus c, rounded once to f32. A wrong layout scrambles operands and is
+                // off by O(1), not by an ulp.
+                let mut s = c[r * 8 + n] as f64;
+                let mut s_fp32 = s;
+                for kk in 0..k {
+                    s += round(a[r * k + kk]) as f64 * round(b[kk * 8 + n]) as f64;
+                    s_fp32 += a[r * k + kk] as f64 * b[kk * 8 + n] as f64;
+                }
+                let g = got[w * 128 + lane * 4 + e];
+                assert_eq!(
+                    g, s as f32,
+                    "{kernel} warp {w} lane {lane} d{e} (row {r}, col {n})"
+                );
+                max_rounding_effect = max_rounding_effect.max((s - s_fp32).abs());
+            }
+        }
+    }
+    // The operands were rounded: the result differs from the unrounded product somewhere.
+    assert!(
+        max_rounding_effect > 1e-4,
+        "{kernel}: operand rounding had no effect ({max_rounding_effect})"
+    );
+}
+
+#[test]
+fn mma_tf32_and_bf16_follow_the_ptx_fragment_layouts() {
+    check_mma("st_mma_tf32", 8, 4, vidgrad::math_mode::round_tf32, 1200);
+    check_mma("st_mma_bf16", 16, 8, vidgrad::math_mode::round_bf16, 1300);
+}
+
+#[test]
+fn rounding_conversions_match_the_cpu_formulas() {
+    let mut x: Vec<f32> = [
+        0x3f80_1000u32,
+        0xbf80_1000,
+        0x3f80_0fff,
+        0x3f80_3000,
+        0x3fff_f000,
+        0x7f7f_ffff,
+        0xff7f_ffff,
+        0x7f7f_e000,
+        0x7f80_0000,
+        0xff80_0000,
+        0x7f80_0001,
+        0xffc0_0000,
+        0x0000_0fff,
+        0x0000_1000,
+        0x807f_f000,
+        0x0000_0000,
+        0x8000_0000,
+        0x3f80_8000,
+        0x3f81_8000,
+        0x3f80_8001,
+        0x0001_8000,
+    ]
+    .iter()
+    .map(|&b| f32::from_bits(b))
+    .collect();
+    x.extend((0..1000).map(|i| vidgrad::rng::normal(77, i) * 10f32.powi((i % 20) as i32 - 10)));
+    let n = x.len() as i32;
+    let xb = Buf::new(&x);
+    let (tf, bf) = (Buf::uninit(x.len() * 4), Buf::uninit(x.len() * 4));
+    launch(
+        "st_round",
+        1,
+        128,
+        0,
+        &[arg(&tf.ptr), arg(&bf.ptr), arg(&xb.ptr), arg(&n)],
+    )
+    .unwrap();
+    let (tf, bf): (Vec<u32>, Vec<u32>) = (tf.read(), bf.read());
+    for (i, &v) in x.iter().enumerate() {
+        assert_eq!(
+            tf[i],
+            vidgrad::math_mode::round_tf32(v).to_bits(),
+            "tf32 of {v:e} ({:#x})",
+            v.to_bits()
+        );
+        assert_eq!(
+            bf[i],
+            vidgrad::math_mode::bf16_bits(v) as u32,
+            "bf16 of {v:e} ({:#x})",
+            v.to_bits()
+        );
+    }
+}
+
+#[test]
+fn ldmatrix_follows_the_ptx_layout() {
+    let out = Buf::uninit(6 * 32 * 4 * 4);
+    launch("st_ldmatrix", 1, 32, 0, &[arg(&out.ptr)]).unwrap();
+    let o: Vec<u32> = out.read();
+    // Element (m, r, c) of the shared matrices holds m·64 + r·8 + c. PTX ISA, ldmatrix: lane l holds, in
+    // register m, row l/4 and columns 2(l%4), 2(l%4)+1 of matrix m (the lower column in the low half);
+    // with .trans the matrix is read transposed: rows 2(l%4), 2(l%4)+1 of column l/4.
+    for (v, (num, trans)) in [
+        (1, false),
+        (1, true),
+        (2, false),
+        (2, true),
+        (4, false),
+        (4, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for lane in 0..32u32 {
+            for reg in 0..4u32 {
+                let got = o[((v * 32) as u32 + lane) as usize * 4 + reg as usize];
+                if reg >= num {
+                    assert_eq!(got, 0xffff_ffff);
+                    continue;
+                }
+                let (i, j) = (lane / 4, 2 * (lane % 4));
+                let at = |r: u32, c: u32| reg * 64 + r * 8 + c;
+                let (lo, hi) = if trans {
+                    (at(j, i), at(j + 1, i))
+                } else {
+                    (at(i, j), at(i, j + 1))
+                };
+                assert_eq!(
+                    got,
+                    lo | hi << 16,
+                    "x{num} trans={trans} lane {lane} register {reg}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn cp_async_copies_in_committed_groups_with_zero_fill() {
+    let x: Vec<f32> = (0..768).map(|i| i as f32 + 1.0).collect();
+    let xb = Buf::new(&x);
+    let (y, own) = (Buf::uninit(768 * 4), Buf::uninit(256 * 4));
+    launch(
+        "st_cp_async",
+        1,
+        64,
+        0,
+        &[arg(&y.ptr), arg(&own.ptr), arg(&xb.ptr)],
+    )
+    .unwrap();
+    // What each group leaves in shared memory (see the kernel's comment).
+    let mut s = vec![0.0f32; 768];
+    for t in 0..64 {
+        let src0 = [16, 8, 0, 12][t % 4] / 4;
+        for i in 0..src0 {
+            s[4 * t + i] = x[4 * t + i];
+        }
+        for i in 0..4 {
+            s[256 + 4 * t + i] = x[256 + 4 * t + i];
+        }
+        let n8 = if t % 3 == 0 { 1 } else { 2 };
+        for i in 0..n8 {
+            s[512 + 4 * t + i] = x[512 + 4 * t + i];
+        }
+        s[512 + 4 * t + 2] = x[512 + 4 * t + 2];
+        if t % 2 == 0 {
+            s[512 + 4 * t + 3] = x[512 + 4 * t + 3];
+        }
+    }
+    let y: Vec<f32> = y.read();
+    for g in 0..3 {
+        for i in 0..256 {
+            assert_eq!(
+                y[g * 256 + i],
+                s[g * 256 + 255 - i],
+                "group {g} element {i}"
+            );
+        }
+    }
+    assert_eq!(own.read::<f32>(), s[..256].to_vec());
+}
+
+#[test]
+fn tensor_core_misuse_is_reported() {
+    let y = Buf::uninit(256 * 4);
+    let x = Buf::new(&(0..512).map(|i| i as f32).collect::<Vec<f32>>());
+    let msg = expect_error(
+        launch("st_mma_skipped_lane", 1, 32, 0, &[arg(&y.ptr)]),
+        &[
+            "st_mma_skipped_lane",
+            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
+        ],
+    );
+    assert!(
+        msg.contains("lane 3") || msg.contains("thread 3 exited"),
+        "{msg}"
+    );
+    expect_error(
+        launch("st_ldmatrix_half_warp", 1, 16, 0, &[arg(&y.ptr)]),
+        &[
+            "st_ldmatrix_half_warp",
+            "ldmatrix.sync.aligned.m8n8.x1.shared.b16",
+            "beyond the block's 16 threads",
+        ],
+    );
+    expect_error(
+        launch("st_ldmatrix_misaligned", 1, 32, 0, &[arg(&y.ptr)]),
+        &["st_ldmatrix_misaligned", "not 16-byte aligned"],
+    );
+    expect_error(
+        launch("st_cp_async_no_wait", 1, 64, 0, &[arg(&y.ptr), arg(&x.ptr)]),
+        &[
+            "st_cp_async_no_wait",
+            "a cp.async is still copying",
+            "which no cp.async.wait_group",
+        ],
+    );
+    expect_error(
+        launch(
+            "st_cp_async_wait_too_few",
+            1,
+            64,
+            0,
+            &[arg(&y.ptr), arg(&x.ptr)],
+        ),
+        &["st_cp_async_wait_too_few", "a cp.async is still copying"],
+    );
+    let short = Buf::new(&[1.0f32; 255]);
+    expect_error(
+        launch("st_cp_async_oob", 1, 64, 0, &[arg(&y.ptr), arg(&short.ptr)]),
+        &["st_cp_async_oob", "invalid global read of 16 bytes"],
+    );
+    expect_error(
+        launch(
+            "st_cp_async_misaligned",
+            1,
+            64,
+            0,
+            &[arg(&y.ptr), arg(&x.ptr)],
+        ),
+        &["st_cp_async_misaligned", "misaligned 16-byte copy"],
+    );
+    expect_error(
+        launch(
+            "st_cp_async_overwrite",
+            1,
+            64,
+            0,
+            &[arg(&y.ptr), arg(&x.ptr)],
+        ),
+        &[
+            "st_cp_async_overwrite",
+            "shared-memory race",
+            "__shared__ s",
+        ],
+    );
+    expect_error(
+        launch("st_ldmatrix_missing_sync", 1, 32, 0, &[arg(&y.ptr)]),
+        &[
+            "st_ldmatrix_missing_sync",
+            "shared-memory race (read after write)",
+        ],
+    );
+    // Without the racecheck (bounds only) a copy not waited for reads as NaN.
+    let opts = LaunchOptions {
+        order: None,
+        checks: Some(SimChecks::Bounds),
+    };
+    // SAFETY: buffers of this simulator.
+    unsafe {
+        sim().launch_with(
+            "st_cp_async_no_wait",
+            (1, 1, 1),
+            (64, 1, 1),
+            0,
+            &[arg(&y.ptr), arg(&x.ptr)],
+            opts,
+        )
+    }
+    .unwrap();
+    assert!(y.read::<f32>()[..64].iter().any(|v| v.is_nan()));
+}

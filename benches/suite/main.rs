@@ -443,6 +443,7 @@ fn kernel_suite(
     }
     let doc = json!({
         "device": machine.to_json(), "batch": batch,
+        "math": vidgrad::math_mode::math_mode().unwrap_or_default().name(),
         "timing": {"warmup": plan.warmup, "min_runs": plan.min_runs, "max_runs": plan.max_runs,
                    "clock": if cuda { "cuda events" } else { "wall" },
                    "rotation_bytes": 2 * l2},
@@ -538,6 +539,7 @@ fn model_suite(
         }
     }
     let doc = json!({"device": machine.to_json(), "batch": batch,
+                     "math": vidgrad::math_mode::math_mode().unwrap_or_default().name(),
                      "timing": {"warmup": plan.warmup, "runs": plan.min_runs,
                                 "clock": if cuda { "wall, synchronised" } else { "wall" }},
                      "models": rows});

@@ -48,7 +48,25 @@ struct ThreadCtx {
     dim3 grid_dim;
     unsigned int lane;
 };
-enum WarpOp { SHFL_IDX = 0, SHFL_UP = 1, SHFL_DOWN = 2, SHFL_BFLY = 3, VOTE_BALLOT = 4, VOTE_ANY = 5, VOTE_ALL = 6, SYNC_WARP = 7 };
+enum WarpOp {
+    SHFL_IDX = 0, SHFL_UP = 1, SHFL_DOWN = 2, SHFL_BFLY = 3, VOTE_BALLOT = 4, VOTE_ANY = 5, VOTE_ALL = 6, SYNC_WARP = 7,
+    // Tensor-core collectives (kernels/mma.cuh): the lane's operands travel by pointer (`value`).
+    MMA_TF32 = 8,       // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32
+    MMA_BF16 = 9,       // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
+    LDMATRIX_X1 = 10,   // ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}.shared.b16: LDMATRIX_X1 + 2·log2(num) + trans
+    LDMATRIX_LAST = 15,
+};
+// One lane's operands of a warp-wide mma (on the lane's stack while it waits; the last lane to arrive
+// computes every lane's d).
+struct MmaLane {
+    unsigned int a[4], b[2];
+    float c[4], d[4];
+};
+// One lane's part of an ldmatrix: the 16-byte row its address names (lanes 0..8·num−1), and its result.
+struct LdmatrixLane {
+    unsigned int row[4];
+    unsigned int r[4];
+};
 enum BarrierOp { BAR_SYNC = 0, BAR_COUNT = 1, BAR_AND = 2, BAR_OR = 3 };
 }  // namespace cudasim
 
@@ -57,6 +75,12 @@ extern "C" {
 const cudasim::ThreadCtx* cudasim_ctx(void) __attribute__((const, nothrow));
 int cudasim_barrier(const char* file, int line, int op, int pred);
 unsigned long long cudasim_warp(const char* file, int line, int op, unsigned int mask, unsigned long long value, int b, int c);
+// Tensor-core instructions (kernels/mma.cuh; runtime.cpp says how each is modelled).
+void cudasim_mma(const char* file, int line, int op, cudasim::MmaLane* lane);
+void cudasim_ldmatrix(const char* file, int line, int num, int trans, const void* row, unsigned int* r);
+void cudasim_cp_async(const char* file, int line, void* dst, const void* src, int cp_size, int src_size, int cg);
+void cudasim_cp_async_commit(void);
+void cudasim_cp_async_wait(const char* file, int line, int n);
 void* cudasim_shared_alloc(int site, size_t bytes, size_t align);
 void* cudasim_dynamic_shared(size_t align);
 [[noreturn]] void cudasim_misaligned(const void* p, int bytes, int write);
@@ -395,6 +419,25 @@ __forceinline__ unsigned int __float_as_uint(float a) { unsigned int r; std::mem
 __forceinline__ float __uint_as_float(unsigned int a) { float r; std::memcpy(&r, &a, 4); return r; }
 __forceinline__ long long __double_as_longlong(double a) { long long r; std::memcpy(&r, &a, 8); return r; }
 __forceinline__ double __longlong_as_double(long long a) { double r; std::memcpy(&r, &a, 8); return r; }
+// cvt.rna.tf32.f32: round to the 10-bit mantissa of TF32, to nearest, ties away from zero (add half of
+// the dropped 13 bits to the magnitude, clear them; a carry rounds up the exponent, past the largest
+// finite value to Inf). NaN gives the canonical NaN 0x7fffffff (a payload in the dropped bits alone
+// would otherwise become Inf). The same formula as the CPU backend's (src/math_mode.rs).
+__forceinline__ unsigned int cudasim_cvt_rna_tf32(float x) {
+    unsigned int b;
+    std::memcpy(&b, &x, 4);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return 0x7fffffffu;
+    if ((b & 0x7f800000u) == 0x7f800000u) return b;  // ±Inf
+    return (b + 0x1000u) & 0xffffe000u;
+}
+// cvt.rn.bf16.f32: round to the 7-bit mantissa of BF16, to nearest, ties to even; NaN gives the
+// canonical 0x7fff.
+__forceinline__ unsigned short cudasim_cvt_rn_bf16(float x) {
+    unsigned int b;
+    std::memcpy(&b, &x, 4);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
+    return (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
 __forceinline__ int __popc(unsigned int v) { return __builtin_popcount(v); }
 __forceinline__ int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
 __forceinline__ int __clz(int v) { return v == 0 ? 32 : __builtin_clz((unsigned)v); }

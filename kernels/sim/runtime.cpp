@@ -197,6 +197,17 @@ struct Fiber {
     uint64_t result = 0;
     int b = 0, c = 0;
     int pred = 0;
+    // cp.async copies issued and not yet waited for (see cudasim_cp_async), and the groups committed.
+    struct PendingCopy {
+        uintptr_t dst;
+        uint32_t group;  // the number of commits before the copy was issued
+        int bytes;
+        const char* file;
+        int line;
+        unsigned char data[16];
+    };
+    std::vector<PendingCopy> cp_pending;
+    uint32_t cp_committed = 0;
 };
 
 // The racecheck shadow of one 4-byte shared word, 8 bytes (so a block's shadow stays in L1):
@@ -524,6 +535,14 @@ std::string shared_name(Worker* w, size_t off) {
               several ? "several threads, e.g. " : "", thread_name(w, other).c_str());
 }
 [[gnu::noinline, gnu::cold, noreturn]] void shared_uninit(Worker* w, size_t i) {
+    // A word a cp.async has not yet copied reads as never written (cudasim_cp_async): say so.
+    const uintptr_t a = w->view.shared_lo + i * 4;
+    for (unsigned t = 0; t < w->nthreads; ++t)
+        for (const Fiber::PendingCopy& p : w->fibers[t].cp_pending)
+            if (a >= p.dst && a < p.dst + (uintptr_t)p.bytes)
+                fail_here(w, "read of shared memory that a cp.async is still copying: %s, the destination of the cp.async of %s at %s:%d, which no "
+                          "cp.async.wait_group/wait_all has completed yet",
+                          shared_name(w, i * 4).c_str(), thread_name(w, (int)t).c_str(), p.file, p.line);
     fail_here(w, "read of uninitialised shared memory: %s was never written in this block", shared_name(w, i * 4).c_str());
 }
 
@@ -842,14 +861,92 @@ unsigned long long cudasim_atomic_u64(unsigned long long* p, int op, unsigned lo
 namespace {
 
 const char* warp_op_name(int op) {
-    static const char* const names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync", "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp"};
-    return op >= 0 && op < 8 ? names[op] : "warp op";
+    static const char* const names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync", "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp",
+                                        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+                                        "ldmatrix.sync.aligned.m8n8.x1.shared.b16", "ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16",
+                                        "ldmatrix.sync.aligned.m8n8.x2.shared.b16", "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16",
+                                        "ldmatrix.sync.aligned.m8n8.x4.shared.b16", "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"};
+    return op >= 0 && op <= cudasim::LDMATRIX_LAST ? names[op] : "warp op";
+}
+
+// ---- tensor cores (PTX ISA: "Matrix Fragments for mma.m16n8k8", "... for mma.m16n8k16 with floating point
+// type", "ldmatrix"; the tables are also in kernels/mma.cuh). g = lane >> 2, t = lane % 4.
+
+float bits_to_f32(uint32_t b) {
+    float f;
+    std::memcpy(&f, &b, 4);
+    return f;
+}
+
+// d = a·b + c for the whole warp, from every lane's fragments. The products of TF32 or BF16 operands are
+// exact in double and so is their sum to well below FP32's resolution: the simulator returns the sum
+// rounded once to FP32, the most accurate result. (The PTX ISA does not specify the order or the
+// intermediate rounding of the accumulation; a GPU's result may differ in the last bits, which the
+// kernels' tolerances, derived from the reduction length, cover.) For .tf32 operands only the TF32 bits
+// take part: the low 13 mantissa bits are ignored, as the ISA leaves them to the implementation and the
+// kernels round with cvt.rna first.
+void complete_mma(Worker* w, int base, int op) {
+    const bool bf16 = op == cudasim::MMA_BF16;
+    const int K = bf16 ? 16 : 8;
+    double A[16][16], B[16][8], C[16][8];
+    for (int l = 0; l < 32; ++l) {
+        const cudasim::MmaLane* m = reinterpret_cast<const cudasim::MmaLane*>(w->fibers[base + l].value);
+        const int g = l >> 2, t = l & 3;
+        if (bf16) {
+            for (int e = 0; e < 8; ++e) {
+                const uint32_t h = (m->a[e >> 1] >> (16 * (e & 1))) & 0xffffu;
+                A[g + 8 * ((e >> 1) & 1)][2 * t + (e & 1) + 8 * (e >> 2)] = bits_to_f32(h << 16);
+            }
+            for (int e = 0; e < 4; ++e) {
+                const uint32_t h = (m->b[e >> 1] >> (16 * (e & 1))) & 0xffffu;
+                B[2 * t + (e & 1) + 8 * (e >> 1)][g] = bits_to_f32(h << 16);
+            }
+        } else {
+            for (int i = 0; i < 4; ++i) A[g + 8 * (i & 1)][t + 4 * (i >> 1)] = bits_to_f32(m->a[i] & 0xffffe000u);
+            for (int i = 0; i < 2; ++i) B[t + 4 * i][g] = bits_to_f32(m->b[i] & 0xffffe000u);
+        }
+        for (int i = 0; i < 4; ++i) C[g + 8 * (i >> 1)][2 * t + (i & 1)] = m->c[i];
+    }
+    for (int l = 0; l < 32; ++l) {
+        cudasim::MmaLane* m = reinterpret_cast<cudasim::MmaLane*>(w->fibers[base + l].value);
+        const int g = l >> 2, t = l & 3;
+        for (int i = 0; i < 4; ++i) {
+            const int r = g + 8 * (i >> 1), c = 2 * t + (i & 1);
+            double s = C[r][c];
+            for (int k = 0; k < K; ++k) s += A[r][k] * B[k][c];
+            m->d[i] = (float)s;
+        }
+    }
+}
+
+// Every lane's registers from the rows the first 8·num lanes read (cudasim_ldmatrix).
+void complete_ldmatrix(Worker* w, int base, int op) {
+    const int num = 1 << ((op - cudasim::LDMATRIX_X1) >> 1);
+    const bool trans = (op - cudasim::LDMATRIX_X1) & 1;
+    auto elem = [&](int m, int r, int c) -> uint32_t {  // matrix m, row r, column c (16-bit elements)
+        const cudasim::LdmatrixLane* src = reinterpret_cast<const cudasim::LdmatrixLane*>(w->fibers[base + 8 * m + r].value);
+        return (src->row[c >> 1] >> (16 * (c & 1))) & 0xffffu;
+    };
+    for (int l = 0; l < 32; ++l) {
+        cudasim::LdmatrixLane* me = reinterpret_cast<cudasim::LdmatrixLane*>(w->fibers[base + l].value);
+        const int row = l >> 2, col = 2 * (l & 3);
+        for (int m = 0; m < num; ++m)
+            me->r[m] = trans ? elem(m, col, row) | elem(m, col + 1, row) << 16 : elem(m, row, col) | elem(m, row, col + 1) << 16;
+    }
 }
 
 // The lanes of the mask, all arrived at the same collective: compute every lane's result (PTX ISA,
 // shfl.sync: lane/bval/cval/segment mask; vote.sync).
 void complete_warp(Worker* w, int base, unsigned mask) {
     Fiber* f = &w->fibers[base];
+    const int first_op = f[__builtin_ctz(mask)].op;
+    if (first_op >= cudasim::MMA_TF32) {  // a tensor-core collective: its mask is the full warp
+        if (first_op <= cudasim::MMA_BF16) complete_mma(w, base, first_op);
+        else complete_ldmatrix(w, base, first_op);
+        for (int l = 0; l < 32; ++l) f[l].state = RUNNABLE;
+        ++w->warp_gen[base >> 5];
+        return;
+    }
     int op = -1;
     uint64_t ballot = 0;
     for (int l = 0; l < 32; ++l)
@@ -972,6 +1069,107 @@ extern "C" unsigned long long cudasim_warp(const char* file, int line, int op, u
     }
     yield_to_next(w);
     return w->fibers[t].result;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tensor-core instructions (kernels/mma.cuh)
+// ---------------------------------------------------------------------------------------------------
+
+// mma.sync.aligned: a warp collective of the full warp at one call site, like __shfl_sync with a full
+// mask (a lane that never arrives, lanes at different instructions, a warp with fewer than 32 threads are
+// reported by cudasim_warp). The last lane to arrive computes every lane's d (complete_mma).
+extern "C" void cudasim_mma(const char* file, int line, int op, cudasim::MmaLane* lane) {
+    cudasim_warp(file, line, op, 0xffffffffu, reinterpret_cast<uintptr_t>(lane), 0, 0);
+}
+
+namespace {
+bool in_shared(const Worker* w, uintptr_t a) { return a - w->view.shared_lo < w->view.shared_size; }
+bool on_stack(const Worker* w, uintptr_t a) { return a - w->view.stack_lo < w->view.stack_size; }
+}  // namespace
+
+// ldmatrix.sync.aligned.m8n8: lanes 0..8·num−1 each name one 16-byte row in shared memory (16-byte
+// aligned); each lane reads its own row here, checked like any shared read by that thread (bounds,
+// racecheck, uninitialised words), then the warp collective hands out the registers (complete_ldmatrix).
+extern "C" void cudasim_ldmatrix(const char* file, int line, int num, int trans, const void* row, unsigned int* r) {
+    Worker* w = tls_worker;
+    const int lane = w->cur & 31;
+    const int op = cudasim::LDMATRIX_X1 + 2 * (num == 1 ? 0 : num == 2 ? 1 : 2) + (trans ? 1 : 0);
+    cudasim::LdmatrixLane me;
+    std::memset(&me, 0, sizeof me);
+    if (lane < 8 * num) {
+        const uintptr_t a = reinterpret_cast<uintptr_t>(row);
+        if (!in_shared(w, a))
+            fail_here(w, "%s at %s:%d: lane %d's row address 0x%llx is not in shared memory", warp_op_name(op), file, line, lane, (unsigned long long)a);
+        if (a & 15)
+            fail_here(w, "%s at %s:%d: lane %d's row address (shared offset %zu) is not 16-byte aligned", warp_op_name(op), file, line, lane,
+                      (size_t)(a - w->view.shared_lo));
+        access<false>(row, 16);
+        std::memcpy(me.row, row, 16);
+    }
+    cudasim_warp(file, line, op, 0xffffffffu, reinterpret_cast<uintptr_t>(&me), 0, 0);
+    for (int i = 0; i < num; ++i) r[i] = me.r[i];
+}
+
+// cp.async.{ca,cg}.shared.global: the copy is modelled as happening at the wait. At issue the simulator
+// checks both addresses (global source of src_size bytes in one live allocation, shared destination in
+// the block's shared memory, both aligned to the copy's size), reads the source, records the write to
+// the destination for the racecheck, and then marks the destination words *never written* and fills
+// them with the NaN pattern: until a cp.async.wait_group completes the copy, a read of them by any thread
+// is reported ("read of shared memory that a cp.async is still copying"), and with the racecheck off
+// (VIDGRAD_SIM_CHECKS=bounds) it reads NaN. The wait writes the bytes, as a shared write of the issuing
+// thread at that point.
+extern "C" void cudasim_cp_async(const char* file, int line, void* dst, const void* src, int cp_size, int src_size, int cg) {
+    Worker* w = tls_worker;
+    Fiber& me = w->fibers[w->cur];
+    const char* name = cg ? "cp.async.cg.shared.global" : "cp.async.ca.shared.global";
+    const uintptr_t d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+    if (cg && cp_size != 16) fail_here(w, "%s at %s:%d copies %d bytes (.cg copies 16)", name, file, line, cp_size);
+    if (src_size < 0 || src_size > cp_size)
+        fail_here(w, "%s at %s:%d: src-size %d outside 0..%d (the copy's size)", name, file, line, src_size, cp_size);
+    if (!in_shared(w, d)) fail_here(w, "%s at %s:%d: destination 0x%llx is not in shared memory", name, file, line, (unsigned long long)d);
+    if (in_shared(w, s) || on_stack(w, s))
+        fail_here(w, "%s at %s:%d: source 0x%llx is not in global memory", name, file, line, (unsigned long long)s);
+    if ((d | s) & (uintptr_t)(cp_size - 1))
+        fail_here(w, "%s at %s:%d: misaligned %d-byte copy (shared offset %zu, global address %% %d = %d)", name, file, line, cp_size,
+                  (size_t)(d - w->view.shared_lo), cp_size, (int)(s % (uintptr_t)cp_size));
+    Fiber::PendingCopy p{d, me.cp_committed, cp_size, file, line, {}};
+    if (src_size > 0) {
+        access<false>(src, (size_t)src_size);
+        std::memcpy(p.data, src, (size_t)src_size);
+    }
+    access<true>(dst, (size_t)cp_size);
+    if (w->view.racecheck) {
+        for (size_t i = (d - w->view.shared_lo) / 4, n = (size_t)cp_size / 4; n-- > 0; ++i) w->shadow[i].v &= ~0xffffull;  // pending
+    }
+    poison(dst, (size_t)cp_size);
+    me.cp_pending.push_back(p);
+}
+
+extern "C" void cudasim_cp_async_commit(void) {
+    Worker* w = tls_worker;
+    ++w->fibers[w->cur].cp_committed;
+}
+
+// cp.async.wait_group n: complete every copy of a committed group but the n most recent (copies not yet
+// committed are not waited for).
+extern "C" void cudasim_cp_async_wait(const char* file, int line, int n) {
+    (void)file;
+    (void)line;
+    Worker* w = tls_worker;
+    Fiber& me = w->fibers[w->cur];
+    const uint32_t done_below = me.cp_committed >= (uint32_t)n ? me.cp_committed - (uint32_t)n : 0;
+    size_t kept = 0;
+    for (size_t i = 0; i < me.cp_pending.size(); ++i) {
+        Fiber::PendingCopy& p = me.cp_pending[i];
+        if (p.group < done_below) {
+            void* dst = reinterpret_cast<void*>(p.dst);
+            access<true>(dst, (size_t)p.bytes);
+            std::memcpy(dst, p.data, (size_t)p.bytes);
+        } else {
+            me.cp_pending[kept++] = p;
+        }
+    }
+    me.cp_pending.resize(kept);
 }
 
 extern "C" int cudasim_barrier(const char* file, int line, int op, int pred) {
@@ -1106,6 +1304,8 @@ bool run_block(Worker* w, Launch* L, uint64_t linear) {
         f.ctx->grid_dim = {L->grid.x, L->grid.y, L->grid.z};
         f.ctx->lane = t & 31;
         f.state = RUNNABLE;
+        f.cp_pending.clear();
+        f.cp_committed = 0;
 #if defined(__x86_64__)
         uintptr_t sp = reinterpret_cast<uintptr_t>(top) & ~(uintptr_t)15;
         sp -= 16;  // rsp at the entry stub: 16-byte aligned, as `call` there requires

@@ -3,6 +3,7 @@
 // shown to catch the bug it exists for. The rest exercise the model (shuffles, votes, atomics across
 // blocks running in parallel) against semantics the test computes itself.
 #include "common.cuh"
+#include "mma.cuh"
 
 // --- correct kernels ---------------------------------------------------------------------------------
 
@@ -65,6 +66,108 @@ extern "C" __global__ void st_dynamic_shared(float* y, const float* x) {
     buf[t] = x[blockIdx.x * n + t];
     __syncthreads();
     y[blockIdx.x * n + t] = buf[n - 1 - t];
+}
+
+// --- tensor cores (kernels/mma.cuh) ---------------------------------------------------------------------
+// The fragment tables come from the test (tests/cuda_sim.rs writes them from the PTX ISA's formulas):
+// idx_a[lane·NA + e] is the row-major index into A of fragment element e of the lane, and so on. Each warp
+// of the block multiplies its own A, B, C (offsets warp·16·K, warp·K·8, warp·128); d[warp·128 + lane·4 + i].
+
+// m16n8k8 TF32: A 16×8 (row-major), B 8×8 ([k][n]), C 16×8; operands rounded with cvt.rna.tf32.f32.
+extern "C" __global__ void st_mma_tf32(float* d, const float* a, const float* b, const float* c, const int* idx_a, const int* idx_b,
+                                       const int* idx_c) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    a += warp * 128;
+    b += warp * 64;
+    c += warp * 128;
+    unsigned int fa[4], fb[2];
+    float fc[4], fd[4];
+    for (int i = 0; i < 4; ++i) fa[i] = f32_to_tf32(a[idx_a[lane * 4 + i]]);
+    for (int i = 0; i < 2; ++i) fb[i] = f32_to_tf32(b[idx_b[lane * 2 + i]]);
+    for (int i = 0; i < 4; ++i) fc[i] = c[idx_c[lane * 4 + i]];
+    mma_m16n8k8_tf32(fd, fa, fb, fc);
+    for (int i = 0; i < 4; ++i) d[warp * 128 + lane * 4 + i] = fd[i];
+}
+
+// m16n8k16 BF16: A 16×16, B 16×8 ([k][n]), C 16×8; operand pairs rounded to BF16 and packed (element 2j
+// in the low half of register j).
+extern "C" __global__ void st_mma_bf16(float* d, const float* a, const float* b, const float* c, const int* idx_a, const int* idx_b,
+                                       const int* idx_c) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    a += warp * 256;
+    b += warp * 128;
+    c += warp * 128;
+    unsigned int fa[4], fb[2];
+    float fc[4], fd[4];
+    for (int j = 0; j < 4; ++j) fa[j] = pack_bf16x2(a[idx_a[lane * 8 + 2 * j]], a[idx_a[lane * 8 + 2 * j + 1]]);
+    for (int j = 0; j < 2; ++j) fb[j] = pack_bf16x2(b[idx_b[lane * 4 + 2 * j]], b[idx_b[lane * 4 + 2 * j + 1]]);
+    for (int i = 0; i < 4; ++i) fc[i] = c[idx_c[lane * 4 + i]];
+    mma_m16n8k16_bf16(fd, fa, fb, fc);
+    for (int i = 0; i < 4; ++i) d[warp * 128 + lane * 4 + i] = fd[i];
+}
+
+// The rounding conversions of x[i]: tf32[i] (cvt.rna.tf32.f32 bits), bf16[i] (the low half of pack_bf16x2).
+extern "C" __global__ void st_round(unsigned int* tf32, unsigned int* bf16, const float* x, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        tf32[i] = f32_to_tf32(x[i]);
+        bf16[i] = pack_bf16x2(x[i], 0.0f);
+    }
+}
+
+// Every ldmatrix form on four 8×8 b16 matrices in shared memory whose element (m, r, c) holds
+// m·64 + r·8 + c, rows 48 bytes apart (so row addresses are not contiguous). Lanes that name no row pass
+// a null pointer: only lanes 0..8·num−1 give addresses. out[(variant·32 + lane)·4 + reg], variants
+// x1, x1.trans, x2, x2.trans, x4, x4.trans; registers a form does not write stay 0xffffffff.
+template <int NUM, bool TRANS>
+__device__ void st_ldmatrix_one(unsigned int* out, const unsigned short (*s)[8][24], int variant) {
+    const int lane = threadIdx.x & 31;
+    unsigned int r[NUM];
+    const void* row = lane < 8 * NUM ? (const void*)&s[lane >> 3][lane & 7][0] : nullptr;
+    ldmatrix<NUM, TRANS>(r, row);
+    for (int i = 0; i < 4; ++i) out[(variant * 32 + lane) * 4 + i] = i < NUM ? r[i] : 0xffffffffu;
+}
+extern "C" __global__ void st_ldmatrix(unsigned int* out) {
+    __shared__ __align__(16) unsigned short s[4][8][24];
+    // Written in pairs: the racecheck keeps one shadow per 4-byte word (docs/CUDA-SIM.md).
+    for (int i = threadIdx.x; i < 4 * 8 * 12; i += blockDim.x) {
+        const int m = i / 96, r = (i / 12) % 8, c = 2 * (i % 12);
+        const unsigned int lo = c < 8 ? m * 64 + r * 8 + c : 0xdead, hi = c < 8 ? lo + 1 : 0xdead;
+        reinterpret_cast<unsigned int*>(&s[m][r][c])[0] = lo | hi << 16;
+    }
+    __syncthreads();
+    st_ldmatrix_one<1, false>(out, s, 0);
+    st_ldmatrix_one<1, true>(out, s, 1);
+    st_ldmatrix_one<2, false>(out, s, 2);
+    st_ldmatrix_one<2, true>(out, s, 3);
+    st_ldmatrix_one<4, false>(out, s, 4);
+    st_ldmatrix_one<4, true>(out, s, 5);
+}
+
+// cp.async in three committed groups, 64 threads, x of 3·256 floats:
+//   group 0: cp.async.cg 16 bytes to s[0][4t..], src-size 16, 8, 0, 12 for t % 4 = 0, 1, 2, 3;
+//   group 1: cp.async.ca 16 bytes to s[1][4t..], src-size 16;
+//   group 2: s[2][4t..4t+1] by an 8-byte copy (src-size 4 when t % 3 == 0, else 8), s[2][4t+2] and
+//            s[2][4t+3] by 4-byte copies (src-size 0 for the second when t is odd).
+// After wait_group 2 the thread reads its own group-0 floats (own[4t..]); after wait_group 0 and a
+// barrier, y[g·256 + i] = s[g][255 − i].
+extern "C" __global__ void st_cp_async(float* y, float* own, const float* x) {
+    __shared__ __align__(16) float s[3][256];
+    const int t = threadIdx.x;
+    const int src0[4] = {16, 8, 0, 12};
+    cp_async<16>(&s[0][4 * t], x + 4 * t, src0[t % 4]);
+    cp_async_commit();
+    cp_async_ca16(&s[1][4 * t], x + 256 + 4 * t, 16);
+    cp_async_commit();
+    cp_async<8>(&s[2][4 * t], x + 512 + 4 * t, t % 3 == 0 ? 4 : 8);
+    cp_async<4>(&s[2][4 * t + 2], x + 512 + 4 * t + 2, 4);
+    cp_async<4>(&s[2][4 * t + 3], x + 512 + 4 * t + 3, t % 2 ? 0 : 4);
+    cp_async_commit();
+    cp_async_wait<2>();
+    for (int i = 0; i < 4; ++i) own[4 * t + i] = s[0][4 * t + i];
+    cp_async_wait<0>();
+    __syncthreads();
+    for (int g = 0; g < 3; ++g)
+        for (int i = t; i < 256; i += blockDim.x) y[g * 256 + i] = s[g][255 - i];
 }
 
 // --- broken kernels: each must be reported ----------------------------------------------------------
@@ -203,4 +306,107 @@ extern "C" __global__ void __launch_bounds__(64) st_bounded(float* y) { y[thread
 // For the context-switch measurement (examples/cuda_sim_speed.rs): `iters` barriers and nothing else.
 extern "C" __global__ void st_barrier_loop(int iters) {
     for (int i = 0; i < iters; ++i) __syncthreads();
+}
+
+// --- broken tensor-core code -------------------------------------------------------------------------
+
+// Lane 3 skips the mma (mma.sync.aligned needs the whole warp).
+extern "C" __global__ void st_mma_skipped_lane(float* y) {
+    unsigned int a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+    float c[4] = {0, 0, 0, 0}, d[4] = {0, 0, 0, 0};
+    if ((threadIdx.x & 31) != 3) mma_m16n8k8_tf32(d, a, b, c);
+    y[threadIdx.x] = d[0];
+}
+
+// ldmatrix in a block of 16 threads: half a warp.
+extern "C" __global__ void st_ldmatrix_half_warp(unsigned int* y) {
+    __shared__ __align__(16) unsigned int s[8][4];
+    for (int i = threadIdx.x; i < 32; i += blockDim.x) s[i / 4][i % 4] = (unsigned int)i;
+    __syncthreads();
+    unsigned int r[1];
+    ldmatrix<1, false>(r, &s[threadIdx.x & 7][0]);
+    y[threadIdx.x] = r[0];
+}
+
+// ldmatrix with a row address 8 bytes past a 16-byte boundary.
+extern "C" __global__ void st_ldmatrix_misaligned(unsigned int* y) {
+    __shared__ __align__(16) unsigned int s[8][8];
+    for (int i = threadIdx.x; i < 64; i += blockDim.x) s[i / 8][i % 8] = (unsigned int)i;
+    __syncthreads();
+    unsigned int r[1];
+    ldmatrix<1, false>(r, &s[threadIdx.x & 7][2]);
+    y[threadIdx.x] = r[0];
+}
+
+// The copy is committed but never waited for: the barrier does not wait for cp.async, so the neighbour's
+// floats are read while still being copied.
+extern "C" __global__ void st_cp_async_no_wait(float* y, const float* x) {
+    __shared__ __align__(16) float s[256];
+    const int t = threadIdx.x;
+    cp_async<16>(&s[4 * t], x + 4 * t, 16);
+    cp_async_commit();
+    // cp_async_wait<0>();   <- missing
+    __syncthreads();
+    y[t] = s[(4 * t + 4) % 256];
+}
+
+// Two groups, but wait_group 1 leaves the second pending when it is read.
+extern "C" __global__ void st_cp_async_wait_too_few(float* y, const float* x) {
+    __shared__ __align__(16) float s[2][256];
+    const int t = threadIdx.x;
+    cp_async<16>(&s[0][4 * t], x + 4 * t, 16);
+    cp_async_commit();
+    cp_async<16>(&s[1][4 * t], x + 256 + 4 * t, 16);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    y[t] = s[0][t] + s[1][t];
+}
+
+// Copies 256 floats from x, which the test makes 255 long: the last thread's source ends 4 bytes past it.
+extern "C" __global__ void st_cp_async_oob(float* y, const float* x) {
+    __shared__ __align__(16) float s[256];
+    const int t = threadIdx.x;
+    cp_async<16>(&s[4 * t], x + 4 * t, 16);
+    cp_async_wait_all();
+    y[t] = s[4 * t];
+}
+
+// A 16-byte copy to a shared address 4 bytes past a 16-byte boundary.
+extern "C" __global__ void st_cp_async_misaligned(float* y, const float* x) {
+    __shared__ __align__(16) float s[260];
+    const int t = threadIdx.x;
+    cp_async<16>(&s[4 * t + 1], x + 4 * t, 16);
+    cp_async_wait_all();
+    y[t] = s[4 * t + 1];
+}
+
+// A one-stage pipeline without the barrier between reading a tile and refilling it: thread t's cp.async
+// of step s+1 overwrites floats thread t+1 read in step s (the racecheck sees cp.async as a write).
+extern "C" __global__ void st_cp_async_overwrite(float* y, const float* x) {
+    __shared__ __align__(16) float s[256];
+    const int t = threadIdx.x;
+    float acc = 0.0f;
+    for (int step = 0; step < 2; ++step) {
+        cp_async<16>(&s[4 * t], x + step * 256 + 4 * t, 16);
+        cp_async_wait_all();
+        __syncthreads();
+        acc += s[(4 * t + 4) % 256];
+        // __syncthreads();   <- missing
+    }
+    y[t] = acc;
+}
+
+// ldmatrix reads rows that other threads write after the barrier, with no second barrier (the racecheck
+// sees ldmatrix as each lane reading its row).
+extern "C" __global__ void st_ldmatrix_missing_sync(unsigned int* y) {
+    __shared__ __align__(16) unsigned int s[8][4];
+    const int t = threadIdx.x;
+    s[t / 4][t % 4] = (unsigned int)t;
+    __syncthreads();
+    s[t / 4][t % 4] = (unsigned int)t + 1;
+    // __syncthreads();   <- missing
+    unsigned int r[1];
+    ldmatrix<1, false>(r, &s[t & 7][0]);
+    y[t] = r[0];
 }

@@ -15,6 +15,7 @@ mod pool;
 mod softmax;
 mod upsample;
 
+use crate::math_mode::{math_mode, round_operands};
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -166,9 +167,11 @@ impl Backend for CpuBackend {
         bias: Option<&dyn BackendBuffer>,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
+        // The math mode rounds the product's operands (crate::math_mode), never the bias.
+        let m = math_mode()?;
         Ok(wrap(conv::forward(
-            &read(x)?,
-            &read(w)?,
+            &round_operands(&read(x)?, m),
+            &round_operands(&read(w)?, m),
             read_opt(bias)?.as_deref().map(|v| &v[..]),
             g,
         )))
@@ -179,7 +182,12 @@ impl Backend for CpuBackend {
         w: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        Ok(wrap(conv::backward_data(&read(dy)?, &read(w)?, g)))
+        let m = math_mode()?;
+        Ok(wrap(conv::backward_data(
+            &round_operands(&read(dy)?, m),
+            &round_operands(&read(w)?, m),
+            g,
+        )))
     }
     fn conv_backward_weight(
         &self,
@@ -187,7 +195,12 @@ impl Backend for CpuBackend {
         dy: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        Ok(wrap(conv::backward_weight(&read(x)?, &read(dy)?, g)))
+        let m = math_mode()?;
+        Ok(wrap(conv::backward_weight(
+            &round_operands(&read(x)?, m),
+            &round_operands(&read(dy)?, m),
+            g,
+        )))
     }
 
     fn batch_norm_train(
@@ -375,7 +388,12 @@ impl Backend for CpuBackend {
         b: &dyn BackendBuffer,
         g: MatmulGeom,
     ) -> Result<BufferRef> {
-        Ok(wrap(linalg::matmul(&read(a)?, &read(b)?, g)))
+        let m = math_mode()?;
+        Ok(wrap(linalg::matmul(
+            &round_operands(&read(a)?, m),
+            &round_operands(&read(b)?, m),
+            g,
+        )))
     }
     fn attention_forward(
         &self,

@@ -2,10 +2,12 @@
 //! runs on the batched GEMM.
 
 use super::gemm::gemm_into;
+// Attention's products stay FP32 (the CPU backend's attention does not round yet).
 use super::launch::blocks;
 use super::{i32_of, out, ptr, CudaBackend, LaunchConfig};
 use crate::backend::{AttentionGeom, AttentionGrads, BackendBuffer, BufferRef, MatmulGeom};
 use crate::error::{Error, Result};
+use crate::math_mode::MathMode;
 
 pub(super) fn forward(
     be: &CudaBackend,
@@ -94,6 +96,7 @@ pub(super) fn backward(
             trans_a: true,
             trans_b: false,
         },
+        MathMode::Fp32,
     )?;
     be.launch1(
         "attention",
@@ -115,6 +118,7 @@ pub(super) fn backward(
             trans_a: false,
             trans_b: false,
         },
+        MathMode::Fp32,
     )?;
     // dP = dyᵀ·v                  [B, N, M], then dS in place
     let ds = be.alloc(rows * m)?;
@@ -131,6 +135,7 @@ pub(super) fn backward(
             trans_a: true,
             trans_b: false,
         },
+        MathMode::Fp32,
     )?;
     let d = be.alloc(rows)?;
     be.launch1(
@@ -159,6 +164,7 @@ pub(super) fn backward(
             trans_a: false,
             trans_b: true,
         },
+        MathMode::Fp32,
     )?;
     gemm_into(
         be,
@@ -173,6 +179,7 @@ pub(super) fn backward(
             trans_a: false,
             trans_b: false,
         },
+        MathMode::Fp32,
     )?;
     Ok(AttentionGrads {
         dq: out(dq),

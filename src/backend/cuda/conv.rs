@@ -2,9 +2,12 @@
 //! gradient split along its reduction), direct kernels for depthwise convolutions.
 
 use super::launch::{blocks, wgrad_splits, BLOCK, MAX_ELEMENTS};
-use super::{a3, i32_of, opt_ptr, out, ptr, CudaBackend, KernelArg, LaunchConfig};
+use super::{
+    a3, fp32_kernels_only, i32_of, opt_ptr, out, ptr, CudaBackend, KernelArg, LaunchConfig,
+};
 use crate::backend::{BackendBuffer, BufferRef, ConvGeom};
 use crate::error::{Error, Result};
+use crate::math_mode::{math_mode, MathMode};
 
 /// Geometry of a convolution as the kernels read it (kernels/conv.cu `ConvP`).
 #[repr(C)]
@@ -90,7 +93,12 @@ fn gemm_launch(
             "cuda: {name}: grid {grid:?} too large"
         )));
     }
-    be.launch("conv", name, LaunchConfig::new(grid, (256, 1, 1)), args)
+    let threads = if name.ends_with("_tf32") || name.ends_with("_bf16") {
+        128 // the tensor-core kernels: 4 warps of 32×32 tiles
+    } else {
+        256
+    };
+    be.launch("conv", name, LaunchConfig::new(grid, (threads, 1, 1)), args)
 }
 
 pub(super) fn forward(
@@ -107,17 +115,20 @@ pub(super) fn forward(
         return Ok(out(y));
     }
     let (xp, wp, bp) = (ptr(x)?, ptr(w)?, opt_ptr(bias)?);
+    let mode = math_mode()?;
     if is_depthwise(g) {
+        fp32_kernels_only("conv_forward (depthwise)", mode)?;
         be.launch1("conv", "conv_dw_fprop", len, kargs![y.ptr, xp, wp, bp, p])?;
         return Ok(out(y));
     }
     p.m = p.cout_g;
     p.n_gemm = p.n * p.out_vol;
     p.k_gemm = p.cin_g * p.kvol;
-    let name = if p.k_gemm % 4 == 0 {
-        "conv_fprop_vec"
-    } else {
-        "conv_fprop"
+    let name = match mode {
+        MathMode::Tf32 => "conv_fprop_tf32",
+        MathMode::Bf16 => "conv_fprop_bf16",
+        MathMode::Fp32 if p.k_gemm % 4 == 0 => "conv_fprop_vec",
+        MathMode::Fp32 => "conv_fprop",
     };
     let grid = (
         blocks(p.n_gemm as usize, 64),

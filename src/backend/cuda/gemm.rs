@@ -1,12 +1,22 @@
-//! Matrix products (kernels/gemm.cu): one batched, 64×64-tiled GEMM with either operand transposed.
+//! Matrix products (kernels/gemm.cu): one batched, 64×64-tiled GEMM with either operand transposed, in
+//! FP32 or (per the math mode) on TF32/BF16 tensor cores.
 
 use super::launch::gemm_tiles;
 use super::{i32_of, out, ptr, CudaBackend, LaunchConfig};
 use crate::backend::{BackendBuffer, BufferRef, MatmulGeom};
 use crate::error::{Error, Result};
+use crate::math_mode::{math_mode, MathMode};
 
 /// Batched C = op(A)·op(B) into an existing buffer (see kernels/gemm.cu).
-pub(super) fn gemm_into(be: &CudaBackend, c: u64, a: u64, b: u64, g: MatmulGeom) -> Result<()> {
+/// `mode` picks the kernel: FP32 on CUDA cores, or TF32/BF16 on tensor cores (same block tiles).
+pub(super) fn gemm_into(
+    be: &CudaBackend,
+    c: u64,
+    a: u64,
+    b: u64,
+    g: MatmulGeom,
+    mode: MathMode,
+) -> Result<()> {
     let MatmulGeom {
         batch,
         m,
@@ -28,6 +38,11 @@ pub(super) fn gemm_into(be: &CudaBackend, c: u64, a: u64, b: u64, g: MatmulGeom)
     let (mi, ni, ki, ta, tb) = (m as i32, n as i32, k as i32, trans_a as i32, trans_b as i32);
     let tiles = gemm_tiles(m, n)
         .ok_or_else(|| Error::Device(format!("cuda: matmul of {m}×{n} has too many tiles")))?;
+    let (kernel, threads) = match mode {
+        MathMode::Fp32 => ("gemm_batched", 256),
+        MathMode::Tf32 => ("gemm_batched_tf32", 128),
+        MathMode::Bf16 => ("gemm_batched_bf16", 128),
+    };
     let mut b0 = 0;
     while b0 < batch {
         let nb = (batch - b0).min(65535);
@@ -38,8 +53,8 @@ pub(super) fn gemm_into(be: &CudaBackend, c: u64, a: u64, b: u64, g: MatmulGeom)
         );
         be.launch(
             "gemm",
-            "gemm_batched",
-            LaunchConfig::new((tiles, 1, nb as u32), (256, 1, 1)),
+            kernel,
+            LaunchConfig::new((tiles, 1, nb as u32), (threads, 1, 1)),
             kargs![cp, ap, bp, mi, ni, ki, ta, tb],
         )?;
         b0 += nb;
@@ -54,6 +69,6 @@ pub(super) fn matmul(
     g: MatmulGeom,
 ) -> Result<BufferRef> {
     let c = be.alloc(g.batch * g.m * g.n)?;
-    gemm_into(be, c.ptr, ptr(a)?, ptr(b)?, g)?;
+    gemm_into(be, c.ptr, ptr(a)?, ptr(b)?, g, math_mode()?)?;
     Ok(out(c))
 }
