@@ -271,13 +271,22 @@ impl Backend for CpuBackend {
     fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
         Ok(wrap(pool::max_forward(&read(x)?, g)))
     }
-    fn max_pool_backward(
+    fn max_pool_forward_argmax(
         &self,
         x: &dyn BackendBuffer,
+        g: &PoolGeom,
+    ) -> Result<(BufferRef, BufferRef)> {
+        let (y, argmax) = pool::max_forward_argmax(&read(x)?, g);
+        Ok((wrap(y), wrap(argmax)))
+    }
+    fn max_pool_backward(
+        &self,
+        argmax: &dyn BackendBuffer,
         dy: &dyn BackendBuffer,
         g: &PoolGeom,
     ) -> Result<BufferRef> {
-        Ok(wrap(pool::max_backward(&read(x)?, &read(dy)?, g)))
+        check_argmax(argmax, dy, g)?;
+        Ok(wrap(pool::max_backward(&read(argmax)?, &read(dy)?, g)))
     }
     fn avg_pool_forward(
         &self,

@@ -462,13 +462,20 @@ impl Backend for CudaBackend {
     fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
         pool::max_forward(self, x, g)
     }
-    fn max_pool_backward(
+    fn max_pool_forward_argmax(
         &self,
         x: &dyn BackendBuffer,
+        g: &PoolGeom,
+    ) -> Result<(BufferRef, BufferRef)> {
+        pool::max_forward_argmax(self, x, g)
+    }
+    fn max_pool_backward(
+        &self,
+        argmax: &dyn BackendBuffer,
         dy: &dyn BackendBuffer,
         g: &PoolGeom,
     ) -> Result<BufferRef> {
-        pool::max_backward(self, x, dy, g)
+        pool::max_backward(self, argmax, dy, g)
     }
     fn avg_pool_forward(
         &self,
