@@ -24,6 +24,10 @@ use vidgrad::Device;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Run every graph node by itself: no fused chains (docs/GRAPH.md, "Fusion"); for debugging and
+    /// for comparing fused with unfused results. `summary` and `graph` then mark nothing.
+    #[arg(long, global = true)]
+    no_fuse: bool,
 }
 
 /// Options that choose and shape a model.
@@ -387,6 +391,7 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    vidgrad::exec::set_fuse_by_default(!cli.no_fuse);
     match cli.command {
         Command::Models => {
             for (name, source) in models::MODELS {

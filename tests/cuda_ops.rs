@@ -267,6 +267,14 @@ fn conv_matches_cpu() {
             tol.max(1e-4),
             1e-4,
         );
+        // The fused conv+relu epilogue (ReLU is 1-Lipschitz: the same tolerance).
+        p.check(
+            &format!("conv fwd+relu {g:?}"),
+            &p.cpu.conv_forward_relu(&*xc, &*wc, ybc, &g).unwrap(),
+            &p.gpu.conv_forward_relu(&*xg, &*wg, ybg, &g).unwrap(),
+            tol.max(1e-4),
+            1e-4,
+        );
         p.check(
             &format!("conv dgrad {g:?}"),
             &p.cpu.conv_backward_data(&*dc, &*wc, &g).unwrap(),
@@ -393,7 +401,11 @@ fn pooling_matches_cpu() {
         let wide = case % 5 == 1;
         for i in usize::from(case % 3 == 0)..3 {
             g.input[i] = d.int(1, 12);
-            g.kernel[i] = if wide && i > 0 { d.int(9, 18) } else { d.int(1, 4) };
+            g.kernel[i] = if wide && i > 0 {
+                d.int(9, 18)
+            } else {
+                d.int(1, 4)
+            };
             g.stride[i] = d.int(1, 3);
             g.padding[i] = d.int(0, g.kernel[i] / 2);
             let span = g.input[i] + 2 * g.padding[i];
@@ -422,7 +434,11 @@ fn pooling_matches_cpu() {
             // Max pool only: NaN wins the window (the last NaN of the scan); −inf never beats a
             // finite value.
             for k in (0..xmax.len()).step_by(7) {
-                xmax[k] = if k % 2 == 0 { f32::NAN } else { f32::NEG_INFINITY };
+                xmax[k] = if k % 2 == 0 {
+                    f32::NAN
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
         }
         let (xc, xg) = p.up(&xmax);

@@ -115,6 +115,15 @@ impl Backend for MetaBackend {
     ) -> Result<BufferRef> {
         buf(g.n * g.c_out * g.output_volume())
     }
+    fn conv_forward_relu(
+        &self,
+        _x: &dyn BackendBuffer,
+        _w: &dyn BackendBuffer,
+        _b: Option<&dyn BackendBuffer>,
+        g: &ConvGeom,
+    ) -> Result<BufferRef> {
+        buf(g.n * g.c_out * g.output_volume())
+    }
     fn conv_backward_data(
         &self,
         _dy: &dyn BackendBuffer,

@@ -289,6 +289,15 @@ pub trait Backend: Send + Sync + Debug {
         bias: Option<&dyn BackendBuffer>,
         g: &ConvGeom,
     ) -> Result<BufferRef>;
+    /// `conv_forward` with ReLU applied to each output as the epilogue writes it (the fusion pass's
+    /// conv+relu: no second pass over y).
+    fn conv_forward_relu(
+        &self,
+        x: &dyn BackendBuffer,
+        w: &dyn BackendBuffer,
+        bias: Option<&dyn BackendBuffer>,
+        g: &ConvGeom,
+    ) -> Result<BufferRef>;
     fn conv_backward_data(
         &self,
         dy: &dyn BackendBuffer,

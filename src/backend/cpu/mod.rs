@@ -171,6 +171,22 @@ impl Backend for CpuBackend {
             &read(w)?,
             read_opt(bias)?.as_deref().map(|v| &v[..]),
             g,
+            false,
+        )))
+    }
+    fn conv_forward_relu(
+        &self,
+        x: &dyn BackendBuffer,
+        w: &dyn BackendBuffer,
+        bias: Option<&dyn BackendBuffer>,
+        g: &ConvGeom,
+    ) -> Result<BufferRef> {
+        Ok(wrap(conv::forward(
+            &read(x)?,
+            &read(w)?,
+            read_opt(bias)?.as_deref().map(|v| &v[..]),
+            g,
+            true,
         )))
     }
     fn conv_backward_data(

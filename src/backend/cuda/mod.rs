@@ -404,7 +404,16 @@ impl Backend for CudaBackend {
         bias: Option<&dyn BackendBuffer>,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        conv::forward(self, x, w, bias, g)
+        conv::forward(self, x, w, bias, g, false)
+    }
+    fn conv_forward_relu(
+        &self,
+        x: &dyn BackendBuffer,
+        w: &dyn BackendBuffer,
+        bias: Option<&dyn BackendBuffer>,
+        g: &ConvGeom,
+    ) -> Result<BufferRef> {
+        conv::forward(self, x, w, bias, g, true)
     }
     fn conv_backward_data(
         &self,
