@@ -85,27 +85,38 @@ fn volume(v: &[usize; 3]) -> usize {
     v.iter().product()
 }
 
-/// Where (d, h, w within the plane) and what the window's maximum is, with PyTorch's rule: start from
-/// −inf at the window's first tap and take a tap when `val > max || isnan(val)`, scanning d, h, w
-/// increasing (ties: the first; NaN: the last NaN).
+/// The window's maximum and where it is, as the offset (kd·kH + kh)·kW + kw from the window's padded
+/// start, with PyTorch's rule: start from −inf at the window's first tap and take a tap when
+/// `val > max || isnan(val)`, scanning d, h, w increasing (ties: the first; NaN: the last NaN).
+/// One index is tracked (as the old plane-index scan did), so the training forward costs what the
+/// inference one does.
 #[inline]
 fn window_argmax(
     xp: &[f32],
     dims: [usize; 3],
+    kernel: [usize; 3],
     sd: &Span,
     sh: &Span,
     sw: &Span,
-) -> ([usize; 3], f32) {
+) -> (usize, f32) {
     let [_, h, w] = dims;
-    let mut best = [sd.lo, sh.lo, sw.lo];
+    let [_, kh, kw] = kernel;
+    // offsets of the clipped window's taps relative to the padded start (all ≥ 0)
+    let (od, oh, ow) = (
+        (sd.lo as isize - sd.start) as usize,
+        (sh.lo as isize - sh.start) as usize,
+        (sw.lo as isize - sw.start) as usize,
+    );
+    let mut best = (od * kh + oh) * kw + ow;
     let mut max = f32::NEG_INFINITY;
-    for d in sd.lo..sd.hi {
-        for hh in sh.lo..sh.hi {
+    for (a, d) in (sd.lo..sd.hi).enumerate() {
+        for (b, hh) in (sh.lo..sh.hi).enumerate() {
             let row = (d * h + hh) * w;
+            let row_off = ((od + a) * kh + oh + b) * kw + ow;
             for (i, &v) in xp[row + sw.lo..row + sw.hi].iter().enumerate() {
                 if v > max || v.is_nan() {
                     max = v;
-                    best = [d, hh, sw.lo + i];
+                    best = row_off + i;
                 }
             }
         }
@@ -127,7 +138,7 @@ pub(super) fn max_forward(x: &[f32], g: &PoolGeom) -> Vec<f32> {
             for sd in &td {
                 for sh in &th {
                     for sw in &tw {
-                        *out.next().unwrap() = window_argmax(xp, g.input, sd, sh, sw).1;
+                        *out.next().unwrap() = window_argmax(xp, g.input, g.kernel, sd, sh, sw).1;
                     }
                 }
             }
@@ -177,7 +188,6 @@ fn forward_argmax_as<I: WindowOffset>(x: &[f32], g: &PoolGeom, y: &mut [f32], id
         return;
     }
     let [td, th, tw] = pool_tables(g, true);
-    let [_, kh, kw] = g.kernel;
     y.par_chunks_mut(ov)
         .zip(idx.par_chunks_mut(ov))
         .zip(x.par_chunks(iv))
@@ -186,14 +196,9 @@ fn forward_argmax_as<I: WindowOffset>(x: &[f32], g: &PoolGeom, y: &mut [f32], id
             for sd in &td {
                 for sh in &th {
                     for sw in &tw {
-                        let ([d, h, w], v) = window_argmax(xp, g.input, sd, sh, sw);
+                        let (off, v) = window_argmax(xp, g.input, g.kernel, sd, sh, sw);
                         let (yo, io) = out.next().unwrap();
                         *yo = v;
-                        // The window starts at `start` (≤ the first tap, padding included).
-                        let off = ((d as isize - sd.start) as usize * kh
-                            + (h as isize - sh.start) as usize)
-                            * kw
-                            + (w as isize - sw.start) as usize;
                         *io = I::from_offset(off);
                     }
                 }
