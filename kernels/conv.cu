@@ -34,6 +34,7 @@ struct ConvP {
     int M, N, K;      // GEMM dims of the mode (K: the reduction length)
     int k_per_split;  // wgrad: reduction length per split (multiple of 16)
     int splits;
+    int relu;  // fprop: ReLU epilogue (the fusion pass's conv+relu)
 };
 
 enum { FPROP = 0, DGRAD = 1, WGRAD = 2 };
@@ -253,6 +254,7 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
             if (m >= p.M) continue;
             float v = acc[i][j];
             if (MODE == FPROP && bias) v += bias[g * p.cout_g + m];
+            if (MODE == FPROP && p.relu) v = relu_f(v);
             out[obase + m * mstride] = v;
         }
     }
@@ -371,6 +373,7 @@ __device__ __forceinline__ void conv_fprop_tc(float* __restrict__ y, const float
                     if (m >= p.M) continue;
                     float v = acc[i][j][2 * e0 + e1];
                     if (bias) v += bias[g * p.cout_g + m];
+                    if (p.relu) v = relu_f(v);
                     y[obase + m * p.out_vol] = v;
                 }
         }
@@ -416,7 +419,7 @@ extern "C" __global__ void conv_dw_fprop(float* __restrict__ y, const float* __r
                 }
             }
         }
-        y[i] = acc;
+        y[i] = p.relu ? relu_f(acc) : acc;
     }
 }
 

@@ -1,8 +1,9 @@
 // Pooling over `planes` independent [D, H, W] volumes with PyTorch's window rules (see the CPU backend's
 // pool.rs): max (first maximum, NaN wins), average (count_include_pad), adaptive average.
 // Forward: one thread per output. Average backward gathers (per input, the outputs whose window holds
-// it), so it needs no atomics; max backward recomputes each window's argmax and scatters with atomicAdd
-// into a zeroed dx.
+// it), so it needs no atomics. Max pooling in training saves each window's argmax as its offset inside
+// the kernel window (1, 2 or 4 bytes, PoolGeom::argmax_bytes); max backward scatters dy through it with
+// atomicAdd into a zeroed dx (windows may overlap), reading 1–4 bytes instead of the window of x.
 #include "common.cuh"
 
 struct PoolP {
@@ -70,7 +71,29 @@ extern "C" __global__ void pool_max_forward(float* __restrict__ y, const float* 
     }
 }
 
-extern "C" __global__ void pool_max_backward(float* __restrict__ dx, const float* __restrict__ x, const float* __restrict__ dy, PoolP g) {
+// The window's first maximum as an offset (kd·kH + kh)·kW + kw from the window's padded start.
+__device__ __forceinline__ unsigned window_argmax_offset(const float* xp, const PoolP& g, int od, int oh, int ow, float& best_v) {
+    int dl, dh, dc, hl, hh, hc, wl, wh, wc;
+    pool_span(g, 0, od, dl, dh, dc);
+    pool_span(g, 1, oh, hl, hh, hc);
+    pool_span(g, 2, ow, wl, wh, wc);
+    const int d0 = od * g.s[0] - g.p[0], h0 = oh * g.s[1] - g.p[1], w0 = ow * g.s[2] - g.p[2];
+    int bd = dl, bh = hl, bw = wl;
+    float m = -INFINITY;
+    for (int d = dl; d < dh; ++d)
+        for (int h = hl; h < hh; ++h) {
+            const float* row = xp + (d * g.in[1] + h) * g.in[2];
+            for (int w = wl; w < wh; ++w) {
+                const float v = row[w];
+                if (v > m || isnan(v)) { m = v; bd = d; bh = h; bw = w; }
+            }
+        }
+    best_v = m;
+    return (unsigned)(((bd - d0) * g.k[1] + (bh - h0)) * g.k[2] + (bw - w0));
+}
+
+// Training forward: y and the argmax offsets, `idx_bytes` (1, 2, 4) wide.
+extern "C" __global__ void pool_max_forward_argmax(float* __restrict__ y, unsigned char* __restrict__ idx, const float* __restrict__ x, PoolP g, int idx_bytes) {
     const int ov = g.out[0] * g.out[1] * g.out[2], iv = g.in[0] * g.in[1] * g.in[2];
     const int total = g.planes * ov;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
@@ -78,8 +101,31 @@ extern "C" __global__ void pool_max_backward(float* __restrict__ dx, const float
         int od, oh, ow;
         decode3(i - plane * ov, g.out, od, oh, ow);
         float v;
-        const int at = window_argmax(x + (size_t)plane * iv, g, od, oh, ow, v);
-        if (at >= 0) atomicAdd(dx + (size_t)plane * iv + at, dy[i]);
+        const unsigned off = window_argmax_offset(x + (size_t)plane * iv, g, od, oh, ow, v);
+        y[i] = v;
+        if (idx_bytes == 1) idx[i] = (unsigned char)off;
+        else if (idx_bytes == 2) reinterpret_cast<unsigned short*>(idx)[i] = (unsigned short)off;
+        else reinterpret_cast<unsigned*>(idx)[i] = off;
+    }
+}
+
+extern "C" __global__ void pool_max_backward(float* __restrict__ dx, const unsigned char* __restrict__ idx, const float* __restrict__ dy, PoolP g, int idx_bytes) {
+    const int ov = g.out[0] * g.out[1] * g.out[2], iv = g.in[0] * g.in[1] * g.in[2];
+    const int total = g.planes * ov;
+    const int khw = g.k[1] * g.k[2];
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        const int plane = i / ov;
+        int od, oh, ow;
+        decode3(i - plane * ov, g.out, od, oh, ow);
+        const int off = idx_bytes == 1   ? (int)idx[i]
+                        : idx_bytes == 2 ? (int)reinterpret_cast<const unsigned short*>(idx)[i]
+                                         : (int)reinterpret_cast<const unsigned*>(idx)[i];
+        const int d = od * g.s[0] - g.p[0] + off / khw;
+        const int h = oh * g.s[1] - g.p[1] + off % khw / g.k[2];
+        const int w = ow * g.s[2] - g.p[2] + off % g.k[2];
+        // Always inside for a valid geometry (no window is empty); an empty one has nothing to take dy.
+        if (d < 0 || d >= g.in[0] || h < 0 || h >= g.in[1] || w < 0 || w >= g.in[2]) continue;
+        atomicAdd(dx + (size_t)plane * iv + (d * g.in[1] + h) * g.in[2] + w, dy[i]);
     }
 }
 

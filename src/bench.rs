@@ -161,7 +161,8 @@ impl Kernel {
         use Pass::*;
         match self {
             Kernel::Conv { .. } | Kernel::Linear { .. } => &[Fwd, Dgrad, Wgrad],
-            Kernel::BatchNorm { .. } => &[Fwd, FwdEval, Bwd],
+            // max pool: the training forward saves the argmax, the inference one does not
+            Kernel::BatchNorm { .. } | Kernel::MaxPool { .. } => &[Fwd, FwdEval, Bwd],
             Kernel::Add { .. } | Kernel::Scale { .. } | Kernel::Dropout { .. } => &[Fwd],
             _ => &[Fwd, Bwd],
         }
@@ -191,8 +192,14 @@ impl Kernel {
             }
             Kernel::MaxPool { g, .. } => {
                 let (i, o) = (pool_in(g), pool_out(g));
-                // backward recomputes the argmax from x: x and dy in, dx out
-                Work::Bytes(F * if bwd { 2.0 * i + o } else { i + o })
+                let argmax = (g.argmax_bytes() as f64 / F) * o;
+                match pass {
+                    // argmax and dy in, dx out
+                    Pass::Bwd => Work::Bytes(F * (argmax + o + i)),
+                    // x in, y (and in training the argmax) out
+                    Pass::Fwd => Work::Bytes(F * (i + o + argmax)),
+                    _ => Work::Bytes(F * (i + o)),
+                }
             }
             Kernel::AvgPool { g, .. } => Work::Bytes(F * (pool_in(g) + pool_out(g))),
             Kernel::AdaptiveAvgPool { g, .. } => {

@@ -29,6 +29,10 @@ struct Cli {
     /// mode; on CUDA, convolution gradients and depthwise convolutions are fp32 only for now (docs/CUDA.md).
     #[arg(long, global = true)]
     math: Option<String>,
+    /// Run every graph node by itself: no fused chains (docs/GRAPH.md, "Fusion"); for debugging and
+    /// for comparing fused with unfused results. `summary` and `graph` then mark nothing.
+    #[arg(long, global = true)]
+    no_fuse: bool,
 }
 
 /// Options that choose and shape a model.
@@ -399,6 +403,7 @@ fn run() -> Result<()> {
             vidgrad::math_mode::math_mode()?;
         }
     }
+    vidgrad::exec::set_fuse_by_default(!cli.no_fuse);
     match cli.command {
         Command::Models => {
             for (name, source) in models::MODELS {

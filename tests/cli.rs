@@ -25,6 +25,25 @@ fn models_summary_and_graph() {
         out.contains("Total params: 37,503,856") && out.contains("Forward mult-adds (G): 46.49"),
         "{out}"
     );
+    // Fused chains are marked (fusion is on by default); --no-fuse marks nothing.
+    assert!(
+        out.contains("Conv2d: 3-1 [fused 1]")
+            && out.contains("24 chains: 24 × conv+bn(folded)+relu"),
+        "{out}"
+    );
+    let (ok, out, err) = vidgrad(&[
+        "--no-fuse",
+        "summary",
+        "--model",
+        "eco-lite",
+        "--input-shape",
+        "1,16,3,224,224",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Fused in inference: nothing") && !out.contains("[fused"),
+        "{out}"
+    );
     let (ok, out, _) = vidgrad(&[
         "graph",
         "--model",
@@ -35,6 +54,10 @@ fn models_summary_and_graph() {
         "5",
     ]);
     assert!(ok && out.starts_with("digraph") && out.contains("fc_final"));
+    assert!(
+        out.contains("fused 1: conv+bn(folded)+relu\", style=filled"),
+        "{out}"
+    );
     let (ok, _, err) = vidgrad(&["summary", "--model", "nope", "--input-shape", "1,2,3"]);
     assert!(!ok && err.contains("unknown model 'nope'"), "{err}");
     let (ok, _, err) = vidgrad(&[

@@ -70,7 +70,8 @@ impl Pair {
         assert_eq!(c.len(), g.len(), "{what}: lengths");
         for (i, (a, b)) in c.iter().zip(&g).enumerate() {
             let err = (a - b).abs();
-            if a.is_nan() && b.is_nan() {
+            // equal (infinities included) or both NaN
+            if a == b || (a.is_nan() && b.is_nan()) {
                 continue;
             }
             assert!(
@@ -266,6 +267,14 @@ fn conv_matches_cpu() {
             tol.max(1e-4),
             1e-4,
         );
+        // The fused conv+relu epilogue (ReLU is 1-Lipschitz: the same tolerance).
+        p.check(
+            &format!("conv fwd+relu {g:?}"),
+            &p.cpu.conv_forward_relu(&*xc, &*wc, ybc, &g).unwrap(),
+            &p.gpu.conv_forward_relu(&*xg, &*wg, ybg, &g).unwrap(),
+            tol.max(1e-4),
+            1e-4,
+        );
         p.check(
             &format!("conv dgrad {g:?}"),
             &p.cpu.conv_backward_data(&*dc, &*wc, &g).unwrap(),
@@ -407,6 +416,33 @@ fn batch_norm_matches_cpu() {
     p.done("batchnorm");
 }
 
+/// Max pooling's training forward (y and the saved argmax) and its scatter backward, CUDA against CPU:
+/// y and the argmax offsets bit for bit (the packed bytes; the last word's padding is not compared),
+/// dx within 1e-6 (each dx element is a sum of ≤ kernel-volume dy values added in a different order).
+fn check_max_pool_training(
+    p: &mut Pair,
+    g: &PoolGeom,
+    (xc, xg): (&BufferRef, &BufferRef),
+    (dc, dg): (&BufferRef, &BufferRef),
+) {
+    let (yc, ac) = p.cpu.max_pool_forward_argmax(&**xc, g).unwrap();
+    let (yg, ag) = p.gpu.max_pool_forward_argmax(&**xg, g).unwrap();
+    p.check("max fwd (training)", &yc, &yg, 0.0, 0.0);
+    let bytes = |be: &dyn Backend, b: &BufferRef| {
+        let words = be.to_host(&**b).unwrap();
+        assert_eq!(words.len(), g.argmax_words());
+        bytemuck::cast_slice::<f32, u8>(&words)[..g.output_len() * g.argmax_bytes()].to_vec()
+    };
+    assert_eq!(bytes(p.cpu, &ac), bytes(p.gpu, &ag), "argmax offsets {g:?}");
+    p.check(
+        "max bwd",
+        &p.cpu.max_pool_backward(&*ac, &**dc, g).unwrap(),
+        &p.gpu.max_pool_backward(&*ag, &**dg, g).unwrap(),
+        1e-6,
+        1e-6,
+    );
+}
+
 /// The CPU's statistics on the GPU (so the backward compares like with like).
 fn sc_to(p: &Pair, b: &BufferRef) -> BufferRef {
     p.gpu.from_host(&p.cpu.to_host(&**b).unwrap()).unwrap()
@@ -425,9 +461,15 @@ fn pooling_matches_cpu() {
             padding: [0; 3],
         };
         let ceil = case % 2 == 0;
+        // Every fifth case a wide 2-d window (up to 18×18 = 324 taps: u16 argmax offsets).
+        let wide = case % 5 == 1;
         for i in usize::from(case % 3 == 0)..3 {
             g.input[i] = d.int(1, 12);
-            g.kernel[i] = d.int(1, 4);
+            g.kernel[i] = if wide && i > 0 {
+                d.int(9, 18)
+            } else {
+                d.int(1, 4)
+            };
             g.stride[i] = d.int(1, 3);
             g.padding[i] = d.int(0, g.kernel[i] / 2);
             let span = g.input[i] + 2 * g.padding[i];
@@ -451,7 +493,19 @@ fn pooling_matches_cpu() {
         if case % 4 == 0 {
             xv.iter_mut().for_each(|v| *v = (*v * 2.0).round());
         }
-        let (xc, xg) = p.up(&xv);
+        let mut xmax = xv.clone();
+        if case % 4 == 2 {
+            // Max pool only: NaN wins the window (the last NaN of the scan); −inf never beats a
+            // finite value.
+            for k in (0..xmax.len()).step_by(7) {
+                xmax[k] = if k % 2 == 0 {
+                    f32::NAN
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+        }
+        let (xc, xg) = p.up(&xmax);
         let (dc, dg) = p.up(&d.data(g.planes * ov));
         p.check(
             "max fwd",
@@ -460,13 +514,8 @@ fn pooling_matches_cpu() {
             0.0,
             0.0,
         );
-        p.check(
-            "max bwd",
-            &p.cpu.max_pool_backward(&*xc, &*dc, &g).unwrap(),
-            &p.gpu.max_pool_backward(&*xg, &*dg, &g).unwrap(),
-            1e-6,
-            1e-6,
-        );
+        check_max_pool_training(&mut p, &g, (&xc, &xg), (&dc, &dg));
+        let (xc, xg) = p.up(&xv);
         for cip in [false, true] {
             p.check(
                 "avg fwd",
@@ -504,6 +553,19 @@ fn pooling_matches_cpu() {
             1e-5,
         );
     }
+    // One window of 70 001 taps: u32 argmax offsets.
+    let g = PoolGeom {
+        planes: 2,
+        input: [1, 1, 70_001],
+        output: [1, 1, 1],
+        kernel: [1, 1, 70_001],
+        stride: [1, 1, 1],
+        padding: [0; 3],
+    };
+    assert_eq!(g.argmax_bytes(), 4);
+    let (xc, xg) = p.up(&d.data(2 * 70_001));
+    let (dc, dg) = p.up(&d.data(2));
+    check_max_pool_training(&mut p, &g, (&xc, &xg), (&dc, &dg));
     p.done("pool");
 }
 

@@ -74,6 +74,25 @@ fn memory_liveness_and_checkpointing() {
     infer.eval();
     infer.forward(&[&x]).unwrap();
     let s = infer.last_forward_stats().unwrap();
+    // Fusion (on by default) makes each conv→bn→relu chain one buffer where unfused it made two or
+    // three; here the peak (block input, branch, sum: three activations) is the same either way, plus
+    // one layer's folded weights and bias while its convolution runs (ECO-Lite's inference peak drops
+    // by a fifth: docs/PERFORMANCE.md).
+    infer.set_fuse(false);
+    infer.forward(&[&x]).unwrap();
+    let unfused = infer.last_forward_stats().unwrap();
+    infer.set_fuse(true);
+    println!(
+        "inference peak fused {} B, unfused {} B",
+        s.peak_activation_bytes, unfused.peak_activation_bytes
+    );
+    let folded = (8 * 8 * 27 + 2 * 8) * 4;
+    assert!(
+        s.peak_activation_bytes <= unfused.peak_activation_bytes + folded,
+        "fused {} B, unfused {} B",
+        s.peak_activation_bytes,
+        unfused.peak_activation_bytes
+    );
     let (train_est, infer_est) = infer.graph().activation_bytes();
     infer.train();
     let y = infer.forward(&[&x]).unwrap();

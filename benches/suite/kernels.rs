@@ -91,7 +91,13 @@ pub fn make_set(be: &dyn Backend, k: &Kernel, noise: &mut Noise) -> Result<Set> 
             up(g.axis, 0.25, 1.0)?, // variance > 0
             up(g.numel(), 1.0, 0.0)?,
         ],
-        Kernel::MaxPool { g, .. } | Kernel::AvgPool { g, .. } => vec![
+        Kernel::MaxPool { g, .. } => {
+            let x = up(g.planes * g.input.iter().product::<usize>(), 1.0, 0.0)?;
+            let dy = up(g.output_len(), 1.0, 0.0)?;
+            let (_, argmax) = be.max_pool_forward_argmax(&*x, g)?;
+            vec![x, dy, argmax]
+        }
+        Kernel::AvgPool { g, .. } => vec![
             up(g.planes * g.input.iter().product::<usize>(), 1.0, 0.0)?,
             up(g.planes * g.output.iter().product::<usize>(), 1.0, 0.0)?,
         ],
@@ -193,10 +199,13 @@ pub fn run(be: &dyn Backend, k: &Kernel, s: &Set, pass: Pass) -> Result<()> {
             be.batch_norm_backward(s.b(5), s.b(0), Some(s.b(1)), s.b(3), s.b(4), *g, *eps, true)?;
         }
         (Kernel::MaxPool { g, .. }, Fwd) => {
+            be.max_pool_forward_argmax(s.b(0), g)?;
+        }
+        (Kernel::MaxPool { g, .. }, FwdEval) => {
             be.max_pool_forward(s.b(0), g)?;
         }
         (Kernel::MaxPool { g, .. }, Bwd) => {
-            be.max_pool_backward(s.b(0), s.b(1), g)?;
+            be.max_pool_backward(s.b(2), s.b(1), g)?;
         }
         (
             Kernel::AvgPool {

@@ -345,8 +345,13 @@ fn kernel_suite(
                     };
                     let c = ks.count as f64;
                     let inference = match (k, pass) {
-                        (Kernel::BatchNorm { .. }, Pass::FwdEval) => true,
-                        (Kernel::BatchNorm { .. } | Kernel::Dropout { .. }, _) => false,
+                        (Kernel::BatchNorm { .. } | Kernel::MaxPool { .. }, Pass::FwdEval) => true,
+                        (
+                            Kernel::BatchNorm { .. }
+                            | Kernel::MaxPool { .. }
+                            | Kernel::Dropout { .. },
+                            _,
+                        ) => false,
                         (_, p) => p == Pass::Fwd,
                     };
                     if inference {

@@ -115,6 +115,15 @@ impl Backend for MetaBackend {
     ) -> Result<BufferRef> {
         buf(g.n * g.c_out * g.output_volume())
     }
+    fn conv_forward_relu(
+        &self,
+        _x: &dyn BackendBuffer,
+        _w: &dyn BackendBuffer,
+        _b: Option<&dyn BackendBuffer>,
+        g: &ConvGeom,
+    ) -> Result<BufferRef> {
+        buf(g.n * g.c_out * g.output_volume())
+    }
     fn conv_backward_data(
         &self,
         _dy: &dyn BackendBuffer,
@@ -179,13 +188,20 @@ impl Backend for MetaBackend {
     fn max_pool_forward(&self, _x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
         buf(g.planes * g.output.iter().product::<usize>())
     }
+    fn max_pool_forward_argmax(
+        &self,
+        _x: &dyn BackendBuffer,
+        g: &PoolGeom,
+    ) -> Result<(BufferRef, BufferRef)> {
+        Ok((buf(g.output_len())?, buf(g.argmax_words())?))
+    }
     fn max_pool_backward(
         &self,
-        x: &dyn BackendBuffer,
+        _argmax: &dyn BackendBuffer,
         _dy: &dyn BackendBuffer,
-        _g: &PoolGeom,
+        g: &PoolGeom,
     ) -> Result<BufferRef> {
-        buf(x.len())
+        buf(g.planes * g.input.iter().product::<usize>())
     }
     fn avg_pool_forward(
         &self,

@@ -101,6 +101,48 @@ pub struct PoolGeom {
     pub padding: [usize; 3],
 }
 
+impl PoolGeom {
+    pub fn kernel_volume(&self) -> usize {
+        self.kernel.iter().product()
+    }
+    pub fn output_len(&self) -> usize {
+        self.planes * self.output.iter().product::<usize>()
+    }
+    /// Bytes of one saved max-pool argmax (its offset inside the kernel window): u8 for windows of at
+    /// most 256 taps (every pool of the model zoo), u16 up to 65 536, else u32.
+    pub fn argmax_bytes(&self) -> usize {
+        match self.kernel_volume() {
+            0..=256 => 1,
+            257..=65536 => 2,
+            _ => 4,
+        }
+    }
+    /// Length in f32 words of the buffer holding every output's argmax, packed `argmax_bytes` wide in
+    /// output order (buffers are f32 words; the offsets reinterpret them, little-endian).
+    pub fn argmax_words(&self) -> usize {
+        (self.output_len() * self.argmax_bytes()).div_ceil(4)
+    }
+}
+
+/// The buffers a max-pool backward gets must be the forward's (a wrong argmax buffer would scatter
+/// out of its planes).
+pub(crate) fn check_argmax(
+    argmax: &dyn BackendBuffer,
+    dy: &dyn BackendBuffer,
+    g: &PoolGeom,
+) -> Result<()> {
+    if argmax.len() != g.argmax_words() || dy.len() != g.output_len() {
+        return Err(crate::error::Error::Device(format!(
+            "max_pool backward: argmax buffer of {} words and dy of {} values do not fit {g:?} ({} and {} expected)",
+            argmax.len(),
+            dy.len(),
+            g.argmax_words(),
+            g.output_len()
+        )));
+    }
+    Ok(())
+}
+
 /// Adaptive average pooling: output cell o covers [floor(o·in/out), ceil((o+1)·in/out)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdaptivePoolGeom {
@@ -247,6 +289,15 @@ pub trait Backend: Send + Sync + Debug {
         bias: Option<&dyn BackendBuffer>,
         g: &ConvGeom,
     ) -> Result<BufferRef>;
+    /// `conv_forward` with ReLU applied to each output as the epilogue writes it (the fusion pass's
+    /// conv+relu: no second pass over y).
+    fn conv_forward_relu(
+        &self,
+        x: &dyn BackendBuffer,
+        w: &dyn BackendBuffer,
+        bias: Option<&dyn BackendBuffer>,
+        g: &ConvGeom,
+    ) -> Result<BufferRef>;
     fn conv_backward_data(
         &self,
         dy: &dyn BackendBuffer,
@@ -298,11 +349,21 @@ pub trait Backend: Send + Sync + Debug {
     ) -> Result<BnGrads>;
 
     // --- pooling ------------------------------------------------------------------------------------
+    /// Max pooling without saving anything (inference).
     fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef>;
-    /// Routes dy to the first maximum of each window (PyTorch's choice), recomputed from x.
-    fn max_pool_backward(
+    /// Max pooling in training: y and each window's argmax, the offset (kd·kH + kh)·kW + kw of the
+    /// window's first maximum (NaN wins: PyTorch's `val > max || isnan(val)` scan in d, h, w order)
+    /// from the window's padded start, packed as [`PoolGeom::argmax_bytes`]-wide integers in a
+    /// buffer of [`PoolGeom::argmax_words`] words.
+    fn max_pool_forward_argmax(
         &self,
         x: &dyn BackendBuffer,
+        g: &PoolGeom,
+    ) -> Result<(BufferRef, BufferRef)>;
+    /// Scatters dy to the saved argmax of each window (PyTorch's approach: no recomputation).
+    fn max_pool_backward(
+        &self,
+        argmax: &dyn BackendBuffer,
         dy: &dyn BackendBuffer,
         g: &PoolGeom,
     ) -> Result<BufferRef>;

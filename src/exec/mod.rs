@@ -20,9 +20,20 @@ use std::sync::{Arc, Mutex};
 use crate::autograd::{self, non_finite, EnableGradGuard, LabelGuard};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::graph::{node_err, Graph, Init, RunCtx, ValueId};
+use crate::graph::{node_err, FusionPlan, Graph, Init, RunCtx, ValueId};
 use crate::rng;
 use crate::tensor::Tensor;
+
+/// Whether new networks follow the fusion plan (the CLI's `--no-fuse` clears it).
+static FUSE_BY_DEFAULT: AtomicBool = AtomicBool::new(true);
+
+/// Make networks created from now on fuse (the default) or not; [`Network::set_fuse`] changes one.
+pub fn set_fuse_by_default(on: bool) {
+    FUSE_BY_DEFAULT.store(on, Ordering::Relaxed);
+}
+pub fn fuse_by_default() -> bool {
+    FUSE_BY_DEFAULT.load(Ordering::Relaxed)
+}
 
 /// A contiguous run of nodes recomputed in backward.
 #[derive(Debug, Clone)]
@@ -52,6 +63,10 @@ pub struct Network {
     training: bool,
     checkpointing: bool,
     check_finite: bool,
+    /// Follow the graph's fusion plan (on by default; `--no-fuse` turns it off).
+    fuse: bool,
+    /// The fusion pass's plan for inference (training fuses nothing yet).
+    eval_plan: FusionPlan,
     segments: Vec<Segment>,
     seed: u64,
     forwards: AtomicU64,
@@ -79,6 +94,7 @@ impl Network {
             params.push(if p.trainable { t.with_grad() } else { t });
         }
         let segments = find_segments(&graph);
+        let eval_plan = graph.fusion_plan(false);
         Ok(Network {
             graph: Arc::new(graph),
             params,
@@ -86,6 +102,8 @@ impl Network {
             training: true,
             checkpointing: true,
             check_finite: false,
+            fuse: fuse_by_default(),
+            eval_plan,
             segments,
             seed,
             forwards: AtomicU64::new(0),
@@ -118,6 +136,23 @@ impl Network {
     pub fn set_check_finite(&mut self, on: bool) {
         self.check_finite = on;
     }
+    /// Run fused chains as one op (the default; docs/GRAPH.md, "Fusion"). Off runs every node by
+    /// itself (`--no-fuse`, for debugging and for comparing the two).
+    pub fn set_fuse(&mut self, on: bool) {
+        self.fuse = on;
+    }
+    pub fn fuses(&self) -> bool {
+        self.fuse
+    }
+    /// The fusion plan a forward in the current mode follows (empty with fusion off).
+    pub fn fusion_plan(&self) -> FusionPlan {
+        if self.fuse && !self.training {
+            self.eval_plan.clone()
+        } else {
+            FusionPlan::none(&self.graph)
+        }
+    }
+
     /// Number of forward passes so far: with the seed, it fixes the dropout masks (RNG state).
     pub fn forward_count(&self) -> u64 {
         self.forwards.load(Ordering::Relaxed)
@@ -311,6 +346,33 @@ impl Network {
             values[v] = Some(t.clone());
         }
         let check = self.check_finite;
+        // The chains this forward fuses: none while recording (the plan is for inference) or checking
+        // every node's output, and none whose intermediate values are asked for by name.
+        let mut plan = if recording || check {
+            FusionPlan::none(g)
+        } else {
+            self.fusion_plan()
+        };
+        let kept_inside = |c: &crate::graph::FusedOp| {
+            let nodes = c.nodes();
+            nodes[..nodes.len() - 1]
+                .iter()
+                .any(|&n| keep[g.nodes[n].output])
+        };
+        if plan.chains.iter().any(kept_inside) {
+            let chains: Vec<_> = plan
+                .chains
+                .into_iter()
+                .filter(|c| !kept_inside(c))
+                .collect();
+            plan = FusionPlan::none(g);
+            for (k, c) in chains.iter().enumerate() {
+                for n in c.nodes() {
+                    plan.chain_of[n] = Some(k);
+                }
+            }
+            plan.chains = chains;
+        }
         let run = |values: &mut Vec<Option<Tensor>>| -> Result<()> {
             let last = g.last_uses();
             let ctx = RunCtx {
@@ -330,7 +392,7 @@ impl Network {
                         seg.nodes.clone()
                     }
                     None => {
-                        run_nodes(g, &self.params, i..i + 1, values, ctx, check)?;
+                        run_nodes(g, &self.params, i..i + 1, values, ctx, check, &plan)?;
                         i..i + 1
                     }
                 };
@@ -441,7 +503,16 @@ impl Network {
                 for (&v, x) in seg.inputs.iter().zip(xs) {
                     local[v] = Some(x.clone());
                 }
-                run_nodes(&g, &params, seg.nodes.clone(), &mut local, ctx, check)?;
+                let none = FusionPlan::none(&g);
+                run_nodes(
+                    &g,
+                    &params,
+                    seg.nodes.clone(),
+                    &mut local,
+                    ctx,
+                    check,
+                    &none,
+                )?;
                 Ok(local[seg.output].take().expect("segment output"))
             }
         };
@@ -477,7 +548,8 @@ impl Network {
 }
 
 /// Run nodes `range` reading and writing `values`; with `check`, label their tape entries and fail at
-/// the first output that is not finite.
+/// the first output that is not finite. A node heading a chain of `plan` runs the whole chain (its
+/// output is the chain's last value); the chain's other nodes are skipped.
 fn run_nodes(
     g: &Graph,
     params: &[Tensor],
@@ -485,9 +557,24 @@ fn run_nodes(
     values: &mut [Option<Tensor>],
     ctx: RunCtx,
     check: bool,
+    plan: &FusionPlan,
 ) -> Result<()> {
     for i in range {
         let n = &g.nodes[i];
+        if plan.absorbed(i) {
+            continue;
+        }
+        if let Some(chain) = plan.head(i) {
+            let x = values[chain.input(g)].as_ref().ok_or_else(|| {
+                node_err(
+                    &n.name,
+                    Error::Autograd("input value was released before use".into()),
+                )
+            })?;
+            let y = chain.run(g, x, params).map_err(|e| node_err(&n.name, e))?;
+            values[chain.output(g)] = Some(y);
+            continue;
+        }
         let xs: Vec<&Tensor> = n
             .inputs
             .iter()

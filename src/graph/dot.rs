@@ -25,7 +25,8 @@ impl Graph {
                 self.values[v].shape
             );
         }
-        self.dot_scope(0, 1, &mut out);
+        let plan = self.shown_fusion_plan();
+        self.dot_scope(0, 1, &mut out, &plan);
         for (i, n) in self.nodes.iter().enumerate() {
             for &v in &n.inputs {
                 let from = match self.values[v].producer {
@@ -49,21 +50,32 @@ impl Graph {
         out
     }
 
-    fn dot_scope(&self, s: ScopeId, indent: usize, out: &mut String) {
+    fn dot_scope(&self, s: ScopeId, indent: usize, out: &mut String, plan: &super::FusionPlan) {
         let pad = "  ".repeat(indent);
         for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.scope == s) {
             let kind = n
                 .module_type
                 .clone()
                 .unwrap_or_else(|| n.op.name().to_string());
+            // Nodes of a fused chain (inference): filled, with the chain's number and kind.
+            let fused = plan.chain_of[i].map(|c| (c, plan.chains[c].label()));
             let _ = writeln!(
                 out,
-                "{pad}n{i} [label=\"{}\\n{}\\n{:?}\"{}];",
+                "{pad}n{i} [label=\"{}\\n{}\\n{:?}{}\"{}{}];",
                 esc(&n.name),
                 esc(&kind),
                 self.values[n.output].shape,
+                fused
+                    .as_ref()
+                    .map(|(c, l)| format!("\\nfused {}: {}", c + 1, esc(l)))
+                    .unwrap_or_default(),
                 if n.module_type.is_none() {
                     ", style=rounded"
+                } else {
+                    ""
+                },
+                if fused.is_some() {
+                    ", style=filled, fillcolor=\"#ffe9b3\""
                 } else {
                     ""
                 }
@@ -78,7 +90,7 @@ impl Graph {
                 esc(&sc.path),
                 esc(&sc.type_name)
             );
-            self.dot_scope(c, indent + 1, out);
+            self.dot_scope(c, indent + 1, out, plan);
             let _ = writeln!(out, "{pad}}}");
         }
     }

@@ -11,9 +11,11 @@
 
 pub mod builder;
 pub mod dot;
+pub mod fuse;
 pub mod summary;
 
 pub use builder::{BatchNorm, Conv, GraphBuilder, Linear};
+pub use fuse::{FusedOp, FusionPlan};
 
 use crate::error::Result;
 use crate::ops::{self, BatchNormArgs, ConvParams, PoolParams};

@@ -112,7 +112,27 @@ impl Graph {
             "--",
         );
         let mut counters = vec![0usize; max_depth + 1];
-        self.summary_rows(0, 1, max_depth, &mut counters, &mut out, &row);
+        let plan = self.shown_fusion_plan();
+        self.summary_rows(0, 1, max_depth, &mut counters, &mut out, &row, &plan);
+        let _ = writeln!(out, "{}", "=".repeat(W));
+        if plan.chains.is_empty() {
+            let _ = writeln!(out, "Fused in inference: nothing");
+        } else {
+            let mut kinds: Vec<(String, usize)> = vec![];
+            for c in &plan.chains {
+                match kinds.iter_mut().find(|(k, _)| *k == c.label()) {
+                    Some((_, n)) => *n += 1,
+                    None => kinds.push((c.label(), 1)),
+                }
+            }
+            let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} × {k}")).collect();
+            let _ = writeln!(
+                out,
+                "Fused in inference (rows marked [fused k], k = chain): {} chains: {}",
+                plan.chains.len(),
+                list.join(", ")
+            );
+        }
         let _ = writeln!(out, "{}", "=".repeat(W));
         let trainable = self.num_params();
         let _ = writeln!(out, "Total params: {}", commas(trainable));
@@ -155,6 +175,7 @@ impl Graph {
         counters: &mut Vec<usize>,
         out: &mut String,
         row: &dyn Fn(&mut String, &str, &str, &str, &str),
+        plan: &super::FusionPlan,
     ) {
         if depth > max_depth {
             return;
@@ -171,9 +192,15 @@ impl Graph {
                 Item::Node(i) => {
                     let n = &self.nodes[i];
                     let p = self.node_params(n);
+                    let fused = plan.chain_of[i]
+                        .map(|c| format!(" [fused {}]", c + 1))
+                        .unwrap_or_default();
                     row(
                         out,
-                        &format!("{prefix}{}: {idx}", n.module_type.as_deref().unwrap_or("")),
+                        &format!(
+                            "{prefix}{}: {idx}{fused}",
+                            n.module_type.as_deref().unwrap_or("")
+                        ),
                         &shape_str(&self.values[n.inputs[0]].shape),
                         &shape_str(&self.values[n.output].shape),
                         &if p == 0 { "--".into() } else { commas(p) },
@@ -198,7 +225,7 @@ impl Graph {
                             "--".into()
                         },
                     );
-                    self.summary_rows(c, depth + 1, max_depth, counters, out, row);
+                    self.summary_rows(c, depth + 1, max_depth, counters, out, row, plan);
                 }
             }
         }

@@ -6,6 +6,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
+pub mod fused;
 pub mod layout;
 pub mod linalg;
 pub mod loss;

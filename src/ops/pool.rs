@@ -130,25 +130,26 @@ fn out_shape(x: &[usize], out3: &[usize; 3]) -> Vec<usize> {
     s
 }
 
-/// Max pooling; gradients go to the first maximum of each window.
+/// Max pooling; gradients go to the first maximum of each window (NaN wins), PyTorch's rule. In
+/// training the forward saves each window's argmax (a 1-, 2- or 4-byte offset inside the window) and
+/// the backward scatters through it; without a tape nothing is saved.
 pub fn max_pool(x: &Tensor, p: &PoolParams) -> Result<Tensor> {
     same_device("max_pool", &[x])?;
     let g = pool_geom("max_pool", x.shape(), p)?;
-    let y = x.sibling(
-        x.backend().max_pool_forward(x.buf(), &g)?,
-        out_shape(x.shape(), &g.output),
-    );
+    let y_shape = out_shape(x.shape(), &g.output);
     if !needs_grad(&[x]) {
-        return Ok(y);
+        return Ok(x.sibling(x.backend().max_pool_forward(x.buf(), &g)?, y_shape));
     }
-    let xs = x.detach();
+    let (ybuf, argmax) = x.backend().max_pool_forward_argmax(x.buf(), &g)?;
+    let y = x.sibling(ybuf, y_shape);
+    let xshape = x.shape().to_vec();
     Ok(record(
         "max_pool",
         &[x],
         y,
         Box::new(move |gy| {
-            let gx = gy.backend().max_pool_backward(xs.buf(), gy.buf(), &g)?;
-            Ok(vec![Some(xs.sibling(gx, xs.shape().to_vec()))])
+            let gx = gy.backend().max_pool_backward(&*argmax, gy.buf(), &g)?;
+            Ok(vec![Some(gy.sibling(gx, xshape))])
         }),
     ))
 }

@@ -173,7 +173,18 @@ def pool_row(fam, args, dev):
         pool = F.adaptive_avg_pool2d if dims == 2 else F.adaptive_avg_pool3d
         op = lambda x: pool(x, args["output"])
     y_s = list(op(torch.empty(*x_s, device="meta")).shape)
-    return autograd_row(lambda: dict(ins=[rnd(x_s, dev)], dy=rnd(y_s, dev)), op)
+    make, passes = autograd_row(lambda: dict(ins=[rnd(x_s, dev)], dy=rnd(y_s, dev)), op)
+    if fam == "max_pool":
+        # vidgrad's fwd is the training forward (it saves the argmax): PyTorch's is the forward that
+        # returns the indices; fwd_eval the plain forward of inference.
+        with_idx = torch.ops.aten.max_pool2d_with_indices if dims == 2 else torch.ops.aten.max_pool3d_with_indices
+
+        def fwd_train(s):
+            with torch.no_grad():
+                return with_idx(s["ins"][0], args["kernel"], args["stride"], args["padding"], [1] * dims,
+                                args["ceil_mode"])
+        passes = dict(passes, fwd=fwd_train, fwd_eval=passes["fwd"])
+    return make, passes
 
 
 def kernel_row(fam, args, dev):

@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use super::elementwise::relu as relu_f;
 use super::linalg::{gemm, Mat};
 use crate::backend::ConvGeom;
 
@@ -26,8 +27,15 @@ const CHUNKING: Chunking = Chunking {
     min_positions: 256,
 };
 
-pub(super) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
-    forward_with(x, w, bias, g, CHUNKING)
+/// y, with ReLU applied as each output is written when `relu` (the fused conv+relu epilogue).
+pub(super) fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+    relu: bool,
+) -> Vec<f32> {
+    forward_with(x, w, bias, g, CHUNKING, relu)
 }
 
 /// dx, shape of x.
@@ -211,9 +219,10 @@ fn forward_with(
     bias: Option<&[f32]>,
     g: &ConvGeom,
     chunking: Chunking,
+    relu: bool,
 ) -> Vec<f32> {
     if is_depthwise(g) {
-        return depthwise_forward(x, w, bias, g);
+        return depthwise_forward(x, w, bias, g, relu);
     }
     let (p_vol, in_vol, ow_n) = (g.output_volume(), g.input_volume(), g.output[2]);
     let (cin_g, cout_g, groups) = (g.in_per_group(), g.out_per_group(), g.groups);
@@ -263,8 +272,14 @@ fn forward_with(
             gemm(cout_g, pc, kdim, wg, b, tmp, pc, false, few);
             for (j, (piece, src)) in pieces.into_iter().zip(tmp.chunks_exact(pc)).enumerate() {
                 let bv = bias.map_or(0.0, |b| b[gi * cout_g + j]);
-                for (d, s) in piece.iter_mut().zip(src) {
-                    *d = s + bv;
+                if relu {
+                    for (d, s) in piece.iter_mut().zip(src) {
+                        *d = relu_f(s + bv);
+                    }
+                } else {
+                    for (d, s) in piece.iter_mut().zip(src) {
+                        *d = s + bv;
+                    }
                 }
             }
         },
@@ -449,7 +464,13 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Depthwise forward: one task per output plane (n, co), reading input channel co / m.
-fn depthwise_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+fn depthwise_forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+    relu: bool,
+) -> Vec<f32> {
     let (p_vol, in_vol, kvol, m) = (
         g.output_volume(),
         g.input_volume(),
@@ -479,6 +500,9 @@ fn depthwise_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -
         });
         if wk.iter().any(|v| !v.is_finite()) {
             padding_products(yp, wk, g);
+        }
+        if relu {
+            yp.iter_mut().for_each(|v| *v = relu_f(*v));
         }
     });
     y
@@ -756,7 +780,11 @@ mod tests {
                     *v += b[i / g.output_volume() % g.c_out] as f64;
                 }
             }
-            let y = forward_with(&x, &w, bias.as_deref(), &g, chunking);
+            let y = forward_with(&x, &w, bias.as_deref(), &g, chunking, false);
+            // The ReLU epilogue is ReLU of the same sums, bit for bit.
+            let y_relu = forward_with(&x, &w, bias.as_deref(), &g, chunking, true);
+            let relu_of_y: Vec<f32> = y.iter().map(|&v| relu_f(v)).collect();
+            assert_eq!(y_relu, relu_of_y, "case {case} relu epilogue {g:?}");
             let dx = backward_data_with(&dy, &w, &g, chunking);
             let dw = backward_weight_with(&x, &dy, &g, chunking);
             for (name, got, want) in [

@@ -10,7 +10,7 @@ const CHUNK: usize = 1 << 15;
 
 /// max(x, 0) keeping NaN, as PyTorch (f32::max would turn NaN into 0).
 #[inline]
-fn relu(x: f32) -> f32 {
+pub(super) fn relu(x: f32) -> f32 {
     if x > 0.0 || x.is_nan() {
         x
     } else {

@@ -82,6 +82,25 @@ pub(crate) fn nan_max(a: f32, b: f32) -> f32 {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;
 
+/// Convolution forward (with the ReLU epilogue of a fused conv→ReLU when `relu`): the math mode rounds
+/// the product's operands (crate::math_mode), never the bias.
+fn conv_forward_in_math_mode(
+    x: &dyn BackendBuffer,
+    w: &dyn BackendBuffer,
+    bias: Option<&dyn BackendBuffer>,
+    g: &ConvGeom,
+    relu: bool,
+) -> Result<BufferRef> {
+    let m = math_mode()?;
+    Ok(wrap(conv::forward(
+        &round_operands(&read(x)?, m),
+        &round_operands(&read(w)?, m),
+        read_opt(bias)?.as_deref().map(|v| &v[..]),
+        g,
+        relu,
+    )))
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         "cpu".into()
@@ -167,14 +186,16 @@ impl Backend for CpuBackend {
         bias: Option<&dyn BackendBuffer>,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        // The math mode rounds the product's operands (crate::math_mode), never the bias.
-        let m = math_mode()?;
-        Ok(wrap(conv::forward(
-            &round_operands(&read(x)?, m),
-            &round_operands(&read(w)?, m),
-            read_opt(bias)?.as_deref().map(|v| &v[..]),
-            g,
-        )))
+        conv_forward_in_math_mode(x, w, bias, g, false)
+    }
+    fn conv_forward_relu(
+        &self,
+        x: &dyn BackendBuffer,
+        w: &dyn BackendBuffer,
+        bias: Option<&dyn BackendBuffer>,
+        g: &ConvGeom,
+    ) -> Result<BufferRef> {
+        conv_forward_in_math_mode(x, w, bias, g, true)
     }
     fn conv_backward_data(
         &self,
@@ -284,13 +305,22 @@ impl Backend for CpuBackend {
     fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
         Ok(wrap(pool::max_forward(&read(x)?, g)))
     }
-    fn max_pool_backward(
+    fn max_pool_forward_argmax(
         &self,
         x: &dyn BackendBuffer,
+        g: &PoolGeom,
+    ) -> Result<(BufferRef, BufferRef)> {
+        let (y, argmax) = pool::max_forward_argmax(&read(x)?, g);
+        Ok((wrap(y), wrap(argmax)))
+    }
+    fn max_pool_backward(
+        &self,
+        argmax: &dyn BackendBuffer,
         dy: &dyn BackendBuffer,
         g: &PoolGeom,
     ) -> Result<BufferRef> {
-        Ok(wrap(pool::max_backward(&read(x)?, &read(dy)?, g)))
+        check_argmax(argmax, dy, g)?;
+        Ok(wrap(pool::max_backward(&read(argmax)?, &read(dy)?, g)))
     }
     fn avg_pool_forward(
         &self,

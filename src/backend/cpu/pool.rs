@@ -13,6 +13,8 @@ use crate::backend::{AdaptivePoolGeom, PoolGeom};
 /// The window of one output index along one dim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Span {
+    /// The window's first index, padding included (o·s − p).
+    start: isize,
     /// Clipped to the input: taps lo..hi.
     lo: usize,
     hi: usize,
@@ -37,6 +39,7 @@ fn pool_spans(n: usize, out: usize, k: usize, s: usize, p: usize, include_pad: b
             let lo = start.max(0) as usize;
             let hi = (end.max(0) as usize).min(n).max(lo);
             Span {
+                start,
                 lo,
                 hi,
                 count: if include_pad { padded } else { hi - lo },
@@ -52,6 +55,7 @@ fn adaptive_spans(n: usize, out: usize) -> Vec<Span> {
             let lo = o * n / out;
             let hi = ((o + 1) * n).div_ceil(out).max(lo);
             Span {
+                start: lo as isize,
                 lo,
                 hi,
                 count: hi - lo,
@@ -81,20 +85,38 @@ fn volume(v: &[usize; 3]) -> usize {
     v.iter().product()
 }
 
-/// Index (within the plane) and value of the window's maximum with PyTorch's rule: start from −inf at
-/// the window's first tap and take a tap when `val > max || isnan(val)`, scanning d, h, w increasing.
+/// The window's maximum and where it is, as the offset (kd·kH + kh)·kW + kw from the window's padded
+/// start, with PyTorch's rule: start from −inf at the window's first tap and take a tap when
+/// `val > max || isnan(val)`, scanning d, h, w increasing (ties: the first; NaN: the last NaN).
+/// One index is tracked (as the old plane-index scan did), so the training forward costs what the
+/// inference one does.
 #[inline]
-fn window_argmax(xp: &[f32], dims: [usize; 3], sd: &Span, sh: &Span, sw: &Span) -> (usize, f32) {
+fn window_argmax(
+    xp: &[f32],
+    dims: [usize; 3],
+    kernel: [usize; 3],
+    sd: &Span,
+    sh: &Span,
+    sw: &Span,
+) -> (usize, f32) {
     let [_, h, w] = dims;
-    let mut best = (sd.lo * h + sh.lo) * w + sw.lo;
+    let [_, kh, kw] = kernel;
+    // offsets of the clipped window's taps relative to the padded start (all ≥ 0)
+    let (od, oh, ow) = (
+        (sd.lo as isize - sd.start) as usize,
+        (sh.lo as isize - sh.start) as usize,
+        (sw.lo as isize - sw.start) as usize,
+    );
+    let mut best = (od * kh + oh) * kw + ow;
     let mut max = f32::NEG_INFINITY;
-    for d in sd.lo..sd.hi {
-        for hh in sh.lo..sh.hi {
+    for (a, d) in (sd.lo..sd.hi).enumerate() {
+        for (b, hh) in (sh.lo..sh.hi).enumerate() {
             let row = (d * h + hh) * w;
+            let row_off = ((od + a) * kh + oh + b) * kw + ow;
             for (i, &v) in xp[row + sw.lo..row + sw.hi].iter().enumerate() {
                 if v > max || v.is_nan() {
                     max = v;
-                    best = row + sw.lo + i;
+                    best = row_off + i;
                 }
             }
         }
@@ -116,7 +138,7 @@ pub(super) fn max_forward(x: &[f32], g: &PoolGeom) -> Vec<f32> {
             for sd in &td {
                 for sh in &th {
                     for sw in &tw {
-                        *out.next().unwrap() = window_argmax(xp, g.input, sd, sh, sw).1;
+                        *out.next().unwrap() = window_argmax(xp, g.input, g.kernel, sd, sh, sw).1;
                     }
                 }
             }
@@ -124,26 +146,104 @@ pub(super) fn max_forward(x: &[f32], g: &PoolGeom) -> Vec<f32> {
     y
 }
 
-pub(super) fn max_backward(x: &[f32], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
+/// A saved argmax: the tap's offset inside its kernel window, as narrow as the window allows.
+trait WindowOffset: bytemuck::Pod + Send + Sync {
+    fn from_offset(o: usize) -> Self;
+    fn offset(self) -> usize;
+}
+
+macro_rules! window_offset {
+    ($($t:ty),*) => {$(
+        impl WindowOffset for $t {
+            #[inline]
+            fn from_offset(o: usize) -> Self {
+                o as $t // < kernel volume, which `PoolGeom::argmax_bytes` sized the type for
+            }
+            #[inline]
+            fn offset(self) -> usize {
+                self as usize
+            }
+        }
+    )*};
+}
+window_offset!(u8, u16, u32);
+
+/// Max pooling that also saves each window's argmax (training): y and the offsets packed
+/// `g.argmax_bytes()` wide into `g.argmax_words()` f32 words.
+pub(super) fn max_forward_argmax(x: &[f32], g: &PoolGeom) -> (Vec<f32>, Vec<f32>) {
+    let mut y = vec![0.0f32; g.output_len()];
+    let mut words = vec![0.0f32; g.argmax_words()];
+    let n = g.output_len();
+    match g.argmax_bytes() {
+        1 => forward_argmax_as::<u8>(x, g, &mut y, &mut bytemuck::cast_slice_mut(&mut words)[..n]),
+        2 => forward_argmax_as::<u16>(x, g, &mut y, &mut bytemuck::cast_slice_mut(&mut words)[..n]),
+        _ => forward_argmax_as::<u32>(x, g, &mut y, &mut bytemuck::cast_slice_mut(&mut words)[..n]),
+    }
+    (y, words)
+}
+
+fn forward_argmax_as<I: WindowOffset>(x: &[f32], g: &PoolGeom, y: &mut [f32], idx: &mut [I]) {
+    let (iv, ov) = (volume(&g.input), volume(&g.output));
+    if iv == 0 || ov == 0 {
+        return;
+    }
+    let [td, th, tw] = pool_tables(g, true);
+    y.par_chunks_mut(ov)
+        .zip(idx.par_chunks_mut(ov))
+        .zip(x.par_chunks(iv))
+        .for_each(|((yp, ip), xp)| {
+            let mut out = yp.iter_mut().zip(ip.iter_mut());
+            for sd in &td {
+                for sh in &th {
+                    for sw in &tw {
+                        let (off, v) = window_argmax(xp, g.input, g.kernel, sd, sh, sw);
+                        let (yo, io) = out.next().unwrap();
+                        *yo = v;
+                        *io = I::from_offset(off);
+                    }
+                }
+            }
+        });
+}
+
+/// dx: each dy added at its window's saved argmax (windows may overlap: a plane's outputs scatter
+/// serially into that plane's dx).
+pub(super) fn max_backward(argmax: &[f32], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
+    let n = g.output_len();
+    match g.argmax_bytes() {
+        1 => backward_as::<u8>(&bytemuck::cast_slice(argmax)[..n], dy, g),
+        2 => backward_as::<u16>(&bytemuck::cast_slice(argmax)[..n], dy, g),
+        _ => backward_as::<u32>(&bytemuck::cast_slice(argmax)[..n], dy, g),
+    }
+}
+
+fn backward_as<I: WindowOffset>(idx: &[I], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
     let (iv, ov) = (volume(&g.input), volume(&g.output));
     let mut dx = vec![0.0f32; g.planes * iv];
     if iv == 0 || ov == 0 {
         return dx;
     }
     let [td, th, tw] = pool_tables(g, true);
+    let [_, h, w] = g.input;
+    let [_, kh, kw] = g.kernel;
     dx.par_chunks_mut(iv)
-        .zip(x.par_chunks(iv))
+        .zip(idx.par_chunks(ov))
         .zip(dy.par_chunks(ov))
-        .for_each(|((dxp, xp), dyp)| {
-            let mut grads = dyp.iter();
+        .for_each(|((dxp, ip), dyp)| {
+            let mut saved = ip.iter().zip(dyp);
             for sd in &td {
                 for sh in &th {
                     for sw in &tw {
-                        let gy = *grads.next().unwrap();
+                        let (&i, &gy) = saved.next().unwrap();
                         if sd.is_empty() || sh.is_empty() || sw.is_empty() {
                             continue;
                         }
-                        dxp[window_argmax(xp, g.input, sd, sh, sw).0] += gy;
+                        let off = i.offset();
+                        let (od, rest) = (off / (kh * kw), off % (kh * kw));
+                        let d = (sd.start + od as isize) as usize;
+                        let hh = (sh.start + (rest / kw) as isize) as usize;
+                        let ww = (sw.start + (rest % kw) as isize) as usize;
+                        dxp[(d * h + hh) * w + ww] += gy;
                     }
                 }
             }
@@ -454,6 +554,16 @@ mod tests {
         (a - b).abs() / a.abs().max(b.abs()).max(1.0)
     }
 
+    /// The training forward (saving the argmax) then the backward scattering through it; the training
+    /// forward's y must be the inference forward's, bit for bit.
+    fn argmax_backward(x: &[f32], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
+        let (y, argmax) = max_forward_argmax(x, g);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y), bits(&max_forward(x, g)), "{g:?}");
+        assert_eq!(argmax.len(), g.argmax_words());
+        max_backward(&argmax, dy, g)
+    }
+
     #[test]
     fn max_pool_matches_naive() {
         let mut dr = Draw::new(11);
@@ -468,7 +578,7 @@ mod tests {
             }
             let dy = data(g.planes * ov, 200 + case as u64);
             let y = max_forward(&x, &g);
-            let dx = max_backward(&x, &dy, &g);
+            let dx = argmax_backward(&x, &dy, &g);
             let (ry, rdx) = naive_max(&x, &dy, &g);
             let (a1, r1) = errors(&y, &ry);
             let (a2, r2) = errors(&dx, &rdx);
@@ -499,18 +609,18 @@ mod tests {
         let dy = [1.0];
         assert_eq!(max_forward(&[1.0, 3.0, 3.0, 2.0], &g), vec![3.0]);
         assert_eq!(
-            max_backward(&[1.0, 3.0, 3.0, 2.0], &dy, &g),
+            argmax_backward(&[1.0, 3.0, 3.0, 2.0], &dy, &g),
             vec![0.0, 1.0, 0.0, 0.0]
         );
         let x = [1.0, f32::NAN, 5.0, 2.0];
         assert!(max_forward(&x, &g)[0].is_nan());
-        assert_eq!(max_backward(&x, &dy, &g), vec![0.0, 1.0, 0.0, 0.0]);
+        assert_eq!(argmax_backward(&x, &dy, &g), vec![0.0, 1.0, 0.0, 0.0]);
         let x = [f32::NAN, 1.0, f32::NAN, 2.0];
-        assert_eq!(max_backward(&x, &dy, &g), vec![0.0, 0.0, 1.0, 0.0]);
+        assert_eq!(argmax_backward(&x, &dy, &g), vec![0.0, 0.0, 1.0, 0.0]);
         // All −inf: the window's first tap.
         let x = [f32::NEG_INFINITY; 4];
         assert_eq!(max_forward(&x, &g), vec![f32::NEG_INFINITY]);
-        assert_eq!(max_backward(&x, &dy, &g), vec![1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(argmax_backward(&x, &dy, &g), vec![1.0, 0.0, 0.0, 0.0]);
         // Overlapping windows accumulate into a shared maximum.
         let g = PoolGeom {
             planes: 1,
@@ -523,9 +633,39 @@ mod tests {
         let x = [0.0, 9.0, 1.0, 2.0];
         assert_eq!(max_forward(&x, &g), vec![9.0, 9.0, 2.0]);
         assert_eq!(
-            max_backward(&x, &[1.0, 2.0, 4.0], &g),
+            argmax_backward(&x, &[1.0, 2.0, 4.0], &g),
             vec![0.0, 3.0, 0.0, 4.0]
         );
+    }
+
+    #[test]
+    fn max_pool_wide_windows_save_u16_and_u32_offsets() {
+        // 17×17 = 289 taps (u16 offsets) with padding, and one 1-d window of 70 001 taps (u32).
+        for (input, kernel, stride, padding, bytes) in [
+            ([1, 20, 21], [1, 17, 17], [1, 2, 3], [0, 8, 7], 2),
+            ([1, 1, 70_001], [1, 1, 70_001], [1, 1, 1], [0, 0, 0], 4),
+        ] {
+            let output: [usize; 3] = std::array::from_fn(|i| {
+                pool_out_size(input[i], kernel[i], stride[i], padding[i], false).unwrap()
+            });
+            let g = PoolGeom {
+                planes: 2,
+                input,
+                output,
+                kernel,
+                stride,
+                padding,
+            };
+            assert_eq!(g.argmax_bytes(), bytes);
+            let x = data(g.planes * volume(&input), 7);
+            let dy = data(g.output_len(), 8);
+            let (ry, rdx) = naive_max(&x, &dy, &g);
+            assert_eq!(errors(&max_forward(&x, &g), &ry).0, 0.0);
+            assert!(
+                errors(&argmax_backward(&x, &dy, &g), &rdx).0 < 1e-6,
+                "{g:?}"
+            );
+        }
     }
 
     #[test]

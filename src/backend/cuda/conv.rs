@@ -32,6 +32,7 @@ struct ConvP {
     k_gemm: i32,
     k_per_split: i32,
     splits: i32,
+    relu: i32,
 }
 
 impl ConvP {
@@ -107,8 +108,10 @@ pub(super) fn forward(
     w: &dyn BackendBuffer,
     bias: Option<&dyn BackendBuffer>,
     g: &ConvGeom,
+    relu: bool,
 ) -> Result<BufferRef> {
     let mut p = ConvP::new(g)?;
+    p.relu = relu as i32;
     let len = g.n * g.c_out * g.output_volume();
     let y = be.alloc(len)?;
     if len == 0 {
@@ -233,7 +236,7 @@ mod tests {
     #[test]
     fn conv_params_have_c_layout() {
         // The kernels' by-value parameter struct (all 4-byte fields, no padding).
-        assert_eq!(std::mem::size_of::<ConvP>(), (5 + 18 + 3 + 5) * 4);
+        assert_eq!(std::mem::size_of::<ConvP>(), (5 + 18 + 3 + 6) * 4);
     }
 
     #[test]

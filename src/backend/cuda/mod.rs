@@ -420,7 +420,16 @@ impl Backend for CudaBackend {
         bias: Option<&dyn BackendBuffer>,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        conv::forward(self, x, w, bias, g)
+        conv::forward(self, x, w, bias, g, false)
+    }
+    fn conv_forward_relu(
+        &self,
+        x: &dyn BackendBuffer,
+        w: &dyn BackendBuffer,
+        bias: Option<&dyn BackendBuffer>,
+        g: &ConvGeom,
+    ) -> Result<BufferRef> {
+        conv::forward(self, x, w, bias, g, true)
     }
     fn conv_backward_data(
         &self,
@@ -480,13 +489,20 @@ impl Backend for CudaBackend {
     fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
         pool::max_forward(self, x, g)
     }
-    fn max_pool_backward(
+    fn max_pool_forward_argmax(
         &self,
         x: &dyn BackendBuffer,
+        g: &PoolGeom,
+    ) -> Result<(BufferRef, BufferRef)> {
+        pool::max_forward_argmax(self, x, g)
+    }
+    fn max_pool_backward(
+        &self,
+        argmax: &dyn BackendBuffer,
         dy: &dyn BackendBuffer,
         g: &PoolGeom,
     ) -> Result<BufferRef> {
-        pool::max_backward(self, x, dy, g)
+        pool::max_backward(self, argmax, dy, g)
     }
     fn avg_pool_forward(
         &self,

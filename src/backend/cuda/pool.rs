@@ -1,7 +1,7 @@
 //! Pooling (kernels/pool.cu): max, average and adaptive average, forward and backward.
 
 use super::{a3, out, ptr, CudaBackend};
-use crate::backend::{AdaptivePoolGeom, BackendBuffer, BufferRef, PoolGeom};
+use crate::backend::{check_argmax, AdaptivePoolGeom, BackendBuffer, BufferRef, PoolGeom};
 use crate::error::Result;
 
 /// kernels/pool.cu `PoolP`.
@@ -66,22 +66,48 @@ pub(super) fn max_forward(
     Ok(out(y))
 }
 
-pub(super) fn max_backward(
+pub(super) fn max_forward_argmax(
     be: &CudaBackend,
     x: &dyn BackendBuffer,
+    g: &PoolGeom,
+) -> Result<(BufferRef, BufferRef)> {
+    let len = g.output_len();
+    if g.input.iter().product::<usize>() == 0 {
+        return Ok((out(be.zeros(len)?), out(be.zeros(g.argmax_words())?)));
+    }
+    let y = be.alloc(len)?;
+    let argmax = be.alloc(g.argmax_words())?;
+    if len > 0 {
+        let p = pool_p(g, true);
+        let bytes = g.argmax_bytes() as i32;
+        be.launch1(
+            "pool",
+            "pool_max_forward_argmax",
+            len,
+            kargs![y.ptr, argmax.ptr, ptr(x)?, p, bytes],
+        )?;
+    }
+    Ok((out(y), out(argmax)))
+}
+
+pub(super) fn max_backward(
+    be: &CudaBackend,
+    argmax: &dyn BackendBuffer,
     dy: &dyn BackendBuffer,
     g: &PoolGeom,
 ) -> Result<BufferRef> {
+    check_argmax(argmax, dy, g)?;
     let len = g.planes * g.input.iter().product::<usize>();
     let dx = be.zeros(len)?;
-    let olen = g.planes * g.output.iter().product::<usize>();
+    let olen = g.output_len();
     if len > 0 && olen > 0 {
         let p = pool_p(g, true);
+        let bytes = g.argmax_bytes() as i32;
         be.launch1(
             "pool",
             "pool_max_backward",
             olen,
-            kargs![dx.ptr, ptr(x)?, ptr(dy)?, p],
+            kargs![dx.ptr, ptr(argmax)?, ptr(dy)?, p, bytes],
         )?;
     }
     Ok(out(dx))
