@@ -57,6 +57,16 @@ fn rows(table: &str) -> Vec<Row> {
         if !in_body || line.trim().is_empty() {
             continue;
         }
+        // `summary` marks the rows the fusion pass runs as one op (" [fused k]" after the name; the
+        // table's header says so); torchinfo has no such thing, so the mark is not part of the row.
+        let unmarked = match line.find(" [fused ") {
+            Some(at) => {
+                let end = at + line[at..].find(']').expect("a closed fusion mark") + 1;
+                format!("{}{}{}", &line[..at], " ".repeat(end - at), &line[end..])
+            }
+            None => line.to_string(),
+        };
+        let line = unmarked.as_str();
         let open: Vec<usize> = line.match_indices('[').map(|(i, _)| i).collect();
         let close: Vec<usize> = line.match_indices(']').map(|(i, _)| i).collect();
         assert!(open.len() == 2 && close.len() == 2, "bad row: {line}");
