@@ -83,6 +83,19 @@ __device__ __forceinline__ RowEntry row_entry(const ConvP& p, int k, int kend) {
     return e;
 }
 
+// fprop's B column `col` = (image, output position): where its gather starts in x (channel 0 of group
+// g) and the output position times the stride minus the padding, per axis (the tap offsets add to it).
+struct FpropColumn {
+    int base, z, y, x;
+};
+__device__ __forceinline__ FpropColumn fprop_column(const ConvP& p, int col, int g) {
+    const int img = col / p.out_vol, pos = col - img * p.out_vol;
+    const int hw = p.out[1] * p.out[2];
+    const int od = pos / hw, r = pos - od * hw;
+    const int oh = r / p.out[2], ow = r - oh * p.out[2];
+    return {(img * p.cin + g * p.cin_g) * p.in_vol, od * p.s[0] - p.p[0], oh * p.s[1] - p.p[1], ow * p.s[2] - p.p[2]};
+}
+
 template <int MODE, bool VECA>
 __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float* __restrict__ Asrc, const float* __restrict__ Bsrc,
                                            const float* __restrict__ bias, const ConvP& p) {
@@ -121,14 +134,11 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
     int cbase = 0, c0 = 0, c1 = 0, c2 = 0;
     if (b_ok) {
         if (MODE == FPROP) {
-            const int img = col / p.out_vol, pos = col - img * p.out_vol;
-            const int hw = p.out[1] * p.out[2];
-            const int od = pos / hw, r = pos - od * hw;
-            const int oh = r / p.out[2], ow = r - oh * p.out[2];
-            cbase = (img * p.cin + g * p.cin_g) * p.in_vol;
-            c0 = od * p.s[0] - p.p[0];
-            c1 = oh * p.s[1] - p.p[1];
-            c2 = ow * p.s[2] - p.p[2];
+            const FpropColumn c = fprop_column(p, col, g);
+            cbase = c.base;
+            c0 = c.z;
+            c1 = c.y;
+            c2 = c.x;
         } else if (MODE == DGRAD) {
             const int img = col / p.in_vol, pos = col - img * p.in_vol;
             const int hw = p.in[1] * p.in[2];
@@ -314,14 +324,11 @@ __device__ __forceinline__ void conv_fprop_tc(float* __restrict__ y, const float
     const bool b_ok = col < p.N;
     int cbase = 0, c0 = 0, c1 = 0, c2 = 0;
     if (b_ok) {
-        const int img = col / p.out_vol, pos = col - img * p.out_vol;
-        const int hw = p.out[1] * p.out[2];
-        const int od = pos / hw, r = pos - od * hw;
-        const int oh = r / p.out[2], ow = r - oh * p.out[2];
-        cbase = (img * p.cin + g * p.cin_g) * p.in_vol;
-        c0 = od * p.s[0] - p.p[0];
-        c1 = oh * p.s[1] - p.p[1];
-        c2 = ow * p.s[2] - p.p[2];
+        const FpropColumn c = fprop_column(p, col, g);
+        cbase = c.base;
+        c0 = c.z;
+        c1 = c.y;
+        c2 = c.x;
     }
     const float* wg = w + (size_t)g * p.cout_g * p.K;
     const int steps = (p.K + TBK - 1) / TBK;

@@ -661,18 +661,23 @@ fn yc_to(p: &Pair, b: &BufferRef) -> BufferRef {
     sc_to(p, b)
 }
 
+/// A batched matmul of awkward sizes (1 to 130, primes included), every transpose combination.
+fn random_matmul(d: &mut Draw, case: usize) -> MatmulGeom {
+    MatmulGeom {
+        batch: d.int(1, 3),
+        m: d.int(1, 130),
+        k: d.int(1, 100),
+        n: d.int(1, 130),
+        trans_a: case % 2 == 0,
+        trans_b: case % 3 == 0,
+    }
+}
+
 fn matmul_and_attention_match_cpu() {
     let Some(mut p) = Pair::new() else { return };
     let mut d = Draw::new(7);
     for case in 0..CASES {
-        let g = MatmulGeom {
-            batch: d.int(1, 3),
-            m: d.int(1, 130),
-            k: d.int(1, 100),
-            n: d.int(1, 130),
-            trans_a: case % 2 == 0,
-            trans_b: case % 3 == 0,
-        };
+        let g = random_matmul(&mut d, case);
         let (ac, ag) = p.up(&d.data(g.batch * g.m * g.k));
         let (bc, bg) = p.up(&d.data(g.batch * g.k * g.n));
         p.check(
@@ -725,14 +730,7 @@ fn matmul_tensor_cores_match_cpu() {
     for (mode, seed) in [(MathMode::Tf32, 71), (MathMode::Bf16, 72)] {
         let mut d = Draw::new(seed);
         for case in 0..CASES {
-            let g = MatmulGeom {
-                batch: d.int(1, 3),
-                m: d.int(1, 130),
-                k: d.int(1, 100),
-                n: d.int(1, 130),
-                trans_a: case % 2 == 0,
-                trans_b: case % 3 == 0,
-            };
+            let g = random_matmul(&mut d, case);
             let (ac, ag) = p.up(&d.data(g.batch * g.m * g.k));
             let (bc, bg) = p.up(&d.data(g.batch * g.k * g.n));
             let k = g.k as f64;
