@@ -39,6 +39,10 @@ pub enum Error {
     #[error("{0}")]
     NonFinite(String),
 
+    /// Distributed training: launcher variables, a collective, ranks that disagree (docs/DISTRIBUTED.md).
+    #[error("distributed: {0}")]
+    Distributed(String),
+
     /// Reading or writing a safetensors file.
     #[error("safetensors {path}: {msg}")]
     Safetensors { path: String, msg: String },

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::rng;
 
-use super::sampling::{segment_indices, shuffle, Sampling, Stream};
+use super::sampling::{distributed_shard, segment_indices, shuffle, Sampling, Stream};
 use super::transform::{self, center_crop, random_crop, three_crop, ClipSpec, CropMode, Frame};
 use super::{data_err, synth, video, Dataset, Source};
 
@@ -325,6 +325,8 @@ pub struct Loader {
     workers: usize,
     prefetch: usize,
     drop_last: bool,
+    /// (rank, world size, pad): this rank's part of every epoch's order (see [`Loader::shard`]).
+    shard: Option<(usize, usize, bool)>,
     stats: Arc<Stats>,
 }
 
@@ -347,6 +349,7 @@ impl Loader {
             workers,
             prefetch: prefetch.max(1),
             drop_last: false,
+            shard: None,
             stats: Arc::new(Stats::default()),
         }
     }
@@ -357,11 +360,31 @@ impl Loader {
         self
     }
 
+    /// Data parallelism: each epoch, rank `rank` of `world` takes its part of the (shuffled) order,
+    /// as PyTorch's `DistributedSampler` (`sampling::distributed_shard`): the same shuffle of
+    /// (seed, epoch) on every rank, then every `world`-th video from `rank`; with `pad` the order is
+    /// padded by repeating its beginning so that every rank has as many videos (training: the ranks
+    /// must run the same number of steps). A world of one is the whole order.
+    pub fn shard(mut self, rank: usize, world: usize, pad: bool) -> Loader {
+        self.shard = (world > 1).then_some((rank, world, pad));
+        self
+    }
+
+    /// Videos per epoch on this rank.
+    pub fn videos_per_epoch(&self) -> usize {
+        let n = self.dataset.len();
+        match self.shard {
+            None => n,
+            Some((_, world, true)) => n.div_ceil(world),
+            Some((rank, world, false)) => (rank..n).step_by(world).len(),
+        }
+    }
+
     pub fn batches_per_epoch(&self) -> usize {
         if self.drop_last {
-            self.dataset.len() / self.batch_size
+            self.videos_per_epoch() / self.batch_size
         } else {
-            self.dataset.len().div_ceil(self.batch_size)
+            self.videos_per_epoch().div_ceil(self.batch_size)
         }
     }
 
@@ -373,7 +396,7 @@ impl Loader {
         &self.spec
     }
 
-    /// The video order of `epoch`.
+    /// The video order of `epoch` (this rank's part of it after [`Loader::shard`]).
     pub fn order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if self.shuffle {
@@ -382,7 +405,10 @@ impl Loader {
                 rng::mix(self.seed ^ 0x5348_5546_4C45, epoch as u64),
             );
         }
-        order
+        match self.shard {
+            None => order,
+            Some((rank, world, pad)) => distributed_shard(&order, rank, world, pad),
+        }
     }
 
     /// Total time the consumer has waited for batches (over all epochs so far).

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 
 pub use folders::{match_class_names, read_labels_csv};
 pub use loader::{load_clip, read_frame, Batch, EpochIter, Loader};
-pub use sampling::{segment_indices, Sampling};
+pub use sampling::{distributed_shard, segment_indices, Sampling};
 pub use synth::{
     load_mask_clip, render_frame, render_mask, write_synthetic, SynthConfig, SYNTH_CLASSES,
 };

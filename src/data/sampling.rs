@@ -92,3 +92,70 @@ pub fn shuffle<T>(v: &mut [T], seed: u64) {
         v.swap(i, j);
     }
 }
+
+/// Rank `rank`'s part of `order` among `world` ranks, as PyTorch's `DistributedSampler`: with `pad`,
+/// `order` is first extended by repeating its beginning (cyclically, when it is shorter than the
+/// padding) to `ceil(len / world) · world` entries, so that every rank gets the same number; then
+/// rank r takes entries r, r + world, r + 2·world, … Without `pad` (evaluation: no video counted
+/// twice) the ranks' parts differ by at most one entry.
+pub fn distributed_shard(order: &[usize], rank: usize, world: usize, pad: bool) -> Vec<usize> {
+    let world = world.max(1);
+    if order.is_empty() {
+        return vec![];
+    }
+    let total = if pad {
+        order.len().div_ceil(world) * world
+    } else {
+        order.len()
+    };
+    (rank..total)
+        .step_by(world)
+        .map(|i| order[i % order.len()])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every video exactly once per epoch across the ranks, plus the padding (the first
+    /// `padded - n` videos of the order once more), every rank the same count; without padding
+    /// exactly once.
+    #[test]
+    fn distributed_shards_cover_every_video_once_per_epoch() {
+        for n in [1usize, 2, 5, 7, 16, 17] {
+            for world in 1..=5 {
+                for epoch in 0..3u64 {
+                    let mut order: Vec<usize> = (0..n).collect();
+                    shuffle(&mut order, rng::mix(11, epoch));
+                    let padded = n.div_ceil(world) * world;
+                    let mut seen = vec![0usize; n];
+                    for rank in 0..world {
+                        let part = distributed_shard(&order, rank, world, true);
+                        assert_eq!(part.len(), padded / world, "n {n} world {world}");
+                        part.iter().for_each(|&v| seen[v] += 1);
+                    }
+                    let mut expect = vec![1usize; n];
+                    for i in 0..padded - n {
+                        expect[order[i % n]] += 1;
+                    }
+                    assert_eq!(seen, expect, "n {n} world {world} epoch {epoch}");
+                    let mut once: Vec<usize> = (0..world)
+                        .flat_map(|r| distributed_shard(&order, r, world, false))
+                        .collect();
+                    once.sort_unstable();
+                    assert_eq!(once, (0..n).collect::<Vec<_>>());
+                }
+            }
+        }
+        // PyTorch's interleaving: rank r takes r, r + world, ... of the padded order
+        assert_eq!(
+            distributed_shard(&[9, 8, 7, 6, 5], 1, 2, true),
+            vec![8, 6, 9]
+        );
+        assert_eq!(
+            distributed_shard(&[9, 8, 7, 6, 5], 0, 2, true),
+            vec![9, 7, 5]
+        );
+    }
+}

@@ -8,7 +8,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use serde_json::{json, Map, Value};
 
-use super::{checkpoint, fit, OptimizerKind, ScheduleKind, TrainConfig, TrainSummary};
+use super::{checkpoint, fit_distributed, OptimizerKind, ScheduleKind, TrainConfig, TrainSummary};
 use crate::data::{CropMode, Dataset, FolderOptions, SynthConfig};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -569,16 +569,70 @@ impl TrainArgs {
         Ok(cfg)
     }
 
-    /// Load the data and train.
+    /// Load the data and train: as one rank of a data-parallel job when a launcher (torchrun,
+    /// mpirun, srun) started this process as one of several (`dist::Placement::from_env`), on the
+    /// GPU of its local rank unless `--device cuda:N` names one. An error on any rank ends the whole
+    /// job (MPI_Abort), so that no rank waits for it forever.
     pub fn run(&self, cfg: &TrainConfig) -> Result<TrainSummary> {
+        let placement = crate::dist::Placement::from_env()?;
+        let dist = crate::dist::init(&placement)?;
+        if dist.world_size() == 1 {
+            return self.run_on(cfg, dist.as_ref());
+        }
+        let mut cfg = cfg.clone();
+        if let (Device::Cuda(_), None | Some("cuda")) = (cfg.device, self.device.as_deref()) {
+            cfg.device = Device::Cuda(dist.local_rank());
+        }
+        // one write: the launcher interleaves the ranks' output at write boundaries
+        let line = format!(
+            "rank {} of {} (local rank {}, pid {}, {}) on {}\n",
+            dist.rank(),
+            dist.world_size(),
+            dist.local_rank(),
+            std::process::id(),
+            placement.launcher.name(),
+            cfg.device
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        match self.run_on(&cfg, dist.as_ref()) {
+            Ok(s) => {
+                dist.barrier()?;
+                Ok(s)
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: rank {} of {}: {e}; ending the job",
+                    dist.rank(),
+                    dist.world_size()
+                );
+                dist.abort(1);
+                Err(e)
+            }
+        }
+    }
+
+    fn run_on(
+        &self,
+        cfg: &TrainConfig,
+        dist: &dyn crate::dist::Collective,
+    ) -> Result<TrainSummary> {
         let frame = if cfg.clip.resize_short > 0 {
             cfg.clip.resize_short
         } else {
             cfg.clip.size
         };
         let (train, val) = self.data.load(cfg.seed, frame)?;
+        let world = dist.world_size();
+        let per_rank = if world > 1 {
+            format!(" per process × {world} processes")
+        } else {
+            String::new()
+        };
+        if !dist.is_root() {
+            return fit_distributed(cfg, train, val, dist);
+        }
         eprintln!(
-            "training {} on {} ({} classes: {} training / {} validation videos), {} frames × {}², batch {}, {} epochs on {}",
+            "training {} on {} ({} classes: {} training / {} validation videos), {} frames × {}², batch {}{per_rank}, {} epochs on {}",
             cfg.model,
             self.data.data,
             train.classes().len(),
@@ -590,7 +644,7 @@ impl TrainArgs {
             cfg.epochs,
             cfg.device
         );
-        let s = fit(cfg, train, val)?;
+        let s = fit_distributed(cfg, train, val, dist)?;
         eprintln!("{}", outcome(cfg, &s));
         Ok(s)
     }

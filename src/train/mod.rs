@@ -5,6 +5,11 @@
 //! Reproducibility: the loader draws every clip from (seed, epoch, video), the network's dropout masks
 //! from (seed, forward count), the schedule is a function of the step and the CPU kernels sum in a fixed
 //! order, so on the CPU a run resumed from its last checkpoint continues bit-identically.
+//!
+//! Data parallelism ([`fit_distributed`], docs/DISTRIBUTED.md): one process per device, each with the
+//! whole model and `batch_size` clips per step from its shard of the epoch; parameters and buffers
+//! start from rank 0's, gradients are averaged over the ranks after backward, the metrics are reduced,
+//! and only rank 0 writes the run folder.
 
 pub mod args;
 pub mod checkpoint;
@@ -23,6 +28,7 @@ use serde_json::{json, Value};
 
 use crate::data::{ClipSpec, CropMode, Dataset, Loader};
 use crate::device::Device;
+use crate::dist::{self, Collective, SingleProcess};
 use crate::error::{Error, Result};
 use crate::exec::Network;
 use crate::models::{self, ModelOptions};
@@ -55,6 +61,17 @@ pub enum ScheduleKind {
         epochs: Vec<usize>,
         gamma: f32,
     },
+}
+
+/// Builds a model's graph for an input shape: a network that is not in [`models`] (the distributed
+/// tests train a model without batch norm, whose result does not depend on how the batch is split).
+#[derive(Clone)]
+pub struct ModelFn(pub Arc<dyn Fn(&[usize]) -> Result<crate::graph::Graph> + Send + Sync>);
+
+impl std::fmt::Debug for ModelFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModelFn")
+    }
 }
 
 /// Everything a training run needs.
@@ -100,6 +117,9 @@ pub struct TrainConfig {
     pub stop_after_epochs: Option<usize>,
     /// Fail at the first node whose output or gradient is not finite (`Network::set_check_finite`).
     pub check_finite: bool,
+    /// Build the network with this instead of `models::build(model)` (`model` still names it in the
+    /// checkpoints and gives the clip layout). None from the command line.
+    pub model_fn: Option<ModelFn>,
 }
 
 impl TrainConfig {
@@ -140,6 +160,7 @@ impl TrainConfig {
             progress: true,
             stop_after_epochs: None,
             check_finite: false,
+            model_fn: None,
         })
     }
 
@@ -281,6 +302,20 @@ pub fn evaluate(
     label_map: &[usize],
     progress: bool,
 ) -> Result<Metrics> {
+    evaluate_distributed(net, loader, label_map, progress, &SingleProcess)
+}
+
+/// [`evaluate`] with the videos shared among the ranks: each rank runs its part of the (unpadded)
+/// split (`loader` sharded with `Loader::shard(rank, world, false)`), then the per-video mean scores
+/// are summed over the ranks (each video comes from one rank, the others add exact zeros), so every
+/// rank returns the metrics of the whole split.
+pub fn evaluate_distributed(
+    net: &mut Network,
+    loader: &Loader,
+    label_map: &[usize],
+    progress: bool,
+    dist: &dyn Collective,
+) -> Result<Metrics> {
     let device = net.device();
     net.eval();
     let ds = loader.dataset().clone();
@@ -318,6 +353,9 @@ pub fn evaluate(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if dist.world_size() > 1 {
+        sums = gather_video_scores(dist, sums, classes)?;
+    }
     if let Some(&bad) = label_map.iter().find(|&&k| k >= classes) {
         return Err(Error::arg(
             "evaluate",
@@ -333,6 +371,46 @@ pub fn evaluate(
         }
     }
     Ok(m)
+}
+
+/// Every rank's per-video scores: each video's mean over its views, summed over the ranks (one rank
+/// holds each video; the others contribute zeros, so the sum is exact).
+fn gather_video_scores(
+    dist: &dyn Collective,
+    sums: Vec<Option<(Vec<f32>, usize)>>,
+    classes: usize,
+) -> Result<Vec<Option<(Vec<f32>, usize)>>> {
+    let mut classes_seen = [classes as f64, 1.0];
+    dist.all_reduce_sum_f64(&mut classes_seen)?;
+    if classes_seen[0] != (classes * dist.world_size()) as f64 || classes == 0 {
+        return Err(Error::Distributed(format!(
+            "rank {} evaluated a model of {classes} classes, the ranks together {}",
+            dist.rank(),
+            classes_seen[0]
+        )));
+    }
+    let row = classes + 1; // mean scores, then 1 for a video this rank evaluated
+    let mut flat = vec![0f32; sums.len() * row];
+    for (v, s) in sums.iter().enumerate() {
+        if let Some((p, n)) = s {
+            let r = &mut flat[v * row..(v + 1) * row];
+            r[..classes]
+                .iter_mut()
+                .zip(p)
+                .for_each(|(a, b)| *a = b / *n as f32);
+            r[classes] = 1.0;
+        }
+    }
+    dist.all_reduce_sum(&mut flat)?;
+    flat.chunks(row)
+        .map(|r| match r[classes] {
+            0.0 => Ok(None),
+            1.0 => Ok(Some((r[..classes].to_vec(), 1))),
+            k => Err(Error::Distributed(format!(
+                "a validation video was evaluated by {k} ranks"
+            ))),
+        })
+        .collect()
 }
 
 fn progress_bar(show: bool, len: u64, what: &str) -> ProgressBar {
@@ -407,14 +485,31 @@ struct Resumed {
     best_top1: f64,
 }
 
-/// Load the run's `last.safetensors` into `net` and `opt`, after checking that the `best` it records
-/// exists.
-fn resume(run: &RunDir, net: &mut Network, opt: &mut dyn Optimizer) -> Result<Resumed> {
-    let last_path = run.last();
+/// Load the run's `last.safetensors` (in `out`) into `net` and `opt`, after checking that the `best`
+/// it records exists and that it was trained by as many processes as `world` (the data order and the
+/// global batch depend on it).
+fn resume(
+    out: &Path,
+    net: &mut Network,
+    opt: &mut dyn Optimizer,
+    world: usize,
+    verbose: bool,
+) -> Result<Resumed> {
+    let last_path = out.join("last.safetensors");
     let ck = checkpoint::load(&last_path, net.device())?;
     let m = &ck.meta;
+    let stored_world = m["world_size"].as_u64().unwrap_or(1) as usize;
+    if stored_world != world {
+        return Err(Error::arg(
+            "train",
+            format!(
+                "--resume: {} was trained by {stored_world} process(es), this run has {world}: resume with the same number of processes",
+                last_path.display()
+            ),
+        ));
+    }
     let best_top1 = m["best_top1"].as_f64().unwrap_or(f64::NEG_INFINITY);
-    let best = run.best();
+    let best = out.join("best.safetensors");
     if best_top1.is_finite() {
         let problem = if !best.exists() {
             Some("is missing")
@@ -439,10 +534,12 @@ fn resume(run: &RunDir, net: &mut Network, opt: &mut dyn Optimizer) -> Result<Re
     opt.load_state_dict(&ck.optimizer)?;
     net.set_forward_count(m["forward_count"].as_u64().unwrap_or(0));
     let next_epoch = m["epoch"].as_u64().unwrap_or(0) as usize + 1;
-    eprintln!(
-        "resuming from {} after epoch {next_epoch}",
-        last_path.display()
-    );
+    if verbose {
+        eprintln!(
+            "resuming from {} after epoch {next_epoch}",
+            last_path.display()
+        );
+    }
     Ok(Resumed {
         next_epoch,
         step: m["step"].as_u64().unwrap_or(0) as usize,
@@ -450,14 +547,34 @@ fn resume(run: &RunDir, net: &mut Network, opt: &mut dyn Optimizer) -> Result<Re
     })
 }
 
-/// An epoch must hold at least one training batch.
-fn check_batches(cfg: &TrainConfig, train_videos: usize) -> Result<()> {
-    if cfg.drop_last && train_videos < cfg.batch_size {
+/// An epoch must hold at least one training batch on every rank (`per_rank` videos each of
+/// `world`), and every rank at least one validation video.
+fn check_batches(
+    cfg: &TrainConfig,
+    train_videos: usize,
+    per_rank: usize,
+    val_videos: usize,
+    world: usize,
+) -> Result<()> {
+    if cfg.drop_last && per_rank < cfg.batch_size {
+        let share = if world > 1 {
+            format!(" ({per_rank} for each of {world} processes)")
+        } else {
+            String::new()
+        };
         return Err(Error::arg(
             "train",
             format!(
-                "the training split has {train_videos} videos, fewer than --batch-size {}: with --drop-last (the default) no batch is complete; lower --batch-size",
+                "the training split has {train_videos} videos{share}, fewer than --batch-size {}: with --drop-last (the default) no batch is complete; lower --batch-size",
                 cfg.batch_size
+            ),
+        ));
+    }
+    if val_videos < world {
+        return Err(Error::arg(
+            "train",
+            format!(
+                "the validation split has {val_videos} videos, fewer than the {world} processes that share it"
             ),
         ));
     }
@@ -483,7 +600,20 @@ fn one_clip_batch_error(cfg: &TrainConfig, train_videos: usize, e: Error) -> Err
 
 /// Train `cfg.model` on `train`, validating on `val` after every epoch.
 pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<TrainSummary> {
+    fit_distributed(cfg, train, val, &SingleProcess)
+}
+
+/// [`fit`] as one rank of a data-parallel job (every rank calls it with the same configuration and
+/// data): PyTorch DistributedDataParallel's semantics, `cfg.batch_size` clips per rank and step
+/// (docs/DISTRIBUTED.md). With [`SingleProcess`] it is [`fit`].
+pub fn fit_distributed(
+    cfg: &TrainConfig,
+    train: Arc<Dataset>,
+    val: Arc<Dataset>,
+    dist: &dyn Collective,
+) -> Result<TrainSummary> {
     let t0 = Instant::now();
+    let (rank, world, root) = (dist.rank(), dist.world_size(), dist.is_root());
     if train.is_empty() || val.is_empty() {
         return Err(Error::arg(
             "train",
@@ -514,7 +644,11 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
             "--resume and --overwrite exclude each other: continue the run or replace it",
         ));
     }
-    let graph = models::build(&cfg.model, &model_opts, &cfg.input_shape(cfg.batch_size))?;
+    let input_shape = cfg.input_shape(cfg.batch_size);
+    let graph = match &cfg.model_fn {
+        Some(build) => (build.0)(&input_shape)?,
+        None => models::build(&cfg.model, &model_opts, &input_shape)?,
+    };
     let mut net = Network::new(graph, cfg.device, cfg.seed)?;
     net.set_check_finite(cfg.check_finite);
     // before the loaders allocate batches: a plan larger than the memory is an error, not an abort
@@ -529,7 +663,8 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         cfg.workers,
         cfg.prefetch,
     )
-    .drop_last(cfg.drop_last);
+    .drop_last(cfg.drop_last)
+    .shard(rank, world, true);
     let val_loader = Loader::new(
         val.clone(),
         cfg.val_clip(),
@@ -538,9 +673,16 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         cfg.seed,
         cfg.workers,
         cfg.prefetch,
-    );
+    )
+    .shard(rank, world, false);
     let steps_per_epoch = loader.batches_per_epoch();
-    check_batches(cfg, train.len())?;
+    check_batches(
+        cfg,
+        train.len(),
+        loader.videos_per_epoch(),
+        val.len(),
+        world,
+    )?;
     let schedule = build_schedule(cfg, steps_per_epoch);
     if cfg.epochs == 0 && !cfg.resume {
         return Ok(TrainSummary::default()); // nothing to train: the output folder is left as it is
@@ -550,23 +692,36 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         (false, true) => Start::Overwrite,
         (false, false) => Start::New,
     };
-    let run = RunDir::open(&cfg.out_dir, start)?;
-    let metrics_path = run.metrics();
-    let last_path = run.last();
-    let best_path = run.best();
+    // only rank 0 owns (locks, clears, writes) the run folder; the others read a resumed checkpoint
+    let run = if root {
+        Some(RunDir::open(&cfg.out_dir, start)?)
+    } else {
+        None
+    };
+    let metrics_path = cfg.out_dir.join("metrics.jsonl");
+    let last_path = cfg.out_dir.join("last.safetensors");
+    let best_path = cfg.out_dir.join("best.safetensors");
 
     let (mut start_epoch, mut step, mut best_top1) = (0usize, 0usize, f64::NEG_INFINITY);
     if cfg.resume {
-        let resumed = resume(&run, &mut net, opt.as_mut())?;
+        let resumed = resume(&cfg.out_dir, &mut net, opt.as_mut(), world, root)?;
         (start_epoch, step, best_top1) = (resumed.next_epoch, resumed.step, resumed.best_top1);
     }
-    truncate_log(&metrics_path, start_epoch)?;
-    let mut history: Vec<Value> = std::fs::read_to_string(&metrics_path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["kind"] == "epoch")
-        .collect();
+    // DDP: every rank starts from rank 0's parameters and buffers
+    let state: Vec<(String, Tensor)> = net.state_dict().into_iter().collect();
+    dist::ddp::broadcast_tensors(dist, &state)?;
+    let params = net.parameters();
+    let buffers = net.buffers();
+    let mut history: Vec<Value> = vec![];
+    if root {
+        truncate_log(&metrics_path, start_epoch)?;
+        history = std::fs::read_to_string(&metrics_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["kind"] == "epoch")
+            .collect();
+    }
 
     let mut summary = TrainSummary {
         epochs_run: 0,
@@ -594,7 +749,7 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
     for epoch in start_epoch..end_epoch {
         net.train();
         let bar = progress_bar(
-            cfg.progress,
+            cfg.progress && root,
             steps_per_epoch as u64,
             &format!("epoch {}", epoch + 1),
         );
@@ -607,6 +762,8 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
             let lr = schedule.lr(cfg.lr, step);
             opt.set_lr(lr);
             let x = Tensor::from_vec(batch.data, &batch.shape, cfg.device)?;
+            // DDP's broadcast_buffers: the batch-norm running statistics follow rank 0's
+            dist::ddp::broadcast_tensors(dist, &buffers)?;
             let logits = match net.forward(&[&x]) {
                 Err(e) if batch.labels.len() == 1 => {
                     return Err(one_clip_batch_error(cfg, train.len(), e))
@@ -614,7 +771,24 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
                 r => r?,
             };
             let loss = ops::cross_entropy(&logits, &batch.labels, cfg.label_smoothing)?;
-            let lv = loss.item()?;
+            let l = logits.to_vec()?;
+            let mut step_hits = 0usize;
+            for (row, &y) in l.chunks(classes.len()).zip(&batch.labels) {
+                step_hits += (metrics::top_k(row, 1)[0] == y) as usize;
+            }
+            // the step's loss over every rank's clips (every rank sees the same value, so a
+            // non-finite one stops them all)
+            let mut reduced = [
+                loss.item()? as f64 * batch.labels.len() as f64,
+                batch.labels.len() as f64,
+                step_hits as f64,
+            ];
+            dist.all_reduce_sum_f64(&mut reduced)?;
+            let lv = if world == 1 {
+                loss.item()?
+            } else {
+                (reduced[0] / reduced[1]) as f32
+            };
             if !lv.is_finite() {
                 return Err(Error::arg(
                     "train",
@@ -626,22 +800,26 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
                 ));
             }
             loss.backward()?;
+            dist::ddp::all_reduce_gradients(dist, &params)?;
             if let Some(max) = cfg.clip_grad {
                 opt.clip_grad_norm(max)?;
             }
             opt.step()?;
             opt.zero_grad();
-            let l = logits.to_vec()?;
-            for (row, &y) in l.chunks(classes.len()).zip(&batch.labels) {
-                hits += (metrics::top_k(row, 1)[0] == y) as usize;
-            }
-            seen += batch.labels.len();
-            loss_sum += lv as f64 * batch.labels.len() as f64;
+            hits += reduced[2] as usize;
+            seen += reduced[1] as usize;
+            loss_sum += if world == 1 {
+                lv as f64 * batch.labels.len() as f64
+            } else {
+                reduced[0]
+            };
             summary.step_losses.push(lv);
-            log_json(
-                &metrics_path,
-                &json!({"kind": "step", "epoch": epoch, "step": step, "loss": lv, "lr": lr}),
-            )?;
+            if root {
+                log_json(
+                    &metrics_path,
+                    &json!({"kind": "step", "epoch": epoch, "step": step, "loss": lv, "lr": lr}),
+                )?;
+            }
             step += 1;
             let rate = seen as f64 / epoch_start.elapsed().as_secs_f64();
             bar.set_message(format!("loss {lv:.4} lr {lr:.2e} {rate:.1} clips/s"));
@@ -651,8 +829,20 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         let wait = loader.wait_time().as_secs_f64();
         summary.data_wait_seconds += wait;
         let train_time = epoch_start.elapsed().as_secs_f64();
-        let m = evaluate(&mut net, &val_loader, &identity, cfg.progress)?;
-        let epoch_warnings = data_warnings() - warnings_before;
+        let m = evaluate_distributed(&mut net, &val_loader, &identity, cfg.progress && root, dist)?;
+        // every rank's data warnings (each prints its own below)
+        let mut epoch_warnings = [(data_warnings() - warnings_before) as f64];
+        dist.all_reduce_sum_f64(&mut epoch_warnings)?;
+        let epoch_warnings = epoch_warnings[0] as usize;
+        let context = if world > 1 {
+            format!("epoch {} (rank {rank}): ", epoch + 1)
+        } else {
+            format!("epoch {}: ", epoch + 1)
+        };
+        crate::data::print_new_warnings(&train, &context);
+        if !val.shares_warnings_with(&train) {
+            crate::data::print_new_warnings(&val, &context);
+        }
         let record = json!({
             "kind": "epoch", "epoch": epoch, "step": step,
             "train_loss": loss_sum / seen.max(1) as f64, "train_top1": 100.0 * hits as f64 / seen.max(1) as f64,
@@ -662,6 +852,13 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
             "seconds": t0.elapsed().as_secs_f64(),
             "val": m.to_json(&classes),
         });
+        summary.epochs_run += 1;
+        summary.best_top1 = best_top1.max(m.top1());
+        if !root {
+            best_top1 = best_top1.max(m.top1());
+            summary.last = Some(m);
+            continue;
+        }
         log_json(&metrics_path, &record)?;
         eprintln!(
             "epoch {}/{}: train loss {:.4} top-1 {:.1}% | val top-1 {:.1}% top-5 {:.1}% | {:.1} clips/s, waited {:.1}s for data, {} data warnings",
@@ -675,11 +872,6 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
             wait,
             epoch_warnings
         );
-        let context = format!("epoch {}: ", epoch + 1);
-        crate::data::print_new_warnings(&train, &context);
-        if !val.shares_warnings_with(&train) {
-            crate::data::print_new_warnings(&val, &context);
-        }
         history.push(record);
         draw_curves(&cfg.out_dir, &history)?;
 
@@ -688,7 +880,7 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
         let meta = json!({
             "epoch": epoch, "step": step, "forward_count": net.forward_count(), "best_top1": best_top1,
             "val_top1": m.top1(), "classes": classes, "model": cfg.model, "config": cfg.to_json(),
-            "settings": cfg.settings, "transform": transform,
+            "settings": cfg.settings, "transform": transform, "world_size": world,
         });
         let state = opt.state_dict()?;
         // best before last: `last` records the best accuracy, so whenever a `last` exists the `best`
@@ -698,15 +890,15 @@ pub fn fit(cfg: &TrainConfig, train: Arc<Dataset>, val: Arc<Dataset>) -> Result<
             checkpoint::save(&best_path, &net.state_dict(), &state, &meta)?;
         }
         checkpoint::save(&last_path, &net.state_dict(), &state, &meta)?;
-        summary.epochs_run += 1;
-        summary.best_top1 = best_top1;
         summary.last = Some(m);
     }
     summary.seconds = t0.elapsed().as_secs_f64();
-    summary.files = run
-        .existing_files()
-        .into_iter()
-        .map(|f| run.path().join(f))
-        .collect();
+    if let Some(run) = &run {
+        summary.files = run
+            .existing_files()
+            .into_iter()
+            .map(|f| run.path().join(f))
+            .collect();
+    }
     Ok(summary)
 }

@@ -1,0 +1,113 @@
+//! [`Collective`] over MPI (the `mpi` crate: bindings of the installed MPI library, Open MPI or
+//! MPICH). Built with the cargo feature `mpi`.
+//!
+//! The process calls MPI_Init once (with MPI_THREAD_FUNNELED: only the training thread calls MPI) and
+//! MPI_Finalize when the collective is dropped. Every operation runs under the [`Watchdog`].
+
+use std::time::Duration;
+
+use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
+use mpi::environment::Universe;
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::Threading;
+
+use super::watchdog::{timeout_from_env, Watchdog};
+use super::{check_gather, check_root, Collective, Launcher, Placement};
+use crate::error::{Error, Result};
+
+pub struct MpiCollective {
+    // field order: the watchdog stops before MPI_Finalize (the universe's drop)
+    watchdog: Watchdog,
+    world: SimpleCommunicator,
+    rank: usize,
+    size: usize,
+    local_rank: usize,
+    _universe: Universe,
+}
+
+impl MpiCollective {
+    /// MPI_Init, then a check that MPI sees the rank and world size of `placement` (a process started
+    /// by torchrun has no MPI job around it: MPI_Init makes a world of one, which would train alone).
+    pub fn init(placement: &Placement) -> Result<MpiCollective> {
+        let (universe, _threading) = mpi::initialize_with_threading(Threading::Funneled)
+            .ok_or_else(|| {
+                Error::Distributed("MPI is already initialised in this process".into())
+            })?;
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        if (rank, size) != (placement.rank, placement.world_size) {
+            let hint = if placement.launcher == Launcher::Torchrun {
+                "torchrun's TCP rendezvous needs the NCCL backend, which this build does not have; \
+                 launch the processes with mpirun or srun instead (docs/DISTRIBUTED.md)"
+            } else {
+                "launch every process with the same mpirun or srun (with --mpi=pmix for srun)"
+            };
+            return Err(Error::Distributed(format!(
+                "{} placed this process as rank {} of {}, but MPI sees rank {rank} of {size}: {hint}",
+                placement.launcher.name(),
+                placement.rank,
+                placement.world_size
+            )));
+        }
+        let timeout: Duration = timeout_from_env()?;
+        let watchdog = Watchdog::start(
+            format!("rank {rank} of {size} (pid {})", std::process::id()),
+            timeout,
+            Watchdog::exit_process(),
+        )?;
+        Ok(MpiCollective {
+            watchdog,
+            world,
+            rank,
+            size,
+            local_rank: placement.local_rank,
+            _universe: universe,
+        })
+    }
+}
+
+impl Collective for MpiCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.size
+    }
+    fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
+        let _w = self.watchdog.enter("all_reduce");
+        let send = buf.to_vec();
+        self.world
+            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        let _w = self.watchdog.enter("all_reduce");
+        let send = buf.to_vec();
+        self.world
+            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        check_root(root, self.size)?;
+        let _w = self.watchdog.enter("broadcast");
+        self.world.process_at_rank(root as i32).broadcast_into(buf);
+        Ok(())
+    }
+    fn all_gather(&self, mine: &[f32], out: &mut [f32]) -> Result<()> {
+        check_gather(mine.len(), out.len(), self.size)?;
+        let _w = self.watchdog.enter("all_gather");
+        self.world.all_gather_into(mine, out);
+        Ok(())
+    }
+    fn barrier(&self) -> Result<()> {
+        let _w = self.watchdog.enter("barrier");
+        self.world.barrier();
+        Ok(())
+    }
+    fn abort(&self, code: i32) {
+        self.world.abort(code)
+    }
+}

@@ -1,0 +1,399 @@
+//! Data-parallel training (docs/DISTRIBUTED.md).
+//!
+//! Default build: `vidgrad train` started as one of several ranks (Open MPI's or torchrun's variables)
+//! refuses to train alone and names the `mpi` feature.
+//!
+//! With `--features mpi` and `mpirun` on the PATH (CI: `cargo test --release --features mpi --test
+//! distributed`, Open MPI from Debian), on loopback:
+//! - 2 ranks × batch 4 follow 1 process × batch 8 for 10 steps (loss curve and weights), on a model
+//!   without batch norm or dropout, whose result does not depend on how the batch is split; the ranks
+//!   are this test binary started by mpirun in worker mode (`dist_worker`);
+//! - `vidgrad train` under `mpirun -np 2`: killing rank 1 mid-run ends the job with an error naming
+//!   the rank within [`KILL_TIMEOUT`], the last checkpoint loads, resuming with 2 ranks finishes the
+//!   run and resuming with 1 process is an error.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vidgrad::data::{Dataset, SynthConfig};
+use vidgrad::graph::{Graph, GraphBuilder, Linear};
+use vidgrad::train::{self, checkpoint, ModelFn, ScheduleKind, TrainConfig};
+use vidgrad::Device;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vidgrad-dist-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The launcher variables of rank 1 of 2 in Open MPI's and torchrun's spelling.
+#[test]
+#[cfg(not(feature = "mpi"))]
+fn a_rank_of_two_without_the_mpi_feature_refuses_to_train_alone() {
+    let out = tmp("nompi");
+    let args = common::tiny_train_args(&out, 1);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    for env in [
+        [("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "2")],
+        [("RANK", "1"), ("WORLD_SIZE", "2")],
+    ] {
+        let (ok, _, err) = common::run_vidgrad_env(&args, &env);
+        assert!(!ok, "trained alone: {err}");
+        assert!(
+            err.contains("cargo feature `mpi`") && err.contains("rank 1 of 2"),
+            "{err}"
+        );
+        assert!(!out.join("last.safetensors").exists());
+    }
+    let (ok, _, err) = common::run_vidgrad_env(&args, &[("RANK", "2"), ("WORLD_SIZE", "2")]);
+    assert!(!ok && err.contains("RANK=2 is outside"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+// --- 2 ranks × 4 against 1 process × 8 ---------------------------------------------------------
+
+const FRAMES: usize = 4;
+const SIZE: usize = 16;
+const HIDDEN: usize = 16;
+/// 40 training videos (10 classes × 4) and 10 validation ones: 5 global batches of 8 per epoch.
+fn data() -> (Arc<Dataset>, Arc<Dataset>) {
+    let ds = Dataset::synthetic(&SynthConfig {
+        classes: 10,
+        videos_per_class: 5,
+        frames: 8,
+        size: SIZE,
+        seed: 3,
+    });
+    let (t, v) = ds.split(0.2, 3);
+    assert_eq!((t.len(), v.len()), (40, 10));
+    (Arc::new(t), Arc::new(v))
+}
+
+/// Flatten → linear(HIDDEN) → ReLU → linear(10): no batch norm, no dropout, so a step's gradient is
+/// the mean of per-clip gradients however the batch is split.
+fn mlp(shape: &[usize]) -> vidgrad::Result<Graph> {
+    let mut g = GraphBuilder::new("mlp");
+    let x = g.input("x", shape)?;
+    let x = g.flatten(x, 1, -1)?;
+    let x = g.linear("fc1", x, Linear::new(HIDDEN))?;
+    let x = g.relu("relu", x)?;
+    let x = g.linear("fc2", x, Linear::new(10))?;
+    g.finish(&[x])
+}
+
+fn mlp_config(out: &Path, batch: usize, device: Device) -> TrainConfig {
+    let mut cfg = TrainConfig::new("eco-lite", device, out).unwrap(); // eco-lite's clip layout
+    cfg.model_fn = Some(ModelFn(Arc::new(mlp)));
+    cfg.clip.segments = FRAMES;
+    cfg.clip.size = SIZE;
+    cfg.clip.resize_short = 0;
+    cfg.clip.norm = vidgrad::data::Normalization::R2plus1d; // inputs of order 1
+    cfg.epochs = 2;
+    cfg.batch_size = batch;
+    cfg.lr = 0.05;
+    cfg.schedule = ScheduleKind::Cosine;
+    cfg.progress = false;
+    cfg.workers = 1;
+    cfg.seed = 5;
+    cfg
+}
+
+/// Worker mode: mpirun starts this test binary with `dist_worker --ignored`; each rank trains the MLP
+/// with batch 4 as one rank of the job, then prints its step losses.
+#[test]
+#[ignore = "started by mpirun from two_ranks_of_batch_4_follow_one_process_of_batch_8"]
+fn dist_worker() {
+    let Ok(out) = std::env::var("VIDGRAD_DIST_TEST_OUT") else {
+        return;
+    };
+    let device = Device::parse(&std::env::var("VIDGRAD_DIST_TEST_DEVICE").unwrap()).unwrap();
+    let placement = vidgrad::dist::Placement::from_env().unwrap();
+    let dist = vidgrad::dist::init(&placement).unwrap();
+    assert_eq!(dist.world_size(), 2);
+    let (t, v) = data();
+    let s = train::fit_distributed(&mlp_config(Path::new(&out), 4, device), t, v, dist.as_ref())
+        .unwrap();
+    let bits: Vec<String> = s.step_losses.iter().map(|l| l.to_string()).collect();
+    // one write, so that mpirun does not interleave it with the other rank's output
+    use std::io::Write;
+    let line = format!("\nrank {} losses {}\n", dist.rank(), bits.join(","));
+    std::io::stdout().write_all(line.as_bytes()).unwrap();
+}
+
+#[cfg(feature = "mpi")]
+fn mpirun() -> Option<std::process::Command> {
+    let ok = std::process::Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        return None;
+    }
+    let mut c = std::process::Command::new("mpirun");
+    // CI runs as root; two ranks on a 2-core (or smaller) machine; loopback only
+    c.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "--mca",
+        "btl",
+        "self,tcp",
+        "--mca",
+        "btl_tcp_if_include",
+        "lo",
+        "--mca",
+        "oob_tcp_if_include",
+        "lo",
+        "-np",
+        "2",
+    ]);
+    Some(c)
+}
+
+#[cfg(feature = "mpi")]
+fn need_mpirun() -> std::process::Command {
+    mpirun().expect(
+        "built with the mpi feature but mpirun is not on the PATH (apt-get install openmpi-bin)",
+    )
+}
+
+#[cfg(feature = "mpi")]
+/// Largest |a − b| over two state dicts' tensors, relative to the largest |a| of each tensor.
+fn max_relative_weight_difference(a: &Path, b: &Path) -> (f64, String) {
+    let wa = checkpoint::load(a, Device::Cpu).unwrap().weights;
+    let wb = checkpoint::load(b, Device::Cpu).unwrap().weights;
+    assert_eq!(wa.len(), wb.len());
+    let mut worst = (0.0, String::new());
+    for (name, ta) in &wa {
+        let (x, y) = (ta.to_vec().unwrap(), wb[name].to_vec().unwrap());
+        let scale = x
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(f32::MIN_POSITIVE) as f64;
+        let d = x
+            .iter()
+            .zip(&y)
+            .fold(0f64, |m, (p, q)| m.max((p - q).abs() as f64))
+            / scale;
+        if d > worst.0 {
+            worst = (d, name.clone());
+        }
+    }
+    worst
+}
+
+#[test]
+#[cfg(feature = "mpi")]
+fn two_ranks_of_batch_4_follow_one_process_of_batch_8() {
+    // the CPU, then the CUDA device of the suites (the simulator on a machine without a GPU): the
+    // collective then stages device buffers through the host
+    for dev in common::devices() {
+        let device = dev.to_string();
+        let device = device.as_str();
+        let one = tmp(&format!("one-{device}"));
+        let two = tmp(&format!("two-{device}"));
+        let (t, v) = data();
+        let single = train::fit(&mlp_config(&one, 8, dev), t, v).unwrap();
+        assert_eq!(single.step_losses.len(), 10);
+
+        let out = need_mpirun()
+            .args([
+                "-x",
+                "VIDGRAD_DIST_TEST_OUT",
+                "-x",
+                "VIDGRAD_DIST_TEST_DEVICE",
+                "-x",
+                "VIDGRAD_DIST_TIMEOUT",
+            ])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "dist_worker",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("VIDGRAD_DIST_TEST_OUT", &two)
+            .env("VIDGRAD_DIST_TEST_DEVICE", device)
+            .env("VIDGRAD_DIST_TIMEOUT", "120")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "mpirun failed:\n{stdout}\n{stderr}");
+        // every rank reports the same (reduced) loss of every step
+        let ranks: Vec<Vec<f32>> = (0..2)
+            .map(|r| {
+                let line = stdout
+                    .lines()
+                    // mpirun interleaves the ranks' output: find the marker anywhere in a line
+                    .find_map(|l| l.split(&format!("rank {r} losses ")).nth(1))
+                    .unwrap_or_else(|| panic!("no losses from rank {r}:\n{stdout}"));
+                line.split_whitespace()
+                    .next()
+                    .unwrap()
+                    .split(',')
+                    .map(|x| x.parse().unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(ranks[0], ranks[1], "the ranks disagree on the loss");
+        // Tolerance. Each clip's forward and backward are computed alike in both runs (the matmul's
+        // rows do not depend on the batch's row count: CPU and simulator kernels loop over rows with
+        // the same reduction order); the runs differ in the batch reductions: the loss mean and the
+        // gradients' batch sums, over 8 terms at once or 4 + 4 (the 1/4, 1/8 and 1/2 scalings are
+        // exact powers of two). Reassociating a sum of n = 8 terms moves it by at most
+        // (n − 1)·u·Σ|terms| (u = 2^-24): ≤ 7u relative per step; momentum 0.9 carries a difference
+        // on with total weight ≤ 1/(1 − 0.9) = 10, over 10 steps: ≤ 10 · 10 · 7 · u ≈ 4.2e-5
+        // relative (to each tensor's largest value). Measured: about 2e-7 (printed).
+        let u = f32::EPSILON as f64 / 2.0;
+        let tol = 10.0 * 10.0 * 7.0 * u;
+        let mut worst_loss = 0f64;
+        for (i, (a, b)) in single.step_losses.iter().zip(&ranks[0]).enumerate() {
+            let d = ((a - b) / a).abs() as f64;
+            worst_loss = worst_loss.max(d);
+            assert!(
+                d <= tol,
+                "{device} step {i}: loss {a} (1 × 8) vs {b} (2 × 4), tolerance {tol:e}"
+            );
+        }
+        assert_eq!(ranks[0].len(), 10);
+        let (worst_w, name) = max_relative_weight_difference(
+            &one.join("last.safetensors"),
+            &two.join("last.safetensors"),
+        );
+        println!(
+            "{device}: largest relative difference: loss {worst_loss:e}, weights {worst_w:e} ({name}); tolerance {tol:e}"
+        );
+        assert!(
+            worst_w <= tol,
+            "{device}: {name} differs by {worst_w:e} relative (tolerance {tol:e})"
+        );
+        // one writer: rank 0's metrics log has each step once
+        let steps = std::fs::read_to_string(two.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"step\"") && l.contains("\"kind\":\"step\""))
+            .count();
+        assert_eq!(steps, 10);
+        let meta = checkpoint::read_meta(&two.join("last.safetensors"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(meta["world_size"], 2);
+        let _ = std::fs::remove_dir_all(&one);
+        let _ = std::fs::remove_dir_all(&two);
+    }
+}
+
+// --- killing a rank -----------------------------------------------------------------------------
+
+/// How long the job may take to end after a rank is killed: mpirun notices a child's death at once
+/// and ends the others; the watchdog (VIDGRAD_DIST_TIMEOUT, set to 30 s here) ends a rank whose
+/// peer hangs instead.
+const KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[test]
+#[cfg(feature = "mpi")]
+fn killing_a_rank_ends_the_job_and_the_last_checkpoint_resumes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::Instant;
+
+    let out = tmp("kill");
+    let epochs = 30;
+    let args = common::tiny_train_args(&out, epochs);
+    let bin = env!("CARGO_BIN_EXE_vidgrad");
+    let mut child = need_mpirun()
+        .args(["-x", "VIDGRAD_DIST_TIMEOUT"])
+        .env("VIDGRAD_DIST_TIMEOUT", "30")
+        .arg(bin)
+        .args(&args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // read stderr in a thread: rank 1's pid, then everything
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let mut pid1: Option<i32> = None;
+    let last = out.join("last.safetensors");
+    let start = Instant::now();
+    while pid1.is_none() || !last.exists() {
+        while let Ok(l) = rx.try_recv() {
+            if let Some(rest) = l.split("rank 1 of 2 (").nth(1) {
+                let pid = rest.split("pid ").nth(1).and_then(|s| s.split(',').next());
+                pid1 = pid.and_then(|p| p.trim().parse().ok());
+            }
+            log.push_str(&l);
+            log.push('\n');
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before a rank was killed:\n{log}"
+        );
+        assert!(
+            start.elapsed().as_secs() < 300,
+            "no checkpoint after 300 s:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid1 = pid1.unwrap();
+    // SAFETY: kill(2) on the pid rank 1 printed, a child of this test's mpirun.
+    assert_eq!(unsafe { libc::kill(pid1, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if killed.elapsed() > KILL_TIMEOUT {
+            let _ = child.kill();
+            panic!("the job did not end within {KILL_TIMEOUT:?} of killing rank 1:\n{log}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    reader.join().unwrap();
+    log.extend(rx.try_iter().map(|l| l + "\n"));
+    println!(
+        "job ended {:.1} s after rank 1 was killed, status {status}",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(!status.success(), "{log}");
+    // mpirun: "process rank 1 with PID … exited on signal 9 (Killed)"
+    let named: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rank 1 ") && !l.contains("rank 1 of 2 ("))
+        .collect();
+    println!("{}", named.join("\n"));
+    assert!(!named.is_empty(), "the error does not name rank 1:\n{log}");
+    // the last checkpoint is whole and records the 2 ranks
+    let ck = checkpoint::load(&last, Device::Cpu).unwrap();
+    assert_eq!(ck.meta["world_size"], 2);
+    let done = ck.meta["epoch"].as_u64().unwrap() as usize + 1;
+    assert!(done < epochs, "the run finished before the kill");
+
+    // resuming with one process is an error naming both counts
+    let mut resume: Vec<String> = args.clone();
+    resume.push("--resume".into());
+    let resume_ref: Vec<&str> = resume.iter().map(|s| s.as_str()).collect();
+    let (ok, _, err) = common::run_vidgrad(&resume_ref);
+    assert!(
+        !ok && err.contains("2 process(es), this run has 1"),
+        "{err}"
+    );
+    // resuming with 2 ranks finishes the run
+    let o = need_mpirun().arg(bin).args(&resume).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let ck = checkpoint::read_meta(&last).unwrap().unwrap();
+    assert_eq!(ck["epoch"].as_u64().unwrap() as usize, epochs - 1);
+    let _ = std::fs::remove_dir_all(&out);
+}
