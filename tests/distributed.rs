@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use vidgrad::data::{Dataset, SynthConfig};
 use vidgrad::graph::{Graph, GraphBuilder, Linear};
-use vidgrad::train::{self, checkpoint, ModelFn, ScheduleKind, TrainConfig};
+#[cfg(feature = "mpi")]
+use vidgrad::train::checkpoint;
+use vidgrad::train::{self, ModelFn, ScheduleKind, TrainConfig};
 use vidgrad::Device;
 
 fn tmp(name: &str) -> PathBuf {
@@ -290,6 +292,7 @@ fn two_ranks_of_batch_4_follow_one_process_of_batch_8() {
 
 // --- killing a rank -----------------------------------------------------------------------------
 
+#[cfg(feature = "mpi")]
 /// How long the job may take to end after a rank is killed: mpirun notices a child's death at once
 /// and ends the others; the watchdog (VIDGRAD_DIST_TIMEOUT, set to 30 s here) ends a rank whose
 /// peer hangs instead.

@@ -179,7 +179,7 @@ mod tests {
             launcher: Launcher::OpenMpi,
             master: None,
         };
-        let e = init(&p).err().expect("must refuse").to_string();
+        let e = init(&p).err().expect("must refuse").to_string(); // Box<dyn Collective> is not Debug
         assert!(e.contains("`mpi`") && e.contains("rank 1 of 2"), "{e}");
         assert!(init(&Placement::single()).is_ok());
     }

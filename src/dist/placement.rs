@@ -191,7 +191,7 @@ mod tests {
     }
 
     fn err(vars: &[(&str, &str)]) -> String {
-        place(vars).err().expect("must be an error").to_string()
+        place(vars).expect_err("must be an error").to_string()
     }
 
     #[test]

@@ -66,7 +66,13 @@ pub enum ScheduleKind {
 /// Builds a model's graph for an input shape: a network that is not in [`models`] (the distributed
 /// tests train a model without batch norm, whose result does not depend on how the batch is split).
 #[derive(Clone)]
-pub struct ModelFn(pub Arc<dyn Fn(&[usize]) -> Result<crate::graph::Graph> + Send + Sync>);
+pub struct ModelFn(pub Arc<BuildGraph>);
+
+/// A function from an input shape to a graph.
+pub type BuildGraph = dyn Fn(&[usize]) -> Result<crate::graph::Graph> + Send + Sync;
+
+/// Per video: the sum of its views' softmax scores and the number of views.
+type VideoScores = Vec<Option<(Vec<f32>, usize)>>;
 
 impl std::fmt::Debug for ModelFn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -333,7 +339,7 @@ pub fn evaluate_distributed(
         ));
     }
     let mut classes = 0;
-    let mut sums: Vec<Option<(Vec<f32>, usize)>> = vec![None; ds.len()];
+    let mut sums: VideoScores = vec![None; ds.len()];
     let bar = progress_bar(progress, loader.batches_per_epoch() as u64, "eval");
     for batch in loader.epoch(0) {
         let batch = batch?;
@@ -377,9 +383,9 @@ pub fn evaluate_distributed(
 /// holds each video; the others contribute zeros, so the sum is exact).
 fn gather_video_scores(
     dist: &dyn Collective,
-    sums: Vec<Option<(Vec<f32>, usize)>>,
+    sums: VideoScores,
     classes: usize,
-) -> Result<Vec<Option<(Vec<f32>, usize)>>> {
+) -> Result<VideoScores> {
     let mut classes_seen = [classes as f64, 1.0];
     dist.all_reduce_sum_f64(&mut classes_seen)?;
     if classes_seen[0] != (classes * dist.world_size()) as f64 || classes == 0 {
