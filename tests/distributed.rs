@@ -8,8 +8,9 @@
 //! - 2 ranks × batch 4 follow 1 process × batch 8 for 10 steps (loss curve and weights), on a model
 //!   without batch norm or dropout, whose result does not depend on how the batch is split; the ranks
 //!   are this test binary started by mpirun in worker mode (`dist_worker`);
-//! - `vidgrad train` under `mpirun -np 2`: killing rank 1 mid-run ends the job with an error naming
-//!   the rank within [`KILL_TIMEOUT`], the last checkpoint loads, resuming with 2 ranks finishes the
+//! - `vidgrad train` under `mpirun -np 2`: stopping rank 1 (a hang) ends the job through rank 0's
+//!   watchdog after `VIDGRAD_DIST_TIMEOUT`; killing rank 1 ends it with mpirun's error naming the
+//!   rank; both within `END_WITHIN`; the last checkpoint loads, resuming with 2 ranks finishes the
 //!   run and resuming with 1 process is an error.
 
 mod common;
@@ -290,30 +291,29 @@ fn two_ranks_of_batch_4_follow_one_process_of_batch_8() {
     }
 }
 
-// --- killing a rank -----------------------------------------------------------------------------
+// --- a rank that dies or hangs ------------------------------------------------------------------
 
+/// How long the job may take to end after a rank is killed or stopped: mpirun notices a child's
+/// death at once and ends the others; a stopped (hung) rank is caught by the other rank's watchdog
+/// after VIDGRAD_DIST_TIMEOUT (set to [`HANG_TIMEOUT_S`] here), and mpirun then ends the job.
 #[cfg(feature = "mpi")]
-/// How long the job may take to end after a rank is killed: mpirun notices a child's death at once
-/// and ends the others; the watchdog (VIDGRAD_DIST_TIMEOUT, set to 30 s here) ends a rank whose
-/// peer hangs instead.
-const KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const END_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+#[cfg(feature = "mpi")]
+const HANG_TIMEOUT_S: &str = "5";
 
-#[test]
+/// Start `vidgrad train args` under mpirun, wait for the first checkpoint, send `signal` to rank 1,
+/// and wait for the job to end: (whether it succeeded, its stderr, seconds from the signal to the end).
 #[cfg(feature = "mpi")]
-fn killing_a_rank_ends_the_job_and_the_last_checkpoint_resumes() {
+fn interrupt_rank_1(args: &[String], out: &Path, signal: i32) -> (bool, String, f64) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     use std::time::Instant;
 
-    let out = tmp("kill");
-    let epochs = 30;
-    let args = common::tiny_train_args(&out, epochs);
-    let bin = env!("CARGO_BIN_EXE_vidgrad");
     let mut child = need_mpirun()
         .args(["-x", "VIDGRAD_DIST_TIMEOUT"])
-        .env("VIDGRAD_DIST_TIMEOUT", "30")
-        .arg(bin)
-        .args(&args)
+        .env("VIDGRAD_DIST_TIMEOUT", HANG_TIMEOUT_S)
+        .arg(env!("CARGO_BIN_EXE_vidgrad"))
+        .args(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -329,9 +329,14 @@ fn killing_a_rank_ends_the_job_and_the_last_checkpoint_resumes() {
     let mut log = String::new();
     let mut pid1: Option<i32> = None;
     let last = out.join("last.safetensors");
+    let epochs_before = checkpoint::read_meta(&last)
+        .ok()
+        .flatten()
+        .map(|m| m["epoch"].as_u64().unwrap());
     let start = Instant::now();
-    while pid1.is_none() || !last.exists() {
+    loop {
         while let Ok(l) = rx.try_recv() {
+            // mpirun interleaves the ranks' output: find the marker anywhere in a line
             if let Some(rest) = l.split("rank 1 of 2 (").nth(1) {
                 let pid = rest.split("pid ").nth(1).and_then(|s| s.split(',').next());
                 pid1 = pid.and_then(|p| p.trim().parse().ok());
@@ -339,9 +344,16 @@ fn killing_a_rank_ends_the_job_and_the_last_checkpoint_resumes() {
             log.push_str(&l);
             log.push('\n');
         }
+        let epoch_now = checkpoint::read_meta(&last)
+            .ok()
+            .flatten()
+            .map(|m| m["epoch"].as_u64().unwrap());
+        if pid1.is_some() && epoch_now.is_some() && epoch_now != epochs_before {
+            break;
+        }
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the job ended before a rank was killed:\n{log}"
+            "the job ended before rank 1 was interrupted:\n{log}"
         );
         assert!(
             start.elapsed().as_secs() < 300,
@@ -349,27 +361,61 @@ fn killing_a_rank_ends_the_job_and_the_last_checkpoint_resumes() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let pid1 = pid1.unwrap();
     // SAFETY: kill(2) on the pid rank 1 printed, a child of this test's mpirun.
-    assert_eq!(unsafe { libc::kill(pid1, libc::SIGKILL) }, 0);
-    let killed = Instant::now();
+    assert_eq!(unsafe { libc::kill(pid1.unwrap(), signal) }, 0);
+    let signalled = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        if killed.elapsed() > KILL_TIMEOUT {
+        if signalled.elapsed() > END_WITHIN {
             let _ = child.kill();
-            panic!("the job did not end within {KILL_TIMEOUT:?} of killing rank 1:\n{log}");
+            panic!(
+                "the job did not end within {END_WITHIN:?} of signal {signal} to rank 1:\n{log}"
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
+    let seconds = signalled.elapsed().as_secs_f64();
     reader.join().unwrap();
     log.extend(rx.try_iter().map(|l| l + "\n"));
-    println!(
-        "job ended {:.1} s after rank 1 was killed, status {status}",
-        killed.elapsed().as_secs_f64()
+    (status.success(), log, seconds)
+}
+
+#[test]
+#[cfg(feature = "mpi")]
+fn a_rank_that_hangs_or_dies_ends_the_job_and_the_last_checkpoint_resumes() {
+    let out = tmp("fault");
+    let epochs = 30;
+    let args = common::tiny_train_args(&out, epochs);
+    let mut resume: Vec<String> = args.clone();
+    resume.push("--resume".into());
+
+    // rank 1 hangs (SIGSTOP): rank 0's watchdog ends it after VIDGRAD_DIST_TIMEOUT, mpirun the rest
+    let (ok, log, seconds) = interrupt_rank_1(&args, &out, libc::SIGSTOP);
+    println!("hang: the job ended {seconds:.1} s after rank 1 was stopped");
+    assert!(!ok, "{log}");
+    let named: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("has not completed"))
+        .collect();
+    println!("{}", named.join("\n"));
+    assert!(
+        named
+            .iter()
+            .any(|l| l.contains("rank 0 of 2") && l.contains("another rank died or hangs")),
+        "no watchdog error:\n{log}"
     );
-    assert!(!status.success(), "{log}");
+    let timeout: f64 = HANG_TIMEOUT_S.parse().unwrap();
+    assert!(
+        seconds >= timeout,
+        "ended before the watchdog's timeout: {log}"
+    );
+
+    // rank 1 dies (SIGKILL), after resuming: mpirun names it and ends rank 0
+    let (ok, log, seconds) = interrupt_rank_1(&resume, &out, libc::SIGKILL);
+    println!("kill: the job ended {seconds:.1} s after rank 1 was killed");
+    assert!(!ok, "{log}");
     // mpirun: "process rank 1 with PID … exited on signal 9 (Killed)"
     let named: Vec<&str> = log
         .lines()
@@ -377,15 +423,15 @@ fn killing_a_rank_ends_the_job_and_the_last_checkpoint_resumes() {
         .collect();
     println!("{}", named.join("\n"));
     assert!(!named.is_empty(), "the error does not name rank 1:\n{log}");
+
     // the last checkpoint is whole and records the 2 ranks
+    let last = out.join("last.safetensors");
     let ck = checkpoint::load(&last, Device::Cpu).unwrap();
     assert_eq!(ck.meta["world_size"], 2);
     let done = ck.meta["epoch"].as_u64().unwrap() as usize + 1;
     assert!(done < epochs, "the run finished before the kill");
 
     // resuming with one process is an error naming both counts
-    let mut resume: Vec<String> = args.clone();
-    resume.push("--resume".into());
     let resume_ref: Vec<&str> = resume.iter().map(|s| s.as_str()).collect();
     let (ok, _, err) = common::run_vidgrad(&resume_ref);
     assert!(
@@ -393,7 +439,11 @@ fn killing_a_rank_ends_the_job_and_the_last_checkpoint_resumes() {
         "{err}"
     );
     // resuming with 2 ranks finishes the run
-    let o = need_mpirun().arg(bin).args(&resume).output().unwrap();
+    let o = need_mpirun()
+        .arg(env!("CARGO_BIN_EXE_vidgrad"))
+        .args(&resume)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let ck = checkpoint::read_meta(&last).unwrap().unwrap();

@@ -600,11 +600,12 @@ impl TrainArgs {
                 Ok(s)
             }
             Err(e) => {
-                eprintln!(
-                    "error: rank {} of {}: {e}; ending the job",
+                let line = format!(
+                    "error: rank {} of {}: {e}; ending the job\n",
                     dist.rank(),
                     dist.world_size()
                 );
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
                 dist.abort(1);
                 Err(e)
             }
