@@ -43,14 +43,20 @@ pub fn broadcast_tensors(dist: &dyn Collective, tensors: &[(String, Tensor)]) ->
     let sizes: Vec<usize> = tensors.iter().map(|(_, t)| t.numel()).collect();
     for range in buckets(&sizes, BUCKET_BYTES / 4) {
         let group = &tensors[range];
-        let mut flat = Vec::with_capacity(group.iter().map(|(_, t)| t.numel()).sum());
-        for (_, t) in group {
-            flat.extend(t.to_vec()?);
-        }
+        let mut flat = concat_values(group.iter().map(|(_, t)| t))?;
         dist.broadcast(&mut flat, 0)?;
         scatter_back(group.iter().map(|(n, t)| (n.as_str(), t.clone())), &flat)?;
     }
     Ok(())
+}
+
+/// The values of `tensors`, one after the other, on the host (one bucket).
+fn concat_values<'a>(tensors: impl Iterator<Item = &'a Tensor> + Clone) -> Result<Vec<f32>> {
+    let mut flat = Vec::with_capacity(tensors.clone().map(|t| t.numel()).sum());
+    for t in tensors {
+        flat.extend(t.to_vec()?);
+    }
+    Ok(flat)
 }
 
 /// Write consecutive pieces of `flat` into `targets`, in place.
@@ -94,10 +100,7 @@ pub fn all_reduce_gradients(dist: &dyn Collective, params: &[(String, Tensor)]) 
     let sizes: Vec<usize> = grads.iter().map(|(_, g)| g.numel()).collect();
     for range in buckets(&sizes, BUCKET_BYTES / 4) {
         let group = &grads[range];
-        let mut flat = Vec::with_capacity(group.iter().map(|(_, g)| g.numel()).sum());
-        for (_, g) in group {
-            flat.extend(g.to_vec()?);
-        }
+        let mut flat = concat_values(group.iter().map(|(_, g)| g))?;
         dist.all_reduce_mean(&mut flat)?;
         scatter_back(group.iter().cloned(), &flat)?;
     }

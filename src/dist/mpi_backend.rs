@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
+use mpi::datatype::Equivalence;
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::Threading;
@@ -66,6 +67,17 @@ impl MpiCollective {
     }
 }
 
+impl MpiCollective {
+    /// MPI_Allreduce(MPI_SUM) of `buf` into itself (through a copy: the crate has no MPI_IN_PLACE).
+    fn sum_in_place<T: Equivalence + Copy>(&self, buf: &mut [T]) -> Result<()> {
+        let _w = self.watchdog.enter("all_reduce");
+        let send = buf.to_vec();
+        self.world
+            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+}
+
 impl Collective for MpiCollective {
     fn rank(&self) -> usize {
         self.rank
@@ -77,18 +89,10 @@ impl Collective for MpiCollective {
         self.local_rank
     }
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
-        let _w = self.watchdog.enter("all_reduce");
-        let send = buf.to_vec();
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
-        Ok(())
+        self.sum_in_place(buf)
     }
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let _w = self.watchdog.enter("all_reduce");
-        let send = buf.to_vec();
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
-        Ok(())
+        self.sum_in_place(buf)
     }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
         check_root(root, self.size)?;
