@@ -445,7 +445,13 @@ fn batch_norm_matches_cpu() {
                     w2,
                     &*sc_to(&p, &sc.mean),
                     &*sc_to(&p, &sc.var),
-XX, &gc.dx, &gg.dx, 5e-4, 1e-3);
+                    g,
+                    1e-5,
+                    batch_stats,
+                    ry2,
+                )
+                .unwrap();
+            p.check("bn dx", &gc.dx, &gg.dx, 5e-4, 1e-3);
             p.check("bn dw", &gc.dweight, &gg.dweight, 1e-3, 1e-4);
             p.check("bn db", &gc.dbias, &gg.dbias, 1e-3, 1e-4);
         }
