@@ -67,6 +67,21 @@ extern "C" __global__ void ew_relu_in_place(float* x, int n) {
         x[i] = relu_f(x[i]);
 }
 
+// a = max(a + b, 0) in place: the fused residual add → ReLU over its dead branch (b is another buffer).
+extern "C" __global__ void ew_add_relu_in_place(float* a, const float* __restrict__ b, int n) {
+    const int n4 = n >> 2;
+    float4* a4 = reinterpret_cast<float4*>(a);
+    const float4* b4 = reinterpret_cast<const float4*>(b);
+    GRID_STRIDE(i, n4) {
+        float4 u = a4[i], v = b4[i];
+        u.x = binary_op(u.x, v.x, BIN_ADD_RELU); u.y = binary_op(u.y, v.y, BIN_ADD_RELU);
+        u.z = binary_op(u.z, v.z, BIN_ADD_RELU); u.w = binary_op(u.w, v.w, BIN_ADD_RELU);
+        a4[i] = u;
+    }
+    for (int i = (n4 << 2) + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        a[i] = binary_op(a[i], b[i], BIN_ADD_RELU);
+}
+
 // PyTorch's threshold_backward: 0 where y <= 0, so a NaN output passes dy on.
 __device__ __forceinline__ float relu_bw(float y, float dy) { return y <= 0.0f ? 0.0f : dy; }
 

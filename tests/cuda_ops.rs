@@ -158,6 +158,11 @@ fn elementwise_and_reductions_match_cpu() {
         p.cpu.relu_in_place(&*ic).unwrap();
         p.gpu.relu_in_place(&*ig).unwrap();
         p.check("relu in place", &ic, &ig, 0.0, 0.0);
+        let (ac, ag) = (p.cpu.copy(&*xc).unwrap(), p.gpu.copy(&*xg).unwrap());
+        p.cpu.add_relu_in_place(&*ac, &*yc).unwrap();
+        p.gpu.add_relu_in_place(&*ag, &*yg).unwrap();
+        p.check("add+relu in place", &ac, &ag, 0.0, 0.0);
+        p.check("add+relu in place = add+relu", &sc, &ag, 0.0, 0.0);
         let bits = |b: &BufferRef| -> Vec<u32> {
             let v = p.cpu.to_host(&**b).unwrap();
             v.iter().map(|x| x.to_bits()).collect()

@@ -75,6 +75,9 @@ impl Backend for MetaBackend {
     fn relu_in_place(&self, _x: &dyn BackendBuffer) -> Result<()> {
         Ok(())
     }
+    fn add_relu_in_place(&self, _a: &dyn BackendBuffer, _b: &dyn BackendBuffer) -> Result<()> {
+        Ok(())
+    }
     fn axpby(
         &self,
         _y: &dyn BackendBuffer,

@@ -263,6 +263,9 @@ pub trait Backend: Send + Sync + Debug {
     fn relu_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer) -> Result<BufferRef>;
     /// In place: x = max(x, 0), NaN kept (a ReLU whose input nothing else reads or saved).
     fn relu_in_place(&self, x: &dyn BackendBuffer) -> Result<()>;
+    /// In place: a = max(a + b, 0), NaN kept (the fused add → ReLU over a dead, unshared `a`; `b` is
+    /// another buffer).
+    fn add_relu_in_place(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer) -> Result<()>;
     /// In place: y = a·x + b·y.
     fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()>;
     /// A one-element buffer holding Σ x.

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use crate::autograd::{self, non_finite, EnableGradGuard, LabelGuard};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::graph::{node_err, FusionPlan, Graph, Init, RunCtx, ValueId};
+use crate::graph::{node_err, FusedOp, FusionPlan, Graph, Init, RunCtx, ValueId};
 use crate::rng;
 use crate::tensor::Tensor;
 
@@ -53,7 +53,7 @@ pub struct ForwardStats {
     pub peak_activation_bytes: usize,
     /// Bytes still held after the forward (saved for backward in training; the output in inference).
     pub held_bytes: usize,
-    /// ReLUs computed in place over their dead input (no second buffer).
+    /// ReLUs (alone, or the fused add → ReLU) computed in place over a dead input (no new buffer).
     pub relus_in_place: usize,
 }
 
@@ -386,21 +386,31 @@ impl Network {
             plan.chains = chains;
         }
         let last = g.last_uses();
-        // ReLUs that may overwrite their input: the input is dead after them (liveness) and not a
-        // network input or a value asked for by name; at run time `relu_consuming` also checks that no
-        // tensor saved for backward (or any other handle) shares the buffer.
-        let consumable: Vec<bool> = g
+        // Which input a ReLU (or a fused add → ReLU) may overwrite: one that is dead after it
+        // (liveness) and not a network input or a value asked for by name; at run time
+        // `relu_consuming` / `add_relu_consuming` also check that no tensor saved for backward (or any
+        // other handle) shares the buffer.
+        let dead = |v: ValueId, i: usize| {
+            !keep[v] && last[v] == Some(i) && g.values[v].producer.is_some()
+        };
+        let consumable: Vec<Option<usize>> = g
             .nodes
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                let v = n.inputs[0];
-                self.fuse
-                    && !check
-                    && n.op == crate::graph::Op::Relu
-                    && !keep[v]
-                    && last[v] == Some(i)
-                    && g.values[v].producer.is_some()
+                if !self.fuse || check {
+                    return None;
+                }
+                match n.op {
+                    crate::graph::Op::Relu => dead(n.inputs[0], i).then_some(0),
+                    crate::graph::Op::Add
+                        if matches!(plan.head(i), Some(FusedOp::AddRelu { .. }))
+                            && n.inputs[0] != n.inputs[1] =>
+                    {
+                        (0..2).find(|&k| dead(n.inputs[k], i))
+                    }
+                    _ => None,
+                }
             })
             .collect();
         let in_place = AtomicU64::new(0);
@@ -591,9 +601,9 @@ impl Network {
 
 /// Run nodes `range` reading and writing `values`; with `check`, label their tape entries and fail at
 /// the first output that is not finite. A node heading a chain of `plan` runs the whole chain (its
-/// output is the chain's last value); the chain's other nodes are skipped. A ReLU node marked in
-/// `consumable` takes its input out of `values` and overwrites it when nothing else shares it.
-/// Returns how many ReLUs ran in place.
+/// output is the chain's last value); the chain's other nodes are skipped. A ReLU node (or an add → ReLU
+/// chain) with an input index in `consumable` takes that input out of `values` and overwrites it when
+/// nothing else shares it. Returns how many ran in place.
 #[allow(clippy::too_many_arguments)]
 fn run_nodes(
     g: &Graph,
@@ -603,7 +613,7 @@ fn run_nodes(
     ctx: RunCtx,
     check: bool,
     plan: &FusionPlan,
-    consumable: &[bool],
+    consumable: &[Option<usize>],
 ) -> Result<usize> {
     let mut in_place = 0;
     for i in range {
@@ -621,19 +631,32 @@ fn run_nodes(
             seed: rng::mix(ctx.seed, i as u64),
             ..ctx
         };
+        let consume = consumable.get(i).copied().flatten();
         if let Some(chain) = plan.head(i) {
-            let xs: Vec<&Tensor> = chain
-                .inputs(g)
-                .iter()
-                .map(|&v| values[v].as_ref().ok_or_else(released))
-                .collect::<Result<_>>()?;
-            let y = chain
-                .run(g, &xs, params, &node_ctx)
-                .map_err(|e| node_err(&n.name, e))?;
+            let y = match (chain, consume) {
+                (FusedOp::AddRelu { .. }, Some(k)) => {
+                    let a = values[n.inputs[k]].take().ok_or_else(released)?;
+                    let b = values[n.inputs[1 - k]].as_ref().ok_or_else(released)?;
+                    let (y, reused) = crate::ops::elementwise::add_relu_consuming(a, b)
+                        .map_err(|e| node_err(&n.name, e))?;
+                    in_place += reused as usize;
+                    y
+                }
+                _ => {
+                    let xs: Vec<&Tensor> = chain
+                        .inputs(g)
+                        .iter()
+                        .map(|&v| values[v].as_ref().ok_or_else(released))
+                        .collect::<Result<_>>()?;
+                    chain
+                        .run(g, &xs, params, &node_ctx)
+                        .map_err(|e| node_err(&n.name, e))?
+                }
+            };
             values[chain.output(g)] = Some(y);
             continue;
         }
-        if consumable.get(i).copied().unwrap_or(false) {
+        if consume.is_some() {
             let x = values[n.inputs[0]].take().ok_or_else(released)?;
             let (y, reused) = crate::ops::elementwise::relu_consuming(x)
                 .map_err(|e| node_err(&n.name, e))?;

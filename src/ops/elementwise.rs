@@ -55,6 +55,17 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: BinaryOp) -> Result<Te
         a.backend().binary(a.buf(), b.buf(), kind)?,
         a.shape().to_vec(),
     );
+    record_binary(op, a, b, y, kind)
+}
+
+/// Put the backward of y = a `kind` b on the tape.
+fn record_binary(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    y: Tensor,
+    kind: BinaryOp,
+) -> Result<Tensor> {
     if !needs_grad(&[a, b]) {
         return Ok(y);
     }
@@ -103,6 +114,23 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// unfused pair makes two; the backward keeps only the output, as the ReLU alone does.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary("add+relu (fused)", a, b, BinaryOp::AddRelu)
+}
+
+/// [`add_relu`] writing over a's buffer when nothing else can see it (as [`relu_consuming`]): the
+/// executor passes a residual branch its liveness says is dead. Returns the output and whether it
+/// was computed in place.
+pub fn add_relu_consuming(a: Tensor, b: &Tensor) -> Result<(Tensor, bool)> {
+    const OP: &str = "add+relu (fused)";
+    if !a.is_sole_owner() {
+        return Ok((add_relu(&a, b)?, false));
+    }
+    same_device(OP, &[&a, b])?;
+    if a.shape() != b.shape() {
+        shape_bail!(OP, "shapes differ: {:?} and {:?}", a.shape(), b.shape());
+    }
+    a.backend().add_relu_in_place(a.buf(), b.buf())?;
+    let y = a.detach();
+    Ok((record_binary(OP, &a, b, y, BinaryOp::AddRelu)?, true))
 }
 
 /// a − b (same shapes).

@@ -58,6 +58,16 @@ pub(super) fn relu_in_place(x: &mut [f32]) {
         .for_each(|x| x.iter_mut().for_each(|v| *v = relu(*v)));
 }
 
+pub(super) fn add_relu_in_place(a: &mut [f32], b: &[f32]) {
+    a.par_chunks_mut(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .for_each(|(a, b)| {
+            for (a, &b) in a.iter_mut().zip(b) {
+                *a = relu(*a + b);
+            }
+        });
+}
+
 /// PyTorch's threshold_backward: 0 where y <= 0, so a NaN output passes dy on.
 #[inline]
 pub(super) fn relu_grad(y: f32, dy: f32) -> f32 {

@@ -154,6 +154,11 @@ impl Backend for CpuBackend {
         elementwise::relu_in_place(&mut cpu(x)?.0.write().unwrap());
         Ok(())
     }
+    fn add_relu_in_place(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer) -> Result<()> {
+        let b = read(b)?;
+        elementwise::add_relu_in_place(&mut cpu(a)?.0.write().unwrap(), &b);
+        Ok(())
+    }
     fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()> {
         let x = read(x)?.clone(); // y may alias x
         elementwise::axpby(&mut cpu(y)?.0.write().unwrap(), a, &x, b);

@@ -99,6 +99,24 @@ pub(super) fn relu_in_place(be: &CudaBackend, x: &dyn BackendBuffer) -> Result<(
     Ok(())
 }
 
+pub(super) fn add_relu_in_place(
+    be: &CudaBackend,
+    a: &dyn BackendBuffer,
+    b: &dyn BackendBuffer,
+) -> Result<()> {
+    let n = a.len();
+    if n > 0 {
+        i32_of(n, "add_relu_in_place")?;
+        be.launch1(
+            "elementwise",
+            "ew_add_relu_in_place",
+            n.div_ceil(4),
+            kargs![ptr(a)?, ptr(b)?, n as i32],
+        )?;
+    }
+    Ok(())
+}
+
 pub(super) fn axpby(
     be: &CudaBackend,
     y: &dyn BackendBuffer,

@@ -391,6 +391,9 @@ impl Backend for CudaBackend {
     fn relu_in_place(&self, x: &dyn BackendBuffer) -> Result<()> {
         elementwise::relu_in_place(self, x)
     }
+    fn add_relu_in_place(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer) -> Result<()> {
+        elementwise::add_relu_in_place(self, a, b)
+    }
     fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()> {
         elementwise::axpby(self, y, a, x, b)
     }
