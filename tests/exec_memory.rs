@@ -176,7 +176,10 @@ fn memory_liveness_and_checkpointing() {
         mb(fused_peak),
         mb(unfused_peak),
     );
-    assert_eq!(fused_fwd.relus_in_place, 4, "each block's add+relu in place");
+    assert_eq!(
+        fused_fwd.relus_in_place, 4,
+        "each block's add+relu in place"
+    );
     assert_eq!(fused_fwd.held_bytes, unfused_fwd.held_bytes);
     // (Up to 1 KiB of per-channel buffers, batch-norm statistics, differ between the two peaks'
     // moments: 8 channels here.)
@@ -186,7 +189,10 @@ fn memory_liveness_and_checkpointing() {
         fused_fwd.peak_activation_bytes,
         unfused_fwd.peak_activation_bytes
     );
-    assert!(fused_peak <= unfused_peak, "fused {fused_peak} B, unfused {unfused_peak} B");
+    assert!(
+        fused_peak <= unfused_peak,
+        "fused {fused_peak} B, unfused {unfused_peak} B"
+    );
     assert_eq!(fused_grads, unfused_grads);
     assert_eq!(fused_stats, unfused_stats);
 }

@@ -114,7 +114,9 @@ fn plan_fuses_conv_bn_relu_chains_in_inference_only() {
     );
     assert!(
         summary.contains("[fused 1] [fused train 1]")
-            && summary.contains("Fused in training (rows marked [fused train k], k = chain): 2 chains: 2 × bn+relu"),
+            && summary.contains(
+                "Fused in training (rows marked [fused train k], k = chain): 2 chains: 2 × bn+relu"
+            ),
         "{summary}"
     );
     let dot = g.to_dot();
@@ -276,7 +278,11 @@ fn train_net() -> Graph {
     let a = g.batch_norm("bn1", a, BatchNorm::new()).unwrap();
     let a = g.relu("r1", a).unwrap();
     let b = g
-        .conv("c2", a, Conv::new(8, &[1, 3, 3]).padding(&[0, 1, 1]).no_bias())
+        .conv(
+            "c2",
+            a,
+            Conv::new(8, &[1, 3, 3]).padding(&[0, 1, 1]).no_bias(),
+        )
         .unwrap();
     let b = g.batch_norm("bn2", b, BatchNorm::new()).unwrap();
     let b = g.add(b, a).unwrap();
@@ -306,7 +312,10 @@ fn train_step(dev: Device, fuse: bool) -> (Vec<(String, Vec<f32>)>, usize) {
         .with_grad();
     let y = net.forward(&[&x]).unwrap();
     let r = Tensor::randn(y.shape(), 4, dev).unwrap();
-    ops::sum(&ops::mul(&y, &r).unwrap()).unwrap().backward().unwrap();
+    ops::sum(&ops::mul(&y, &r).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
     let mut out = vec![("output".to_string(), y.to_vec().unwrap())];
     out.push(("input grad".into(), x.grad().unwrap().to_vec().unwrap()));
     for (name, p) in net.parameters() {
@@ -342,7 +351,10 @@ fn fused_training_matches_unfused_on(dev: Device) {
             );
         }
     }
-    println!("fused training on {dev}: {} tensors equal bit for bit", fused.len());
+    println!(
+        "fused training on {dev}: {} tensors equal bit for bit",
+        fused.len()
+    );
 }
 
 #[test]

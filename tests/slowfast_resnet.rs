@@ -63,7 +63,12 @@ fn rows(table: &str) -> Vec<Row> {
         let mut unmarked = line.to_string();
         while let Some(at) = unmarked.find(" [fused ") {
             let end = at + unmarked[at..].find(']').expect("a closed fusion mark") + 1;
-            unmarked = format!("{}{}{}", &unmarked[..at], " ".repeat(end - at), &unmarked[end..]);
+            unmarked = format!(
+                "{}{}{}",
+                &unmarked[..at],
+                " ".repeat(end - at),
+                &unmarked[end..]
+            );
         }
         let line = unmarked.as_str();
         let open: Vec<usize> = line.match_indices('[').map(|(i, _)| i).collect();

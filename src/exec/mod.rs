@@ -361,9 +361,8 @@ impl Network {
         } else {
             self.fusion_plan()
         };
-        let in_segment = |n: usize| {
-            checkpointed && self.segments.iter().any(|s| s.nodes.contains(&n))
-        };
+        let in_segment =
+            |n: usize| checkpointed && self.segments.iter().any(|s| s.nodes.contains(&n));
         let kept_inside = |c: &crate::graph::FusedOp| {
             let nodes = c.nodes();
             nodes[..nodes.len() - 1]
@@ -390,9 +389,8 @@ impl Network {
         // (liveness) and not a network input or a value asked for by name; at run time
         // `relu_consuming` / `add_relu_consuming` also check that no tensor saved for backward (or any
         // other handle) shares the buffer.
-        let dead = |v: ValueId, i: usize| {
-            !keep[v] && last[v] == Some(i) && g.values[v].producer.is_some()
-        };
+        let dead =
+            |v: ValueId, i: usize| !keep[v] && last[v] == Some(i) && g.values[v].producer.is_some();
         let consumable: Vec<Option<usize>> = g
             .nodes
             .iter()
@@ -658,8 +656,8 @@ fn run_nodes(
         }
         if consume.is_some() {
             let x = values[n.inputs[0]].take().ok_or_else(released)?;
-            let (y, reused) = crate::ops::elementwise::relu_consuming(x)
-                .map_err(|e| node_err(&n.name, e))?;
+            let (y, reused) =
+                crate::ops::elementwise::relu_consuming(x).map_err(|e| node_err(&n.name, e))?;
             in_place += reused as usize;
             values[n.output] = Some(y);
             continue;

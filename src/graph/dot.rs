@@ -50,7 +50,13 @@ impl Graph {
         out
     }
 
-    fn dot_scope(&self, s: ScopeId, indent: usize, out: &mut String, plans: &[super::FusionPlan; 2]) {
+    fn dot_scope(
+        &self,
+        s: ScopeId,
+        indent: usize,
+        out: &mut String,
+        plans: &[super::FusionPlan; 2],
+    ) {
         let pad = "  ".repeat(indent);
         for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.scope == s) {
             let kind = n
@@ -64,7 +70,11 @@ impl Graph {
                 .map(|c| format!("\\nfused {}: {}", c + 1, esc(&infer.chains[c].label())))
                 .into_iter()
                 .chain(train.chain_of[i].map(|c| {
-                    format!("\\nfused train {}: {}", c + 1, esc(&train.chains[c].label()))
+                    format!(
+                        "\\nfused train {}: {}",
+                        c + 1,
+                        esc(&train.chains[c].label())
+                    )
                 }))
                 .collect();
             let _ = writeln!(

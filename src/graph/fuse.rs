@@ -206,7 +206,13 @@ impl FusedOp {
     /// Run the chain as one op on its inputs, with the network's parameters (indexed as
     /// [`Graph::params`]), recording one tape entry when gradients are on (the BN and add chains; the
     /// conv chain is inference only).
-    pub fn run(&self, g: &Graph, xs: &[&Tensor], params: &[Tensor], ctx: &RunCtx) -> Result<Tensor> {
+    pub fn run(
+        &self,
+        g: &Graph,
+        xs: &[&Tensor],
+        params: &[Tensor],
+        ctx: &RunCtx,
+    ) -> Result<Tensor> {
         let x = xs[0];
         match *self {
             FusedOp::BnRelu { bn, .. } => {

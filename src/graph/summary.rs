@@ -117,7 +117,10 @@ impl Graph {
         let plans = [&plan, &train_plan];
         self.summary_rows(0, 1, max_depth, &mut counters, &mut out, &row, plans);
         let _ = writeln!(out, "{}", "=".repeat(W));
-        for (p, mode, mark) in [(&plan, "inference", "fused k"), (&train_plan, "training", "fused train k")] {
+        for (p, mode, mark) in [
+            (&plan, "inference", "fused k"),
+            (&train_plan, "training", "fused train k"),
+        ] {
             if p.chains.is_empty() {
                 let _ = writeln!(out, "Fused in {mode}: nothing");
                 continue;

@@ -86,7 +86,10 @@ fn record_binary(
                 // Both inputs get ReLU's gradient of the output (kept below).
                 BinaryOp::AddRelu => {
                     let y = sa.as_ref().expect("add+relu keeps its output");
-                    let g = y.sibling(y.backend().relu_backward(y.buf(), gy.buf())?, y.shape().to_vec());
+                    let g = y.sibling(
+                        y.backend().relu_backward(y.buf(), gy.buf())?,
+                        y.shape().to_vec(),
+                    );
                     vec![Some(g.clone()), Some(g)]
                 }
                 BinaryOp::Sub => vec![Some(gy.clone()), Some(mul_scalar(gy, -1.0)?)],

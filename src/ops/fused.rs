@@ -6,8 +6,8 @@
 use crate::autograd::needs_grad;
 use crate::backend::AxisGeom;
 use crate::error::{Error, Result};
-use crate::ops::conv::{conv_geom, ConvParams};
 use crate::ops::batchnorm::{batch_norm_then, BatchNormArgs};
+use crate::ops::conv::{conv_geom, ConvParams};
 use crate::ops::same_device;
 use crate::tensor::Tensor;
 

@@ -51,7 +51,19 @@ pub(super) fn train(
             "batchnorm",
             "bn_forward",
             n,
-            kargs![y.ptr, xp, wp, bp, mean.ptr, var.ptr, n as i32, a, i, eps, relu as i32],
+            kargs![
+                y.ptr,
+                xp,
+                wp,
+                bp,
+                mean.ptr,
+                var.ptr,
+                n as i32,
+                a,
+                i,
+                eps,
+                relu as i32
+            ],
         )?;
     }
     Ok((
