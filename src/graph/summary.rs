@@ -89,7 +89,9 @@ impl Graph {
         const W: usize = 120;
         let mut out = String::new();
         let row = |out: &mut String, name: &str, input: &str, output: &str, params: &str| {
-            let _ = writeln!(out, "{name:<46}{input:<26}{output:<26}{params}");
+            // A name longer than its column (two fusion marks) still gets a space before the input.
+            let sep = if name.chars().count() >= 46 { " " } else { "" };
+            let _ = writeln!(out, "{name:<46}{sep}{input:<26}{output:<26}{params}");
         };
         row(
             &mut out,
