@@ -28,7 +28,9 @@ fn main() -> Result<()> {
             axis: shape[1],
             inner: n / (shape[0] * shape[1]),
         };
-        let host: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let host: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
         let x = be.from_host(&host)?;
         let b = be.from_host(&host.iter().rev().copied().collect::<Vec<_>>())?;
         let dy = be.from_host(&host.iter().map(|v| v * 0.5).collect::<Vec<_>>())?;
@@ -47,7 +49,10 @@ fn main() -> Result<()> {
         let mut variants: Vec<Variant> = vec![
             (
                 "bn+relu fwd, fused",
-                Box::new(|| be.batch_norm_train(x, Some(w), Some(bias), g, 1e-5, true).map(drop)),
+                Box::new(|| {
+                    be.batch_norm_train(x, Some(w), Some(bias), g, 1e-5, true)
+                        .map(drop)
+                }),
             ),
             (
                 "bn+relu fwd, bn then relu",

@@ -79,8 +79,35 @@ pub(super) fn backward(
     batch_stats: bool,
     relu_y: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    // ReLU's backward mask, applied as dy is read (no masked copy of dy).
-    let masked = |i: usize, d: f32| relu_y.map_or(d, |y| relu_grad(y[i], d));
+    match relu_y {
+        Some(ry) => backward_masked::<true>(dy, x, w, mean, var, g, eps, batch_stats, ry),
+        None => backward_masked::<false>(dy, x, w, mean, var, g, eps, batch_stats, &[]),
+    }
+}
+
+/// [`backward`], with ReLU's backward mask by `ry` applied as dy is read when `RELU` (no masked copy
+/// of dy; without, the loops are the plain batch norm's).
+#[allow(clippy::too_many_arguments)]
+fn backward_masked<'a, const RELU: bool>(
+    dy: &'a [f32],
+    x: &'a [f32],
+    w: Option<&[f32]>,
+    mean: &[f32],
+    var: &[f32],
+    g: AxisGeom,
+    eps: f32,
+    batch_stats: bool,
+    ry: &'a [f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    // The mask's row beside dy's and x's (without RELU, x's row stands in and is not read).
+    let mask_row = |base: usize, x_row: &'a [f32]| -> &'a [f32] {
+        if RELU {
+            &ry[base..base + x_row.len()]
+        } else {
+            x_row
+        }
+    };
+    let masked = |r: f32, d: f32| if RELU { relu_grad(r, d) } else { d };
     let invstd: Vec<f64> = var
         .iter()
         .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
@@ -94,8 +121,8 @@ pub(super) fn backward(
                 let (dy, x) = (&dy[base..base + g.inner], &x[base..base + g.inner]);
                 let mut sd_row = 0.0;
                 let mut sdx_row = 0.0;
-                for (k, (&d, &v)) in dy.iter().zip(x).enumerate() {
-                    let d = masked(base + k, d) as f64;
+                for ((&d, &v), &r) in dy.iter().zip(x).zip(mask_row(base, x)) {
+                    let d = masked(r, d) as f64;
                     sd_row += d;
                     sdx_row += d * (v as f64 - m) * is;
                 }
@@ -115,14 +142,14 @@ pub(super) fn backward(
             if batch_stats {
                 let (sd, sdx) = sums[c];
                 let k = wc * is / n;
-                for (j, ((dx, &d), &v)) in dx.iter_mut().zip(dy).zip(x).enumerate() {
+                for (((dx, &d), &v), &r) in dx.iter_mut().zip(dy).zip(x).zip(mask_row(base, x)) {
                     let xhat = (v as f64 - m) * is;
-                    let d = masked(base + j, d) as f64;
+                    let d = masked(r, d) as f64;
                     *dx = (k * (n * d - sd - xhat * sdx)) as f32;
                 }
             } else {
-                for (j, (dx, &d)) in dx.iter_mut().zip(dy).enumerate() {
-                    *dx = (masked(base + j, d) as f64 * wc * is) as f32;
+                for ((dx, &d), &r) in dx.iter_mut().zip(dy).zip(mask_row(base, x)) {
+                    *dx = (masked(r, d) as f64 * wc * is) as f32;
                 }
             }
         });
