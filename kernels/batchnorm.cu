@@ -2,6 +2,8 @@
 // Forward statistics: one pass of Welford per thread over a (channel, split) grid, merged with Chan's
 // formula in the block and then across splits. Normalisation is one elementwise pass (ReLU fusable).
 // Backward: two per-channel reductions (Σdy, Σdy·x̂) in one pass, then one elementwise pass for dx.
+// A fused BN → ReLU passes its output ry to both passes, which mask dy as ReLU's backward does (0 where
+// ry <= 0) as they read it: no separate ReLU-backward pass and no masked copy of dy.
 // Non-finite values: Welford's running mean turns +Inf followed by a finite value into Inf − Inf = NaN,
 // where PyTorch's Σx/n is +Inf; so which of NaN, +Inf and −Inf a channel holds is tracked as flags and
 // decides its mean (NaN, ±Inf) and variance (NaN), as Σx/n and Σ(x − mean)²/n give.
@@ -111,9 +113,12 @@ extern "C" __global__ void bn_forward(float* __restrict__ y, const float* __rest
     }
 }
 
-// ws[(c·S + s)·2 + {0,1}] = (Σdy, Σdy·(x − mean)) of split s of channel c. Grid (C, S).
+// ReLU's backward (PyTorch's threshold_backward: a NaN output passes dy on); ry null: no ReLU.
+__device__ __forceinline__ float relu_masked(const float* __restrict__ ry, int i, float d) { return ry && ry[i] <= 0.0f ? 0.0f : d; }
+
+// ws[(c·S + s)·2 + {0,1}] = (Σdy, Σdy·(x − mean)) of split s of channel c, dy masked by ry. Grid (C, S).
 extern "C" __global__ void bn_backward_partial(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ mean,
-                                               int outer, int axis, int inner, double* __restrict__ ws) {
+                                               const float* __restrict__ ry, int outer, int axis, int inner, double* __restrict__ ws) {
     const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
     int j0, j1;
     channel_split(outer, inner, s, S, j0, j1);
@@ -123,10 +128,15 @@ extern "C" __global__ void bn_backward_partial(const float* __restrict__ dy, con
         [&](int i) {
             float4 d = *reinterpret_cast<const float4*>(dy + i);
             float4 v = *reinterpret_cast<const float4*>(x + i);
+            if (ry) {
+                float4 r = *reinterpret_cast<const float4*>(ry + i);
+                d.x = r.x <= 0.0f ? 0.0f : d.x; d.y = r.y <= 0.0f ? 0.0f : d.y;
+                d.z = r.z <= 0.0f ? 0.0f : d.z; d.w = r.w <= 0.0f ? 0.0f : d.w;
+            }
             sd += (d.x + d.y) + (d.z + d.w);
             sdx += d.x * (v.x - m) + d.y * (v.y - m) + d.z * (v.z - m) + d.w * (v.w - m);
         },
-        [&](int i) { float d = dy[i]; sd += d; sdx += d * (x[i] - m); });
+        [&](int i) { float d = relu_masked(ry, i, dy[i]); sd += d; sdx += d * (x[i] - m); });
     double a = block_sum_d((double)sd);
     double b = block_sum_d((double)sdx);
     if (threadIdx.x == 0) {
@@ -147,20 +157,22 @@ extern "C" __global__ void bn_backward_final(const double* __restrict__ ws, cons
     }
 }
 
-// dx = w·invstd/n·(n·dy − Σdy − x̂·Σdy·x̂) with batch statistics, dy·w·invstd without.
-extern "C" __global__ void bn_backward_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ w,
+// dx = w·invstd/n·(n·dy − Σdy − x̂·Σdy·x̂) with batch statistics, dy·w·invstd without; dy masked by ry.
+extern "C" __global__ void bn_backward_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ ry,
+                                          const float* __restrict__ x, const float* __restrict__ w,
                                           const float* __restrict__ mean, const float* __restrict__ var, const float* __restrict__ dweight,
                                           const float* __restrict__ dbias, int n, int axis, int inner, float eps, float count, int batch_stats) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const int c = (i / inner) % axis;
         const float invstd = 1.0f / sqrtf(var[c] + eps);  // not rsqrtf (2 ulp): the CPU's invstd is exact
         const float wc = w ? w[c] : 1.0f;
+        const float d = relu_masked(ry, i, dy[i]);
         if (batch_stats) {
             const float xhat = (x[i] - mean[c]) * invstd;
             const float k = wc * invstd / count;
-            dx[i] = k * (count * dy[i] - dbias[c] - xhat * dweight[c]);
+            dx[i] = k * (count * d - dbias[c] - xhat * dweight[c]);
         } else {
-            dx[i] = dy[i] * wc * invstd;
+            dx[i] = d * wc * invstd;
         }
     }
 }

@@ -1,9 +1,9 @@
-// Elementwise kernels: unary, binary, ReLU backward, axpby, fill, scalar broadcast, per-axis bias and
+// Elementwise kernels: unary, binary (with the fused add → ReLU), in-place ReLU, ReLU backward, axpby, fill, scalar broadcast, per-axis bias and
 // counter-based dropout. Memory-bound: float4 grid-stride loops plus a scalar tail.
 #include "common.cuh"
 
 enum { UN_RELU = 0, UN_SCALE = 1, UN_ADD = 2, UN_SQRT = 3 };
-enum { BIN_ADD = 0, BIN_SUB = 1, BIN_MUL = 2, BIN_DIV = 3 };
+enum { BIN_ADD = 0, BIN_SUB = 1, BIN_MUL = 2, BIN_DIV = 3, BIN_ADD_RELU = 4 };
 
 __device__ __forceinline__ float unary_op(float x, int op, float s) {
     switch (op) {
@@ -18,6 +18,7 @@ __device__ __forceinline__ float binary_op(float a, float b, int op) {
         case BIN_ADD: return __fadd_rn(a, b);
         case BIN_SUB: return __fsub_rn(a, b);
         case BIN_DIV: return __fdiv_rn(a, b);
+        case BIN_ADD_RELU: return relu_f(__fadd_rn(a, b));  // the fused residual add → ReLU
         default: return __fmul_rn(a, b);
     }
 }
@@ -51,6 +52,34 @@ extern "C" __global__ void ew_binary(float* __restrict__ y, const float* __restr
     }
     for (int i = (n4 << 2) + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
         y[i] = binary_op(a[i], b[i], op);
+}
+
+// x = max(x, 0) in place: a ReLU whose input is dead (the executor's liveness), so no second buffer.
+extern "C" __global__ void ew_relu_in_place(float* x, int n) {
+    const int n4 = n >> 2;
+    float4* x4 = reinterpret_cast<float4*>(x);
+    GRID_STRIDE(i, n4) {
+        float4 v = x4[i];
+        v.x = relu_f(v.x); v.y = relu_f(v.y); v.z = relu_f(v.z); v.w = relu_f(v.w);
+        x4[i] = v;
+    }
+    for (int i = (n4 << 2) + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        x[i] = relu_f(x[i]);
+}
+
+// a = max(a + b, 0) in place: the fused residual add → ReLU over its dead branch (b is another buffer).
+extern "C" __global__ void ew_add_relu_in_place(float* a, const float* __restrict__ b, int n) {
+    const int n4 = n >> 2;
+    float4* a4 = reinterpret_cast<float4*>(a);
+    const float4* b4 = reinterpret_cast<const float4*>(b);
+    GRID_STRIDE(i, n4) {
+        float4 u = a4[i], v = b4[i];
+        u.x = binary_op(u.x, v.x, BIN_ADD_RELU); u.y = binary_op(u.y, v.y, BIN_ADD_RELU);
+        u.z = binary_op(u.z, v.z, BIN_ADD_RELU); u.w = binary_op(u.w, v.w, BIN_ADD_RELU);
+        a4[i] = u;
+    }
+    for (int i = (n4 << 2) + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        a[i] = binary_op(a[i], b[i], BIN_ADD_RELU);
 }
 
 // PyTorch's threshold_backward: 0 where y <= 0, so a NaN output passes dy on.

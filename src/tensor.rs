@@ -297,6 +297,16 @@ impl Tensor {
         self.make(AutogradMeta::leaf())
     }
 
+    /// Whether this handle is the only one on this tensor and the tensor the only one on its storage
+    /// (no clone, view, detached copy or saved-for-backward tensor shares it): then it may be
+    /// overwritten in place.
+    pub(crate) fn is_sole_owner(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+            && Arc::weak_count(&self.0) == 0
+            && Arc::strong_count(&self.0.buffer) == 1
+            && Arc::weak_count(&self.0.buffer) == 0
+    }
+
     /// The same storage, cut off from autograd.
     pub fn detach(&self) -> Tensor {
         self.sibling(self.0.buffer.clone(), self.shape().to_vec())

@@ -25,10 +25,13 @@ fn models_summary_and_graph() {
         out.contains("Total params: 37,503,856") && out.contains("Forward mult-adds (G): 46.49"),
         "{out}"
     );
-    // Fused chains are marked (fusion is on by default); --no-fuse marks nothing.
+    // Fused chains are marked (fusion is on by default), inference and training apart; --no-fuse
+    // marks nothing. ECO-Lite's 3-D part has batch norm → ReLU after each residual add.
     assert!(
         out.contains("Conv2d: 3-1 [fused 1]")
-            && out.contains("24 chains: 24 × conv+bn(folded)+relu"),
+            && out.contains("30 chains: 24 × conv+bn(folded)+relu, 6 × bn+relu")
+            && out.contains("BatchNorm2d: 3-13 [fused 4] [fused train 4] [16, 64, 28, 28]")
+            && out.contains("Fused in training (rows marked [fused train k], k = chain): 30 chains: 30 × bn+relu"),
         "{out}"
     );
     let (ok, out, err) = vidgrad(&[
@@ -41,7 +44,9 @@ fn models_summary_and_graph() {
     ]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("Fused in inference: nothing") && !out.contains("[fused"),
+        out.contains("Fused in inference: nothing")
+            && out.contains("Fused in training: nothing")
+            && !out.contains("[fused"),
         "{out}"
     );
     let (ok, out, _) = vidgrad(&[

@@ -118,7 +118,13 @@ fn elementwise_and_reductions_match_cpu() {
             0.0,
             0.0,
         );
-        let bop = d.pick(&[BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div]);
+        let bop = d.pick(&[
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::AddRelu,
+        ]);
         p.check(
             "binary",
             &p.cpu.binary(&*xc, &*yc, bop).unwrap(),
@@ -140,6 +146,31 @@ fn elementwise_and_reductions_match_cpu() {
             &p.gpu.dropout(&*xg, 0.3, seed).unwrap(),
             0.0,
             0.0,
+        );
+        // The fused add → ReLU every case (the pick above draws it one time in five), then ReLU in
+        // place over its own output's copy: both exact (one rounding of a + b, ReLU exact), NaN kept.
+        let (sc, sg) = (
+            p.cpu.binary(&*xc, &*yc, BinaryOp::AddRelu).unwrap(),
+            p.gpu.binary(&*xg, &*yg, BinaryOp::AddRelu).unwrap(),
+        );
+        p.check("add+relu", &sc, &sg, 0.0, 0.0);
+        let (ic, ig) = (p.cpu.copy(&*xc).unwrap(), p.gpu.copy(&*xg).unwrap());
+        p.cpu.relu_in_place(&*ic).unwrap();
+        p.gpu.relu_in_place(&*ig).unwrap();
+        p.check("relu in place", &ic, &ig, 0.0, 0.0);
+        let (ac, ag) = (p.cpu.copy(&*xc).unwrap(), p.gpu.copy(&*xg).unwrap());
+        p.cpu.add_relu_in_place(&*ac, &*yc).unwrap();
+        p.gpu.add_relu_in_place(&*ag, &*yg).unwrap();
+        p.check("add+relu in place", &ac, &ag, 0.0, 0.0);
+        p.check("add+relu in place = add+relu", &sc, &ag, 0.0, 0.0);
+        let bits = |b: &BufferRef| -> Vec<u32> {
+            let v = p.cpu.to_host(&**b).unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        assert_eq!(
+            bits(&ic),
+            bits(&p.cpu.unary(&*xc, UnaryOp::Relu).unwrap()),
+            "relu in place differs from relu"
         );
         let (ac, ag) = (p.cpu.copy(&*yc).unwrap(), p.gpu.copy(&*yg).unwrap());
         p.cpu.axpby(&*ac, 0.5, &*xc, -2.0).unwrap();
@@ -374,8 +405,10 @@ fn batch_norm_matches_cpu() {
         let affine = case % 3 != 0;
         let (w1, w2) = (affine.then_some(&*wc), affine.then_some(&*wg));
         let (b1, b2) = (affine.then_some(&*bc), affine.then_some(&*bg));
-        let (yc, sc) = p.cpu.batch_norm_train(&*xc, w1, b1, g, 1e-5).unwrap();
-        let (yg, sg) = p.gpu.batch_norm_train(&*xg, w2, b2, g, 1e-5).unwrap();
+        // Every other case is the fused BN → ReLU (ReLU is 1-Lipschitz: the same tolerances).
+        let relu = case % 2 == 1;
+        let (yc, sc) = p.cpu.batch_norm_train(&*xc, w1, b1, g, 1e-5, relu).unwrap();
+        let (yg, sg) = p.gpu.batch_norm_train(&*xg, w2, b2, g, 1e-5, relu).unwrap();
         p.check("bn mean", &sc.mean, &sg.mean, 1e-5, 1e-4);
         p.check("bn var", &sc.var, &sg.var, 1e-5, 1e-4);
         p.check("bn y", &yc, &yg, 2e-4, 1e-4);
@@ -390,10 +423,24 @@ fn batch_norm_matches_cpu() {
             2e-4,
             1e-4,
         );
+        // The fused backward masks dy by the ReLU output; both sides get the CPU's y, so the masks
+        // are the same (a y within rounding of 0 could otherwise flip one element's mask).
+        let ryg = relu.then(|| sc_to(&p, &yc));
+        let (ry1, ry2) = (relu.then_some(&*yc), ryg.as_deref());
         for batch_stats in [true, false] {
             let gc = p
                 .cpu
-                .batch_norm_backward(&*dc, &*xc, w1, &*sc.mean, &*sc.var, g, 1e-5, batch_stats)
+                .batch_norm_backward(
+                    &*dc,
+                    &*xc,
+                    w1,
+                    &*sc.mean,
+                    &*sc.var,
+                    g,
+                    1e-5,
+                    batch_stats,
+                    ry1,
+                )
                 .unwrap();
             let gg = p
                 .gpu
@@ -406,6 +453,7 @@ fn batch_norm_matches_cpu() {
                     g,
                     1e-5,
                     batch_stats,
+                    ry2,
                 )
                 .unwrap();
             p.check("bn dx", &gc.dx, &gg.dx, 5e-4, 1e-3);

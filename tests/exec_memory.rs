@@ -3,7 +3,7 @@
 //! training keeps what backward needs, gradient checkpointing trades that memory for recomputation and
 //! gives the same gradients.
 
-use vidgrad::exec::Network;
+use vidgrad::exec::{ForwardStats, Network};
 use vidgrad::graph::{BatchNorm, Conv, Graph, GraphBuilder, Linear};
 use vidgrad::{ops, Device, Tensor};
 
@@ -41,13 +41,25 @@ fn mb(b: usize) -> f64 {
     b as f64 / 1e6
 }
 
-/// Train step; returns (peak bytes during forward + backward, parameter gradients).
+/// Train step; returns (peak bytes during forward + backward, parameter gradients, running mean).
 fn train_step(checkpoint: bool, x: &Tensor) -> (usize, Vec<Vec<f32>>, Vec<f32>) {
+    let (peak, grads, stats, _) = train_step_fused(checkpoint, true, x);
+    (peak, grads, stats)
+}
+
+/// [`train_step`] with fusion on or off, and the forward's own statistics.
+fn train_step_fused(
+    checkpoint: bool,
+    fuse: bool,
+    x: &Tensor,
+) -> (usize, Vec<Vec<f32>>, Vec<f32>, ForwardStats) {
     let dev = Device::Cpu;
-    let net = Network::new(net(checkpoint), dev, 3).unwrap();
+    let mut net = Network::new(net(checkpoint), dev, 3).unwrap();
+    net.set_fuse(fuse);
     let base = dev.memory_in_use().unwrap();
     dev.reset_memory_peak().unwrap();
     let y = net.forward(&[x]).unwrap();
+    let forward = net.last_forward_stats().unwrap();
     let loss = ops::cross_entropy(&y, &[0, 2], 0.0).unwrap();
     loss.backward().unwrap();
     let peak = dev.memory_peak().unwrap() - base;
@@ -61,7 +73,7 @@ fn train_step(checkpoint: bool, x: &Tensor) -> (usize, Vec<Vec<f32>>, Vec<f32>) 
         .unwrap()
         .to_vec()
         .unwrap();
-    (peak, grads, stats)
+    (peak, grads, stats, forward)
 }
 
 #[test]
@@ -143,4 +155,44 @@ fn memory_liveness_and_checkpointing() {
     }
     // running statistics updated once, not again by the recomputation
     assert_eq!(plain_stats, ckpt_stats);
+
+    // Training fusion (docs/GRAPH.md "Fusion"): each block's bn1 → relu1 is one op, and its
+    // bn2 → add → relu writes the sum over bn2's output (dead after the add, saved by nobody), so the
+    // same values are kept for backward but no block makes a transient activation: the forward's peak
+    // is what it holds at its end, one activation below the unfused forward's (whose last block has
+    // bn2's output, the sum and the ReLU's output alive at once). The step's peak is in backward,
+    // where the fused ops make the same buffers (ReLU's gradient feeds both branches of the add), so
+    // it is no higher. Same gradients bit for bit (tests/fusion.rs says why).
+    let (fused_peak, fused_grads, fused_stats, fused_fwd) = train_step_fused(false, true, &x);
+    let (unfused_peak, unfused_grads, unfused_stats, unfused_fwd) =
+        train_step_fused(false, false, &x);
+    let activation = x.numel() * 4;
+    println!(
+        "training forward peak: fused {:.3} MB, unfused {:.3} MB (one activation {:.3} MB; {} ReLUs in place); step peak: fused {:.3} MB, unfused {:.3} MB",
+        mb(fused_fwd.peak_activation_bytes),
+        mb(unfused_fwd.peak_activation_bytes),
+        mb(activation),
+        fused_fwd.relus_in_place,
+        mb(fused_peak),
+        mb(unfused_peak),
+    );
+    assert_eq!(
+        fused_fwd.relus_in_place, 4,
+        "each block's add+relu in place"
+    );
+    assert_eq!(fused_fwd.held_bytes, unfused_fwd.held_bytes);
+    // (Up to 1 KiB of per-channel buffers, batch-norm statistics, differ between the two peaks'
+    // moments: 8 channels here.)
+    assert!(
+        fused_fwd.peak_activation_bytes + activation <= unfused_fwd.peak_activation_bytes + 1024,
+        "fused forward peak {} B, unfused {} B",
+        fused_fwd.peak_activation_bytes,
+        unfused_fwd.peak_activation_bytes
+    );
+    assert!(
+        fused_peak <= unfused_peak,
+        "fused {fused_peak} B, unfused {unfused_peak} B"
+    );
+    assert_eq!(fused_grads, unfused_grads);
+    assert_eq!(fused_stats, unfused_stats);
 }

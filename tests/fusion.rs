@@ -92,16 +92,37 @@ fn plan_fuses_conv_bn_relu_chains_in_inference_only() {
     assert_eq!(plan.chains, want);
     assert!(plan.head(node(&g, "c1")).is_some() && plan.absorbed(node(&g, "r1")));
     assert!(plan.chain_of[node(&g, "r3")].is_none());
-    assert!(g.fusion_plan(true).chains.is_empty());
+    // Training: BN → ReLU where the batch norm's output has one reader (not bn3's), no conv chains.
+    assert_eq!(
+        g.fusion_plan(true).chains,
+        vec![
+            FusedOp::BnRelu {
+                bn: node(&g, "bn1"),
+                relu: node(&g, "r1"),
+            },
+            FusedOp::BnRelu {
+                bn: node(&g, "bn4"),
+                relu: node(&g, "r4"),
+            },
+        ]
+    );
 
     let summary = g.summary(3);
     assert!(
         summary.contains("[fused 1]") && summary.contains("4 chains"),
         "{summary}"
     );
+    assert!(
+        summary.contains("[fused 1] [fused train 1]")
+            && summary.contains(
+                "Fused in training (rows marked [fused train k], k = chain): 2 chains: 2 × bn+relu"
+            ),
+        "{summary}"
+    );
     let dot = g.to_dot();
     assert!(dot.contains("fused 1: conv+bn(folded)+relu"), "{dot}");
     assert!(dot.contains("fused 2: conv+relu"), "{dot}");
+    assert!(dot.contains("fused train 2: bn+relu"), "{dot}");
 }
 
 /// Running statistics away from (0, 1), so the fold does something: a few training forwards.
@@ -196,7 +217,7 @@ fn eco_lite_fuses_every_conv_bn_relu_and_agrees_unfused() {
     }
     println!(
         "eco-lite: {} of {} convolutions fused",
-        plan.chains.len(),
+        convs.iter().filter(|&&i| plan.head(i).is_some()).count(),
         convs.len()
     );
     let x = Tensor::randn(&[1, 16, 3, 64, 64], 9, Device::Cpu).unwrap();
@@ -241,5 +262,109 @@ fn fused_inference_on_cuda_matches_cpu_in_tensor_core_modes() {
                 "fused inference {mode:?}, {dev} vs cpu: worst relative difference {worst:.2e}"
             );
         });
+    }
+}
+
+/// A training block with every training fusion: conv → BN → ReLU (BN+ReLU), conv → BN → add(skip) →
+/// ReLU (add+ReLU, in place over the BN's output), conv → ReLU (in place: the conv keeps its input,
+/// not its output) and softmax → ReLU (not in place: softmax keeps its output for its backward, so the
+/// buffer is shared).
+fn train_net() -> Graph {
+    let mut g = GraphBuilder::new("TrainFuseNet");
+    let x = g.input("input", &[2, 4, 4, 9, 9]).unwrap();
+    let a = g
+        .conv("c1", x, Conv::new(8, &[3, 3, 3]).padding(&[1, 1, 1]))
+        .unwrap();
+    let a = g.batch_norm("bn1", a, BatchNorm::new()).unwrap();
+    let a = g.relu("r1", a).unwrap();
+    let b = g
+        .conv(
+            "c2",
+            a,
+            Conv::new(8, &[1, 3, 3]).padding(&[0, 1, 1]).no_bias(),
+        )
+        .unwrap();
+    let b = g.batch_norm("bn2", b, BatchNorm::new()).unwrap();
+    let b = g.add(b, a).unwrap();
+    let b = g.relu("r2", b).unwrap();
+    let c = g.conv("c3", b, Conv::new(8, &[1, 1, 1])).unwrap();
+    let c = g.relu("r3", c).unwrap();
+    let c = g.softmax("sm", c, 1).unwrap();
+    let c = g.relu("r4", c).unwrap();
+    let c = g.adaptive_avg_pool("pool", c, &[1, 1, 1]).unwrap();
+    let c = g.flatten(c, 1, -1).unwrap();
+    let y = g.linear("fc", c, Linear::new(3)).unwrap();
+    g.finish(&[y]).unwrap()
+}
+
+/// One training step (forward, Σ y·r, backward) with fusion on or off: the output, every parameter's
+/// and buffer's value after the step's statistics update, every gradient (parameters and input), and
+/// the ReLUs run in place.
+fn train_step(dev: Device, fuse: bool) -> (Vec<(String, Vec<f32>)>, usize) {
+    use vidgrad::ops;
+    let mut net = Network::new(train_net(), dev, 21).unwrap();
+    net.set_fuse(fuse);
+    net.train();
+    let x = Tensor::randn(&[2, 4, 4, 9, 9], 3, Device::Cpu)
+        .unwrap()
+        .to_device(dev)
+        .unwrap()
+        .with_grad();
+    let y = net.forward(&[&x]).unwrap();
+    let r = Tensor::randn(y.shape(), 4, dev).unwrap();
+    ops::sum(&ops::mul(&y, &r).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    let mut out = vec![("output".to_string(), y.to_vec().unwrap())];
+    out.push(("input grad".into(), x.grad().unwrap().to_vec().unwrap()));
+    for (name, p) in net.parameters() {
+        out.push((format!("{name} grad"), p.grad().unwrap().to_vec().unwrap()));
+    }
+    for (name, b) in net.buffers() {
+        out.push((name, b.to_vec().unwrap()));
+    }
+    (out, net.last_forward_stats().unwrap().relus_in_place)
+}
+
+/// Fused and unfused training agree bit for bit: BN+ReLU applies max(·, 0) to the value the unfused BN
+/// writes, its backward masks dy exactly as ReLU's backward does before the same sums in the same
+/// order, add+ReLU rounds a + b once as add does, and a ReLU in place computes what ReLU computes. So
+/// the tolerance derived is 0 (the CUDA kernels are checked against the CPU in tests/cuda_ops.rs).
+fn fused_training_matches_unfused_on(dev: Device) {
+    let g = train_net();
+    let plan = g.fusion_plan(true);
+    let labels: Vec<String> = plan.chains.iter().map(|c| c.label()).collect();
+    assert_eq!(labels, ["bn+relu", "add+relu"]);
+    let (fused, in_place) = train_step(dev, true);
+    let (plain, none) = train_step(dev, false);
+    // In place: r3 over c3's output and the add+relu over bn2's output (both dead and kept by no
+    // backward); not r4, whose input softmax keeps for its backward.
+    assert_eq!((in_place, none), (2, 0));
+    assert_eq!(fused.len(), plain.len());
+    for ((name, a), (_, b)) in fused.iter().zip(&plain) {
+        assert_eq!(a.len(), b.len(), "{name}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                x.to_bits() == y.to_bits(),
+                "{dev} {name}: element {i}: fused {x}, unfused {y}"
+            );
+        }
+    }
+    println!(
+        "fused training on {dev}: {} tensors equal bit for bit",
+        fused.len()
+    );
+}
+
+#[test]
+fn fused_training_matches_unfused_on_cpu() {
+    fused_training_matches_unfused_on(Device::Cpu);
+}
+
+#[test]
+fn fused_training_matches_unfused_on_cuda() {
+    if let Some(dev) = common::cuda_device() {
+        fused_training_matches_unfused_on(dev);
     }
 }

@@ -59,13 +59,17 @@ fn rows(table: &str) -> Vec<Row> {
         }
         // `summary` marks the rows the fusion pass runs as one op (" [fused k]" after the name; the
         // table's header says so); torchinfo has no such thing, so the mark is not part of the row.
-        let unmarked = match line.find(" [fused ") {
-            Some(at) => {
-                let end = at + line[at..].find(']').expect("a closed fusion mark") + 1;
-                format!("{}{}{}", &line[..at], " ".repeat(end - at), &line[end..])
-            }
-            None => line.to_string(),
-        };
+        // Inference and training marks (" [fused k]", " [fused train k]") are blanked one by one.
+        let mut unmarked = line.to_string();
+        while let Some(at) = unmarked.find(" [fused ") {
+            let end = at + unmarked[at..].find(']').expect("a closed fusion mark") + 1;
+            unmarked = format!(
+                "{}{}{}",
+                &unmarked[..at],
+                " ".repeat(end - at),
+                &unmarked[end..]
+            );
+        }
         let line = unmarked.as_str();
         let open: Vec<usize> = line.match_indices('[').map(|(i, _)| i).collect();
         let close: Vec<usize> = line.match_indices(']').map(|(i, _)| i).collect();

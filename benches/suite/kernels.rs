@@ -190,13 +190,23 @@ pub fn run(be: &dyn Backend, k: &Kernel, s: &Set, pass: Pass) -> Result<()> {
             }
         }
         (Kernel::BatchNorm { g, eps, .. }, Fwd) => {
-            be.batch_norm_train(s.b(0), Some(s.b(1)), Some(s.b(2)), *g, *eps)?;
+            be.batch_norm_train(s.b(0), Some(s.b(1)), Some(s.b(2)), *g, *eps, false)?;
         }
         (Kernel::BatchNorm { g, eps, .. }, FwdEval) => {
             be.batch_norm_eval(s.b(0), Some(s.b(1)), Some(s.b(2)), s.b(3), s.b(4), *g, *eps)?;
         }
         (Kernel::BatchNorm { g, eps, .. }, Bwd) => {
-            be.batch_norm_backward(s.b(5), s.b(0), Some(s.b(1)), s.b(3), s.b(4), *g, *eps, true)?;
+            be.batch_norm_backward(
+                s.b(5),
+                s.b(0),
+                Some(s.b(1)),
+                s.b(3),
+                s.b(4),
+                *g,
+                *eps,
+                true,
+                None,
+            )?;
         }
         (Kernel::MaxPool { g, .. }, Fwd) => {
             be.max_pool_forward_argmax(s.b(0), g)?;

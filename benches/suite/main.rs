@@ -20,7 +20,8 @@
 //!
 //! Environment: `VIDGRAD_BENCH_MODELS`, `VIDGRAD_BENCH_CPU_BATCH` (kernel rows, default 1),
 //! `VIDGRAD_BENCH_CPU_MODEL_BATCH` (default 2), `VIDGRAD_BENCH_TARGET_MS` (time per CPU kernel pass,
-//! default 300), `VIDGRAD_BENCH_OUT` (output folder).
+//! default 300), `VIDGRAD_BENCH_OUT` (output folder), `VIDGRAD_BENCH_NO_FUSE=1` (whole models without
+//! the fusion pass, the CLI's `--no-fuse`: fused and unfused steps from one binary).
 
 mod clock;
 mod kernels;
@@ -109,6 +110,9 @@ fn parse_args(all: &[BenchModel]) -> std::result::Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::var("VIDGRAD_BENCH_NO_FUSE").is_ok_and(|v| v == "1") {
+        vidgrad::exec::set_fuse_by_default(false);
+    }
     let all = bench_models();
     let args = match parse_args(&all) {
         Ok(a) => a,

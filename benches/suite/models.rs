@@ -73,6 +73,7 @@ pub fn bench(m: &BenchModel, batch: usize, dev: Device, clock: Clock, plan: Plan
     let b = batch as f64;
     let row = json!({
         "model": m.name, "input": input, "batch": batch, "classes": classes,
+        "fused": vidgrad::exec::fuse_by_default(),
         "options": {"classes": m.opts.classes, "dropout": m.opts.dropout},
         "extra": m.opts.extra, "dropout": dropout, "params": params, "fwd_gmacs_per_clip": macs / b / 1e9,
         "inference": {"ms": ti * 1e3, "clips_per_s": b / ti, "runs": infer.runs.len(),

@@ -72,6 +72,12 @@ impl Backend for MetaBackend {
     fn relu_backward(&self, y: &dyn BackendBuffer, _dy: &dyn BackendBuffer) -> Result<BufferRef> {
         buf(y.len())
     }
+    fn relu_in_place(&self, _x: &dyn BackendBuffer) -> Result<()> {
+        Ok(())
+    }
+    fn add_relu_in_place(&self, _a: &dyn BackendBuffer, _b: &dyn BackendBuffer) -> Result<()> {
+        Ok(())
+    }
     fn axpby(
         &self,
         _y: &dyn BackendBuffer,
@@ -147,6 +153,7 @@ impl Backend for MetaBackend {
         _b: Option<&dyn BackendBuffer>,
         g: AxisGeom,
         _eps: f32,
+        _relu: bool,
     ) -> Result<(BufferRef, BnStats)> {
         Ok((
             buf(x.len())?,
@@ -178,6 +185,7 @@ impl Backend for MetaBackend {
         g: AxisGeom,
         _eps: f32,
         _batch_stats: bool,
+        _relu_y: Option<&dyn BackendBuffer>,
     ) -> Result<BnGrads> {
         Ok(BnGrads {
             dx: buf(x.len())?,

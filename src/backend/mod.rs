@@ -50,6 +50,8 @@ pub enum BinaryOp {
     Mul,
     /// a / b (IEEE: ±inf or NaN where b = 0)
     Div,
+    /// max(a + b, 0), NaN kept (the fusion pass's residual add → ReLU)
+    AddRelu,
 }
 
 /// A convolution over [N, C, D, H, W] with weights [Cout, Cin/groups, kD, kH, kW].
@@ -259,6 +261,11 @@ pub trait Backend: Send + Sync + Debug {
     /// dx = 0 where y <= 0, else dy (from ReLU's output, so its input need not be kept); a NaN output
     /// passes dy on, as PyTorch's threshold_backward.
     fn relu_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer) -> Result<BufferRef>;
+    /// In place: x = max(x, 0), NaN kept (a ReLU whose input nothing else reads or saved).
+    fn relu_in_place(&self, x: &dyn BackendBuffer) -> Result<()>;
+    /// In place: a = max(a + b, 0), NaN kept (the fused add → ReLU over a dead, unshared `a`; `b` is
+    /// another buffer).
+    fn add_relu_in_place(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer) -> Result<()>;
     /// In place: y = a·x + b·y.
     fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()>;
     /// A one-element buffer holding Σ x.
@@ -312,7 +319,8 @@ pub trait Backend: Send + Sync + Debug {
     ) -> Result<BufferRef>;
 
     // --- batch norm ---------------------------------------------------------------------------------
-    /// Normalise with the batch's statistics; returns y and the (mean, biased var) used.
+    /// Normalise with the batch's statistics; returns y and the (mean, biased var) used. With `relu`,
+    /// y = max(normalised, 0) in the same pass (the fusion pass's BN → ReLU).
     fn batch_norm_train(
         &self,
         x: &dyn BackendBuffer,
@@ -320,6 +328,7 @@ pub trait Backend: Send + Sync + Debug {
         bias: Option<&dyn BackendBuffer>,
         g: AxisGeom,
         eps: f32,
+        relu: bool,
     ) -> Result<(BufferRef, BnStats)>;
     /// Normalise with given (running) statistics.
     #[allow(clippy::too_many_arguments)]
@@ -334,7 +343,9 @@ pub trait Backend: Send + Sync + Debug {
         eps: f32,
     ) -> Result<BufferRef>;
     /// Gradients of either mode. With `batch_stats`, mean/var are the batch's own and dx carries their
-    /// dependence on x; without, they are constants (eval mode).
+    /// dependence on x; without, they are constants (eval mode). With `relu_y` (the output of a fused
+    /// BN → ReLU), dy is first masked as ReLU's backward masks it (0 where relu_y <= 0), inside the
+    /// same passes.
     #[allow(clippy::too_many_arguments)]
     fn batch_norm_backward(
         &self,
@@ -346,6 +357,7 @@ pub trait Backend: Send + Sync + Debug {
         g: AxisGeom,
         eps: f32,
         batch_stats: bool,
+        relu_y: Option<&dyn BackendBuffer>,
     ) -> Result<BnGrads>;
 
     // --- pooling ------------------------------------------------------------------------------------

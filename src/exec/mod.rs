@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use crate::autograd::{self, non_finite, EnableGradGuard, LabelGuard};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::graph::{node_err, FusionPlan, Graph, Init, RunCtx, ValueId};
+use crate::graph::{node_err, FusedOp, FusionPlan, Graph, Init, RunCtx, ValueId};
 use crate::rng;
 use crate::tensor::Tensor;
 
@@ -53,6 +53,8 @@ pub struct ForwardStats {
     pub peak_activation_bytes: usize,
     /// Bytes still held after the forward (saved for backward in training; the output in inference).
     pub held_bytes: usize,
+    /// ReLUs (alone, or the fused add → ReLU) computed in place over a dead input (no new buffer).
+    pub relus_in_place: usize,
 }
 
 /// A network ready to run: graph + parameters + mode. PyTorch's `nn.Module` for whole models.
@@ -65,8 +67,9 @@ pub struct Network {
     check_finite: bool,
     /// Follow the graph's fusion plan (on by default; `--no-fuse` turns it off).
     fuse: bool,
-    /// The fusion pass's plan for inference (training fuses nothing yet).
+    /// The fusion pass's plans for inference and for training.
     eval_plan: FusionPlan,
+    train_plan: FusionPlan,
     segments: Vec<Segment>,
     seed: u64,
     forwards: AtomicU64,
@@ -95,6 +98,7 @@ impl Network {
         }
         let segments = find_segments(&graph);
         let eval_plan = graph.fusion_plan(false);
+        let train_plan = graph.fusion_plan(true);
         Ok(Network {
             graph: Arc::new(graph),
             params,
@@ -104,6 +108,7 @@ impl Network {
             check_finite: false,
             fuse: fuse_by_default(),
             eval_plan,
+            train_plan,
             segments,
             seed,
             forwards: AtomicU64::new(0),
@@ -144,12 +149,13 @@ impl Network {
     pub fn fuses(&self) -> bool {
         self.fuse
     }
-    /// The fusion plan a forward in the current mode follows (empty with fusion off).
+    /// The fusion plan a forward in the current mode follows (empty with fusion off). With fusion on,
+    /// the executor also computes a ReLU in place when its input is dead (see [`ForwardStats`]).
     pub fn fusion_plan(&self) -> FusionPlan {
-        if self.fuse && !self.training {
-            self.eval_plan.clone()
-        } else {
-            FusionPlan::none(&self.graph)
+        match (self.fuse, self.training) {
+            (false, _) => FusionPlan::none(&self.graph),
+            (true, false) => self.eval_plan.clone(),
+            (true, true) => self.train_plan.clone(),
         }
     }
 
@@ -346,18 +352,23 @@ impl Network {
             values[v] = Some(t.clone());
         }
         let check = self.check_finite;
-        // The chains this forward fuses: none while recording (the plan is for inference) or checking
-        // every node's output, and none whose intermediate values are asked for by name.
-        let mut plan = if recording || check {
+        let checkpointed = recording && self.checkpointing;
+        // The chains this forward fuses: none while checking every node's output, none whose
+        // intermediate values are asked for by name, and none reaching into a checkpointed block
+        // (its nodes run, and are recomputed, by themselves).
+        let mut plan = if check {
             FusionPlan::none(g)
         } else {
             self.fusion_plan()
         };
+        let in_segment =
+            |n: usize| checkpointed && self.segments.iter().any(|s| s.nodes.contains(&n));
         let kept_inside = |c: &crate::graph::FusedOp| {
             let nodes = c.nodes();
             nodes[..nodes.len() - 1]
                 .iter()
                 .any(|&n| keep[g.nodes[n].output])
+                || nodes.iter().any(|&n| in_segment(n))
         };
         if plan.chains.iter().any(kept_inside) {
             let chains: Vec<_> = plan
@@ -373,8 +384,35 @@ impl Network {
             }
             plan.chains = chains;
         }
+        let last = g.last_uses();
+        // Which input a ReLU (or a fused add → ReLU) may overwrite: one that is dead after it
+        // (liveness) and not a network input or a value asked for by name; at run time
+        // `relu_consuming` / `add_relu_consuming` also check that no tensor saved for backward (or any
+        // other handle) shares the buffer.
+        let dead =
+            |v: ValueId, i: usize| !keep[v] && last[v] == Some(i) && g.values[v].producer.is_some();
+        let consumable: Vec<Option<usize>> = g
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if !self.fuse || check {
+                    return None;
+                }
+                match n.op {
+                    crate::graph::Op::Relu => dead(n.inputs[0], i).then_some(0),
+                    crate::graph::Op::Add
+                        if matches!(plan.head(i), Some(FusedOp::AddRelu { .. }))
+                            && n.inputs[0] != n.inputs[1] =>
+                    {
+                        (0..2).find(|&k| dead(n.inputs[k], i))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        let in_place = AtomicU64::new(0);
         let run = |values: &mut Vec<Option<Tensor>>| -> Result<()> {
-            let last = g.last_uses();
             let ctx = RunCtx {
                 training: self.training,
                 update_stats: true,
@@ -392,7 +430,17 @@ impl Network {
                         seg.nodes.clone()
                     }
                     None => {
-                        run_nodes(g, &self.params, i..i + 1, values, ctx, check, &plan)?;
+                        let n_in_place = run_nodes(
+                            g,
+                            &self.params,
+                            i..i + 1,
+                            values,
+                            ctx,
+                            check,
+                            &plan,
+                            &consumable,
+                        )?;
+                        in_place.fetch_add(n_in_place as u64, Ordering::Relaxed);
                         i..i + 1
                     }
                 };
@@ -441,6 +489,7 @@ impl Network {
             training: self.training,
             peak_activation_bytes: peak,
             held_bytes: held,
+            relus_in_place: in_place.into_inner() as usize,
         });
         Ok((out, retained))
     }
@@ -512,6 +561,7 @@ impl Network {
                     ctx,
                     check,
                     &none,
+                    &[],
                 )?;
                 Ok(local[seg.output].take().expect("segment output"))
             }
@@ -549,7 +599,10 @@ impl Network {
 
 /// Run nodes `range` reading and writing `values`; with `check`, label their tape entries and fail at
 /// the first output that is not finite. A node heading a chain of `plan` runs the whole chain (its
-/// output is the chain's last value); the chain's other nodes are skipped.
+/// output is the chain's last value); the chain's other nodes are skipped. A ReLU node (or an add → ReLU
+/// chain) with an input index in `consumable` takes that input out of `values` and overwrites it when
+/// nothing else shares it. Returns how many ran in place.
+#[allow(clippy::too_many_arguments)]
 fn run_nodes(
     g: &Graph,
     params: &[Tensor],
@@ -558,40 +611,63 @@ fn run_nodes(
     ctx: RunCtx,
     check: bool,
     plan: &FusionPlan,
-) -> Result<()> {
+    consumable: &[Option<usize>],
+) -> Result<usize> {
+    let mut in_place = 0;
     for i in range {
         let n = &g.nodes[i];
         if plan.absorbed(i) {
             continue;
         }
+        let released = || {
+            node_err(
+                &n.name,
+                Error::Autograd("input value was released before use".into()),
+            )
+        };
+        let node_ctx = RunCtx {
+            seed: rng::mix(ctx.seed, i as u64),
+            ..ctx
+        };
+        let consume = consumable.get(i).copied().flatten();
         if let Some(chain) = plan.head(i) {
-            let x = values[chain.input(g)].as_ref().ok_or_else(|| {
-                node_err(
-                    &n.name,
-                    Error::Autograd("input value was released before use".into()),
-                )
-            })?;
-            let y = chain.run(g, x, params).map_err(|e| node_err(&n.name, e))?;
+            let y = match (chain, consume) {
+                (FusedOp::AddRelu { .. }, Some(k)) => {
+                    let a = values[n.inputs[k]].take().ok_or_else(released)?;
+                    let b = values[n.inputs[1 - k]].as_ref().ok_or_else(released)?;
+                    let (y, reused) = crate::ops::elementwise::add_relu_consuming(a, b)
+                        .map_err(|e| node_err(&n.name, e))?;
+                    in_place += reused as usize;
+                    y
+                }
+                _ => {
+                    let xs: Vec<&Tensor> = chain
+                        .inputs(g)
+                        .iter()
+                        .map(|&v| values[v].as_ref().ok_or_else(released))
+                        .collect::<Result<_>>()?;
+                    chain
+                        .run(g, &xs, params, &node_ctx)
+                        .map_err(|e| node_err(&n.name, e))?
+                }
+            };
             values[chain.output(g)] = Some(y);
+            continue;
+        }
+        if consume.is_some() {
+            let x = values[n.inputs[0]].take().ok_or_else(released)?;
+            let (y, reused) =
+                crate::ops::elementwise::relu_consuming(x).map_err(|e| node_err(&n.name, e))?;
+            in_place += reused as usize;
+            values[n.output] = Some(y);
             continue;
         }
         let xs: Vec<&Tensor> = n
             .inputs
             .iter()
-            .map(|&v| {
-                values[v].as_ref().ok_or_else(|| {
-                    node_err(
-                        &n.name,
-                        Error::Autograd("input value was released before use".into()),
-                    )
-                })
-            })
+            .map(|&v| values[v].as_ref().ok_or_else(released))
             .collect::<Result<_>>()?;
         let ps: Vec<&Tensor> = n.params.iter().map(|&p| &params[p]).collect();
-        let node_ctx = RunCtx {
-            seed: rng::mix(ctx.seed, i as u64),
-            ..ctx
-        };
         let y = if check {
             let _label = LabelGuard::new(&n.name, n.op.name());
             let y = n
@@ -605,7 +681,7 @@ fn run_nodes(
         };
         values[n.output] = Some(y);
     }
-    Ok(())
+    Ok(in_place)
 }
 
 /// `--check-finite` in forward: fail if `y`, the output of `n`, is not finite, saying which of the

@@ -25,8 +25,8 @@ impl Graph {
                 self.values[v].shape
             );
         }
-        let plan = self.shown_fusion_plan();
-        self.dot_scope(0, 1, &mut out, &plan);
+        let plans = [self.shown_fusion_plan(false), self.shown_fusion_plan(true)];
+        self.dot_scope(0, 1, &mut out, &plans);
         for (i, n) in self.nodes.iter().enumerate() {
             for &v in &n.inputs {
                 let from = match self.values[v].producer {
@@ -50,31 +50,46 @@ impl Graph {
         out
     }
 
-    fn dot_scope(&self, s: ScopeId, indent: usize, out: &mut String, plan: &super::FusionPlan) {
+    fn dot_scope(
+        &self,
+        s: ScopeId,
+        indent: usize,
+        out: &mut String,
+        plans: &[super::FusionPlan; 2],
+    ) {
         let pad = "  ".repeat(indent);
         for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.scope == s) {
             let kind = n
                 .module_type
                 .clone()
                 .unwrap_or_else(|| n.op.name().to_string());
-            // Nodes of a fused chain (inference): filled, with the chain's number and kind.
-            let fused = plan.chain_of[i].map(|c| (c, plan.chains[c].label()));
+            // Nodes of a fused chain (inference, then training): filled, with the chain's number and
+            // kind.
+            let [infer, train] = plans;
+            let fused: Vec<String> = infer.chain_of[i]
+                .map(|c| format!("\\nfused {}: {}", c + 1, esc(&infer.chains[c].label())))
+                .into_iter()
+                .chain(train.chain_of[i].map(|c| {
+                    format!(
+                        "\\nfused train {}: {}",
+                        c + 1,
+                        esc(&train.chains[c].label())
+                    )
+                }))
+                .collect();
             let _ = writeln!(
                 out,
                 "{pad}n{i} [label=\"{}\\n{}\\n{:?}{}\"{}{}];",
                 esc(&n.name),
                 esc(&kind),
                 self.values[n.output].shape,
-                fused
-                    .as_ref()
-                    .map(|(c, l)| format!("\\nfused {}: {}", c + 1, esc(l)))
-                    .unwrap_or_default(),
+                fused.concat(),
                 if n.module_type.is_none() {
                     ", style=rounded"
                 } else {
                     ""
                 },
-                if fused.is_some() {
+                if !fused.is_empty() {
                     ", style=filled, fillcolor=\"#ffe9b3\""
                 } else {
                     ""
@@ -90,7 +105,7 @@ impl Graph {
                 esc(&sc.path),
                 esc(&sc.type_name)
             );
-            self.dot_scope(c, indent + 1, out, plan);
+            self.dot_scope(c, indent + 1, out, plans);
             let _ = writeln!(out, "{pad}}}");
         }
     }

@@ -8,12 +8,19 @@
 //!   folded into the convolution's weights and bias for each forward (W·γ/√(σ²+ε) per output channel,
 //!   (b − μ)·γ/√(σ²+ε) + β), and the ReLU is applied in place on the convolution's output, so the chain
 //!   makes one buffer where it made three.
+//! - **training and eval: batch norm → ReLU** (one normalising pass that applies the ReLU, one backward
+//!   that masks dy by the saved output inside the batch norm's passes; `ops::fused::batch_norm_relu`)
+//!   and **residual add → ReLU** (`ops::fused::add_relu`). In eval, a batch norm that follows a
+//!   convolution is folded into it first; these take the rest.
+//!
+//! Not chains but decided by the executor as it runs: a ReLU whose input no later node reads and no
+//! tensor saved for backward shares is computed in place (`ops::elementwise::relu_consuming`).
 //!
 //! A chain is fused only when each intermediate value has its chain successor as its only reader and is
 //! not a graph output; the executor also runs a chain unfused when one of its intermediates is asked for
 //! by name (`forward_with`) or with `--check-finite` (which checks every node's own output).
 
-use super::{Graph, Op, ValueId};
+use super::{Graph, Op, RunCtx, ValueId};
 use crate::error::Result;
 use crate::ops;
 use crate::tensor::Tensor;
@@ -27,6 +34,10 @@ pub enum FusedOp {
         bn: Option<usize>,
         relu: Option<usize>,
     },
+    /// Batch norm (batch statistics in training, running ones in eval) → ReLU.
+    BnRelu { bn: usize, relu: usize },
+    /// add → ReLU (a residual block's end).
+    AddRelu { add: usize, relu: usize },
 }
 
 impl FusedOp {
@@ -36,6 +47,8 @@ impl FusedOp {
             FusedOp::ConvBnRelu { conv, bn, relu } => {
                 std::iter::once(conv).chain(bn).chain(relu).collect()
             }
+            FusedOp::BnRelu { bn, relu } => vec![bn, relu],
+            FusedOp::AddRelu { add, relu } => vec![add, relu],
         }
     }
     /// A short label: "conv+bn+relu".
@@ -51,6 +64,8 @@ impl FusedOp {
                 }
                 s
             }
+            FusedOp::BnRelu { .. } => "bn+relu".into(),
+            FusedOp::AddRelu { .. } => "add+relu".into(),
         }
     }
 }
@@ -99,11 +114,11 @@ impl Graph {
         r
     }
 
-    /// The inference plan that `summary` and `to_dot` show: empty when fusion is off by default
-    /// (`--no-fuse`).
-    pub fn shown_fusion_plan(&self) -> FusionPlan {
+    /// The plan (inference with `training` false) that `summary` and `to_dot` show: empty when fusion
+    /// is off by default (`--no-fuse`).
+    pub fn shown_fusion_plan(&self, training: bool) -> FusionPlan {
         if crate::exec::fuse_by_default() {
-            self.fusion_plan(false)
+            self.fusion_plan(training)
         } else {
             FusionPlan::none(self)
         }
@@ -112,9 +127,6 @@ impl Graph {
     /// The fusion plan for training (`training = true`) or inference.
     pub fn fusion_plan(&self, training: bool) -> FusionPlan {
         let mut plan = FusionPlan::none(self);
-        if training {
-            return plan;
-        }
         let readers = self.readers();
         // The only reader of v, if v has exactly one and is not a graph output.
         let sole_reader = |v: ValueId| -> Option<usize> {
@@ -123,8 +135,14 @@ impl Graph {
                 _ => None,
             }
         };
+        let add = |plan: &mut FusionPlan, chain: FusedOp| {
+            for k in chain.nodes() {
+                plan.chain_of[k] = Some(plan.chains.len());
+            }
+            plan.chains.push(chain);
+        };
         for (i, n) in self.nodes.iter().enumerate() {
-            if !matches!(n.op, Op::Conv(_)) {
+            if training || !matches!(n.op, Op::Conv(_)) {
                 continue;
             }
             let mut bn = None;
@@ -141,13 +159,36 @@ impl Graph {
             if bn.is_none() && relu.is_none() {
                 continue;
             }
-            let chain = FusedOp::ConvBnRelu { conv: i, bn, relu };
-            for k in chain.nodes() {
-                plan.chain_of[k] = Some(plan.chains.len());
-            }
-            plan.chains.push(chain);
+            add(&mut plan, FusedOp::ConvBnRelu { conv: i, bn, relu });
         }
-        plan
+        // BN → ReLU and add → ReLU among the nodes left.
+        for (i, n) in self.nodes.iter().enumerate() {
+            if plan.chain_of[i].is_some() || !matches!(n.op, Op::BatchNorm { .. } | Op::Add) {
+                continue;
+            }
+            let Some(relu) = sole_reader(n.output).filter(|&k| self.nodes[k].op == Op::Relu) else {
+                continue;
+            };
+            if plan.chain_of[relu].is_some() {
+                continue;
+            }
+            add(
+                &mut plan,
+                match n.op {
+                    Op::Add => FusedOp::AddRelu { add: i, relu },
+                    _ => FusedOp::BnRelu { bn: i, relu },
+                },
+            );
+        }
+        // In graph order (the numbers `summary` shows).
+        let mut order: Vec<usize> = (0..plan.chains.len()).collect();
+        order.sort_by_key(|&c| plan.chains[c].nodes()[0]);
+        let chains: Vec<FusedOp> = order.iter().map(|&c| plan.chains[c].clone()).collect();
+        let mut sorted = FusionPlan::none(self);
+        for c in chains {
+            add(&mut sorted, c);
+        }
+        sorted
     }
 }
 
@@ -157,15 +198,29 @@ impl FusedOp {
         g.nodes[*self.nodes().last().expect("a chain has nodes")].output
     }
 
-    /// The chain's input (its head's first input).
-    pub fn input(&self, g: &Graph) -> ValueId {
-        g.nodes[self.nodes()[0]].inputs[0]
+    /// The chain's inputs (its head's inputs).
+    pub fn inputs<'g>(&self, g: &'g Graph) -> &'g [ValueId] {
+        &g.nodes[self.nodes()[0]].inputs
     }
 
-    /// Run the chain as one op on its input, with the network's parameters (indexed as
-    /// [`Graph::params`]).
-    pub fn run(&self, g: &Graph, x: &Tensor, params: &[Tensor]) -> Result<Tensor> {
+    /// Run the chain as one op on its inputs, with the network's parameters (indexed as
+    /// [`Graph::params`]), recording one tape entry when gradients are on (the BN and add chains; the
+    /// conv chain is inference only).
+    pub fn run(
+        &self,
+        g: &Graph,
+        xs: &[&Tensor],
+        params: &[Tensor],
+        ctx: &RunCtx,
+    ) -> Result<Tensor> {
+        let x = xs[0];
         match *self {
+            FusedOp::BnRelu { bn, .. } => {
+                let n = &g.nodes[bn];
+                let ps: Vec<&Tensor> = n.params.iter().map(|&p| &params[p]).collect();
+                n.run_batch_norm(x, &ps, ctx, true)
+            }
+            FusedOp::AddRelu { .. } => ops::fused::add_relu(x, xs[1]),
             FusedOp::ConvBnRelu { conv, bn, relu } => {
                 let n = &g.nodes[conv];
                 let Op::Conv(p) = &n.op else {

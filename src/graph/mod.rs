@@ -183,28 +183,46 @@ pub struct RunCtx {
 }
 
 impl Node {
+    /// Run this batch-norm node, fused with the ReLU that follows it when `relu` (the fusion pass's
+    /// BN → ReLU): batch statistics in training, updating the running statistics and
+    /// num_batches_tracked unless `ctx` says not to (a checkpointed block's recomputation).
+    pub(crate) fn run_batch_norm(
+        &self,
+        x: &Tensor,
+        params: &[&Tensor],
+        ctx: &RunCtx,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let Op::BatchNorm { eps, momentum } = self.op else {
+            unreachable!("run_batch_norm on a {} node", self.op.name())
+        };
+        let args = BatchNormArgs {
+            weight: Some(params[0]),
+            bias: Some(params[1]),
+            running_mean: (!ctx.training || ctx.update_stats).then_some(params[2]),
+            running_var: (!ctx.training || ctx.update_stats).then_some(params[3]),
+            training: ctx.training,
+            momentum,
+            eps,
+        };
+        let y = if relu {
+            ops::fused::batch_norm_relu(x, &args)?
+        } else {
+            ops::batch_norm(x, &args)?
+        };
+        if ctx.training && ctx.update_stats {
+            let nbt = params[4];
+            nbt.axpby_(1.0, &Tensor::ones(nbt.shape(), nbt.device())?, 1.0)?;
+        }
+        Ok(y)
+    }
+
     /// Run this node's op on tensors (real or meta). Records on the tape like any op call.
     pub fn run(&self, inputs: &[&Tensor], params: &[&Tensor], ctx: &RunCtx) -> Result<Tensor> {
         let x = inputs[0];
         match &self.op {
             Op::Conv(p) => ops::conv(x, params[0], params.get(1).copied(), p),
-            Op::BatchNorm { eps, momentum } => {
-                let args = BatchNormArgs {
-                    weight: Some(params[0]),
-                    bias: Some(params[1]),
-                    running_mean: (!ctx.training || ctx.update_stats).then_some(params[2]),
-                    running_var: (!ctx.training || ctx.update_stats).then_some(params[3]),
-                    training: ctx.training,
-                    momentum: *momentum,
-                    eps: *eps,
-                };
-                let y = ops::batch_norm(x, &args)?;
-                if ctx.training && ctx.update_stats {
-                    let nbt = params[4];
-                    nbt.axpby_(1.0, &Tensor::ones(nbt.shape(), nbt.device())?, 1.0)?;
-                }
-                Ok(y)
-            }
+            Op::BatchNorm { .. } => self.run_batch_norm(x, params, ctx, false),
             Op::Relu => ops::relu(x),
             Op::MaxPool(p) => ops::max_pool(x, p),
             Op::AvgPool {

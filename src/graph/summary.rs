@@ -89,7 +89,9 @@ impl Graph {
         const W: usize = 120;
         let mut out = String::new();
         let row = |out: &mut String, name: &str, input: &str, output: &str, params: &str| {
-            let _ = writeln!(out, "{name:<46}{input:<26}{output:<26}{params}");
+            // A name longer than its column (two fusion marks) still gets a space before the input.
+            let sep = if name.chars().count() >= 46 { " " } else { "" };
+            let _ = writeln!(out, "{name:<46}{sep}{input:<26}{output:<26}{params}");
         };
         row(
             &mut out,
@@ -112,14 +114,21 @@ impl Graph {
             "--",
         );
         let mut counters = vec![0usize; max_depth + 1];
-        let plan = self.shown_fusion_plan();
-        self.summary_rows(0, 1, max_depth, &mut counters, &mut out, &row, &plan);
+        let plan = self.shown_fusion_plan(false);
+        let train_plan = self.shown_fusion_plan(true);
+        let plans = [&plan, &train_plan];
+        self.summary_rows(0, 1, max_depth, &mut counters, &mut out, &row, plans);
         let _ = writeln!(out, "{}", "=".repeat(W));
-        if plan.chains.is_empty() {
-            let _ = writeln!(out, "Fused in inference: nothing");
-        } else {
+        for (p, mode, mark) in [
+            (&plan, "inference", "fused k"),
+            (&train_plan, "training", "fused train k"),
+        ] {
+            if p.chains.is_empty() {
+                let _ = writeln!(out, "Fused in {mode}: nothing");
+                continue;
+            }
             let mut kinds: Vec<(String, usize)> = vec![];
-            for c in &plan.chains {
+            for c in &p.chains {
                 match kinds.iter_mut().find(|(k, _)| *k == c.label()) {
                     Some((_, n)) => *n += 1,
                     None => kinds.push((c.label(), 1)),
@@ -128,8 +137,8 @@ impl Graph {
             let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} × {k}")).collect();
             let _ = writeln!(
                 out,
-                "Fused in inference (rows marked [fused k], k = chain): {} chains: {}",
-                plan.chains.len(),
+                "Fused in {mode} (rows marked [{mark}], k = chain): {} chains: {}",
+                p.chains.len(),
                 list.join(", ")
             );
         }
@@ -175,7 +184,7 @@ impl Graph {
         counters: &mut Vec<usize>,
         out: &mut String,
         row: &dyn Fn(&mut String, &str, &str, &str, &str),
-        plan: &super::FusionPlan,
+        plans: [&super::FusionPlan; 2],
     ) {
         if depth > max_depth {
             return;
@@ -192,9 +201,12 @@ impl Graph {
                 Item::Node(i) => {
                     let n = &self.nodes[i];
                     let p = self.node_params(n);
-                    let fused = plan.chain_of[i]
+                    // " [fused k]" (inference) then " [fused train k]": both start " [fused ".
+                    let fused = plans[0].chain_of[i]
                         .map(|c| format!(" [fused {}]", c + 1))
-                        .unwrap_or_default();
+                        .into_iter()
+                        .chain(plans[1].chain_of[i].map(|c| format!(" [fused train {}]", c + 1)))
+                        .collect::<String>();
                     row(
                         out,
                         &format!(
@@ -225,7 +237,7 @@ impl Graph {
                             "--".into()
                         },
                     );
-                    self.summary_rows(c, depth + 1, max_depth, counters, out, row, plan);
+                    self.summary_rows(c, depth + 1, max_depth, counters, out, row, plans);
                 }
             }
         }

@@ -38,10 +38,22 @@ impl Default for BatchNormArgs<'_> {
 
 /// y = (x − mean) / sqrt(var + eps) · weight + bias, per channel.
 pub fn batch_norm(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
-    const OP: &str = "batch_norm";
+    batch_norm_then("batch_norm", x, a, false)
+}
+
+/// [`batch_norm`], followed by max(y, 0) with `relu` in the same pass (the fusion pass's BN → ReLU,
+/// `crate::ops::fused::batch_norm_relu`): the backward masks dy by the saved output inside the batch
+/// norm's backward passes, so the chain keeps x and y as the unfused pair does but makes one buffer
+/// (not two) each way.
+pub(crate) fn batch_norm_then(
+    op: &'static str,
+    x: &Tensor,
+    a: &BatchNormArgs,
+    relu: bool,
+) -> Result<Tensor> {
     let xs = x.shape();
     if xs.len() < 2 {
-        shape_bail!(OP, "input must be [N, C, ...], got {xs:?}");
+        shape_bail!(op, "input must be [N, C, ...], got {xs:?}");
     }
     let c = xs[1];
     let mut all: Vec<&Tensor> = vec![x];
@@ -53,17 +65,17 @@ pub fn batch_norm(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
     ] {
         if let Some(t) = t {
             if t.shape() != [c] {
-                shape_bail!(OP, "{name} {:?} must be [{c}] for input {xs:?}", t.shape());
+                shape_bail!(op, "{name} {:?} must be [{c}] for input {xs:?}", t.shape());
             }
             all.push(t);
         }
     }
-    same_device(OP, &all)?;
+    same_device(op, &all)?;
     if a.running_mean.is_some() != a.running_var.is_some() {
-        arg_bail!(OP, "give both running_mean and running_var, or neither");
+        arg_bail!(op, "give both running_mean and running_var, or neither");
     }
     if a.eps.is_nan() || a.eps <= 0.0 {
-        arg_bail!(OP, "eps must be positive, got {}", a.eps);
+        arg_bail!(op, "eps must be positive, got {}", a.eps);
     }
     let g = AxisGeom {
         outer: xs[0],
@@ -78,11 +90,11 @@ pub fn batch_norm(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
     let (ybuf, mean, var) = if a.training {
         if count < 2 {
             shape_bail!(
-                OP,
+                op,
                 "training needs more than one value per channel, input {xs:?}"
             );
         }
-        let (y, stats) = be.batch_norm_train(x.buf(), wbuf, bbuf, g, a.eps)?;
+        let (y, stats) = be.batch_norm_train(x.buf(), wbuf, bbuf, g, a.eps, relu)?;
         if let (Some(rm), Some(rv)) = (a.running_mean, a.running_var) {
             let m = a.momentum;
             be.axpby(rm.buf(), m, &*stats.mean, 1.0 - m)?;
@@ -95,11 +107,14 @@ pub fn batch_norm(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
         (y, stats.mean, stats.var)
     } else {
         let (Some(rm), Some(rv)) = (a.running_mean, a.running_var) else {
-            arg_bail!(OP, "eval mode needs running_mean and running_var");
+            arg_bail!(op, "eval mode needs running_mean and running_var");
         };
         // Snapshot the running statistics: an optimiser step may change them before backward.
         let (mean, var) = (be.copy(rm.buf())?, be.copy(rv.buf())?);
         let y = be.batch_norm_eval(x.buf(), wbuf, bbuf, &*mean, &*var, g, a.eps)?;
+        if relu {
+            be.relu_in_place(&*y)?; // y is new: nothing else holds it
+        }
         (y, mean, var)
     };
     let y = x.sibling(ybuf, xs.to_vec());
@@ -111,9 +126,10 @@ pub fn batch_norm(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
         return Ok(y);
     }
     let (xd, wd) = (x.detach(), a.weight.map(|w| w.detach()));
+    let yd = relu.then(|| y.detach());
     let (has_w, has_b, eps, training) = (a.weight.is_some(), a.bias.is_some(), a.eps, a.training);
     Ok(record(
-        OP,
+        op,
         &inputs,
         y,
         Box::new(move |gy| {
@@ -127,6 +143,7 @@ pub fn batch_norm(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
                 g,
                 eps,
                 training,
+                yd.as_ref().map(|y| y.buf()),
             )?;
             let mut out = vec![Some(xd.sibling(gr.dx, xd.shape().to_vec()))];
             if has_w {

@@ -13,6 +13,24 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
         x.backend().unary(x.buf(), UnaryOp::Relu)?,
         x.shape().to_vec(),
     );
+    record_relu(x, y)
+}
+
+/// [`relu`] writing over x's buffer when nothing else can see it: neither another tensor (a view, a
+/// tensor saved for some backward, the caller's copy) nor another handle on this one. The executor
+/// passes ReLU inputs that its liveness says are dead; when the buffer is still shared it falls back to
+/// [`relu`]. Returns the output and whether it was computed in place.
+pub fn relu_consuming(x: Tensor) -> Result<(Tensor, bool)> {
+    if !x.is_sole_owner() {
+        return Ok((relu(&x)?, false));
+    }
+    x.backend().relu_in_place(x.buf())?;
+    let y = x.detach();
+    Ok((record_relu(&x, y)?, true))
+}
+
+/// Put ReLU's backward on the tape for y = relu(x): it reads only y (so x may be overwritten by y).
+fn record_relu(x: &Tensor, y: Tensor) -> Result<Tensor> {
     if !needs_grad(&[x]) {
         return Ok(y);
     }
@@ -37,6 +55,17 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: BinaryOp) -> Result<Te
         a.backend().binary(a.buf(), b.buf(), kind)?,
         a.shape().to_vec(),
     );
+    record_binary(op, a, b, y, kind)
+}
+
+/// Put the backward of y = a `kind` b on the tape.
+fn record_binary(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    y: Tensor,
+    kind: BinaryOp,
+) -> Result<Tensor> {
     if !needs_grad(&[a, b]) {
         return Ok(y);
     }
@@ -44,6 +73,7 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: BinaryOp) -> Result<Te
         BinaryOp::Mul => (Some(a.detach()), Some(b.detach())),
         // y = a / b: ga = gy / b, gb = −gy·a/b² = −ga·y, so keep y and b.
         BinaryOp::Div => (Some(y.detach()), Some(b.detach())),
+        BinaryOp::AddRelu => (Some(y.detach()), None),
         _ => (None, None),
     };
     Ok(record(
@@ -53,6 +83,15 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: BinaryOp) -> Result<Te
         Box::new(move |gy| {
             Ok(match kind {
                 BinaryOp::Add => vec![Some(gy.clone()), Some(gy.clone())],
+                // Both inputs get ReLU's gradient of the output (kept below).
+                BinaryOp::AddRelu => {
+                    let y = sa.as_ref().expect("add+relu keeps its output");
+                    let g = y.sibling(
+                        y.backend().relu_backward(y.buf(), gy.buf())?,
+                        y.shape().to_vec(),
+                    );
+                    vec![Some(g.clone()), Some(g)]
+                }
                 BinaryOp::Sub => vec![Some(gy.clone()), Some(mul_scalar(gy, -1.0)?)],
                 BinaryOp::Mul => {
                     let (sa, sb) = (sa.unwrap(), sb.unwrap());
@@ -72,6 +111,29 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: BinaryOp) -> Result<Te
 /// a + b (same shapes).
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary("add", a, b, BinaryOp::Add)
+}
+
+/// max(a + b, 0) in one pass (the fusion pass's residual add → ReLU): one buffer each way where the
+/// unfused pair makes two; the backward keeps only the output, as the ReLU alone does.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("add+relu (fused)", a, b, BinaryOp::AddRelu)
+}
+
+/// [`add_relu`] writing over a's buffer when nothing else can see it (as [`relu_consuming`]): the
+/// executor passes a residual branch its liveness says is dead. Returns the output and whether it
+/// was computed in place.
+pub fn add_relu_consuming(a: Tensor, b: &Tensor) -> Result<(Tensor, bool)> {
+    const OP: &str = "add+relu (fused)";
+    if !a.is_sole_owner() {
+        return Ok((add_relu(&a, b)?, false));
+    }
+    same_device(OP, &[&a, b])?;
+    if a.shape() != b.shape() {
+        shape_bail!(OP, "shapes differ: {:?} and {:?}", a.shape(), b.shape());
+    }
+    a.backend().add_relu_in_place(a.buf(), b.buf())?;
+    let y = a.detach();
+    Ok((record_binary(OP, &a, b, y, BinaryOp::AddRelu)?, true))
 }
 
 /// a − b (same shapes).

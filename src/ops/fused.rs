@@ -6,9 +6,19 @@
 use crate::autograd::needs_grad;
 use crate::backend::AxisGeom;
 use crate::error::{Error, Result};
+use crate::ops::batchnorm::{batch_norm_then, BatchNormArgs};
 use crate::ops::conv::{conv_geom, ConvParams};
 use crate::ops::same_device;
 use crate::tensor::Tensor;
+
+pub use crate::ops::elementwise::add_relu;
+
+/// Batch norm → ReLU as one op, in training (batch statistics, running statistics updated) or eval:
+/// max(BN(x), 0) in the batch norm's normalising pass, and one backward that masks dy by the output
+/// inside the batch norm's backward passes. Saves x and y, as the unfused pair does.
+pub fn batch_norm_relu(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
+    batch_norm_then("batch_norm+relu (fused)", x, a, true)
+}
 
 /// An eval-mode batch norm's tensors, to fold into the preceding convolution.
 #[derive(Debug, Clone, Copy)]

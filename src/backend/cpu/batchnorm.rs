@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::elementwise::{relu, relu_grad};
 use crate::backend::AxisGeom;
 
 /// Visit every value of channel c.
@@ -30,7 +31,8 @@ pub(super) fn statistics(x: &[f32], g: AxisGeom) -> (Vec<f32>, Vec<f32>) {
     stats.into_iter().unzip()
 }
 
-/// y = (x − mean)·rsqrt(var + eps)·w + b.
+/// y = (x − mean)·rsqrt(var + eps)·w + b, then max(y, 0) with `relu` (the fused BN → ReLU).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn normalize(
     x: &[f32],
     w: Option<&[f32]>,
@@ -39,6 +41,7 @@ pub(super) fn normalize(
     var: &[f32],
     g: AxisGeom,
     eps: f32,
+    relu_after: bool,
 ) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
     y.par_chunks_mut(g.inner)
@@ -48,15 +51,22 @@ pub(super) fn normalize(
             let c = row % g.axis;
             let scale = w.map_or(1.0, |w| w[c]) / (var[c] + eps).sqrt();
             let shift = b.map_or(0.0, |b| b[c]) - mean[c] * scale;
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * scale + shift;
+            if relu_after {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = relu(x * scale + shift);
+                }
+            } else {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x * scale + shift;
+                }
             }
         });
     y
 }
 
 /// (dx, dweight, dbias). With batch statistics,
-/// dx = w·invstd/n · (n·dy − Σdy − x̂·Σ(dy·x̂)); with fixed statistics, dx = dy·w·invstd.
+/// dx = w·invstd/n · (n·dy − Σdy − x̂·Σ(dy·x̂)); with fixed statistics, dx = dy·w·invstd. With
+/// `relu_y` (a fused BN → ReLU's output), dy is ReLU's gradient of it: 0 where relu_y <= 0.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     dy: &[f32],
@@ -67,7 +77,37 @@ pub(super) fn backward(
     g: AxisGeom,
     eps: f32,
     batch_stats: bool,
+    relu_y: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    match relu_y {
+        Some(ry) => backward_masked::<true>(dy, x, w, mean, var, g, eps, batch_stats, ry),
+        None => backward_masked::<false>(dy, x, w, mean, var, g, eps, batch_stats, &[]),
+    }
+}
+
+/// [`backward`], with ReLU's backward mask by `ry` applied as dy is read when `RELU` (no masked copy
+/// of dy; without, the loops are the plain batch norm's).
+#[allow(clippy::too_many_arguments)]
+fn backward_masked<'a, const RELU: bool>(
+    dy: &'a [f32],
+    x: &'a [f32],
+    w: Option<&[f32]>,
+    mean: &[f32],
+    var: &[f32],
+    g: AxisGeom,
+    eps: f32,
+    batch_stats: bool,
+    ry: &'a [f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    // The mask's row beside dy's and x's (without RELU, x's row stands in and is not read).
+    let mask_row = |base: usize, x_row: &'a [f32]| -> &'a [f32] {
+        if RELU {
+            &ry[base..base + x_row.len()]
+        } else {
+            x_row
+        }
+    };
+    let masked = |r: f32, d: f32| if RELU { relu_grad(r, d) } else { d };
     let invstd: Vec<f64> = var
         .iter()
         .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
@@ -76,17 +116,18 @@ pub(super) fn backward(
         .into_par_iter()
         .map(|c| {
             let (m, is) = (mean[c] as f64, invstd[c]);
-            channel(dy, g, c)
-                .zip(channel(x, g, c))
-                .fold((0.0, 0.0), |(sd, sdx), (dy, x)| {
-                    let mut sd_row = 0.0;
-                    let mut sdx_row = 0.0;
-                    for (&d, &v) in dy.iter().zip(x) {
-                        sd_row += d as f64;
-                        sdx_row += d as f64 * (v as f64 - m) * is;
-                    }
-                    (sd + sd_row, sdx + sdx_row)
-                })
+            (0..g.outer).fold((0.0, 0.0), |(sd, sdx), o| {
+                let base = (o * g.axis + c) * g.inner;
+                let (dy, x) = (&dy[base..base + g.inner], &x[base..base + g.inner]);
+                let mut sd_row = 0.0;
+                let mut sdx_row = 0.0;
+                for ((&d, &v), &r) in dy.iter().zip(x).zip(mask_row(base, x)) {
+                    let d = masked(r, d) as f64;
+                    sd_row += d;
+                    sdx_row += d * (v as f64 - m) * is;
+                }
+                (sd + sd_row, sdx + sdx_row)
+            })
         })
         .collect();
     let n = (g.outer * g.inner) as f64;
@@ -96,17 +137,19 @@ pub(super) fn backward(
         .enumerate()
         .for_each(|(row, (dx, (dy, x)))| {
             let c = row % g.axis;
+            let base = row * g.inner;
             let (m, is, wc) = (mean[c] as f64, invstd[c], w.map_or(1.0, |w| w[c] as f64));
             if batch_stats {
                 let (sd, sdx) = sums[c];
                 let k = wc * is / n;
-                for ((dx, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
+                for (((dx, &d), &v), &r) in dx.iter_mut().zip(dy).zip(x).zip(mask_row(base, x)) {
                     let xhat = (v as f64 - m) * is;
-                    *dx = (k * (n * d as f64 - sd - xhat * sdx)) as f32;
+                    let d = masked(r, d) as f64;
+                    *dx = (k * (n * d - sd - xhat * sdx)) as f32;
                 }
             } else {
-                for (dx, &d) in dx.iter_mut().zip(dy) {
-                    *dx = (d as f64 * wc * is) as f32;
+                for ((dx, &d), &r) in dx.iter_mut().zip(dy).zip(mask_row(base, x)) {
+                    *dx = (masked(r, d) as f64 * wc * is) as f32;
                 }
             }
         });

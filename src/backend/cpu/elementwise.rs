@@ -46,10 +46,36 @@ pub(super) fn binary(a: &[f32], b: &[f32], op: BinaryOp) -> Vec<f32> {
                     BinaryOp::Sub => a - b,
                     BinaryOp::Mul => a * b,
                     BinaryOp::Div => a / b,
+                    BinaryOp::AddRelu => relu(a + b),
                 };
             }
         });
     y
+}
+
+pub(super) fn relu_in_place(x: &mut [f32]) {
+    x.par_chunks_mut(CHUNK)
+        .for_each(|x| x.iter_mut().for_each(|v| *v = relu(*v)));
+}
+
+pub(super) fn add_relu_in_place(a: &mut [f32], b: &[f32]) {
+    a.par_chunks_mut(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .for_each(|(a, b)| {
+            for (a, &b) in a.iter_mut().zip(b) {
+                *a = relu(*a + b);
+            }
+        });
+}
+
+/// PyTorch's threshold_backward: 0 where y <= 0, so a NaN output passes dy on.
+#[inline]
+pub(super) fn relu_grad(y: f32, dy: f32) -> f32 {
+    if y <= 0.0 {
+        0.0
+    } else {
+        dy
+    }
 }
 
 pub(super) fn relu_backward(y: &[f32], dy: &[f32]) -> Vec<f32> {
@@ -58,8 +84,7 @@ pub(super) fn relu_backward(y: &[f32], dy: &[f32]) -> Vec<f32> {
         .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
         .for_each(|(dx, (y, dy))| {
             for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-                // PyTorch's threshold_backward: 0 where y <= 0, so a NaN output passes dy on.
-                *dx = if y <= 0.0 { 0.0 } else { dy };
+                *dx = relu_grad(y, dy);
             }
         });
     dx

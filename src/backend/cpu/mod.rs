@@ -150,6 +150,15 @@ impl Backend for CpuBackend {
     fn relu_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer) -> Result<BufferRef> {
         Ok(wrap(elementwise::relu_backward(&read(y)?, &read(dy)?)))
     }
+    fn relu_in_place(&self, x: &dyn BackendBuffer) -> Result<()> {
+        elementwise::relu_in_place(&mut cpu(x)?.0.write().unwrap());
+        Ok(())
+    }
+    fn add_relu_in_place(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer) -> Result<()> {
+        let b = read(b)?;
+        elementwise::add_relu_in_place(&mut cpu(a)?.0.write().unwrap(), &b);
+        Ok(())
+    }
     fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()> {
         let x = read(x)?.clone(); // y may alias x
         elementwise::axpby(&mut cpu(y)?.0.write().unwrap(), a, &x, b);
@@ -231,6 +240,7 @@ impl Backend for CpuBackend {
         bias: Option<&dyn BackendBuffer>,
         g: AxisGeom,
         eps: f32,
+        relu: bool,
     ) -> Result<(BufferRef, BnStats)> {
         let x = read(x)?;
         let (mean, var) = batchnorm::statistics(&x, g);
@@ -243,6 +253,7 @@ impl Backend for CpuBackend {
             &var,
             g,
             eps,
+            relu,
         );
         Ok((
             wrap(y),
@@ -271,6 +282,7 @@ impl Backend for CpuBackend {
             &read(var)?,
             g,
             eps,
+            false,
         )))
     }
     fn batch_norm_backward(
@@ -283,8 +295,10 @@ impl Backend for CpuBackend {
         g: AxisGeom,
         eps: f32,
         batch_stats: bool,
+        relu_y: Option<&dyn BackendBuffer>,
     ) -> Result<BnGrads> {
         let w = read_opt(weight)?;
+        let relu_y = read_opt(relu_y)?;
         let (dx, dw, db) = batchnorm::backward(
             &read(dy)?,
             &read(x)?,
@@ -294,6 +308,7 @@ impl Backend for CpuBackend {
             g,
             eps,
             batch_stats,
+            relu_y.as_deref().map(|v| &v[..]),
         );
         Ok(BnGrads {
             dx: wrap(dx),

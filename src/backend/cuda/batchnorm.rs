@@ -1,4 +1,5 @@
 //! Batch normalisation (kernels/batchnorm.cu): split per-channel statistics, then elementwise passes.
+//! The fused BN → ReLU (training) applies ReLU in `bn_forward` and masks dy in both backward passes.
 
 use super::launch::{channel_splits, BLOCK};
 use super::{opt_ptr, out, ptr, CudaBackend, LaunchConfig};
@@ -12,6 +13,7 @@ pub(super) fn train(
     bias: Option<&dyn BackendBuffer>,
     g: AxisGeom,
     eps: f32,
+    relu: bool,
 ) -> Result<(BufferRef, BnStats)> {
     let n = x.len();
     let (mean, var) = (be.alloc(g.axis)?, be.alloc(g.axis)?);
@@ -49,7 +51,19 @@ pub(super) fn train(
             "batchnorm",
             "bn_forward",
             n,
-            kargs![y.ptr, xp, wp, bp, mean.ptr, var.ptr, n as i32, a, i, eps, 0i32],
+            kargs![
+                y.ptr,
+                xp,
+                wp,
+                bp,
+                mean.ptr,
+                var.ptr,
+                n as i32,
+                a,
+                i,
+                eps,
+                relu as i32
+            ],
         )?;
     }
     Ok((
@@ -109,6 +123,7 @@ pub(super) fn backward(
     g: AxisGeom,
     eps: f32,
     batch_stats: bool,
+    relu_y: Option<&dyn BackendBuffer>,
 ) -> Result<BnGrads> {
     let n = x.len();
     let (dw, db) = (be.zeros(g.axis)?, be.zeros(g.axis)?);
@@ -119,11 +134,12 @@ pub(super) fn backward(
         let ws = be.alloc(4 * g.axis * s as usize)?;
         let (o, a, i) = (g.outer as i32, g.axis as i32, g.inner as i32);
         let (dyp, xp, mp, vp) = (ptr(dy)?, ptr(x)?, ptr(mean)?, ptr(var)?);
+        let ryp = opt_ptr(relu_y)?;
         be.launch(
             "batchnorm",
             "bn_backward_partial",
             LaunchConfig::new((g.axis as u32, s, 1), (BLOCK, 1, 1)),
-            kargs![dyp, xp, mp, o, a, i, ws.ptr],
+            kargs![dyp, xp, mp, ryp, o, a, i, ws.ptr],
         )?;
         be.launch1(
             "batchnorm",
@@ -138,6 +154,7 @@ pub(super) fn backward(
             kargs![
                 dx.ptr,
                 dyp,
+                ryp,
                 xp,
                 opt_ptr(weight)?,
                 mp,

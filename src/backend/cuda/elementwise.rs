@@ -55,6 +55,7 @@ pub(super) fn binary(
             BinaryOp::Sub => 1,
             BinaryOp::Mul => 2,
             BinaryOp::Div => 3,
+            BinaryOp::AddRelu => 4,
         };
         be.launch1(
             "elementwise",
@@ -82,6 +83,38 @@ pub(super) fn relu_backward(
         )?;
     }
     Ok(out(dx))
+}
+
+pub(super) fn relu_in_place(be: &CudaBackend, x: &dyn BackendBuffer) -> Result<()> {
+    let n = x.len();
+    if n > 0 {
+        i32_of(n, "relu_in_place")?;
+        be.launch1(
+            "elementwise",
+            "ew_relu_in_place",
+            n.div_ceil(4),
+            kargs![ptr(x)?, n as i32],
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn add_relu_in_place(
+    be: &CudaBackend,
+    a: &dyn BackendBuffer,
+    b: &dyn BackendBuffer,
+) -> Result<()> {
+    let n = a.len();
+    if n > 0 {
+        i32_of(n, "add_relu_in_place")?;
+        be.launch1(
+            "elementwise",
+            "ew_add_relu_in_place",
+            n.div_ceil(4),
+            kargs![ptr(a)?, ptr(b)?, n as i32],
+        )?;
+    }
+    Ok(())
 }
 
 pub(super) fn axpby(

@@ -388,6 +388,12 @@ impl Backend for CudaBackend {
     fn relu_backward(&self, y: &dyn BackendBuffer, dy: &dyn BackendBuffer) -> Result<BufferRef> {
         elementwise::relu_backward(self, y, dy)
     }
+    fn relu_in_place(&self, x: &dyn BackendBuffer) -> Result<()> {
+        elementwise::relu_in_place(self, x)
+    }
+    fn add_relu_in_place(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer) -> Result<()> {
+        elementwise::add_relu_in_place(self, a, b)
+    }
     fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()> {
         elementwise::axpby(self, y, a, x, b)
     }
@@ -457,8 +463,9 @@ impl Backend for CudaBackend {
         bias: Option<&dyn BackendBuffer>,
         g: AxisGeom,
         eps: f32,
+        relu: bool,
     ) -> Result<(BufferRef, BnStats)> {
-        batchnorm::train(self, x, weight, bias, g, eps)
+        batchnorm::train(self, x, weight, bias, g, eps, relu)
     }
     fn batch_norm_eval(
         &self,
@@ -482,8 +489,9 @@ impl Backend for CudaBackend {
         g: AxisGeom,
         eps: f32,
         batch_stats: bool,
+        relu_y: Option<&dyn BackendBuffer>,
     ) -> Result<BnGrads> {
-        batchnorm::backward(self, dy, x, weight, mean, var, g, eps, batch_stats)
+        batchnorm::backward(self, dy, x, weight, mean, var, g, eps, batch_stats, relu_y)
     }
 
     fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
