@@ -13,7 +13,8 @@
 // Tiling (shared with gemm.cu): 64×64 block tiles, BK = 16, 256 threads with a 4×4 register tile,
 // double-buffered shared tiles stored k-major. The gather is driven by a 16-entry row table computed per
 // K step (one division per row instead of one per load), and each thread's output column is decoded
-// once per block. An MMA inner loop (wmma/mma.sync on the same 64×64×16 tiles) can replace the FMA loop.
+// once per block. The tensor-core kernels below (--math tf32 | bf16) run the same GEMMs on mma.sync with
+// the same address helpers (conv_column, conv_b_offset, conv_a_base, conv_out, conv_k_range).
 //
 // dgrad's dỹ holds structural zeros (taps with no output); 0·w must add nothing even where w is NaN or
 // ±Inf (PyTorch's col2im never adds those terms), so a K step whose weight tile is not all finite runs
