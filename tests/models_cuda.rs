@@ -581,7 +581,7 @@ fn check_logits_in_tensor_core_modes(case: &Case, device: Device, name: &str, f:
     }
 }
 
-/// 20 plain-SGD training steps of a small model (ct-sep, one block per stage, 1×3×4×16²; batch norms over few
+/// 20 plain-SGD training steps of a small model (ct-sep, one block per stage, 2×3×4×16²; batch norms over few
 /// values tamed as in `check_model`) on one fixed batch: `--math tf32` on the CUDA device against FP32
 /// on the CPU. Error model: at equal parameters the logits differ by ≲ L·2u (u = 2⁻¹¹, L reduction
 /// layers deep, as in `check_logits_in_tensor_core_modes`) of their scale, so the loss (whose
@@ -600,9 +600,9 @@ fn training_in_tf32_tracks_the_fp32_loss_curve() {
     let case = Case {
         model: "ct-sep",
         opts: &[("layers", "1,1,1,1")],
-        shape: [1, 3, 4, 16, 16],
+        shape: [2, 3, 4, 16, 16],
     };
-    let labels = [3usize];
+    let labels = [3usize, 8];
     let (steps, lr) = (20, 0.05f32);
     let curve = |device: Device, mode: MathMode| {
         let side = Side::new(&case, device, true);
