@@ -589,7 +589,8 @@ fn check_logits_in_tensor_core_modes(case: &Case, device: Device, name: &str, f:
 /// relative (backward is twice as deep), so the parameters drift by lr·Σ_j|δg_j|, which moves the loss
 /// by ≲ lr·Σ_j ‖g_j‖·‖δg_j‖ ≤ 4L·u·Σ_j lr‖g_j‖² ≈ 4L·u·(ℓ_0 − ℓ_i) (plain SGD: each step lowers the
 /// loss by ≈ lr‖g_j‖²). Bound per step: 4L·u·(max|z_i| + |ℓ_0 − ℓ_i|), FP32's z and ℓ. And the tf32
-/// curve must go down as FP32's does (it learns).
+/// curve must go down as FP32's does (it learns). Measured: |diff| ≤ 5.3e-2 (step 2, tol 3.0e-1), then
+/// ≤ 2e-3; the test took 486 s beside the zoo tests under a load average of about 8 on 2 cores.
 #[test]
 fn training_in_tf32_tracks_the_fp32_loss_curve() {
     use vidgrad::math_mode::{with_math_mode, MathMode};
