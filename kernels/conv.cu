@@ -13,7 +13,8 @@
 // Tiling (shared with gemm.cu): 64×64 block tiles, BK = 16, 256 threads with a 4×4 register tile,
 // double-buffered shared tiles stored k-major. The gather is driven by a 16-entry row table computed per
 // K step (one division per row instead of one per load), and each thread's output column is decoded
-// once per block. An MMA inner loop (wmma/mma.sync on the same 64×64×16 tiles) can replace the FMA loop.
+// once per block. The tensor-core kernels below (--math tf32 | bf16) run the same GEMMs on mma.sync with
+// the same address helpers (conv_column, conv_b_offset, conv_a_base, conv_out, conv_k_range).
 //
 // dgrad's dỹ holds structural zeros (taps with no output); 0·w must add nothing even where w is NaN or
 // ±Inf (PyTorch's col2im never adds those terms), so a K step whose weight tile is not all finite runs
@@ -83,17 +84,86 @@ __device__ __forceinline__ RowEntry row_entry(const ConvP& p, int k, int kend) {
     return e;
 }
 
-// fprop's B column `col` = (image, output position): where its gather starts in x (channel 0 of group
-// g) and the output position times the stride minus the padding, per axis (the tap offsets add to it).
-struct FpropColumn {
+// Column `col` of the B tile (fixed for a block), decoded once: where its gather starts (`base`) and
+// the per-axis offsets the rows' taps add to (fprop, wgrad) or subtract from (dgrad).
+//   fprop: (image, output position) in x, channel 0 of group g; offsets p·stride − pad.
+//   dgrad: (image, input position) in dy, channel 0 of group g; offsets q + pad.
+//   wgrad: (channel, tap) of group g in x; offsets tap·dilation.
+struct ConvColumn {
     int base, z, y, x;
 };
-__device__ __forceinline__ FpropColumn fprop_column(const ConvP& p, int col, int g) {
-    const int img = col / p.out_vol, pos = col - img * p.out_vol;
-    const int hw = p.out[1] * p.out[2];
+template <int MODE>
+__device__ __forceinline__ ConvColumn conv_column(const ConvP& p, int col, int g) {
+    if (MODE == WGRAD) {
+        const int ci = col / p.kvol, tap = col - ci * p.kvol;
+        const int khw = p.k[1] * p.k[2];
+        const int a = tap / khw, r = tap - a * khw;
+        const int b = r / p.k[2], c = r - b * p.k[2];
+        return {(g * p.cin_g + ci) * p.in_vol, a * p.d[0], b * p.d[1], c * p.d[2]};
+    }
+    const int vol = MODE == FPROP ? p.out_vol : p.in_vol;
+    const int* sp = MODE == FPROP ? p.out : p.in;
+    const int img = col / vol, pos = col - img * vol;
+    const int hw = sp[1] * sp[2];
     const int od = pos / hw, r = pos - od * hw;
-    const int oh = r / p.out[2], ow = r - oh * p.out[2];
-    return {(img * p.cin + g * p.cin_g) * p.in_vol, od * p.s[0] - p.p[0], oh * p.s[1] - p.p[1], ow * p.s[2] - p.p[2]};
+    const int oh = r / sp[2], ow = r - oh * sp[2];
+    if (MODE == FPROP)
+        return {(img * p.cin + g * p.cin_g) * p.in_vol, od * p.s[0] - p.p[0], oh * p.s[1] - p.p[1], ow * p.s[2] - p.p[2]};
+    return {(img * p.cout + g * p.cout_g) * p.out_vol, od + p.p[0], oh + p.p[1], ow + p.p[2]};
+}
+
+// Where B(row, column) is read from Bsrc (x for fprop and wgrad, dy for dgrad), or −1 for a zero:
+// padding, a row beyond K, or (dgrad) a tap with no output at that input position — a structural zero.
+template <int MODE>
+__device__ __forceinline__ int conv_b_offset(const ConvP& p, const ConvColumn& c, const RowEntry& re) {
+    if (re.aoff < 0) return -1;
+    if (MODE == DGRAD) {
+        const int z = c.z - re.t0, y = c.y - re.t1, x = c.x - re.t2;
+        if (z < 0 || y < 0 || x < 0) return -1;
+        const int oz = z / p.s[0], oy = y / p.s[1], ox = x / p.s[2];
+        const bool ok = oz * p.s[0] == z && oy * p.s[1] == y && ox * p.s[2] == x && oz < p.out[0] && oy < p.out[1] && ox < p.out[2];
+        return ok ? c.base + re.boff + (oz * p.out[1] + oy) * p.out[2] + ox : -1;
+    }
+    const int z = c.z + re.t0, y = c.y + re.t1, x = c.x + re.t2;
+    if ((unsigned)z < (unsigned)p.in[0] && (unsigned)y < (unsigned)p.in[1] && (unsigned)x < (unsigned)p.in[2])
+        return c.base + re.boff + (z * p.in[1] + y) * p.in[2] + x;
+    return -1;
+}
+
+// Row m's start in Asrc (weights for fprop and dgrad, dy for wgrad); a row entry's aoff adds to it.
+template <int MODE>
+__device__ __forceinline__ int conv_a_base(const ConvP& p, int g, int m) {
+    if (MODE == FPROP) return (g * p.cout_g + m) * p.K;
+    if (MODE == DGRAD) return g * p.cout_g * p.cin_g * p.kvol + m * p.kvol;
+    return (g * p.cout_g + m) * p.out_vol;
+}
+
+// The output of GEMM column `col`: out[base + m·stride] holds C(m, col) (wgrad: split `split`'s partial
+// sums when split-K runs, dw itself otherwise).
+struct ConvOut {
+    int base, mstride;
+};
+template <int MODE>
+__device__ __forceinline__ ConvOut conv_out(const ConvP& p, int col, int g, int split) {
+    if (MODE == WGRAD) return {(split * p.cout + g * p.cout_g) * p.N + col, p.N};
+    const int vol = MODE == FPROP ? p.out_vol : p.in_vol;
+    const int ch = MODE == FPROP ? p.cout : p.cin, ch_g = MODE == FPROP ? p.cout_g : p.cin_g;
+    const int img = col / vol, pos = col - img * vol;
+    return {(img * ch + g * ch_g) * vol + pos, vol};
+}
+
+// The K range of block z: wgrad's split-K splits it (blockIdx.z = group · splits + split).
+struct ConvKRange {
+    int g, split, kbeg, kend;
+};
+template <int MODE>
+__device__ __forceinline__ ConvKRange conv_k_range(const ConvP& p) {
+    if (MODE == WGRAD) {
+        const int g = blockIdx.z / p.splits, split = blockIdx.z - g * p.splits;
+        const int kbeg = split * p.k_per_split;
+        return {g, split, kbeg, min(kbeg + p.k_per_split, p.K)};
+    }
+    return {(int)blockIdx.z, 0, 0, p.K};
 }
 
 template <int MODE, bool VECA>
@@ -108,57 +178,18 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
 
     const int t = threadIdx.x, tx = t & 15, ty = t >> 4;
     const int m0 = blockIdx.y * TBM, n0 = blockIdx.x * TBN;
-    int g, kbeg, kend, split = 0;
-    if (MODE == WGRAD) {
-        g = blockIdx.z / p.splits;
-        split = blockIdx.z - g * p.splits;
-        kbeg = split * p.k_per_split;
-        kend = min(kbeg + p.k_per_split, p.K);
-    } else {
-        g = blockIdx.z;
-        kbeg = 0;
-        kend = p.K;
-    }
+    const ConvKRange range = conv_k_range<MODE>(p);
+    const int g = range.g, split = range.split, kbeg = range.kbeg, kend = range.kend;
 
     // This thread's A row (fixed) and B column (fixed).
     const int am = t >> 2, akq = (t & 3) * 4;
     const bool a_ok = m0 + am < p.M;
-    int abase;
-    if (MODE == FPROP) abase = (g * p.cout_g + m0 + am) * p.K;
-    else if (MODE == DGRAD) abase = g * p.cout_g * p.cin_g * p.kvol + (m0 + am) * p.kvol;
-    else abase = (g * p.cout_g + m0 + am) * p.out_vol;
+    const int abase = conv_a_base<MODE>(p, g, m0 + am);
 
     const int bn = t & 63, bkr = t >> 6;
     const int col = n0 + bn;
     const bool b_ok = col < p.N;
-    int cbase = 0, c0 = 0, c1 = 0, c2 = 0;
-    if (b_ok) {
-        if (MODE == FPROP) {
-            const FpropColumn c = fprop_column(p, col, g);
-            cbase = c.base;
-            c0 = c.z;
-            c1 = c.y;
-            c2 = c.x;
-        } else if (MODE == DGRAD) {
-            const int img = col / p.in_vol, pos = col - img * p.in_vol;
-            const int hw = p.in[1] * p.in[2];
-            const int id = pos / hw, r = pos - id * hw;
-            const int ih = r / p.in[2], iw = r - ih * p.in[2];
-            cbase = (img * p.cout + g * p.cout_g) * p.out_vol;
-            c0 = id + p.p[0];
-            c1 = ih + p.p[1];
-            c2 = iw + p.p[2];
-        } else {
-            const int ci = col / p.kvol, tap = col - ci * p.kvol;
-            const int khw = p.k[1] * p.k[2];
-            const int a = tap / khw, r = tap - a * khw;
-            const int b = r / p.k[2], c = r - b * p.k[2];
-            cbase = (g * p.cin_g + ci) * p.in_vol;
-            c0 = a * p.d[0];
-            c1 = b * p.d[1];
-            c2 = c * p.d[2];
-        }
-    }
+    const ConvColumn bcol = b_ok ? conv_column<MODE>(p, col, g) : ConvColumn{0, 0, 0, 0};
 
     float acc[4][4] = {};
     const int steps = (kend - kbeg + TBK - 1) / TBK;
@@ -193,23 +224,9 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int kr = bkr + 4 * e;
-            const RowEntry& re = tbl[buf][kr];
-            float v = 0.0f;
-            bool ok = false;
-            if (b_ok && re.aoff >= 0) {
-                if (MODE == DGRAD) {
-                    const int z = c0 - re.t0, y = c1 - re.t1, x = c2 - re.t2;
-                    if (z >= 0 && y >= 0 && x >= 0) {
-                        const int oz = z / p.s[0], oy = y / p.s[1], ox = x / p.s[2];
-                        ok = oz * p.s[0] == z && oy * p.s[1] == y && ox * p.s[2] == x && oz < p.out[0] && oy < p.out[1] && ox < p.out[2];
-                        if (ok) v = __ldg(Bsrc + cbase + re.boff + (oz * p.out[1] + oy) * p.out[2] + ox);
-                    }
-                } else {
-                    const int z = c0 + re.t0, y = c1 + re.t1, x = c2 + re.t2;
-                    if ((unsigned)z < (unsigned)p.in[0] && (unsigned)y < (unsigned)p.in[1] && (unsigned)x < (unsigned)p.in[2])
-                        v = __ldg(Bsrc + cbase + re.boff + (z * p.in[1] + y) * p.in[2] + x);
-                }
-            }
+            const int off = b_ok ? conv_b_offset<MODE>(p, bcol, tbl[buf][kr]) : -1;
+            const bool ok = off >= 0;
+            const float v = ok ? __ldg(Bsrc + off) : 0.0f;
             Bs[buf][kr][bn] = v;
             if (MODE == DGRAD) {
                 // A warp covers 32 consecutive columns of one row kr.
@@ -247,17 +264,7 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
     for (int j = 0; j < 4; ++j) {
         const int cj = n0 + tx * 4 + j;
         if (cj >= p.N) continue;
-        int obase;
-        if (MODE == FPROP) {
-            const int img = cj / p.out_vol, pos = cj - img * p.out_vol;
-            obase = (img * p.cout + g * p.cout_g) * p.out_vol + pos;
-        } else if (MODE == DGRAD) {
-            const int img = cj / p.in_vol, pos = cj - img * p.in_vol;
-            obase = (img * p.cin + g * p.cin_g) * p.in_vol + pos;
-        } else {
-            obase = (split * p.cout + g * p.cout_g) * p.N + cj;
-        }
-        const int mstride = MODE == FPROP ? p.out_vol : MODE == DGRAD ? p.in_vol : p.N;
+        const ConvOut o = conv_out<MODE>(p, cj, g, split);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int m = m0 + ty * 4 + i;
@@ -265,7 +272,7 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
             float v = acc[i][j];
             if (MODE == FPROP && bias) v += bias[g * p.cout_g + m];
             if (MODE == FPROP && p.relu) v = relu_f(v);
-            out[obase + m * mstride] = v;
+            out[o.base + m * o.mstride] = v;
         }
     }
 }
@@ -296,72 +303,76 @@ extern "C" __global__ void conv_wgrad_reduce(float* __restrict__ dw, const float
     }
 }
 
-// --- tensor cores (--math tf32 | bf16; kernels/mma.cuh): fprop ---------------------------------------
-// The fprop implicit GEMM on mma.sync (TF32 m16n8k8 or BF16 m16n8k16), FP32 accumulation, tiles as
+// --- tensor cores (--math tf32 | bf16; kernels/mma.cuh): fprop, dgrad, wgrad ------------------------
+// The three implicit GEMMs on mma.sync (TF32 m16n8k8 or BF16 m16n8k16), FP32 accumulation, tiles as
 // gemm.cu's gemm_batched_tf32/bf16: 64×64 block tile, K step 16, 3-stage cp.async pipeline of 4-byte
-// copies (src-size 0 zero-fills the padding and what lies past M, N or K), 128 threads = 4 warps in 2×2
-// with 32×32 warp tiles. A (weights) is staged [m][k]; B (the gathered x̃) [k][n]: each thread owns one
-// column n of the B tile (its output position decoded once per block) and 8 rows of it per stage, each
-// row's (channel, tap) decoded by row_entry. Operands are rounded (f32_to_tf32, pack_bf16x2) as they go
-// from shared memory into fragment registers; the bias is added in FP32 afterwards.
+// copies (src-size 0 zero-fills the padding, dgrad's structural zeros and what lies past M, N or K),
+// 128 threads = 4 warps in 2×2 with 32×32 warp tiles. A is staged [m][k], B (the gather) [k][n]: each
+// thread owns one column n of the B tile (decoded once per block by conv_column) and 8 rows of it per
+// stage, each row's (channel, tap) or (image, position) decoded by row_entry; addresses come from the
+// same conv_a_base / conv_b_offset / conv_out as the FP32 kernel's. Operands are rounded (f32_to_tf32,
+// pack_bf16x2) as they go from shared memory into fragment registers; the bias is added in FP32
+// afterwards. wgrad keeps the FP32 path's split-K (blockIdx.z = group · splits + split, partial sums
+// reduced by conv_wgrad_reduce).
+//
+// dgrad: a structural zero times a NaN or ±Inf weight must add nothing (as in the FP32 kernel), but an
+// mma multiplies every pair. A warp whose 32×16 weight sub-tile of a K step is not all finite (a warp
+// vote) computes that step with masked_warp_tile_k16 instead: the same rounded operands, FMA per
+// element, skipping the structural zeros (bit n of Bok[buf][k][n / 32], a warp ballot at staging).
 #include "mma.cuh"
 
 #define TC_STAGES 3
 
-template <bool BF16>
-__device__ __forceinline__ void conv_fprop_tc(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
+template <int MODE, bool BF16>
+__device__ __forceinline__ void conv_igemm_tc(float* __restrict__ out, const float* __restrict__ Asrc, const float* __restrict__ Bsrc,
                                               const float* __restrict__ bias, const ConvP& p) {
     __shared__ __align__(16) float As[TC_STAGES][TBM * TBK];
     __shared__ __align__(16) float Bs[TC_STAGES][TBK * TBN];
+    __shared__ unsigned int Bok[MODE == DGRAD ? TC_STAGES : 1][TBK][TBN / 32];
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int gq = lane >> 2, q = lane & 3;  // the PTX ISA's groupID and threadID_in_group
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
     const int m0 = blockIdx.y * TBM, n0 = blockIdx.x * TBN;
-    const int g = blockIdx.z;
-    // This thread's B column (fixed for the block).
+    const ConvKRange range = conv_k_range<MODE>(p);
+    const int g = range.g, kbeg = range.kbeg, kend = range.kend;
+    // This thread's A column ak (rows am0 + 8r) and B column bn (rows bk0 + 2r), fixed for the block.
+    const int ak = t & 15, am0 = t >> 4;
     const int bn = t & 63, bk0 = t >> 6;
     const int col = n0 + bn;
     const bool b_ok = col < p.N;
-    int cbase = 0, c0 = 0, c1 = 0, c2 = 0;
-    if (b_ok) {
-        const FpropColumn c = fprop_column(p, col, g);
-        cbase = c.base;
-        c0 = c.z;
-        c1 = c.y;
-        c2 = c.x;
-    }
-    const float* wg = w + (size_t)g * p.cout_g * p.K;
-    const int steps = (p.K + TBK - 1) / TBK;
+    const ConvColumn bcol = b_ok ? conv_column<MODE>(p, col, g) : ConvColumn{0, 0, 0, 0};
+    const int steps = (kend - kbeg + TBK - 1) / TBK;
     auto stage = [&](int s, int buf) {
-        const int k0 = s * TBK;
+        const int k0 = kbeg + s * TBK;
+        // fprop's A rows are the weights' rows: k itself is the offset.
+        const int aoff = MODE == FPROP ? (k0 + ak < kend ? k0 + ak : -1) : row_entry<MODE>(p, k0 + ak, kend).aoff;
 #pragma unroll
         for (int r = 0; r < 8; ++r) {
-            const int e = t + 128 * r;
-            // A: weights (m, k) at wg[m·K + k].
-            const int am = e >> 4, ak = e & 15;
-            const bool ina = m0 + am < p.M && k0 + ak < p.K;
-            cp_async<4>(&As[buf][e], ina ? wg + (size_t)(m0 + am) * p.K + k0 + ak : w, ina ? 4 : 0);
-            // B: x̃ (k, n), row bk0 + 2r.
+            const int am = am0 + 8 * r;
+            const bool ina = m0 + am < p.M && aoff >= 0;
+            cp_async<4>(&As[buf][am * TBK + ak], ina ? Asrc + conv_a_base<MODE>(p, g, m0 + am) + aoff : Asrc, ina ? 4 : 0);
             const int kr = bk0 + 2 * r;
-            const RowEntry re = row_entry<FPROP>(p, k0 + kr, p.K);
-            const float* src = x;
-            bool inb = false;
-            if (b_ok && re.aoff >= 0) {
-                const int z = c0 + re.t0, yy = c1 + re.t1, xx = c2 + re.t2;
-                if ((unsigned)z < (unsigned)p.in[0] && (unsigned)yy < (unsigned)p.in[1] && (unsigned)xx < (unsigned)p.in[2]) {
-                    src = x + cbase + re.boff + (z * p.in[1] + yy) * p.in[2] + xx;
-                    inb = true;
-                }
+            const int off = b_ok ? conv_b_offset<MODE>(p, bcol, row_entry<MODE>(p, k0 + kr, kend)) : -1;
+            cp_async<4>(&Bs[buf][kr * TBN + bn], off >= 0 ? Bsrc + off : Bsrc, off >= 0 ? 4 : 0);
+            if (MODE == DGRAD) {
+                // A warp stages 32 consecutive columns of one row kr.
+                const unsigned int bits = __ballot_sync(FULL_MASK, off >= 0);
+                if (lane == 0) Bok[MODE == DGRAD ? buf : 0][kr][bn >> 5] = bits;
             }
-            cp_async<4>(&Bs[buf][kr * TBN + bn], src, inb ? 4 : 0);
         }
     };
     float acc[2][4][4] = {};
     cp_async_pipeline<TC_STAGES>(steps, stage, [&](int buf) {
         const float* as = As[buf];
         const float* bs = Bs[buf];
-        mma_warp_tile_k16<BF16>(
-            acc, wm, wn, [&](int m, int k) { return as[m * TBK + k]; }, [&](int k, int n) { return bs[k * TBN + n]; });
+        auto a_at = [&](int m, int k) { return as[m * TBK + k]; };
+        auto b_at = [&](int k, int n) { return bs[k * TBN + n]; };
+        if (MODE == DGRAD && !warp_rows_finite_k16(as + wm * TBK)) {
+            const unsigned int(*ok)[TBN / 32] = Bok[MODE == DGRAD ? buf : 0];
+            masked_warp_tile_k16<BF16>(acc, wm, wn, a_at, b_at, [&](int k, int n) { return (ok[k][n >> 5] >> (n & 31)) & 1u; });
+            return;
+        }
+        mma_warp_tile_k16<BF16>(acc, wm, wn, a_at, b_at);
     });
     // Accumulator e of an mma tile: row gq + 8·(e >> 1), column 2q + (e & 1).
 #pragma unroll
@@ -370,8 +381,7 @@ __device__ __forceinline__ void conv_fprop_tc(float* __restrict__ y, const float
         for (int e1 = 0; e1 < 2; ++e1) {
             const int cj = n0 + wn + 8 * j + 2 * q + e1;
             if (cj >= p.N) continue;
-            const int img = cj / p.out_vol, pos = cj - img * p.out_vol;
-            const int obase = (img * p.cout + g * p.cout_g) * p.out_vol + pos;
+            const ConvOut o = conv_out<MODE>(p, cj, g, range.split);
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -379,18 +389,31 @@ __device__ __forceinline__ void conv_fprop_tc(float* __restrict__ y, const float
                     const int m = m0 + wm + 16 * i + gq + 8 * e0;
                     if (m >= p.M) continue;
                     float v = acc[i][j][2 * e0 + e1];
-                    if (bias) v += bias[g * p.cout_g + m];
-                    if (p.relu) v = relu_f(v);
-                    y[obase + m * p.out_vol] = v;
+                    if (MODE == FPROP && bias) v += bias[g * p.cout_g + m];
+                    if (MODE == FPROP && p.relu) v = relu_f(v);
+                    out[o.base + m * o.mstride] = v;
                 }
         }
 }
 
 extern "C" __global__ void __launch_bounds__(128) conv_fprop_tf32(float* y, const float* x, const float* w, const float* bias, ConvP p) {
-    conv_fprop_tc<false>(y, x, w, bias, p);
+    conv_igemm_tc<FPROP, false>(y, w, x, bias, p);
 }
 extern "C" __global__ void __launch_bounds__(128) conv_fprop_bf16(float* y, const float* x, const float* w, const float* bias, ConvP p) {
-    conv_fprop_tc<true>(y, x, w, bias, p);
+    conv_igemm_tc<FPROP, true>(y, w, x, bias, p);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_tf32(float* dx, const float* dy, const float* w, ConvP p) {
+    conv_igemm_tc<DGRAD, false>(dx, w, dy, nullptr, p);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_bf16(float* dx, const float* dy, const float* w, ConvP p) {
+    conv_igemm_tc<DGRAD, true>(dx, w, dy, nullptr, p);
+}
+// out: [splits, Cout, Cin/G·kvol] partial sums (or dw itself when splits == 1), as conv_wgrad.
+extern "C" __global__ void __launch_bounds__(128) conv_wgrad_tf32(float* out, const float* x, const float* dy, ConvP p) {
+    conv_igemm_tc<WGRAD, false>(out, dy, x, nullptr, p);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_wgrad_bf16(float* out, const float* x, const float* dy, ConvP p) {
+    conv_igemm_tc<WGRAD, true>(out, dy, x, nullptr, p);
 }
 
 // --- depthwise (groups == Cin): one thread per output / input element, one block per weight tap ------

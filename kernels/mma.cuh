@@ -254,3 +254,39 @@ __device__ __forceinline__ void cp_async_pipeline(int steps, const Stage& stage,
     }
     cp_async_wait<0>();
 }
+
+// Whether the warp's 32 rows of a [m][16] FP32 tile in shared memory (`rows`: the first one, 16-byte
+// aligned) are all finite: lane l checks row l; the answer is the warp's (a vote), so a warp can pick
+// between mma_warp_tile_k16 and masked_warp_tile_k16 as one.
+__device__ __forceinline__ bool warp_rows_finite_k16(const float* rows) {
+    const float4* r = reinterpret_cast<const float4*>(rows + (threadIdx.x & 31) * 16);
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float4 v = r[i];
+        bad |= !isfinite(v.x) || !isfinite(v.y) || !isfinite(v.z) || !isfinite(v.w);
+    }
+    return !__any_sync(0xffffffffu, bad);
+}
+
+// mma_warp_tile_k16's update of the same accumulators from the same rounded operands, one FMA per
+// product, adding only the products whose ok_at(k, n) is true: for a K step where a skipped term must
+// not add 0·Inf = NaN (conv dgrad's structural zeros against non-finite weights). Slow; for rare steps.
+template <bool BF16, class AAt, class BAt, class OkAt>
+__device__ __forceinline__ void masked_warp_tile_k16(float (&acc)[2][4][4], int wm, int wn, const AAt& a_at, const BAt& b_at,
+                                                     const OkAt& ok_at) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    auto rounded = [](float x) {
+        return BF16 ? __uint_as_float(pack_bf16x2(x, 0.0f) << 16) : __uint_as_float(f32_to_tf32(x) & 0xffffe000u);
+    };
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = wm + 16 * i + g + 8 * (e >> 1), c = wn + 8 * j + 2 * t + (e & 1);
+                for (int k = 0; k < 16; ++k)
+                    if (ok_at(k, c)) acc[i][j][e] = fmaf(rounded(a_at(r, k)), rounded(b_at(k, c)), acc[i][j][e]);
+            }
+}

@@ -25,8 +25,8 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Math mode of convolution and matmul: fp32, tf32 (operands rounded to TF32, FP32 accumulation) or
-    /// bf16 (operands rounded to BF16). Default: VIDGRAD_MATH, else fp32. The CPU backend runs every
-    /// mode; on CUDA, convolution gradients and depthwise convolutions are fp32 only for now (docs/CUDA.md).
+    /// bf16 (operands rounded to BF16). Default: VIDGRAD_MATH, else fp32. Both backends run every mode
+    /// (CUDA on tensor cores); depthwise convolutions multiply in fp32 in every mode (docs/CUDA.md).
     #[arg(long, global = true)]
     math: Option<String>,
     /// Run every graph node by itself: no fused chains (docs/GRAPH.md, "Fusion"); for debugging and

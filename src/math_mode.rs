@@ -6,7 +6,8 @@
 //! The mode is process-wide: `--math` on the CLI, `VIDGRAD_MATH`, or [`set_math_mode`]. The CPU backend
 //! implements every mode ([`round_operands`]), so `--device cpu --math tf32` is the reference for a GPU's
 //! tensor-core result. The simulated CUDA device rounds with the same bit formulas
-//! (kernels/sim/cudasim.h, `cudasim_cvt_rna_tf32`, `cudasim_cvt_rn_bf16`).
+//! (kernels/sim/cudasim.h, `cudasim_cvt_rna_tf32`, `cudasim_cvt_rn_bf16`). Depthwise convolutions
+//! multiply in FP32 in every mode on both backends (`ConvGeom::math_mode`: no tensor-core GEMM there).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -324,12 +324,54 @@ fn conv_matches_cpu() {
     p.done("conv");
 }
 
+/// |cuda − cpu| bounds of a tensor-core product with reduction length `k` and operands in [−1, 1]
+/// (so Σ|ãb̃| ≤ k), as (same mode, vs plain FP32): both sides multiply the same rounded operands and
+/// differ by FP32 accumulation, ≤ 2·γ_k·k (γ_k = k·u/(1 − k·u), u = 2^-24), in any summation order
+/// (split-K's partial sums included); plain FP32 is further off by the operand rounding,
+/// (2u_mode + u_mode²)·k (u_mode = 2^-11 tf32, 2^-8 bf16). A kernel skipping the rounding fails the
+/// first check, one rounding wrongly the second.
+fn tensor_core_bounds(mode: vidgrad::math_mode::MathMode, k: usize) -> (f64, f64) {
+    let (k, u) = (k as f64, 2f64.powi(-24));
+    let same = 2.0 * k * u / (1.0 - k * u) * k;
+    let um = mode.unit_roundoff();
+    (same, same + (2.0 * um + um * um) * k)
+}
+
+/// Depthwise convolutions stay on CUDA cores in every math mode (`ConvGeom::math_mode`): in tf32/bf16
+/// the CPU backend must give exactly its FP32 result (no rounding) and CUDA the FP32 kernels' (the
+/// tolerances of `conv_matches_cpu`).
+fn check_depthwise_stays_fp32(
+    p: &mut Pair,
+    mode: vidgrad::math_mode::MathMode,
+    what: &str,
+    g: &ConvGeom,
+    run: impl Fn(&'static dyn Backend, usize) -> BufferRef,
+    k: usize,
+) {
+    // run(backend, 0) on the CPU's buffers, run(backend, 1) on the GPU's.
+    let (cpu, gpu) = vidgrad::math_mode::with_math_mode(mode, || (run(p.cpu, 0), run(p.gpu, 1)));
+    let fp32 = p.cpu.to_host(&*run(p.cpu, 0)).unwrap();
+    let rounded = p.cpu.to_host(&*cpu).unwrap();
+    assert!(
+        fp32.iter()
+            .zip(&rounded)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{what} {mode} (depthwise) on the CPU differs from fp32: {g:?}"
+    );
+    p.check(
+        &format!("{what} {mode} (depthwise) {g:?}"),
+        &cpu,
+        &gpu,
+        (1e-4 * k as f32).max(1e-4),
+        1e-4,
+    );
+}
+
 /// The tensor-core convolution fprop (--math tf32 | bf16) against the CPU backend in the same mode, on
-/// the geometries of `conv_matches_cpu` (values in [−1, 1], so Σ|x̃w̃| ≤ K = Cin/G·kvol): both sides
-/// multiply the same rounded operands and differ by FP32 accumulation, ≤ 2·γ_K·K (γ_K = K·u/(1 − K·u),
-/// u = 2^-24), plus the FP32 bias addition, ≤ 2u·(K + 1). Against plain FP32 the operand rounding adds
-/// (2u_mode + u_mode²)·K. Depthwise convolutions (FP32 kernels only so far) must be refused. 100
-/// configurations per mode (200 in the family): the simulator runs each mma as a warp collective.
+/// the geometries of `conv_matches_cpu` (values in [−1, 1], so Σ|x̃w̃| ≤ K = Cin/G·kvol), within
+/// `tensor_core_bounds` plus the FP32 bias addition, ≤ 2u·(K + 1). Depthwise convolutions: FP32 in
+/// every mode. 100 configurations per mode (200 in the family): the simulator runs each mma as a warp
+/// collective.
 fn conv_tensor_cores_match_cpu() {
     use vidgrad::math_mode::{with_math_mode, MathMode};
     let Some(mut p) = Pair::new() else { return };
@@ -343,40 +385,40 @@ fn conv_tensor_cores_match_cpu() {
             let ((xc, xg), (wc, wg), (bc, bg)) = (p.up(&xv), p.up(&wv), p.up(&bv));
             let bias = case % 2 == 0;
             let (ybc, ybg) = (bias.then_some(&*bc), bias.then_some(&*bg));
+            let k = g.in_per_group() * g.kernel_volume();
+            if g.is_depthwise() {
+                let (xs, ws, bs) = ([&xc, &xg], [&wc, &wg], [ybc, ybg]);
+                check_depthwise_stays_fp32(
+                    &mut p,
+                    mode,
+                    "conv fwd",
+                    &g,
+                    |be, i| be.conv_forward(&**xs[i], &**ws[i], bs[i], &g).unwrap(),
+                    k,
+                );
+                continue;
+            }
             let (cpu, gpu) = with_math_mode(mode, || {
                 (
                     p.cpu.conv_forward(&*xc, &*wc, ybc, &g).unwrap(),
-                    p.gpu.conv_forward(&*xg, &*wg, ybg, &g),
+                    p.gpu.conv_forward(&*xg, &*wg, ybg, &g).unwrap(),
                 )
             });
-            if g.groups > 1 && g.groups == g.c_in {
-                let Err(e) = gpu else {
-                    panic!("depthwise conv in {mode} was not refused: {g:?}")
-                };
-                let e = e.to_string();
-                assert!(e.contains("tensor-core kernels"), "{e}");
-                continue;
-            }
-            let gpu = gpu.unwrap();
-            let k = (g.in_per_group() * g.kernel_volume()) as f64;
-            let u = 2f64.powi(-24);
-            let gamma = k * u / (1.0 - k * u);
-            let atol = 2.0 * gamma * k + 2.0 * u * (k + 1.0);
+            let (same, vs_fp32) = tensor_core_bounds(mode, k);
+            let bias_add = 2.0 * 2f64.powi(-24) * (k as f64 + 1.0);
             p.check(
                 &format!("conv fwd {mode} {g:?}"),
                 &cpu,
                 &gpu,
-                atol as f32,
+                (same + bias_add) as f32,
                 0.0,
             );
             let fp32 = p.cpu.conv_forward(&*xc, &*wc, ybc, &g).unwrap();
-            let um = mode.unit_roundoff();
-            let atol = atol + (2.0 * um + um * um) * k;
             p.check(
                 &format!("conv fwd {mode} vs fp32 {g:?}"),
                 &fp32,
                 &gpu,
-                atol as f32,
+                (vs_fp32 + bias_add) as f32,
                 0.0,
             );
         }
@@ -386,6 +428,138 @@ fn conv_tensor_cores_match_cpu() {
         CASES / 2
     );
     p.done("conv fprop tf32/bf16");
+}
+
+/// The tensor-core convolution dgrad and wgrad (--math tf32 | bf16; wgrad with split-K) against the
+/// CPU backend in the same mode and against plain FP32, within `tensor_core_bounds` of their reduction
+/// lengths: dgrad Cout/G·kvol (only the taps that reach an input position count; the bound holds for
+/// fewer), wgrad N·P. Geometries from `conv_geom`, 100 per mode for each of dgrad and wgrad; depthwise
+/// ones stay FP32. Then dgrad with non-finite weights: a structural zero (strided taps with no output)
+/// times NaN or ±Inf must add nothing, as on the CPU, which only sums real terms.
+fn conv_grads_tensor_cores_match_cpu() {
+    use vidgrad::math_mode::{with_math_mode, MathMode};
+    let Some(mut p) = Pair::new() else { return };
+    for (mode, seed) in [(MathMode::Tf32, 83), (MathMode::Bf16, 84)] {
+        let mut d = Draw::new(seed);
+        for case in 0..CASES / 2 {
+            let g = conv_geom(&mut d, case);
+            let xv = d.data(g.n * g.c_in * g.input_volume());
+            let wv = d.data(g.c_out * g.in_per_group() * g.kernel_volume());
+            let dyv = d.data(g.n * g.c_out * g.output_volume());
+            let ((xc, xg), (wc, wg), (dc, dg)) = (p.up(&xv), p.up(&wv), p.up(&dyv));
+            let k_dgrad = g.out_per_group() * g.kernel_volume();
+            let k_wgrad = g.n * g.output_volume();
+            if g.is_depthwise() {
+                let (xs, ws, ds) = ([&xc, &xg], [&wc, &wg], [&dc, &dg]);
+                check_depthwise_stays_fp32(
+                    &mut p,
+                    mode,
+                    "conv dgrad",
+                    &g,
+                    |be, i| be.conv_backward_data(&**ds[i], &**ws[i], &g).unwrap(),
+                    k_dgrad,
+                );
+                check_depthwise_stays_fp32(
+                    &mut p,
+                    mode,
+                    "conv wgrad",
+                    &g,
+                    |be, i| be.conv_backward_weight(&**xs[i], &**ds[i], &g).unwrap(),
+                    k_wgrad,
+                );
+                continue;
+            }
+            let (dx_cpu, dx_gpu, dw_cpu, dw_gpu) = with_math_mode(mode, || {
+                (
+                    p.cpu.conv_backward_data(&*dc, &*wc, &g).unwrap(),
+                    p.gpu.conv_backward_data(&*dg, &*wg, &g).unwrap(),
+                    p.cpu.conv_backward_weight(&*xc, &*dc, &g).unwrap(),
+                    p.gpu.conv_backward_weight(&*xg, &*dg, &g).unwrap(),
+                )
+            });
+            let (same, vs_fp32) = tensor_core_bounds(mode, k_dgrad);
+            p.check(
+                &format!("conv dgrad {mode} {g:?}"),
+                &dx_cpu,
+                &dx_gpu,
+                same as f32,
+                0.0,
+            );
+            let fp32 = p.cpu.conv_backward_data(&*dc, &*wc, &g).unwrap();
+            p.check(
+                &format!("conv dgrad {mode} vs fp32 {g:?}"),
+                &fp32,
+                &dx_gpu,
+                vs_fp32 as f32,
+                0.0,
+            );
+            let (same, vs_fp32) = tensor_core_bounds(mode, k_wgrad);
+            p.check(
+                &format!("conv wgrad {mode} {g:?}"),
+                &dw_cpu,
+                &dw_gpu,
+                same as f32,
+                0.0,
+            );
+            let fp32 = p.cpu.conv_backward_weight(&*xc, &*dc, &g).unwrap();
+            p.check(
+                &format!("conv wgrad {mode} vs fp32 {g:?}"),
+                &fp32,
+                &dw_gpu,
+                vs_fp32 as f32,
+                0.0,
+            );
+        }
+        // Non-finite weights: stride 2 leaves structural zeros in every dgrad K step.
+        for (case, bad) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY]
+            .into_iter()
+            .enumerate()
+        {
+            let g = ConvGeom {
+                n: 2,
+                c_in: 5 + case,
+                c_out: 7,
+                groups: 1,
+                input: [3, 9, 8],
+                output: [2, 5, 4],
+                kernel: [2, 3, 3],
+                stride: [2, 2, 2],
+                padding: [1, 1, 1],
+                dilation: [1; 3],
+            };
+            let mut wv = d.data(g.c_out * g.in_per_group() * g.kernel_volume());
+            wv[3 + 17 * case] = bad;
+            let dyv = d.data(g.n * g.c_out * g.output_volume());
+            let ((wc, wg), (dc, dg)) = (p.up(&wv), p.up(&dyv));
+            let (cpu, gpu) = with_math_mode(mode, || {
+                (
+                    p.cpu.conv_backward_data(&*dc, &*wc, &g).unwrap(),
+                    p.gpu.conv_backward_data(&*dg, &*wg, &g).unwrap(),
+                )
+            });
+            let finite = p
+                .cpu
+                .to_host(&*cpu)
+                .unwrap()
+                .iter()
+                .filter(|v| v.is_finite())
+                .count();
+            assert!(finite > 0, "every dx is non-finite: the case tests nothing");
+            let (same, _) = tensor_core_bounds(mode, g.out_per_group() * g.kernel_volume());
+            p.check(
+                &format!("conv dgrad {mode} weight {bad} {g:?}"),
+                &cpu,
+                &gpu,
+                same as f32,
+                0.0,
+            );
+        }
+    }
+    println!(
+        "(conv dgrad and wgrad tf32/bf16: {} configurations per mode each)",
+        CASES / 2
+    );
+    p.done("conv dgrad/wgrad tf32/bf16");
 }
 
 fn batch_norm_matches_cpu() {
@@ -766,12 +940,8 @@ fn matmul_and_attention_match_cpu() {
     p.done("matmul/attention");
 }
 
-/// The tensor-core GEMMs (--math tf32 | bf16) against the CPU backend in the same mode: both multiply
-/// the same rounded operands (|ã|, |b̃| ≤ 1 here), so they differ only by FP32 accumulation. The CPU's
-/// sum is within γ_K·Σ|ãb̃| of the exact one and the GPU's within the same (the simulator's within u·|s|),
-/// so |cuda − cpu| ≤ 2·γ_K·K with γ_K = K·u/(1 − K·u), u = 2^-24. Plain FP32 is further off by the
-/// operand rounding, (2u_mode + u_mode²)·Σ|ab| (u_mode = 2^-11 for tf32, 2^-8 for bf16): checked too, so
-/// that a kernel skipping the rounding fails the first check and one rounding wrongly the second.
+/// The tensor-core GEMMs (--math tf32 | bf16) against the CPU backend in the same mode and against
+/// plain FP32, within `tensor_core_bounds` of K (|a|, |b| ≤ 1 here).
 fn matmul_tensor_cores_match_cpu() {
     use vidgrad::math_mode::{with_math_mode, MathMode};
     let Some(mut p) = Pair::new() else { return };
@@ -781,26 +951,22 @@ fn matmul_tensor_cores_match_cpu() {
             let g = random_matmul(&mut d, case);
             let (ac, ag) = p.up(&d.data(g.batch * g.m * g.k));
             let (bc, bg) = p.up(&d.data(g.batch * g.k * g.n));
-            let k = g.k as f64;
-            let u = 2f64.powi(-24);
-            let gamma = k * u / (1.0 - k * u);
+            let (same, vs_fp32) = tensor_core_bounds(mode, g.k);
             let (cpu, gpu) = with_math_mode(mode, || {
                 (
                     p.cpu.matmul(&*ac, &*bc, g).unwrap(),
                     p.gpu.matmul(&*ag, &*bg, g).unwrap(),
                 )
             });
+            p.check(&format!("matmul {mode}"), &cpu, &gpu, same as f32, 0.0);
+            let fp32 = p.cpu.matmul(&*ac, &*bc, g).unwrap();
             p.check(
-                &format!("matmul {mode}"),
-                &cpu,
+                &format!("matmul {mode} vs fp32"),
+                &fp32,
                 &gpu,
-                (2.0 * gamma * k) as f32,
+                vs_fp32 as f32,
                 0.0,
             );
-            let fp32 = p.cpu.matmul(&*ac, &*bc, g).unwrap();
-            let um = mode.unit_roundoff();
-            let atol = ((2.0 * um + um * um) * k + 2.0 * gamma * k) as f32;
-            p.check(&format!("matmul {mode} vs fp32"), &fp32, &gpu, atol, 0.0);
         }
     }
     p.done("matmul tf32/bf16");
@@ -1010,10 +1176,14 @@ fn cuda_backend(d: Device) -> &'static CudaBackend {
 #[test]
 fn every_family_matches_cpu_and_every_kernel_runs() {
     // Every family runs even after one fails, so that one GPU run reports them all.
-    let families: [(&str, fn()); 11] = [
+    let families: [(&str, fn()); 12] = [
         ("elementwise", elementwise_and_reductions_match_cpu),
         ("conv", conv_matches_cpu),
         ("conv fprop tf32/bf16", conv_tensor_cores_match_cpu),
+        (
+            "conv dgrad/wgrad tf32/bf16",
+            conv_grads_tensor_cores_match_cpu,
+        ),
         ("batchnorm", batch_norm_matches_cpu),
         ("pool", pooling_matches_cpu),
         ("upsample", upsample_matches_cpu),
@@ -1023,8 +1193,12 @@ fn every_family_matches_cpu_and_every_kernel_runs() {
         ("layout", layout_matches_cpu),
         ("optimizer", optimizers_match_cpu),
     ];
+    // VIDGRAD_CUDA_OPS_ONLY=<text>: only the families whose name contains it (a local run while working
+    // on one family; the every-kernel check is skipped then).
+    let only = std::env::var("VIDGRAD_CUDA_OPS_ONLY").ok();
     let failed: Vec<&str> = families
         .iter()
+        .filter(|(name, _)| only.as_deref().is_none_or(|o| name.contains(o)))
         .filter(|(_, f)| std::panic::catch_unwind(*f).is_err())
         .map(|(name, _)| *name)
         .collect();
@@ -1032,7 +1206,7 @@ fn every_family_matches_cpu_and_every_kernel_runs() {
         failed.is_empty(),
         "families that do not match the CPU (their panics are above): {failed:?}"
     );
-    if common::cuda_device() != Some(Device::CudaSim) {
+    if common::cuda_device() != Some(Device::CudaSim) || only.is_some() {
         return;
     }
     let sim = Simulator::get().unwrap();

@@ -1,5 +1,5 @@
 //! Math modes (src/math_mode.rs): the CPU backend rounds the operands of convolution and matmul as the
-//! mode says, the CUDA backend refuses modes it has no kernels for, and the CLI takes `--math` and
+//! mode says (not depthwise convolutions: FP32 in every mode, on CUDA too), and the CLI takes `--math` and
 //! `VIDGRAD_MATH`. The mode is process-wide, so the in-process checks run in one test, in order.
 
 mod common;
@@ -108,24 +108,32 @@ fn cpu_backend_rounds_conv_and_matmul_operands() {
         assert_ne!(mm_m, mm_fp32, "matmul {m} equals fp32");
     }
 
-    // The CUDA backend's FP32-only kernels (here a depthwise convolution) refuse the mode: a clear
-    // error, not an FP32 result called tf32.
-    if let Some(dev) = common::cuda_device() {
-        set_math_mode(MathMode::Tf32);
-        let wd = Tensor::randn(&[5, 1, 3, 3, 3], 16, cpu).unwrap();
-        let p = vidgrad::ops::conv::ConvParams {
-            groups: 5,
-            ..Default::default()
-        };
-        let e = x
-            .to_device(dev)
+    // Depthwise convolutions multiply in FP32 in every mode (`ConvGeom::math_mode`: their CUDA kernels
+    // stay on CUDA cores): the CPU does not round them, and CUDA gives the same.
+    let wd = Tensor::randn(&[5, 1, 3, 3, 3], 16, cpu).unwrap();
+    let dw = |x: &Tensor, w: &Tensor| {
+        vidgrad::ops::conv::conv3d(x, w, None, [1, 1, 1], [1, 1, 1], [1, 1, 1], 5)
             .unwrap()
-            .conv(&wd.to_device(dev).unwrap(), None, &p)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("tensor-core kernels") && e.contains("--math fp32"),
-            "{e}"
+            .to_vec()
+            .unwrap()
+    };
+    set_math_mode(MathMode::Fp32);
+    let dw_fp32 = dw(&x, &wd);
+    set_math_mode(MathMode::Tf32);
+    assert_eq!(dw(&x, &wd), dw_fp32, "depthwise conv in tf32 on the CPU");
+    if let Some(dev) = common::cuda_device() {
+        let on_dev = dw(&x.to_device(dev).unwrap(), &wd.to_device(dev).unwrap());
+        // 27 taps: the two FP32 accumulation orders differ by ≤ 2·γ_27·Σ|x||w|.
+        let g27 = 27.0 * 2f64.powi(-24) / (1.0 - 27.0 * 2f64.powi(-24));
+        let bound: Vec<f64> = dw(&abs(&x), &abs(&wd))
+            .iter()
+            .map(|&v| 2.0 * g27 * v as f64 * 1.0001 + 1e-30)
+            .collect();
+        assert_within(
+            "depthwise conv tf32 on CUDA vs CPU",
+            &on_dev,
+            &dw_fp32,
+            &bound,
         );
     }
     set_math_mode(MathMode::Fp32);

@@ -1,7 +1,9 @@
 //! Every model of the zoo on the CUDA device against the CPU, at a small input: the same graph with the
 //! same seeded weights (src/models/fill.rs) and input on both, compared in eval-mode logits, train-mode
 //! logits (batch-norm batch statistics, dropout masks), the loss, the gradients of the first, a middle
-//! and the last parameter, then one SGD step and, from the same start, one AdamW step (crate::optim).
+//! and the last parameter, then one SGD step and, from the same start, one AdamW step (crate::optim);
+//! then the eval logits at batch 1 with `--math tf32` and `--math bf16` (tensor cores) against FP32.
+//! And 20 training steps of a small model in tf32 against the FP32 loss curve.
 //! Without a GPU this runs the CUDA backend and kernels on the simulator (tests/common `cuda_device`),
 //! so every CI run executes the kernels of whole networks, forward and backward.
 //!
@@ -437,7 +439,13 @@ fn check_model(case: &Case) {
             &bad[..bad.len().min(3)]
         ));
     }
-    println!("{name} on {device}: {:.1} s", t0.elapsed().as_secs_f64());
+    let t1 = std::time::Instant::now();
+    check_logits_in_tensor_core_modes(case, device, &name, &mut f);
+    println!(
+        "{name} on {device}: {:.1} s (tf32/bf16 logits {:.1} s)",
+        t0.elapsed().as_secs_f64(),
+        t1.elapsed().as_secs_f64()
+    );
     assert!(
         f.0.is_empty(),
         "{name} on {device}:\n  {}",
@@ -506,4 +514,142 @@ fn resnet3d_matches_cpu() {
         opts: &[],
         shape: [2, 3, 4, 32, 32],
     });
+}
+
+/// `check_model`'s model at batch 1 in eval mode with `--math tf32` and
+/// `--math bf16` on the CUDA device (tensor-core convolutions and matmuls) against plain FP32 (the
+/// CPU's). Error model: rounding both operands of a product changes it by at most 2u_mode + u_mode²
+/// relative, so a layer's output by ≲ 2u_mode of its scale (less when the terms' errors cancel), passed
+/// on with gain ~1 through L reduction layers and added linearly as in `check_model` (u_mode = 2⁻¹¹
+/// tf32, 2⁻⁸ bf16): tolerance L·2u_mode, plus `check_model`'s L·√K·u for the accumulation order on the
+/// device. The CPU in the same mode must be within L·2u_mode of FP32 too, and the device's logits must
+/// differ from FP32 by more than the accumulation-order tolerance (the rounding happened). Not checked:
+/// device vs CPU in the same mode at this depth. Both round the same operands, but an activation that
+/// differs by an FP32 rounding error can round to the other TF32/BF16 neighbour (a tie flip: a 2u_mode
+/// change of that element), so the two drift apart at up to the mode's own error scale (measured:
+/// eco-lite 5.7e-4 in tf32, 3.9e-3 in bf16); the op-level suites (tests/cuda_ops.rs) check that
+/// comparison tightly. Depthwise convolutions stay FP32 in every mode (`ConvGeom::math_mode`).
+fn check_logits_in_tensor_core_modes(case: &Case, device: Device, name: &str, f: &mut Failures) {
+    use vidgrad::math_mode::{with_math_mode, MathMode};
+    let mut shape = case.shape;
+    shape[0] = 1;
+    let case = Case {
+        model: case.model,
+        opts: case.opts,
+        shape,
+    };
+    let (mut cpu, mut gpu) = (
+        Side::new(&case, Device::Cpu, false),
+        Side::new(&case, device, false),
+    );
+    cpu.net.eval();
+    gpu.net.eval();
+    let (depth, k, _) = error_model(cpu.net.graph());
+    let fwd_tol = depth as f32 * (k as f32).sqrt() * U;
+    let logits = |side: &Side| {
+        vidgrad::no_grad(|| side.net.forward(&[&side.x]))
+            .unwrap()
+            .to_vec()
+            .unwrap()
+    };
+    let fp32 = with_math_mode(MathMode::Fp32, || logits(&cpu));
+    for mode in [MathMode::Tf32, MathMode::Bf16] {
+        let (cpu_mode, got) = with_math_mode(mode, || (logits(&cpu), logits(&gpu)));
+        let mode_tol = depth as f32 * 2.0 * mode.unit_roundoff() as f32;
+        f.check(
+            name,
+            &format!("logits (eval, batch 1, {mode}) on cpu vs fp32"),
+            rel_err(&cpu_mode, &fp32),
+            mode_tol,
+        );
+        let err = rel_err(&got, &fp32);
+        f.check(
+            name,
+            &format!("logits (eval, batch 1, {mode}) vs cpu fp32"),
+            err,
+            fwd_tol + mode_tol,
+        );
+        if err <= fwd_tol {
+            f.0.push(format!(
+                "{mode}: logits within FP32's accumulation tolerance of fp32 ({err:.2e}): not rounded?"
+            ));
+        }
+        println!(
+            "  {name:<12} (logits {mode} on {device} vs cpu {mode}: rel err {:.2e}, not checked)",
+            rel_err(&got, &cpu_mode)
+        );
+    }
+}
+
+/// 20 plain-SGD training steps of a small model (ct-sep, one block per stage, 2×3×4×16²; batch norms over few
+/// values tamed as in `check_model`) on one fixed batch: `--math tf32` on the CUDA device against FP32
+/// on the CPU. Error model: at equal parameters the logits differ by ≲ L·2u (u = 2⁻¹¹, L reduction
+/// layers deep, as in `check_logits_in_tensor_core_modes`) of their scale, so the loss (whose
+/// gradient in the logits has L1 norm ≤ 2) by ≤ 2·L·2u·max|z|; each step's gradient is off by ≲ 2L·2u
+/// relative (backward is twice as deep), so the parameters drift by lr·Σ_j|δg_j|, which moves the loss
+/// by ≲ lr·Σ_j ‖g_j‖·‖δg_j‖ ≤ 4L·u·Σ_j lr‖g_j‖² ≈ 4L·u·(ℓ_0 − ℓ_i) (plain SGD: each step lowers the
+/// loss by ≈ lr‖g_j‖²). Bound per step: 4L·u·(max|z_i| + |ℓ_0 − ℓ_i|), FP32's z and ℓ. And the tf32
+/// curve must go down as FP32's does (it learns). Measured: |diff| ≤ 5.3e-2 (step 2, tol 3.0e-1), then
+/// ≤ 2e-3; the test took 486 s beside the zoo tests under a load average of about 8 on 2 cores.
+#[test]
+fn training_in_tf32_tracks_the_fp32_loss_curve() {
+    use vidgrad::math_mode::{with_math_mode, MathMode};
+    let Some(device) = common::cuda_device() else {
+        println!("skipped: no CUDA device");
+        return;
+    };
+    let case = Case {
+        model: "ct-sep",
+        opts: &[("layers", "1,1,1,1")],
+        shape: [2, 3, 4, 16, 16],
+    };
+    let labels = [3usize, 8];
+    let (steps, lr) = (20, 0.05f32);
+    let curve = |device: Device, mode: MathMode| {
+        let side = Side::new(&case, device, true);
+        let mut side = side;
+        side.net.train();
+        let mut opt = Sgd::new(
+            optim::param_groups_no_decay(side.params(), 0.0),
+            SgdConfig {
+                lr,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut out = vec![];
+        with_math_mode(mode, || {
+            for _ in 0..steps {
+                opt.zero_grad();
+                let logits = side.net.forward(&[&side.x]).unwrap();
+                let loss = ops::cross_entropy(&logits, &labels, 0.0).unwrap();
+                loss.backward().unwrap();
+                opt.step().unwrap();
+                let z = logits.to_vec().unwrap();
+                out.push((
+                    loss.to_vec().unwrap()[0],
+                    z.iter().fold(0f32, |m, v| m.max(v.abs())),
+                ));
+            }
+        });
+        (out, error_model(side.net.graph()).0)
+    };
+    let (fp32, depth) = curve(Device::Cpu, MathMode::Fp32);
+    let (tf32, _) = curve(device, MathMode::Tf32);
+    let u = MathMode::Tf32.unit_roundoff() as f32;
+    let mut bad = vec![];
+    for (i, (&(l, z), &(lt, _))) in fp32.iter().zip(&tf32).enumerate() {
+        let tol = 4.0 * depth as f32 * u * (z + (fp32[0].0 - l).abs());
+        println!(
+            "  step {i:>2}: loss fp32 {l:.5} tf32 {lt:.5} |diff| {:.2e} (tol {tol:.2e})",
+            (l - lt).abs()
+        );
+        if (l - lt).abs() > tol || lt.is_nan() {
+            bad.push(i);
+        }
+    }
+    assert!(bad.is_empty(), "steps off the fp32 curve: {bad:?}");
+    let (first, last) = (fp32[0].0, fp32[steps - 1].0);
+    assert!(last < 0.8 * first, "fp32 does not learn: {first} → {last}");
+    assert!(tf32[steps - 1].0 < 0.8 * tf32[0].0, "tf32 does not learn");
 }

@@ -90,6 +90,20 @@ impl ConvGeom {
         (self.n * self.c_out * self.output_volume()) as u64
             * (self.in_per_group() * self.kernel_volume()) as u64
     }
+    /// One input channel per group (groups == C_in > 1): direct kernels rather than an implicit GEMM.
+    pub fn is_depthwise(&self) -> bool {
+        self.groups == self.c_in && self.groups > 1
+    }
+    /// The math mode of this convolution's products: the process's ([`crate::math_mode::math_mode`]),
+    /// except that depthwise convolutions always multiply in FP32 — their CUDA kernels run on CUDA cores
+    /// (a reduction of one kernel volume has no GEMM for tensor cores), and the CPU backend, the
+    /// reference, computes the same.
+    pub fn math_mode(&self) -> crate::Result<crate::math_mode::MathMode> {
+        if self.is_depthwise() {
+            return Ok(crate::math_mode::MathMode::Fp32);
+        }
+        crate::math_mode::math_mode()
+    }
 }
 
 /// A pooling window over `planes` = N·C independent [D, H, W] volumes.

@@ -48,10 +48,6 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     backward_weight_with(x, dy, g, CHUNKING)
 }
 
-fn is_depthwise(g: &ConvGeom) -> bool {
-    g.groups == g.c_in && g.groups > 1
-}
-
 fn is_pointwise(g: &ConvGeom) -> bool {
     g.kernel == [1, 1, 1] && g.stride == [1, 1, 1] && g.padding == [0, 0, 0]
 }
@@ -221,7 +217,7 @@ fn forward_with(
     chunking: Chunking,
     relu: bool,
 ) -> Vec<f32> {
-    if is_depthwise(g) {
+    if g.is_depthwise() {
         return depthwise_forward(x, w, bias, g, relu);
     }
     let (p_vol, in_vol, ow_n) = (g.output_volume(), g.input_volume(), g.output[2]);
@@ -288,7 +284,7 @@ fn forward_with(
 }
 
 fn backward_data_with(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking) -> Vec<f32> {
-    if is_depthwise(g) {
+    if g.is_depthwise() {
         return depthwise_backward_data(dy, w, g);
     }
     let (p_vol, in_vol, ow_n) = (g.output_volume(), g.input_volume(), g.output[2]);
@@ -350,7 +346,7 @@ fn backward_data_with(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking) -
 }
 
 fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking) -> Vec<f32> {
-    if is_depthwise(g) {
+    if g.is_depthwise() {
         return depthwise_backward_weight(x, dy, g);
     }
     let (p_vol, in_vol, ow_n) = (g.output_volume(), g.input_volume(), g.output[2]);

@@ -83,7 +83,8 @@ pub(crate) fn nan_max(a: f32, b: f32) -> f32 {
 pub struct CpuBackend;
 
 /// Convolution forward (with the ReLU epilogue of a fused conv→ReLU when `relu`): the math mode rounds
-/// the product's operands (crate::math_mode), never the bias.
+/// the product's operands (crate::math_mode; not for depthwise convolutions, `ConvGeom::math_mode`),
+/// never the bias.
 fn conv_forward_in_math_mode(
     x: &dyn BackendBuffer,
     w: &dyn BackendBuffer,
@@ -91,7 +92,7 @@ fn conv_forward_in_math_mode(
     g: &ConvGeom,
     relu: bool,
 ) -> Result<BufferRef> {
-    let m = math_mode()?;
+    let m = g.math_mode()?;
     Ok(wrap(conv::forward(
         &round_operands(&read(x)?, m),
         &round_operands(&read(w)?, m),
@@ -212,7 +213,7 @@ impl Backend for CpuBackend {
         w: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        let m = math_mode()?;
+        let m = g.math_mode()?;
         Ok(wrap(conv::backward_data(
             &round_operands(&read(dy)?, m),
             &round_operands(&read(w)?, m),
@@ -225,7 +226,7 @@ impl Backend for CpuBackend {
         dy: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        let m = math_mode()?;
+        let m = g.math_mode()?;
         Ok(wrap(conv::backward_weight(
             &round_operands(&read(x)?, m),
             &round_operands(&read(dy)?, m),

@@ -1,13 +1,12 @@
 //! Convolutions (kernels/conv.cu): implicit GEMMs for forward, data and weight gradients (the weight
-//! gradient split along its reduction), direct kernels for depthwise convolutions.
+//! gradient split along its reduction) on CUDA cores (fp32) or tensor cores (tf32, bf16: the math
+//! mode picks), direct FP32 kernels for depthwise convolutions in every mode (`ConvGeom::math_mode`).
 
 use super::launch::{blocks, wgrad_splits, BLOCK, MAX_ELEMENTS};
-use super::{
-    a3, fp32_kernels_only, i32_of, opt_ptr, out, ptr, CudaBackend, KernelArg, LaunchConfig,
-};
+use super::{a3, i32_of, opt_ptr, out, ptr, CudaBackend, KernelArg, LaunchConfig};
 use crate::backend::{BackendBuffer, BufferRef, ConvGeom};
 use crate::error::{Error, Result};
-use crate::math_mode::{math_mode, MathMode};
+use crate::math_mode::MathMode;
 
 /// Geometry of a convolution as the kernels read it (kernels/conv.cu `ConvP`).
 #[repr(C)]
@@ -63,10 +62,6 @@ impl ConvP {
     }
 }
 
-fn is_depthwise(g: &ConvGeom) -> bool {
-    g.groups == g.c_in && g.groups > 1
-}
-
 /// Fewer splits (longer, still multiples of 16) until groups·splits fits gridDim.z and the workspace
 /// [splits, wlen] fits the 32-bit index limit. Stops at one split: with more than 65535 groups the
 /// launch itself reports the grid as too large (this loop used to spin forever there).
@@ -118,9 +113,8 @@ pub(super) fn forward(
         return Ok(out(y));
     }
     let (xp, wp, bp) = (ptr(x)?, ptr(w)?, opt_ptr(bias)?);
-    let mode = math_mode()?;
-    if is_depthwise(g) {
-        fp32_kernels_only("conv_forward (depthwise)", mode)?;
+    let mode = g.math_mode()?;
+    if g.is_depthwise() {
         be.launch1("conv", "conv_dw_fprop", len, kargs![y.ptr, xp, wp, bp, p])?;
         return Ok(out(y));
     }
@@ -155,7 +149,8 @@ pub(super) fn backward_data(
     }
     let dx = be.alloc(len)?;
     let (dyp, wp) = (ptr(dy)?, ptr(w)?);
-    if is_depthwise(g) {
+    let mode = g.math_mode()?;
+    if g.is_depthwise() {
         be.launch1("conv", "conv_dw_dgrad", len, kargs![dx.ptr, dyp, wp, p])?;
         return Ok(out(dx));
     }
@@ -167,7 +162,12 @@ pub(super) fn backward_data(
         blocks(p.m as usize, 64),
         g.groups as u32,
     );
-    gemm_launch(be, "conv_dgrad", grid, kargs![dx.ptr, dyp, wp, p])?;
+    let name = match mode {
+        MathMode::Tf32 => "conv_dgrad_tf32",
+        MathMode::Bf16 => "conv_dgrad_bf16",
+        MathMode::Fp32 => "conv_dgrad",
+    };
+    gemm_launch(be, name, grid, kargs![dx.ptr, dyp, wp, p])?;
     Ok(out(dx))
 }
 
@@ -184,7 +184,8 @@ pub(super) fn backward_weight(
         return Ok(out(be.zeros(wlen)?));
     }
     let (xp, dyp) = (ptr(x)?, ptr(dy)?);
-    if is_depthwise(g) {
+    let mode = g.math_mode()?;
+    if g.is_depthwise() {
         let dw = be.alloc(wlen)?;
         be.launch(
             "conv",
@@ -203,10 +204,11 @@ pub(super) fn backward_weight(
         wgrad_split_limits(wgrad_splits(tiles, red, be.sm_count), red, g.groups, wlen);
     p.splits = splits as i32;
     p.k_per_split = per as i32;
-    let name = if p.out_vol % 4 == 0 {
-        "conv_wgrad_vec"
-    } else {
-        "conv_wgrad"
+    let name = match mode {
+        MathMode::Tf32 => "conv_wgrad_tf32",
+        MathMode::Bf16 => "conv_wgrad_bf16",
+        MathMode::Fp32 if p.out_vol % 4 == 0 => "conv_wgrad_vec",
+        MathMode::Fp32 => "conv_wgrad",
     };
     let grid = (
         blocks(p.n_gemm as usize, 64),

@@ -311,22 +311,6 @@ fn out(b: Arc<CudaBuffer>) -> BufferRef {
     b
 }
 
-/// Kernels that exist in FP32 only (dgrad, wgrad, depthwise convolutions; issue 12): a tf32 or bf16
-/// math mode is an error rather than an FP32 result reported as another mode. Until the tensor-core
-/// kernels cover them, fp32 stays the default on CUDA devices.
-fn fp32_kernels_only(op: &'static str, mode: crate::math_mode::MathMode) -> Result<()> {
-    match mode {
-        crate::math_mode::MathMode::Fp32 => Ok(()),
-        m => Err(Error::InvalidArgument {
-            op,
-            msg: format!(
-                "math mode {m} needs tensor-core kernels the CUDA backend does not have yet for this op; \
-                 use --math fp32 (VIDGRAD_MATH=fp32) on CUDA, or --math {m} on the CPU backend"
-            ),
-        }),
-    }
-}
-
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         self.name.clone()
@@ -443,7 +427,6 @@ impl Backend for CudaBackend {
         w: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        fp32_kernels_only("conv_backward_data", crate::math_mode::math_mode()?)?;
         conv::backward_data(self, dy, w, g)
     }
     fn conv_backward_weight(
@@ -452,7 +435,6 @@ impl Backend for CudaBackend {
         dy: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        fp32_kernels_only("conv_backward_weight", crate::math_mode::math_mode()?)?;
         conv::backward_weight(self, x, dy, g)
     }
 
