@@ -307,6 +307,38 @@ fn races_on_a_tile_read_by_every_thread_are_reported() {
 }
 
 #[test]
+fn read_records_of_one_thread_keep_every_race_and_report_none_that_is_not() {
+    // The per-granule read records (runtime.cpp, record_reads) stand for reads that were never recorded
+    // word by word; writes in the same epoch must still see them, word by word (the modes: selftest.cu).
+    let x = Buf::new(&(0..64).map(|i| i as f32).collect::<Vec<f32>>());
+    let y = Buf::uninit(64 * 4);
+    let run = |mode: i32| {
+        launch(
+            "st_read_record_race",
+            1,
+            64,
+            0,
+            &[arg(&y.ptr), arg(&x.ptr), arg(&mode)],
+        )
+    };
+    // Every launch runs in another shuffled order (in mode 5, thread 0 reads first in some of them).
+    for order in 0..24 {
+        for mode in [0, 2, 4] {
+            run(mode).unwrap_or_else(|e| panic!("mode {mode} (run {order}) has no race: {e}"));
+        }
+        for mode in [1, 3, 5] {
+            expect_error(run(mode), &["st_read_record_race", "race", "tile"]);
+        }
+    }
+    // Mode 0's sums: thread t read its own granule before writing to it.
+    let sums: Vec<f32> = (0..16)
+        .map(|t| (0..4).map(|i| (4 * t + i) as f32).sum())
+        .collect();
+    run(0).unwrap();
+    assert_eq!(y.read::<f32>()[..16], sums);
+}
+
+#[test]
 fn bounds_checks_alone_keep_the_bounds_and_drop_the_racecheck() {
     // VIDGRAD_SIM_CHECKS=bounds (the full-size model fixtures): global bounds still reported, the
     // shared-memory shadow not consulted.

@@ -239,6 +239,47 @@ extern "C" __global__ void st_clean_tile_race(float* y, const float* x, int mode
     y[t] = acc;
 }
 
+// Read records of one thread (runtime.cpp, record_reads). 64 threads; thread t < 16 reads granule t of a
+// tile written before the barrier and then, with no barrier in between, touches its own granule or that of
+// thread p = t - 1 (mod 16):
+//   0  t reads granule t, writes its word 1                          no race (only t read it)
+//   1  t reads granule t, writes word 2 of granule p                 write after p's read
+//   2  t reads words 0-1 of granule t, writes word 3 of granule p    no race (word 3 unread)
+//   3  t reads words 0-1 of granule t, writes word 1 of granule p    write after p's read
+//   4  t reads granule t and word 2 of granule p, writes word 0 of t no race (only t read word 0)
+//   5  thread 32 also reads granule 0 whole; after a __syncwarp (a switch: thread 32 may read in between)
+//      thread 0 writes word 2 of granule 0                           write after thread 32's read
+// In 5, when thread 0 reads first, thread 32's whole-granule read is settled inline (it only marks the
+// record multi) and only the record knows of it: the write must take the record back into the word
+// shadows (demote_read_record). Threads 0 and 32 are in different warps, so the __syncwarp orders nothing.
+extern "C" __global__ void st_read_record_race(float* y, const float* x, int mode) {
+    __shared__ __align__(16) float tile[64];
+    const int t = threadIdx.x, p = (t + 15) & 15;
+    if (t < 16)
+        for (int i = 0; i < 4; ++i) tile[4 * t + i] = x[4 * t + i];
+    __syncthreads();
+    float acc = 0.0f;
+    if (t < 16 && (mode == 2 || mode == 3)) {
+        const float2 h = *reinterpret_cast<const float2*>(&tile[4 * t]);
+        acc = h.x + h.y;
+    } else if (t < 16 || (mode == 5 && t == 32)) {
+        const float4 q = *reinterpret_cast<const float4*>(&tile[t < 16 ? 4 * t : 0]);
+        acc = q.x + q.y + q.z + q.w;
+    }
+    if (mode == 5) __syncwarp();
+    if (t < 16) {
+        if (mode == 4) acc += tile[4 * p + 2];
+        if (mode == 0) tile[4 * t + 1] = acc;
+        if (mode == 1) tile[4 * p + 2] = acc;
+        if (mode == 2) tile[4 * p + 3] = acc;
+        if (mode == 3) tile[4 * p + 1] = acc;
+        if (mode == 4) tile[4 * t] = acc;
+        if (mode == 5 && t == 0) tile[2] = acc;
+    }
+    __syncthreads();
+    y[t] = acc;
+}
+
 // Only the first half of the block reaches the barrier.
 extern "C" __global__ void st_divergent_barrier(float* y) {
     if (threadIdx.x < blockDim.x / 2) __syncthreads();
