@@ -307,9 +307,9 @@ fn races_on_a_tile_read_by_every_thread_are_reported() {
 }
 
 #[test]
-fn read_records_of_one_thread_keep_every_race_and_report_none_that_is_not() {
-    // The per-granule read records (runtime.cpp, record_reads) stand for reads that were never recorded
-    // word by word; writes in the same epoch must still see them, word by word (the modes: selftest.cu).
+fn reads_settled_without_a_record_keep_every_race_and_report_none_that_is_not() {
+    // Reads settled without a word-by-word record must still be seen by a write in the same epoch, and
+    // words nobody read must not be reported (the modes: selftest.cu, st_read_record_race).
     let x = Buf::new(&(0..64).map(|i| i as f32).collect::<Vec<f32>>());
     let y = Buf::uninit(64 * 4);
     let run = |mode: i32| {

@@ -180,9 +180,8 @@ struct AccessView {
     uintptr_t shared_lo, shared_size;  // the block's shared arena (as mapped)
     uintptr_t shared_used;             // bytes of the arena the block has declared so far
     uintptr_t global_lo[8], global_hi[8];  // the live global allocations accesses were found in last
-    uint64_t* reads;                   // per 16-byte shared granule: its read record (read_record_words)
+    const uint16_t* clean;             // per 16-byte shared granule: the epoch in which any read is settled
     uint32_t epoch;                    // barrier epoch of the block
-    uint32_t tid;                      // the running fiber's linear thread index
     bool checking;                     // any checks (VIDGRAD_SIM_CHECKS=all or bounds)
     bool racecheck;                    // the shared-memory shadow too (all)
 };
@@ -201,49 +200,15 @@ __forceinline__ T raw_load(const T& r) {
     asm("mov %1, %0" : "=r"(v) : "m"(r));
     return v;
 }
-template <class T>
-__forceinline__ void raw_store(T& r, T v) {
-    asm("mov %1, %0" : "=m"(r) : "r"(v));
-}
 #else
 template <class T>
 __forceinline__ T raw_load(const T& r) {
     return r;  // instrumented: the hooks then make the same checks, a little slower
 }
-template <class T>
-__forceinline__ void raw_store(T& r, T v) {
-    r = v;
-}
 #endif
 
-// A granule's read record (runtime.cpp, record_reads): bits 0-15 the epoch it holds for, 16-19 the words of
-// the granule it covers, 20 set when two or more threads have read each of them (else 32-41 the one thread
-// that has, 21-25 its warp-sync generation). Covered words were written before the epoch began.
-constexpr uint64_t kReadEpochMask = 0xffff, kReadMulti = 1ull << 20;
-__forceinline__ uint32_t read_record_words(uint64_t r) { return (uint32_t)(r >> 16) & 0xf; }
-__forceinline__ uint32_t read_record_tid(uint64_t r) { return (uint32_t)(r >> 32) & 0x3ff; }
-__forceinline__ uint32_t read_record_wgen(uint64_t r) { return (uint32_t)(r >> 21) & 31; }
-
-// A shared read inside one granule that its read record settles: the record holds for this epoch (nothing
-// has written the granule since the epoch began), covers the words read, and the reader is already in it.
-// A whole-granule read by a second thread is added to the record here (it then covers every word exactly).
-__forceinline__ bool shared_read_settled(const AccessView* v, uintptr_t off, size_t n) {
-    const uintptr_t g = off >> 4;
-    if (((off + n - 1) >> 4) != g) return false;
-    uint64_t* reads = raw_load(v->reads);
-    const uint64_t r = raw_load(reads[g]);
-    if ((r & kReadEpochMask) != raw_load(v->epoch)) return false;
-    const uint32_t first = (off & 15) >> 2, last = ((off & 15) + n - 1) >> 2;
-    const uint32_t need = (2u << last) - (1u << first);
-    if ((read_record_words(r) & need) != need) return false;
-    if ((r & kReadMulti) || read_record_tid(r) == raw_load(v->tid)) return true;
-    if (need != 0xf) return false;  // a part of the granule: runtime.cpp keeps it per word
-    raw_store(reads[g], r | kReadMulti);
-    return true;
-}
-
-// True when an access needs no further check: checks off, the fiber's own stack, a shared read its
-// granule's read record settles, or inside one of the global allocations found last.
+// True when an access needs no further check: checks off, the fiber's own stack, a shared read of granules
+// marked clean in this epoch, or inside one of the global allocations found last.
 __forceinline__ bool access_settled(const AccessView* v, uintptr_t a, size_t n, bool write) {
     if (!raw_load(v->checking)) return true;
     if (a - raw_load(v->stack_lo) < raw_load(v->stack_size)) return true;
@@ -251,7 +216,11 @@ __forceinline__ bool access_settled(const AccessView* v, uintptr_t a, size_t n, 
     if (off < raw_load(v->shared_size)) {
         if (off + n > raw_load(v->shared_used)) return false;
         if (!raw_load(v->racecheck)) return true;
-        return !write && shared_read_settled(v, off, n);
+        if (write) return false;
+        const uint16_t e = (uint16_t)raw_load(v->epoch);
+        const uint16_t* clean = raw_load(v->clean);
+        const uintptr_t g0 = off >> 4, g1 = (off + n - 1) >> 4;
+        return g1 - g0 <= 1 && raw_load(clean[g0]) == e && raw_load(clean[g1]) == e;
     }
 #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i)  // kernels read and write a few buffers in turn (batch norm: six)
@@ -313,8 +282,8 @@ __forceinline__ void vec_store(void* dst, const void* src) {
 }  // namespace cudasim
 // Copying a vector type is one vector access (one check) as on the GPU: the alignment is checked first.
 #define CUDASIM_VEC_COPY(N)                                                                     \
-    __forceinline__ N(const N& o) { cudasim::vec_load<sizeof(N)>(this, &o); }                   \
-    __forceinline__ N& operator=(const N& o) {                                                  \
+    N(const N& o) { cudasim::vec_load<sizeof(N)>(this, &o); }                                   \
+    N& operator=(const N& o) {                                                                  \
         N t;                                                                                    \
         cudasim::vec_load<sizeof(N)>(&t, &o);                                                   \
         cudasim::vec_store<sizeof(N)>(this, &t);                                                \

@@ -219,15 +219,11 @@ struct Fiber {
 //                       readers), 59-63 r_wgen
 // Epochs start at 2 in every block; the shadow of a shared variable is cleared when the block declares it.
 //
-// A second, coarser shadow keeps the common case of a tiled kernel's inner loop (every thread of a row
-// reads the same float4 of a tile written before the last barrier) to a few inline instructions: per
-// 16-byte granule a read record (cudasim.h, read_record_words). In its epoch it covers some words of the
-// granule, each written before the epoch began, and stands for every read of them in the epoch: by the
-// one thread it names (with that thread's warp-sync generation), or by two or more threads (multi). It is
-// exact: a read of covered words by a thread in the record needs nothing more, a whole-granule read by
-// another thread makes it multi; any other read, and any write or atomic to the granule, first hands the
-// record back to the word shadows (demote_read_record), which then decide as if it had never existed, and
-// after a read record_reads makes a new one. A new epoch invalidates every record.
+// A second, coarser shadow keeps the common case of a tiled kernel's inner loop to one compare: per 16-byte
+// granule, the epoch in which every word of the granule was found "written in an earlier epoch and already
+// read by two or more threads in this one" (Worker::clean_epoch). Any read of such a granule, by any thread,
+// has nothing to check or record; a write or an atomic to the granule clears the mark, and a new epoch
+// invalidates every mark.
 struct Shadow {
     uint64_t v;
     uint32_t w_epoch() const { return (uint32_t)(v & 0xffff); }
@@ -252,7 +248,7 @@ struct Launch;
 
 struct Worker {
     // Current fiber (for the hooks): its stack range and linear thread index.
-    // What the inline checks read (cudasim.h): the current fiber's stack, the arena, the read records.
+    // What the inline checks read (cudasim.h): the current fiber's stack, the arena, the clean marks.
     cudasim::AccessView view{};
     int cur = -1;
     void* sched_sp = nullptr;
@@ -279,7 +275,7 @@ struct Worker {
     // Shared memory arena, its racecheck shadow and the per-site offsets of this block.
     char* arena = nullptr;
     std::vector<Shadow> shadow;
-    std::vector<uint64_t> read_record;  // per 16-byte granule (see Shadow)
+    std::vector<uint16_t> clean_epoch;  // per 16-byte granule (see Shadow)
     size_t dynamic_bytes = 0, static_bytes = 0;
     std::vector<uint64_t> site_slot;  // (block serial << 32) | (offset + 1)
     std::vector<int> site_at;         // arena offset → site, for messages (per 16-byte granule)
@@ -307,8 +303,8 @@ struct Worker {
         for (size_t i = 0; i < kMaxThreads; ++i) mprotect(stacks + i * kStackBytes, (size_t)page, PROT_NONE);
         arena = static_cast<char*>(aligned_alloc(256, kArenaBytes));
         shadow.assign(kArenaBytes / 4, Shadow{0});
-        read_record.assign(kArenaBytes / 16, 0);
-        view.reads = read_record.data();
+        clean_epoch.assign(kArenaBytes / 16, 0);
+        view.clean = clean_epoch.data();
         view.epoch = kEpochStart;
         site_slot.assign((size_t)std::max(cudasim_site_count, 1), 0);
         site_at.assign(kArenaBytes / 16, -1);
@@ -439,7 +435,6 @@ void yield_to_next(Worker* w) {
         Fiber& g = w->fibers[t];
         if (g.state != RUNNABLE) continue;
         w->cur = t;
-        w->view.tid = (uint32_t)t;
         w->view.stack_lo = reinterpret_cast<uintptr_t>(g.stack_lo);
         ++w->switches;
 #if defined(__x86_64__)
@@ -551,31 +546,9 @@ std::string shared_name(Worker* w, size_t off) {
     fail_here(w, "read of uninitialised shared memory: %s was never written in this block", shared_name(w, i * 4).c_str());
 }
 
-// Granules whose word shadows were just reset (a new declaration, a block's dynamic region) lose their records.
-inline void forget_read_records(Worker* w, size_t off, size_t size) {
-    for (size_t g = off >> 4, g1 = (off + size - 1) >> 4; g <= g1; ++g) w->read_record[g] = 0;
-}
-
-// Before the word shadows of a granule decide an access the record does not settle (a write, an atomic, a
-// partial read by a thread not in the record), the record's reads go back into them: each word is then as if
-// every read the record stands for had been checked and recorded word by word.
-inline void demote_read_record(Worker* w, size_t g) {
-    const uint64_t r = w->read_record[g];
-    w->read_record[g] = 0;
-    const uint32_t e = w->view.epoch;
-    if ((r & cudasim::kReadEpochMask) != e) return;
-    const uint32_t tid = cudasim::read_record_tid(r), wgen = cudasim::read_record_wgen(r), words = cudasim::read_record_words(r);
-    const bool multi = (r & cudasim::kReadMulti) != 0;
-    Shadow* sh = w->shadow.data() + g * 4;
-    for (int i = 0; i < 4; ++i) {
-        if (!((words >> i) & 1)) continue;
-        Shadow& s = sh[i];
-        if (s.r_epoch() != e) s.set_read(e, tid, multi, wgen);
-        else if (!s.r_multi() && (multi || s.r_tid() != tid)) s.set_read(e, s.r_tid(), true, s.r_wgen());
-    }
-}
-inline void demote_read_records(Worker* w, size_t off, size_t size) {
-    for (size_t g = off >> 4, g1 = (off + size - 1) >> 4; g <= g1; ++g) demote_read_record(w, g);
+// A write (or an atomic, or a new declaration) changes the granules it touches: their clean marks go.
+inline void clear_clean_marks(Worker* w, size_t off, size_t size) {
+    for (size_t g = off >> 4, g1 = (off + size - 1) >> 4; g <= g1; ++g) w->clean_epoch[g] = 0;
 }
 
 // Racecheck on the words of one shared access (see Shadow): between two barriers, a word touched by
@@ -590,7 +563,7 @@ inline void shared_access_slow(Worker* w, size_t off, size_t size) {
     // Whether an earlier access by `other` (at warp generation `g`) in this epoch is unordered with this one.
     auto unordered = [&](uint32_t other, uint32_t g) { return (other >> 5) != warp || wgen == g; };
     Shadow* sh = w->shadow.data();
-    demote_read_records(w, off, size);
+    if (WRITE) clear_clean_marks(w, off, size);
     for (size_t i = off / 4, end = (off + size + 3) / 4; i < end; ++i) {
         Shadow& s = sh[i];
         const bool touched_now = s.w_epoch() == e || s.r_epoch() == e;  // any access in this epoch yet
@@ -616,37 +589,40 @@ inline void shared_access_slow(Worker* w, size_t off, size_t size) {
     }
 }
 
-// After a read, granule g gets a record of the words its shadows allow: each written before this epoch
-// (not in it, not pending) and read in it by two or more threads (a multi record), or, where no word is,
-// each read by one and the same thread at the same warp-sync generation. Words not read in the epoch stay
-// outside it, so a tile row some threads skip still gets a record for the rest.
-inline void record_reads(Worker* w, size_t g) {
+// Whether a read of this word has nothing to check or record: written in an earlier epoch of this block
+// and already read by two or more threads in this one.
+inline bool read_is_settled(uint64_t v, uint64_t e) {
+    return ((v >> 32) & 0x0400ffffull) == (e | (1ull << 26)) && (uint32_t)((v & 0xffff) - 1) < (uint32_t)(e - 1);
+}
+
+// Marks granule g clean for this epoch when all four of its words are settled.
+inline void mark_if_clean(Worker* w, size_t g) {
     const Shadow* sh = w->shadow.data() + g * 4;
-    const uint32_t e = w->view.epoch;
-    uint32_t multi = 0, single = 0;
-    uint64_t reader = 0;  // the read half of the first single word's shadow
-    for (int i = 0; i < 4; ++i) {
-        const Shadow& s = sh[i];
-        if (s.w_epoch() - 1 >= e - 1 || s.r_epoch() != e) continue;  // written in this epoch, never written, or unread
-        if (s.r_multi()) {
-            multi |= 1u << i;
-        } else if (!single || (s.v >> 32) == reader) {
-            reader = s.v >> 32;
-            single |= 1u << i;
-        }
-    }
-    if (multi) w->read_record[g] = e | (uint64_t)multi << 16 | cudasim::kReadMulti;
-    else if (single) w->read_record[g] = e | (uint64_t)single << 16 | (uint64_t)sh[__builtin_ctz(single)].r_wgen() << 21 | (uint64_t)sh[__builtin_ctz(single)].r_tid() << 32;
-    else w->read_record[g] = 0;
+    const uint64_t e = w->view.epoch;
+    if (read_is_settled(sh[0].v, e) && read_is_settled(sh[1].v, e) && read_is_settled(sh[2].v, e) && read_is_settled(sh[3].v, e))
+        w->clean_epoch[g] = (uint16_t)e;
 }
 
 template <bool WRITE>
 inline void shared_access(Worker* w, uintptr_t a, size_t size) {
     const size_t off = a - w->view.shared_lo;
     if (__builtin_expect(off + size > w->view.shared_used, 0)) shared_out_of_range(w, off, size, WRITE);
+    if (!WRITE) {
+        // Granules marked clean were settled inline (cudasim::access_settled). Next: every word settled
+        // (then its granules are marked for the reads that follow).
+        const size_t g0 = off >> 4, g1 = (off + size - 1) >> 4;
+        const uint64_t e = w->view.epoch;
+        const Shadow* sh = w->shadow.data();
+        size_t i = off / 4;
+        const size_t end = (off + size + 3) / 4;
+        for (; i < end; ++i)
+            if (!read_is_settled(sh[i].v, e)) break;
+        if (i == end) {
+            for (size_t g = g0; g <= g1; ++g) mark_if_clean(w, g);
+            return;
+        }
+    }
     shared_access_slow<WRITE>(w, off, size);
-    if (!WRITE)
-        for (size_t g = off >> 4, g1 = (off + size - 1) >> 4; g <= g1; ++g) record_reads(w, g);
 }
 
 // Allocations may be freed between launches: each block starts with none remembered.
@@ -775,7 +751,7 @@ void* cudasim_shared_alloc(int site, size_t bytes, size_t align) {
     // variables are placed after it so neither moves (offsets stay valid for the block's life).
     poison(w->arena + off, bytes);
     std::memset(w->shadow.data() + off / 4, 0, ((off + bytes + 3) / 4 - off / 4) * sizeof(Shadow));
-    if (bytes) forget_read_records(w, off, bytes);
+    if (bytes) clear_clean_marks(w, off, bytes);
     w->view.shared_used = off + bytes;
     w->static_bytes += bytes;
     w->site_at[off / 16] = site;
@@ -809,7 +785,7 @@ void check_atomic(void* p, size_t size) {
         if (off + size > w->view.shared_used) fail_here(w, "atomic beyond the block's shared memory at shared offset %zu", off);
         if (!w->view.racecheck) return;
         // Atomics do not race with each other; the word counts as written (by no thread in particular).
-        demote_read_records(w, off, size);
+        clear_clean_marks(w, off, size);
         for (size_t i = off / 4; i < (off + size + 3) / 4; ++i) {
             Shadow& s = w->shadow[i];
             if (s.w_epoch() == 0 || s.w_atomic()) s.set_write(w->view.epoch, 0, true, 0);
@@ -1226,7 +1202,6 @@ uint64_t splitmix(uint64_t& s) {
 void resume(Worker* w, int t) {
     Fiber& f = w->fibers[t];
     w->cur = t;
-    w->view.tid = (uint32_t)t;
     w->view.stack_lo = reinterpret_cast<uintptr_t>(f.stack_lo);
     ++w->switches;
 #if defined(__x86_64__)
@@ -1310,7 +1285,7 @@ bool run_block(Worker* w, Launch* L, uint64_t linear) {
         poison(w->arena, L->shared_dynamic);
         // Written by nobody yet: reads before writes are reported.
         std::memset(w->shadow.data(), 0, (L->shared_dynamic + 3) / 4 * sizeof(Shadow));
-        forget_read_records(w, 0, L->shared_dynamic);
+        clear_clean_marks(w, 0, L->shared_dynamic);
     }
     for (size_t i : w->site_at_set) w->site_at[i] = -1;
     w->site_at_set.clear();
@@ -1408,7 +1383,7 @@ bool run_block(Worker* w, Launch* L, uint64_t linear) {
                     Shadow& sw = w->shadow[i];
                     sw.v = sw.w_epoch() ? 1 : 0;
                 }
-                std::fill(w->read_record.begin(), w->read_record.end(), 0);
+                std::fill(w->clean_epoch.begin(), w->clean_epoch.end(), 0);
                 w->view.epoch = kEpochStart;
             }
             continue;

@@ -239,9 +239,10 @@ extern "C" __global__ void st_clean_tile_race(float* y, const float* x, int mode
     y[t] = acc;
 }
 
-// Read records of one thread (runtime.cpp, record_reads). 64 threads; thread t < 16 reads granule t of a
-// tile written before the barrier and then, with no barrier in between, touches its own granule or that of
-// thread p = t - 1 (mod 16):
+// Reads the racecheck settles without recording them word by word (today's clean marks, runtime.cpp
+// Shadow; any cheaper shadow tried later) must still be seen by a write in the same epoch, word by word.
+// 64 threads; thread t < 16 reads granule t of a tile written before the barrier and then, with no barrier
+// in between, touches its own granule or that of thread p = t - 1 (mod 16):
 //   0  t reads granule t, writes its word 1                          no race (only t read it)
 //   1  t reads granule t, writes word 2 of granule p                 write after p's read
 //   2  t reads words 0-1 of granule t, writes word 3 of granule p    no race (word 3 unread)
@@ -249,9 +250,9 @@ extern "C" __global__ void st_clean_tile_race(float* y, const float* x, int mode
 //   4  t reads granule t and word 2 of granule p, writes word 0 of t no race (only t read word 0)
 //   5  thread 32 also reads granule 0 whole; after a __syncwarp (a switch: thread 32 may read in between)
 //      thread 0 writes word 2 of granule 0                           write after thread 32's read
-// In 5, when thread 0 reads first, thread 32's whole-granule read is settled inline (it only marks the
-// record multi) and only the record knows of it: the write must take the record back into the word
-// shadows (demote_read_record). Threads 0 and 32 are in different warps, so the __syncwarp orders nothing.
+// Threads 0 and 32 are in different warps, so the __syncwarp orders nothing. A per-granule read record
+// that settled thread 32's read inline and were not handed back to the word shadows at the write fails 5
+// (checked with such a shadow, 2026-12-03).
 extern "C" __global__ void st_read_record_race(float* y, const float* x, int mode) {
     __shared__ __align__(16) float tile[64];
     const int t = threadIdx.x, p = (t + 15) & 15;
