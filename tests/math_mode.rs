@@ -187,3 +187,147 @@ fn training_checkpoints_record_the_math_mode() {
     assert_eq!(meta["config"]["math"], "bf16", "{meta}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// γ_K = K·u/(1 − K·u), u = 2^-24: the bound of a K-term FP32 sum relative to the sum of magnitudes.
+fn gamma32(k: usize) -> f64 {
+    let u = 2f64.powi(-24);
+    k as f64 * u / (1.0 - k as f64 * u)
+}
+
+#[test]
+fn bf16_matches_pytorch_rounding_and_its_conv_and_matmul() {
+    // tests/fixtures/ops/math_mode.safetensors (tools/reference/gen_op_fixtures.py, gen_math_mode):
+    // PyTorch's own float → bfloat16 conversion of edge values, and conv3d / matmul with both operands
+    // (and dy) rounded by it, products summed in float64.
+    use common::Fixture;
+    use vidgrad::math_mode::with_math_mode;
+    let fx = Fixture::load("math_mode");
+    let cpu = |case: &str, name: &str| {
+        let (shape, data) = fx.raw(case, name);
+        Tensor::from_slice(data, shape, Device::Cpu).unwrap()
+    };
+    let data = |case: &str, name: &str| fx.raw(case, name).1.clone();
+
+    // The conversion, bit for bit (NaN stays NaN).
+    let (x, want) = (data("round_bf16", "x"), data("round_bf16", "y"));
+    for (i, (&x, &want)) in x.iter().zip(&want).enumerate() {
+        let got = MathMode::Bf16.round(x);
+        assert!(
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+            "value {i}: {x:e} ({:#010x}) rounds to {got:e}, PyTorch {want:e}",
+            x.to_bits()
+        );
+    }
+    println!("bf16 rounding: {} values equal to PyTorch's", x.len());
+
+    // The ops. Products of two bfloat16 values are exact in FP32 (8 + 8 significant bits), so the
+    // only difference from PyTorch's float64 sum is vidgrad's FP32 accumulation, γ_K·Σ|ã||b̃| for K
+    // terms (the bias is one more term), plus the fixture's own rounding to FP32, u·|y| ≤ u·Σ|ã||b̃|.
+    // Σ|ã||b̃| is computed by the same op on the magnitudes of the rounded operands (its own FP32
+    // error, at most γ_K relative, is the 1.0001).
+    let bound = |abs_sum: &[f32], k: usize| -> Vec<f64> {
+        let u = 2f64.powi(-24);
+        abs_sum
+            .iter()
+            .map(|&s| (gamma32(k) + u) * s as f64 * 1.0001 + 1e-30)
+            .collect()
+    };
+    let round = |t: &Tensor| rounded(t, MathMode::Bf16);
+    // Each op's forward and the gradients of its two operands (gy the upstream gradient), on the CPU.
+    let conv_case = |x: &Tensor, w: &Tensor, b: &Tensor, gy: &Tensor| {
+        let (x, w) = (x.with_grad(), w.with_grad());
+        let y = vidgrad::ops::conv::conv3d(&x, &w, Some(b), [1, 1, 1], [1, 1, 1], [1, 1, 1], 1)
+            .unwrap();
+        y.backward_with(gy).unwrap();
+        let v = |t: Option<Tensor>| t.unwrap().to_vec().unwrap();
+        (y.to_vec().unwrap(), v(x.grad()), v(w.grad()))
+    };
+    let matmul_case = |a: &Tensor, b: &Tensor, gy: &Tensor| {
+        let (a, b) = (a.with_grad(), b.with_grad());
+        let y = a.matmul(&b).unwrap();
+        y.backward_with(gy).unwrap();
+        let v = |t: Option<Tensor>| t.unwrap().to_vec().unwrap();
+        (y.to_vec().unwrap(), v(a.grad()), v(b.grad()))
+    };
+
+    // The CPU, and the CUDA backend (on the simulator without a GPU: the tensor-core kernels, whose
+    // FP32 accumulation order differs; the bound holds for any order).
+    let mut devices = vec![Device::Cpu];
+    devices.extend(common::cuda_device());
+    let on = |t: &Tensor, dev: Device| t.to_device(dev).unwrap();
+
+    let c = "conv3d_bf16";
+    let (x, w, b, gy) = (cpu(c, "x"), cpu(c, "w"), cpu(c, "b"), cpu(c, "gy"));
+    for dev in devices.clone() {
+        println!("conv on {dev:?}");
+        let ours = with_math_mode(MathMode::Bf16, || {
+            conv_case(&on(&x, dev), &on(&w, dev), &on(&b, dev), &on(&gy, dev))
+        });
+        let fp32 = with_math_mode(MathMode::Fp32, || conv_case(&x, &w, &b, &gy));
+        let mags = with_math_mode(MathMode::Fp32, || {
+            conv_case(
+                &abs(&round(&x)),
+                &abs(&round(&w)),
+                &abs(&b),
+                &abs(&round(&gy)),
+            )
+        });
+        // K: y 5·27 taps + the bias; dx 4·27; dw over the 2·3·6·7 output positions.
+        let checks = [
+            ("y", &ours.0, &fp32.0, &mags.0, 5 * 27 + 1),
+            ("gx", &ours.1, &fp32.1, &mags.1, 4 * 27),
+            ("gw", &ours.2, &fp32.2, &mags.2, 2 * 3 * 6 * 7),
+        ];
+        for (name, got, got_fp32, mag, k) in checks {
+            let want = data(c, name);
+            let bound = bound(mag, k);
+            assert_within(&format!("conv bf16 {name} vs PyTorch"), got, &want, &bound);
+            // The check can fail: without the rounding (plain FP32) the same bound does not hold.
+            assert!(
+                got_fp32
+                    .iter()
+                    .zip(&want)
+                    .zip(&bound)
+                    .any(|((g, w), b)| (*g as f64 - *w as f64).abs() > *b),
+                "conv {name}: FP32 also within the bf16 bound"
+            );
+        }
+    }
+
+    let m = "matmul_bf16";
+    let (a, bm, gy) = (cpu(m, "a"), cpu(m, "b"), cpu(m, "gy"));
+    for dev in devices {
+        println!("matmul on {dev:?}");
+        let ours = with_math_mode(MathMode::Bf16, || {
+            matmul_case(&on(&a, dev), &on(&bm, dev), &on(&gy, dev))
+        });
+        let fp32 = with_math_mode(MathMode::Fp32, || matmul_case(&a, &bm, &gy));
+        let mags = with_math_mode(MathMode::Fp32, || {
+            matmul_case(&abs(&round(&a)), &abs(&round(&bm)), &abs(&round(&gy)))
+        });
+        // [3, 37, 29] · [3, 29, 18]: K = 29 for y, 18 for da, 37 for db.
+        let checks = [
+            ("y", &ours.0, &fp32.0, &mags.0, 29),
+            ("ga", &ours.1, &fp32.1, &mags.1, 18),
+            ("gb", &ours.2, &fp32.2, &mags.2, 37),
+        ];
+        for (name, got, got_fp32, mag, k) in checks {
+            let want = data(m, name);
+            let bound = bound(mag, k);
+            assert_within(
+                &format!("matmul bf16 {name} vs PyTorch"),
+                got,
+                &want,
+                &bound,
+            );
+            assert!(
+                got_fp32
+                    .iter()
+                    .zip(&want)
+                    .zip(&bound)
+                    .any(|((g, w), b)| (*g as f64 - *w as f64).abs() > *b),
+                "matmul {name}: FP32 also within the bf16 bound"
+            );
+        }
+    }
+}
