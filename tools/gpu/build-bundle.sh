@@ -61,7 +61,7 @@ export VIDGRAD_REQUIRE_NVCC=1 VIDGRAD_REQUIRE_SIM=1 # sim mode (VIDGRAD_CUDA_SIM
 # The GPU check's test binaries: the CUDA suites, the full-size model fixtures (tests/models.rs, run.sh
 # filters its on_cuda tests), and the zoo-on-CUDA suite(s) when the tree has them.
 TESTS=()
-for t in cuda_ops op_fixtures optim explain cuda_ptxas models; do
+for t in cuda_ops op_fixtures optim explain cuda_ptxas fusion models; do
   [ -f "tests/$t.rs" ] && TESTS+=("$t")
 done
 for f in tests/models_cuda*.rs; do

@@ -9,7 +9,7 @@
 # the whole run stays within BUNDLE_BUDGET_S, default 565 s, so it fits a 10-minute command):
 #   00  the machine: nvidia-smi, driver, compute-sanitizer, PyTorch        → results/00-env.txt
 #   01  CUDA suites on the GPU against the CPU and the PyTorch fixtures     → results/01-cuda-suite.txt
-#       (cuda_ops, op_fixtures, optim, explain, cuda_ptxas; VIDGRAD_REQUIRE_CUDA=1: no silent skip)
+#       (cuda_ops, op_fixtures, optim, explain, cuda_ptxas, fusion; VIDGRAD_REQUIRE_CUDA=1: no silent skip)
 #   02  the zoo models on the GPU against the CPU (tests/models_cuda*) and the full-size PyTorch model
 #       fixtures on the GPU (tests/models.rs, its on_cuda tests; not in sim mode)  → results/02-models.txt
 #   03  compute-sanitizer memcheck and racecheck on cuda_ops, test by test → results/03-memcheck.txt,
@@ -314,7 +314,7 @@ bins_of() { # the bundle's test binaries among the names given
 # 01 the CUDA suites
 # ---------------------------------------------------------------------------------------------------
 step01() {
-  mapfile -t SUITE < <(bins_of cuda_ops op_fixtures optim explain cuda_ptxas)
+  mapfile -t SUITE < <(bins_of cuda_ops op_fixtures optim explain cuda_ptxas fusion)
   test_step 01 "CUDA suites vs CPU and PyTorch fixtures" 01-cuda-suite.txt "${LIMIT_SUITE:-140}" "${SUITE[@]}"
   record 01 "CUDA suites" "$STEP_STATUS" "$STEP_SECS" "$STEP_LIMIT" 01-cuda-suite.txt \
     "$ENVNOTE tests/{$STEP_CMD} --test-threads=1" "$STEP_SUMMARY"
