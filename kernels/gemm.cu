@@ -88,8 +88,7 @@ __device__ __forceinline__ void gemm_tc(float* __restrict__ C, const float* __re
                                         int trans_a, int trans_b) {
     __shared__ __align__(16) float As[TC_STAGES][BM * TC_BK];
     __shared__ __align__(16) float Bs[TC_STAGES][TC_BK * BN];
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    const int g = lane >> 2, q = lane & 3;  // the PTX ISA's groupID and threadID_in_group
+    const int t = threadIdx.x, warp = t >> 5;
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
     const int ntn = (N + BN - 1) / BN;
     const int tile_m = blockIdx.x / ntn, tile_n = blockIdx.x - tile_m * ntn;
@@ -127,14 +126,14 @@ __device__ __forceinline__ void gemm_tc(float* __restrict__ C, const float* __re
         auto b_at = [&](int k, int n) { return trans_b ? bs[n * TC_BK + k] : bs[k * BN + n]; };
         mma_warp_tile_k16<BF16>(acc, wm, wn, a_at, b_at);
     });
-    // Accumulator i of an mma tile: row g + 8·(i >> 1), column 2q + (i & 1).
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int m = m0 + wm + 16 * i + g + 8 * (e >> 1), n = n0 + wn + 8 * j + 2 * q + (e & 1);
+                const WarpTilePos at = warp_tile_acc_pos(i, j, e);
+                const int m = m0 + wm + at.row, n = n0 + wn + at.col;
                 if (m < M && n < N) C[(size_t)m * N + n] = acc[i][j][e];
             }
 }

@@ -179,6 +179,16 @@ __forceinline__ void cp_async_wait_all(const char* f = __builtin_FILE(), int l =
 }
 #endif
 
+// Where accumulator acc[i][j][e] of mma_warp_tile_k16 sits in the warp's 32×32 tile: row
+// 16i + g + 8(e >> 1), column 8j + 2t + (e & 1) (g = lane >> 2, t = lane % 4), the m16n8 C fragment layout.
+struct WarpTilePos {
+    int row, col;
+};
+__device__ __forceinline__ WarpTilePos warp_tile_acc_pos(int i, int j, int e) {
+    const int lane = threadIdx.x & 31;
+    return {16 * i + (lane >> 2) + 8 * (e >> 1), 8 * j + 2 * (lane & 3) + (e & 1)};
+}
+
 // One K step of 16 for a warp's 32×32 tile, as gemm.cu and conv.cu use it: 2×4 mma tiles of 16×8 with
 // FP32 accumulators acc[i][j][e] at row 16i + g + 8(e >> 1), column 8j + 2t + (e & 1) of the warp tile
 // (g = lane >> 2, t = lane % 4, lane = threadIdx.x % 32). acc += A·B over k = 0..15, where
@@ -275,7 +285,6 @@ __device__ __forceinline__ bool warp_rows_finite_k16(const float* rows) {
 template <bool BF16, class AAt, class BAt, class OkAt>
 __device__ __forceinline__ void masked_warp_tile_k16(float (&acc)[2][4][4], int wm, int wn, const AAt& a_at, const BAt& b_at,
                                                      const OkAt& ok_at) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     auto rounded = [](float x) {
         return BF16 ? __uint_as_float(pack_bf16x2(x, 0.0f) << 16) : __uint_as_float(f32_to_tf32(x) & 0xffffe000u);
     };
@@ -285,7 +294,8 @@ __device__ __forceinline__ void masked_warp_tile_k16(float (&acc)[2][4][4], int 
         for (int j = 0; j < 4; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int r = wm + 16 * i + g + 8 * (e >> 1), c = wn + 8 * j + 2 * t + (e & 1);
+                const WarpTilePos at = warp_tile_acc_pos(i, j, e);
+                const int r = wm + at.row, c = wn + at.col;
                 for (int k = 0; k < 16; ++k)
                     if (ok_at(k, c)) acc[i][j][e] = fmaf(rounded(a_at(r, k)), rounded(b_at(k, c)), acc[i][j][e]);
             }

@@ -232,6 +232,24 @@ fn bf16_matches_pytorch_rounding_and_its_conv_and_matmul() {
             .map(|&s| (gamma32(k) + u) * s as f64 * 1.0001 + 1e-30)
             .collect()
     };
+    // Each result (name, ours in bf16, ours in FP32, Σ|ã||b̃|, K) against the fixture's: within the bound,
+    // and the check can fail: without the rounding (plain FP32) the same bound does not hold.
+    type Check<'a> = (&'a str, &'a Vec<f32>, &'a Vec<f32>, &'a Vec<f32>, usize);
+    let check_op = |op: &str, case: &str, checks: &[Check]| {
+        for &(name, got, got_fp32, mag, k) in checks {
+            let want = data(case, name);
+            let bound = bound(mag, k);
+            assert_within(&format!("{op} bf16 {name} vs PyTorch"), got, &want, &bound);
+            assert!(
+                got_fp32
+                    .iter()
+                    .zip(&want)
+                    .zip(&bound)
+                    .any(|((g, w), b)| (*g as f64 - *w as f64).abs() > *b),
+                "{op} {name}: FP32 also within the bf16 bound"
+            );
+        }
+    };
     let round = |t: &Tensor| rounded(t, MathMode::Bf16);
     // Each op's forward and the gradients of its two operands (gy the upstream gradient), on the CPU.
     let conv_case = |x: &Tensor, w: &Tensor, b: &Tensor, gy: &Tensor| {
@@ -258,19 +276,19 @@ fn bf16_matches_pytorch_rounding_and_its_conv_and_matmul() {
 
     let c = "conv3d_bf16";
     let (x, w, b, gy) = (cpu(c, "x"), cpu(c, "w"), cpu(c, "b"), cpu(c, "gy"));
+    let fp32 = with_math_mode(MathMode::Fp32, || conv_case(&x, &w, &b, &gy));
+    let mags = with_math_mode(MathMode::Fp32, || {
+        conv_case(
+            &abs(&round(&x)),
+            &abs(&round(&w)),
+            &abs(&b),
+            &abs(&round(&gy)),
+        )
+    });
     for dev in devices.clone() {
         println!("conv on {dev:?}");
         let ours = with_math_mode(MathMode::Bf16, || {
             conv_case(&on(&x, dev), &on(&w, dev), &on(&b, dev), &on(&gy, dev))
-        });
-        let fp32 = with_math_mode(MathMode::Fp32, || conv_case(&x, &w, &b, &gy));
-        let mags = with_math_mode(MathMode::Fp32, || {
-            conv_case(
-                &abs(&round(&x)),
-                &abs(&round(&w)),
-                &abs(&b),
-                &abs(&round(&gy)),
-            )
         });
         // K: y 5·27 taps + the bias; dx 4·27; dw over the 2·3·6·7 output positions.
         let checks = [
@@ -278,32 +296,19 @@ fn bf16_matches_pytorch_rounding_and_its_conv_and_matmul() {
             ("gx", &ours.1, &fp32.1, &mags.1, 4 * 27),
             ("gw", &ours.2, &fp32.2, &mags.2, 2 * 3 * 6 * 7),
         ];
-        for (name, got, got_fp32, mag, k) in checks {
-            let want = data(c, name);
-            let bound = bound(mag, k);
-            assert_within(&format!("conv bf16 {name} vs PyTorch"), got, &want, &bound);
-            // The check can fail: without the rounding (plain FP32) the same bound does not hold.
-            assert!(
-                got_fp32
-                    .iter()
-                    .zip(&want)
-                    .zip(&bound)
-                    .any(|((g, w), b)| (*g as f64 - *w as f64).abs() > *b),
-                "conv {name}: FP32 also within the bf16 bound"
-            );
-        }
+        check_op("conv", c, &checks);
     }
 
     let m = "matmul_bf16";
     let (a, bm, gy) = (cpu(m, "a"), cpu(m, "b"), cpu(m, "gy"));
+    let fp32 = with_math_mode(MathMode::Fp32, || matmul_case(&a, &bm, &gy));
+    let mags = with_math_mode(MathMode::Fp32, || {
+        matmul_case(&abs(&round(&a)), &abs(&round(&bm)), &abs(&round(&gy)))
+    });
     for dev in devices {
         println!("matmul on {dev:?}");
         let ours = with_math_mode(MathMode::Bf16, || {
             matmul_case(&on(&a, dev), &on(&bm, dev), &on(&gy, dev))
-        });
-        let fp32 = with_math_mode(MathMode::Fp32, || matmul_case(&a, &bm, &gy));
-        let mags = with_math_mode(MathMode::Fp32, || {
-            matmul_case(&abs(&round(&a)), &abs(&round(&bm)), &abs(&round(&gy)))
         });
         // [3, 37, 29] · [3, 29, 18]: K = 29 for y, 18 for da, 37 for db.
         let checks = [
@@ -311,23 +316,6 @@ fn bf16_matches_pytorch_rounding_and_its_conv_and_matmul() {
             ("ga", &ours.1, &fp32.1, &mags.1, 18),
             ("gb", &ours.2, &fp32.2, &mags.2, 37),
         ];
-        for (name, got, got_fp32, mag, k) in checks {
-            let want = data(m, name);
-            let bound = bound(mag, k);
-            assert_within(
-                &format!("matmul bf16 {name} vs PyTorch"),
-                got,
-                &want,
-                &bound,
-            );
-            assert!(
-                got_fp32
-                    .iter()
-                    .zip(&want)
-                    .zip(&bound)
-                    .any(|((g, w), b)| (*g as f64 - *w as f64).abs() > *b),
-                "matmul {name}: FP32 also within the bf16 bound"
-            );
-        }
+        check_op("matmul", m, &checks);
     }
 }
