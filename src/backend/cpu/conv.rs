@@ -5,7 +5,9 @@
 //! group's weights, a plain [C_out/G, K] matrix with K = ((ci·kD + a)·kH + b)·kW + c. Pointwise
 //! convolutions (1×1×1, stride 1, no padding) read the input plane as the column matrix directly.
 //! Depthwise convolutions (groups == C_in) use a direct kernel instead: K is only the kernel volume,
-//! too small for GEMM to pay off.
+//! too small for GEMM to pay off. The data gradient of a stride-1 convolution is the forward
+//! convolution of dy with the flipped, channel-swapped kernel ([`transposed_geom`]); other strides
+//! scatter GEMM columns back with col2vol.
 
 use rayon::prelude::*;
 
@@ -287,6 +289,16 @@ fn backward_data_with(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking) -
     if g.is_depthwise() {
         return depthwise_backward_data(dy, w, g);
     }
+    match transposed_geom(g) {
+        Some(gt) if w.iter().all(|v| v.is_finite()) => {
+            forward_with(dy, &flipped_transposed(w, g), None, &gt, chunking, false)
+        }
+        _ => backward_data_col2vol(dy, w, g, chunking),
+    }
+}
+
+/// dx as a GEMM (Wᵀ·dy) per column chunk, scattered into dx by col2vol: every stride, every weight.
+fn backward_data_col2vol(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking) -> Vec<f32> {
     let (p_vol, in_vol, ow_n) = (g.output_volume(), g.input_volume(), g.output[2]);
     let (cin_g, cout_g, kvol) = (g.in_per_group(), g.out_per_group(), g.kernel_volume());
     let kdim = cin_g * kvol;
@@ -343,6 +355,48 @@ fn backward_data_with(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking) -
             }
         });
     dx
+}
+
+/// With stride 1, dx is a convolution of dy with the kernel flipped in every dimension and its input and
+/// output channels swapped, padded by d·(k − 1) − p: every (output, tap) pair of the forward convolution
+/// appears exactly once, so the forward path (one GEMM per column chunk, no scatter) computes the gradient
+/// that the GEMM + col2vol path computes by scattering, in about two thirds of its time on ECO-Lite's 3-D
+/// layers (docs/PERFORMANCE.md). Its geometry, when that padding is not negative and the convolution is
+/// not pointwise (whose dgrad is one GEMM already). The caller keeps col2vol for non-finite weights: the
+/// flipped convolution's padding taps would add w·0 = NaN to dx where the forward convolution has no
+/// output, which PyTorch's dgrad does not (docs/NONFINITE.md).
+fn transposed_geom(g: &ConvGeom) -> Option<ConvGeom> {
+    if g.stride != [1, 1, 1] || is_pointwise(g) {
+        return None;
+    }
+    let mut padding = [0; 3];
+    for (d, p) in padding.iter_mut().enumerate() {
+        *p = (g.dilation[d] * (g.kernel[d] - 1)).checked_sub(g.padding[d])?;
+    }
+    Some(ConvGeom {
+        c_in: g.c_out,
+        c_out: g.c_in,
+        input: g.output,
+        output: g.input,
+        padding,
+        ..g.clone()
+    })
+}
+
+/// w [C_out, C_in/G, kD, kH, kW] → [C_in, C_out/G, kD, kH, kW], each kernel reversed in every dimension:
+/// the weights of [`transposed_geom`]'s convolution.
+fn flipped_transposed(w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (cin_g, cout_g, kvol) = (g.in_per_group(), g.out_per_group(), g.kernel_volume());
+    let mut wt = vec![0.0f32; w.len()];
+    for (i, kernel) in w.chunks_exact(kvol).enumerate() {
+        let (co, ci) = (i / cin_g, i % cin_g);
+        let (gi, co_g) = (co / cout_g, co % cout_g);
+        let dst = ((gi * cin_g + ci) * cout_g + co_g) * kvol;
+        for (d, v) in wt[dst..dst + kvol].iter_mut().zip(kernel.iter().rev()) {
+            *d = *v;
+        }
+    }
+    wt
 }
 
 fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking) -> Vec<f32> {
@@ -803,5 +857,58 @@ mod tests {
             }
         }
         println!("worst relative error {:.2e}: {}", worst.0, worst.1);
+    }
+
+    /// Stride 1: the flipped-kernel forward convolution gives col2vol's dx (the same products, summed in
+    /// another order: the bound is the f64-reference test's, K·u-sized); with a non-finite weight dx
+    /// keeps col2vol's non-finite pattern, the f64 reference's, which the flipped convolution's padding
+    /// taps would break (w·0 = NaN where the forward convolution has no output).
+    #[test]
+    fn stride_one_dgrad_as_flipped_forward() {
+        let mut p = Pick(0xd6ad);
+        let mut flipped = 0;
+        for case in 0..48 {
+            let mut g = random_geom(&mut p, case);
+            if g.is_depthwise() {
+                continue;
+            }
+            for d in 0..3 {
+                // stride 1; a padding beyond d·(k − 1) (col2vol's case) in one case of four
+                let span = g.dilation[d] * (g.kernel[d] - 1);
+                if p.below(4) > 0 {
+                    g.padding[d] = g.padding[d].min(span);
+                }
+                g.stride[d] = 1;
+                g.input[d] = g.input[d].max((span + 1).saturating_sub(2 * g.padding[d]));
+                g.output[d] = g.input[d] + 2 * g.padding[d] - span;
+            }
+            flipped += transposed_geom(&g).is_some() as usize;
+            let seed = 1000 + case as u64 * 3;
+            let mut w = data(seed, g.c_out * g.in_per_group() * g.kernel_volume());
+            let dy = data(seed + 1, g.n * g.c_out * g.output_volume());
+            let x = data(seed + 2, g.n * g.c_in * g.input_volume());
+            let (_, dx_ref, _) = reference(&x, &w, &dy, &g);
+            let (err, scale) = max_err(&backward_data_with(&dy, &w, &g, CHUNKING), &dx_ref);
+            assert!(err <= 1e-4 * (1.0 + scale), "case {case}: err {err} {g:?}");
+            let dx_col = backward_data_col2vol(&dy, &w, &g, CHUNKING);
+            let (err, scale) = max_err(&dx_col, &dx_ref);
+            assert!(
+                err <= 1e-4 * (1.0 + scale),
+                "case {case} col2vol: err {err}"
+            );
+
+            let at = p.below(w.len());
+            w[at] = f32::INFINITY;
+            let (_, dx_ref, _) = reference(&x, &w, &dy, &g);
+            let dx = backward_data_with(&dy, &w, &g, CHUNKING);
+            for (i, (a, b)) in dx.iter().zip(&dx_ref).enumerate() {
+                assert_eq!(
+                    a.is_finite(),
+                    b.is_finite(),
+                    "case {case} dx[{i}] {a} vs {b} {g:?}"
+                );
+            }
+        }
+        assert!(flipped >= 10, "only {flipped} cases took the flipped path");
     }
 }
