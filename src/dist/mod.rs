@@ -8,6 +8,8 @@
 //!   installed MPI library (Open MPI, MPICH) through the `mpi` crate.
 //! - [`ddp`]: PyTorch DistributedDataParallel's semantics on a [`crate::exec::Network`]: parameters and
 //!   buffers broadcast from rank 0, gradients averaged in buckets of about 25 MB.
+//! - [`sync_bn`]: synchronised batch norm (`--sync-bn`): batch statistics and their gradients over
+//!   every rank's batch.
 //!
 //! [`init`] picks the implementation for a placement. A world of more than one process without the
 //! `mpi` feature is an error naming the feature, never a silent single-process run.
@@ -17,6 +19,7 @@ pub mod ddp;
 #[cfg(feature = "mpi")]
 mod mpi_backend;
 pub mod placement;
+pub mod sync_bn;
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 mod watchdog;
 

@@ -238,6 +238,11 @@ pub struct TrainArgs {
     /// copies the tensor to the host; PyTorch's detect_anomaly).
     #[arg(long)]
     pub check_finite: bool,
+    /// Data-parallel runs: batch norm normalises with the statistics of every process's batch together
+    /// (PyTorch's SyncBatchNorm), so N processes × batch B train as one process × batch N·B; without
+    /// it each process uses its own batch's statistics (docs/DISTRIBUTED.md). No effect in one process.
+    #[arg(long)]
+    pub sync_bn: bool,
     /// The flags the command line gave (see [`TrainArgs::note_given_flags`]).
     #[arg(skip)]
     pub given: BTreeSet<String>,
@@ -337,6 +342,7 @@ stored_settings! {
     "step_epochs" => step_epochs, "milestones" => milestones, "gamma" => gamma,
     "warmup_epochs" => warmup_epochs, "clip_grad" => clip_grad, "label_smoothing" => label_smoothing,
     "val_clips" => val_clips, "three_crop" => three_crop, "seed" => seed, "drop_last" => drop_last,
+    "sync_bn" => sync_bn,
 }
 
 /// A setting as the user types it: strings bare, numbers stored from an f32 in their shortest f32 form.
@@ -565,6 +571,7 @@ impl TrainArgs {
         cfg.drop_last = self.drop_last;
         cfg.progress = !self.quiet;
         cfg.check_finite = self.check_finite;
+        cfg.sync_bn = self.sync_bn;
         cfg.settings = Value::Object(self.settings());
         Ok(cfg)
     }
