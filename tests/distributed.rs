@@ -8,8 +8,10 @@
 //! - 2 ranks × batch 4 follow 1 process × batch 8 for 10 steps (loss curve and weights), on a model
 //!   without batch norm or dropout, whose result does not depend on how the batch is split, and on
 //!   one with batch norm with `--sync-bn` (fused BN → ReLU and `--no-fuse`); without `--sync-bn` the
-//!   batch-norm model's first loss is that of the batch's halves each normalised by itself; the ranks
-//!   are this test binary started by mpirun in worker mode (`dist_worker`);
+//!   batch-norm model's first loss is that of the batch's halves each normalised by itself; the
+//!   gradient all-reduce overlapped with backward (the default) gives bit for bit the results of the
+//!   same buckets reduced after backward; the ranks are this test binary started by mpirun in worker
+//!   mode (`dist_worker`);
 //! - `vidgrad train --sync-bn` under `mpirun -np 2`: stopping rank 1 (a hang) ends the job through rank 0's
 //!   watchdog after `VIDGRAD_DIST_TIMEOUT`; killing rank 1 ends it with mpirun's error naming the
 //!   rank; both within `END_WITHIN`; the last checkpoint loads (recording `--sync-bn`), resuming
@@ -103,39 +105,60 @@ fn mlp_bn(shape: &[usize]) -> vidgrad::Result<Graph> {
     g.finish(&[x])
 }
 
-/// The runs compared: the model, `--sync-bn`, and whether the network fuses (`--no-fuse` clears it).
+/// The runs compared: the model, `--sync-bn`, whether the network fuses (`--no-fuse` clears it),
+/// whether the gradient all-reduce overlaps backward, and the bucket size (None: DDP's 25 MiB).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Variant {
     name: &'static str,
     batch_norm: bool,
     sync_bn: bool,
     fuse: bool,
+    overlap: bool,
+    bucket_bytes: Option<usize>,
 }
 
-const VARIANTS: [Variant; 4] = [
+const PLAIN: Variant = Variant {
+    name: "mlp",
+    batch_norm: false,
+    sync_bn: false,
+    fuse: true,
+    overlap: true,
+    bucket_bytes: None,
+};
+
+/// 1 KiB buckets split the MLP's gradients in two: fc2's and fc1.bias (186 values), fc1.weight.
+const SMALL_BUCKETS: Option<usize> = Some(1024);
+
+const VARIANTS: [Variant; 6] = [
+    PLAIN,
     Variant {
-        name: "mlp",
-        batch_norm: false,
-        sync_bn: false,
-        fuse: true,
+        name: "mlp-buckets",
+        bucket_bytes: SMALL_BUCKETS,
+        ..PLAIN
+    },
+    Variant {
+        name: "mlp-buckets-after-backward",
+        bucket_bytes: SMALL_BUCKETS,
+        overlap: false,
+        ..PLAIN
     },
     Variant {
         name: "bn-sync",
         batch_norm: true,
         sync_bn: true,
-        fuse: true,
+        ..PLAIN
     },
     Variant {
         name: "bn-sync-nofuse",
         batch_norm: true,
         sync_bn: true,
         fuse: false,
+        ..PLAIN
     },
     Variant {
         name: "bn-nosync",
         batch_norm: true,
-        sync_bn: false,
-        fuse: true,
+        ..PLAIN
     },
 ];
 
@@ -154,6 +177,10 @@ fn mlp_config(out: &Path, batch: usize, device: Device, v: Variant) -> TrainConf
     cfg.workers = 1;
     cfg.seed = 5;
     cfg.sync_bn = v.sync_bn;
+    cfg.ddp_overlap = v.overlap;
+    if let Some(b) = v.bucket_bytes {
+        cfg.ddp_bucket_bytes = b;
+    }
     cfg
 }
 
@@ -282,7 +309,8 @@ fn worker_losses(stdout: &str, r: usize, variant: &str) -> Vec<f32> {
 #[cfg(feature = "mpi")]
 fn loss_with_per_rank_statistics(dev: Device) -> f32 {
     use vidgrad::data::Loader;
-    let v = VARIANTS[3];
+    let v = VARIANTS[5];
+    assert_eq!(v.name, "bn-nosync");
     let cfg = mlp_config(Path::new("unused"), 8, dev, v);
     let (t, _) = data();
     let loader = Loader::new(t, cfg.clip.clone(), 8, true, cfg.seed, 1, 1);
@@ -441,6 +469,17 @@ fn two_ranks_of_batch_4_follow_one_process_of_batch_8() {
                     "{device} {}: {name} differs by {worst_w:e} relative (tolerance {tol:e})",
                     v.name
                 );
+            }
+            if !v.overlap {
+                // the same buckets summed the same way, started after backward instead of during
+                // it: bit for bit the overlapped run's
+                let overlapped = two.join("mlp-buckets");
+                assert_eq!(ranks[0], worker_losses(&stdout, 0, "mlp-buckets"));
+                let (d, name) = max_relative_weight_difference(
+                    &overlapped.join("last.safetensors"),
+                    &twos.join("last.safetensors"),
+                );
+                assert_eq!(d, 0.0, "{device}: {name} differs with and without overlap");
             }
             // one writer: rank 0's metrics log has each step once
             let steps = std::fs::read_to_string(twos.join("metrics.jsonl"))

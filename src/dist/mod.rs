@@ -58,16 +58,50 @@ pub trait Collective {
     /// PyTorch's DDP divides the bucket before its sum).
     fn all_reduce_mean(&self, buf: &mut [f32]) -> Result<()> {
         self.all_reduce_sum(buf)?;
-        let n = self.world_size();
-        if n > 1 {
-            let inv = 1.0 / n as f32;
-            buf.iter_mut().for_each(|v| *v *= inv);
-        }
+        scale_to_mean(buf, self.world_size());
         Ok(())
+    }
+
+    /// Start the element-wise sum of `buf` over the ranks and return without waiting for it
+    /// (MPI_Iallreduce), so that computation goes on meanwhile; [`PendingSum::wait`] gives the sum.
+    /// Collectives started this way count in the MPI order rule like blocking ones. The default
+    /// completes it at once with [`Collective::all_reduce_sum`].
+    fn start_all_reduce_sum(&self, mut buf: Vec<f32>) -> Result<Box<dyn PendingSum + '_>> {
+        self.all_reduce_sum(&mut buf)?;
+        Ok(Box::new(Summed(buf)))
     }
 
     fn is_root(&self) -> bool {
         self.rank() == 0
+    }
+}
+
+/// `buf` (a sum over `world` ranks) × 1/world, in f32 (the mean of [`Collective::all_reduce_mean`]).
+pub(crate) fn scale_to_mean(buf: &mut [f32], world: usize) {
+    if world > 1 {
+        let inv = 1.0 / world as f32;
+        buf.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// A sum started by [`Collective::start_all_reduce_sum`].
+pub trait PendingSum {
+    /// Whether it has completed (a test also lets MPI progress it: Open MPI moves a non-blocking
+    /// collective on only inside MPI calls).
+    fn test(&mut self) -> Result<bool>;
+    /// Wait for it (under the watchdog's timeout): the element-wise sum over the ranks.
+    fn wait(self: Box<Self>) -> Result<Vec<f32>>;
+}
+
+/// A sum that has completed.
+struct Summed(Vec<f32>);
+
+impl PendingSum for Summed {
+    fn test(&mut self) -> Result<bool> {
+        Ok(true)
+    }
+    fn wait(self: Box<Self>) -> Result<Vec<f32>> {
+        Ok(self.0)
     }
 }
 
