@@ -1,7 +1,7 @@
 //! Data-parallel training (docs/DISTRIBUTED.md).
 //!
-//! Default build: `vidgrad train` started as one of several ranks (Open MPI's or torchrun's variables)
-//! refuses to train alone and names the `mpi` feature.
+//! Default build: `vidgrad train` started as one of several ranks (Open MPI's or torchrun's variables),
+//! or with `--nproc-per-node 2`, refuses to train alone and names the `mpi` feature.
 //!
 //! With `--features mpi` and `mpirun` on the PATH (CI: `cargo test --release --features mpi --test
 //! distributed`, Open MPI from Debian), on loopback:
@@ -12,6 +12,8 @@
 //!   gradient all-reduce overlapped with backward (the default) gives bit for bit the results of the
 //!   same buckets reduced after backward; the ranks are this test binary started by mpirun in worker
 //!   mode (`dist_worker`);
+//! - `vidgrad train --nproc-per-node 2` trains as 2 ranks (through mpirun), and killing rank 1 ends
+//!   the job with errors naming rank 1 and the launch;
 //! - `vidgrad train --sync-bn` under `mpirun -np 2`: stopping rank 1 (a hang) ends the job through rank 0's
 //!   watchdog after `VIDGRAD_DIST_TIMEOUT`; killing rank 1 ends it with mpirun's error naming the
 //!   rank; both within `END_WITHIN`; the last checkpoint loads (recording `--sync-bn`), resuming
@@ -57,6 +59,12 @@ fn a_rank_of_two_without_the_mpi_feature_refuses_to_train_alone() {
     }
     let (ok, _, err) = common::run_vidgrad_env(&args, &[("RANK", "2"), ("WORLD_SIZE", "2")]);
     assert!(!ok && err.contains("RANK=2 is outside"), "{err}");
+    // --nproc-per-node needs the feature too
+    let mut nproc = args.clone();
+    nproc.extend(["--nproc-per-node", "2"]);
+    let (ok, _, err) = common::run_vidgrad(&nproc);
+    assert!(!ok && err.contains("cargo feature `mpi`"), "{err}");
+    assert!(!out.join("last.safetensors").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -513,15 +521,26 @@ const HANG_TIMEOUT_S: &str = "5";
 /// and wait for the job to end: (whether it succeeded, its stderr, seconds from the signal to the end).
 #[cfg(feature = "mpi")]
 fn interrupt_rank_1(args: &[String], out: &Path, signal: i32) -> (bool, String, f64) {
+    let mut job = need_mpirun();
+    job.args(["-x", "VIDGRAD_DIST_TIMEOUT"])
+        .arg(env!("CARGO_BIN_EXE_vidgrad"))
+        .args(args);
+    interrupt_rank_1_of(job, out, signal)
+}
+
+/// [`interrupt_rank_1`] of the job that `job` starts (with `VIDGRAD_DIST_TIMEOUT` set).
+#[cfg(feature = "mpi")]
+fn interrupt_rank_1_of(
+    mut job: std::process::Command,
+    out: &Path,
+    signal: i32,
+) -> (bool, String, f64) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     use std::time::Instant;
 
-    let mut child = need_mpirun()
-        .args(["-x", "VIDGRAD_DIST_TIMEOUT"])
+    let mut child = job
         .env("VIDGRAD_DIST_TIMEOUT", HANG_TIMEOUT_S)
-        .arg(env!("CARGO_BIN_EXE_vidgrad"))
-        .args(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -660,5 +679,60 @@ fn a_rank_that_hangs_or_dies_ends_the_job_and_the_last_checkpoint_resumes() {
     assert!(o.status.success(), "{err}");
     let ck = checkpoint::read_meta(&last).unwrap().unwrap();
     assert_eq!(ck["epoch"].as_u64().unwrap() as usize, epochs - 1);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `vidgrad train --nproc-per-node 2` with mpirun's settings of [`mpirun`] given as Open MPI's
+/// environment variables (the command line has no mpirun flags to carry them).
+#[cfg(feature = "mpi")]
+fn nproc_per_node_2(args: &[String]) -> std::process::Command {
+    need_mpirun(); // mpirun must be on the PATH
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_vidgrad"));
+    c.args(args).args(["--nproc-per-node", "2"]);
+    for (k, v) in [
+        ("OMPI_ALLOW_RUN_AS_ROOT", "1"),
+        ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
+        ("OMPI_MCA_rmaps_base_oversubscribe", "1"),
+        ("OMPI_MCA_btl", "self,tcp"),
+        ("OMPI_MCA_btl_tcp_if_include", "lo"),
+        ("OMPI_MCA_oob_tcp_if_include", "lo"),
+    ] {
+        c.env(k, v);
+    }
+    c
+}
+
+#[test]
+#[cfg(feature = "mpi")]
+fn nproc_per_node_starts_the_ranks_and_a_failing_one_ends_the_job() {
+    // one command trains as 2 ranks
+    let out = tmp("nproc");
+    let o = nproc_per_node_2(&common::tiny_train_args(&out, 1))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("rank 0 of 2") && err.contains("rank 1 of 2"),
+        "{err}"
+    );
+    let meta = checkpoint::read_meta(&out.join("last.safetensors"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta["world_size"], 2);
+    let _ = std::fs::remove_dir_all(&out);
+
+    // rank 1 killed mid-run: the other ends, the error names rank 1 and the launcher fails
+    let out = tmp("nproc-kill");
+    let job = nproc_per_node_2(&common::tiny_train_args(&out, 30));
+    let (ok, log, seconds) = interrupt_rank_1_of(job, &out, libc::SIGKILL);
+    println!("--nproc-per-node: the job ended {seconds:.1} s after rank 1 was killed");
+    assert!(!ok, "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("rank 1 ") && !l.contains("rank 1 of 2 (")),
+        "the error does not name rank 1:\n{log}"
+    );
+    assert!(log.contains("--nproc-per-node 2: the job failed"), "{log}");
     let _ = std::fs::remove_dir_all(&out);
 }

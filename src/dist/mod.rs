@@ -8,6 +8,7 @@
 //!   installed MPI library (Open MPI, MPICH) through the `mpi` crate.
 //! - [`ddp`]: PyTorch DistributedDataParallel's semantics on a [`crate::exec::Network`]: parameters and
 //!   buffers broadcast from rank 0, gradients averaged in buckets of about 25 MB.
+//! - [`launch`]: `--nproc-per-node`, the local processes of a job started through mpirun.
 //! - [`sync_bn`]: synchronised batch norm (`--sync-bn`): batch statistics and their gradients over
 //!   every rank's batch.
 //!
@@ -16,6 +17,7 @@
 //! docs/DISTRIBUTED.md says how to launch and what was run.
 
 pub mod ddp;
+pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi_backend;
 pub mod placement;

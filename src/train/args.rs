@@ -243,6 +243,11 @@ pub struct TrainArgs {
     /// it each process uses its own batch's statistics (docs/DISTRIBUTED.md). No effect in one process.
     #[arg(long)]
     pub sync_bn: bool,
+    /// Start N processes on this machine for data-parallel training (like torchrun's
+    /// --nproc-per-node): this command runs itself N times under `mpirun -np N` (needs the `mpi`
+    /// feature and mpirun on the PATH) and waits; a failing process ends the job, naming its rank.
+    #[arg(long, value_parser = positive)]
+    pub nproc_per_node: Option<usize>,
     /// The flags the command line gave (see [`TrainArgs::note_given_flags`]).
     #[arg(skip)]
     pub given: BTreeSet<String>,
@@ -579,10 +584,23 @@ impl TrainArgs {
     /// Load the data and train: as one rank of a data-parallel job when a launcher (torchrun,
     /// mpirun, srun) started this process as one of several (`dist::Placement::from_env`), on the
     /// GPU of its local rank unless `--device cuda:N` names one. An error on any rank ends the whole
-    /// job (MPI_Abort), so that no rank waits for it forever.
-    pub fn run(&self, cfg: &TrainConfig) -> Result<TrainSummary> {
+    /// job (MPI_Abort), so that no rank waits for it forever. With `--nproc-per-node N` (N > 1), this
+    /// process only starts the N that train (`dist::launch`), waits for them, and returns None.
+    pub fn run(&self, cfg: &TrainConfig) -> Result<Option<TrainSummary>> {
         let placement = crate::dist::Placement::from_env()?;
-        let dist = crate::dist::init(&placement)?;
+        if let Some(n) = self.nproc_per_node.filter(|&n| n > 1) {
+            crate::dist::launch::run_local_processes(n, &placement)?;
+            return Ok(None);
+        }
+        self.run_placed(cfg, &placement).map(Some)
+    }
+
+    fn run_placed(
+        &self,
+        cfg: &TrainConfig,
+        placement: &crate::dist::Placement,
+    ) -> Result<TrainSummary> {
+        let dist = crate::dist::init(placement)?;
         if dist.world_size() == 1 {
             return self.run_on(cfg, dist.as_ref());
         }
