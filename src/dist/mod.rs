@@ -188,8 +188,51 @@ fn init_multi(placement: &Placement) -> Result<Box<dyn Collective>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    /// Rank 0 of two whose peer holds the same values: a sum doubles, a gather or broadcast changes
+    /// nothing, and every sum started is logged (its length).
+    #[derive(Default)]
+    pub(crate) struct Twin {
+        pub(crate) log: RefCell<Vec<usize>>,
+    }
+
+    impl Collective for Twin {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn local_rank(&self) -> usize {
+            0
+        }
+        fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
+            buf.iter_mut().for_each(|v| *v *= 2.0);
+            Ok(())
+        }
+        fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+            buf.iter_mut().for_each(|v| *v *= 2.0);
+            Ok(())
+        }
+        fn broadcast(&self, _: &mut [f32], _: usize) -> Result<()> {
+            Ok(())
+        }
+        fn all_gather(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
+            Ok(())
+        }
+        fn barrier(&self) -> Result<()> {
+            Ok(())
+        }
+        fn abort(&self, _: i32) {}
+        fn start_all_reduce_sum(&self, mut buf: Vec<f32>) -> Result<Box<dyn PendingSum + '_>> {
+            self.log.borrow_mut().push(buf.len());
+            self.all_reduce_sum(&mut buf)?;
+            Ok(Box::new(Summed(buf)))
+        }
+    }
 
     #[test]
     fn single_process_collectives_are_the_identity() {

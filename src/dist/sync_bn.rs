@@ -100,6 +100,7 @@ pub fn combine_statistics(gathered: &[f32], c: usize) -> Result<(Vec<f32>, Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::tests::Twin;
     use crate::dist::SingleProcess;
 
     /// Mean and biased variance of each column of `rows` in f64 (the reference).
@@ -164,41 +165,13 @@ mod tests {
 
     #[test]
     fn a_scope_is_active_only_inside_and_not_for_a_world_of_one() {
-        struct Two;
-        impl Collective for Two {
-            fn rank(&self) -> usize {
-                0
-            }
-            fn world_size(&self) -> usize {
-                2
-            }
-            fn local_rank(&self) -> usize {
-                0
-            }
-            fn all_reduce_sum(&self, _: &mut [f32]) -> Result<()> {
-                Ok(())
-            }
-            fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<()> {
-                Ok(())
-            }
-            fn broadcast(&self, _: &mut [f32], _: usize) -> Result<()> {
-                Ok(())
-            }
-            fn all_gather(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
-                Ok(())
-            }
-            fn barrier(&self) -> Result<()> {
-                Ok(())
-            }
-            fn abort(&self, _: i32) {}
-        }
         let active = || with_active(|d| d.map(|d| d.world_size()));
         assert_eq!(active(), None);
-        assert_eq!(scope(&Two, true, active), Some(2));
-        assert_eq!(scope(&Two, false, active), None);
+        assert_eq!(scope(&Twin::default(), true, active), Some(2));
+        assert_eq!(scope(&Twin::default(), false, active), None);
         assert_eq!(scope(&SingleProcess, true, active), None);
         // restored after an unwind
-        let r = std::panic::catch_unwind(|| scope(&Two, true, || panic!("inside")));
+        let r = std::panic::catch_unwind(|| scope(&Twin::default(), true, || panic!("inside")));
         assert!(r.is_err());
         assert_eq!(active(), None);
     }

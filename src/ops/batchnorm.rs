@@ -153,6 +153,19 @@ pub(crate) fn batch_norm_then(
         Box::new(move |gy| {
             let be = gy.backend();
             let (wbuf, ybuf) = (wd.as_ref().map(|w| w.buf()), yd.as_ref().map(|y| y.buf()));
+            // synchronised: this rank's fixed-statistics gradients, then dx corrected with every
+            // rank's sums
+            let local = be.batch_norm_backward(
+                gy.buf(),
+                xd.buf(),
+                wbuf,
+                &*mean,
+                &*var,
+                g,
+                eps,
+                training && !synced,
+                ybuf,
+            )?;
             let gr = if synced {
                 sync_bn::with_active(|d| {
                     let d = d.ok_or_else(|| {
@@ -161,33 +174,12 @@ pub(crate) fn batch_norm_then(
                              dist::sync_bn::scope; it needs the other ranks' sums"
                         ))
                     })?;
-                    let local = be.batch_norm_backward(
-                        gy.buf(),
-                        xd.buf(),
-                        wbuf,
-                        &*mean,
-                        &*var,
-                        g,
-                        eps,
-                        false,
-                        ybuf,
-                    )?;
                     let dx =
                         global_batch_dx(d, be, &local, xd.buf(), wbuf, &mean, &var, g, eps, count)?;
                     Ok::<_, Error>(crate::backend::BnGrads { dx, ..local })
                 })?
             } else {
-                be.batch_norm_backward(
-                    gy.buf(),
-                    xd.buf(),
-                    wbuf,
-                    &*mean,
-                    &*var,
-                    g,
-                    eps,
-                    training,
-                    ybuf,
-                )?
+                local
             };
             let mut out = vec![Some(xd.sibling(gr.dx, xd.shape().to_vec()))];
             if has_w {
