@@ -74,6 +74,8 @@ pub fn combine_statistics(gathered: &[f32], c: usize) -> Result<(Vec<f32>, Vec<f
             "sync batch norm: the ranks together have {total} values per channel; training needs more than one"
         )));
     }
+    // a rank without values (count 0) has undefined statistics and no weight: left out
+    let ranks: Vec<&[f32]> = ranks.into_iter().filter(|r| r[0] > 0.0).collect();
     let mut mean = vec![0f64; c];
     for r in &ranks {
         let n = r[0] as f64;
@@ -121,7 +123,8 @@ mod tests {
 
     #[test]
     fn combined_statistics_are_those_of_the_whole_batch() {
-        // two channels; ranks of 3 and 5 values (uneven, as a last batch may be)
+        // two channels; ranks of 3 and 5 values (uneven, as a last batch may be), and one of none
+        // (NaN statistics that must not count)
         let a = [[1.0f32, -4.0], [2.5, 8.0], [-3.0, 0.5]];
         let b = [
             [10.0f32, 1.0],
@@ -137,6 +140,7 @@ mod tests {
             gathered.extend(m.iter().map(|&x| x as f32));
             gathered.extend(v.iter().map(|&x| x as f32));
         }
+        gathered.extend([0.0, f32::NAN, f32::NAN, f32::NAN, f32::NAN]);
         let (mean, var, n) = combine_statistics(&gathered, 2).unwrap();
         let all: Vec<[f32; 2]> = a.iter().chain(&b).copied().collect();
         let (rm, rv) = column_stats(&all);

@@ -98,7 +98,7 @@ pub(crate) fn batch_norm_then(
     let (ybuf, mean, var, count) = if a.training {
         let (y, mean, var, count) = if synced {
             sync_bn::with_active(|d| {
-                let d = d.expect("checked above");
+                let d = in_scope(op, d)?;
                 let (mean, var, total) = global_statistics(op, d, be, x.buf(), g, a.eps)?;
                 let y = be.batch_norm_eval(x.buf(), wbuf, bbuf, &*mean, &*var, g, a.eps)?;
                 if relu {
@@ -168,12 +168,7 @@ pub(crate) fn batch_norm_then(
             )?;
             let gr = if synced {
                 sync_bn::with_active(|d| {
-                    let d = d.ok_or_else(|| {
-                        Error::Distributed(format!(
-                            "{op}: the backward of a synchronised batch norm (--sync-bn) ran outside \
-                             dist::sync_bn::scope; it needs the other ranks' sums"
-                        ))
-                    })?;
+                    let d = in_scope(op, d)?;
                     let dx =
                         global_batch_dx(d, be, &local, xd.buf(), wbuf, &mean, &var, g, eps, count)?;
                     Ok::<_, Error>(crate::backend::BnGrads { dx, ..local })
@@ -191,6 +186,17 @@ pub(crate) fn batch_norm_then(
             Ok(out)
         }),
     ))
+}
+
+/// The collective of the synchronising scope, or an error: a synchronised batch norm's backward run
+/// outside one would give this rank's gradients only.
+fn in_scope<'a>(op: &str, d: Option<&'a dyn Collective>) -> Result<&'a dyn Collective> {
+    d.ok_or_else(|| {
+        Error::Distributed(format!(
+            "{op}: a synchronised batch norm (--sync-bn) ran outside dist::sync_bn::scope; its \
+             backward needs the other ranks' sums"
+        ))
+    })
 }
 
 /// The global batch's per-channel mean, biased variance (on x's device) and value count per channel:
