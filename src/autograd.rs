@@ -274,7 +274,34 @@ fn add_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(a.sibling(buf, a.shape().to_vec()))
 }
 
+/// What [`backward`] tells a gradient hook (`Tensor::backward_with_hook`), by leaf id (the address of
+/// the leaf's gradient cell, `Tensor::grad_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GradEvent<'a> {
+    /// Before any gradient is computed: the leaves this backward pass reaches.
+    Plan(&'a [usize]),
+    /// The leaf's gradient is final: the pass has run the last (lowest-numbered) tape entry that
+    /// feeds it, so nothing adds to it any more (DDP launches a bucket's all-reduce once all its
+    /// parameters are final, while backward goes on).
+    Ready(usize),
+}
+
+/// A gradient hook: called on the backward pass's thread, between tape entries.
+pub(crate) type GradHook<'h> = &'h mut dyn FnMut(GradEvent) -> Result<()>;
+
+pub(crate) fn cell_id(cell: &Arc<GradCell>) -> usize {
+    Arc::as_ptr(cell) as usize
+}
+
 pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
+    backward_with_hook(root, grad, None)
+}
+
+pub(crate) fn backward_with_hook(
+    root: &Tensor,
+    grad: Tensor,
+    mut hook: Option<GradHook>,
+) -> Result<()> {
     let meta = root.0.autograd.as_ref().ok_or_else(|| {
         Error::Autograd(format!(
             "backward from a tensor that does not require grad (shape {:?}); \
@@ -284,7 +311,15 @@ pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
     })?;
     let _guard = NoGradGuard::new();
     let Some(root_node) = &meta.node else {
-        return meta.cell.accumulate(&grad);
+        let id = cell_id(&meta.cell);
+        if let Some(h) = hook.as_mut() {
+            h(GradEvent::Plan(&[id]))?;
+        }
+        meta.cell.accumulate(&grad)?;
+        return match hook {
+            Some(h) => h(GradEvent::Ready(id)),
+            None => Ok(()),
+        };
     };
 
     // The reachable part of the tape, replayed newest first.
@@ -302,57 +337,84 @@ pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
         }
         order.insert(node.seq, node);
     }
+    // with a hook: the tape entry after which each reached leaf's gradient is final (its lowest
+    // sequence number among the entries that feed it), by entry
+    let mut final_at: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    if let Some(h) = hook.as_mut() {
+        let mut last_use: BTreeMap<usize, u64> = BTreeMap::new();
+        for (seq, node) in order.iter().rev() {
+            for e in node.inputs.iter().flatten().filter(|e| e.node.is_none()) {
+                last_use.insert(cell_id(&e.cell), *seq);
+            }
+        }
+        let leaves: Vec<usize> = last_use.keys().copied().collect();
+        h(GradEvent::Plan(&leaves))?;
+        for (id, seq) in last_use {
+            final_at.entry(seq).or_default().push(id);
+        }
+    }
 
     let mut pending: BTreeMap<u64, Tensor> = BTreeMap::new();
     pending.insert(root_node.seq, grad);
     for (seq, node) in order.iter().rev() {
-        let Some(g) = pending.remove(seq) else {
+        if let Some(g) = pending.remove(seq) {
+            run_entry(node, g, &mut pending)?;
+        }
+        if let (Some(h), Some(ids)) = (hook.as_mut(), final_at.remove(seq)) {
+            for id in ids {
+                h(GradEvent::Ready(id))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run one tape entry's backward with its output gradient `g`: its inputs' gradients go on to the
+/// entries that made them (summed in `pending`) or into leaves' cells.
+fn run_entry(node: &Node, g: Tensor, pending: &mut BTreeMap<u64, Tensor>) -> Result<()> {
+    if node.out_cell.retained() {
+        node.out_cell.accumulate(&g)?;
+    }
+    let f = node.backward.lock().unwrap().take().ok_or_else(|| {
+        Error::Autograd(format!(
+            "backward through '{}' a second time: its saved tensors were released by the first \
+             backward",
+            node.op
+        ))
+    })?;
+    let grads = f(&g)?;
+    if let Some(label) = &node.label {
+        check_grads(node, label, &g, &grads)?;
+    }
+    if grads.len() != node.inputs.len() {
+        return Err(Error::Autograd(format!(
+            "'{}' returned {} gradients for {} inputs",
+            node.op,
+            grads.len(),
+            node.inputs.len()
+        )));
+    }
+    for (edge, gi) in node.inputs.iter().zip(grads) {
+        let (Some(edge), Some(gi)) = (edge, gi) else {
             continue;
         };
-        if node.out_cell.retained() {
-            node.out_cell.accumulate(&g)?;
-        }
-        let f = node.backward.lock().unwrap().take().ok_or_else(|| {
-            Error::Autograd(format!(
-                "backward through '{}' a second time: its saved tensors were released by the first \
-                 backward",
-                node.op
-            ))
-        })?;
-        let grads = f(&g)?;
-        if let Some(label) = &node.label {
-            check_grads(node, label, &g, &grads)?;
-        }
-        if grads.len() != node.inputs.len() {
+        if gi.shape() != edge.shape.as_slice() {
             return Err(Error::Autograd(format!(
-                "'{}' returned {} gradients for {} inputs",
+                "'{}' produced a gradient of shape {:?} for an input of shape {:?}",
                 node.op,
-                grads.len(),
-                node.inputs.len()
+                gi.shape(),
+                edge.shape
             )));
         }
-        for (edge, gi) in node.inputs.iter().zip(grads) {
-            let (Some(edge), Some(gi)) = (edge, gi) else {
-                continue;
-            };
-            if gi.shape() != edge.shape.as_slice() {
-                return Err(Error::Autograd(format!(
-                    "'{}' produced a gradient of shape {:?} for an input of shape {:?}",
-                    node.op,
-                    gi.shape(),
-                    edge.shape
-                )));
+        match &edge.node {
+            Some(n) => {
+                let acc = match pending.remove(&n.seq) {
+                    None => gi,
+                    Some(prev) => add_raw(&prev, &gi)?,
+                };
+                pending.insert(n.seq, acc);
             }
-            match &edge.node {
-                Some(n) => {
-                    let acc = match pending.remove(&n.seq) {
-                        None => gi,
-                        Some(prev) => add_raw(&prev, &gi)?,
-                    };
-                    pending.insert(n.seq, acc);
-                }
-                None => edge.cell.accumulate(&gi)?,
-            }
+            None => edge.cell.accumulate(&gi)?,
         }
     }
     Ok(())
@@ -384,4 +446,75 @@ fn check_grads(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Device;
+
+    #[test]
+    fn gradient_hooks_fire_after_a_leafs_last_use_in_backward_order() {
+        let t = |v: &[f32]| Tensor::from_slice(v, &[2], Device::Cpu).unwrap();
+        // loss = Σ ((x·a)·b)·a + c: `a` feeds the first and the last product (its gradient is final
+        // only after the first, which backward runs last), `b` the middle one, `c` only the sum
+        let (x, a, b, c) = (
+            t(&[1.0, 2.0]),
+            t(&[3.0, -1.0]),
+            t(&[0.5, 4.0]),
+            t(&[1.0, 1.0]),
+        );
+        let (a, b, c) = (a.with_grad(), b.with_grad(), c.with_grad());
+        let y = x.mul(&a).unwrap().mul(&b).unwrap().mul(&a).unwrap();
+        let loss = y.add(&c).unwrap().sum().unwrap();
+        let ids = [&a, &b, &c].map(|p| p.grad_id().unwrap());
+        let name = |id: usize| ["a", "b", "c"][ids.iter().position(|&i| i == id).unwrap()];
+        let mut events: Vec<String> = vec![];
+        let mut hook = |e: GradEvent| {
+            match e {
+                GradEvent::Plan(leaves) => {
+                    let mut n: Vec<&str> = leaves.iter().map(|&id| name(id)).collect();
+                    n.sort();
+                    events.push(format!("plan {}", n.join(",")));
+                }
+                GradEvent::Ready(id) => {
+                    // at the time it fires: the leaf's gradient is there and is the final one
+                    let p = [&a, &b, &c][ids.iter().position(|&i| i == id).unwrap()];
+                    let g = p
+                        .grad()
+                        .expect("ready without a gradient")
+                        .to_vec()
+                        .unwrap();
+                    // which of the others already have theirs
+                    let have: Vec<&str> = [&a, &b, &c]
+                        .iter()
+                        .zip(["a", "b", "c"])
+                        .filter(|(p, _)| p.grad().is_some())
+                        .map(|(_, n)| n)
+                        .collect();
+                    events.push(format!("{} {g:?} [{}]", name(id), have.join(",")));
+                }
+            }
+            Ok(())
+        };
+        loss.backward_with_hook(&mut hook).unwrap();
+        // d/da Σ x·a²·b = 2·x·a·b = [3, -16]; d/db = x·a² = [9, 2]; d/dc = 1. `a` gets its first
+        // part (x·a·b = [1.5, -8], from the last product) before `b` is final, and its sum last.
+        assert_eq!(
+            events,
+            [
+                "plan a,b,c",
+                "c [1.0, 1.0] [c]",
+                "b [9.0, 2.0] [a,b,c]",
+                "a [3.0, -16.0] [a,b,c]",
+            ]
+        );
+        // the same gradients as a plain backward
+        for p in [&a, &b, &c] {
+            p.zero_grad();
+        }
+        let loss2 = x.mul(&a).unwrap().mul(&b).unwrap().mul(&a).unwrap();
+        loss2.add(&c).unwrap().sum().unwrap().backward().unwrap();
+        assert_eq!(a.grad().unwrap().to_vec().unwrap(), [3.0, -16.0]);
+    }
 }

@@ -357,6 +357,16 @@ impl Tensor {
 
     /// Backpropagate from this one-element tensor (gradient 1).
     pub fn backward(&self) -> Result<()> {
+        self.backward_hooked(None)
+    }
+
+    /// [`Tensor::backward`], telling `hook` which leaves the pass reaches and when each leaf's
+    /// gradient is final (data parallelism's gradient buckets, `dist::ddp`).
+    pub(crate) fn backward_with_hook(&self, hook: crate::autograd::GradHook) -> Result<()> {
+        self.backward_hooked(Some(hook))
+    }
+
+    fn backward_hooked(&self, hook: Option<crate::autograd::GradHook>) -> Result<()> {
         if self.numel() != 1 {
             return Err(Error::Autograd(format!(
                 "backward() needs a scalar (one-element) tensor, got shape {:?}; use backward_with",
@@ -364,7 +374,12 @@ impl Tensor {
             )));
         }
         let one = Tensor::full(self.shape(), 1.0, self.device())?;
-        crate::autograd::backward(self, one)
+        crate::autograd::backward_with_hook(self, one, hook)
+    }
+
+    /// The id [`crate::autograd::GradEvent`] gives this tensor's gradient (None: it needs none).
+    pub(crate) fn grad_id(&self) -> Option<usize> {
+        self.grad_cell().map(crate::autograd::cell_id)
     }
 
     /// Backpropagate an upstream gradient of this tensor's shape.

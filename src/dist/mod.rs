@@ -8,15 +8,20 @@
 //!   installed MPI library (Open MPI, MPICH) through the `mpi` crate.
 //! - [`ddp`]: PyTorch DistributedDataParallel's semantics on a [`crate::exec::Network`]: parameters and
 //!   buffers broadcast from rank 0, gradients averaged in buckets of about 25 MB.
+//! - [`launch`]: `--nproc-per-node`, the local processes of a job started through mpirun.
+//! - [`sync_bn`]: synchronised batch norm (`--sync-bn`): batch statistics and their gradients over
+//!   every rank's batch.
 //!
 //! [`init`] picks the implementation for a placement. A world of more than one process without the
 //! `mpi` feature is an error naming the feature, never a silent single-process run.
 //! docs/DISTRIBUTED.md says how to launch and what was run.
 
 pub mod ddp;
+pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi_backend;
 pub mod placement;
+pub mod sync_bn;
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 mod watchdog;
 
@@ -55,16 +60,50 @@ pub trait Collective {
     /// PyTorch's DDP divides the bucket before its sum).
     fn all_reduce_mean(&self, buf: &mut [f32]) -> Result<()> {
         self.all_reduce_sum(buf)?;
-        let n = self.world_size();
-        if n > 1 {
-            let inv = 1.0 / n as f32;
-            buf.iter_mut().for_each(|v| *v *= inv);
-        }
+        scale_to_mean(buf, self.world_size());
         Ok(())
+    }
+
+    /// Start the element-wise sum of `buf` over the ranks and return without waiting for it
+    /// (MPI_Iallreduce), so that computation goes on meanwhile; [`PendingSum::wait`] gives the sum.
+    /// Collectives started this way count in the MPI order rule like blocking ones. The default
+    /// completes it at once with [`Collective::all_reduce_sum`].
+    fn start_all_reduce_sum(&self, mut buf: Vec<f32>) -> Result<Box<dyn PendingSum + '_>> {
+        self.all_reduce_sum(&mut buf)?;
+        Ok(Box::new(Summed(buf)))
     }
 
     fn is_root(&self) -> bool {
         self.rank() == 0
+    }
+}
+
+/// `buf` (a sum over `world` ranks) × 1/world, in f32 (the mean of [`Collective::all_reduce_mean`]).
+pub(crate) fn scale_to_mean(buf: &mut [f32], world: usize) {
+    if world > 1 {
+        let inv = 1.0 / world as f32;
+        buf.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// A sum started by [`Collective::start_all_reduce_sum`].
+pub trait PendingSum {
+    /// Whether it has completed (a test also lets MPI progress it: Open MPI moves a non-blocking
+    /// collective on only inside MPI calls).
+    fn test(&mut self) -> Result<bool>;
+    /// Wait for it (under the watchdog's timeout): the element-wise sum over the ranks.
+    fn wait(self: Box<Self>) -> Result<Vec<f32>>;
+}
+
+/// A sum that has completed.
+struct Summed(Vec<f32>);
+
+impl PendingSum for Summed {
+    fn test(&mut self) -> Result<bool> {
+        Ok(true)
+    }
+    fn wait(self: Box<Self>) -> Result<Vec<f32>> {
+        Ok(self.0)
     }
 }
 
@@ -149,8 +188,51 @@ fn init_multi(placement: &Placement) -> Result<Box<dyn Collective>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    /// Rank 0 of two whose peer holds the same values: a sum doubles, a gather or broadcast changes
+    /// nothing, and every sum started is logged (its length).
+    #[derive(Default)]
+    pub(crate) struct Twin {
+        pub(crate) log: RefCell<Vec<usize>>,
+    }
+
+    impl Collective for Twin {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn local_rank(&self) -> usize {
+            0
+        }
+        fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
+            buf.iter_mut().for_each(|v| *v *= 2.0);
+            Ok(())
+        }
+        fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+            buf.iter_mut().for_each(|v| *v *= 2.0);
+            Ok(())
+        }
+        fn broadcast(&self, _: &mut [f32], _: usize) -> Result<()> {
+            Ok(())
+        }
+        fn all_gather(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
+            Ok(())
+        }
+        fn barrier(&self) -> Result<()> {
+            Ok(())
+        }
+        fn abort(&self, _: i32) {}
+        fn start_all_reduce_sum(&self, mut buf: Vec<f32>) -> Result<Box<dyn PendingSum + '_>> {
+            self.log.borrow_mut().push(buf.len());
+            self.all_reduce_sum(&mut buf)?;
+            Ok(Box::new(Summed(buf)))
+        }
+    }
 
     #[test]
     fn single_process_collectives_are_the_identity() {

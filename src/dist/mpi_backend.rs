@@ -9,11 +9,12 @@ use std::time::Duration;
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::datatype::Equivalence;
 use mpi::environment::Universe;
+use mpi::request::{Request, StaticScope};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::Threading;
 
 use super::watchdog::{timeout_from_env, Watchdog};
-use super::{check_gather, check_root, Collective, Launcher, Placement};
+use super::{check_gather, check_root, Collective, Launcher, PendingSum, Placement};
 use crate::error::{Error, Result};
 
 pub struct MpiCollective {
@@ -113,5 +114,74 @@ impl Collective for MpiCollective {
     }
     fn abort(&self, code: i32) {
         self.world.abort(code)
+    }
+    fn start_all_reduce_sum(&self, buf: Vec<f32>) -> Result<Box<dyn PendingSum + '_>> {
+        let n = buf.len();
+        let send: *mut [f32] = Box::into_raw(buf.into_boxed_slice());
+        let recv: *mut [f32] = Box::into_raw(vec![0f32; n].into_boxed_slice());
+        // SAFETY: both boxes stay allocated, and are not touched by this process, until the request
+        // has completed: `MpiSum` frees them only after `wait` (or its drop, which waits first); a
+        // leaked `MpiSum` leaks them, it never frees them early.
+        let (s, r): (&'static [f32], &'static mut [f32]) = unsafe { (&*send, &mut *recv) };
+        let request =
+            self.world
+                .immediate_all_reduce_into(StaticScope, s, r, SystemOperation::sum());
+        Ok(Box::new(MpiSum {
+            owner: self,
+            request: Some(request),
+            send,
+            recv,
+        }))
+    }
+}
+
+/// An MPI_Iallreduce in flight: the request and the two heap buffers MPI reads and writes.
+struct MpiSum<'c> {
+    owner: &'c MpiCollective,
+    request: Option<Request<'static, [f32], StaticScope>>,
+    send: *mut [f32],
+    recv: *mut [f32],
+}
+
+impl MpiSum<'_> {
+    /// Wait for the request (under the watchdog) if it is still in flight.
+    fn complete(&mut self) {
+        if let Some(r) = self.request.take() {
+            let _w = self.owner.watchdog.enter("all_reduce (gradient bucket)");
+            r.wait_without_status();
+        }
+    }
+}
+
+impl PendingSum for MpiSum<'_> {
+    fn test(&mut self) -> Result<bool> {
+        if let Some(r) = self.request.take() {
+            if let Err(still) = r.test() {
+                self.request = Some(still);
+            }
+        }
+        Ok(self.request.is_none())
+    }
+    fn wait(mut self: Box<Self>) -> Result<Vec<f32>> {
+        self.complete();
+        // SAFETY: the request has completed; `recv` came from Box::into_raw in
+        // `start_all_reduce_sum` and is taken once (drop below frees only `send` then).
+        let out = unsafe { Box::from_raw(self.recv) }.into_vec();
+        self.recv = std::ptr::slice_from_raw_parts_mut(std::ptr::null_mut(), 0);
+        Ok(out)
+    }
+}
+
+impl Drop for MpiSum<'_> {
+    fn drop(&mut self) {
+        self.complete();
+        // SAFETY: the request has completed; each pointer is from Box::into_raw and freed once
+        // (`wait` nulls `recv` when it takes it).
+        unsafe {
+            drop(Box::from_raw(self.send));
+            if !self.recv.is_null() {
+                drop(Box::from_raw(self.recv));
+            }
+        }
     }
 }

@@ -3,10 +3,16 @@
 //! Training: normalise with the batch's mean and biased variance and update the running statistics in
 //! place with `momentum` (the running variance takes the unbiased estimate, as PyTorch). Eval: normalise
 //! with the running statistics.
+//!
+//! Inside a [`crate::dist::sync_bn::scope`] (data-parallel training with `--sync-bn`), training uses
+//! the statistics of the batch of every rank together and its backward the gradients of that whole
+//! batch (the module docs there give the arithmetic), composed from the same backend passes.
 
 use crate::autograd::{needs_grad, record};
-use crate::backend::{AxisGeom, UnaryOp};
-use crate::error::{arg_bail, shape_bail, Result};
+use crate::backend::{AxisGeom, Backend, BackendBuffer, BufferRef, UnaryOp};
+use crate::dist::sync_bn::{self, combine_statistics};
+use crate::dist::Collective;
+use crate::error::{arg_bail, shape_bail, Error, Result};
 use crate::ops::same_device;
 use crate::tensor::Tensor;
 
@@ -87,24 +93,36 @@ pub(crate) fn batch_norm_then(
     let wbuf = a.weight.map(|t| t.buf());
     let bbuf = a.bias.map(|t| t.buf());
 
-    let (ybuf, mean, var) = if a.training {
-        if count < 2 {
-            shape_bail!(
-                op,
-                "training needs more than one value per channel, input {xs:?}"
-            );
-        }
-        let (y, stats) = be.batch_norm_train(x.buf(), wbuf, bbuf, g, a.eps, relu)?;
+    // whether this training op normalises with every rank's batch (--sync-bn)
+    let synced = a.training && sync_bn::with_active(|d| d.is_some());
+    let (ybuf, mean, var, count) = if a.training {
+        let (y, mean, var, count) = if synced {
+            sync_bn::with_active(|d| {
+                let d = in_scope(op, d)?;
+                let (mean, var, total) = global_statistics(op, d, be, x.buf(), g, a.eps)?;
+                let y = be.batch_norm_eval(x.buf(), wbuf, bbuf, &*mean, &*var, g, a.eps)?;
+                if relu {
+                    be.relu_in_place(&*y)?; // y is new: nothing else holds it
+                }
+                Ok::<_, Error>((y, mean, var, total))
+            })?
+        } else {
+            if count < 2 {
+                shape_bail!(
+                    op,
+                    "training needs more than one value per channel, input {xs:?}"
+                );
+            }
+            let (y, stats) = be.batch_norm_train(x.buf(), wbuf, bbuf, g, a.eps, relu)?;
+            (y, stats.mean, stats.var, count)
+        };
         if let (Some(rm), Some(rv)) = (a.running_mean, a.running_var) {
             let m = a.momentum;
-            be.axpby(rm.buf(), m, &*stats.mean, 1.0 - m)?;
-            let unbiased = be.unary(
-                &*stats.var,
-                UnaryOp::Scale(count as f32 / (count - 1) as f32),
-            )?;
+            be.axpby(rm.buf(), m, &*mean, 1.0 - m)?;
+            let unbiased = be.unary(&*var, UnaryOp::Scale(count as f32 / (count - 1) as f32))?;
             be.axpby(rv.buf(), m, &*unbiased, 1.0 - m)?;
         }
-        (y, stats.mean, stats.var)
+        (y, mean, var, count)
     } else {
         let (Some(rm), Some(rv)) = (a.running_mean, a.running_var) else {
             arg_bail!(op, "eval mode needs running_mean and running_var");
@@ -115,7 +133,7 @@ pub(crate) fn batch_norm_then(
         if relu {
             be.relu_in_place(&*y)?; // y is new: nothing else holds it
         }
-        (y, mean, var)
+        (y, mean, var, count)
     };
     let y = x.sibling(ybuf, xs.to_vec());
 
@@ -134,17 +152,30 @@ pub(crate) fn batch_norm_then(
         y,
         Box::new(move |gy| {
             let be = gy.backend();
-            let gr = be.batch_norm_backward(
+            let (wbuf, ybuf) = (wd.as_ref().map(|w| w.buf()), yd.as_ref().map(|y| y.buf()));
+            // synchronised: this rank's fixed-statistics gradients, then dx corrected with every
+            // rank's sums
+            let local = be.batch_norm_backward(
                 gy.buf(),
                 xd.buf(),
-                wd.as_ref().map(|w| w.buf()),
+                wbuf,
                 &*mean,
                 &*var,
                 g,
                 eps,
-                training,
-                yd.as_ref().map(|y| y.buf()),
+                training && !synced,
+                ybuf,
             )?;
+            let gr = if synced {
+                sync_bn::with_active(|d| {
+                    let d = in_scope(op, d)?;
+                    let dx =
+                        global_batch_dx(d, be, &local, xd.buf(), wbuf, &mean, &var, g, eps, count)?;
+                    Ok::<_, Error>(crate::backend::BnGrads { dx, ..local })
+                })?
+            } else {
+                local
+            };
             let mut out = vec![Some(xd.sibling(gr.dx, xd.shape().to_vec()))];
             if has_w {
                 out.push(Some(xd.sibling(gr.dweight, vec![g.axis])));
@@ -155,4 +186,77 @@ pub(crate) fn batch_norm_then(
             Ok(out)
         }),
     ))
+}
+
+/// The collective of the synchronising scope, or an error: a synchronised batch norm's backward run
+/// outside one would give this rank's gradients only.
+fn in_scope<'a>(op: &str, d: Option<&'a dyn Collective>) -> Result<&'a dyn Collective> {
+    d.ok_or_else(|| {
+        Error::Distributed(format!(
+            "{op}: a synchronised batch norm (--sync-bn) ran outside dist::sync_bn::scope; its \
+             backward needs the other ranks' sums"
+        ))
+    })
+}
+
+/// The global batch's per-channel mean, biased variance (on x's device) and value count per channel:
+/// this rank's statistics (the backend's training pass, whose normalised output is not used) gathered
+/// from every rank and combined (`sync_bn::combine_statistics`).
+fn global_statistics(
+    op: &str,
+    dist: &dyn Collective,
+    be: &dyn Backend,
+    x: &dyn BackendBuffer,
+    g: AxisGeom,
+    eps: f32,
+) -> Result<(BufferRef, BufferRef, usize)> {
+    let (_, local) = be.batch_norm_train(x, None, None, g, eps, false)?;
+    let mut mine = vec![(g.outer * g.inner) as f32];
+    mine.extend(be.to_host(&*local.mean)?);
+    mine.extend(be.to_host(&*local.var)?);
+    let mut all = vec![0.0; mine.len() * dist.world_size()];
+    dist.all_gather(&mine, &mut all)?;
+    let (mean, var, total) =
+        combine_statistics(&all, g.axis).map_err(|e| Error::Distributed(format!("{op}: {e}")))?;
+    Ok((be.from_host(&mean)?, be.from_host(&var)?, total))
+}
+
+/// dx of a batch norm normalised with the global batch's statistics: `local` holds this rank's
+/// fixed-statistics gradients (dx = w·invstd·dy, dweight = Σdy·x̂, dbias = Σdy over this rank's
+/// values); the sums are all-reduced, and dx gains w·invstd·(−ΣΣdy/M − x̂·ΣΣdy·x̂/M), M the global
+/// count, computed as a normalising pass over x with that per-channel weight and bias.
+#[allow(clippy::too_many_arguments)]
+fn global_batch_dx(
+    dist: &dyn Collective,
+    be: &dyn Backend,
+    local: &crate::backend::BnGrads,
+    x: &dyn BackendBuffer,
+    w: Option<&dyn BackendBuffer>,
+    mean: &BufferRef,
+    var: &BufferRef,
+    g: AxisGeom,
+    eps: f32,
+    global_count: usize,
+) -> Result<BufferRef> {
+    let c = g.axis;
+    let mut sums = be.to_host(&*local.dbias)?;
+    sums.extend(be.to_host(&*local.dweight)?);
+    dist.all_reduce_sum(&mut sums)?;
+    let var_host = be.to_host(&**var)?;
+    let w = match w {
+        Some(w) => be.to_host(w)?,
+        None => vec![1.0; c],
+    };
+    let (mut scale, mut shift) = (vec![0f32; c], vec![0f32; c]);
+    for k in 0..c {
+        // w·invstd/M in f64, as the backends compute invstd
+        let f = w[k] as f64 / (var_host[k] as f64 + eps as f64).sqrt() / global_count as f64;
+        shift[k] = (-f * sums[k] as f64) as f32;
+        scale[k] = (-f * sums[c + k] as f64) as f32;
+    }
+    let (scale, shift) = (be.from_host(&scale)?, be.from_host(&shift)?);
+    let correction =
+        be.batch_norm_eval(x, Some(&*scale), Some(&*shift), &**mean, &**var, g, eps)?;
+    be.axpby(&*local.dx, 1.0, &*correction, 1.0)?;
+    Ok(local.dx.clone())
 }

@@ -238,6 +238,16 @@ pub struct TrainArgs {
     /// copies the tensor to the host; PyTorch's detect_anomaly).
     #[arg(long)]
     pub check_finite: bool,
+    /// Data-parallel runs: batch norm normalises with the statistics of every process's batch together
+    /// (PyTorch's SyncBatchNorm), so N processes × batch B train as one process × batch N·B; without
+    /// it each process uses its own batch's statistics (docs/DISTRIBUTED.md). No effect in one process.
+    #[arg(long)]
+    pub sync_bn: bool,
+    /// Start N processes on this machine for data-parallel training (like torchrun's
+    /// --nproc-per-node): this command runs itself N times under `mpirun -np N` (needs the `mpi`
+    /// feature and mpirun on the PATH) and waits; a failing process ends the job, naming its rank.
+    #[arg(long, value_parser = positive)]
+    pub nproc_per_node: Option<usize>,
     /// The flags the command line gave (see [`TrainArgs::note_given_flags`]).
     #[arg(skip)]
     pub given: BTreeSet<String>,
@@ -337,6 +347,7 @@ stored_settings! {
     "step_epochs" => step_epochs, "milestones" => milestones, "gamma" => gamma,
     "warmup_epochs" => warmup_epochs, "clip_grad" => clip_grad, "label_smoothing" => label_smoothing,
     "val_clips" => val_clips, "three_crop" => three_crop, "seed" => seed, "drop_last" => drop_last,
+    "sync_bn" => sync_bn,
 }
 
 /// A setting as the user types it: strings bare, numbers stored from an f32 in their shortest f32 form.
@@ -565,6 +576,7 @@ impl TrainArgs {
         cfg.drop_last = self.drop_last;
         cfg.progress = !self.quiet;
         cfg.check_finite = self.check_finite;
+        cfg.sync_bn = self.sync_bn;
         cfg.settings = Value::Object(self.settings());
         Ok(cfg)
     }
@@ -572,10 +584,23 @@ impl TrainArgs {
     /// Load the data and train: as one rank of a data-parallel job when a launcher (torchrun,
     /// mpirun, srun) started this process as one of several (`dist::Placement::from_env`), on the
     /// GPU of its local rank unless `--device cuda:N` names one. An error on any rank ends the whole
-    /// job (MPI_Abort), so that no rank waits for it forever.
-    pub fn run(&self, cfg: &TrainConfig) -> Result<TrainSummary> {
+    /// job (MPI_Abort), so that no rank waits for it forever. With `--nproc-per-node N` (N > 1), this
+    /// process only starts the N that train (`dist::launch`), waits for them, and returns None.
+    pub fn run(&self, cfg: &TrainConfig) -> Result<Option<TrainSummary>> {
         let placement = crate::dist::Placement::from_env()?;
-        let dist = crate::dist::init(&placement)?;
+        if let Some(n) = self.nproc_per_node.filter(|&n| n > 1) {
+            crate::dist::launch::run_local_processes(n, &placement)?;
+            return Ok(None);
+        }
+        self.run_placed(cfg, &placement).map(Some)
+    }
+
+    fn run_placed(
+        &self,
+        cfg: &TrainConfig,
+        placement: &crate::dist::Placement,
+    ) -> Result<TrainSummary> {
+        let dist = crate::dist::init(placement)?;
         if dist.world_size() == 1 {
             return self.run_on(cfg, dist.as_ref());
         }

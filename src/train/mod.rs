@@ -8,8 +8,8 @@
 //!
 //! Data parallelism ([`fit_distributed`], docs/DISTRIBUTED.md): one process per device, each with the
 //! whole model and `batch_size` clips per step from its shard of the epoch; parameters and buffers
-//! start from rank 0's, gradients are averaged over the ranks after backward, the metrics are reduced,
-//! and only rank 0 writes the run folder.
+//! start from rank 0's, gradients are averaged over the ranks during backward, the metrics are reduced,
+//! and only rank 0 writes the run folder; with `sync_bn`, batch norm uses every rank's batch.
 
 pub mod args;
 pub mod checkpoint;
@@ -123,6 +123,14 @@ pub struct TrainConfig {
     pub stop_after_epochs: Option<usize>,
     /// Fail at the first node whose output or gradient is not finite (`Network::set_check_finite`).
     pub check_finite: bool,
+    /// Data parallelism: batch norm in training normalises with the statistics of every rank's batch
+    /// together (`--sync-bn`, `dist::sync_bn`); no effect in a world of one.
+    pub sync_bn: bool,
+    /// Data parallelism: start each gradient bucket's all-reduce during backward, as soon as its
+    /// gradients are final (the default; off: after backward, with bit-identical results).
+    pub ddp_overlap: bool,
+    /// Data parallelism: the most gradient bytes in one all-reduce (PyTorch's `bucket_cap_mb`).
+    pub ddp_bucket_bytes: usize,
     /// Build the network with this instead of `models::build(model)` (`model` still names it in the
     /// checkpoints and gives the clip layout). None from the command line.
     pub model_fn: Option<ModelFn>,
@@ -166,6 +174,9 @@ impl TrainConfig {
             progress: true,
             stop_after_epochs: None,
             check_finite: false,
+            sync_bn: false,
+            ddp_overlap: true,
+            ddp_bucket_bytes: dist::ddp::BUCKET_BYTES,
             model_fn: None,
         })
     }
@@ -201,6 +212,7 @@ impl TrainConfig {
             "clip_grad": self.clip_grad, "label_smoothing": self.label_smoothing, "seed": self.seed,
             "device": self.device.to_string(),
             "math": crate::math_mode::math_mode().unwrap_or_default().name(),
+            "sync_bn": self.sync_bn,
         })
     }
 }
@@ -770,7 +782,8 @@ pub fn fit_distributed(
             let x = Tensor::from_vec(batch.data, &batch.shape, cfg.device)?;
             // DDP's broadcast_buffers: the batch-norm running statistics follow rank 0's
             dist::ddp::broadcast_tensors(dist, &buffers)?;
-            let logits = match net.forward(&[&x]) {
+            // --sync-bn: the batch norms of this forward and its backward use every rank's batch
+            let logits = match dist::sync_bn::scope(dist, cfg.sync_bn, || net.forward(&[&x])) {
                 Err(e) if batch.labels.len() == 1 => {
                     return Err(one_clip_batch_error(cfg, train.len(), e))
                 }
@@ -805,8 +818,16 @@ pub fn fit_distributed(
                     ),
                 ));
             }
-            loss.backward()?;
-            dist::ddp::all_reduce_gradients(dist, &params)?;
+            // DDP: gradients averaged over the ranks, buckets started while backward runs
+            dist::sync_bn::scope(dist, cfg.sync_bn, || {
+                dist::ddp::backward_averaged(
+                    dist,
+                    &params,
+                    &loss,
+                    cfg.ddp_overlap,
+                    cfg.ddp_bucket_bytes,
+                )
+            })?;
             if let Some(max) = cfg.clip_grad {
                 opt.clip_grad_norm(max)?;
             }
