@@ -300,10 +300,12 @@ fn span_avg_backward(dy: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span
     let [_, h, w] = input;
     let iv = volume(&input);
     let ov = t[0].len() * t[1].len() * t[2].len();
+    let mut dx = vec![0.0f32; planes * iv];
     if iv == 0 || ov == 0 {
-        return vec![0.0f32; planes * iv];
+        return dx;
     }
-    par_new_planes(planes * iv, iv, |p, dxp| {
+    // (in place, not through a scratch plane: measured faster here, the windows overlap little)
+    dx.par_chunks_mut(iv).enumerate().for_each(|(p, dxp)| {
         let mut grads = dy[p * ov..(p + 1) * ov].iter();
         for sd in &t[0] {
             for sh in &t[1] {
@@ -325,7 +327,8 @@ fn span_avg_backward(dy: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span
                 }
             }
         }
-    })
+    });
+    dx
 }
 
 pub(super) fn avg_forward(x: &[f32], g: &PoolGeom, count_include_pad: bool) -> Vec<f32> {
