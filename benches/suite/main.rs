@@ -298,32 +298,37 @@ impl Families {
         println!(
             "  per family (Σ count x work / Σ count x time), at the median and at the fastest runs:"
         );
-        let mut md = "\n| kernel family | pass | calls | ms (median) | rate | % peak | ms (fastest) | rate | % peak |\n\
+        let mut md = "\n| kernel family | pass | calls | median | rate | % peak | fastest | rate | % peak |\n\
                       |---|---|---|---|---|---|---|---|---|\n"
             .to_string();
+        // console column widths (the first two left-aligned)
+        const WIDTHS: [usize; 9] = [18, 8, 5, 11, 16, 7, 11, 16, 7];
         for (family, pass, f, [med, best]) in self.rows(machine) {
-            println!(
-                "  {:<18} {:<8} {:>5} {:>11.2} ms {:>16} {:>7}   fastest {:>11.2} ms {:>16} {:>7}",
-                family,
-                pass,
-                f.calls,
-                f.secs * 1e3,
+            let cells = [
+                family.to_string(),
+                pass.to_string(),
+                f.calls.to_string(),
+                format!("{:.2} ms", f.secs * 1e3),
                 rate_str(&med),
                 pct_str(med.pct),
-                f.fastest * 1e3,
+                format!("{:.2} ms", f.fastest * 1e3),
                 rate_str(&best),
-                pct_str(best.pct)
-            );
-            md += &format!(
-                "| {family} | {pass} | {} | {:.2} | {} | {} | {:.2} | {} | {} |\n",
-                f.calls,
-                f.secs * 1e3,
-                rate_str(&med),
-                pct_str(med.pct),
-                f.fastest * 1e3,
-                rate_str(&best),
-                pct_str(best.pct)
-            );
+                pct_str(best.pct),
+            ];
+            let line: Vec<String> = cells
+                .iter()
+                .zip(WIDTHS)
+                .enumerate()
+                .map(|(i, (c, w))| {
+                    if i < 2 {
+                        format!("{c:<w$}")
+                    } else {
+                        format!("{c:>w$}")
+                    }
+                })
+                .collect();
+            println!("  {}", line.join(" "));
+            md += &format!("| {} |\n", cells.join(" | "));
         }
         md
     }

@@ -90,8 +90,8 @@ fn volume(v: &[usize; 3]) -> usize {
 /// The window's maximum and where it is, as the offset (kd·kH + kh)·kW + kw from the window's padded
 /// start, with PyTorch's rule: start from −inf at the window's first tap and take a tap when
 /// `val > max || isnan(val)`, scanning d, h, w increasing (ties: the first; NaN: the last NaN).
-/// One index is tracked (as the old plane-index scan did), so the training forward costs what the
-/// inference one does.
+/// The inference forward uses only the maximum (the index tracking compiles away there); the training
+/// forward measures ~3× its time (docs/PERFORMANCE.md: the scan stays a chain of branches).
 #[inline]
 fn window_argmax(
     xp: &[f32],
@@ -116,10 +116,10 @@ fn window_argmax(
             let row = (d * h + hh) * w;
             let row_off = ((od + a) * kh + oh + b) * kw + ow;
             for (i, &v) in xp[row + sw.lo..row + sw.hi].iter().enumerate() {
-                // selects, not a branch: which tap wins is data, and mispredicts cost more than both
-                let take = (v > max) | v.is_nan();
-                max = if take { v } else { max };
-                best = if take { row_off + i } else { best };
+                if v > max || v.is_nan() {
+                    max = v;
+                    best = row_off + i;
+                }
             }
         }
     }
