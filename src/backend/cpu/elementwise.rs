@@ -93,13 +93,16 @@ pub(super) fn par_new_copies<'a, I: Iterator<Item = &'a [f32]>>(
 /// A new vector of `len` values made a plane of `plane` elements at a time (`len` a multiple of it),
 /// planes in parallel: `fill(p, scratch)` computes plane p into a zeroed per-task scratch plane (hot in
 /// cache, so a scatter such as a pooling backward's `+=` does not stream the output twice), which is
-/// then written once into the new vector, as [`par_new`] does.
+/// then written once into the new vector, as [`par_new`] does. `plane_work`: the elements one plane
+/// touches (a pooling window's input plane can be far larger than its output plane), which sizes the
+/// tasks and decides whether to run on the calling thread.
 pub(super) fn par_new_planes(
     len: usize,
     plane: usize,
+    plane_work: usize,
     fill: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let plane = plane.max(1);
+    let (plane, plane_work) = (plane.max(1), plane_work.max(plane).max(1));
     let mut y = Vec::with_capacity(len);
     let out = &mut y.spare_capacity_mut()[..len];
     let one = |scratch: &mut Vec<f32>, p: usize, out: &mut [MaybeUninit<f32>]| {
@@ -115,14 +118,14 @@ pub(super) fn par_new_planes(
             o.write(v);
         }
     };
-    if len <= CHUNK {
+    if len / plane * plane_work <= CHUNK {
         let mut scratch = vec![];
         out.chunks_mut(plane)
             .enumerate()
             .for_each(|(p, o)| one(&mut scratch, p, o));
     } else {
         out.par_chunks_mut(plane)
-            .with_min_len(CHUNK.div_ceil(plane))
+            .with_min_len(CHUNK.div_ceil(plane_work))
             .enumerate()
             .for_each_init(Vec::new, |scratch, (p, o)| one(scratch, p, o));
     }
@@ -327,7 +330,7 @@ mod tests {
     #[test]
     fn par_new_planes_starts_each_plane_at_zero() {
         for (planes, plane) in [(0, 5), (1, 3), (3, 1000), (40, 1000), (7, CHUNK + 3)] {
-            let v = par_new_planes(planes * plane, plane, |p, out| {
+            let v = par_new_planes(planes * plane, plane, plane, |p, out| {
                 assert!(out.iter().all(|&x| x == 0.0));
                 out[p % plane] += p as f32 + 1.0;
                 out[0] += 0.5;

@@ -132,7 +132,7 @@ pub(super) fn max_forward(x: &[f32], g: &PoolGeom) -> Vec<f32> {
         return vec![0.0f32; g.planes * ov];
     }
     let [td, th, tw] = pool_tables(g, true);
-    par_new_planes(g.planes * ov, ov, |p, yp| {
+    par_new_planes(g.planes * ov, ov, iv, |p, yp| {
         let xp = &x[p * iv..(p + 1) * iv];
         let mut out = yp.iter_mut();
         for sd in &td {
@@ -232,7 +232,7 @@ fn backward_as<I: WindowOffset>(idx: &[I], dy: &[f32], g: &PoolGeom) -> Vec<f32>
             ((od * h + oh) * w + ow) as isize
         })
         .collect();
-    par_new_planes(g.planes * iv, iv, |p, dxp| {
+    par_new_planes(g.planes * iv, iv, iv + ov, |p, dxp| {
         let (ip, dyp) = (&idx[p * ov..(p + 1) * ov], &dy[p * ov..(p + 1) * ov]);
         let mut saved = ip.iter().zip(dyp);
         for sd in &td {
@@ -262,7 +262,7 @@ fn span_avg_forward(x: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span>;
     if iv == 0 || ov == 0 {
         return vec![0.0f32; planes * ov];
     }
-    par_new_planes(planes * ov, ov, |p, yp| {
+    par_new_planes(planes * ov, ov, iv, |p, yp| {
         let xp = &x[p * iv..(p + 1) * iv];
         // row_sums[(d·H + h)·OW + j]: the input row (d, h) summed over w-window j
         let row_sums: Vec<f32> = (0..din * h)
