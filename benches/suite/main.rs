@@ -9,7 +9,9 @@
 //! copies that the data touched between two uses of one copy exceeds twice the L2. CPU: batch 1 (the big
 //! 3-D convolutions at batch 16 would take minutes on two cores), wall clock, median of 3–15 runs after
 //! one warm-up. Rows give µs, TFLOP/s (conv, linear, matmul, attention) or GB/s (the rest) and the % of the
-//! device's FP32 / memory peak (GPU only; n/a on the CPU).
+//! device's FP32 / memory peak (GPU); on the CPU memory-bound rows are a % of a STREAM-like copy measured at
+//! the start of the same run with the same threads (`stream.rs`), and each model gets a table of kernel
+//! families (Σ bytes / Σ time over its calls).
 //!
 //! **Whole models.** Inference (eval, no tape) and a training step (forward, cross entropy, backward, SGD
 //! with momentum) in clips/s, and the device's peak memory: batch 16 on CUDA; batch 2 on the CPU.
@@ -27,6 +29,7 @@ mod clock;
 mod kernels;
 mod models;
 mod report;
+mod stream;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -201,7 +204,8 @@ fn device_suite(
             let be = vidgrad::backend::cuda::backend(i)?;
             (Machine::cuda(be.properties()?), Clock::Cuda(be))
         }
-        _ => (Machine::cpu(), Clock::Cpu),
+        // the bandwidth the memory-bound kernel rows are measured against, in this run
+        _ => (Machine::cpu(args.kernels.then(stream::measure)), Clock::Cpu),
     };
     println!("\n=== {} benches: {}", machine.kind, machine.describe());
     if args.kernels {
@@ -233,6 +237,122 @@ fn rate_str(r: &Row) -> String {
 
 fn pct_str(p: Option<f64>) -> String {
     p.map_or("n/a".into(), |p| format!("{p:.1}%"))
+}
+
+/// Per kernel family and pass, over a model's calls: Σ count × work and Σ count × median time, so the
+/// family's rate is its total work over its total time (big calls weigh as much as they cost).
+#[derive(Default)]
+struct Families(std::collections::BTreeMap<(&'static str, &'static str), FamilySum>);
+
+#[derive(Default)]
+struct FamilySum {
+    calls: usize,
+    work: f64,
+    /// Σ count × median, Σ count × fastest run.
+    secs: f64,
+    fastest: f64,
+    is_flops: bool,
+}
+
+impl Families {
+    fn add(
+        &mut self,
+        family: &'static str,
+        pass: Pass,
+        calls: usize,
+        work: f64,
+        (secs, fastest): (f64, f64),
+        is_flops: bool,
+    ) {
+        let e = self.0.entry((family, pass.name())).or_default();
+        e.calls += calls;
+        e.work += work;
+        e.secs += secs;
+        e.fastest += fastest;
+        e.is_flops = is_flops;
+    }
+
+    /// Each family's row at its median and at its fastest runs.
+    fn rows(&self, machine: &Machine) -> Vec<(&'static str, &'static str, &FamilySum, [Row; 2])> {
+        self.0
+            .iter()
+            .map(|(&(family, pass), f)| {
+                let row = |secs: f64, fastest: bool| {
+                    let rate = f.work / secs;
+                    Row {
+                        family,
+                        shape: String::new(),
+                        count: f.calls,
+                        rate,
+                        is_flops: f.is_flops,
+                        pct: machine.pct_at(rate, f.is_flops, fastest),
+                    }
+                };
+                (family, pass, f, [row(f.secs, false), row(f.fastest, true)])
+            })
+            .collect()
+    }
+
+    /// Printed, and returned as a markdown table.
+    fn report(&self, machine: &Machine) -> String {
+        println!(
+            "  per family (Σ count x work / Σ count x time), at the median and at the fastest runs:"
+        );
+        let mut md = "\n| kernel family | pass | calls | median | rate | % peak | fastest | rate | % peak |\n\
+                      |---|---|---|---|---|---|---|---|---|\n"
+            .to_string();
+        // console column widths (the first two left-aligned)
+        const WIDTHS: [usize; 9] = [18, 8, 5, 11, 16, 7, 11, 16, 7];
+        for (family, pass, f, [med, best]) in self.rows(machine) {
+            let cells = [
+                family.to_string(),
+                pass.to_string(),
+                f.calls.to_string(),
+                format!("{:.2} ms", f.secs * 1e3),
+                rate_str(&med),
+                pct_str(med.pct),
+                format!("{:.2} ms", f.fastest * 1e3),
+                rate_str(&best),
+                pct_str(best.pct),
+            ];
+            let line: Vec<String> = cells
+                .iter()
+                .zip(WIDTHS)
+                .enumerate()
+                .map(|(i, (c, w))| {
+                    if i < 2 {
+                        format!("{c:<w$}")
+                    } else {
+                        format!("{c:>w$}")
+                    }
+                })
+                .collect();
+            println!("  {}", line.join(" "));
+            md += &format!("| {} |\n", cells.join(" | "));
+        }
+        md
+    }
+
+    fn to_json(&self, machine: &Machine) -> Value {
+        self.rows(machine)
+            .iter()
+            .map(|(family, pass, f, [med, best])| {
+                let unit = |r: &Row| {
+                    if f.is_flops {
+                        r.rate / 1e12
+                    } else {
+                        r.rate / 1e9
+                    }
+                };
+                let rate_key = if f.is_flops { "tflops" } else { "gbps" };
+                json!({"family": family, "pass": pass, "calls": f.calls, "ms": f.secs * 1e3,
+                       "fastest_ms": f.fastest * 1e3,
+                       if f.is_flops { "flops" } else { "bytes" }: f.work,
+                       rate_key: unit(med), format!("fastest_{rate_key}"): unit(best),
+                       "pct_peak": med.pct, "fastest_pct_peak": best.pct})
+            })
+            .collect()
+    }
 }
 
 fn kernel_suite(
@@ -290,10 +410,15 @@ fn kernel_suite(
     let mut json_models = vec![];
     let mut md = format!(
         "# vidgrad kernels, {}\n\n{}\n\nBatch {batch}{}. Median µs per call; TFLOP/s = 2·MACs/time, GB/s = \
-         bytes read + written once / time.\n",
+         bytes read + written once / time; % peak: {}.\n",
         machine.kind,
         machine.describe(),
-        if cuda { "" } else { " (CPU rows: batch reduced from 16)" }
+        if cuda { "" } else { " (CPU rows: batch reduced from 16)" },
+        if cuda {
+            "of the FP32 or memory peak"
+        } else {
+            "memory-bound rows as % of the STREAM-like copy's median above (n/a for FLOP rows)"
+        }
     );
     for m in models {
         let t_model = Instant::now();
@@ -316,6 +441,7 @@ fn kernel_suite(
             m.name, input
         );
         let mut rows_json = vec![];
+        let mut families = Families::default();
         let (mut t_inf, mut t_train) = (0.0, 0.0);
         for ks in &shapes {
             let k = &ks.kernel;
@@ -348,6 +474,14 @@ fn kernel_suite(
                         pct: machine.pct(work / secs, is_flops),
                     };
                     let c = ks.count as f64;
+                    families.add(
+                        row.family,
+                        pass,
+                        ks.count,
+                        c * work,
+                        (c * secs, c * t.min()),
+                        is_flops,
+                    );
                     let inference = match (k, pass) {
                         (Kernel::BatchNorm { .. } | Kernel::MaxPool { .. }, Pass::FwdEval) => true,
                         (
@@ -404,6 +538,10 @@ fn kernel_suite(
                         }),
                     );
                     o.insert("pct_peak".into(), json!(row.pct));
+                    o.insert(
+                        "fastest_pct_peak".into(),
+                        json!(machine.pct_at(work / t.min(), is_flops, true)),
+                    );
                     rows_json.push(r);
                 }
                 drop(sets);
@@ -444,10 +582,12 @@ fn kernel_suite(
             t_inf * 1e3,
             t_train * 1e3
         );
+        md += &families.report(machine);
         json_models.push(json!({
             "model": m.name, "input": input, "batch": batch,
             "options": {"classes": m.opts.classes, "dropout": m.opts.dropout},
             "sum_inference_ms": t_inf * 1e3, "sum_train_ms": t_train * 1e3,
+            "families": families.to_json(machine),
             "rows": rows_json}));
     }
     let doc = json!({

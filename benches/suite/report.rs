@@ -6,6 +6,8 @@ use serde_json::{json, Value};
 
 use vidgrad::backend::cuda::timing::DeviceProps;
 
+use crate::stream::Stream;
+
 /// FP32 and memory peaks of a GPU, and where they come from.
 #[derive(Debug, Clone)]
 pub struct Peaks {
@@ -67,18 +69,21 @@ pub struct Machine {
     pub threads: usize,
     pub peaks: Option<Peaks>,
     pub props: Option<DeviceProps>,
+    /// The CPU's STREAM-like bandwidth from this run: memory-bound rows are a % of its copy.
+    pub stream: Option<Stream>,
     pub date: String,
     pub commit: String,
 }
 
 impl Machine {
-    pub fn cpu() -> Machine {
+    pub fn cpu(stream: Option<Stream>) -> Machine {
         Machine {
             kind: "cpu",
             name: cpu_model(),
             threads: rayon::current_num_threads(),
             peaks: None,
             props: None,
+            stream,
             date: today(),
             commit: commit(),
         }
@@ -91,6 +96,7 @@ impl Machine {
             threads: rayon::current_num_threads(),
             peaks: Some(peaks(&props)),
             props: Some(props),
+            stream: None,
             date: today(),
             commit: commit(),
         }
@@ -119,8 +125,15 @@ impl Machine {
                 self.commit
             ),
             _ => format!(
-                "CPU {} ({} threads); peak unknown (n/a); date {}, commit {}",
-                self.name, self.threads, self.date, self.commit
+                "CPU {} ({} threads); FP32 peak unknown (n/a); memory: {}; date {}, commit {}",
+                self.name,
+                self.threads,
+                self.stream.as_ref().map_or(
+                    "not measured (n/a)".to_string(),
+                    |s| format!("{}; memory-bound rows as % of the copy's median", s.describe())
+                ),
+                self.date,
+                self.commit
             ),
         }
     }
@@ -134,12 +147,24 @@ impl Machine {
                 "sm_count": p.sm_count, "compute_capability": [p.compute_capability.0, p.compute_capability.1],
                 "clock_khz": p.clock_khz, "memory_clock_khz": p.memory_clock_khz,
                 "memory_bus_bits": p.memory_bus_bits, "l2_bytes": p.l2_bytes, "total_memory": p.total_memory})),
+            "stream": self.stream.as_ref().map(|s| s.to_json()),
             "date": self.date, "commit": self.commit,
         })
     }
 
-    /// Percent of the FP32 (flops) or memory (bytes) peak, None on the CPU.
+    /// Percent of the FP32 (flops) or memory (bytes) peak; on the CPU, of the STREAM-like copy's median
+    /// for bytes (None for flops, or without a STREAM measurement).
     pub fn pct(&self, rate: f64, is_flops: bool) -> Option<f64> {
+        self.pct_at(rate, is_flops, false)
+    }
+
+    /// [`Machine::pct`]; with `fastest` (a rate from a kernel's fastest run), against the copy's fastest
+    /// run on the CPU (like against like: under load the medians of both move).
+    pub fn pct_at(&self, rate: f64, is_flops: bool, fastest: bool) -> Option<f64> {
+        if let Some(s) = self.stream.as_ref().filter(|_| !is_flops) {
+            let copy = if fastest { s.copy.best } else { s.copy.median };
+            return Some(100.0 * rate / copy);
+        }
         self.peaks.as_ref().map(|p| {
             100.0 * rate
                 / if is_flops {

@@ -1,12 +1,152 @@
 //! Elementwise kernels, full and per-axis sums, dropout.
 
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::backend::{AxisGeom, BinaryOp, UnaryOp};
 use crate::rng;
 
 /// Elements per rayon task: big enough that scheduling costs nothing, small enough to spread work.
-const CHUNK: usize = 1 << 15;
+/// A tensor of at most this many elements runs on the calling thread.
+pub(super) const CHUNK: usize = 1 << 15;
+
+/// A new vector of `len` values made in pieces of `piece` elements (the last may be shorter), in
+/// parallel tasks of at least [`CHUNK`] elements (a tensor of at most [`CHUNK`] stays on the calling
+/// thread). `write(r, out)` fills piece r and returns how many of its leading elements it wrote; the
+/// values go straight into the new vector, which is not zero-filled first (a pass over memory that
+/// costs as much as an elementwise kernel's own write).
+fn par_build(
+    len: usize,
+    piece: usize,
+    write: impl Fn(usize, &mut [MaybeUninit<f32>]) -> usize + Sync,
+) -> Vec<f32> {
+    let piece = piece.max(1);
+    let mut y = Vec::with_capacity(len);
+    let fill = |r: usize, out: &mut [MaybeUninit<f32>]| {
+        let n = out.len();
+        assert_eq!(
+            write(r, out),
+            n,
+            "piece {r} of a new tensor was not written whole"
+        );
+    };
+    let out = &mut y.spare_capacity_mut()[..len];
+    if len <= CHUNK {
+        out.chunks_mut(piece)
+            .enumerate()
+            .for_each(|(r, o)| fill(r, o));
+    } else {
+        out.par_chunks_mut(piece)
+            .with_min_len(CHUNK.div_ceil(piece))
+            .enumerate()
+            .for_each(|(r, o)| fill(r, o));
+    }
+    // SAFETY: the pieces cover 0..len and each asserted that its `write` wrote every one of its
+    // elements (the callers below count the elements they write; a failed assertion unwinds past this
+    // line, dropping `y` with length 0).
+    unsafe { y.set_len(len) };
+    y
+}
+
+/// Write `values` into the front of `out`; how many were written.
+fn write_values(out: &mut [MaybeUninit<f32>], values: impl Iterator<Item = f32>) -> usize {
+    let mut written = 0;
+    for (o, v) in out.iter_mut().zip(values) {
+        o.write(v);
+        written += 1;
+    }
+    written
+}
+
+/// [`par_build`] with piece r's values given by `values(r, range)` (range: its elements' indices).
+pub(super) fn par_new<I: Iterator<Item = f32>>(
+    len: usize,
+    piece: usize,
+    values: impl Fn(usize, Range<usize>) -> I + Sync,
+) -> Vec<f32> {
+    let piece = piece.max(1);
+    par_build(len, piece, |r, out| {
+        let start = r * piece;
+        let n = out.len();
+        write_values(out, values(r, start..start + n))
+    })
+}
+
+/// [`par_build`] with piece r the concatenation of the slices `segments(r)` (copied slice by slice:
+/// concat, split, permute's contiguous rows).
+pub(super) fn par_new_copies<'a, I: Iterator<Item = &'a [f32]>>(
+    len: usize,
+    piece: usize,
+    segments: impl Fn(usize) -> I + Sync,
+) -> Vec<f32> {
+    par_build(len, piece, |r, out| {
+        let (n, mut written) = (out.len(), 0);
+        for seg in segments(r) {
+            written += write_values(&mut out[written.min(n)..], seg.iter().copied());
+        }
+        written
+    })
+}
+
+/// A new vector of `len` values made a plane of `plane` elements at a time (`len` a multiple of it),
+/// planes in parallel: `fill(p, scratch)` computes plane p into a zeroed per-task scratch plane (hot in
+/// cache, so a scatter such as a pooling backward's `+=` does not stream the output twice), which is
+/// then written once into the new vector, as [`par_new`] does. `plane_work`: the elements one plane
+/// touches (a pooling window's input plane can be far larger than its output plane), which sizes the
+/// tasks and decides whether to run on the calling thread.
+pub(super) fn par_new_planes(
+    len: usize,
+    plane: usize,
+    plane_work: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let (plane, plane_work) = (plane.max(1), plane_work.max(plane).max(1));
+    let mut y = Vec::with_capacity(len);
+    let out = &mut y.spare_capacity_mut()[..len];
+    let one = |scratch: &mut Vec<f32>, p: usize, out: &mut [MaybeUninit<f32>]| {
+        assert_eq!(
+            out.len(),
+            plane,
+            "par_new_planes: {len} is not a multiple of {plane}"
+        );
+        scratch.clear();
+        scratch.resize(plane, 0.0);
+        fill(p, scratch);
+        for (o, &v) in out.iter_mut().zip(scratch.iter()) {
+            o.write(v);
+        }
+    };
+    if len / plane * plane_work <= CHUNK {
+        let mut scratch = vec![];
+        out.chunks_mut(plane)
+            .enumerate()
+            .for_each(|(p, o)| one(&mut scratch, p, o));
+    } else {
+        out.par_chunks_mut(plane)
+            .with_min_len(CHUNK.div_ceil(plane_work))
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (p, o)| one(scratch, p, o));
+    }
+    // SAFETY: the planes cover 0..len (each asserted its full length) and each was written whole from
+    // its scratch plane of that length; a failed assertion unwinds past this line, dropping `y` empty.
+    unsafe { y.set_len(len) };
+    y
+}
+
+/// y = f(x) elementwise, into a new vector.
+fn map1(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    par_new(x.len(), CHUNK, |_, r| x[r].iter().map(|&v| f(v)))
+}
+
+/// y = f(a, b) elementwise, into a new vector (`a` and `b` of one length).
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    assert_eq!(a.len(), b.len(), "map2: operands of different lengths");
+    par_new(a.len(), CHUNK, |_, r| {
+        a[r.clone()].iter().zip(&b[r]).map(|(&a, &b)| f(a, b))
+    })
+}
 
 /// max(x, 0) keeping NaN, as PyTorch (f32::max would turn NaN into 0).
 #[inline]
@@ -18,39 +158,24 @@ pub(super) fn relu(x: f32) -> f32 {
     }
 }
 
+/// One loop per op (the match outside it), so that each compiles to its own vector loop.
 pub(super) fn unary(x: &[f32], op: UnaryOp) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = match op {
-                    UnaryOp::Relu => relu(x),
-                    UnaryOp::Scale(s) => x * s,
-                    UnaryOp::AddScalar(s) => x + s,
-                    UnaryOp::Sqrt => x.sqrt(),
-                };
-            }
-        });
-    y
+    match op {
+        UnaryOp::Relu => map1(x, relu),
+        UnaryOp::Scale(s) => map1(x, |x| x * s),
+        UnaryOp::AddScalar(s) => map1(x, |x| x + s),
+        UnaryOp::Sqrt => map1(x, f32::sqrt),
+    }
 }
 
 pub(super) fn binary(a: &[f32], b: &[f32], op: BinaryOp) -> Vec<f32> {
-    let mut y = vec![0.0; a.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(y, (a, b))| {
-            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                *y = match op {
-                    BinaryOp::Add => a + b,
-                    BinaryOp::Sub => a - b,
-                    BinaryOp::Mul => a * b,
-                    BinaryOp::Div => a / b,
-                    BinaryOp::AddRelu => relu(a + b),
-                };
-            }
-        });
-    y
+    match op {
+        BinaryOp::Add => map2(a, b, |a, b| a + b),
+        BinaryOp::Sub => map2(a, b, |a, b| a - b),
+        BinaryOp::Mul => map2(a, b, |a, b| a * b),
+        BinaryOp::Div => map2(a, b, |a, b| a / b),
+        BinaryOp::AddRelu => map2(a, b, |a, b| relu(a + b)),
+    }
 }
 
 pub(super) fn relu_in_place(x: &mut [f32]) {
@@ -79,15 +204,7 @@ pub(super) fn relu_grad(y: f32, dy: f32) -> f32 {
 }
 
 pub(super) fn relu_backward(y: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0; y.len()];
-    dx.par_chunks_mut(CHUNK)
-        .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-        .for_each(|(dx, (y, dy))| {
-            for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-                *dx = relu_grad(y, dy);
-            }
-        });
-    dx
+    map2(y, dy, relu_grad)
 }
 
 pub(super) fn axpby(y: &mut [f32], a: f32, x: &[f32], b: f32) {
@@ -150,4 +267,105 @@ pub(super) fn dropout(x: &[f32], p: f32, seed: u64) -> Vec<f32> {
             }
         });
     y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::uniform;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        (0..n)
+            .map(|i| match i % 97 {
+                0 => f32::NAN,
+                1 => -0.0,
+                _ => uniform(seed, i as u64) * 2.0 - 1.0,
+            })
+            .collect()
+    }
+
+    /// Bit patterns, so that NaN == NaN and -0 != +0.
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Lengths on both sides of the single-thread limit, with ragged last pieces.
+    const LENS: [usize; 6] = [0, 1, 1000, CHUNK, CHUNK + 1, 3 * CHUNK + 17];
+
+    #[test]
+    fn par_new_writes_every_element_in_order() {
+        for len in LENS {
+            for piece in [1, 7, 1000, CHUNK, 5 * CHUNK] {
+                let v = par_new(len, piece, |_, r| r.map(|i| i as f32));
+                assert_eq!(
+                    v,
+                    (0..len).map(|i| i as f32).collect::<Vec<_>>(),
+                    "{len} {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "was not written whole")]
+    fn par_new_refuses_a_short_piece() {
+        par_new(10, 5, |r, range| {
+            range.take(if r == 1 { 4 } else { 5 }).map(|i| i as f32)
+        });
+    }
+
+    #[test]
+    fn par_new_copies_concatenates_the_segments() {
+        let src: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        for len in LENS {
+            // piece r = [r, r + 1, ..., r + 9] in two segments
+            let v = par_new_copies(len, 10, |r| {
+                [&src[r % 90..r % 90 + 4], &src[r % 90 + 4..r % 90 + 10]].into_iter()
+            });
+            let want: Vec<f32> = (0..len).map(|i| ((i / 10) % 90 + i % 10) as f32).collect();
+            assert_eq!(v, want, "{len}");
+        }
+    }
+
+    #[test]
+    fn par_new_planes_starts_each_plane_at_zero() {
+        for (planes, plane) in [(0, 5), (1, 3), (3, 1000), (40, 1000), (7, CHUNK + 3)] {
+            let v = par_new_planes(planes * plane, plane, plane, |p, out| {
+                assert!(out.iter().all(|&x| x == 0.0));
+                out[p % plane] += p as f32 + 1.0;
+                out[0] += 0.5;
+            });
+            for p in 0..planes {
+                let mut want = vec![0.0f32; plane];
+                want[p % plane] += p as f32 + 1.0;
+                want[0] += 0.5;
+                assert_eq!(v[p * plane..(p + 1) * plane], want[..], "plane {p}");
+            }
+        }
+    }
+
+    /// The vectorised, parallel kernels against the scalar formula, bit for bit (same arithmetic).
+    #[test]
+    fn elementwise_kernels_match_the_scalar_formulas_bit_for_bit() {
+        for len in LENS {
+            let (a, b) = (data(len, 1), data(len, 2));
+            let one = |f: fn(f32) -> f32| bits(&a.iter().map(|&x| f(x)).collect::<Vec<_>>());
+            let two = |f: fn(f32, f32) -> f32| {
+                bits(&a.iter().zip(&b).map(|(&x, &y)| f(x, y)).collect::<Vec<_>>())
+            };
+            assert_eq!(bits(&unary(&a, UnaryOp::Relu)), one(relu));
+            assert_eq!(bits(&unary(&a, UnaryOp::Scale(0.3))), one(|x| x * 0.3));
+            assert_eq!(bits(&unary(&a, UnaryOp::AddScalar(0.3))), one(|x| x + 0.3));
+            assert_eq!(bits(&unary(&a, UnaryOp::Sqrt)), one(f32::sqrt));
+            assert_eq!(bits(&binary(&a, &b, BinaryOp::Add)), two(|x, y| x + y));
+            assert_eq!(bits(&binary(&a, &b, BinaryOp::Sub)), two(|x, y| x - y));
+            assert_eq!(bits(&binary(&a, &b, BinaryOp::Mul)), two(|x, y| x * y));
+            assert_eq!(bits(&binary(&a, &b, BinaryOp::Div)), two(|x, y| x / y));
+            assert_eq!(
+                bits(&binary(&a, &b, BinaryOp::AddRelu)),
+                two(|x, y| relu(x + y))
+            );
+            assert_eq!(bits(&relu_backward(&a, &b)), two(relu_grad));
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! permute, concat and split.
 
-use rayon::prelude::*;
+use super::elementwise::{par_new, par_new_copies};
 
 /// y = x with dims reordered (y.shape[i] = shape[perm[i]]), contiguous; parallel over output rows.
 pub(super) fn permute(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
@@ -13,44 +13,37 @@ pub(super) fn permute(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
     let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
     let row = out_shape[r - 1];
     let last_stride = src_strides[r - 1];
-    let mut y = vec![0.0; x.len()];
-    if y.is_empty() {
-        return y;
+    if x.is_empty() {
+        return vec![];
     }
-    y.par_chunks_mut(row).enumerate().for_each(|(ri, out)| {
-        // Source offset of this output row from its multi-index over the leading dims.
+    // Source offset of output row ri from its multi-index over the leading dims.
+    let base = |ri: usize| {
         let mut rem = ri;
         let mut base = 0;
         for d in (0..r - 1).rev() {
             base += (rem % out_shape[d]) * src_strides[d];
             rem /= out_shape[d];
         }
-        if last_stride == 1 {
-            out.copy_from_slice(&x[base..base + row]);
-        } else {
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = x[base + j * last_stride];
-            }
-        }
-    });
-    y
+        base
+    };
+    if last_stride == 1 {
+        par_new_copies(x.len(), row, |ri| std::iter::once(&x[base(ri)..][..row]))
+    } else {
+        par_new(x.len(), row, |ri, _| {
+            let b = base(ri);
+            (0..row).map(move |j| x[b + j * last_stride])
+        })
+    }
 }
 
 /// [outer, Σ inner_i] from the [outer, inner_i] pieces.
 pub(super) fn concat(xs: &[&[f32]], outer: usize, inners: &[usize]) -> Vec<f32> {
     let total: usize = inners.iter().sum();
-    let mut y = vec![0.0; outer * total];
-    if y.is_empty() {
-        return y;
-    }
-    y.par_chunks_mut(total).enumerate().for_each(|(o, row)| {
-        let mut off = 0;
-        for (x, &inner) in xs.iter().zip(inners) {
-            row[off..off + inner].copy_from_slice(&x[o * inner..(o + 1) * inner]);
-            off += inner;
-        }
-    });
-    y
+    par_new_copies(outer * total, total, |o| {
+        xs.iter()
+            .zip(inners)
+            .map(move |(x, &inner)| &x[o * inner..(o + 1) * inner])
+    })
 }
 
 /// The inverse of [`concat`].
@@ -60,14 +53,11 @@ pub(super) fn split(x: &[f32], outer: usize, inners: &[usize]) -> Vec<Vec<f32>> 
     inners
         .iter()
         .map(|&inner| {
-            let mut part = vec![0.0; outer * inner];
-            if inner > 0 {
-                part.par_chunks_mut(inner).enumerate().for_each(|(o, p)| {
-                    p.copy_from_slice(&x[o * total + off..o * total + off + inner]);
-                });
-            }
+            let start = off;
             off += inner;
-            part
+            par_new_copies(outer * inner, inner, |o| {
+                std::iter::once(&x[o * total + start..][..inner])
+            })
         })
         .collect()
 }

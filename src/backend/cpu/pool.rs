@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::elementwise::par_new_planes;
+
 use crate::backend::{AdaptivePoolGeom, PoolGeom};
 
 /// The window of one output index along one dim.
@@ -88,8 +90,8 @@ fn volume(v: &[usize; 3]) -> usize {
 /// The window's maximum and where it is, as the offset (kd·kH + kh)·kW + kw from the window's padded
 /// start, with PyTorch's rule: start from −inf at the window's first tap and take a tap when
 /// `val > max || isnan(val)`, scanning d, h, w increasing (ties: the first; NaN: the last NaN).
-/// One index is tracked (as the old plane-index scan did), so the training forward costs what the
-/// inference one does.
+/// The inference forward uses only the maximum (the index tracking compiles away there); the training
+/// forward measures ~3× its time (docs/PERFORMANCE.md: the scan stays a chain of branches).
 #[inline]
 fn window_argmax(
     xp: &[f32],
@@ -126,24 +128,21 @@ fn window_argmax(
 
 pub(super) fn max_forward(x: &[f32], g: &PoolGeom) -> Vec<f32> {
     let (iv, ov) = (volume(&g.input), volume(&g.output));
-    let mut y = vec![0.0f32; g.planes * ov];
     if iv == 0 || ov == 0 {
-        return y;
+        return vec![0.0f32; g.planes * ov];
     }
     let [td, th, tw] = pool_tables(g, true);
-    y.par_chunks_mut(ov)
-        .zip(x.par_chunks(iv))
-        .for_each(|(yp, xp)| {
-            let mut out = yp.iter_mut();
-            for sd in &td {
-                for sh in &th {
-                    for sw in &tw {
-                        *out.next().unwrap() = window_argmax(xp, g.input, g.kernel, sd, sh, sw).1;
-                    }
+    par_new_planes(g.planes * ov, ov, iv, |p, yp| {
+        let xp = &x[p * iv..(p + 1) * iv];
+        let mut out = yp.iter_mut();
+        for sd in &td {
+            for sh in &th {
+                for sw in &tw {
+                    *out.next().unwrap() = window_argmax(xp, g.input, g.kernel, sd, sh, sw).1;
                 }
             }
-        });
-    y
+        }
+    })
 }
 
 /// A saved argmax: the tap's offset inside its kernel window, as narrow as the window allows.
@@ -219,74 +218,81 @@ pub(super) fn max_backward(argmax: &[f32], dy: &[f32], g: &PoolGeom) -> Vec<f32>
 
 fn backward_as<I: WindowOffset>(idx: &[I], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
     let (iv, ov) = (volume(&g.input), volume(&g.output));
-    let mut dx = vec![0.0f32; g.planes * iv];
     if iv == 0 || ov == 0 {
-        return dx;
+        return vec![0.0f32; g.planes * iv];
     }
     let [td, th, tw] = pool_tables(g, true);
     let [_, h, w] = g.input;
-    let [_, kh, kw] = g.kernel;
-    dx.par_chunks_mut(iv)
-        .zip(idx.par_chunks(ov))
-        .zip(dy.par_chunks(ov))
-        .for_each(|((dxp, ip), dyp)| {
-            let mut saved = ip.iter().zip(dyp);
-            for sd in &td {
-                for sh in &th {
-                    for sw in &tw {
-                        let (&i, &gy) = saved.next().unwrap();
-                        if sd.is_empty() || sh.is_empty() || sw.is_empty() {
-                            continue;
-                        }
-                        let off = i.offset();
-                        let (od, rest) = (off / (kh * kw), off % (kh * kw));
-                        let d = (sd.start + od as isize) as usize;
-                        let hh = (sh.start + (rest / kw) as isize) as usize;
-                        let ww = (sw.start + (rest % kw) as isize) as usize;
-                        dxp[(d * h + hh) * w + ww] += gy;
+    let [kd, kh, kw] = g.kernel;
+    // A saved offset (kd·kH + kh)·kW + kw as a distance in the plane from the window's padded start:
+    // one table look-up per output instead of three divisions.
+    let step: Vec<isize> = (0..kd * kh * kw)
+        .map(|off| {
+            let (od, oh, ow) = (off / (kh * kw), off / kw % kh, off % kw);
+            ((od * h + oh) * w + ow) as isize
+        })
+        .collect();
+    par_new_planes(g.planes * iv, iv, iv + ov, |p, dxp| {
+        let (ip, dyp) = (&idx[p * ov..(p + 1) * ov], &dy[p * ov..(p + 1) * ov]);
+        let mut saved = ip.iter().zip(dyp);
+        for sd in &td {
+            for sh in &th {
+                let row_start = (sd.start * h as isize + sh.start) * w as isize;
+                for sw in &tw {
+                    let (&i, &gy) = saved.next().unwrap();
+                    if sd.is_empty() || sh.is_empty() || sw.is_empty() {
+                        continue;
                     }
+                    dxp[(row_start + sw.start + step[i.offset()]) as usize] += gy;
                 }
             }
-        });
-    dx
+        }
+    })
 }
 
 /// Window averages over separable span tables; the divisor is the product of the spans' counts.
-/// An empty window gives 0 (as PyTorch's kernels skip it).
+/// An empty window gives 0 (as PyTorch's kernels skip it). Separably: first every input row's sums
+/// over the w-windows, then each output row adds the (d, h) rows of its window across all w at once
+/// (a vector loop), in the order a window-by-window sum would add them (the same bits).
 fn span_avg_forward(x: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span>; 3]) -> Vec<f32> {
-    let [_, h, w] = input;
+    let [din, h, w] = input;
     let iv = volume(&input);
-    let ov = t[0].len() * t[1].len() * t[2].len();
-    let mut y = vec![0.0f32; planes * ov];
+    let ow = t[2].len();
+    let ov = t[0].len() * t[1].len() * ow;
     if iv == 0 || ov == 0 {
-        return y;
+        return vec![0.0f32; planes * ov];
     }
-    y.par_chunks_mut(ov)
-        .zip(x.par_chunks(iv))
-        .for_each(|(yp, xp)| {
-            let mut out = yp.iter_mut();
-            for sd in &t[0] {
-                for sh in &t[1] {
-                    for sw in &t[2] {
-                        let o = out.next().unwrap();
-                        let div = sd.count * sh.count * sw.count;
-                        if sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0 {
-                            *o = 0.0;
-                            continue;
-                        }
-                        let mut sum = 0.0f32;
-                        for d in sd.lo..sd.hi {
-                            for hh in sh.lo..sh.hi {
-                                let row = (d * h + hh) * w;
-                                sum += xp[row + sw.lo..row + sw.hi].iter().sum::<f32>();
-                            }
-                        }
-                        *o = sum / div as f32;
+    par_new_planes(planes * ov, ov, iv, |p, yp| {
+        let xp = &x[p * iv..(p + 1) * iv];
+        // row_sums[(d·H + h)·OW + j]: the input row (d, h) summed over w-window j
+        let row_sums: Vec<f32> = (0..din * h)
+            .flat_map(|row| {
+                let xr = &xp[row * w..(row + 1) * w];
+                t[2].iter()
+                    .map(move |sw| xr[sw.lo..sw.hi].iter().sum::<f32>())
+            })
+            .collect();
+        let mut out_rows = yp.chunks_mut(ow);
+        for sd in &t[0] {
+            for sh in &t[1] {
+                let out = out_rows.next().unwrap();
+                for d in sd.lo..sd.hi {
+                    for hh in sh.lo..sh.hi {
+                        let rs = &row_sums[(d * h + hh) * ow..][..ow];
+                        out.iter_mut().zip(rs).for_each(|(o, &r)| *o += r);
                     }
                 }
+                for (o, sw) in out.iter_mut().zip(&t[2]) {
+                    let div = sd.count * sh.count * sw.count;
+                    *o = if sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0 {
+                        0.0
+                    } else {
+                        *o / div as f32
+                    };
+                }
             }
-        });
-    y
+        }
+    })
 }
 
 /// The adjoint of [`span_avg_forward`]: each dy/divisor is spread over its (clipped) window.
@@ -298,31 +304,30 @@ fn span_avg_backward(dy: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span
     if iv == 0 || ov == 0 {
         return dx;
     }
-    dx.par_chunks_mut(iv)
-        .zip(dy.par_chunks(ov))
-        .for_each(|(dxp, dyp)| {
-            let mut grads = dyp.iter();
-            for sd in &t[0] {
-                for sh in &t[1] {
-                    for sw in &t[2] {
-                        let gy = *grads.next().unwrap();
-                        let div = sd.count * sh.count * sw.count;
-                        if sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0 {
-                            continue;
-                        }
-                        let gv = gy / div as f32;
-                        for d in sd.lo..sd.hi {
-                            for hh in sh.lo..sh.hi {
-                                let row = (d * h + hh) * w;
-                                for v in &mut dxp[row + sw.lo..row + sw.hi] {
-                                    *v += gv;
-                                }
+    // (in place, not through a scratch plane: measured faster here, the windows overlap little)
+    dx.par_chunks_mut(iv).enumerate().for_each(|(p, dxp)| {
+        let mut grads = dy[p * ov..(p + 1) * ov].iter();
+        for sd in &t[0] {
+            for sh in &t[1] {
+                for sw in &t[2] {
+                    let gy = *grads.next().unwrap();
+                    let div = sd.count * sh.count * sw.count;
+                    if sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0 {
+                        continue;
+                    }
+                    let gv = gy / div as f32;
+                    for d in sd.lo..sd.hi {
+                        for hh in sh.lo..sh.hi {
+                            let row = (d * h + hh) * w;
+                            for v in &mut dxp[row + sw.lo..row + sw.hi] {
+                                *v += gv;
                             }
                         }
                     }
                 }
             }
-        });
+        }
+    });
     dx
 }
 
