@@ -46,7 +46,7 @@ use vidgrad::{Device, Result};
 
 use clock::{Clock, Plan};
 use kernels::{make_set, run, Noise};
-use report::{fmt_bytes, out_dir, write, Machine};
+use report::{fmt_bytes, out_dir, write, write_tables, Machine};
 
 const CUDA_BATCH: usize = 16;
 /// Upper bound on the copies of one kernel's inputs (tiny kernels: 2·L2 / their bytes would be huge).
@@ -537,13 +537,7 @@ fn kernel_suite(
                        "clock": if cuda { "cuda events" } else { "wall" },
                        "rotation_bytes": 2 * l2},
             "models": &json_models});
-        let name = format!("kernels_{}", machine.kind);
-        write(
-            out,
-            &format!("{name}.json"),
-            &serde_json::to_string_pretty(&doc).unwrap(),
-        );
-        write(out, &format!("{name}.md"), &md);
+        write_tables(out, &format!("kernels_{}", machine.kind), &doc, &md);
     }
     Ok(())
 }
@@ -637,13 +631,7 @@ fn model_suite(
                          "timing": {"warmup": plan.warmup, "runs": plan.min_runs,
                                     "clock": if cuda { "wall, synchronised" } else { "wall" }},
                          "models": &rows});
-        let name = format!("models_{}", machine.kind);
-        write(
-            out,
-            &format!("{name}.json"),
-            &serde_json::to_string_pretty(&doc).unwrap(),
-        );
-        write(out, &format!("{name}.md"), &md);
+        write_tables(out, &format!("models_{}", machine.kind), &doc, &md);
     }
     Ok(())
 }

@@ -267,3 +267,13 @@ pub fn write(dir: &Path, name: &str, text: &str) {
         Err(e) => eprintln!("could not write {}: {e}", p.display()),
     }
 }
+
+/// `name`.json (the document) and `name`.md (its tables).
+pub fn write_tables(dir: &Path, name: &str, doc: &Value, md: &str) {
+    write(
+        dir,
+        &format!("{name}.json"),
+        &serde_json::to_string_pretty(doc).unwrap(),
+    );
+    write(dir, &format!("{name}.md"), md);
+}
