@@ -155,6 +155,17 @@ impl Kernel {
         }
     }
 
+    /// Whether the math mode (`crate::math_mode`) changes this call's products: convolutions other than
+    /// depthwise (`ConvGeom::math_mode`), linear and matmul. Attention's products and every other family
+    /// stay FP32 in every mode, so their rows are timed once.
+    pub fn uses_math_mode(&self) -> bool {
+        match self {
+            Kernel::Conv { g, .. } => !g.is_depthwise(),
+            Kernel::Linear { .. } | Kernel::MatMul(_) => true,
+            _ => false,
+        }
+    }
+
     /// The passes a training step runs for this call. Ops whose backward is the identity (add) or the
     /// forward kernel again (mul_scalar, dropout) list only the forward.
     pub fn passes(&self) -> &'static [Pass] {

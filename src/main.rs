@@ -400,7 +400,7 @@ fn run() -> Result<()> {
     match &cli.math {
         Some(m) => vidgrad::math_mode::set_math_mode(vidgrad::math_mode::MathMode::parse(m)?),
         None => {
-            vidgrad::math_mode::math_mode()?;
+            vidgrad::math_mode::chosen_math_mode()?;
         }
     }
     vidgrad::exec::set_fuse_by_default(!cli.no_fuse);
@@ -657,10 +657,13 @@ fn run() -> Result<()> {
         }
         Command::Summary { model, depth } => {
             print!("{}", model.graph()?.summary(depth));
-            println!(
-                "Math mode: {} (convolution and matmul operands)",
-                vidgrad::math_mode::math_mode()?
-            );
+            match vidgrad::math_mode::chosen_math_mode()? {
+                Some(m) => println!("Math mode: {m} (convolution and matmul operands)"),
+                None => println!(
+                    "Math mode: the defaults, tf32 on CUDA and fp32 on the CPU (convolution and matmul \
+                     operands; --math or VIDGRAD_MATH chooses one)"
+                ),
+            }
         }
         Command::Graph { model } => print!("{}", model.graph()?.to_dot()),
         Command::Forward {

@@ -3,15 +3,38 @@
 //! rounded to BF16, round to nearest even, FP32 accumulation). Tensors stay FP32 in memory; only the
 //! operands of the products are rounded (each element once), never bias, outputs or accumulators.
 //!
-//! The mode is process-wide: `--math` on the CLI, `VIDGRAD_MATH`, or [`set_math_mode`]. The CPU backend
-//! implements every mode ([`round_operands`]), so `--device cpu --math tf32` is the reference for a GPU's
-//! tensor-core result. The simulated CUDA device rounds with the same bit formulas
-//! (kernels/sim/cudasim.h, `cudasim_cvt_rna_tf32`, `cudasim_cvt_rn_bf16`). Depthwise convolutions
-//! multiply in FP32 in every mode on both backends (`ConvGeom::math_mode`: no tensor-core GEMM there).
+//! The mode is process-wide: `--math` on the CLI, `VIDGRAD_MATH`, or [`set_math_mode`]. When none is
+//! chosen, each backend takes its default ([`MathMode::default_on`]): **tf32 on CUDA** (the simulated
+//! device included) — PyTorch's default for convolutions (cuDNN with `allow_tf32 = True`), and what the
+//! tensor cores are for — and **fp32 on the CPU**. `--math fp32` gives FP32 on CUDA. [`math_mode_on`] is
+//! the mode a backend uses. The CPU backend implements every mode ([`round_operands`]), so
+//! `--device cpu --math tf32` is the reference for a GPU's tensor-core result. The simulated CUDA device
+//! rounds with the same bit formulas (kernels/sim/cudasim.h, `cudasim_cvt_rna_tf32`,
+//! `cudasim_cvt_rn_bf16`). Depthwise convolutions multiply in FP32 in every mode on both backends
+//! (`ConvGeom::math_mode`: no tensor-core GEMM there).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::{Error, Result};
+use crate::{Device, Error, Result};
+
+/// The kinds of hardware whose default math modes differ ([`MathMode::default_on`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hardware {
+    /// The CPU backend (and the meta device, which computes nothing).
+    Cpu,
+    /// The CUDA backend: a GPU or the simulated device.
+    Cuda,
+}
+
+impl Hardware {
+    /// The hardware `dev` runs on.
+    pub fn of(dev: Device) -> Hardware {
+        match dev {
+            Device::Cuda(_) | Device::CudaSim => Hardware::Cuda,
+            Device::Cpu | Device::Meta => Hardware::Cpu,
+        }
+    }
+}
 
 /// How convolution and matmul treat their operands (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -28,6 +51,14 @@ pub enum MathMode {
 impl MathMode {
     /// Every mode, in the order the CLI lists them.
     pub const ALL: [MathMode; 3] = [MathMode::Fp32, MathMode::Tf32, MathMode::Bf16];
+
+    /// The mode of `hw` when none is chosen: tf32 on CUDA (PyTorch's cuDNN default), fp32 on the CPU.
+    pub fn default_on(hw: Hardware) -> MathMode {
+        match hw {
+            Hardware::Cuda => MathMode::Tf32,
+            Hardware::Cpu => MathMode::Fp32,
+        }
+    }
 
     /// `fp32`, `tf32` or `bf16`.
     pub fn name(self) -> &'static str {
@@ -82,8 +113,10 @@ impl std::str::FromStr for MathMode {
     }
 }
 
-/// 0: not chosen yet (read `VIDGRAD_MATH` on first use), else 1 + the mode.
+/// 0: `VIDGRAD_MATH` not read yet; 1 + the mode when one is chosen; [`NONE_CHOSEN`]: each backend's
+/// default.
 static MODE: AtomicU8 = AtomicU8::new(0);
+const NONE_CHOSEN: u8 = 1 + MathMode::ALL.len() as u8;
 
 fn encode(m: MathMode) -> u8 {
     1 + MathMode::ALL.iter().position(|&x| x == m).unwrap() as u8
@@ -111,28 +144,38 @@ pub fn with_math_mode<R>(m: MathMode, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// The math mode: inside [`with_math_mode`] its mode; else the process-wide one, the last
-/// [`set_math_mode`], else `VIDGRAD_MATH`, else fp32. An invalid `VIDGRAD_MATH` is an error.
-pub fn math_mode() -> Result<MathMode> {
+/// The chosen math mode, if any: inside [`with_math_mode`] its mode; else the process-wide one, the last
+/// [`set_math_mode`], else `VIDGRAD_MATH`; `None` when nothing chose one. An invalid `VIDGRAD_MATH` is an
+/// error.
+pub fn chosen_math_mode() -> Result<Option<MathMode>> {
     if let Some(m) = SCOPED.with(|c| c.get()) {
-        return Ok(m);
+        return Ok(Some(m));
     }
     match MODE.load(Ordering::Relaxed) {
         0 => {
             let m = match std::env::var("VIDGRAD_MATH") {
                 Ok(v) if !v.trim().is_empty() => {
-                    MathMode::parse(&v).map_err(|_| Error::InvalidArgument {
+                    Some(MathMode::parse(&v).map_err(|_| Error::InvalidArgument {
                         op: "VIDGRAD_MATH",
                         msg: format!("{v:?} is not one of fp32, tf32, bf16"),
-                    })?
+                    })?)
                 }
-                _ => MathMode::Fp32,
+                _ => None,
             };
-            MODE.store(encode(m), Ordering::Relaxed);
-            Ok(m)
+            // a racing set_math_mode wins over the environment
+            let code = m.map_or(NONE_CHOSEN, encode);
+            let _ = MODE.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+            chosen_math_mode()
         }
-        v => Ok(MathMode::ALL[v as usize - 1]),
+        NONE_CHOSEN => Ok(None),
+        v => Ok(Some(MathMode::ALL[v as usize - 1])),
     }
+}
+
+/// The math mode of the products `hw` computes: the chosen one ([`chosen_math_mode`]), else `hw`'s
+/// default ([`MathMode::default_on`]).
+pub fn math_mode_on(hw: Hardware) -> Result<MathMode> {
+    Ok(chosen_math_mode()?.unwrap_or(MathMode::default_on(hw)))
 }
 
 /// `x` with every element rounded as `mode` rounds operands: borrowed unchanged in fp32.
@@ -239,6 +282,23 @@ mod tests {
         );
         assert_eq!(round_tf32(0.0).to_bits(), 0);
         assert_eq!(round_tf32(-0.0).to_bits(), 0x8000_0000);
+    }
+
+    #[test]
+    fn defaults_are_tf32_on_cuda_and_fp32_on_the_cpu() {
+        assert_eq!(MathMode::default_on(Hardware::Cuda), MathMode::Tf32);
+        assert_eq!(MathMode::default_on(Hardware::Cpu), MathMode::Fp32);
+        assert_eq!(Hardware::of(Device::CudaSim), Hardware::Cuda);
+        assert_eq!(Hardware::of(Device::Cuda(1)), Hardware::Cuda);
+        assert_eq!(Hardware::of(Device::Meta), Hardware::Cpu);
+        // a scoped choice wins over every default
+        with_math_mode(MathMode::Fp32, || {
+            assert_eq!(math_mode_on(Hardware::Cuda).unwrap(), MathMode::Fp32);
+            assert_eq!(chosen_math_mode().unwrap(), Some(MathMode::Fp32));
+        });
+        with_math_mode(MathMode::Bf16, || {
+            assert_eq!(math_mode_on(Hardware::Cpu).unwrap(), MathMode::Bf16)
+        });
     }
 
     #[test]

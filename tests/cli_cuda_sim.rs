@@ -73,6 +73,8 @@ fn train_two_steps() {
     ]);
     assert!(ok, "{err}");
     assert!(err.contains(&format!("on {dev}")), "{err}");
+    // no --math: CUDA's default, tf32 (src/math_mode.rs)
+    assert!(err.contains("math tf32"), "{err}");
     for f in ["last.safetensors", "best.safetensors", "metrics.jsonl"] {
         assert!(dir.join(f).exists(), "{f} not written");
     }
@@ -140,6 +142,9 @@ fn forward_matches_cpu() {
             s(&o),
             "--device",
             &dev,
+            // FP32 on both (CUDA's default is tf32)
+            "--math",
+            "fp32",
         ]);
         assert!(ok, "{dev}: {err}");
         let (y, _) = load_safetensors(&o, Device::Cpu).unwrap();

@@ -1,10 +1,11 @@
 //! Math modes (src/math_mode.rs): the CPU backend rounds the operands of convolution and matmul as the
 //! mode says (not depthwise convolutions: FP32 in every mode, on CUDA too), and the CLI takes `--math` and
-//! `VIDGRAD_MATH`. The mode is process-wide, so the in-process checks run in one test, in order.
+//! `VIDGRAD_MATH`. The in-process checks pick their modes with `with_math_mode` (this thread only):
+//! `common::cuda_device` sets the process-wide mode to fp32 for the CUDA suites.
 
 mod common;
 
-use vidgrad::math_mode::{math_mode, set_math_mode, MathMode};
+use vidgrad::math_mode::{math_mode_on, with_math_mode, Hardware, MathMode};
 use vidgrad::{Device, Tensor};
 
 /// |got − want| ≤ bound[i] elementwise, printing the worst ratio.
@@ -61,20 +62,20 @@ fn cpu_backend_rounds_conv_and_matmul_operands() {
     let b = Tensor::randn(&[3, 29, 18], 15, cpu).unwrap();
     let mm = |a: &Tensor, b: &Tensor| a.matmul(b).unwrap().to_vec().unwrap();
 
-    set_math_mode(MathMode::Fp32);
-    let conv_fp32 = conv(&x, &w, Some(&bias));
-    let conv_abs = conv(&abs(&x), &abs(&w), None); // Σ|x||w| per output
-    let mm_fp32 = mm(&a, &b);
-    let mm_abs = mm(&abs(&a), &abs(&b));
+    let fp32 = |f: &dyn Fn() -> Vec<f32>| with_math_mode(MathMode::Fp32, f);
+    let conv_fp32 = fp32(&|| conv(&x, &w, Some(&bias)));
+    let conv_abs = fp32(&|| conv(&abs(&x), &abs(&w), None)); // Σ|x||w| per output
+    let mm_fp32 = fp32(&|| mm(&a, &b));
+    let mm_abs = fp32(&|| mm(&abs(&a), &abs(&b)));
     for m in [MathMode::Tf32, MathMode::Bf16] {
         // What the mode must compute: the FP32 product of the rounded operands, bias unrounded.
-        set_math_mode(MathMode::Fp32);
-        let conv_ref = conv(&rounded(&x, m), &rounded(&w, m), Some(&bias));
-        let mm_ref = mm(&rounded(&a, m), &rounded(&b, m));
-        set_math_mode(m);
-        assert_eq!(math_mode().unwrap(), m);
-        let conv_m = conv(&x, &w, Some(&bias));
-        let mm_m = mm(&a, &b);
+        let conv_ref = fp32(&|| conv(&rounded(&x, m), &rounded(&w, m), Some(&bias)));
+        let mm_ref = fp32(&|| mm(&rounded(&a, m), &rounded(&b, m)));
+        let (conv_m, mm_m) = with_math_mode(m, || {
+            assert_eq!(math_mode_on(Hardware::Cpu).unwrap(), m);
+            assert_eq!(math_mode_on(Hardware::Cuda).unwrap(), m);
+            (conv(&x, &w, Some(&bias)), mm(&a, &b))
+        });
         // Same operands, same FP32 code: identical results.
         assert_eq!(
             conv_m, conv_ref,
@@ -117,15 +118,18 @@ fn cpu_backend_rounds_conv_and_matmul_operands() {
             .to_vec()
             .unwrap()
     };
-    set_math_mode(MathMode::Fp32);
-    let dw_fp32 = dw(&x, &wd);
-    set_math_mode(MathMode::Tf32);
-    assert_eq!(dw(&x, &wd), dw_fp32, "depthwise conv in tf32 on the CPU");
+    let dw_fp32 = fp32(&|| dw(&x, &wd));
+    let dw_tf32 = |x: &Tensor, w: &Tensor| with_math_mode(MathMode::Tf32, || dw(x, w));
+    assert_eq!(
+        dw_tf32(&x, &wd),
+        dw_fp32,
+        "depthwise conv in tf32 on the CPU"
+    );
     if let Some(dev) = common::cuda_device() {
-        let on_dev = dw(&x.to_device(dev).unwrap(), &wd.to_device(dev).unwrap());
+        let on_dev = dw_tf32(&x.to_device(dev).unwrap(), &wd.to_device(dev).unwrap());
         // 27 taps: the two FP32 accumulation orders differ by ≤ 2·γ_27·Σ|x||w|.
         let g27 = 27.0 * 2f64.powi(-24) / (1.0 - 27.0 * 2f64.powi(-24));
-        let bound: Vec<f64> = dw(&abs(&x), &abs(&wd))
+        let bound: Vec<f64> = fp32(&|| dw(&abs(&x), &abs(&wd)))
             .iter()
             .map(|&v| 2.0 * g27 * v as f64 * 1.0001 + 1e-30)
             .collect();
@@ -136,7 +140,6 @@ fn cpu_backend_rounds_conv_and_matmul_operands() {
             &bound,
         );
     }
-    set_math_mode(MathMode::Fp32);
 }
 
 #[test]
@@ -160,7 +163,10 @@ fn cli_takes_math_and_vidgrad_math() {
         "--math wins over VIDGRAD_MATH: {out}"
     );
     let (ok, out, _) = common::run_vidgrad_env(&args, &[("VIDGRAD_MATH", "")]);
-    assert!(ok && out.contains("Math mode: fp32"), "{out}");
+    assert!(
+        ok && out.contains("Math mode: the defaults, tf32 on CUDA and fp32 on the CPU"),
+        "{out}"
+    );
     let (ok, _, err) = common::run_vidgrad_env(&args, &[("VIDGRAD_MATH", "fp16")]);
     assert!(
         !ok && err.contains("VIDGRAD_MATH") && err.contains("fp32, tf32, bf16"),
@@ -181,6 +187,7 @@ fn training_checkpoints_record_the_math_mode() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, _, err) = common::run_vidgrad(&args);
     assert!(ok, "{err}");
+    assert!(err.contains("math bf16"), "{err}");
     let meta = vidgrad::train::checkpoint::read_meta(&out.join("last.safetensors"))
         .unwrap()
         .expect("a training checkpoint");

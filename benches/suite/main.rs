@@ -1,5 +1,5 @@
 //! vidgrad's benchmark suite (`cargo bench`, or `cargo bench --bench suite -- [cpu|cuda] [kernels|models]
-//! [MODEL ...|all]`).
+//! [fp32|tf32|bf16 ...] [MODEL ...|all]`).
 //!
 //! **Kernels.** For each model (default: the issue's three — ECO-Lite, seed 000's C2D-NL-R50, R(2+1)D-18 —
 //! as far as `models::MODELS` has them; `all` or `VIDGRAD_BENCH_MODELS=a,b` for others) the graph is built
@@ -9,9 +9,16 @@
 //! copies that the data touched between two uses of one copy exceeds twice the L2. CPU: batch 1 (the big
 //! 3-D convolutions at batch 16 would take minutes on two cores), wall clock, median of 3–15 runs after
 //! one warm-up. Rows give µs, TFLOP/s (conv, linear, matmul, attention) or GB/s (the rest) and the % of the
-//! device's FP32 / memory peak (GPU); on the CPU memory-bound rows are a % of a STREAM-like copy measured at
-//! the start of the same run with the same threads (`stream.rs`), and each model gets a table of kernel
-//! families (Σ bytes / Σ time over its calls).
+//! device's peak for the row's math mode — FP32, dense TF32 or dense BF16 — or of its memory peak (GPU);
+//! on the CPU memory-bound rows are a % of a STREAM-like copy measured at the start of the same run with
+//! the same threads (`stream.rs`), and each model gets a table of kernel families (Σ bytes / Σ time over
+//! its calls).
+//!
+//! **Math modes.** The calls whose products the math mode changes (`Kernel::uses_math_mode`: convolutions
+//! but depthwise, linear, matmul) are timed once per selected mode, every other call once (in FP32, which
+//! is what it computes in every mode); each row records its mode (`math`). Selected: the bare words
+//! `fp32`, `tf32`, `bf16`; else all three on CUDA and the process's mode (`VIDGRAD_MATH`, else the CPU's
+//! default) on the CPU. Whole models are timed once per selected mode.
 //!
 //! **Whole models.** Inference (eval, no tape) and a training step (forward, cross entropy, backward, SGD
 //! with momentum) in clips/s, and the device's peak memory: batch 16 on CUDA; batch 2 on the CPU.
@@ -37,11 +44,12 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use vidgrad::bench::{bench_models, kernel_shapes, BenchModel, Kernel, Pass, Work};
+use vidgrad::math_mode::{with_math_mode, MathMode};
 use vidgrad::{Device, Result};
 
 use clock::{Clock, Plan};
 use kernels::{make_set, run, Noise};
-use report::{fmt_bytes, out_dir, write, Machine};
+use report::{fmt_bytes, out_dir, write, write_tables, Machine};
 
 const CUDA_BATCH: usize = 16;
 /// Upper bound on the copies of one kernel's inputs (tiny kernels: 2·L2 / their bytes would be huge).
@@ -53,6 +61,24 @@ struct Args {
     kernels: bool,
     models: bool,
     names: Vec<String>,
+    /// The math modes asked for (empty: the device's default selection, [`Args::modes`]).
+    math: Vec<MathMode>,
+}
+
+impl Args {
+    /// The math modes to time on `dev`: those asked for, else all three on CUDA and the process's mode
+    /// on the CPU (whose rounding modes are reference arithmetic, not a speed path).
+    fn modes(&self, dev: Device) -> Result<Vec<MathMode>> {
+        Ok(if !self.math.is_empty() {
+            self.math.clone()
+        } else if matches!(dev, Device::Cuda(_)) {
+            MathMode::ALL.to_vec()
+        } else {
+            vec![vidgrad::math_mode::math_mode_on(
+                vidgrad::math_mode::Hardware::Cpu,
+            )?]
+        })
+    }
 }
 
 fn env_usize(k: &str, d: usize) -> usize {
@@ -69,6 +95,7 @@ fn parse_args(all: &[BenchModel]) -> std::result::Result<Args, String> {
         kernels: false,
         models: false,
         names: vec![],
+        math: vec![],
     };
     // cargo passes --bench (and libtest-style flags); only bare words are ours
     for w in std::env::args().skip(1).filter(|w| !w.starts_with('-')) {
@@ -79,10 +106,17 @@ fn parse_args(all: &[BenchModel]) -> std::result::Result<Args, String> {
             "models" => a.models = true,
             "all" => a.names = all.iter().map(|m| m.name.to_string()).collect(),
             n if all.iter().any(|m| m.name == n) => a.names.push(n.to_string()),
+            m if MathMode::ALL.iter().any(|x| x.name() == m) => {
+                let mode = MathMode::parse(m).map_err(|e| e.to_string())?;
+                if !a.math.contains(&mode) {
+                    a.math.push(mode);
+                }
+            }
             other => {
                 let names: Vec<&str> = all.iter().map(|m| m.name).collect();
                 return Err(format!(
-                    "unknown argument '{other}': expected cpu, cuda, kernels, models, all or a model ({})",
+                    "unknown argument '{other}': expected cpu, cuda, kernels, models, fp32, tf32, bf16, all or a \
+                     model ({})",
                     names.join(", ")
                 ));
             }
@@ -207,19 +241,30 @@ fn device_suite(
         // the bandwidth the memory-bound kernel rows are measured against, in this run
         _ => (Machine::cpu(args.kernels.then(stream::measure)), Clock::Cpu),
     };
-    println!("\n=== {} benches: {}", machine.kind, machine.describe());
+    let modes = args.modes(dev)?;
+    println!(
+        "\n=== {} benches: {}\nmath modes: {}",
+        machine.kind,
+        machine.describe(),
+        mode_names(&modes).join(", ")
+    );
     if args.kernels {
-        kernel_suite(&machine, dev, clock, models, out)?;
+        kernel_suite(&machine, dev, clock, models, &modes, out)?;
     }
     if args.models {
-        model_suite(&machine, dev, clock, models, out)?;
+        model_suite(&machine, dev, clock, models, &modes, out)?;
     }
     Ok(())
+}
+
+fn mode_names(modes: &[MathMode]) -> Vec<&'static str> {
+    modes.iter().map(|m| m.name()).collect()
 }
 
 /// One timed pass, for the tables.
 struct Row {
     family: &'static str,
+    math: MathMode,
     shape: String,
     count: usize,
     rate: f64,
@@ -242,7 +287,7 @@ fn pct_str(p: Option<f64>) -> String {
 /// Per kernel family and pass, over a model's calls: Σ count × work and Σ count × median time, so the
 /// family's rate is its total work over its total time (big calls weigh as much as they cost).
 #[derive(Default)]
-struct Families(std::collections::BTreeMap<(&'static str, &'static str), FamilySum>);
+struct Families(std::collections::BTreeMap<(&'static str, &'static str, &'static str), FamilySum>);
 
 #[derive(Default)]
 struct FamilySum {
@@ -252,40 +297,48 @@ struct FamilySum {
     secs: f64,
     fastest: f64,
     is_flops: bool,
+    math: MathMode,
 }
 
 impl Families {
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         family: &'static str,
         pass: Pass,
+        math: MathMode,
         calls: usize,
         work: f64,
         (secs, fastest): (f64, f64),
         is_flops: bool,
     ) {
-        let e = self.0.entry((family, pass.name())).or_default();
+        let e = self
+            .0
+            .entry((family, pass.name(), math.name()))
+            .or_default();
         e.calls += calls;
         e.work += work;
         e.secs += secs;
         e.fastest += fastest;
         e.is_flops = is_flops;
+        e.math = math;
     }
 
     /// Each family's row at its median and at its fastest runs.
     fn rows(&self, machine: &Machine) -> Vec<(&'static str, &'static str, &FamilySum, [Row; 2])> {
         self.0
             .iter()
-            .map(|(&(family, pass), f)| {
+            .map(|(&(family, pass, _), f)| {
                 let row = |secs: f64, fastest: bool| {
                     let rate = f.work / secs;
                     Row {
                         family,
+                        math: f.math,
                         shape: String::new(),
                         count: f.calls,
                         rate,
                         is_flops: f.is_flops,
-                        pct: machine.pct_at(rate, f.is_flops, fastest),
+                        pct: machine.pct_at(rate, f.is_flops, f.math, fastest),
                     }
                 };
                 (family, pass, f, [row(f.secs, false), row(f.fastest, true)])
@@ -298,15 +351,16 @@ impl Families {
         println!(
             "  per family (Σ count x work / Σ count x time), at the median and at the fastest runs:"
         );
-        let mut md = "\n| kernel family | pass | calls | median | rate | % peak | fastest | rate | % peak |\n\
-                      |---|---|---|---|---|---|---|---|---|\n"
+        let mut md = "\n| kernel family | pass | math | calls | median | rate | % peak | fastest | rate | % peak |\n\
+                      |---|---|---|---|---|---|---|---|---|---|\n"
             .to_string();
-        // console column widths (the first two left-aligned)
-        const WIDTHS: [usize; 9] = [18, 8, 5, 11, 16, 7, 11, 16, 7];
+        // console column widths (the first three left-aligned)
+        const WIDTHS: [usize; 10] = [18, 8, 4, 5, 11, 16, 7, 11, 16, 7];
         for (family, pass, f, [med, best]) in self.rows(machine) {
             let cells = [
                 family.to_string(),
                 pass.to_string(),
+                f.math.name().to_string(),
                 f.calls.to_string(),
                 format!("{:.2} ms", f.secs * 1e3),
                 rate_str(&med),
@@ -320,7 +374,7 @@ impl Families {
                 .zip(WIDTHS)
                 .enumerate()
                 .map(|(i, (c, w))| {
-                    if i < 2 {
+                    if i < 3 {
                         format!("{c:<w$}")
                     } else {
                         format!("{c:>w$}")
@@ -345,7 +399,8 @@ impl Families {
                     }
                 };
                 let rate_key = if f.is_flops { "tflops" } else { "gbps" };
-                json!({"family": family, "pass": pass, "calls": f.calls, "ms": f.secs * 1e3,
+                json!({"family": family, "pass": pass, "math": f.math.name(), "calls": f.calls,
+                       "ms": f.secs * 1e3,
                        "fastest_ms": f.fastest * 1e3,
                        if f.is_flops { "flops" } else { "bytes" }: f.work,
                        rate_key: unit(med), format!("fastest_{rate_key}"): unit(best),
@@ -360,6 +415,7 @@ fn kernel_suite(
     dev: Device,
     clock: Clock,
     models: &[&BenchModel],
+    modes: &[MathMode],
     out: &std::path::Path,
 ) -> Result<()> {
     let be = dev.backend()?;
@@ -409,13 +465,15 @@ fn kernel_suite(
     let mut noise = Noise::new(1);
     let mut json_models = vec![];
     let mut md = format!(
-        "# vidgrad kernels, {}\n\n{}\n\nBatch {batch}{}. Median µs per call; TFLOP/s = 2·MACs/time, GB/s = \
-         bytes read + written once / time; % peak: {}.\n",
+        "# vidgrad kernels, {}\n\n{}\n\nBatch {batch}{}. Math modes {} (conv but depthwise, linear and \
+         matmul once per mode; the rest computes in FP32 in every mode). Median µs per call; TFLOP/s = \
+         2·MACs/time, GB/s = bytes read + written once / time; % peak: {}.\n",
         machine.kind,
         machine.describe(),
+        mode_names(modes).join(", "),
         if cuda { "" } else { " (CPU rows: batch reduced from 16)" },
         if cuda {
-            "of the FP32 or memory peak"
+            "of the row's mode's peak, or of the memory peak"
         } else {
             "memory-bound rows as % of the STREAM-like copy's median above (n/a for FLOP rows)"
         }
@@ -433,16 +491,18 @@ fn kernel_suite(
             graph.nodes.len()
         );
         println!(
-            "  {:<18} {:<8} {:<46} {:>5} {:>11} {:>16} {:>7}",
-            "kernel", "pass", "shape", "count", "µs", "rate", "% peak"
+            "  {:<18} {:<8} {:<4} {:<46} {:>5} {:>11} {:>16} {:>7}",
+            "kernel", "pass", "math", "shape", "count", "µs", "rate", "% peak"
         );
         md += &format!(
-            "\n## {} {:?}\n\n| kernel | pass | shape | count | µs | rate | % peak |\n|---|---|---|---|---|---|---|\n",
+            "\n## {} {:?}\n\n| kernel | pass | math | shape | count | µs | rate | % peak |\n\
+             |---|---|---|---|---|---|---|---|\n",
             m.name, input
         );
         let mut rows_json = vec![];
         let mut families = Families::default();
-        let (mut t_inf, mut t_train) = (0.0, 0.0);
+        // per selected mode: the sums over the model's calls (inference, training step)
+        let mut sums = vec![(0.0, 0.0); modes.len()];
         for ks in &shapes {
             let k = &ks.kernel;
             // a failing call (e.g. out of memory) is reported and the suite goes on
@@ -458,8 +518,19 @@ fn kernel_suite(
                     sets.push(sets[0].copy(be)?);
                 }
                 let set_bytes = sets[0].bytes();
-                for &pass in k.passes() {
-                    let t = clock.kernel(plan, |i| run(be, k, &sets[i % sets.len()], pass))?;
+                let row_modes = if k.uses_math_mode() {
+                    modes.to_vec()
+                } else {
+                    vec![MathMode::Fp32]
+                };
+                for (&pass, &mode) in k
+                    .passes()
+                    .iter()
+                    .flat_map(|p| row_modes.iter().map(move |m| (p, m)))
+                {
+                    let t = clock.kernel(plan, |i| {
+                        with_math_mode(mode, || run(be, k, &sets[i % sets.len()], pass))
+                    })?;
                     let secs = t.median();
                     let (work, is_flops) = match k.work(pass) {
                         Work::Flops(f) => (f, true),
@@ -467,16 +538,18 @@ fn kernel_suite(
                     };
                     let row = Row {
                         family: k.family(),
+                        math: mode,
                         shape: k.describe(),
                         count: ks.count,
                         rate: work / secs,
                         is_flops,
-                        pct: machine.pct(work / secs, is_flops),
+                        pct: machine.pct(work / secs, is_flops, mode),
                     };
                     let c = ks.count as f64;
                     families.add(
                         row.family,
                         pass,
+                        mode,
                         ks.count,
                         c * work,
                         (c * secs, c * t.min()),
@@ -492,16 +565,24 @@ fn kernel_suite(
                         ) => false,
                         (_, p) => p == Pass::Fwd,
                     };
-                    if inference {
-                        t_inf += c * secs;
-                    }
-                    if pass != Pass::FwdEval {
-                        t_train += c * secs;
+                    // a row timed once counts in every mode's sums
+                    for (i, _) in modes
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &m)| m == mode || !k.uses_math_mode())
+                    {
+                        if inference {
+                            sums[i].0 += c * secs;
+                        }
+                        if pass != Pass::FwdEval {
+                            sums[i].1 += c * secs;
+                        }
                     }
                     println!(
-                        "  {:<18} {:<8} {:<46} {:>5} {:>11.1} {:>16} {:>7}",
+                        "  {:<18} {:<8} {:<4} {:<46} {:>5} {:>11.1} {:>16} {:>7}",
                         row.family,
                         pass.name(),
+                        row.math.name(),
                         row.shape,
                         row.count,
                         secs * 1e6,
@@ -509,9 +590,10 @@ fn kernel_suite(
                         pct_str(row.pct)
                     );
                     md += &format!(
-                        "| {} | {} | {} | {} | {:.1} | {} | {} |\n",
+                        "| {} | {} | {} | {} | {} | {:.1} | {} | {} |\n",
                         row.family,
                         pass.name(),
+                        row.math.name(),
                         row.shape,
                         row.count,
                         secs * 1e6,
@@ -523,6 +605,7 @@ fn kernel_suite(
                     o.remove("passes");
                     o.insert("model".into(), json!(m.name));
                     o.insert("pass".into(), json!(pass.name()));
+                    o.insert("math".into(), json!(mode.name()));
                     o.insert("us".into(), json!(secs * 1e6));
                     o.insert("min_us".into(), json!(t.min() * 1e6));
                     o.insert("runs".into(), json!(t.runs.len()));
@@ -540,7 +623,7 @@ fn kernel_suite(
                     o.insert("pct_peak".into(), json!(row.pct));
                     o.insert(
                         "fastest_pct_peak".into(),
-                        json!(machine.pct_at(work / t.min(), is_flops, true)),
+                        json!(machine.pct_at(work / t.min(), is_flops, mode, true)),
                     );
                     rows_json.push(r);
                 }
@@ -558,7 +641,7 @@ fn kernel_suite(
                     k.describe()
                 );
                 md += &format!(
-                    "| {} | | {} | {} | failed: {e} | | |\n",
+                    "| {} | | | {} | {} | failed: {e} | | |\n",
                     k.family(),
                     k.describe(),
                     ks.count
@@ -570,40 +653,42 @@ fn kernel_suite(
                 }
             }
         }
-        println!(
-            "  sum over the model's calls (count x median): inference {:.2} ms, training step {:.2} ms \
-             ({:.0} s to measure)",
-            t_inf * 1e3,
-            t_train * 1e3,
-            t_model.elapsed().as_secs_f64()
-        );
-        md += &format!(
-            "\nSum over the model's calls (count × median): inference {:.2} ms, training step {:.2} ms.\n",
-            t_inf * 1e3,
-            t_train * 1e3
-        );
+        let mut sums_json = serde_json::Map::new();
+        md += "\n";
+        for (mode, (t_inf, t_train)) in modes.iter().zip(&sums) {
+            println!(
+                "  {mode}: sum over the model's calls (count x median): inference {:.2} ms, training step \
+                 {:.2} ms",
+                t_inf * 1e3,
+                t_train * 1e3,
+            );
+            md += &format!(
+                "\n{mode}: sum over the model's calls (count × median): inference {:.2} ms, training step \
+                 {:.2} ms.\n",
+                t_inf * 1e3,
+                t_train * 1e3
+            );
+            sums_json.insert(
+                mode.name().into(),
+                json!({"inference_ms": t_inf * 1e3, "train_ms": t_train * 1e3}),
+            );
+        }
+        println!("  ({:.0} s to measure)", t_model.elapsed().as_secs_f64());
         md += &families.report(machine);
         json_models.push(json!({
             "model": m.name, "input": input, "batch": batch,
             "options": {"classes": m.opts.classes, "dropout": m.opts.dropout},
-            "sum_inference_ms": t_inf * 1e3, "sum_train_ms": t_train * 1e3,
-            "families": families.to_json(machine),
-            "rows": rows_json}));
+            "sums": sums_json, "families": families.to_json(machine), "rows": rows_json}));
+        // rewritten after each model: a run cut short by a time limit keeps the models it finished
+        let doc = json!({
+            "device": machine.to_json(), "batch": batch,
+            "math_modes": mode_names(modes),
+            "timing": {"warmup": plan.warmup, "min_runs": plan.min_runs, "max_runs": plan.max_runs,
+                       "clock": if cuda { "cuda events" } else { "wall" },
+                       "rotation_bytes": 2 * l2},
+            "models": &json_models});
+        write_tables(out, &format!("kernels_{}", machine.kind), &doc, &md);
     }
-    let doc = json!({
-        "device": machine.to_json(), "batch": batch,
-        "math": vidgrad::math_mode::math_mode().unwrap_or_default().name(),
-        "timing": {"warmup": plan.warmup, "min_runs": plan.min_runs, "max_runs": plan.max_runs,
-                   "clock": if cuda { "cuda events" } else { "wall" },
-                   "rotation_bytes": 2 * l2},
-        "models": json_models});
-    let name = format!("kernels_{}", machine.kind);
-    write(
-        out,
-        &format!("{name}.json"),
-        &serde_json::to_string_pretty(&doc).unwrap(),
-    );
-    write(out, &format!("{name}.md"), &md);
     Ok(())
 }
 
@@ -612,6 +697,7 @@ fn model_suite(
     dev: Device,
     clock: Clock,
     models: &[&BenchModel],
+    modes: &[MathMode],
     out: &std::path::Path,
 ) -> Result<()> {
     let cuda = matches!(dev, Device::Cuda(_));
@@ -651,18 +737,21 @@ fn model_suite(
         "# vidgrad whole models, {}\n\n{}\n\nBatch {batch}. Inference: eval mode, no tape. Training step: forward, \
          cross entropy, backward, SGD (momentum {}, weight decay {}). Peak: the device's allocated bytes \
          (weights, gradients, optimiser state, activations).\n\n\
-         | model | input | inference clips/s | ms | peak memory | training clips/s | ms | peak memory |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         | model | math | input | inference clips/s | ms | peak memory | training clips/s | ms | peak memory |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         machine.kind,
         machine.describe(),
         models::SGD.momentum,
         models::WEIGHT_DECAY
     );
-    for m in models {
-        match models::bench(m, batch, dev, clock, plan) {
+    for (m, &mode) in models
+        .iter()
+        .flat_map(|m| modes.iter().map(move |mode| (m, mode)))
+    {
+        match with_math_mode(mode, || models::bench(m, batch, dev, clock, plan)) {
             Ok(r) => {
                 md += &format!(
-                    "| {} | {:?} | {:.2} | {:.1} | {} | {:.2} | {:.1} | {} |\n",
+                    "| {} | {mode} | {:?} | {:.2} | {:.1} | {} | {:.2} | {:.1} | {} |\n",
                     m.name,
                     m.input_at(batch),
                     r["inference"]["clips_per_s"].as_f64().unwrap_or(0.0),
@@ -675,29 +764,24 @@ fn model_suite(
                 rows.push(r);
             }
             Err(e) => {
-                println!("  {:<14} failed: {e}", m.name);
+                println!("  {:<14} {mode} failed: {e}", m.name);
                 md += &format!(
-                    "| {} | {:?} | failed: {e} | | | | | |\n",
+                    "| {} | {mode} | {:?} | failed: {e} | | | | | |\n",
                     m.name,
                     m.input_at(batch)
                 );
                 rows.push(
-                    json!({"model": m.name, "input": m.input_at(batch), "error": e.to_string()}),
+                    json!({"model": m.name, "math": mode.name(), "input": m.input_at(batch),
+                                 "error": e.to_string()}),
                 );
             }
         }
+        // rewritten after each row: a run cut short by a time limit keeps the rows it finished
+        let doc = json!({"device": machine.to_json(), "batch": batch, "math_modes": mode_names(modes),
+                         "timing": {"warmup": plan.warmup, "runs": plan.min_runs,
+                                    "clock": if cuda { "wall, synchronised" } else { "wall" }},
+                         "models": &rows});
+        write_tables(out, &format!("models_{}", machine.kind), &doc, &md);
     }
-    let doc = json!({"device": machine.to_json(), "batch": batch,
-                     "math": vidgrad::math_mode::math_mode().unwrap_or_default().name(),
-                     "timing": {"warmup": plan.warmup, "runs": plan.min_runs,
-                                "clock": if cuda { "wall, synchronised" } else { "wall" }},
-                     "models": rows});
-    let name = format!("models_{}", machine.kind);
-    write(
-        out,
-        &format!("{name}.json"),
-        &serde_json::to_string_pretty(&doc).unwrap(),
-    );
-    write(out, &format!("{name}.md"), &md);
     Ok(())
 }

@@ -20,11 +20,12 @@ pub const SGD: SgdConfig = SgdConfig {
 };
 pub const WEIGHT_DECAY: f32 = 1e-4;
 
-/// Time model `m` at batch `batch` on `dev`; one JSON row.
+/// Time model `m` at batch `batch` on `dev` in the calling thread's math mode; one JSON row.
 pub fn bench(m: &BenchModel, batch: usize, dev: Device, clock: Clock, plan: Plan) -> Result<Value> {
     if let Clock::Cuda(cb) = clock {
         cb.empty_cache()?; // "reserved" then counts this model only
     }
+    let mode = vidgrad::math_mode::math_mode_on(vidgrad::math_mode::Hardware::of(dev))?;
     let input = m.input_at(batch);
     let graph = m.graph(batch)?;
     let macs = graph.macs() as f64;
@@ -72,7 +73,7 @@ pub fn bench(m: &BenchModel, batch: usize, dev: Device, clock: Clock, plan: Plan
     let (ti, tt) = (infer.median(), train.median());
     let b = batch as f64;
     let row = json!({
-        "model": m.name, "input": input, "batch": batch, "classes": classes,
+        "model": m.name, "math": mode.name(), "input": input, "batch": batch, "classes": classes,
         "fused": vidgrad::exec::fuse_by_default(),
         "options": {"classes": m.opts.classes, "dropout": m.opts.dropout},
         "extra": m.opts.extra, "dropout": dropout, "params": params, "fwd_gmacs_per_clip": macs / b / 1e9,
@@ -85,8 +86,9 @@ pub fn bench(m: &BenchModel, batch: usize, dev: Device, clock: Clock, plan: Plan
         "sgd": {"lr": r6(SGD.lr), "momentum": r6(SGD.momentum), "weight_decay": r6(WEIGHT_DECAY)},
     });
     println!(
-        "  {:<14} {:<22} {:>9.2} {:>9.1} {:>7.3} {:>10} | {:>9.2} {:>9.1} {:>10}",
+        "  {:<14} {:<4} {:<22} {:>9.2} {:>9.1} {:>7.3} {:>10} | {:>9.2} {:>9.1} {:>10}",
         m.name,
+        mode.name(),
         format!("{input:?}"),
         b / ti,
         ti * 1e3,
@@ -106,7 +108,16 @@ fn r6(x: f32) -> f64 {
 
 pub fn header() {
     println!(
-        "  {:<14} {:<22} {:>9} {:>9} {:>7} {:>10} | {:>9} {:>9} {:>10}",
-        "model", "input", "infer c/s", "ms", "TFLOP/s", "peak mem", "train c/s", "ms", "peak mem"
+        "  {:<14} {:<4} {:<22} {:>9} {:>9} {:>7} {:>10} | {:>9} {:>9} {:>10}",
+        "model",
+        "math",
+        "input",
+        "infer c/s",
+        "ms",
+        "TFLOP/s",
+        "peak mem",
+        "train c/s",
+        "ms",
+        "peak mem"
     );
 }

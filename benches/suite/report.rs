@@ -5,41 +5,50 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use vidgrad::backend::cuda::timing::DeviceProps;
+use vidgrad::math_mode::MathMode;
 
 use crate::stream::Stream;
 
-/// FP32 and memory peaks of a GPU, and where they come from.
+/// FP32, dense tensor-core and memory peaks of a GPU, and where they come from.
 #[derive(Debug, Clone)]
 pub struct Peaks {
     pub fp32_flops: f64,
+    /// Dense TF32 and BF16 tensor-core peaks (no 2:4 sparsity); None where no figure is known.
+    pub tf32_flops: Option<f64>,
+    pub bf16_flops: Option<f64>,
     pub mem_bytes_s: f64,
     pub source: String,
 }
 
-/// Peaks of the H100/H200 by name (NVIDIA's data sheets, FP32 without tensor cores), else derived from
-/// the driver's properties: SMs × FP32 lanes per SM (by compute capability) × 2 × peak clock, and
-/// 2 × memory clock × bus width.
+/// Peaks of the H100/H200 by name (NVIDIA's data sheets: FP32 without tensor cores; dense TF32 and BF16
+/// from the H100 SXM5 column of the Hopper whitepaper's Table 3, 494.7 and 989.4 TFLOP/s at 132 SMs and
+/// the 1830 MHz tensor clock, which the H200 SXM shares — docs/PERFORMANCE.md), else derived from the
+/// driver's properties: SMs × FP32 lanes per SM (by compute capability) × 2 × peak clock, and 2 × memory
+/// clock × bus width; tensor-core peaks unknown there (% of peak n/a).
 pub fn peaks(p: &DeviceProps) -> Peaks {
     let name = p.name.to_uppercase();
-    let table = |f: f64, m: f64, what: &str| Peaks {
+    let table = |f: f64, tc: Option<(f64, f64)>, m: f64, what: &str| Peaks {
         fp32_flops: f * 1e12,
+        tf32_flops: tc.map(|t| t.0 * 1e12),
+        bf16_flops: tc.map(|t| t.1 * 1e12),
         mem_bytes_s: m * 1e12,
         source: format!("data sheet, {what}"),
     };
+    const SXM_TENSOR: Option<(f64, f64)> = Some((494.7, 989.4));
     if name.contains("H200") {
         return if name.contains("NVL") {
-            table(60.0, 4.8, "H200 NVL")
+            table(60.0, None, 4.8, "H200 NVL")
         } else {
-            table(66.9, 4.8, "H200 SXM")
+            table(66.9, SXM_TENSOR, 4.8, "H200 SXM")
         };
     }
     if name.contains("H100") {
         return if name.contains("PCIE") {
-            table(51.2, 2.0, "H100 PCIe")
+            table(51.2, None, 2.0, "H100 PCIe")
         } else if name.contains("NVL") {
-            table(60.0, 3.9, "H100 NVL")
+            table(60.0, None, 3.9, "H100 NVL")
         } else {
-            table(66.9, 3.35, "H100 SXM")
+            table(66.9, SXM_TENSOR, 3.35, "H100 SXM")
         };
     }
     let lanes = match p.compute_capability {
@@ -49,6 +58,8 @@ pub fn peaks(p: &DeviceProps) -> Peaks {
     };
     Peaks {
         fp32_flops: p.sm_count as f64 * lanes * 2.0 * p.clock_khz as f64 * 1e3,
+        tf32_flops: None,
+        bf16_flops: None,
         mem_bytes_s: 2.0 * p.memory_clock_khz as f64 * 1e3 * p.memory_bus_bits as f64 / 8.0,
         source: format!(
             "from properties: {} SMs x {lanes} FP32 lanes x 2 x {:.0} MHz; 2 x {:.0} MHz x {} bit",
@@ -110,8 +121,8 @@ impl Machine {
     pub fn describe(&self) -> String {
         match (&self.props, &self.peaks) {
             (Some(p), Some(k)) => format!(
-                "{} ({} SMs, compute {}.{}, L2 {}, {}); peaks FP32 {:.1} TFLOP/s, memory {:.2} TB/s ({}); \
-                 date {}, commit {}",
+                "{} ({} SMs, compute {}.{}, L2 {}, {}); peaks FP32 {:.1}, dense TF32 {}, dense BF16 {} \
+                 TFLOP/s, memory {:.2} TB/s ({}); date {}, commit {}",
                 p.name,
                 p.sm_count,
                 p.compute_capability.0,
@@ -119,6 +130,8 @@ impl Machine {
                 fmt_bytes(p.l2_bytes as usize),
                 fmt_bytes(p.total_memory as usize),
                 k.fp32_flops / 1e12,
+                tflops_or_na(k.tf32_flops),
+                tflops_or_na(k.bf16_flops),
                 k.mem_bytes_s / 1e12,
                 k.source,
                 self.date,
@@ -142,7 +155,8 @@ impl Machine {
         json!({
             "kind": self.kind, "name": self.name, "threads": self.threads,
             "peaks": self.peaks.as_ref().map(|p| json!({
-                "fp32_tflops": p.fp32_flops / 1e12, "memory_tbps": p.mem_bytes_s / 1e12, "source": p.source})),
+                "fp32_tflops": p.fp32_flops / 1e12, "tf32_dense_tflops": p.tf32_flops.map(|f| f / 1e12),
+                "bf16_dense_tflops": p.bf16_flops.map(|f| f / 1e12), "memory_tbps": p.mem_bytes_s / 1e12, "source": p.source})),
             "properties": self.props.as_ref().map(|p| json!({
                 "sm_count": p.sm_count, "compute_capability": [p.compute_capability.0, p.compute_capability.1],
                 "clock_khz": p.clock_khz, "memory_clock_khz": p.memory_clock_khz,
@@ -152,28 +166,33 @@ impl Machine {
         })
     }
 
-    /// Percent of the FP32 (flops) or memory (bytes) peak; on the CPU, of the STREAM-like copy's median
-    /// for bytes (None for flops, or without a STREAM measurement).
-    pub fn pct(&self, rate: f64, is_flops: bool) -> Option<f64> {
-        self.pct_at(rate, is_flops, false)
+    /// Percent of the peak of `mode`'s products (FP32, dense TF32 or dense BF16; flops) or of the memory
+    /// peak (bytes); on the CPU, bytes against the STREAM-like copy's median (None for flops, or without
+    /// a STREAM measurement). None where the peak is unknown.
+    pub fn pct(&self, rate: f64, is_flops: bool, mode: MathMode) -> Option<f64> {
+        self.pct_at(rate, is_flops, mode, false)
     }
 
     /// [`Machine::pct`]; with `fastest` (a rate from a kernel's fastest run), against the copy's fastest
     /// run on the CPU (like against like: under load the medians of both move).
-    pub fn pct_at(&self, rate: f64, is_flops: bool, fastest: bool) -> Option<f64> {
+    pub fn pct_at(&self, rate: f64, is_flops: bool, mode: MathMode, fastest: bool) -> Option<f64> {
         if let Some(s) = self.stream.as_ref().filter(|_| !is_flops) {
             let copy = if fastest { s.copy.best } else { s.copy.median };
             return Some(100.0 * rate / copy);
         }
-        self.peaks.as_ref().map(|p| {
-            100.0 * rate
-                / if is_flops {
-                    p.fp32_flops
-                } else {
-                    p.mem_bytes_s
-                }
-        })
+        let p = self.peaks.as_ref()?;
+        let peak = match (is_flops, mode) {
+            (false, _) => p.mem_bytes_s,
+            (true, MathMode::Fp32) => p.fp32_flops,
+            (true, MathMode::Tf32) => p.tf32_flops?,
+            (true, MathMode::Bf16) => p.bf16_flops?,
+        };
+        Some(100.0 * rate / peak)
     }
+}
+
+fn tflops_or_na(f: Option<f64>) -> String {
+    f.map_or("n/a".into(), |f| format!("{:.1}", f / 1e12))
 }
 
 fn cpu_model() -> String {
@@ -272,4 +291,14 @@ pub fn write(dir: &Path, name: &str, text: &str) {
         Ok(()) => println!("wrote {}", p.display()),
         Err(e) => eprintln!("could not write {}: {e}", p.display()),
     }
+}
+
+/// `name`.json (the document) and `name`.md (its tables).
+pub fn write_tables(dir: &Path, name: &str, doc: &Value, md: &str) {
+    write(
+        dir,
+        &format!("{name}.json"),
+        &serde_json::to_string_pretty(doc).unwrap(),
+    );
+    write(dir, &format!("{name}.md"), md);
 }

@@ -94,15 +94,18 @@ impl ConvGeom {
     pub fn is_depthwise(&self) -> bool {
         self.groups == self.c_in && self.groups > 1
     }
-    /// The math mode of this convolution's products: the process's ([`crate::math_mode::math_mode`]),
+    /// The math mode of this convolution's products on `hw` ([`crate::math_mode::math_mode_on`]),
     /// except that depthwise convolutions always multiply in FP32 — their CUDA kernels run on CUDA cores
     /// (a reduction of one kernel volume has no GEMM for tensor cores), and the CPU backend, the
     /// reference, computes the same.
-    pub fn math_mode(&self) -> crate::Result<crate::math_mode::MathMode> {
+    pub fn math_mode(
+        &self,
+        hw: crate::math_mode::Hardware,
+    ) -> crate::Result<crate::math_mode::MathMode> {
         if self.is_depthwise() {
             return Ok(crate::math_mode::MathMode::Fp32);
         }
-        crate::math_mode::math_mode()
+        crate::math_mode::math_mode_on(hw)
     }
 }
 

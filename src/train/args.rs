@@ -658,7 +658,7 @@ impl TrainArgs {
             return fit_distributed(cfg, train, val, dist);
         }
         eprintln!(
-            "training {} on {} ({} classes: {} training / {} validation videos), {} frames × {}², batch {}{per_rank}, {} epochs on {}",
+            "training {} on {} ({} classes: {} training / {} validation videos), {} frames × {}², batch {}{per_rank}, {} epochs on {}, math {}",
             cfg.model,
             self.data.data,
             train.classes().len(),
@@ -668,7 +668,8 @@ impl TrainArgs {
             cfg.clip.size,
             cfg.batch_size,
             cfg.epochs,
-            cfg.device
+            cfg.device,
+            crate::math_mode::math_mode_on(crate::math_mode::Hardware::of(cfg.device))?
         );
         let s = fit_distributed(cfg, train, val, dist)?;
         eprintln!("{}", outcome(cfg, &s));

@@ -211,7 +211,9 @@ impl TrainConfig {
             "schedule": format!("{:?}", self.schedule), "warmup_epochs": self.warmup_epochs,
             "clip_grad": self.clip_grad, "label_smoothing": self.label_smoothing, "seed": self.seed,
             "device": self.device.to_string(),
-            "math": crate::math_mode::math_mode().unwrap_or_default().name(),
+            "math": crate::math_mode::math_mode_on(crate::math_mode::Hardware::of(self.device))
+                .unwrap_or_default()
+                .name(),
             "sync_bn": self.sync_bn,
         })
     }

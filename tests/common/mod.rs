@@ -27,7 +27,12 @@ pub fn cuda_required() -> bool {
 /// a GPU is usable; else the simulator when this build has it (so every CI run executes the kernels),
 /// unless `VIDGRAD_CUDA_SIM=0`. `None` (printing why) when neither can run; fails under
 /// `VIDGRAD_REQUIRE_CUDA=1` when no real GPU is usable.
+///
+/// The CUDA suites compare with the CPU and PyTorch's fixtures in FP32, while CUDA's default math mode is
+/// tf32 (src/math_mode.rs): this sets the process's mode to fp32, explicitly; the checks of tf32 and bf16
+/// pick theirs with `with_math_mode` (thread-scoped, so they are not affected).
 pub fn cuda_device() -> Option<Device> {
+    vidgrad::math_mode::set_math_mode(vidgrad::math_mode::MathMode::Fp32);
     let sim = std::env::var("VIDGRAD_CUDA_SIM").ok();
     if sim.as_deref() == Some("1") {
         return Some(Device::CudaSim);

@@ -14,17 +14,30 @@ the same way and prints vidgrad / PyTorch (> 1: vidgrad is slower).
     python tools/bench/torch_side_by_side.py --device cuda --ours-cmd "cargo bench --bench suite -- cuda"
     python tools/bench/torch_side_by_side.py --device cuda --ours-cmd "bin/suite cuda"   # GPU bundle
 
-On CUDA every row is timed twice: with PyTorch's defaults (cuDNN, cudnn.benchmark off, cuDNN TF32 on, matmul
-TF32 off) and with TF32 off everywhere (the like-for-like FP32 comparison). Timing: CUDA events around each
-call after 3 warm-up calls, median of the same number of runs vidgrad made (>= 20), inputs rotated over the
-same number of copies; CPU: perf_counter, one warm-up, the same number of runs. Whole models: wall clock with
-synchronisation, the models of tools/reference/models (and torchvision's r2plus1d_18) with the same classes,
+Each vidgrad row records its math mode (`math`); PyTorch runs it in the matching setting (TORCH_SETTINGS):
+  fp32  TF32 off everywhere (cudnn.allow_tf32 = matmul.allow_tf32 = False): the like-for-like FP32 comparison.
+  tf32  cudnn.allow_tf32 = True (PyTorch's default, cuDNN's TF32 convolutions) and matmul.allow_tf32 = True.
+        PyTorch's matmul default is FP32 (allow_tf32 False, float32_matmul_precision "highest"); our tf32
+        linear/matmul rows round operands to TF32, so the same arithmetic in PyTorch is matmul TF32 on — against
+        PyTorch's FP32 default matmul they would be compared with a slower, more exact computation. (Our fp32
+        rows against "fp32" are the comparison with PyTorch's default matmul.)
+  bf16  torch.autocast(device, dtype=torch.bfloat16): FP32 tensors in memory, cast by autocast at each product
+        (our kernels also keep FP32 in memory and round operands as they load them); the backward passes are
+        autograd of the autocast forward (what an autocast training step runs, its casts included).
+Rows of families that multiply in FP32 in every mode (attention, depthwise conv, everything memory-bound) are
+"fp32" rows. On CUDA every row is timed twice, with torch.backends.cudnn.benchmark off (PyTorch's default) and on
+(cuDNN autotunes per shape during the warm-up calls). Timing: CUDA events around each call after 3 warm-up calls,
+median of the same number of runs vidgrad made (>= 20), inputs rotated over the same number of copies; CPU:
+perf_counter, one warm-up, the same number of runs, one column (CPU PyTorch has no TF32: its tf32 rows compute in
+FP32; its bf16 rows run under CPU autocast). Whole models: wall clock with synchronisation, per math mode in the
+same settings, the models of tools/reference/models (and torchvision's r2plus1d_18) with the same classes,
 dropout and input, SGD with the same hyper-parameters.
 
 Writes target/bench/side_by_side_<dev>.json and .md. Uses tools/reference/requirements.txt.
 """
 
 import argparse
+import contextlib
 import json
 import shlex
 import statistics
@@ -91,13 +104,62 @@ class Clock:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# settings: PyTorch's counterpart of each of vidgrad's math modes, with cudnn.benchmark off or on
+
+TORCH_SETTINGS = {
+    "fp32": "TF32 off (cudnn.allow_tf32 = matmul.allow_tf32 = False)",
+    "tf32": "cudnn.allow_tf32 = True (the default), matmul.allow_tf32 = True",
+    "bf16": "torch.autocast(dtype=torch.bfloat16)",
+}
+
+
+@contextlib.contextmanager
+def torch_setting(math, dev, benchmark):
+    """PyTorch set up for vidgrad's math mode `math` (TORCH_SETTINGS), cudnn.benchmark as given."""
+    if math not in TORCH_SETTINGS:
+        raise ValueError(f"unknown math mode {math!r} in vidgrad's JSON (expected {', '.join(TORCH_SETTINGS)})")
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    tf32 = math == "tf32"
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = benchmark
+    try:
+        if math == "bf16":
+            with torch.autocast(dev, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+# --------------------------------------------------------------------------------------------------------------
 # kernels: one builder per family returns {pass: fn(set)} and a function making one input set
 
 def rnd(shape, dev, a=1.0, b=0.0):
     return torch.rand(*shape, device=dev).mul_(2 * a).add_(b - a)
 
 
-def conv_row(args, dev):
+def autocast_grads(make_inputs, op, wrt):
+    """bf16 rows of conv and linear: the forward under autocast (the caller's context), the backward passes
+    autograd of it — {pass: indices of the inputs whose gradients that pass computes}."""
+    def make():
+        s = make_inputs()
+        ins = [t.requires_grad_() if t is not None else None for t in s["ins"]]
+        s["y"] = op(*ins)
+        s["dy"] = s["dy"].to(s["y"].dtype)
+        return s
+
+    def fwd(s):
+        with torch.no_grad():
+            return op(*s["ins"])
+
+    def grads(idx):
+        return lambda s: torch.autograd.grad(s["y"], [s["ins"][i] for i in idx if s["ins"][i] is not None], s["dy"],
+                                             retain_graph=True)
+    return make, dict(fwd=fwd, **{p: grads(idx) for p, idx in wrt.items()})
+
+
+def conv_row(args, dev, math):
     x_s, w_s = args["x"], args["w"]
     dims = len(x_s) - 2
     conv = F.conv2d if dims == 2 else F.conv3d
@@ -107,6 +169,10 @@ def conv_row(args, dev):
     def make():
         return dict(x=rnd(x_s, dev), w=rnd(w_s, dev, 0.05), dy=rnd(args["y"], dev),
                     b=rnd([w_s[0]], dev, 0.1) if bias else None)
+
+    if math == "bf16":
+        return autocast_grads(lambda: (lambda s: dict(ins=[s["x"], s["w"], s["b"]], dy=s["dy"]))(make()),
+                              lambda x, w, b: conv(x, w, b, st, pd, dl, g), {"dgrad": [0], "wgrad": [1, 2]})
 
     def bwd(s, mask):
         return torch.ops.aten.convolution_backward(
@@ -147,6 +213,7 @@ def autograd_row(make_inputs, op):
         s = make_inputs()
         ins = [t.requires_grad_() for t in s["ins"]]
         s["y"] = op(*ins)
+        s["dy"] = s["dy"].to(s["y"].dtype)  # bf16 under autocast
         return s
 
     def fwd(s):
@@ -187,10 +254,11 @@ def pool_row(fam, args, dev):
     return make, passes
 
 
-def kernel_row(fam, args, dev):
-    """(make_set, {pass: fn(set)}) for one row of vidgrad's JSON."""
+def kernel_row(fam, args, dev, math):
+    """(make_set, {pass: fn(set)}) for one row of vidgrad's JSON in math mode `math` (make_set and the passes
+    run inside torch_setting(math, ...))."""
     if fam == "conv":
-        return conv_row(args, dev)
+        return conv_row(args, dev, math)
     if fam == "batch_norm":
         return batch_norm_row(args, dev)
     if fam in ("max_pool", "avg_pool", "adaptive_avg_pool"):
@@ -226,6 +294,10 @@ def kernel_row(fam, args, dev):
         def make():
             return dict(x=rnd([m, k], dev), w=rnd([n, k], dev, 0.05), dy=rnd([m, n], dev),
                         b=rnd([n], dev, 0.1) if bias else None)
+
+        if math == "bf16":
+            return autocast_grads(lambda: (lambda s: dict(ins=[s["x"], s["w"], s["b"]], dy=s["dy"]))(make()),
+                                  F.linear, {"dgrad": [0], "wgrad": [1, 2]})
 
         def wgrad(s):
             dw = s["dy"].t().mm(s["x"])
@@ -274,35 +346,39 @@ def set_tensors(s):
             yield from (t for t in v if isinstance(t, torch.Tensor))
 
 
-def time_kernels(ours, clock, dev, warmup, models_filter):
-    """{(model, index): seconds} for every row of vidgrad's kernels JSON."""
+def row_math(r):
+    return r.get("math", "fp32")  # JSON from before the math modes: FP32
+
+
+def time_kernels(ours, clock, dev, warmup, models_filter, benchmark):
+    """{(model, index): seconds or the exception} for every row of vidgrad's kernels JSON, each in the
+    setting of its math mode, cudnn.benchmark as given."""
     out = {}
     for m in ours["models"]:
         if models_filter and m["model"] not in models_filter:
             continue
         rows = [r for r in m["rows"] if "error" not in r]
-        # rows come grouped per kernel call (one row per pass): build each call's sets once
-        i = 0
-        while i < len(rows):
-            j = i
-            while j < len(rows) and rows[j]["args"] == rows[i]["args"] and rows[j]["family"] == rows[i]["family"]:
-                j += 1
-            r0 = rows[i]
+        # one group per kernel call and math mode (its passes): the call's input sets are built once
+        groups = {}
+        for k, r in enumerate(rows):
+            groups.setdefault((r["family"], json.dumps(r["args"], sort_keys=True), row_math(r)), []).append(k)
+        for (fam, _, math), ks in groups.items():
+            r0 = rows[ks[0]]
             sets = None
             try:
-                make, passes = kernel_row(r0["family"], r0["args"], dev)
-                sets = [make() for _ in range(r0.get("rotation_sets", 1))]
-                for k in range(i, j):
-                    r = rows[k]
-                    fn = passes[r["pass"]]
-                    out[(m["model"], k)] = clock.kernel(lambda t: fn(sets[t % len(sets)]), r["runs"], warmup)
+                with torch_setting(math, dev, benchmark):
+                    make, passes = kernel_row(fam, r0["args"], dev, math)
+                    sets = [make() for _ in range(r0.get("rotation_sets", 1))]
+                    for k in ks:
+                        r = rows[k]
+                        fn = passes[r["pass"]]
+                        out[(m["model"], k)] = clock.kernel(lambda t: fn(sets[t % len(sets)]), r["runs"], warmup)
             except Exception as e:  # noqa: BLE001 — report and go on
-                for k in range(i, j):
-                    out[(m["model"], k)] = e
+                for k in ks:
+                    out.setdefault((m["model"], k), e)
             del sets
             if dev == "cuda":
                 torch.cuda.empty_cache()
-            i = j
     return out
 
 
@@ -337,6 +413,10 @@ def build_model(row):
 
 
 def time_model(row, clock, dev, warmup, runs):
+    """Inference and training step of the row's model; the caller holds the row's torch_setting except
+    autocast, which covers the forward passes (and the loss) only, as PyTorch recommends."""
+    bf16 = row_math(row) == "bf16"
+    fwd_ctx = (lambda: torch.autocast(dev, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     net = build_model(row).to(dev)
     x = torch.rand(*row["input"], device=dev) * 2 - 1
     b = row["batch"]
@@ -344,7 +424,7 @@ def time_model(row, clock, dev, warmup, runs):
     net.eval()
 
     def infer(_):
-        with torch.no_grad():
+        with torch.no_grad(), fwd_ctx():
             net(x)
     t_inf = clock.step(infer, runs, warmup)
     if dev == "cuda":
@@ -357,7 +437,9 @@ def time_model(row, clock, dev, warmup, runs):
 
     def step(_):
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), labels).backward()
+        with fwd_ctx():
+            loss = F.cross_entropy(net(x), labels)
+        loss.backward()
         opt.step()
     t_train = clock.step(step, runs, warmup)
     res = dict(infer_s=t_inf, train_s=t_train)
@@ -375,6 +457,11 @@ def time_model(row, clock, dev, warmup, runs):
 
 def fmt_ratio(a, t):
     return f"{a / t:.2f}" if isinstance(t, float) and t > 0 else "—"
+
+
+def write_report(d, device, report, md):
+    (d / f"side_by_side_{device}.json").write_text(json.dumps(report, indent=1))
+    (d / f"side_by_side_{device}.md").write_text("\n".join(md) + "\n")
 
 
 def main():
@@ -396,19 +483,18 @@ def main():
         subprocess.run(shlex.split(args.ours_cmd), check=True, env=env)
 
     clock = Clock(cuda)
-    configs = [("torch", None)]
+    # columns: (name, cudnn.benchmark); each row in the PyTorch setting of its math mode (TORCH_SETTINGS)
+    configs = [("torch", False)]
     if cuda:
-        configs = [("torch default", (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)),
-                   ("torch TF32 off", (False, False))]
+        configs = [("bench off", False), ("bench on", True)]
         dev_name = torch.cuda.get_device_name(0)
     else:
         dev_name = "cpu"
     md = []
-    report = {"device": args.device, "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if cuda else None}
-
-    def set_config(c):
-        if c is not None:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = c
+    report = {"device": args.device, "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if cuda else None,
+              "settings": TORCH_SETTINGS, "columns": {c: {"cudnn_benchmark": b} for c, b in configs}}
+    settings_note = "PyTorch per math mode: " + "; ".join(f"{k}: {v}" for k, v in TORCH_SETTINGS.items()) + \
+        ("; columns: cudnn.benchmark off (the default) and on" if cuda else "; CPU: no TF32, tf32 rows compute in FP32")
 
     kpath = d / f"kernels_{args.device}.json"
     if args.only != "models" and kpath.exists():
@@ -418,69 +504,83 @@ def main():
         elif ours["device"]["name"] != dev_name:
             print(f"WARNING: vidgrad measured on {ours['device']['name']}, torch sees {dev_name}")
         warmup = ours["timing"]["warmup"]
+        modes = ours.get("math_modes", ["fp32"])
         head = f"kernels on {ours['device']['name']} (vidgrad {ours['device']['date']} commit {ours['device']['commit']}), " \
-               f"batch {ours['batch']}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+               f"batch {ours['batch']}, math modes {', '.join(modes)}, torch {torch.__version__}, " \
+               f"{torch.get_num_threads()} threads. {settings_note}"
         print("\n" + head)
-        results = {}
-        for cname, c in configs:
-            set_config(c)
-            results[cname] = time_kernels(ours, clock, args.device, warmup, args.models)
-        set_config(configs[0][1])
         cols = [c for c, _ in configs]
         report["kernels"] = []
         md.append(f"## Kernels\n\n{head}\n")
         for m in ours["models"]:
             if args.models and m["model"] not in args.models:
                 continue
+            # model by model, the files rewritten after each: a time limit keeps the models finished
+            results = {cname: time_kernels(ours, clock, args.device, warmup, [m["model"]], bench)
+                       for cname, bench in configs}
             title = f"{m['model']} {m['input']}"
             print(f"\n--- {title}")
-            hdr = f"  {'kernel':<18} {'pass':<8} {'shape':<46} {'count':>5} {'vidgrad µs':>11}" + \
+            hdr = f"  {'kernel':<18} {'pass':<8} {'math':<4} {'shape':<46} {'count':>5} {'vidgrad µs':>11}" + \
                   "".join(f" {c + ' µs':>16} {'ratio':>6}" for c in cols)
             print(hdr)
-            md.append(f"\n### {title}\n\n| kernel | pass | shape | count | vidgrad µs | " +
-                      " | ".join(f"{c} µs | ratio" for c in cols) + " |\n|" + "---|" * (5 + 2 * len(cols)))
-            sums = {c: [0.0, 0.0] for c in ["vidgrad"] + cols}
-            fam = {}  # (family, pass) -> {side: sum of count x seconds}
-            for k, r in enumerate(r for r in m["rows"] if "error" not in r):
+            md.append(f"\n### {title}\n\n| kernel | pass | math | shape | count | vidgrad µs | " +
+                      " | ".join(f"{c} µs | ratio" for c in cols) + " |\n|" + "---|" * (6 + 2 * len(cols)))
+            rows = [r for r in m["rows"] if "error" not in r]
+            # per math mode: its rows, and the rows of calls timed once (FP32 in every mode)
+            timed_in = {}
+            for r in rows:
+                timed_in.setdefault((r["family"], json.dumps(r["args"], sort_keys=True), r["pass"]), set()).add(row_math(r))
+            sums = {mode: {c: 0.0 for c in ["vidgrad"] + cols} for mode in modes}
+            fam = {}  # (family, pass, math) -> {side: sum of count x seconds}
+            for k, r in enumerate(rows):
                 ts = [results[c].get((m["model"], k)) for c in cols]
                 a = r["us"] / 1e6
-                line = f"  {r['family']:<18} {r['pass']:<8} {r['shape'][:46]:<46} {r['count']:>5} {r['us']:>11.1f}"
+                once = len(timed_in[(r["family"], json.dumps(r["args"], sort_keys=True), r["pass"])]) == 1
+                in_modes = [mode for mode in modes if mode == row_math(r) or once]
+                line = f"  {r['family']:<18} {r['pass']:<8} {row_math(r):<4} {r['shape'][:46]:<46} {r['count']:>5} " \
+                       f"{r['us']:>11.1f}"
                 cells = []
                 for c, t in zip(cols, ts):
                     if isinstance(t, float):
                         line += f" {t * 1e6:>16.1f} {a / t:>6.2f}"
                         cells += [f"{t * 1e6:.1f}", f"{a / t:.2f}"]
-                        sums[c][0] += r["count"] * t
+                        for mode in in_modes:
+                            sums[mode][c] += r["count"] * t
                     else:
                         line += f" {'error':>16} {'—':>6}"
                         cells += [f"error: {t}", "—"]
-                sums["vidgrad"][0] += r["count"] * a
+                for mode in in_modes:
+                    sums[mode]["vidgrad"] += r["count"] * a
                 if all(isinstance(t, float) for t in ts):
-                    f = fam.setdefault((r["family"], r["pass"]), {c: 0.0 for c in ["vidgrad"] + cols})
+                    f = fam.setdefault((r["family"], r["pass"], row_math(r)), {c: 0.0 for c in ["vidgrad"] + cols})
                     f["vidgrad"] += r["count"] * a
                     for c, t in zip(cols, ts):
                         f[c] += r["count"] * t
                 print(line)
                 if not all(isinstance(t, float) for t in ts):
                     print(f"      torch failed: {[t for t in ts if not isinstance(t, float)][0]}")
-                md.append(f"| {r['family']} | {r['pass']} | {r['shape']} | {r['count']} | {r['us']:.1f} | " +
+                md.append(f"| {r['family']} | {r['pass']} | {row_math(r)} | {r['shape']} | {r['count']} | {r['us']:.1f} | " +
                           " | ".join(cells) + " |")
                 report["kernels"].append(dict(model=m["model"], index=k, family=r["family"], pass_=r["pass"],
-                                              shape=r["shape"], vidgrad_us=r["us"],
+                                              math=row_math(r), shape=r["shape"], vidgrad_us=r["us"],
                                               **{c: (t * 1e6 if isinstance(t, float) else str(t)) for c, t in zip(cols, ts)}))
             print(f"  per family and pass, sum of count x time (ms):")
-            md.append(f"\nPer family and pass, sum over the model's calls of count × time (ms):\n\n"
-                      f"| kernel | pass | vidgrad | " + " | ".join(f"{c} | ratio" for c in cols) +
-                      " |\n|" + "---|" * (3 + 2 * len(cols)))
-            for (fa, pa), f in sorted(fam.items(), key=lambda kv: -kv[1]["vidgrad"]):
-                print(f"    {fa:<18} {pa:<8} vidgrad {f['vidgrad'] * 1e3:9.2f}" +
+            md.append(f"\nPer family, pass and math mode, sum over the model's calls of count × time (ms):\n\n"
+                      f"| kernel | pass | math | vidgrad | " + " | ".join(f"{c} | ratio" for c in cols) +
+                      " |\n|" + "---|" * (4 + 2 * len(cols)))
+            for (fa, pa, ma), f in sorted(fam.items(), key=lambda kv: -kv[1]["vidgrad"]):
+                print(f"    {fa:<18} {pa:<8} {ma:<4} vidgrad {f['vidgrad'] * 1e3:9.2f}" +
                       "".join(f" | {c} {f[c] * 1e3:9.2f} ratio {f['vidgrad'] / f[c]:5.2f}" for c in cols))
-                md.append(f"| {fa} | {pa} | {f['vidgrad'] * 1e3:.2f} | " +
+                md.append(f"| {fa} | {pa} | {ma} | {f['vidgrad'] * 1e3:.2f} | " +
                           " | ".join(f"{f[c] * 1e3:.2f} | {f['vidgrad'] / f[c]:.2f}" for c in cols) + " |")
-            tot = f"  sum of count x time: vidgrad {sums['vidgrad'][0] * 1e3:.1f} ms; " + "; ".join(
-                f"{c} {sums[c][0] * 1e3:.1f} ms (ratio {sums['vidgrad'][0] / sums[c][0]:.2f})" for c in cols if sums[c][0] > 0)
-            print(tot)
-            md.append(f"\n{tot.strip()}\n")
+            md.append("")
+            for mode in modes:
+                sm = sums[mode]
+                tot = f"  {mode}: sum of count x time: vidgrad {sm['vidgrad'] * 1e3:.1f} ms; " + "; ".join(
+                    f"{c} {sm[c] * 1e3:.1f} ms (ratio {sm['vidgrad'] / sm[c]:.2f})" for c in cols if sm[c] > 0)
+                print(tot)
+                md.append(f"{tot.strip()}\n")
+            write_report(d, args.device, report, md)
 
     mpath = d / f"models_{args.device}.json"
     if args.only != "kernels" and mpath.exists():
@@ -488,26 +588,27 @@ def main():
         if not cuda:
             torch.set_num_threads(ours["device"]["threads"])
         warmup, runs = ours["timing"]["warmup"], ours["timing"]["runs"]
-        head = f"whole models on {ours['device']['name']}, batch {ours['batch']}, median of {runs} after {warmup} warm-up"
+        head = f"whole models on {ours['device']['name']}, batch {ours['batch']}, median of {runs} after {warmup} " \
+               f"warm-up. {settings_note}"
         print("\n" + head)
-        md.append(f"\n## Whole models\n\n{head}\n\n| model | input | vidgrad infer clips/s | " +
+        md.append(f"\n## Whole models\n\n{head}\n\n| model | math | input | vidgrad infer clips/s | " +
                   " | ".join(f"{c} clips/s | ratio" for c, _ in configs) + " | vidgrad train clips/s | " +
-                  " | ".join(f"{c} clips/s | ratio" for c, _ in configs) + " |\n|" + "---|" * (4 + 4 * len(configs)))
+                  " | ".join(f"{c} clips/s | ratio" for c, _ in configs) + " |\n|" + "---|" * (5 + 4 * len(configs)))
         report["models"] = []
         for row in ours["models"]:
             if "error" in row or (args.models and row["model"] not in args.models):
                 continue
             b = row["batch"]
             res = {}
-            for cname, c in configs:
-                set_config(c)
+            for cname, bench in configs:
                 try:
-                    res[cname] = time_model(row, clock, args.device, warmup, runs)
+                    # the flags of the row's mode; autocast (bf16) inside time_model, around the forwards
+                    with torch_setting("fp32" if row_math(row) == "bf16" else row_math(row), args.device, bench):
+                        res[cname] = time_model(row, clock, args.device, warmup, runs)
                 except Exception as e:  # noqa: BLE001
                     res[cname] = e
-            set_config(configs[0][1])
             vi, vt = row["inference"]["clips_per_s"], row["train"]["clips_per_s"]
-            line = f"  {row['model']:<14} infer vidgrad {vi:8.2f} clips/s"
+            line = f"  {row['model']:<14} {row_math(row):<4} infer vidgrad {vi:8.2f} clips/s"
             ci, ct = [], []
             for cname, _ in configs:
                 r = res[cname]
@@ -524,19 +625,19 @@ def main():
                 line += f" | peak memory vidgrad {row['inference']['peak_bytes'] / 1e9:.2f} GB" + "".join(
                     f", {c} {res[c]['peak_infer'] / 1e9:.2f} GB" for c, _ in configs if isinstance(res[c], dict))
             print(line)
-            print(f"  {'':<14} train vidgrad {vt:8.2f} clips/s | " + " | ".join(
+            print(f"  {'':<14} {'':<4} train vidgrad {vt:8.2f} clips/s | " + " | ".join(
                 f"{cname} {ct[2 * i]} (ratio {ct[2 * i + 1]})" for i, (cname, _) in enumerate(configs)) +
                 (f" | peak memory vidgrad {row['train']['peak_bytes'] / 1e9:.2f} GB" + "".join(
                     f", {c} {res[c]['peak_train'] / 1e9:.2f} GB" for c, _ in configs if isinstance(res[c], dict))
                  if cuda else ""))
-            md.append(f"| {row['model']} | {row['input']} | {vi:.2f} | " + " | ".join(ci) + f" | {vt:.2f} | " +
+            md.append(f"| {row['model']} | {row_math(row)} | {row['input']} | {vi:.2f} | " + " | ".join(ci) + f" | {vt:.2f} | " +
                       " | ".join(ct) + " |")
-            report["models"].append(dict(model=row["model"], vidgrad=dict(infer=vi, train=vt),
+            report["models"].append(dict(model=row["model"], math=row_math(row), vidgrad=dict(infer=vi, train=vt),
                                          **{c: (r if isinstance(r, dict) else str(r)) for c, r in res.items()}))
+            write_report(d, args.device, report, md)
         print("  (model ratios are vidgrad time / torch time = torch clips/s / vidgrad clips/s)")
 
-    (d / f"side_by_side_{args.device}.json").write_text(json.dumps(report, indent=1))
-    (d / f"side_by_side_{args.device}.md").write_text("\n".join(md) + "\n")
+    write_report(d, args.device, report, md)
     print(f"\nwrote {d / f'side_by_side_{args.device}.md'} and .json")
 
 

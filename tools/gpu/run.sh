@@ -14,7 +14,8 @@
 #       fixtures on the GPU (tests/models.rs, its on_cuda tests; not in sim mode)  → results/02-models.txt
 #   03  compute-sanitizer memcheck and racecheck on cuda_ops, test by test → results/03-memcheck.txt,
 #                                                                            results/03-racecheck.txt
-#   04  the bench suite's CUDA rows and PyTorch side by side               → results/04-bench.md (tables
+#   04  the bench suite's CUDA rows (kernels in fp32, tf32 and bf16; whole models in BENCH_MODEL_MODES,
+#       default tf32, the CUDA default) and PyTorch side by side            → results/04-bench.md (tables
 #       for docs/PERFORMANCE.md), results/04-bench.tar.gz (JSON and logs)
 #   then results/SUMMARY.md: one row per step for docs/GPU-VALIDATION.md.
 # That is 8 files: the most the device tool brings back from $OUT.
@@ -25,7 +26,7 @@
 #   CUDA rows (which need a real GPU) and PyTorch's side are noted as not run. Time limits are
 #   multiplied by BUNDLE_TIME_SCALE (default 20 in sim mode, 1 otherwise); BUNDLE_BUDGET_S=0: no overall limit.
 # Time limits in seconds (before the scale): LIMIT_SUITE=140 LIMIT_MODELS=90 LIMIT_MEMCHECK=55
-#   LIMIT_RACECHECK=55 LIMIT_BENCH_MODELS=50 LIMIT_BENCH_KERNELS=80 LIMIT_TORCH_MODELS=45 LIMIT_TORCH_KERNELS=60
+#   LIMIT_RACECHECK=55 LIMIT_BENCH_MODELS=40 LIMIT_BENCH_KERNELS=95 LIMIT_TORCH_MODELS=35 LIMIT_TORCH_KERNELS=65
 #   (555 s in all; each is also cut to what is left of BUNDLE_BUDGET_S).
 # COMPUTE_SANITIZER=/path picks the sanitizer; SIM_SANITIZER=1 runs step 03 in sim mode too (with a
 #   stand-in sanitizer: a test of this script).
@@ -452,12 +453,13 @@ step04() {
   BLOG="$BENCH/04-bench.log"
   : >"$BLOG"
   B_STATUS=pass B_RESULT="" B_LIMIT=0
-  bench_part() { # what cap
+  bench_part() { # what cap [math modes...]
     local what=$1 cap=$2 l rc=0
+    shift 2
     l=$(limit "$cap")
     B_LIMIT=$((B_LIMIT + l))
-    echo "=== bin/suite cuda $what" >>"$BLOG"
-    VIDGRAD_BENCH_OUT="$BENCH" run_to "$BLOG" "$l" "$HERE/bin/suite" cuda "$what" || rc=$?
+    echo "=== bin/suite cuda $what $*" >>"$BLOG"
+    VIDGRAD_BENCH_OUT="$BENCH" run_to "$BLOG" "$l" "$HERE/bin/suite" cuda "$what" "$@" || rc=$?
     if grep -q "CUDA benches skipped" "$BLOG"; then
       B_RESULT+="${B_RESULT:+; }$what: skipped ($(sed -n 's/.*CUDA benches skipped: //p' "$BLOG" | head -n1))"
       [ "$SIM" = 1 ] && B_STATUS="not run" || B_STATUS=FAIL
@@ -475,8 +477,9 @@ step04() {
   if [ ! -x "$HERE/bin/suite" ]; then
     B_STATUS="not run" B_RESULT="the bundle has no bench binary (bin/suite)"
   else
-    bench_part models "${LIMIT_BENCH_MODELS:-50}"
-    bench_part kernels "${LIMIT_BENCH_KERNELS:-80}"
+    # shellcheck disable=SC2086  # BENCH_MODEL_MODES is a list of words
+    bench_part models "${LIMIT_BENCH_MODELS:-40}" ${BENCH_MODEL_MODES:-tf32}
+    bench_part kernels "${LIMIT_BENCH_KERNELS:-95}"
   fi
   # What vidgrad measured, from its JSON.
   OURS="$(
@@ -487,17 +490,19 @@ out = []
 m = d / "models_cuda.json"
 if m.exists():
     for r in json.loads(m.read_text())["models"]:
+        name = f"{r['model']} {r.get('math', 'fp32')}"
         if "error" in r:
-            out.append(f"{r['model']} failed: {r['error'][:80]}")
+            out.append(f"{name} failed: {r['error'][:80]}")
         else:
-            out.append(f"{r['model']} {r['inference']['clips_per_s']:.1f} / {r['train']['clips_per_s']:.1f} clips/s")
+            out.append(f"{name} {r['inference']['clips_per_s']:.1f} / {r['train']['clips_per_s']:.1f} clips/s")
 k = d / "kernels_cuda.json"
 if k.exists():
     doc = json.loads(k.read_text())
     rows = [r for mm in doc["models"] for r in mm["rows"]]
     bad = [r for r in rows if "error" in r]
     out.append(f"{len(rows) - len(bad)} kernel rows timed, {len(bad)} failed; kernel sums (inference / training ms): " +
-               ", ".join(f"{mm['model']} {mm['sum_inference_ms']:.1f} / {mm['sum_train_ms']:.1f}" for mm in doc["models"]))
+               ", ".join(f"{mm['model']} {mode} {v['inference_ms']:.1f} / {v['train_ms']:.1f}"
+                         for mm in doc["models"] for mode, v in mm["sums"].items()))
 print("; ".join(out))
 PY
   )"
@@ -522,8 +527,8 @@ PY
         continue
       fi
       cp "$src" "$BENCH/torch-$part/"
-      cap="${LIMIT_TORCH_MODELS:-45}"
-      [ "$part" = kernels ] && cap="${LIMIT_TORCH_KERNELS:-60}"
+      cap="${LIMIT_TORCH_MODELS:-35}"
+      [ "$part" = kernels ] && cap="${LIMIT_TORCH_KERNELS:-65}"
       l=$(limit "$cap")
       B_LIMIT=$((B_LIMIT + l))
       rc=0
@@ -547,7 +552,7 @@ PY
     echo "## GPU ($([ "$SIM" = 1 ] && echo "none: sim mode" || echo "$GPU, driver $DRIVER, CUDA $CUDA_VER")), measured $DATE at commit $SHORT"
     echo
     echo "Machine: $MACHINE. Bundle built from commit $COMMIT (BUILD.txt: $(grep -m1 '^nvcc' "$HERE/BUILD.txt" 2>/dev/null || echo "nvcc unknown"))."
-    echo "Commands (tools/gpu/run.sh step 04): \`bin/suite cuda models\`, \`bin/suite cuda kernels\`,"
+    echo "Commands (tools/gpu/run.sh step 04): \`bin/suite cuda models ${BENCH_MODEL_MODES:-tf32}\`, \`bin/suite cuda kernels\` (fp32, tf32, bf16),"
     echo "\`python3 tools/bench/torch_side_by_side.py --device cuda --only models|kernels\`."
     echo "Result: $B_STATUS — $B_RESULT"
     for md in "$BENCH/models_cuda.md" "$BENCH/kernels_cuda.md" "$BENCH/torch-models/side_by_side_cuda.md" \
@@ -569,7 +574,7 @@ PY
   cap_file "$RES/04-bench.md"
   tar -C "$BENCH" -czf "$RES/04-bench.tar.gz" .
   record 04 "bench" "$B_STATUS" "$(secs $(($(now_ms) - t0)))" "$B_LIMIT" "04-bench.md, 04-bench.tar.gz" \
-    "bin/suite cuda models; bin/suite cuda kernels; torch_side_by_side.py --device cuda --only models|kernels" \
+    "bin/suite cuda models ${BENCH_MODEL_MODES:-tf32}; bin/suite cuda kernels; torch_side_by_side.py --device cuda --only models|kernels" \
     "$B_RESULT"
 }
 

@@ -15,7 +15,7 @@ mod pool;
 mod softmax;
 mod upsample;
 
-use crate::math_mode::{math_mode, round_operands};
+use crate::math_mode::{math_mode_on, round_operands, Hardware};
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -112,7 +112,7 @@ fn conv_forward_in_math_mode(
     g: &ConvGeom,
     relu: bool,
 ) -> Result<BufferRef> {
-    let m = g.math_mode()?;
+    let m = g.math_mode(Hardware::Cpu)?;
     Ok(wrap(conv::forward(
         &round_operands(&read(x)?, m),
         &round_operands(&read(w)?, m),
@@ -233,7 +233,7 @@ impl Backend for CpuBackend {
         w: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        let m = g.math_mode()?;
+        let m = g.math_mode(Hardware::Cpu)?;
         Ok(wrap(conv::backward_data(
             &round_operands(&read(dy)?, m),
             &round_operands(&read(w)?, m),
@@ -246,7 +246,7 @@ impl Backend for CpuBackend {
         dy: &dyn BackendBuffer,
         g: &ConvGeom,
     ) -> Result<BufferRef> {
-        let m = g.math_mode()?;
+        let m = g.math_mode(Hardware::Cpu)?;
         Ok(wrap(conv::backward_weight(
             &round_operands(&read(x)?, m),
             &round_operands(&read(dy)?, m),
@@ -454,7 +454,7 @@ impl Backend for CpuBackend {
         b: &dyn BackendBuffer,
         g: MatmulGeom,
     ) -> Result<BufferRef> {
-        let m = math_mode()?;
+        let m = math_mode_on(Hardware::Cpu)?;
         Ok(wrap(linalg::matmul(
             &round_operands(&read(a)?, m),
             &round_operands(&read(b)?, m),

@@ -6,7 +6,7 @@ use super::launch::{blocks, wgrad_splits, BLOCK, MAX_ELEMENTS};
 use super::{a3, i32_of, opt_ptr, out, ptr, CudaBackend, KernelArg, LaunchConfig};
 use crate::backend::{BackendBuffer, BufferRef, ConvGeom};
 use crate::error::{Error, Result};
-use crate::math_mode::MathMode;
+use crate::math_mode::{Hardware, MathMode};
 
 /// Geometry of a convolution as the kernels read it (kernels/conv.cu `ConvP`).
 #[repr(C)]
@@ -113,7 +113,7 @@ pub(super) fn forward(
         return Ok(out(y));
     }
     let (xp, wp, bp) = (ptr(x)?, ptr(w)?, opt_ptr(bias)?);
-    let mode = g.math_mode()?;
+    let mode = g.math_mode(Hardware::Cuda)?;
     if g.is_depthwise() {
         be.launch1("conv", "conv_dw_fprop", len, kargs![y.ptr, xp, wp, bp, p])?;
         return Ok(out(y));
@@ -149,7 +149,7 @@ pub(super) fn backward_data(
     }
     let dx = be.alloc(len)?;
     let (dyp, wp) = (ptr(dy)?, ptr(w)?);
-    let mode = g.math_mode()?;
+    let mode = g.math_mode(Hardware::Cuda)?;
     if g.is_depthwise() {
         be.launch1("conv", "conv_dw_dgrad", len, kargs![dx.ptr, dyp, wp, p])?;
         return Ok(out(dx));
@@ -184,7 +184,7 @@ pub(super) fn backward_weight(
         return Ok(out(be.zeros(wlen)?));
     }
     let (xp, dyp) = (ptr(x)?, ptr(dy)?);
-    let mode = g.math_mode()?;
+    let mode = g.math_mode(Hardware::Cuda)?;
     if g.is_depthwise() {
         let dw = be.alloc(wlen)?;
         be.launch(

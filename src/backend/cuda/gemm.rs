@@ -5,7 +5,7 @@ use super::launch::gemm_tiles;
 use super::{i32_of, out, ptr, CudaBackend, LaunchConfig};
 use crate::backend::{BackendBuffer, BufferRef, MatmulGeom};
 use crate::error::{Error, Result};
-use crate::math_mode::{math_mode, MathMode};
+use crate::math_mode::{math_mode_on, Hardware, MathMode};
 
 /// Batched C = op(A)·op(B) into an existing buffer (see kernels/gemm.cu).
 /// `mode` picks the kernel: FP32 on CUDA cores, or TF32/BF16 on tensor cores (same block tiles).
@@ -69,6 +69,13 @@ pub(super) fn matmul(
     g: MatmulGeom,
 ) -> Result<BufferRef> {
     let c = be.alloc(g.batch * g.m * g.n)?;
-    gemm_into(be, c.ptr, ptr(a)?, ptr(b)?, g, math_mode()?)?;
+    gemm_into(
+        be,
+        c.ptr,
+        ptr(a)?,
+        ptr(b)?,
+        g,
+        math_mode_on(Hardware::Cuda)?,
+    )?;
     Ok(out(c))
 }
