@@ -49,6 +49,24 @@ pub(super) fn gemm(
     accumulate: bool,
     parallel: bool,
 ) {
+    gemm_scaled(m, n, k, a, b, c, c_rs, accumulate, parallel, 1.0)
+}
+
+/// [`gemm`] with the product scaled: c = (accumulate ? c : 0) + scale·Σ_l a(i, l)·b(l, j), the scale
+/// applied to each dot product in the GEMM's store (one rounding, no second pass over c).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_scaled(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+    parallel: bool,
+    scale: f32,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -86,7 +104,7 @@ pub(super) fn gemm(
             b.cs as isize,
             b.rs as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,
