@@ -47,8 +47,8 @@ fn probabilities(
 const LANES: usize = 8;
 
 /// Replaces a row of scores by its softmax; returns the row's max and Σ exp(s − max) (in f64).
-/// Finite rows take the vectorised path ([`exp_lanes`]); a row whose max is not finite (a NaN or
-/// infinite score) keeps the scalar definition, so NaN and Inf propagate as in PyTorch.
+/// Finite rows take the lanes ([`exp_shifted_sum`]); a row whose max is not finite (a NaN or infinite
+/// score) keeps the scalar definition, so NaN and Inf propagate as in PyTorch.
 fn softmax_row_in_place(row: &mut [f32]) -> (f32, f64) {
     let max = row_max(row);
     let sum = if max.is_finite() {
@@ -82,26 +82,17 @@ fn row_max(row: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, super::nan_max)
 }
 
-/// row[j] = exp(row[j] − max) for a finite max; returns Σ row[j] summed in f64 lanes. A chunk with an
-/// argument below [`EXP_MIN_NORMAL_ARG`] (a result that is subnormal or 0) or a NaN is done with the
-/// scalar `exp`, so every value is the correctly rounded one to within [`exp_lanes`]'s error.
+/// row[j] = exp(row[j] − max) for a finite max; returns Σ row[j] summed in f64 lanes. The exp is
+/// libm's, as before: a vectorised polynomial exp (≤ 2 ulp) was 10 % faster on C2D-NL-R50's attention
+/// but moved tests/models_cuda.rs's CPU-against-simulator gradient comparison of c2d-nl-r50 past its
+/// tolerance (docs/PERFORMANCE.md, "CPU attention").
 fn exp_shifted_sum(row: &mut [f32], max: f32) -> f64 {
     let mut sums = [0f64; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for ch in &mut chunks {
-        let mut x = [0f32; LANES];
-        for (xi, &v) in x.iter_mut().zip(ch.iter()) {
-            *xi = v - max;
-        }
-        // `!(x >= MIN)` is also true for NaN
-        if x.iter().any(|&xi| !(xi >= EXP_MIN_NORMAL_ARG)) {
-            x.iter_mut().for_each(|xi| *xi = xi.exp());
-        } else {
-            exp_lanes(&mut x);
-        }
-        for ((s, v), xi) in sums.iter_mut().zip(ch.iter_mut()).zip(x) {
-            *v = xi;
-            *s += xi as f64;
+        for (s, v) in sums.iter_mut().zip(ch) {
+            *v = (*v - max).exp();
+            *s += *v as f64;
         }
     }
     let mut sum: f64 = sums.iter().sum();
@@ -110,44 +101,6 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f64 {
         sum += *v as f64;
     }
     sum
-}
-
-/// Below this, exp(x) is subnormal in f32 (e^−87.33 ≈ 2⁻¹²⁶); [`exp_lanes`] is exact only above it.
-const EXP_MIN_NORMAL_ARG: f32 = -87.33;
-
-/// exp of each lane for EXP_MIN_NORMAL_ARG ≤ x ≤ 0, in operations LLVM vectorises (no libm call):
-/// x = n·ln 2 + r with |r| ≤ ln 2 / 2 (n by the round-to-nearest of adding 1.5·2²³, ln 2 split in two
-/// parts so that n·ln 2 is exact), e^r by Cephes' degree-5 minimax polynomial in r
-/// (1 + r + r²·P(r)), and 2ⁿ put into the exponent bits. Error ≤ 2 ulp against the correctly rounded
-/// exp (checked over [−87.33, 0] by `exp_lanes_is_within_two_ulp`), far below the GEMM-sized
-/// tolerances of the attention tests and of the same order as PyTorch's vectorised (Sleef, 1 ulp) exp.
-fn exp_lanes(x: &mut [f32; LANES]) {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5·2²³
-    const P: [f32; 6] = [
-        1.987_569_1e-4,
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5.000_000_1e-1,
-    ];
-    for v in x.iter_mut() {
-        let t = *v * LOG2E + ROUND;
-        let n = t - ROUND;
-        let r = (*v - n * LN2_HI) - n * LN2_LO;
-        let mut p = P[0];
-        for &c in &P[1..] {
-            p = p * r + c;
-        }
-        let e = 1.0 + r + r * r * p;
-        // n is in [−126, 0]: 2ⁿ's bits are (n + 127) << 23, and n sits in t's low mantissa bits
-        let n_int = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-        let two_n = f32::from_bits(((n_int + 127) as u32) << 23);
-        *v = e * two_n;
-    }
 }
 
 pub(super) fn forward(q: &[f32], k: &[f32], v: &[f32], g: AttentionGeom) -> (Vec<f32>, Vec<f32>) {
@@ -275,34 +228,6 @@ pub(super) fn backward(
 mod tests {
     use super::*;
 
-    /// Distance in units in the last place between two positive finite f32s.
-    fn ulps(a: f32, b: f32) -> u32 {
-        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
-    }
-
-    /// Every f32 step of a dense sweep over [EXP_MIN_NORMAL_ARG, 0] (about 2 M points, both ends
-    /// included) against exp computed in f64 and rounded once: within 2 ulp.
-    #[test]
-    fn exp_lanes_is_within_two_ulp() {
-        let count = 1 << 21;
-        let mut worst = 0;
-        let mut xs: Vec<f32> = (0..=count)
-            .map(|i| EXP_MIN_NORMAL_ARG * i as f32 / count as f32)
-            .collect();
-        xs.extend([0.0, -0.0, -1e-30, -0.5 * std::f32::consts::LN_2, -87.0]);
-        for ch in xs.chunks(LANES) {
-            let mut x = [0f32; LANES];
-            x[..ch.len()].copy_from_slice(ch);
-            exp_lanes(&mut x);
-            for (&xi, &got) in ch.iter().zip(&x) {
-                let want = (xi as f64).exp() as f32;
-                worst = worst.max(ulps(got, want));
-                assert!(ulps(got, want) <= 2, "exp({xi}) = {got}, want {want}");
-            }
-        }
-        assert!(worst <= 2, "{worst}");
-    }
-
     /// The reference: the scalar definition in f64.
     fn softmax_f64(row: &[f32]) -> Vec<f32> {
         let max = row
@@ -339,8 +264,9 @@ mod tests {
                     if w.is_nan() {
                         assert!(g.is_nan(), "len {len} case {case} [{j}]: {g}, want NaN");
                     } else {
-                        // exp within 2 ulp, the f64 sum, one division and one product: 4u relative
-                        let tol = 4.0 * f32::EPSILON * w.abs() + f32::MIN_POSITIVE;
+                        // the same f32 exp; f64 sums in another order; one division and one
+                        // product each: 2u relative
+                        let tol = 2.0 * f32::EPSILON * w.abs() + f32::MIN_POSITIVE;
                         assert!(
                             (g - w).abs() <= tol,
                             "len {len} case {case} [{j}]: {g} vs {w}"
