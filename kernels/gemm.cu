@@ -70,21 +70,43 @@ extern "C" __global__ void __launch_bounds__(256) gemm_batched(float* __restrict
 // ---- tensor cores (--math tf32 | bf16; kernels/mma.cuh) ---------------------------------------------
 // Batched C[b] = op(A[b])·op(B[b]) on mma.sync: TF32 m16n8k8 or BF16 m16n8k16, FP32 accumulation.
 // Grid as gemm_batched; block 128 threads = 4 warps in 2×2, each warp a 32×32 tile of the 64×64 block
-// tile (2 × 4 mma tiles of 16×8, 32 accumulators per thread). K advances in steps of TC_BK = 16 through a
-// TC_STAGES = 3 stage cp.async pipeline: the tiles stay FP32 in shared memory as global memory stores
-// them (A as [m][k] or, transposed, [k][m]; B as [k][n] or [n][k]), copied 4 bytes at a time so that any
-// size and offset is aligned, with src-size 0 zero-filling what lies outside the matrix. Each operand is
-// rounded (f32_to_tf32, pack_bf16x2) as it goes from shared memory into an mma fragment register: every
-// element of A and B is rounded exactly once per product it enters, the same values as rounding when
-// staging. (BF16 tiles stored as bf16 in shared memory, read with ldmatrix, and 16-byte copies where the
-// layout allows are the next steps; docs/CUDA.md.)
+// tile (2 × 4 mma tiles of 16×8, 32 accumulators per thread). Each element of A and B is rounded
+// exactly once per product it enters (f32_to_tf32, pack_bf16x2).
+//
+// TF32 (gemm_tc_tf32): K advances in steps of TC_BK = 16 through a TC_STAGES = 3 stage cp.async
+// pipeline; the tiles stay FP32 in shared memory as global memory stores them (A as [m][k] or,
+// transposed, [k][m]; B as [k][n] or [n][k]), copied 4 bytes at a time so that any size and offset is
+// aligned, with src-size 0 zero-filling what lies outside the matrix; operands are rounded on their way
+// from shared memory into the fragment registers.
+//
+// BF16 (gemm_bf16_ldmatrix): the tiles are rounded to BF16 as they are staged and stored in shared
+// memory as the fragments want them — A as [m][k], B as [n][k] (k pairs packed in 32-bit words), rows
+// padded from 32 to 48 bytes so that the 8 rows an ldmatrix reads fall in 8 distinct bank groups — and
+// read with ldmatrix.x4 (one per 16×16 A fragment, one per two 16×8 B fragments) instead of 32 scalar
+// shared loads per thread and K step. cp.async cannot convert, so staging goes through registers:
+// the global loads of step s + 1 are issued before step s's mma and stored to the other buffer after
+// it (double buffering, one barrier per step). Same products, same order, same results as staging FP32
+// and rounding at the fragment.
 #include "mma.cuh"
 
 #define TC_BK 16
 #define TC_STAGES 3
 
-template <bool BF16>
-__device__ __forceinline__ void gemm_tc(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B, int M, int N, int K,
+// C[m][n] for the warp tile's accumulators (mma_warp_tile_k16's layout) whose (m, n) lies in the matrix.
+__device__ __forceinline__ void store_warp_tile(float* __restrict__ C, const float (&acc)[2][4][4], int row0, int col0, int M, int N) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const WarpTilePos at = warp_tile_acc_pos(i, j, e);
+                const int m = row0 + at.row, n = col0 + at.col;
+                if (m < M && n < N) C[(size_t)m * N + n] = acc[i][j][e];
+            }
+}
+
+__device__ __forceinline__ void gemm_tc_tf32(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B, int M, int N, int K,
                                         int trans_a, int trans_b) {
     __shared__ __align__(16) float As[TC_STAGES][BM * TC_BK];
     __shared__ __align__(16) float Bs[TC_STAGES][TC_BK * BN];
@@ -124,25 +146,107 @@ __device__ __forceinline__ void gemm_tc(float* __restrict__ C, const float* __re
         // Element (m, k) of the A tile and (k, n) of the B tile in shared memory.
         auto a_at = [&](int m, int k) { return trans_a ? as[k * BM + m] : as[m * TC_BK + k]; };
         auto b_at = [&](int k, int n) { return trans_b ? bs[n * TC_BK + k] : bs[k * BN + n]; };
-        mma_warp_tile_k16<BF16>(acc, wm, wn, a_at, b_at);
+        mma_warp_tile_k16<false>(acc, wm, wn, a_at, b_at);
     });
+    store_warp_tile(C, acc, m0 + wm, n0 + wn, M, N);
+}
+
+// Words per shared-memory row of the BF16 tiles: 8 words hold the 16 k values of a row, 4 pad it to 48
+// bytes (16-byte aligned for ldmatrix; row r starts at bank 12r mod 32, so 8 consecutive rows cover
+// all 32 banks once).
+#define BF_ROW 12
+
+__device__ __forceinline__ void gemm_bf16_ldmatrix(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
+                                                   int M, int N, int K, int trans_a, int trans_b) {
+    __shared__ __align__(16) unsigned int As[2][BM * BF_ROW];
+    __shared__ __align__(16) unsigned int Bs[2][BN * BF_ROW];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    const int ntn = (N + BN - 1) / BN;
+    const int tile_m = blockIdx.x / ntn, tile_n = blockIdx.x - tile_m * ntn;
+    const int m0 = tile_m * BM, n0 = tile_n * BN;
+    const size_t bz = blockIdx.z;
+    A += bz * M * K;
+    B += bz * K * N;
+    C += bz * M * N;
+    const int steps = (K + TC_BK - 1) / TC_BK;
+    // This thread's 4 items of each tile per K step: item e = t + 128r is (row, k pair) of the tile,
+    // consecutive threads along the dimension global memory stores contiguously.
+    auto a_item = [&](int r, int& m, int& kp) {
+        const int e = t + 128 * r;
+        if (trans_a) { m = e & 63; kp = e >> 6; } else { m = e >> 3; kp = e & 7; }
+    };
+    auto b_item = [&](int r, int& n, int& kp) {
+        const int e = t + 128 * r;
+        if (trans_b) { n = e >> 3; kp = e & 7; } else { n = e & 63; kp = e >> 6; }
+    };
+    float ra[4][2], rb[4][2];
+    auto load = [&](int s) {  // global → registers (0 outside the matrices)
+        const int k0 = s * TC_BK;
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+        for (int r = 0; r < 4; ++r) {
+            int m, kp, n, kq;
+            a_item(r, m, kp);
+            b_item(r, n, kq);
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const WarpTilePos at = warp_tile_acc_pos(i, j, e);
-                const int m = m0 + wm + at.row, n = n0 + wn + at.col;
-                if (m < M && n < N) C[(size_t)m * N + n] = acc[i][j][e];
+            for (int h = 0; h < 2; ++h) {
+                const int ka = k0 + 2 * kp + h, kb = k0 + 2 * kq + h;
+                const int gm = m0 + m, gn = n0 + n;
+                ra[r][h] = gm < M && ka < K ? (trans_a ? A[(size_t)ka * M + gm] : A[(size_t)gm * K + ka]) : 0.0f;
+                rb[r][h] = gn < N && kb < K ? (trans_b ? B[(size_t)gn * K + kb] : B[(size_t)kb * N + gn]) : 0.0f;
             }
+        }
+    };
+    auto store = [&](int buf) {  // registers → shared memory, rounded to BF16 in pairs along k
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            int m, kp, n, kq;
+            a_item(r, m, kp);
+            b_item(r, n, kq);
+            As[buf][m * BF_ROW + kp] = pack_bf16x2(ra[r][0], ra[r][1]);
+            Bs[buf][n * BF_ROW + kq] = pack_bf16x2(rb[r][0], rb[r][1]);
+        }
+    };
+    float acc[2][4][4] = {};
+    if (steps > 0) {
+        load(0);
+        store(0);
+    }
+    __syncthreads();
+    for (int s = 0; s < steps; ++s) {
+        const int buf = s & 1;
+        if (s + 1 < steps) load(s + 1);  // in flight during this step's mma
+        // A fragments: lanes 0–15 name rows 0–15 at k 0, lanes 16–31 the same rows at k 8 (matrices
+        // a0..a3 of the m16n8k16 layout). B: lanes 0–7 rows n 0–7 at k 0, 8–15 the same at k 8, 16–31
+        // rows n 8–15 likewise: b0, b1 of two adjacent 8-column tiles.
+        unsigned int fa[2][4], fb[4][2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+            ldmatrix<4, false>(fa[i], &As[buf][(wm + 16 * i + (lane & 15)) * BF_ROW + (lane >> 4) * 4]);
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+            unsigned int r4[4];
+            ldmatrix<4, false>(r4, &Bs[buf][(wn + 16 * jj + (lane & 7) + ((lane >> 4) << 3)) * BF_ROW + ((lane >> 3) & 1) * 4]);
+            fb[2 * jj][0] = r4[0];
+            fb[2 * jj][1] = r4[1];
+            fb[2 * jj + 1][0] = r4[2];
+            fb[2 * jj + 1][1] = r4[3];
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc[i][j], fa[i], fb[j], acc[i][j]);
+        if (s + 1 < steps) store(buf ^ 1);  // its last readers finished before the previous barrier
+        __syncthreads();
+    }
+    store_warp_tile(C, acc, m0 + wm, n0 + wn, M, N);
 }
 
 extern "C" __global__ void __launch_bounds__(128) gemm_batched_tf32(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
                                                                     int M, int N, int K, int trans_a, int trans_b) {
-    gemm_tc<false>(C, A, B, M, N, K, trans_a, trans_b);
+    gemm_tc_tf32(C, A, B, M, N, K, trans_a, trans_b);
 }
 extern "C" __global__ void __launch_bounds__(128) gemm_batched_bf16(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
                                                                     int M, int N, int K, int trans_a, int trans_b) {
-    gemm_tc<true>(C, A, B, M, N, K, trans_a, trans_b);
+    gemm_bf16_ldmatrix(C, A, B, M, N, K, trans_a, trans_b);
 }
