@@ -74,10 +74,10 @@ extern "C" __global__ void __launch_bounds__(256) gemm_batched(float* __restrict
 // exactly once per product it enters (f32_to_tf32, pack_bf16x2).
 //
 // TF32 (gemm_tc_tf32): K advances in steps of TC_BK = 16 through a TC_STAGES = 3 stage cp.async
-// pipeline; the tiles stay FP32 in shared memory as global memory stores them (A as [m][k] or,
-// transposed, [k][m]; B as [k][n] or [n][k]), copied 4 bytes at a time so that any size and offset is
-// aligned, with src-size 0 zero-filling what lies outside the matrix; operands are rounded on their way
-// from shared memory into the fragment registers.
+// pipeline of 4-byte copies (so that any size, offset and transpose is aligned; src-size 0 zero-fills
+// what lies outside the matrix), each landing where the fragments want it: A as [m][k], B as [n][k],
+// rows padded from 64 to 80 bytes (conflict-free ldmatrix). Fragments are read with ldmatrix.x4 on
+// 32-bit elements and rounded to TF32 in registers.
 //
 // BF16 (gemm_bf16_ldmatrix): the tiles are rounded to BF16 as they are staged and stored in shared
 // memory as the fragments want them — A as [m][k], B as [n][k] (k pairs packed in 32-bit words), rows
@@ -106,11 +106,15 @@ __device__ __forceinline__ void store_warp_tile(float* __restrict__ C, const flo
             }
 }
 
+// Words per shared-memory row of the TF32 tiles: 16 k values and 4 words of padding (80 bytes: row r
+// starts at bank 20r mod 32, so the 8 rows of an ldmatrix cover all 32 banks once).
+#define TF_ROW 20
+
 __device__ __forceinline__ void gemm_tc_tf32(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B, int M, int N, int K,
-                                        int trans_a, int trans_b) {
-    __shared__ __align__(16) float As[TC_STAGES][BM * TC_BK];
-    __shared__ __align__(16) float Bs[TC_STAGES][TC_BK * BN];
-    const int t = threadIdx.x, warp = t >> 5;
+                                             int trans_a, int trans_b) {
+    __shared__ __align__(16) float As[TC_STAGES][BM * TF_ROW];
+    __shared__ __align__(16) float Bs[TC_STAGES][BN * TF_ROW];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
     const int ntn = (N + BN - 1) / BN;
     const int tile_m = blockIdx.x / ntn, tile_n = blockIdx.x - tile_m * ntn;
@@ -121,32 +125,65 @@ __device__ __forceinline__ void gemm_tc_tf32(float* __restrict__ C, const float*
     C += bz * M * N;
     const int steps = (K + TC_BK - 1) / TC_BK;
     // Stage s of the K loop into buffer `buf`: 1024 elements of each tile, 8 per thread, consecutive
-    // threads along the stored contiguous dimension.
+    // threads along the dimension global memory stores contiguously; each 4-byte copy lands at its
+    // (row, k) of the [m][k] / [n][k] tile whatever the transpose. Element r of this thread sits at
+    // shared word dst[r] and at global offset src[r] + s·step (32-bit: the launch bounds every
+    // operand's size to i32); `rows_in` marks the r whose row lies inside the matrix.
+    int a_src[8], b_src[8];
+    unsigned int a_rows_in = 0, b_rows_in = 0;
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+        const int e = t + 128 * r;
+        int m, k, n, kb;
+        if (trans_a) { k = e >> 6; m = e & 63; } else { m = e >> 4; k = e & 15; }
+        if (trans_b) { n = e >> 4; kb = e & 15; } else { kb = e >> 6; n = e & 63; }
+        a_src[r] = trans_a ? k * M + m0 + m : (m0 + m) * K + k;
+        b_src[r] = trans_b ? (n0 + n) * K + kb : kb * N + n0 + n;
+        a_rows_in |= (unsigned int)(m0 + m < M) << r;
+        b_rows_in |= (unsigned int)(n0 + n < N) << r;
+    }
+    const int a_step = trans_a ? TC_BK * M : TC_BK, b_step = trans_b ? TC_BK : TC_BK * N;
     auto stage = [&](int s, int buf) {
         const int k0 = s * TC_BK;
 #pragma unroll
         for (int r = 0; r < 8; ++r) {
             const int e = t + 128 * r;
-            int m, k;
+            int m, k, n, kb;
             if (trans_a) { k = e >> 6; m = e & 63; } else { m = e >> 4; k = e & 15; }
-            const bool ina = m0 + m < M && k0 + k < K;
-            const float* src = ina ? (trans_a ? A + (size_t)(k0 + k) * M + m0 + m : A + (size_t)(m0 + m) * K + k0 + k) : A;
-            cp_async<4>(&As[buf][e], src, ina ? 4 : 0);
-            int n, kb;
             if (trans_b) { n = e >> 4; kb = e & 15; } else { kb = e >> 6; n = e & 63; }
-            const bool inb = n0 + n < N && k0 + kb < K;
-            const float* srcb = inb ? (trans_b ? B + (size_t)(n0 + n) * K + k0 + kb : B + (size_t)(k0 + kb) * N + n0 + n) : B;
-            cp_async<4>(&Bs[buf][e], srcb, inb ? 4 : 0);
+            const bool ina = (a_rows_in >> r & 1) && k0 + k < K;
+            cp_async<4>(&As[buf][m * TF_ROW + k], ina ? A + a_src[r] + s * a_step : A, ina ? 4 : 0);
+            const bool inb = (b_rows_in >> r & 1) && k0 + kb < K;
+            cp_async<4>(&Bs[buf][n * TF_ROW + kb], inb ? B + b_src[r] + s * b_step : B, inb ? 4 : 0);
         }
     };
     float acc[2][4][4] = {};
     cp_async_pipeline<TC_STAGES>(steps, stage, [&](int buf) {
-        const float* as = As[buf];
-        const float* bs = Bs[buf];
-        // Element (m, k) of the A tile and (k, n) of the B tile in shared memory.
-        auto a_at = [&](int m, int k) { return trans_a ? as[k * BM + m] : as[m * TC_BK + k]; };
-        auto b_at = [&](int k, int n) { return trans_b ? bs[n * TC_BK + k] : bs[k * BN + n]; };
-        mma_warp_tile_k16<false>(acc, wm, wn, a_at, b_at);
+        // Per k8 half: A fragments from ldmatrix.x4 on 32-bit elements (lanes 0–15 name rows 0–15 at
+        // k 0, lanes 16–31 the same rows at k 4: a0..a3 of m16n8k8); B: lanes 0–7 rows n 0–7 at k 0,
+        // 8–15 the same at k 4, 16–31 rows n 8–15 likewise (b0, b1 of two 8-column tiles). Each value
+        // is rounded to TF32 in its register.
+#pragma unroll
+        for (int kk = 0; kk < TC_BK; kk += 8) {
+            unsigned int fa[2][4], fb[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                ldmatrix<4, false>(fa[i], &As[buf][(wm + 16 * i + (lane & 15)) * TF_ROW + kk + (lane >> 4) * 4]);
+#pragma unroll
+                for (int x = 0; x < 4; ++x) fa[i][x] = f32_to_tf32(__uint_as_float(fa[i][x]));
+            }
+#pragma unroll
+            for (int jj = 0; jj < 2; ++jj) {
+                unsigned int r4[4];
+                ldmatrix<4, false>(r4, &Bs[buf][(wn + 16 * jj + (lane & 7) + ((lane >> 4) << 3)) * TF_ROW + kk + ((lane >> 3) & 1) * 4]);
+#pragma unroll
+                for (int x = 0; x < 4; ++x) fb[2 * jj + (x >> 1)][x & 1] = f32_to_tf32(__uint_as_float(r4[x]));
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) mma_m16n8k8_tf32(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
     });
     store_warp_tile(C, acc, m0 + wm, n0 + wn, M, N);
 }
