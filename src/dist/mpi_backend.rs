@@ -115,6 +115,9 @@ impl Collective for MpiCollective {
     fn abort(&self, code: i32) {
         self.world.abort(code)
     }
+    fn backend_name(&self) -> &'static str {
+        "mpi"
+    }
     fn start_all_reduce_sum(&self, buf: Vec<f32>) -> Result<Box<dyn PendingSum + '_>> {
         let n = buf.len();
         let send: *mut [f32] = Box::into_raw(buf.into_boxed_slice());
