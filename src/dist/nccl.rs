@@ -258,7 +258,7 @@ impl NcclCollective {
 
     /// Host values (as f32 words) on this GPU.
     fn upload(&self, words: &[f32]) -> Result<Tensor> {
-        Tensor::from_slice(words, &[words.len().max(1)], self.device())
+        Tensor::from_slice(words, &[words.len()], self.device())
     }
 
     /// Sum host `words` (f32 words holding `count` values of `dtype`) over the ranks on the GPU.
