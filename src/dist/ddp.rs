@@ -273,11 +273,15 @@ mod tests {
 
     /// Three parameters of 3, 2 and 4 values with gradients 1, 2, 3 (from one backward).
     fn three_params() -> Vec<(String, Tensor)> {
+        three_params_on(Device::Cpu)
+    }
+
+    fn three_params_on(device: Device) -> Vec<(String, Tensor)> {
         let p: Vec<(String, Tensor)> = [3usize, 2, 4]
             .iter()
             .enumerate()
             .map(|(i, &n)| {
-                let t = Tensor::zeros(&[n], Device::Cpu).unwrap().with_grad();
+                let t = Tensor::zeros(&[n], device).unwrap().with_grad();
                 (format!("p{i}"), t)
             })
             .collect();
@@ -311,6 +315,25 @@ mod tests {
         // sums of equal gradients over two ranks, × 1/2: unchanged
         for (i, (_, p)) in params.iter().enumerate() {
             let g = p.grad().unwrap().to_vec().unwrap();
+            assert!(g.iter().all(|&v| v == i as f32 + 1.0), "{g:?}");
+        }
+    }
+
+    #[test]
+    fn on_cuda_sim_the_buckets_are_device_tensors_with_the_cpus_results() {
+        let params = three_params_on(Device::CudaSim);
+        assert_eq!(params[0].1.grad().unwrap().device(), Device::CudaSim);
+        let twin = Twin::default();
+        let mut avg = GradientAverager::new(&twin, &params, 5 * 4);
+        assert_eq!(avg.seam.get().name(), "staged");
+        avg.plan_from_gradients().unwrap();
+        avg.finish().unwrap();
+        assert_eq!(*twin.log.borrow(), [4, 5]);
+        for (i, (_, p)) in params.iter().enumerate() {
+            let g = p.grad().unwrap();
+            assert_eq!(g.device(), Device::CudaSim);
+            // sum over the twin ranks, × 1/2 on the device: the gradient (exact in f32)
+            let g = g.to_vec().unwrap();
             assert!(g.iter().all(|&v| v == i as f32 + 1.0), "{g:?}");
         }
     }

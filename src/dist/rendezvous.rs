@@ -88,9 +88,8 @@ impl Rendezvous {
         while served.iter().any(|s| !s) {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if let Some(r) = self.answer(stream, peer, payload)? {
-                        served[r] = true;
-                    }
+                    let r = self.answer(stream, peer, payload, &served)?;
+                    served[r] = true;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if Instant::now() >= deadline {
@@ -114,10 +113,16 @@ impl Rendezvous {
         Ok(())
     }
 
-    /// Read one peer's hello and answer it; the peer's rank when it was served. A peer that says it
-    /// belongs to another world, or is a rank served already, is refused (told why) and is an error
-    /// here too: the job is misconfigured.
-    fn answer(&self, mut s: TcpStream, peer: SocketAddr, payload: &[u8]) -> Result<Option<usize>> {
+    /// Read one peer's hello and answer it; the peer's rank. A peer that says it belongs to another
+    /// world, or is a rank `served` already, is refused (told why) and is an error here too: the job
+    /// is misconfigured.
+    fn answer(
+        &self,
+        mut s: TcpStream,
+        peer: SocketAddr,
+        payload: &[u8],
+        served: &[bool],
+    ) -> Result<usize> {
         let io = |e: std::io::Error| self.err(format!("talking to {peer}: {e}"));
         s.set_nonblocking(false).map_err(io)?;
         s.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
@@ -143,6 +148,10 @@ impl Rendezvous {
             ))
         } else if rank == 0 || rank >= world {
             Some(format!("{peer} claims rank {rank} in a world of {world}"))
+        } else if served[rank] {
+            Some(format!(
+                "rank {rank} connected twice (two processes with the same RANK?), again from {peer}"
+            ))
         } else {
             None
         };
@@ -151,7 +160,7 @@ impl Rendezvous {
             return Err(self.err(p));
         }
         send_frame(&mut s, OK, payload).map_err(io)?;
-        Ok(Some(rank))
+        Ok(rank)
     }
 
     /// A rank other than 0: connect (retrying until rank 0 listens), say hello, read the answer.
@@ -268,12 +277,12 @@ mod tests {
         let port = free_port();
         let one = std::thread::spawn(move || rdv(port, 1, 3, 5.0).share(None));
         let t = Instant::now();
-        let e = rdv(port, 0, 3, 1.0)
+        let e = rdv(port, 0, 3, 2.0)
             .share(Some(&[7; 128]))
             .unwrap_err()
             .to_string();
         let took = t.elapsed().as_secs_f64();
-        assert!((1.0..4.0).contains(&took), "{took} s");
+        assert!((2.0..5.0).contains(&took), "{took} s");
         assert!(e.contains("rank(s) 2 did not connect"), "{e}");
         assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
         assert_eq!(one.join().unwrap().unwrap(), [7; 128]);
@@ -332,6 +341,28 @@ mod tests {
             .to_string();
         stranger.join().unwrap();
         assert!(e.contains("not a vidgrad rendezvous hello"), "{e}");
+    }
+
+    #[test]
+    fn the_same_rank_twice_is_refused() {
+        let port = free_port();
+        let twice: Vec<_> = (0..2)
+            .map(|_| std::thread::spawn(move || rdv(port, 1, 3, 5.0).share(None)))
+            .collect();
+        let e = rdv(port, 0, 3, 5.0)
+            .share(Some(&[1; 128]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rank 1 connected twice"), "{e}");
+        let answers: Vec<Result<Vec<u8>>> = twice.into_iter().map(|t| t.join().unwrap()).collect();
+        // one was served, the other refused
+        assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 1);
+        let refused = answers
+            .into_iter()
+            .find_map(|a| a.err())
+            .unwrap()
+            .to_string();
+        assert!(refused.contains("rank 0 refused"), "{refused}");
     }
 
     #[test]
