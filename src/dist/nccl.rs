@@ -279,6 +279,13 @@ impl NcclCollective {
     }
 }
 
+impl Drop for NcclCollective {
+    fn drop(&mut self) {
+        // no collective may be in flight when the communicator is destroyed
+        let _ = self.backend.synchronize();
+    }
+}
+
 /// Rank 0's 128 id bytes to every rank over `dist` (as 32 f32 words: MPI copies the bits).
 fn share_over(dist: &dyn Collective, mine: Option<[u8; 128]>) -> Result<Vec<u8>> {
     let mut words = [0f32; 32];
