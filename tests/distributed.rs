@@ -68,6 +68,30 @@ fn a_rank_of_two_without_the_mpi_feature_refuses_to_train_alone() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `--dist-backend nccl` where NCCL cannot run (the CPU here; cuda-sim and a GPU without libnccl are
+/// unit tests of `dist::choose_backend`) is an error naming the flag, before any training; an unknown
+/// backend is refused by the parser.
+#[test]
+fn nccl_on_the_cpu_is_an_error_naming_the_flag() {
+    let out = tmp("nccl-cpu");
+    let args = common::tiny_train_args(&out, 1);
+    let mut args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    args.extend(["--dist-backend", "nccl"]); // tiny_train_args trains on the CPU
+    for env in [&[][..], &[("RANK", "0"), ("WORLD_SIZE", "2")][..]] {
+        let (ok, _, err) = common::run_vidgrad_env(&args, env);
+        assert!(!ok, "trained: {err}");
+        assert!(
+            err.contains("--dist-backend") && err.contains("the device is cpu"),
+            "{err}"
+        );
+        assert!(!out.join("last.safetensors").exists());
+    }
+    *args.last_mut().unwrap() = "gloo";
+    let (ok, _, err) = common::run_vidgrad(&args);
+    assert!(!ok && err.contains("expected auto, nccl or mpi"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 // --- 2 ranks × 4 against 1 process × 8 ---------------------------------------------------------
 
 const FRAMES: usize = 4;
@@ -219,8 +243,11 @@ fn dist_worker() {
     // derived for FP32 products, and CUDA's default math mode is tf32
     vidgrad::math_mode::set_math_mode(vidgrad::math_mode::MathMode::Fp32);
     let placement = vidgrad::dist::Placement::from_env().unwrap();
-    let dist = vidgrad::dist::init(&placement).unwrap();
+    // auto: MPI on the CPU and on the simulator (NCCL needs real GPUs), device buckets staged
+    let dist =
+        vidgrad::dist::init_with(&placement, vidgrad::dist::DistBackend::Auto, device).unwrap();
     assert_eq!(dist.world_size(), 2);
+    assert_eq!(dist.backend_name(), "mpi");
     for v in VARIANTS {
         let cfg = mlp_config(&Path::new(&out).join(v.name), 4, device, v);
         let s = fit_variant(&cfg, v, dist.as_ref());
@@ -504,6 +531,9 @@ fn two_ranks_of_batch_4_follow_one_process_of_batch_8() {
                 .unwrap();
             assert_eq!(meta["world_size"], 2);
             assert_eq!(meta["config"]["sync_bn"], v.sync_bn);
+            // the buckets were packed on the device (cuda-sim) and staged through MPI
+            assert_eq!(meta["dist_backend"], "mpi");
+            assert_eq!(meta["gradient_transport"], "staged");
             let _ = std::fs::remove_dir_all(&one);
         }
         let _ = std::fs::remove_dir_all(&two);
@@ -719,10 +749,12 @@ fn nproc_per_node_starts_the_ranks_and_a_failing_one_ends_the_job() {
         err.contains("rank 0 of 2") && err.contains("rank 1 of 2"),
         "{err}"
     );
+    assert!(err.contains("mpi backend (--dist-backend auto)"), "{err}");
     let meta = checkpoint::read_meta(&out.join("last.safetensors"))
         .unwrap()
         .unwrap();
     assert_eq!(meta["world_size"], 2);
+    assert_eq!(meta["dist_backend"], "mpi");
     let _ = std::fs::remove_dir_all(&out);
 
     // rank 1 killed mid-run: the other ends, the error names rank 1 and the launcher fails

@@ -7,14 +7,18 @@
 //! parameter's gradient is final (`crate::autograd::GradEvent`), and a bucket's sum is started
 //! (MPI_Iallreduce) as soon as all its gradients are, while backward goes on; buckets are started in
 //! bucket order on every rank (the MPI order rule), and waited for after backward. Without overlap
-//! the same buckets are started, the same way, after backward: the results are bit-identical. Tensors
-//! on a device are staged through the host (`to_vec`, then `assign`): the MPI collective works on
-//! host memory.
+//! the same buckets are started, the same way, after backward: the results are bit-identical.
+//!
+//! A bucket is one tensor on the model's device ([`super::device::pack`]: copies at offsets on the
+//! device), summed by the device seam ([`super::device::for_device`]: NCCL on a GPU with libnccl,
+//! otherwise staged through the host collective), scaled by 1/world on the device and unpacked into
+//! the gradients.
 
 use std::collections::HashMap;
 use std::ops::Range;
 
-use super::{scale_to_mean, Collective, PendingSum};
+use super::device::{for_device, mean_of_sum, pack, unpack, PendingDeviceSum, Seam};
+use super::Collective;
 use crate::autograd::GradEvent;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -40,40 +44,21 @@ pub fn buckets(sizes: &[usize], cap: usize) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// Copy `tensors` (every rank passes the same names and shapes, in the same order) from rank 0 to
-/// every rank, bucket by bucket.
+/// Copy `tensors` (every rank passes the same names and shapes, in the same order, on one device)
+/// from rank 0 to every rank, bucket by bucket, through the device seam.
 pub fn broadcast_tensors(dist: &dyn Collective, tensors: &[(String, Tensor)]) -> Result<()> {
-    if dist.world_size() == 1 {
+    if dist.world_size() == 1 || tensors.is_empty() {
         return Ok(());
     }
+    let seam = for_device(dist, tensors[0].1.device());
     let sizes: Vec<usize> = tensors.iter().map(|(_, t)| t.numel()).collect();
     for range in buckets(&sizes, BUCKET_BYTES / 4) {
-        let group = &tensors[range];
-        let mut flat = concat_values(group.iter().map(|(_, t)| t))?;
-        dist.broadcast(&mut flat, 0)?;
-        scatter_back(group.iter().map(|(n, t)| (n.as_str(), t.clone())), &flat)?;
-    }
-    Ok(())
-}
-
-/// The values of `tensors`, one after the other, on the host (one bucket).
-fn concat_values<'a>(tensors: impl Iterator<Item = &'a Tensor> + Clone) -> Result<Vec<f32>> {
-    let mut flat = Vec::with_capacity(tensors.clone().map(|t| t.numel()).sum());
-    for t in tensors {
-        flat.extend(t.to_vec()?);
-    }
-    Ok(flat)
-}
-
-/// Write consecutive pieces of `flat` into `targets`, in place.
-fn scatter_back<'a>(targets: impl Iterator<Item = (&'a str, Tensor)>, flat: &[f32]) -> Result<()> {
-    let mut at = 0;
-    for (name, t) in targets {
-        let n = t.numel();
-        let piece = Tensor::from_slice(&flat[at..at + n], t.shape(), t.device())
-            .map_err(|e| Error::Distributed(format!("{name}: {e}")))?;
-        t.assign(&piece)?;
-        at += n;
+        let group: Vec<&Tensor> = tensors[range.clone()].iter().map(|(_, t)| t).collect();
+        let flat = pack(&group)?;
+        seam.get().broadcast(&flat, 0)?;
+        unpack(&flat, &group).map_err(|e| {
+            Error::Distributed(format!("broadcast of {}: {e}", tensors[range.start].0))
+        })?;
     }
     Ok(())
 }
@@ -119,6 +104,8 @@ pub fn backward_averaged(
 /// sums started so far (in bucket order).
 pub struct GradientAverager<'d> {
     dist: &'d dyn Collective,
+    /// The sums' transport for the parameters' device.
+    seam: Seam<'d>,
     /// Every parameter, in reverse order.
     params: Vec<(String, Tensor)>,
     /// Bucket capacity in values.
@@ -129,7 +116,7 @@ pub struct GradientAverager<'d> {
     member_of: HashMap<usize, usize>,
     ready: Vec<bool>,
     buckets: Vec<Range<usize>>,
-    started: Vec<Box<dyn PendingSum + 'd>>,
+    started: Vec<Box<dyn PendingDeviceSum + 'd>>,
 }
 
 impl<'d> GradientAverager<'d> {
@@ -138,8 +125,12 @@ impl<'d> GradientAverager<'d> {
         params: &[(String, Tensor)],
         bucket_bytes: usize,
     ) -> GradientAverager<'d> {
+        let device = params
+            .first()
+            .map_or(crate::device::Device::Cpu, |(_, p)| p.device());
         GradientAverager {
             dist,
+            seam: for_device(dist, device),
             params: params.iter().rev().cloned().collect(),
             cap: (bucket_bytes / 4).max(1),
             members: vec![],
@@ -251,8 +242,8 @@ impl<'d> GradientAverager<'d> {
 
     fn start_next(&mut self) -> Result<()> {
         let grads = self.bucket_grads(self.started.len())?;
-        let flat = concat_values(grads.iter().map(|(_, g)| g))?;
-        let pending = self.dist.start_all_reduce_sum(flat)?;
+        let flat = pack(&grads.iter().map(|(_, g)| g).collect::<Vec<_>>())?;
+        let pending = self.seam.start_all_reduce_sum(flat)?;
         self.started.push(pending);
         Ok(())
     }
@@ -265,9 +256,10 @@ impl<'d> GradientAverager<'d> {
         }
         let started = std::mem::take(&mut self.started);
         for (b, pending) in started.into_iter().enumerate() {
-            let mut flat = pending.wait()?;
-            scale_to_mean(&mut flat, self.dist.world_size());
-            scatter_back(self.bucket_grads(b)?.into_iter(), &flat)?;
+            let mean = mean_of_sum(pending.wait()?, self.dist.world_size())?;
+            let grads = self.bucket_grads(b)?;
+            unpack(&mean, &grads.iter().map(|(_, g)| g).collect::<Vec<_>>())
+                .map_err(|e| Error::Distributed(format!("gradients of {}: {e}", grads[0].0)))?;
         }
         Ok(())
     }
@@ -281,11 +273,15 @@ mod tests {
 
     /// Three parameters of 3, 2 and 4 values with gradients 1, 2, 3 (from one backward).
     fn three_params() -> Vec<(String, Tensor)> {
+        three_params_on(Device::Cpu)
+    }
+
+    fn three_params_on(device: Device) -> Vec<(String, Tensor)> {
         let p: Vec<(String, Tensor)> = [3usize, 2, 4]
             .iter()
             .enumerate()
             .map(|(i, &n)| {
-                let t = Tensor::zeros(&[n], Device::Cpu).unwrap().with_grad();
+                let t = Tensor::zeros(&[n], device).unwrap().with_grad();
                 (format!("p{i}"), t)
             })
             .collect();
@@ -319,6 +315,25 @@ mod tests {
         // sums of equal gradients over two ranks, × 1/2: unchanged
         for (i, (_, p)) in params.iter().enumerate() {
             let g = p.grad().unwrap().to_vec().unwrap();
+            assert!(g.iter().all(|&v| v == i as f32 + 1.0), "{g:?}");
+        }
+    }
+
+    #[test]
+    fn on_cuda_sim_the_buckets_are_device_tensors_with_the_cpus_results() {
+        let params = three_params_on(Device::CudaSim);
+        assert_eq!(params[0].1.grad().unwrap().device(), Device::CudaSim);
+        let twin = Twin::default();
+        let mut avg = GradientAverager::new(&twin, &params, 5 * 4);
+        assert_eq!(avg.seam.get().name(), "staged");
+        avg.plan_from_gradients().unwrap();
+        avg.finish().unwrap();
+        assert_eq!(*twin.log.borrow(), [4, 5]);
+        for (i, (_, p)) in params.iter().enumerate() {
+            let g = p.grad().unwrap();
+            assert_eq!(g.device(), Device::CudaSim);
+            // sum over the twin ranks, × 1/2 on the device: the gradient (exact in f32)
+            let g = g.to_vec().unwrap();
             assert!(g.iter().all(|&v| v == i as f32 + 1.0), "{g:?}");
         }
     }

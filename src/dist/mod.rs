@@ -17,18 +17,23 @@
 //! docs/DISTRIBUTED.md says how to launch and what was run.
 
 pub mod ddp;
+pub mod device;
 pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi_backend;
+pub mod nccl;
 pub mod placement;
+pub mod rendezvous;
 pub mod sync_bn;
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 mod watchdog;
 
+pub use device::DeviceCollective;
 #[cfg(feature = "mpi")]
 pub use mpi_backend::MpiCollective;
+pub use nccl::NcclCollective;
 pub use placement::{Launcher, Placement};
 
+use crate::device::Device;
 use crate::error::{Error, Result};
 
 /// Collective operations over the processes of one job. Every process must call the same operations
@@ -75,6 +80,17 @@ pub trait Collective {
 
     fn is_root(&self) -> bool {
         self.rank() == 0
+    }
+
+    /// What joins the processes: `single` (a world of one), `mpi` or `nccl` (recorded with the run).
+    fn backend_name(&self) -> &'static str {
+        "single"
+    }
+
+    /// This collective's own operations on tensors of `device` (NCCL on its GPU), if it has them;
+    /// `device::for_device` stages through the host otherwise.
+    fn device_collective(&self, _device: Device) -> Option<&dyn DeviceCollective> {
+        None
     }
 }
 
@@ -161,12 +177,106 @@ pub(crate) fn check_gather(mine: usize, out: usize, world: usize) -> Result<()> 
 
 /// The collective for `placement`: [`SingleProcess`] for a world of one; with the `mpi` feature,
 /// [`MpiCollective`] (MPI_Init, then a check that MPI sees the same rank and world size as the
-/// launcher's variables); without it, an error naming the feature.
+/// launcher's variables); without it, an error naming the feature. (`--dist-backend mpi`; see
+/// [`init_with`] for the choice of NCCL.)
 pub fn init(placement: &Placement) -> Result<Box<dyn Collective>> {
     if placement.world_size == 1 {
         return Ok(Box::new(SingleProcess));
     }
     init_multi(placement)
+}
+
+/// Which library joins the processes (`--dist-backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DistBackend {
+    /// NCCL on a real CUDA device when libnccl loads, else MPI.
+    #[default]
+    Auto,
+    /// NCCL (CUDA devices only): gradient buckets never leave the GPU.
+    Nccl,
+    /// MPI: tensors on a device are staged through host memory.
+    Mpi,
+}
+
+impl DistBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            DistBackend::Auto => "auto",
+            DistBackend::Nccl => "nccl",
+            DistBackend::Mpi => "mpi",
+        }
+    }
+}
+
+impl std::str::FromStr for DistBackend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<DistBackend> {
+        match s {
+            "auto" => Ok(DistBackend::Auto),
+            "nccl" => Ok(DistBackend::Nccl),
+            "mpi" => Ok(DistBackend::Mpi),
+            _ => Err(Error::arg(
+                "--dist-backend",
+                format!("{s:?}: expected auto, nccl or mpi"),
+            )),
+        }
+    }
+}
+
+/// What `requested` resolves to (NCCL or MPI) for a model on `device`; `nccl` says whether libnccl
+/// can be used (`nccl::probe`). An explicit `nccl` where it cannot run is an error saying why.
+pub fn choose_backend(
+    requested: DistBackend,
+    device: Device,
+    nccl: impl FnOnce() -> std::result::Result<i32, String>,
+) -> Result<DistBackend> {
+    let refuse = |why: String| {
+        Err(Error::arg(
+            "--dist-backend",
+            format!("nccl: {why}; use --dist-backend mpi (or auto), which stages device buffers through host memory"),
+        ))
+    };
+    match (requested, device) {
+        (DistBackend::Mpi, _) => Ok(DistBackend::Mpi),
+        (DistBackend::Nccl, Device::Cuda(_)) => match nccl() {
+            Ok(_) => Ok(DistBackend::Nccl),
+            Err(why) => refuse(why),
+        },
+        (DistBackend::Nccl, Device::CudaSim) => refuse(
+            "the simulated CUDA device (cuda-sim) runs kernels on the host; NCCL needs real GPUs"
+                .into(),
+        ),
+        (DistBackend::Nccl, d) => refuse(format!("NCCL needs a CUDA GPU, and the device is {d}")),
+        (DistBackend::Auto, Device::Cuda(_)) if nccl().is_ok() => Ok(DistBackend::Nccl),
+        (DistBackend::Auto, _) => Ok(DistBackend::Mpi),
+    }
+}
+
+/// The collective for `placement` and a model on `device`, through the backend `requested` resolves
+/// to ([`choose_backend`]). NCCL's unique id goes over MPI when an MPI launcher started the job and
+/// the `mpi` feature is built, else over the TCP rendezvous at `MASTER_ADDR`/`MASTER_PORT`.
+pub fn init_with(
+    placement: &Placement,
+    requested: DistBackend,
+    device: Device,
+) -> Result<Box<dyn Collective>> {
+    let chosen = choose_backend(requested, device, nccl::probe)?;
+    if placement.world_size == 1 {
+        return Ok(Box::new(SingleProcess));
+    }
+    match (chosen, device) {
+        (DistBackend::Nccl, Device::Cuda(ordinal)) => {
+            let bootstrap = if cfg!(feature = "mpi") && placement.launcher != Launcher::Torchrun {
+                Some(init_multi(placement)?)
+            } else {
+                None
+            };
+            Ok(Box::new(NcclCollective::init(
+                placement, ordinal, bootstrap,
+            )?))
+        }
+        _ => init_multi(placement),
+    }
 }
 
 #[cfg(feature = "mpi")]
@@ -249,6 +359,74 @@ pub(crate) mod tests {
         assert!(d.all_gather(&v, &mut [0.0; 4]).is_err());
         d.barrier().unwrap();
         assert_eq!((d.rank(), d.world_size(), d.local_rank()), (0, 1, 0));
+    }
+
+    #[test]
+    fn auto_takes_nccl_only_on_a_gpu_where_libnccl_loads() {
+        let has = || Ok(22_903);
+        let lacks = || Err("libnccl.so could not be loaded".to_string());
+        let auto = DistBackend::Auto;
+        assert_eq!(
+            choose_backend(auto, Device::Cuda(1), has).unwrap(),
+            DistBackend::Nccl
+        );
+        assert_eq!(
+            choose_backend(auto, Device::Cuda(1), lacks).unwrap(),
+            DistBackend::Mpi
+        );
+        for d in [Device::Cpu, Device::CudaSim] {
+            assert_eq!(choose_backend(auto, d, has).unwrap(), DistBackend::Mpi);
+        }
+        let mpi = DistBackend::Mpi;
+        assert_eq!(
+            choose_backend(mpi, Device::Cuda(0), has).unwrap(),
+            DistBackend::Mpi
+        );
+    }
+
+    #[test]
+    fn explicit_nccl_where_it_cannot_run_is_an_error_naming_the_flag_and_why() {
+        let nccl = DistBackend::Nccl;
+        let has = || Ok(22_903);
+        let e = |d, probe: fn() -> std::result::Result<i32, String>| {
+            choose_backend(nccl, d, probe).unwrap_err().to_string()
+        };
+        let cpu = e(Device::Cpu, || Ok(1));
+        assert!(
+            cpu.contains("--dist-backend") && cpu.contains("the device is cpu"),
+            "{cpu}"
+        );
+        let sim = e(Device::CudaSim, || Ok(1));
+        assert!(
+            sim.contains("--dist-backend") && sim.contains("cuda-sim"),
+            "{sim}"
+        );
+        let lib = e(Device::Cuda(0), || {
+            Err("libnccl.so could not be loaded".into())
+        });
+        assert!(
+            lib.contains("--dist-backend") && lib.contains("libnccl.so"),
+            "{lib}"
+        );
+        assert_eq!(choose_backend(nccl, Device::Cuda(0), has).unwrap(), nccl);
+        // the real probe on this machine, and a world of one: still refused on the CPU
+        let e = init_with(&Placement::single(), nccl, Device::Cpu)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("--dist-backend"), "{e}");
+        assert!(init_with(&Placement::single(), DistBackend::Auto, Device::Cpu).is_ok());
+    }
+
+    #[test]
+    fn the_flag_values_parse_and_others_are_errors() {
+        for b in [DistBackend::Auto, DistBackend::Nccl, DistBackend::Mpi] {
+            assert_eq!(b.name().parse::<DistBackend>().unwrap(), b);
+        }
+        let e = "gloo".parse::<DistBackend>().unwrap_err().to_string();
+        assert!(
+            e.contains("--dist-backend") && e.contains("\"gloo\""),
+            "{e}"
+        );
     }
 
     #[cfg(not(feature = "mpi"))]

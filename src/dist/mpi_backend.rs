@@ -39,8 +39,9 @@ impl MpiCollective {
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         if (rank, size) != (placement.rank, placement.world_size) {
             let hint = if placement.launcher == Launcher::Torchrun {
-                "torchrun's TCP rendezvous needs the NCCL backend, which this build does not have; \
-                 launch the processes with mpirun or srun instead (docs/DISTRIBUTED.md)"
+                "under torchrun only the NCCL backend joins the processes (CUDA GPUs with libnccl: \
+                 --dist-backend nccl or auto); for MPI launch them with mpirun or srun instead \
+                 (docs/DISTRIBUTED.md)"
             } else {
                 "launch every process with the same mpirun or srun (with --mpi=pmix for srun)"
             };
@@ -114,6 +115,9 @@ impl Collective for MpiCollective {
     }
     fn abort(&self, code: i32) {
         self.world.abort(code)
+    }
+    fn backend_name(&self) -> &'static str {
+        "mpi"
     }
     fn start_all_reduce_sum(&self, buf: Vec<f32>) -> Result<Box<dyn PendingSum + '_>> {
         let n = buf.len();

@@ -18,6 +18,10 @@ use crate::error::{Error, Result};
 pub const MAX_FRAME_SIDE: usize = 8192;
 
 /// clap value parser: an integer of at least 1.
+fn dist_backend(s: &str) -> std::result::Result<crate::dist::DistBackend, String> {
+    s.parse().map_err(|e: crate::error::Error| e.to_string())
+}
+
 pub fn positive(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -243,6 +247,11 @@ pub struct TrainArgs {
     /// it each process uses its own batch's statistics (docs/DISTRIBUTED.md). No effect in one process.
     #[arg(long)]
     pub sync_bn: bool,
+    /// Data-parallel runs: what joins the processes. auto: NCCL when the model is on a CUDA GPU and
+    /// libnccl loads, else MPI; nccl: NCCL (an error where it cannot run: CPU, cuda-sim, no
+    /// libnccl); mpi: MPI, tensors on a device staged through host memory (docs/DISTRIBUTED.md).
+    #[arg(long, default_value = "auto", value_parser = dist_backend)]
+    pub dist_backend: crate::dist::DistBackend,
     /// Start N processes on this machine for data-parallel training (like torchrun's
     /// --nproc-per-node): this command runs itself N times under `mpirun -np N` (needs the `mpi`
     /// feature and mpirun on the PATH) and waits; a failing process ends the job, naming its rank.
@@ -600,23 +609,31 @@ impl TrainArgs {
         cfg: &TrainConfig,
         placement: &crate::dist::Placement,
     ) -> Result<TrainSummary> {
-        let dist = crate::dist::init(placement)?;
-        if dist.world_size() == 1 {
-            return self.run_on(cfg, dist.as_ref());
-        }
         let mut cfg = cfg.clone();
-        if let (Device::Cuda(_), None | Some("cuda")) = (cfg.device, self.device.as_deref()) {
-            cfg.device = Device::Cuda(dist.local_rank());
+        if let (Device::Cuda(_), None | Some("cuda"), true) =
+            (cfg.device, self.device.as_deref(), placement.world_size > 1)
+        {
+            cfg.device = Device::Cuda(placement.local_rank);
+        }
+        let dist = crate::dist::init_with(placement, self.dist_backend, cfg.device)?;
+        if dist.world_size() == 1 {
+            return self.run_on(&cfg, dist.as_ref());
         }
         // one write: the launcher interleaves the ranks' output at write boundaries
         let line = format!(
-            "rank {} of {} (local rank {}, pid {}, {}) on {}\n",
+            "rank {} of {} (local rank {}, pid {}, {}) on {}, {} backend (--dist-backend {}), \
+             gradient buckets {}\n",
             dist.rank(),
             dist.world_size(),
             dist.local_rank(),
             std::process::id(),
             placement.launcher.name(),
-            cfg.device
+            cfg.device,
+            dist.backend_name(),
+            self.dist_backend.name(),
+            crate::dist::device::for_device(dist.as_ref(), cfg.device)
+                .get()
+                .name()
         );
         let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         match self.run_on(&cfg, dist.as_ref()) {

@@ -910,6 +910,9 @@ pub fn fit_distributed(
             "epoch": epoch, "step": step, "forward_count": net.forward_count(), "best_top1": best_top1,
             "val_top1": m.top1(), "classes": classes, "model": cfg.model, "config": cfg.to_json(),
             "settings": cfg.settings, "transform": transform, "world_size": world,
+            "dist_backend": dist.backend_name(),
+            "gradient_transport": (world > 1)
+                .then(|| dist::device::for_device(dist, cfg.device).get().name()),
         });
         let state = opt.state_dict()?;
         // best before last: `last` records the best accuracy, so whenever a `last` exists the `best`

@@ -206,6 +206,9 @@ impl Driver for CudarcDriver {
     fn is_simulator(&self) -> bool {
         false
     }
+    fn cudarc_stream(&self) -> Option<Arc<CudaStream>> {
+        Some(self.stream.clone())
+    }
     fn alloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
         // SAFETY: a plain cuMemAlloc in the bound context (256-byte aligned).

@@ -116,6 +116,11 @@ pub trait Driver: Send + Sync + Debug {
         None
     }
     fn block_reused(&self, _ptr: u64, _bytes: usize) {}
+    /// The real device's stream, on which NCCL enqueues its collectives (`crate::dist::nccl`); `None`
+    /// for the simulator, which NCCL cannot drive.
+    fn cudarc_stream(&self) -> Option<std::sync::Arc<cudarc::driver::CudaStream>> {
+        None
+    }
     /// The caching allocator takes `ptr` (a block of `bytes`) back from its owner. Default: nothing
     /// (the simulator treats cached blocks as freed).
     fn block_released(&self, _ptr: u64, _bytes: usize) {}

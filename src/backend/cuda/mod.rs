@@ -208,6 +208,12 @@ impl CudaBackend {
         self.driver.is_simulator()
     }
 
+    /// The stream every launch of this backend goes on, when the device is real (NCCL's collectives
+    /// are enqueued on it, ordered with the kernels); `None` on the simulator.
+    pub fn cudarc_stream(&self) -> Option<Arc<cudarc::driver::CudaStream>> {
+        self.driver.cudarc_stream()
+    }
+
     /// Allocator counters (requested, peak, reserved, cached bytes, driver allocations).
     pub fn memory_stats(&self) -> MemoryStats {
         self.pool.lock().unwrap().stats()
