@@ -538,17 +538,13 @@ fn build_simulator(manifest: &Path, out: &Path) -> bool {
     fs::write(&registry, reg).unwrap();
 
     // nvcc's default -fmad=true contracts a·b + c; so does GCC with -ffp-contract=fast, and with FMA
-    // instructions (when the build machine has them) fmaf is one instruction instead of a libm call.
-    let host_fma = env::var("TARGET").ok() == env::var("HOST").ok() && {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    };
+    // instructions fmaf is one instruction instead of a libm call. When the simulator is built for the
+    // machine that builds it (CI builds and tests on one machine) the kernels get every instruction set
+    // it has (-march=native): AVX2/FMA, and on AVX-512 machines 32 vector registers, so the 4×4 register
+    // tiles of the GEMMs spill less (docs/CUDA-SIM.md, Speed). The numerics do not change: no
+    // -ffast-math, so GCC never reassociates; contraction is the same -ffp-contract=fast either way.
+    // Elsewhere (cross builds) the target's baseline, with fmaf as a (correct, slower) libm call.
+    let host_native = env::var("TARGET").ok() == env::var("HOST").ok();
     let header = simdir.join("cudasim.h");
     let mut kb = cc::Build::new();
     kb.cpp(true)
@@ -567,8 +563,8 @@ fn build_simulator(manifest: &Path, out: &Path) -> bool {
         .flag("-Wno-unknown-pragmas")
         .flag("-Wno-tsan")
         .files(&units);
-    if host_fma {
-        kb.flag("-mfma").flag("-mavx2");
+    if host_native {
+        kb.flag_if_supported("-march=native");
     }
     let objects = match kb.try_compile_intermediates() {
         Ok(o) => o,
