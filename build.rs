@@ -71,6 +71,7 @@ fn main() {
         "VIDGRAD_REQUIRE_NVCC",
         "VIDGRAD_NVCC_FLAGS",
         "VIDGRAD_REQUIRE_SIM",
+        "VIDGRAD_SIM_MARCH",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -544,7 +545,10 @@ fn build_simulator(manifest: &Path, out: &Path) -> bool {
     // tiles of the GEMMs spill less (docs/CUDA-SIM.md, Speed). The numerics do not change: no
     // -ffast-math, so GCC never reassociates; contraction is the same -ffp-contract=fast either way.
     // Elsewhere (cross builds) the target's baseline, with fmaf as a (correct, slower) libm call.
+    // VIDGRAD_SIM_MARCH=<arch> chooses another -march (e.g. x86-64-v3 for valgrind, which does not
+    // decode AVX-512), VIDGRAD_SIM_MARCH= (empty) none.
     let host_native = env::var("TARGET").ok() == env::var("HOST").ok();
+    let march = env::var("VIDGRAD_SIM_MARCH").ok();
     let header = simdir.join("cudasim.h");
     let mut kb = cc::Build::new();
     kb.cpp(true)
@@ -563,8 +567,15 @@ fn build_simulator(manifest: &Path, out: &Path) -> bool {
         .flag("-Wno-unknown-pragmas")
         .flag("-Wno-tsan")
         .files(&units);
-    if host_native {
-        kb.flag_if_supported("-march=native");
+    match march.as_deref() {
+        Some("") => {}
+        Some(arch) => {
+            kb.flag(format!("-march={arch}"));
+        }
+        None if host_native => {
+            kb.flag_if_supported("-march=native");
+        }
+        None => {}
     }
     let objects = match kb.try_compile_intermediates() {
         Ok(o) => o,
