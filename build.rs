@@ -71,6 +71,7 @@ fn main() {
         "VIDGRAD_REQUIRE_NVCC",
         "VIDGRAD_NVCC_FLAGS",
         "VIDGRAD_REQUIRE_SIM",
+        "VIDGRAD_SIM_MARCH",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -538,17 +539,16 @@ fn build_simulator(manifest: &Path, out: &Path) -> bool {
     fs::write(&registry, reg).unwrap();
 
     // nvcc's default -fmad=true contracts a·b + c; so does GCC with -ffp-contract=fast, and with FMA
-    // instructions (when the build machine has them) fmaf is one instruction instead of a libm call.
-    let host_fma = env::var("TARGET").ok() == env::var("HOST").ok() && {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    };
+    // instructions fmaf is one instruction instead of a libm call. When the simulator is built for the
+    // machine that builds it (CI builds and tests on one machine) the kernels get every instruction set
+    // it has (-march=native): AVX2/FMA, and on AVX-512 machines 32 vector registers, so the 4×4 register
+    // tiles of the GEMMs spill less (docs/CUDA-SIM.md, Speed). The numerics do not change: no
+    // -ffast-math, so GCC never reassociates; contraction is the same -ffp-contract=fast either way.
+    // Elsewhere (cross builds) the target's baseline, with fmaf as a (correct, slower) libm call.
+    // VIDGRAD_SIM_MARCH=<arch> chooses another -march (e.g. x86-64-v3 for valgrind, which does not
+    // decode AVX-512), VIDGRAD_SIM_MARCH= (empty) none.
+    let host_native = env::var("TARGET").ok() == env::var("HOST").ok();
+    let march = env::var("VIDGRAD_SIM_MARCH").ok();
     let header = simdir.join("cudasim.h");
     let mut kb = cc::Build::new();
     kb.cpp(true)
@@ -567,8 +567,15 @@ fn build_simulator(manifest: &Path, out: &Path) -> bool {
         .flag("-Wno-unknown-pragmas")
         .flag("-Wno-tsan")
         .files(&units);
-    if host_fma {
-        kb.flag("-mfma").flag("-mavx2");
+    match march.as_deref() {
+        Some("") => {}
+        Some(arch) => {
+            kb.flag(format!("-march={arch}"));
+        }
+        None if host_native => {
+            kb.flag_if_supported("-march=native");
+        }
+        None => {}
     }
     let objects = match kb.try_compile_intermediates() {
         Ok(o) => o,

@@ -8,14 +8,25 @@
 //!
 //! "Per core" is multiply-adds per second of process CPU time (`CLOCK_PROCESS_CPUTIME_ID`), which
 //! stays meaningful on a machine that is busy with other work; the wall-clock rate is printed beside it.
+//!
+//! The reference convolution is the FP32 kernel (`conv_fprop_vec`): the example pins `--math fp32`
+//! unless `VIDGRAD_MATH` chooses a mode (CUDA's default is tf32, which runs the tensor-core kernel).
 
 use std::time::Instant;
 
 use vidgrad::backend::cuda::sim::{arg, SimChecks, Simulator};
 use vidgrad::backend::ConvGeom;
+use vidgrad::math_mode::{chosen_math_mode, set_math_mode, MathMode};
 use vidgrad::{Device, Result};
 
 fn main() -> Result<()> {
+    let math = match chosen_math_mode()? {
+        Some(m) => m,
+        None => {
+            set_math_mode(MathMode::Fp32);
+            MathMode::Fp32
+        }
+    };
     let sim = Simulator::get()?;
     let be = Device::CudaSim.backend()?;
     // [1, 64, 4, 32, 32] ⊛ [64, 64, 3, 3, 3], padding 1: 64 × (4·32·32 = 4096) × 1728.
@@ -59,7 +70,8 @@ fn main() -> Result<()> {
         let s = t.elapsed().as_secs_f64() / reps as f64;
         let cpu = (process_cpu_seconds() - cpu0) / reps as f64;
         println!(
-            "conv fprop 64×4096×1728 ({:.0} M MAC), checks {:<6}: {:.2} G MAC/s per core ({:.3} CPU s); wall {:.3} s, {:.2} G MAC/s on {} host thread(s)",
+            "conv fprop {} 64×4096×1728 ({:.0} M MAC), checks {:<6}: {:.2} G MAC/s per core ({:.3} CPU s); wall {:.3} s, {:.2} G MAC/s on {} host thread(s)",
+            math.name(),
             macs / 1e6,
             format!("{checks:?}"),
             macs / cpu / 1e9,

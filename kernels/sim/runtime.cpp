@@ -603,10 +603,49 @@ inline void mark_if_clean(Worker* w, size_t g) {
         w->clean_epoch[g] = (uint16_t)e;
 }
 
+// The common cases of an access within one 16-byte granule, decided without the general loop (the same
+// records shared_access_slow would write; false: the access needs it — a race or uninitialised read to
+// report, or a word this access's thread or another already touched in this epoch).
+//   write: no word touched in this epoch yet → each word records the write.
+//   read:  every word written in an earlier epoch → a first reader records itself, a second thread
+//          makes the word "read by several"; when all four words of the granule are settled then (see
+//          read_is_settled) the granule is marked clean at once rather than at its third reader.
+template <bool WRITE>
+inline bool shared_access_granule(Worker* w, size_t off, size_t size) {
+    if ((off & 3) || (off & 15) + size > 16) return false;
+    const uint64_t e = w->view.epoch;
+    const uint32_t t = (uint32_t)w->cur;
+    Shadow* sh = w->shadow.data() + off / 4;
+    const size_t n = (size + 3) / 4;
+    if (WRITE) {
+        for (size_t i = 0; i < n; ++i)
+            if ((sh[i].v & 0xffff) == e || ((sh[i].v >> 32) & 0xffff) == e) return false;
+        const uint64_t rec = e | (uint64_t)t << 16 | (uint64_t)(w->warp_gen[t >> 5] & 31) << 27;
+        for (size_t i = 0; i < n; ++i) sh[i].v = (sh[i].v & ~0xffffffffull) | rec;
+        w->clean_epoch[off >> 4] = 0;
+        return true;
+    }
+    for (size_t i = 0; i < n; ++i)
+        if ((uint32_t)((sh[i].v & 0xffff) - 1) >= (uint32_t)(e - 1)) return false;  // never written, or in this epoch
+    const uint64_t first = (e | (uint64_t)t << 16 | (uint64_t)(w->warp_gen[t >> 5] & 31) << 27) << 32;
+    bool multi = false;
+    for (size_t i = 0; i < n; ++i) {
+        const uint64_t v = sh[i].v, r = v >> 32;
+        if ((r & 0xffff) != e) sh[i].v = (v & 0xffffffffull) | first;
+        else if (!((r >> 26) & 1) && ((r >> 16) & 0x3ff) != t) {
+            sh[i].v = v | 1ull << 58;
+            multi = true;
+        }
+    }
+    if (multi) mark_if_clean(w, off >> 4);
+    return true;
+}
+
 template <bool WRITE>
 inline void shared_access(Worker* w, uintptr_t a, size_t size) {
     const size_t off = a - w->view.shared_lo;
     if (__builtin_expect(off + size > w->view.shared_used, 0)) shared_out_of_range(w, off, size, WRITE);
+    if (__builtin_expect(w->view.racecheck, 1) && shared_access_granule<WRITE>(w, off, size)) return;
     if (!WRITE) {
         // Granules marked clean were settled inline (cudasim::access_settled). Next: every word settled
         // (then its granules are marked for the reads that follow).
