@@ -44,15 +44,39 @@ enum { FPROP = 0, DGRAD = 1, WGRAD = 2 };
 #define TBN 64
 #define TBK 16
 
-struct RowEntry {
-    int aoff, boff, t0, t1, t2;  // aoff < 0: row beyond K
+// 32 bytes, so that a kernel reads an entry from shared memory as two 16-byte vectors
+// (load_row_entry) rather than five scalar loads.
+struct __align__(16) RowEntry {
+    int aoff, boff, t0, t1;  // aoff < 0: row beyond K
+    int t2, pad[3];
 };
+
+__device__ __forceinline__ RowEntry load_row_entry(const RowEntry& r) {
+    const int4 a = *reinterpret_cast<const int4*>(&r.aoff);
+    const int4 b = *reinterpret_cast<const int4*>(&r.t2);
+    RowEntry e;
+    e.aoff = a.x; e.boff = a.y; e.t0 = a.z; e.t1 = a.w;
+    e.t2 = b.x; e.pad[0] = e.pad[1] = e.pad[2] = 0;
+    return e;
+}
+
+// An entry's aoff alone, read as the entry's first 16-byte vector (one access, like load_row_entry's).
+__device__ __forceinline__ int row_aoff(const RowEntry& r) {
+    const int4 a = *reinterpret_cast<const int4*>(&r.aoff);
+    return a.x;
+}
+
+__device__ __forceinline__ void store_row_entry(RowEntry& r, const RowEntry& e) {
+    *reinterpret_cast<int4*>(&r.aoff) = make_int4(e.aoff, e.boff, e.t0, e.t1);
+    *reinterpret_cast<int4*>(&r.t2) = make_int4(e.t2, 0, 0, 0);
+}
 
 template <int MODE>
 __device__ __forceinline__ RowEntry row_entry(const ConvP& p, int k, int kend) {
     RowEntry e;
     if (k >= kend) {
         e.aoff = -1; e.boff = 0; e.t0 = e.t1 = e.t2 = 0;
+        e.pad[0] = e.pad[1] = e.pad[2] = 0;
         return e;
     }
     if (MODE == WGRAD) {
@@ -193,24 +217,26 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
 
     float acc[4][4] = {};
     const int steps = (kend - kbeg + TBK - 1) / TBK;
+    // The row table of step s is written during step s − 1 (into the other buffer, whose last readers
+    // staged step s − 2 before that step's barrier), so one barrier per step covers both the table and
+    // the tiles.
+    if (t < TBK) store_row_entry(tbl[0][t], row_entry<MODE>(p, kbeg + t, kend));
+    __syncthreads();
     for (int s = 0; s < steps; ++s) {
         const int k0 = kbeg + s * TBK, buf = s & 1;
-        if (t < TBK) tbl[buf][t] = row_entry<MODE>(p, k0 + t, kend);
-        __syncthreads();
 
         // A tile: row am, rows akq..akq+3 of this K step.
         bool a_bad = false;
         {
             float v[4];
-            const RowEntry& first = tbl[buf][akq];
-            const RowEntry& last = tbl[buf][akq + 3];
-            if (VECA && a_ok && first.aoff >= 0 && last.aoff >= 0) {
-                const float4 q = __ldg(reinterpret_cast<const float4*>(Asrc + abase + first.aoff));
+            const int first = row_aoff(tbl[buf][akq]);
+            if (VECA && a_ok && first >= 0 && row_aoff(tbl[buf][akq + 3]) >= 0) {
+                const float4 q = __ldg(reinterpret_cast<const float4*>(Asrc + abase + first));
                 v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
             } else {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const int off = tbl[buf][akq + e].aoff;
+                    const int off = row_aoff(tbl[buf][akq + e]);
                     v[e] = (a_ok && off >= 0) ? __ldg(Asrc + abase + off) : 0.0f;
                 }
             }
@@ -224,7 +250,7 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int kr = bkr + 4 * e;
-            const int off = b_ok ? conv_b_offset<MODE>(p, bcol, tbl[buf][kr]) : -1;
+            const int off = b_ok ? conv_b_offset<MODE>(p, bcol, load_row_entry(tbl[buf][kr])) : -1;
             const bool ok = off >= 0;
             const float v = ok ? __ldg(Bsrc + off) : 0.0f;
             Bs[buf][kr][bn] = v;
@@ -234,6 +260,7 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
                 if ((t & 31) == 0) Bok[buf][kr][bn >> 5] = bits;
             }
         }
+        if (t < TBK && s + 1 < steps) store_row_entry(tbl[buf ^ 1][t], row_entry<MODE>(p, k0 + TBK + t, kend));
         const bool masked = MODE == DGRAD ? __syncthreads_or(a_bad) != 0 : (__syncthreads(), false);
 
         if (masked) {
