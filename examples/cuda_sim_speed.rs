@@ -9,7 +9,7 @@
 //! "Per core" is multiply-adds per second of process CPU time (`CLOCK_PROCESS_CPUTIME_ID`), which
 //! stays meaningful on a machine that is busy with other work; the wall-clock rate is printed beside it.
 //!
-//! The reference convolution is the FP32 kernel (`conv_fprop_vec`): the example pins `--math fp32`
+//! The reference convolution is the FP32 kernel (`conv_fprop`): the example pins `--math fp32`
 //! unless `VIDGRAD_MATH` chooses a mode (CUDA's default is tf32, which runs the tensor-core kernel).
 
 use std::time::Instant;

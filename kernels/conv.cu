@@ -162,6 +162,12 @@ __device__ __forceinline__ int conv_a_base(const ConvP& p, int g, int m) {
     return (g * p.cout_g + m) * p.out_vol;
 }
 
+// conv_a_base(p, g, m + 1) − conv_a_base(p, g, m).
+template <int MODE>
+__device__ __forceinline__ int conv_a_row_stride(const ConvP& p) {
+    return MODE == FPROP ? p.K : MODE == DGRAD ? p.kvol : p.out_vol;
+}
+
 // The output of GEMM column `col`: out[base + m·stride] holds C(m, col) (wgrad: split `split`'s partial
 // sums when split-K runs, dw itself otherwise).
 struct ConvOut {
@@ -190,7 +196,7 @@ __device__ __forceinline__ ConvKRange conv_k_range(const ConvP& p) {
     return {(int)blockIdx.z, 0, 0, p.K};
 }
 
-template <int MODE, bool VECA>
+template <int MODE>
 __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float* __restrict__ Asrc, const float* __restrict__ Bsrc,
                                            const float* __restrict__ bias, const ConvP& p) {
     __shared__ __align__(16) float As[2][TBK][TBM];
@@ -205,10 +211,12 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
     const ConvKRange range = conv_k_range<MODE>(p);
     const int g = range.g, split = range.split, kbeg = range.kbeg, kend = range.kend;
 
-    // This thread's A row (fixed) and B column (fixed).
-    const int am = t >> 2, akq = (t & 3) * 4;
-    const bool a_ok = m0 + am < p.M;
-    const int abase = conv_a_base<MODE>(p, g, m0 + am);
+    // This thread's A rows am..am+3 (fixed; one k of each K step, ak) and B column (fixed). A row m's
+    // elements are gathered one by one (a row's k are contiguous in memory only for some shapes) and
+    // stored as one float4 into As[k][am..am+3].
+    const int ak = t & 15, am = (t >> 4) * 4;
+    const int a_rows = min(4, p.M - (m0 + am));  // rows inside the matrix (≤ 0: none)
+    const int abase = conv_a_base<MODE>(p, g, m0 + am), astride = conv_a_row_stride<MODE>(p);
 
     const int bn = t & 63, bkr = t >> 6;
     const int col = n0 + bn;
@@ -225,26 +233,17 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
     for (int s = 0; s < steps; ++s) {
         const int k0 = kbeg + s * TBK, buf = s & 1;
 
-        // A tile: row am, rows akq..akq+3 of this K step.
+        // A tile: rows am..am+3 at k = ak of this K step.
         bool a_bad = false;
         {
+            const int off = row_aoff(tbl[buf][ak]);
             float v[4];
-            const int first = row_aoff(tbl[buf][akq]);
-            if (VECA && a_ok && first >= 0 && row_aoff(tbl[buf][akq + 3]) >= 0) {
-                const float4 q = __ldg(reinterpret_cast<const float4*>(Asrc + abase + first));
-                v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
-            } else {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int off = row_aoff(tbl[buf][akq + e]);
-                    v[e] = (a_ok && off >= 0) ? __ldg(Asrc + abase + off) : 0.0f;
-                }
-            }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                As[buf][akq + e][am] = v[e];
+                v[e] = (e < a_rows && off >= 0) ? __ldg(Asrc + abase + e * astride + off) : 0.0f;
                 a_bad |= !isfinite(v[e]);
             }
+            *reinterpret_cast<float4*>(&As[buf][ak][am]) = make_float4(v[0], v[1], v[2], v[3]);
         }
         // B tile: column bn, rows bkr + 4e.
 #pragma unroll
@@ -305,20 +304,14 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
 }
 
 extern "C" __global__ void __launch_bounds__(256) conv_fprop(float* y, const float* x, const float* w, const float* bias, ConvP p) {
-    conv_igemm<FPROP, false>(y, w, x, bias, p);
-}
-extern "C" __global__ void __launch_bounds__(256) conv_fprop_vec(float* y, const float* x, const float* w, const float* bias, ConvP p) {
-    conv_igemm<FPROP, true>(y, w, x, bias, p);
+    conv_igemm<FPROP>(y, w, x, bias, p);
 }
 extern "C" __global__ void __launch_bounds__(256) conv_dgrad(float* dx, const float* dy, const float* w, ConvP p) {
-    conv_igemm<DGRAD, false>(dx, w, dy, nullptr, p);
+    conv_igemm<DGRAD>(dx, w, dy, nullptr, p);
 }
 // out: [splits, Cout, Cin/G·kvol] partial sums (or dw itself when splits == 1).
 extern "C" __global__ void __launch_bounds__(256) conv_wgrad(float* out, const float* x, const float* dy, ConvP p) {
-    conv_igemm<WGRAD, false>(out, dy, x, nullptr, p);
-}
-extern "C" __global__ void __launch_bounds__(256) conv_wgrad_vec(float* out, const float* x, const float* dy, ConvP p) {
-    conv_igemm<WGRAD, true>(out, dy, x, nullptr, p);
+    conv_igemm<WGRAD>(out, dy, x, nullptr, p);
 }
 
 // dw[i] = Σ_s ws[s·len + i] (split-K finish, fixed order: deterministic).

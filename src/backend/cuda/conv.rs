@@ -124,7 +124,6 @@ pub(super) fn forward(
     let name = match mode {
         MathMode::Tf32 => "conv_fprop_tf32",
         MathMode::Bf16 => "conv_fprop_bf16",
-        MathMode::Fp32 if p.k_gemm % 4 == 0 => "conv_fprop_vec",
         MathMode::Fp32 => "conv_fprop",
     };
     let grid = (
@@ -207,7 +206,6 @@ pub(super) fn backward_weight(
     let name = match mode {
         MathMode::Tf32 => "conv_wgrad_tf32",
         MathMode::Bf16 => "conv_wgrad_bf16",
-        MathMode::Fp32 if p.out_vol % 4 == 0 => "conv_wgrad_vec",
         MathMode::Fp32 => "conv_wgrad",
     };
     let grid = (
