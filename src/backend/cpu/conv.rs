@@ -404,19 +404,18 @@ fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking)
     if g.is_depthwise() {
         return depthwise_backward_weight(x, dy, g);
     }
-    let chunks = row_chunks(
-        g,
-        g.in_per_group() * g.kernel_volume(),
-        chunking,
-        g.n * g.groups,
-    );
+    let kdim = g.in_per_group() * g.kernel_volume();
+    let chunks = row_chunks(g, kdim, chunking, g.n * g.groups);
     let tasks = g.n * g.groups * chunks.len();
-    // Accumulating dWᵀ lets the gemm crate read the column chunk in place as its right-hand side rather
-    // than pack a transpose of it (only dy's chunk, C_out/G rows, is packed): 10–20 % faster on
-    // ECO-Lite's convolutions (docs/PERFORMANCE.md). Measured slower where threads share one GEMM, and
-    // where chunks are short (the sums of a few positions then move all of dWᵀ per chunk).
+    // Accumulating dWᵀ = col·dyᵀ lets the gemm crate read the column chunk in place as its right-hand
+    // side and pack only dy's chunk (C_out/G rows), where dy·colᵀ packs a transpose of the column chunk
+    // (kdim rows): the smaller of the two is packed. Measured (docs/PERFORMANCE.md) faster where
+    // kdim > C_out/G, slower where threads share one GEMM and where chunks are short (a few positions'
+    // sums then move all of dWᵀ per chunk).
     let longest = chunks.iter().map(|&(r0, r1)| r1 - r0).max().unwrap_or(0) * g.output[2];
-    let transposed = tasks >= rayon::current_num_threads() && longest >= chunking.min_positions;
+    let transposed = tasks >= rayon::current_num_threads()
+        && longest >= chunking.min_positions
+        && kdim > g.out_per_group();
     backward_weight_oriented(x, dy, g, &chunks, transposed)
 }
 
