@@ -12,6 +12,7 @@
 use rayon::prelude::*;
 
 use super::elementwise::relu as relu_f;
+use super::layout::permute;
 use super::linalg::{gemm, Mat};
 use crate::backend::ConvGeom;
 
@@ -403,11 +404,33 @@ fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking)
     if g.is_depthwise() {
         return depthwise_backward_weight(x, dy, g);
     }
+    let kdim = g.in_per_group() * g.kernel_volume();
+    let chunks = row_chunks(g, kdim, chunking, g.n * g.groups);
+    let tasks = g.n * g.groups * chunks.len();
+    // Accumulating dWᵀ = col·dyᵀ lets the gemm crate read the column chunk in place as its right-hand
+    // side and pack only dy's chunk (C_out/G rows), where dy·colᵀ packs a transpose of the column chunk
+    // (kdim rows): the smaller of the two is packed. Measured (docs/PERFORMANCE.md) faster where
+    // kdim > C_out/G, slower where threads share one GEMM and where chunks are short (a few positions'
+    // sums then move all of dWᵀ per chunk).
+    let longest = chunks.iter().map(|&(r0, r1)| r1 - r0).max().unwrap_or(0) * g.output[2];
+    let transposed = tasks >= rayon::current_num_threads()
+        && longest >= chunking.min_positions
+        && kdim > g.out_per_group();
+    backward_weight_oriented(x, dy, g, &chunks, transposed)
+}
+
+/// dW as Σ over (n, group, chunk) of dy·colᵀ, or (`transposed`) of col·dyᵀ into dWᵀ, transposed at the end.
+fn backward_weight_oriented(
+    x: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+    chunks: &[(usize, usize)],
+    transposed: bool,
+) -> Vec<f32> {
     let (p_vol, in_vol, ow_n) = (g.output_volume(), g.input_volume(), g.output[2]);
     let (cin_g, cout_g, groups) = (g.in_per_group(), g.out_per_group(), g.groups);
     let kdim = cin_g * g.kernel_volume();
     let pointwise = is_pointwise(g);
-    let chunks = row_chunks(g, kdim, chunking, g.n * groups);
     let tasks: Vec<(usize, usize, usize)> = (0..g.n * groups)
         .flat_map(|ng| chunks.iter().map(move |&(r0, r1)| (ng, r0, r1)))
         .collect();
@@ -431,23 +454,27 @@ fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking)
                     &x[ng / groups * g.c_in * in_vol + gi * cin_g * in_vol..][..cin_g * in_vol];
                 let dyg = &dy[ng * cout_g * p_vol..][..cout_g * p_vol];
                 let (p0, pc) = (r0 * ow_n, (r1 - r0) * ow_n);
-                let col_t = if pointwise {
+                let col = if pointwise {
                     Mat {
                         data: &xg[p0..],
-                        rs: 1,
-                        cs: p_vol,
+                        rs: p_vol,
+                        cs: 1,
                     }
                 } else {
                     fill_col(xg, &mut col, g, &taps, r0, r1, few);
-                    Mat::new(&col[..kdim * pc], pc, true)
+                    Mat::new(&col[..kdim * pc], pc, false)
                 };
-                let a = Mat {
+                let dy = Mat {
                     data: &dyg[p0..],
                     rs: p_vol,
                     cs: 1,
                 };
                 let dst = &mut acc[gi * cout_g * kdim..][..cout_g * kdim];
-                gemm(cout_g, kdim, pc, a, col_t, dst, kdim, true, few);
+                if transposed {
+                    gemm(kdim, cout_g, pc, col, dy.t(), dst, cout_g, true, few);
+                } else {
+                    gemm(cout_g, kdim, pc, dy, col.t(), dst, kdim, true, few);
+                }
             }
             acc
         })
@@ -457,7 +484,11 @@ fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking)
     for p in parts {
         dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
     }
-    dw
+    if transposed {
+        permute(&dw, &[groups, kdim, cout_g], &[0, 2, 1])
+    } else {
+        dw
+    }
 }
 
 /// Calls `f(out, tap, inp, len)` for every output row and kernel tap reading inside the input: plane
@@ -857,6 +888,55 @@ mod tests {
             }
         }
         println!("worst relative error {:.2e}: {}", worst.0, worst.1);
+    }
+
+    /// Both orientations of the weight-gradient GEMM (dy·colᵀ, and col·dyᵀ into dWᵀ), whichever
+    /// `backward_weight_with` picks for a shape and thread count, against the f64 reference (the bound of
+    /// `matches_reference`), and with a NaN in x the reference's non-finite pattern.
+    #[test]
+    fn weight_gradient_orientations() {
+        let mut p = Pick(0x3a11);
+        let mut checked = 0;
+        for case in 0..48 {
+            let g = random_geom(&mut p, case);
+            if g.is_depthwise() {
+                continue;
+            }
+            let chunking = Chunking {
+                col_floats: [1, 40, 700, 1 << 20][p.below(4)],
+                min_positions: 1,
+            };
+            let kdim = g.in_per_group() * g.kernel_volume();
+            let chunks = row_chunks(&g, kdim, chunking, g.n * g.groups);
+            let seed = 2000 + case as u64 * 3;
+            let mut x = data(seed, g.n * g.c_in * g.input_volume());
+            let w = data(seed + 1, g.c_out * kdim);
+            let dy = data(seed + 2, g.n * g.c_out * g.output_volume());
+            let (_, _, dw_ref) = reference(&x, &w, &dy, &g);
+            for transposed in [false, true] {
+                let dw = backward_weight_oriented(&x, &dy, &g, &chunks, transposed);
+                let (err, scale) = max_err(&dw, &dw_ref);
+                assert!(
+                    err <= 1e-4 * (1.0 + scale),
+                    "case {case} transposed {transposed}: err {err} {g:?}"
+                );
+            }
+            let at = p.below(x.len());
+            x[at] = f32::NAN;
+            let (_, _, dw_ref) = reference(&x, &w, &dy, &g);
+            for transposed in [false, true] {
+                let dw = backward_weight_oriented(&x, &dy, &g, &chunks, transposed);
+                for (i, (a, b)) in dw.iter().zip(&dw_ref).enumerate() {
+                    assert_eq!(
+                        a.is_finite(),
+                        b.is_finite(),
+                        "case {case} transposed {transposed} dw[{i}] {a} vs {b} {g:?}"
+                    );
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} non-depthwise cases");
     }
 
     /// Stride 1: the flipped-kernel forward convolution gives col2vol's dx (the same products, summed in

@@ -30,6 +30,14 @@ impl<'a> Mat<'a> {
             }
         }
     }
+    /// The transpose, as a view.
+    pub fn t(self) -> Self {
+        Mat {
+            data: self.data,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
     fn last_index(&self, rows: usize, cols: usize) -> usize {
         (rows - 1) * self.rs + (cols - 1) * self.cs
     }
