@@ -9,20 +9,29 @@
 #define BN 64
 #define BK 16
 
+// Grid (ceil(M/64)·ceil(N/64), 1, batch): (row tile, column tile) folded into x, column tiles fastest,
+// so that a tall M cannot exceed gridDim.y's 65535 limit. Returns the block's first row and column
+// and moves A, B and C to the block's batch entry.
+struct BlockTile {
+    int m0, n0;
+};
+__device__ __forceinline__ BlockTile block_tile(float* __restrict__& C, const float* __restrict__& A, const float* __restrict__& B, int M, int N, int K) {
+    const int ntn = (N + BN - 1) / BN;
+    const int tile_m = blockIdx.x / ntn, tile_n = blockIdx.x - tile_m * ntn;
+    const size_t bz = blockIdx.z;
+    A += bz * M * K;
+    B += bz * K * N;
+    C += bz * M * N;
+    return {tile_m * BM, tile_n * BN};
+}
+
 extern "C" __global__ void __launch_bounds__(256) gemm_batched(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
                                                                int M, int N, int K, int trans_a, int trans_b) {
     __shared__ __align__(16) float As[2][BK][BM];
     __shared__ __align__(16) float Bs[2][BK][BN];
     const int t = threadIdx.x, tx = t & 15, ty = t >> 4;
-    // Grid (ceil(M/64)·ceil(N/64), 1, batch): (row tile, column tile) folded into x, column tiles
-    // fastest, so that a tall M cannot exceed gridDim.y's 65535 limit.
-    const int ntn = (N + BN - 1) / BN;
-    const int tile_m = blockIdx.x / ntn, tile_n = blockIdx.x - tile_m * ntn;
-    const int m0 = tile_m * BM, n0 = tile_n * BN;
-    const size_t bz = blockIdx.z;
-    A += bz * M * K;
-    B += bz * K * N;
-    C += bz * M * N;
+    const BlockTile bt = block_tile(C, A, B, M, N, K);
+    const int m0 = bt.m0, n0 = bt.n0;
     float acc[4][4] = {};
     const int steps = (K + BK - 1) / BK;
     for (int s = 0; s < steps; ++s) {
@@ -116,13 +125,8 @@ __device__ __forceinline__ void gemm_tc_tf32(float* __restrict__ C, const float*
     __shared__ __align__(16) float Bs[TC_STAGES][BN * TF_ROW];
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
-    const int ntn = (N + BN - 1) / BN;
-    const int tile_m = blockIdx.x / ntn, tile_n = blockIdx.x - tile_m * ntn;
-    const int m0 = tile_m * BM, n0 = tile_n * BN;
-    const size_t bz = blockIdx.z;
-    A += bz * M * K;
-    B += bz * K * N;
-    C += bz * M * N;
+    const BlockTile bt = block_tile(C, A, B, M, N, K);
+    const int m0 = bt.m0, n0 = bt.n0;
     const int steps = (K + TC_BK - 1) / TC_BK;
     // Stage s of the K loop into buffer `buf`: 1024 elements of each tile, 8 per thread, consecutive
     // threads along the dimension global memory stores contiguously; each 4-byte copy lands at its
@@ -199,13 +203,8 @@ __device__ __forceinline__ void gemm_bf16_ldmatrix(float* __restrict__ C, const 
     __shared__ __align__(16) unsigned int Bs[2][BN * BF_ROW];
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
-    const int ntn = (N + BN - 1) / BN;
-    const int tile_m = blockIdx.x / ntn, tile_n = blockIdx.x - tile_m * ntn;
-    const int m0 = tile_m * BM, n0 = tile_n * BN;
-    const size_t bz = blockIdx.z;
-    A += bz * M * K;
-    B += bz * K * N;
-    C += bz * M * N;
+    const BlockTile bt = block_tile(C, A, B, M, N, K);
+    const int m0 = bt.m0, n0 = bt.n0;
     const int steps = (K + TC_BK - 1) / TC_BK;
     // This thread's 4 items of each tile per K step: item e = t + 128r is (row, k pair) of the tile,
     // consecutive threads along the dimension global memory stores contiguously.
