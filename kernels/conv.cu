@@ -202,9 +202,6 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
     __shared__ __align__(16) float As[2][TBK][TBM];
     __shared__ __align__(16) float Bs[2][TBK][TBN];
     __shared__ RowEntry tbl[2][TBK];
-    // dgrad: bit n of Bok[buf][k][n / 32] says whether Bs[buf][k][n] is a real dy value (not a structural
-    // zero); read only by the masked loop.
-    __shared__ unsigned int Bok[2][TBK][TBN / 32];
 
     const int t = threadIdx.x, tx = t & 15, ty = t >> 4;
     const int m0 = blockIdx.y * TBM, n0 = blockIdx.x * TBN;
@@ -250,27 +247,29 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
         for (int e = 0; e < 4; ++e) {
             const int kr = bkr + 4 * e;
             const int off = b_ok ? conv_b_offset<MODE>(p, bcol, load_row_entry(tbl[buf][kr])) : -1;
-            const bool ok = off >= 0;
-            const float v = ok ? __ldg(Bsrc + off) : 0.0f;
-            Bs[buf][kr][bn] = v;
-            if (MODE == DGRAD) {
-                // A warp covers 32 consecutive columns of one row kr.
-                const unsigned int bits = __ballot_sync(FULL_MASK, ok);
-                if ((t & 31) == 0) Bok[buf][kr][bn >> 5] = bits;
-            }
+            Bs[buf][kr][bn] = off >= 0 ? __ldg(Bsrc + off) : 0.0f;
         }
         if (t < TBK && s + 1 < steps) store_row_entry(tbl[buf ^ 1][t], row_entry<MODE>(p, k0 + TBK + t, kend));
         const bool masked = MODE == DGRAD ? __syncthreads_or(a_bad) != 0 : (__syncthreads(), false);
 
         if (masked) {
-            for (int k = 0; k < TBK; ++k) {
+            // Rare: a non-finite weight in this step's tile. Which B values are real dy values (not
+            // structural zeros) is decoded again from the step's row table for this thread's 4 columns,
+            // and only those products are added. `masked` is the block's (a barrier vote), so the
+            // barrier after is reached by all: it keeps tbl[buf] until every thread has read it (the next
+            // step's staging rewrites it).
 #pragma unroll
-                for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) {
+                const int cj = n0 + tx * 4 + j;
+                if (cj >= p.N) continue;
+                const ConvColumn c = conv_column<MODE>(p, cj, g);
+                for (int k = 0; k < TBK; ++k) {
+                    if (conv_b_offset<MODE>(p, c, load_row_entry(tbl[buf][k])) < 0) continue;
 #pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        if ((Bok[buf][k][(tx * 4 + j) >> 5] >> ((tx * 4 + j) & 31)) & 1u)
-                            acc[i][j] = fmaf(As[buf][k][ty * 4 + i], Bs[buf][k][tx * 4 + j], acc[i][j]);
+                    for (int i = 0; i < 4; ++i) acc[i][j] = fmaf(As[buf][k][ty * 4 + i], Bs[buf][k][tx * 4 + j], acc[i][j]);
+                }
             }
+            __syncthreads();
             continue;
         }
 #pragma unroll
@@ -306,7 +305,7 @@ __device__ __forceinline__ void conv_igemm(float* __restrict__ out, const float*
 extern "C" __global__ void __launch_bounds__(256) conv_fprop(float* y, const float* x, const float* w, const float* bias, ConvP p) {
     conv_igemm<FPROP>(y, w, x, bias, p);
 }
-extern "C" __global__ void __launch_bounds__(256) conv_dgrad(float* dx, const float* dy, const float* w, ConvP p) {
+extern "C" __global__ void __launch_bounds__(256, 5) conv_dgrad(float* dx, const float* dy, const float* w, ConvP p) {
     conv_igemm<DGRAD>(dx, w, dy, nullptr, p);
 }
 // out: [splits, Cout, Cin/G·kvol] partial sums (or dw itself when splits == 1).
@@ -327,7 +326,8 @@ extern "C" __global__ void conv_wgrad_reduce(float* __restrict__ dw, const float
 // The three implicit GEMMs on mma.sync (TF32 m16n8k8 or BF16 m16n8k16), FP32 accumulation, tiles as
 // gemm.cu's gemm_batched_tf32/bf16: 64×64 block tile, K step 16, 3-stage cp.async pipeline of 4-byte
 // copies (src-size 0 zero-fills the padding, dgrad's structural zeros and what lies past M, N or K),
-// 128 threads = 4 warps in 2×2 with 32×32 warp tiles. A is staged [m][k], B (the gather) [k][n]: each
+// 128 threads = 4 warps in 2×2 with 32×32 warp tiles. A is staged [m][k], B (the gather) [k][n], rows
+// padded so that the fragment reads hit 32 distinct banks (TC_A_ROW, tc_b_row below); each
 // thread owns one column n of the B tile (decoded once per block by conv_column) and 8 rows of it per
 // stage, each row's (channel, tap) or (image, position) decoded by row_entry; addresses come from the
 // same conv_a_base / conv_b_offset / conv_out as the FP32 kernel's. Operands are rounded (f32_to_tf32,
@@ -343,11 +343,20 @@ extern "C" __global__ void conv_wgrad_reduce(float* __restrict__ dw, const float
 
 #define TC_STAGES 3
 
+// Shared-memory row lengths (floats) of the padded tiles. A [m][k]: 16 k values + 4 (80 bytes); a
+// fragment read names rows g = 0..7 at column t (TF32) or 2t (BF16), t = 0..3: bank 20g + t mod 32 is
+// distinct for all 32 lanes in TF32 (unpadded, 16g + t: 4 lanes per bank), 2-way in BF16 (was 4-way).
+// B [k][n]: 64 n values + 8 (TF32: rows t, bank 8t + g) or + 4 (BF16: rows 2t, bank 8t + g), each
+// conflict-free (unpadded: every t on the same bank, 4-way). Rows stay 16-byte aligned.
+#define TC_A_ROW 20
+__host__ __device__ constexpr int tc_b_row(bool bf16) { return bf16 ? TBN + 4 : TBN + 8; }
+
 template <int MODE, bool BF16>
 __device__ __forceinline__ void conv_igemm_tc(float* __restrict__ out, const float* __restrict__ Asrc, const float* __restrict__ Bsrc,
                                               const float* __restrict__ bias, const ConvP& p) {
-    __shared__ __align__(16) float As[TC_STAGES][TBM * TBK];
-    __shared__ __align__(16) float Bs[TC_STAGES][TBK * TBN];
+    constexpr int B_ROW = tc_b_row(BF16);
+    __shared__ __align__(16) float As[TC_STAGES][TBM * TC_A_ROW];
+    __shared__ __align__(16) float Bs[TC_STAGES][TBK * B_ROW];
     __shared__ unsigned int Bok[MODE == DGRAD ? TC_STAGES : 1][TBK][TBN / 32];
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int gq = lane >> 2, q = lane & 3;  // the PTX ISA's groupID and threadID_in_group
@@ -370,10 +379,10 @@ __device__ __forceinline__ void conv_igemm_tc(float* __restrict__ out, const flo
         for (int r = 0; r < 8; ++r) {
             const int am = am0 + 8 * r;
             const bool ina = m0 + am < p.M && aoff >= 0;
-            cp_async<4>(&As[buf][am * TBK + ak], ina ? Asrc + conv_a_base<MODE>(p, g, m0 + am) + aoff : Asrc, ina ? 4 : 0);
+            cp_async<4>(&As[buf][am * TC_A_ROW + ak], ina ? Asrc + conv_a_base<MODE>(p, g, m0 + am) + aoff : Asrc, ina ? 4 : 0);
             const int kr = bk0 + 2 * r;
             const int off = b_ok ? conv_b_offset<MODE>(p, bcol, row_entry<MODE>(p, k0 + kr, kend)) : -1;
-            cp_async<4>(&Bs[buf][kr * TBN + bn], off >= 0 ? Bsrc + off : Bsrc, off >= 0 ? 4 : 0);
+            cp_async<4>(&Bs[buf][kr * B_ROW + bn], off >= 0 ? Bsrc + off : Bsrc, off >= 0 ? 4 : 0);
             if (MODE == DGRAD) {
                 // A warp stages 32 consecutive columns of one row kr.
                 const unsigned int bits = __ballot_sync(FULL_MASK, off >= 0);
@@ -385,9 +394,9 @@ __device__ __forceinline__ void conv_igemm_tc(float* __restrict__ out, const flo
     cp_async_pipeline<TC_STAGES>(steps, stage, [&](int buf) {
         const float* as = As[buf];
         const float* bs = Bs[buf];
-        auto a_at = [&](int m, int k) { return as[m * TBK + k]; };
-        auto b_at = [&](int k, int n) { return bs[k * TBN + n]; };
-        if (MODE == DGRAD && !warp_rows_finite_k16(as + wm * TBK)) {
+        auto a_at = [&](int m, int k) { return as[m * TC_A_ROW + k]; };
+        auto b_at = [&](int k, int n) { return bs[k * B_ROW + n]; };
+        if (MODE == DGRAD && !warp_rows_finite_k16<TC_A_ROW>(as + wm * TC_A_ROW)) {
             const unsigned int(*ok)[TBN / 32] = Bok[MODE == DGRAD ? buf : 0];
             masked_warp_tile_k16<BF16>(acc, wm, wn, a_at, b_at, [&](int k, int n) { return (ok[k][n >> 5] >> (n & 31)) & 1u; });
             return;

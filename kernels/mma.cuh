@@ -265,11 +265,14 @@ __device__ __forceinline__ void cp_async_pipeline(int steps, const Stage& stage,
     cp_async_wait<0>();
 }
 
-// Whether the warp's 32 rows of a [m][16] FP32 tile in shared memory (`rows`: the first one, 16-byte
-// aligned) are all finite: lane l checks row l; the answer is the warp's (a vote), so a warp can pick
-// between mma_warp_tile_k16 and masked_warp_tile_k16 as one.
+// Whether the warp's 32 rows of a [m][16] FP32 tile in shared memory (`rows`: the first one; rows
+// ROW floats apart, ROW a multiple of 4 and rows 16-byte aligned) are all finite: lane l checks row l;
+// the answer is the warp's (a vote), so a warp can pick between mma_warp_tile_k16 and
+// masked_warp_tile_k16 as one.
+template <int ROW>
 __device__ __forceinline__ bool warp_rows_finite_k16(const float* rows) {
-    const float4* r = reinterpret_cast<const float4*>(rows + (threadIdx.x & 31) * 16);
+    static_assert(ROW >= 16 && ROW % 4 == 0, "rows of 16 floats or more, 16-byte aligned");
+    const float4* r = reinterpret_cast<const float4*>(rows + (threadIdx.x & 31) * ROW);
     bool bad = false;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
