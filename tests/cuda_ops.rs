@@ -435,7 +435,7 @@ fn conv_tensor_cores_match_cpu() {
 /// lengths: dgrad Cout/G·kvol (only the taps that reach an input position count; the bound holds for
 /// fewer), wgrad N·P. Geometries from `conv_geom`, 100 per mode for each of dgrad and wgrad; depthwise
 /// ones stay FP32. Then dgrad with non-finite weights: a structural zero (strided taps with no output)
-/// times NaN or ±Inf must add nothing, as on the CPU, which only sums real terms.
+/// times NaN or ±Inf must add nothing, as on the CPU, which only sums real terms (in fp32 too).
 fn conv_grads_tensor_cores_match_cpu() {
     use vidgrad::math_mode::{with_math_mode, MathMode};
     let Some(mut p) = Pair::new() else { return };
@@ -510,11 +510,20 @@ fn conv_grads_tensor_cores_match_cpu() {
                 0.0,
             );
         }
-        // Non-finite weights: stride 2 leaves structural zeros in every dgrad K step.
-        for (case, bad) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY]
-            .into_iter()
-            .enumerate()
-        {
+        // Non-finite weights: stride 2 leaves structural zeros in every dgrad K step. Also once in
+        // FP32 (the CUDA-core kernel's masked loop, which decodes the structural zeros from its row
+        // table), with the same-mode bound.
+        let nf_modes = if mode == MathMode::Tf32 {
+            vec![MathMode::Fp32, mode]
+        } else {
+            vec![mode]
+        };
+        for (mode, (case, bad)) in nf_modes.into_iter().flat_map(|m| {
+            [f32::NAN, f32::INFINITY, f32::NEG_INFINITY]
+                .into_iter()
+                .enumerate()
+                .map(move |cb| (m, cb))
+        }) {
             let g = ConvGeom {
                 n: 2,
                 c_in: 5 + case,
