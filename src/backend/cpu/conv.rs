@@ -7,10 +7,13 @@
 //! Depthwise convolutions (groups == C_in) use a direct kernel instead: K is only the kernel volume,
 //! too small for GEMM to pay off. The data gradient of a stride-1 convolution is the forward
 //! convolution of dy with the flipped, channel-swapped kernel ([`transposed_geom`]); other strides
-//! scatter GEMM columns back with col2vol.
+//! scatter GEMM columns back with col2vol. Stride-1 forward passes (so also those data gradients) take
+//! the direct kernel of [`conv_direct`] where the CPU has AVX2 and FMA (and no AVX-512) and the shape
+//! suits it.
 
 use rayon::prelude::*;
 
+use super::conv_direct;
 use super::elementwise::relu as relu_f;
 use super::layout::permute;
 use super::linalg::{gemm, Mat};
@@ -22,12 +25,15 @@ use crate::backend::ConvGeom;
 struct Chunking {
     col_floats: usize,
     min_positions: usize,
+    /// Whether a stride-1 forward may take the direct kernel ([`conv_direct`]) instead.
+    direct: bool,
 }
 
 /// 4 MB column buffers.
 const CHUNKING: Chunking = Chunking {
     col_floats: 1 << 20,
     min_positions: 256,
+    direct: true,
 };
 
 /// y, with ReLU applied as each output is written when `relu` (the fused conv+relu epilogue).
@@ -222,6 +228,9 @@ fn forward_with(
 ) -> Vec<f32> {
     if g.is_depthwise() {
         return depthwise_forward(x, w, bias, g, relu);
+    }
+    if chunking.direct && conv_direct::applies(g) {
+        return conv_direct::forward(x, w, bias, g, relu);
     }
     let (p_vol, in_vol, ow_n) = (g.output_volume(), g.input_volume(), g.output[2]);
     let (cin_g, cout_g, groups) = (g.in_per_group(), g.out_per_group(), g.groups);
@@ -848,6 +857,7 @@ mod tests {
                 Chunking {
                     col_floats: budget,
                     min_positions: 1,
+                    direct: false,
                 }
             };
             let seed = case as u64 * 4;
@@ -905,6 +915,7 @@ mod tests {
             let chunking = Chunking {
                 col_floats: [1, 40, 700, 1 << 20][p.below(4)],
                 min_positions: 1,
+                direct: false,
             };
             let kdim = g.in_per_group() * g.kernel_volume();
             let chunks = row_chunks(&g, kdim, chunking, g.n * g.groups);
@@ -990,5 +1001,112 @@ mod tests {
             }
         }
         assert!(flipped >= 10, "only {flipped} cases took the flipped path");
+    }
+
+    /// The direct stride-1 forward ([`conv_direct`], where the CPU has AVX2 and FMA; called whatever
+    /// its useful fraction, so at small shapes the forward path would not pick) against the f64
+    /// reference, per output within γ_K·Σ|w·x| (K = C_in/G·kernel volume terms summed in FP32 in any
+    /// order: |error| ≤ γ_K·Σ|terms|, γ_K = K·u/(1 − K·u), u = 2^-24), plus 1 ulp of the bias add;
+    /// its ReLU epilogue bit for bit; a NaN in x gives the reference's non-finite pattern, an Inf
+    /// weight the GEMM path's (padding taps multiply zeros on both). Shapes cover several K chunks
+    /// (C_in·kvol > 512), panels of 6 with a remainder, task splits and 2-d and 3-d kernels.
+    #[test]
+    fn direct_forward_matches_reference() {
+        if !conv_direct::supported() {
+            println!("no AVX2/FMA: the direct kernel cannot run here");
+            return;
+        }
+        let mut p = Pick(0xd1ec);
+        let mut direct = 0;
+        for case in 0..40 {
+            let mut g = random_geom(&mut p, case);
+            if g.is_depthwise() || case % 3 == 0 {
+                // wider channels: several K chunks, panel remainders, fewer tasks than threads
+                let groups = [1, 1, 2][p.below(3)];
+                g.groups = groups;
+                g.c_in = groups * p.range(3, 40);
+                g.c_out = groups * p.range(1, 15);
+            }
+            if case >= 38 {
+                // several position blocks per slice (the L2 blocking), 3-d and 2-d
+                g = ConvGeom {
+                    n: 1,
+                    c_in: 24,
+                    c_out: 7,
+                    groups: 1,
+                    input: if case == 38 { [5, 20, 30] } else { [1, 40, 44] },
+                    output: [0; 3],
+                    kernel: if case == 38 { [3, 3, 3] } else { [1, 3, 3] },
+                    stride: [1; 3],
+                    padding: if case == 38 { [1, 1, 1] } else { [0, 1, 1] },
+                    dilation: [1; 3],
+                };
+            }
+            for d in 0..3 {
+                let span = g.dilation[d] * (g.kernel[d] - 1);
+                g.stride[d] = 1;
+                g.input[d] = g.input[d].max((span + 1).saturating_sub(2 * g.padding[d]));
+                g.output[d] = g.input[d] + 2 * g.padding[d] - span;
+            }
+            if g.is_depthwise() {
+                continue;
+            }
+            direct += 1;
+            let seed = 3000 + case as u64 * 4;
+            let mut x = data(seed, g.n * g.c_in * g.input_volume());
+            let mut w = data(seed + 1, g.c_out * g.in_per_group() * g.kernel_volume());
+            let dy = vec![0.0f32; g.n * g.c_out * g.output_volume()];
+            let bias = (case % 2 == 0).then(|| data(seed + 3, g.c_out));
+            let (y_ref, _, _) = reference(&x, &w, &dy, &g);
+            let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
+            let (y_abs, _, _) = reference(&abs(&x), &abs(&w), &dy, &g);
+            let k = (g.in_per_group() * g.kernel_volume()) as f64;
+            let u = f64::powi(2.0, -24);
+            let gamma = k * u / (1.0 - k * u);
+            let y = conv_direct::forward(&x, &w, bias.as_deref(), &g, false);
+            for (i, ((got, want), mag)) in y.iter().zip(&y_ref).zip(&y_abs).enumerate() {
+                let b = bias
+                    .as_ref()
+                    .map_or(0.0, |b| b[i / g.output_volume() % g.c_out] as f64);
+                let bound = gamma * mag + u * (want + b).abs() + 1e-30;
+                assert!(
+                    (*got as f64 - (want + b)).abs() <= bound,
+                    "case {case} y[{i}] {got} vs {} (bound {bound:.2e}) {g:?}",
+                    want + b
+                );
+            }
+            let y_relu = conv_direct::forward(&x, &w, bias.as_deref(), &g, true);
+            let relu_of_y: Vec<f32> = y.iter().map(|&v| relu_f(v)).collect();
+            assert_eq!(y_relu, relu_of_y, "case {case} relu epilogue {g:?}");
+
+            let at = p.below(x.len());
+            x[at] = f32::NAN;
+            let (y_ref, _, _) = reference(&x, &w, &dy, &g);
+            let y = conv_direct::forward(&x, &w, None, &g, false);
+            for (i, (a, b)) in y.iter().zip(&y_ref).enumerate() {
+                assert_eq!(
+                    a.is_nan(),
+                    b.is_nan(),
+                    "case {case} NaN x: y[{i}] {a} vs {b} {g:?}"
+                );
+            }
+            x[at] = 0.5;
+            let at = p.below(w.len());
+            w[at] = f32::INFINITY;
+            let gemm = Chunking {
+                direct: false,
+                ..CHUNKING
+            };
+            let y_gemm = forward_with(&x, &w, None, &g, gemm, false);
+            let y = conv_direct::forward(&x, &w, None, &g, false);
+            for (i, (a, b)) in y.iter().zip(&y_gemm).enumerate() {
+                assert_eq!(
+                    (a.is_nan(), a.is_infinite()),
+                    (b.is_nan(), b.is_infinite()),
+                    "case {case} Inf w: y[{i}] {a} vs GEMM {b} {g:?}"
+                );
+            }
+        }
+        assert!(direct >= 20, "only {direct} cases took the direct kernel");
     }
 }

@@ -7,6 +7,7 @@
 mod attention;
 mod batchnorm;
 mod conv;
+mod conv_direct;
 mod elementwise;
 mod layout;
 mod linalg;

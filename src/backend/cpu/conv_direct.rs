@@ -1,0 +1,367 @@
+//! Direct convolution for stride 1 (x86-64 with AVX2 and FMA, without AVX-512): no column matrix, no
+//! packing of the input.
+//!
+//! With stride 1, the input read by output (d, h, w) through tap (a, b, c) is at padded position
+//! (d + a·dD, h + b·dH, w + c·dW). In a zero-padded copy of the input, [C, Dp, Hp, Wp], every tap is
+//! then one constant offset from the output's own padded-grid index d·Hp·Wp + h·Wp + w, so a run of
+//! consecutive outputs along that grid reads a run of consecutive inputs for every (channel, tap):
+//! one unaligned vector load instead of vol2col's copy into a column matrix and the GEMM's packing of
+//! it. Outputs are computed on the padded grid — the rows' last Wp − oW positions are wasted work
+//! (7 % at 28 wide with a 3-tap kernel, 22 % at 7 wide) — into a per-task plane buffer, then copied
+//! out with the bias and the fused ReLU.
+//!
+//! The microkernel ([`tile_6x16`]) keeps a 6-channel × 16-position tile of accumulators in 12 AVX
+//! registers; per (channel, tap) step it loads 2 vectors of input and broadcasts 6 weights, packed
+//! per 6 output channels as [k][6] panels once per call. K is walked in chunks of channels (about
+//! [`K_CHUNK`] steps: a panel's chunk stays in L1) and the positions in blocks (the chunk's input rows
+//! for a block, [`X_BLOCK_FLOATS`], stay in L2 while every panel runs over them); the accumulators go
+//! back to the plane buffer between chunks.
+//!
+//! The products and their sum order differ from the GEMM path's (each output sums over k in order,
+//! in FP32), so results differ by rounding; padding taps multiply zeros as the GEMM path does, so
+//! non-finite weights give the same non-finite pattern.
+
+use rayon::prelude::*;
+
+use super::elementwise::relu as relu_f;
+use crate::backend::ConvGeom;
+
+/// Output channels per microkernel tile.
+const MR: usize = 6;
+/// Output positions per microkernel tile (two AVX vectors).
+const NR: usize = 16;
+/// Input floats per position block (128 KiB): the chunk's input rows for a block of positions, read
+/// once per panel, stay in L2 (512 KiB per core on the smallest machine measured).
+const X_BLOCK_FLOATS: usize = 32 * 1024;
+/// The direct kernel computes oH·Wp positions per depth slice, of which oH·oW are outputs; below this
+/// useful fraction the GEMM path is faster (it ran at 0.88 of the direct kernel's multiply-add rate
+/// on ECO-Lite's 28×28 layers, docs/PERFORMANCE.md).
+const MIN_USEFUL: f64 = 0.9;
+/// Target (channel, tap) steps per K chunk: a panel's chunk is then 512 × 6 × 4 B = 12 KiB (L1).
+const K_CHUNK: usize = 512;
+
+/// Whether the direct kernel runs `g`'s forward pass here: stride 1, not depthwise (its own kernel),
+/// not pointwise (the GEMM reads the input in place), at least [`MIN_USEFUL`] of the computed positions
+/// outputs, on a CPU where it is [`enabled`].
+pub(super) fn applies(g: &ConvGeom) -> bool {
+    g.stride == [1, 1, 1]
+        && !g.is_depthwise()
+        && !(g.kernel == [1, 1, 1] && g.padding == [0, 0, 0])
+        && useful_fraction(g) >= MIN_USEFUL
+        && enabled()
+}
+
+/// Outputs over positions computed per depth slice (oH·oW / oH·Wp rounded up to whole tiles).
+fn useful_fraction(g: &ConvGeom) -> f64 {
+    let wp = g.input[2] + 2 * g.padding[2];
+    let computed = (g.output[1] * wp).div_ceil(NR) * NR;
+    (g.output[1] * g.output[2]) as f64 / computed as f64
+}
+
+/// Whether the forward pass picks the direct kernel on this CPU: AVX2 and FMA ([`supported`]) but not
+/// AVX-512 (where the `gemm` crate's 512-bit microkernels run, and this 256-bit kernel would reach half
+/// the FMA width on cores with full 512-bit units), unless turned off by `VIDGRAD_CPU_CONV_DIRECT=0`.
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("VIDGRAD_CPU_CONV_DIRECT").map_or(true, |v| v != "0")
+            && supported()
+            && !has_avx512()
+    })
+}
+
+/// Whether this CPU can run the kernel at all (AVX2 and FMA).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn supported() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn supported() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    is_x86_feature_detected!("avx512f")
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx512() -> bool {
+    false
+}
+
+/// The padded grid of one input channel and the tap offsets on it.
+struct Grid {
+    /// Padded extents [Dp, Hp, Wp].
+    dims: [usize; 3],
+    /// Floats per padded channel (Dp·Hp·Wp).
+    chan: usize,
+    /// Offset of each tap (a, b, c), in weight order: a·dD·Hp·Wp + b·dH·Wp + c·dW.
+    taps: Vec<usize>,
+    /// Positions computed per output depth slice: oH·Wp rounded up to a whole tile.
+    len: usize,
+    /// Floats past the last channel that a tile may read (wasted positions of the last slice).
+    slack: usize,
+}
+
+impl Grid {
+    fn new(g: &ConvGeom) -> Self {
+        let dims: [usize; 3] = std::array::from_fn(|i| g.input[i] + 2 * g.padding[i]);
+        let [_, hp, wp] = dims;
+        let plane = hp * wp;
+        let [kd, kh, kw] = g.kernel;
+        let mut taps = Vec::with_capacity(kd * kh * kw);
+        for a in 0..kd {
+            for b in 0..kh {
+                for c in 0..kw {
+                    taps.push(
+                        a * g.dilation[0] * plane + b * g.dilation[1] * wp + c * g.dilation[2],
+                    );
+                }
+            }
+        }
+        let len = (g.output[1] * wp).div_ceil(NR) * NR;
+        // The last slice's last tile reads up to len − oH·Wp + dW·(kW − 1) floats past the plane.
+        let slack = len - g.output[1] * wp + g.dilation[2] * (kw - 1) + NR;
+        Grid {
+            dims,
+            chan: dims.iter().product(),
+            taps,
+            len,
+            slack,
+        }
+    }
+}
+
+/// x[n] ([C_in, D, H, W]) zero-padded to [C_in, Dp, Hp, Wp], plus `grid.slack` zeros.
+fn pad_input(xn: &[f32], g: &ConvGeom, grid: &Grid, out: &mut Vec<f32>) {
+    let [_, hp, wp] = grid.dims;
+    let [id, ih, iw] = g.input;
+    let [pd, ph, pw] = g.padding;
+    out.clear();
+    out.resize(g.c_in * grid.chan + grid.slack, 0.0);
+    for (src, dst) in xn.chunks_exact(id * ih * iw).zip(out.chunks_mut(grid.chan)) {
+        for (z, sp) in src.chunks_exact(ih * iw).enumerate() {
+            for (r, row) in sp.chunks_exact(iw).enumerate() {
+                let at = ((z + pd) * hp + r + ph) * wp + pw;
+                dst[at..at + iw].copy_from_slice(row);
+            }
+        }
+    }
+}
+
+/// Weights of one group [C_out/G, K] as panels of MR rows, [panel][k][MR], rows past C_out/G zero.
+fn pack_weights(wg: &[f32], cout_g: usize, kdim: usize) -> Vec<f32> {
+    let panels = cout_g.div_ceil(MR);
+    let mut packed = vec![0.0f32; panels * kdim * MR];
+    for (co, row) in wg.chunks_exact(kdim).enumerate() {
+        let panel = &mut packed[co / MR * kdim * MR..][..kdim * MR];
+        for (k, &v) in row.iter().enumerate() {
+            panel[k * MR + co % MR] = v;
+        }
+    }
+    packed
+}
+
+pub(super) fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+    relu: bool,
+) -> Vec<f32> {
+    assert!(
+        g.stride == [1, 1, 1] && supported(),
+        "the direct convolution is for stride 1 with AVX2/FMA"
+    );
+    let grid = Grid::new(g);
+    let (cin_g, cout_g, groups) = (g.in_per_group(), g.out_per_group(), g.groups);
+    let kvol = g.kernel_volume();
+    let kdim = cin_g * kvol;
+    let panels: Vec<Vec<f32>> = w
+        .chunks_exact(cout_g * kdim)
+        .map(|wg| pack_weights(wg, cout_g, kdim))
+        .collect();
+    let padded: Vec<Vec<f32>> = x
+        .par_chunks_exact(g.c_in * g.input_volume())
+        .map(|xn| {
+            let mut p = Vec::new();
+            pad_input(xn, g, &grid, &mut p);
+            p
+        })
+        .collect();
+
+    let [od_n, oh_n, ow_n] = g.output;
+    let plane_out = oh_n * ow_n;
+    let mut y = vec![0.0f32; g.n * g.c_out * g.output_volume()];
+    let tasks = tasks(&mut y, g);
+    let chans_per_chunk = (K_CHUNK / kvol).clamp(1, cin_g);
+    let wp = grid.dims[2];
+    tasks.into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(acc, offs), task| {
+            let (n, gi) = (task.ng / groups, task.ng % groups);
+            let xg = &padded[n][gi * cin_g * grid.chan..];
+            acc.resize((task.p1 - task.p0) * MR * grid.len, 0.0);
+            for c0 in (0..cin_g).step_by(chans_per_chunk) {
+                let c1 = (c0 + chans_per_chunk).min(cin_g);
+                offs.clear();
+                for ci in 0..c1 - c0 {
+                    offs.extend(grid.taps.iter().map(|t| ci * grid.chan + t));
+                }
+                let base = &xg[c0 * grid.chan + task.od * grid.dims[1] * wp..];
+                // Position blocks whose input rows (of every channel and tap of the chunk) stay in
+                // L2 while every panel runs over them.
+                let rows_read = (c1 - c0) * g.kernel[0] * g.kernel[1];
+                let halo = g.dilation[2] * (g.kernel[2] - 1);
+                let block = ((X_BLOCK_FLOATS / rows_read).saturating_sub(halo) / NR * NR)
+                    .clamp(NR, grid.len);
+                for q0 in (0..grid.len).step_by(block) {
+                    let q1 = (q0 + block).min(grid.len);
+                    for (pi, rows) in (task.p0..task.p1).zip(acc.chunks_exact_mut(MR * grid.len)) {
+                        let wpanel = &panels[gi][(pi * kdim + c0 * kvol) * MR..][..offs.len() * MR];
+                        run_panel(wpanel, base, offs, rows, grid.len, (q0, q1), c0 == 0);
+                    }
+                }
+            }
+            // Copy out the valid positions of each row (oW of every Wp), with bias and ReLU.
+            for (r, dst) in task.rows.into_iter().enumerate() {
+                let co = task.p0 * MR + r;
+                let bv = bias.map_or(0.0, |b| b[gi * cout_g + co]);
+                let src = &acc[r * grid.len..][..oh_n * wp];
+                for (d, s) in dst.chunks_exact_mut(ow_n).zip(src.chunks_exact(wp)) {
+                    for (o, v) in d.iter_mut().zip(s) {
+                        *o = if relu { relu_f(v + bv) } else { v + bv };
+                    }
+                }
+            }
+        },
+    );
+    debug_assert_eq!(plane_out * od_n, g.output_volume());
+    y
+}
+
+/// A task's outputs: image·group `ng`, output depth slice `od`, panels p0..p1 (output channels
+/// p0·MR.. of the group), `rows` their [oH, oW] planes in y.
+struct Task<'a> {
+    ng: usize,
+    od: usize,
+    p0: usize,
+    p1: usize,
+    rows: Vec<&'a mut [f32]>,
+}
+
+/// y split into tasks: every (image, group, depth slice), its panels split further when there are
+/// fewer slices than twice the threads.
+fn tasks<'a>(y: &'a mut [f32], g: &ConvGeom) -> Vec<Task<'a>> {
+    let (cout_g, od_n) = (g.out_per_group(), g.output[0]);
+    let (p_vol, plane_out) = (g.output_volume(), g.output[1] * g.output[2]);
+    let n_panels = cout_g.div_ceil(MR);
+    let slices = g.n * g.groups * od_n;
+    let splits = (2 * rayon::current_num_threads())
+        .div_ceil(slices)
+        .clamp(1, n_panels);
+    let per = n_panels.div_ceil(splits);
+    let mut tasks = Vec::with_capacity(slices * splits);
+    for (ng, block) in y.chunks_mut(cout_g * p_vol).enumerate() {
+        let mut by_od: Vec<Vec<&mut [f32]>> =
+            (0..od_n).map(|_| Vec::with_capacity(cout_g)).collect();
+        for row in block.chunks_mut(p_vol) {
+            for (od, plane) in row.chunks_mut(plane_out).enumerate() {
+                by_od[od].push(plane);
+            }
+        }
+        for (od, mut planes) in by_od.into_iter().enumerate() {
+            for p0 in (0..n_panels).step_by(per) {
+                let p1 = (p0 + per).min(n_panels);
+                let rest = planes.split_off((p1 * MR).min(cout_g) - p0 * MR);
+                let rows = std::mem::replace(&mut planes, rest);
+                tasks.push(Task {
+                    ng,
+                    od,
+                    p0,
+                    p1,
+                    rows,
+                });
+            }
+        }
+    }
+    tasks
+}
+
+/// One panel (MR output channels) over one K chunk for the tiles of positions q0..q1 of a depth
+/// slice: `acc` is [MR][len] (set on the first chunk, accumulated after), `x` the chunk's first channel
+/// at the slice, `offs[k]` the input offset of step k, `wp` the panel's [k][MR] weights of the chunk.
+fn run_panel(
+    wp: &[f32],
+    x: &[f32],
+    offs: &[usize],
+    acc: &mut [f32],
+    len: usize,
+    (q0, q1): (usize, usize),
+    first: bool,
+) {
+    let max_off = offs.iter().copied().max().unwrap_or(0);
+    assert!(wp.len() >= offs.len() * MR && acc.len() >= MR * len);
+    assert!(
+        q1 <= len && q1 % NR == 0,
+        "tiles of whole vectors inside the slice"
+    );
+    assert!(
+        max_off + len <= x.len(),
+        "direct conv reads past its padded input"
+    );
+    for q0 in (q0..q1).step_by(NR) {
+        // SAFETY: `forward` checked AVX2 and FMA; the asserts above bound every load (k < offs.len(),
+        // offsets + q0 + NR ≤ max_off + len ≤ x.len()) and store (r·len + q0 + NR ≤ MR·len).
+        unsafe {
+            tile_6x16(
+                wp.as_ptr(),
+                x.as_ptr().add(q0),
+                offs,
+                acc.as_mut_ptr().add(q0),
+                len,
+                first,
+            )
+        }
+    }
+}
+
+/// acc[r·ld + j] (r < 6, j < 16) = (first ? 0 : acc) + Σ_k wp[6k + r]·x[offs[k] + j].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_6x16(
+    wp: *const f32,
+    x: *const f32,
+    offs: &[usize],
+    acc: *mut f32,
+    ld: usize,
+    first: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut c = [_mm256_setzero_ps(); 2 * MR];
+    if !first {
+        for r in 0..MR {
+            c[2 * r] = _mm256_loadu_ps(acc.add(r * ld));
+            c[2 * r + 1] = _mm256_loadu_ps(acc.add(r * ld + 8));
+        }
+    }
+    for (k, &off) in offs.iter().enumerate() {
+        let x0 = _mm256_loadu_ps(x.add(off));
+        let x1 = _mm256_loadu_ps(x.add(off + 8));
+        let wk = wp.add(k * MR);
+        for r in 0..MR {
+            let wr = _mm256_broadcast_ss(&*wk.add(r));
+            c[2 * r] = _mm256_fmadd_ps(wr, x0, c[2 * r]);
+            c[2 * r + 1] = _mm256_fmadd_ps(wr, x1, c[2 * r + 1]);
+        }
+    }
+    for r in 0..MR {
+        _mm256_storeu_ps(acc.add(r * ld), c[2 * r]);
+        _mm256_storeu_ps(acc.add(r * ld + 8), c[2 * r + 1]);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_6x16(_: *const f32, _: *const f32, _: &[usize], _: *mut f32, _: usize, _: bool) {
+    unreachable!("the direct convolution runs only where `supported` found AVX2 and FMA")
+}
