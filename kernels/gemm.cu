@@ -133,14 +133,21 @@ __device__ __forceinline__ void gemm_tc_tf32(float* __restrict__ C, const float*
     // (row, k) of the [m][k] / [n][k] tile whatever the transpose. Element r of this thread sits at
     // shared word dst[r] and at global offset src[r] + s·step (32-bit: the launch bounds every
     // operand's size to i32); `rows_in` marks the r whose row lies inside the matrix.
+    auto a_item = [&](int r, int& m, int& k) {
+        const int e = t + 128 * r;
+        if (trans_a) { k = e >> 6; m = e & 63; } else { m = e >> 4; k = e & 15; }
+    };
+    auto b_item = [&](int r, int& n, int& k) {
+        const int e = t + 128 * r;
+        if (trans_b) { n = e >> 4; k = e & 15; } else { k = e >> 6; n = e & 63; }
+    };
     int a_src[8], b_src[8];
     unsigned int a_rows_in = 0, b_rows_in = 0;
 #pragma unroll
     for (int r = 0; r < 8; ++r) {
-        const int e = t + 128 * r;
         int m, k, n, kb;
-        if (trans_a) { k = e >> 6; m = e & 63; } else { m = e >> 4; k = e & 15; }
-        if (trans_b) { n = e >> 4; kb = e & 15; } else { kb = e >> 6; n = e & 63; }
+        a_item(r, m, k);
+        b_item(r, n, kb);
         a_src[r] = trans_a ? k * M + m0 + m : (m0 + m) * K + k;
         b_src[r] = trans_b ? (n0 + n) * K + kb : kb * N + n0 + n;
         a_rows_in |= (unsigned int)(m0 + m < M) << r;
@@ -151,10 +158,9 @@ __device__ __forceinline__ void gemm_tc_tf32(float* __restrict__ C, const float*
         const int k0 = s * TC_BK;
 #pragma unroll
         for (int r = 0; r < 8; ++r) {
-            const int e = t + 128 * r;
             int m, k, n, kb;
-            if (trans_a) { k = e >> 6; m = e & 63; } else { m = e >> 4; k = e & 15; }
-            if (trans_b) { n = e >> 4; kb = e & 15; } else { kb = e >> 6; n = e & 63; }
+            a_item(r, m, k);
+            b_item(r, n, kb);
             const bool ina = (a_rows_in >> r & 1) && k0 + k < K;
             cp_async<4>(&As[buf][m * TF_ROW + k], ina ? A + a_src[r] + s * a_step : A, ina ? 4 : 0);
             const bool inb = (b_rows_in >> r & 1) && k0 + kb < K;
