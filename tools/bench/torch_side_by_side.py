@@ -14,6 +14,10 @@ the same way and prints vidgrad / PyTorch (> 1: vidgrad is slower).
     python tools/bench/torch_side_by_side.py --device cuda --ours-cmd "cargo bench --bench suite -- cuda"
     python tools/bench/torch_side_by_side.py --device cuda --ours-cmd "bin/suite cuda"   # GPU bundle
 
+    # whole models on a machine whose speed drifts (shared vCPUs): R rounds, each vidgrad then PyTorch
+    # on one model back to back; per-round ratios and their median
+    python tools/bench/torch_side_by_side.py --device cpu --rounds 3 --ours-cmd "cargo bench --bench suite -- cpu models"
+
 Each vidgrad row records its math mode (`math`); PyTorch runs it in the matching setting (TORCH_SETTINGS):
   fp32  TF32 off everywhere (cudnn.allow_tf32 = matmul.allow_tf32 = False): the like-for-like FP32 comparison.
   tf32  cudnn.allow_tf32 = True (PyTorch's default, cuDNN's TF32 convolutions) and matmul.allow_tf32 = True.
@@ -464,6 +468,71 @@ def write_report(d, device, report, md):
     (d / f"side_by_side_{device}.md").write_text("\n".join(md) + "\n")
 
 
+def interleaved_rounds(args, d, cuda, configs):
+    """Whole models, `--rounds R` times: per round and model vidgrad's bench (`--ours-cmd` plus the model's
+    name) and then PyTorch on its row, back to back. On a machine whose speed drifts over minutes (shared
+    vCPUs, steal time) a ratio of two runs minutes apart measures the drift; here each round's ratio is of two
+    runs seconds apart, and the rounds show the spread. Prints and writes the per-round ratios and their
+    median (side_by_side_<dev>_rounds.md and .json)."""
+    import os
+    models = args.models or ["eco-lite", "c2d-nl-r50", "r2plus1d-18"]
+    clock = Clock(cuda)
+    per = {}  # (model, math) -> list of per-round dicts
+    for rnd_i in range(args.rounds):
+        for model in models:
+            out = d / "rounds" / f"{rnd_i}-{model}"
+            out.mkdir(parents=True, exist_ok=True)
+            cmd = shlex.split(args.ours_cmd) + [model]
+            print(f"round {rnd_i + 1}/{args.rounds}, {model}: {' '.join(cmd)}", flush=True)
+            subprocess.run(cmd, check=True, env=dict(os.environ, VIDGRAD_BENCH_OUT=str(out.resolve())))
+            ours = json.loads((out / f"models_{args.device}.json").read_text())
+            if not cuda:
+                torch.set_num_threads(ours["device"]["threads"])
+            warmup, runs = ours["timing"]["warmup"], ours["timing"]["runs"]
+            for row in ours["models"]:
+                if "error" in row:
+                    continue
+                b = row["batch"]
+                rec = dict(vidgrad=dict(infer=row["inference"]["clips_per_s"], train=row["train"]["clips_per_s"]))
+                for cname, bench in configs:
+                    with torch_setting("fp32" if row_math(row) == "bf16" else row_math(row), args.device, bench):
+                        r = time_model(row, clock, args.device, warmup, runs)
+                    rec[cname] = dict(infer=b / r["infer_s"], train=b / r["train_s"])
+                per.setdefault((row["model"], row_math(row), json.dumps(row["input"])), []).append(rec)
+                print(f"  {row['model']} {row_math(row)}: " + "; ".join(
+                    f"{part} vidgrad {rec['vidgrad'][part]:.3f} clips/s, " + ", ".join(
+                        f"{c} {rec[c][part]:.3f} (ratio {rec[c][part] / rec['vidgrad'][part]:.2f})" for c, _ in configs)
+                    for part in ("infer", "train")), flush=True)
+    md = [f"## Whole models, {args.rounds} interleaved rounds\n",
+          f"Each round runs vidgrad's bench for one model and then PyTorch on the same row; ratio = vidgrad time / "
+          f"{configs[0][0]} time per round. Machine {ours['device']['name']}, {ours['device'].get('threads', '?')} "
+          f"threads, vidgrad commit {ours['device']['commit']}, torch {torch.__version__}.\n",
+          "| model | math | input | part | vidgrad clips/s (per round) | " +
+          " | ".join(f"{c} clips/s (per round) | ratio per round | median ratio" for c, _ in configs) +
+          " |\n|" + "---|" * (5 + 3 * len(configs))]
+    report = []
+    print(f"\nwhole models, {args.rounds} interleaved rounds (ratio = vidgrad time / torch time, per round):")
+    for (model, math, inp), recs in per.items():
+        for part in ("infer", "train"):
+            ours_v = [r["vidgrad"][part] for r in recs]
+            cells, line = [], f"  {model:<14} {math:<4} {part:<5} vidgrad " + " ".join(f"{v:.3f}" for v in ours_v)
+            for c, _ in configs:
+                theirs = [r[c][part] for r in recs]
+                ratios = [t / v for t, v in zip(theirs, ours_v)]
+                med = statistics.median(ratios)
+                line += f" | {c} " + " ".join(f"{t:.3f}" for t in theirs) + \
+                        " | ratios " + " ".join(f"{x:.2f}" for x in ratios) + f" | median {med:.2f}"
+                cells += [", ".join(f"{t:.3f}" for t in theirs), ", ".join(f"{x:.2f}" for x in ratios), f"{med:.2f}"]
+                report.append(dict(model=model, math=math, input=json.loads(inp), part=part, column=c,
+                                   vidgrad_clips_per_s=ours_v, torch_clips_per_s=theirs, ratios=ratios, median_ratio=med))
+            print(line)
+            md.append(f"| {model} | {math} | {json.loads(inp)} | {part} | " + ", ".join(f"{v:.3f}" for v in ours_v) +
+                      " | " + " | ".join(cells) + " |")
+    (d / f"side_by_side_{args.device}_rounds.json").write_text(json.dumps(report, indent=1))
+    (d / f"side_by_side_{args.device}_rounds.md").write_text("\n".join(md) + "\n")
+    print(f"\nwrote {d / f'side_by_side_{args.device}_rounds.md'} and .json")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -471,11 +540,19 @@ def main():
     ap.add_argument("--ours-cmd", help="run this (vidgrad's bench) first, so both sides run in one go")
     ap.add_argument("--only", choices=["kernels", "models"], help="one part only")
     ap.add_argument("--models", nargs="*", help="only these models")
+    ap.add_argument("--rounds", type=int, help="whole models only: R interleaved rounds of vidgrad then PyTorch per "
+                    "model (needs --ours-cmd; the model's name is appended to it)")
     args = ap.parse_args()
     d = Path(args.dir)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         sys.exit("torch sees no CUDA device")
+    if args.rounds is not None:
+        if args.rounds < 1 or not args.ours_cmd:
+            sys.exit("--rounds needs a count of at least 1 and --ours-cmd (vidgrad's bench, without a model name)")
+        configs = [("bench off", False), ("bench on", True)] if cuda else [("torch", False)]
+        interleaved_rounds(args, d, cuda, configs)
+        return
     if args.ours_cmd:
         print(f"running vidgrad: {args.ours_cmd}", flush=True)
         import os
