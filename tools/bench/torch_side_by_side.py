@@ -43,6 +43,7 @@ Writes target/bench/side_by_side_<dev>.json and .md. Uses tools/reference/requir
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -474,10 +475,10 @@ def interleaved_rounds(args, d, cuda, configs):
     vCPUs, steal time) a ratio of two runs minutes apart measures the drift; here each round's ratio is of two
     runs seconds apart, and the rounds show the spread. Prints and writes the per-round ratios and their
     median (side_by_side_<dev>_rounds.md and .json)."""
-    import os
-    models = args.models or ["eco-lite", "c2d-nl-r50", "r2plus1d-18"]
+    from peak_rss import DEFAULT_MODELS  # the suite's default models, listed once in tools/bench
+    models = args.models or DEFAULT_MODELS
     clock = Clock(cuda)
-    per = {}  # (model, math) -> list of per-round dicts
+    per = {}  # (model, math, input) -> one dict per round
     for rnd_i in range(args.rounds):
         for model in models:
             out = d / "rounds" / f"{rnd_i}-{model}"
@@ -547,26 +548,20 @@ def main():
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         sys.exit("torch sees no CUDA device")
+    # columns: (name, cudnn.benchmark); each row in the PyTorch setting of its math mode (TORCH_SETTINGS)
+    configs = [("bench off", False), ("bench on", True)] if cuda else [("torch", False)]
     if args.rounds is not None:
         if args.rounds < 1 or not args.ours_cmd:
             sys.exit("--rounds needs a count of at least 1 and --ours-cmd (vidgrad's bench, without a model name)")
-        configs = [("bench off", False), ("bench on", True)] if cuda else [("torch", False)]
         interleaved_rounds(args, d, cuda, configs)
         return
     if args.ours_cmd:
         print(f"running vidgrad: {args.ours_cmd}", flush=True)
-        import os
         env = dict(os.environ, VIDGRAD_BENCH_OUT=str(d.resolve()))  # the bench writes where we read
         subprocess.run(shlex.split(args.ours_cmd), check=True, env=env)
 
     clock = Clock(cuda)
-    # columns: (name, cudnn.benchmark); each row in the PyTorch setting of its math mode (TORCH_SETTINGS)
-    configs = [("torch", False)]
-    if cuda:
-        configs = [("bench off", False), ("bench on", True)]
-        dev_name = torch.cuda.get_device_name(0)
-    else:
-        dev_name = "cpu"
+    dev_name = torch.cuda.get_device_name(0) if cuda else "cpu"
     md = []
     report = {"device": args.device, "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if cuda else None,
               "settings": TORCH_SETTINGS, "columns": {c: {"cudnn_benchmark": b} for c, b in configs}}
