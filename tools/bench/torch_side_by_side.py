@@ -485,7 +485,9 @@ def interleaved_rounds(args, d, cuda, configs):
             out.mkdir(parents=True, exist_ok=True)
             cmd = shlex.split(args.ours_cmd) + [model]
             print(f"round {rnd_i + 1}/{args.rounds}, {model}: {' '.join(cmd)}", flush=True)
-            subprocess.run(cmd, check=True, env=dict(os.environ, VIDGRAD_BENCH_OUT=str(out.resolve())))
+            done = subprocess.run(cmd, env=dict(os.environ, VIDGRAD_BENCH_OUT=str(out.resolve())))
+            if done.returncode != 0:
+                sys.exit(f"--ours-cmd failed for {model}: `{' '.join(cmd)}` exited with {done.returncode}")
             ours = json.loads((out / f"models_{args.device}.json").read_text())
             if not cuda:
                 torch.set_num_threads(ours["device"]["threads"])
