@@ -14,7 +14,9 @@
 #define AC 16
 #define ACV 64
 
-extern "C" __global__ void __launch_bounds__(256) attn_forward(float* __restrict__ y, float* __restrict__ lse, const float* __restrict__ q,
+// (256, 3): without a minimum-blocks hint ptxas for sm_90a capped this kernel at 64 registers and spilled
+// (16 bytes, seen in the 2026-12-04 H200 bundle's cuda_ptxas); three blocks per SM give it 80, no spills.
+extern "C" __global__ void __launch_bounds__(256, 3) attn_forward(float* __restrict__ y, float* __restrict__ lse, const float* __restrict__ q,
                                                                const float* __restrict__ k, const float* __restrict__ v,
                                                                int C, int CV, int N, int M, float scale) {
     __shared__ float Qs[AC][AQ];
