@@ -144,7 +144,9 @@ __device__ __forceinline__ int conv_b_offset(const ConvP& p, const ConvColumn& c
     if (MODE == DGRAD) {
         const int z = c.z - re.t0, y = c.y - re.t1, x = c.x - re.t2;
         if (z < 0 || y < 0 || x < 0) return -1;
-        const int oz = z / p.s[0], oy = y / p.s[1], ox = x / p.s[2];
+        // Unit strides (most dgrads) skip the three divisions: this runs once per staged element.
+        const bool unit = p.s[0] == 1 && p.s[1] == 1 && p.s[2] == 1;
+        const int oz = unit ? z : z / p.s[0], oy = unit ? y : y / p.s[1], ox = unit ? x : x / p.s[2];
         const bool ok = oz * p.s[0] == z && oy * p.s[1] == y && ox * p.s[2] == x && oz < p.out[0] && oy < p.out[1] && ox < p.out[2];
         return ok ? c.base + re.boff + (oz * p.out[1] + oy) * p.out[2] + ox : -1;
     }
@@ -329,7 +331,10 @@ extern "C" __global__ void conv_wgrad_reduce(float* __restrict__ dw, const float
 // 128 threads = 4 warps in 2×2 with 32×32 warp tiles. A is staged [m][k], B (the gather) [k][n], rows
 // padded so that the fragment reads hit 32 distinct banks (TC_A_ROW, tc_b_row below); each
 // thread owns one column n of the B tile (decoded once per block by conv_column) and 8 rows of it per
-// stage, each row's (channel, tap) or (image, position) decoded by row_entry; addresses come from the
+// stage, each row's (channel, tap) or (image, position) read from the step's row table (row_entry, by
+// 16 threads one stage ahead, as the FP32 kernel's; decoding per element cost ~1,250 instructions per
+// thread and K step, 24 of them divisions, and held the kernels to 0.3–4 % of peak on an H200,
+// docs/PERFORMANCE.md "GPU"); addresses come from the
 // same conv_a_base / conv_b_offset / conv_out as the FP32 kernel's. Operands are rounded (f32_to_tf32,
 // pack_bf16x2) as they go from shared memory into fragment registers; the bias is added in FP32
 // afterwards. wgrad keeps the FP32 path's split-K (blockIdx.z = group · splits + split, partial sums
@@ -358,6 +363,7 @@ __device__ __forceinline__ void conv_igemm_tc(float* __restrict__ out, const flo
     __shared__ __align__(16) float As[TC_STAGES][TBM * TC_A_ROW];
     __shared__ __align__(16) float Bs[TC_STAGES][TBK * B_ROW];
     __shared__ unsigned int Bok[MODE == DGRAD ? TC_STAGES : 1][TBK][TBN / 32];
+    __shared__ RowEntry tbl[2][TBK];
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int gq = lane >> 2, q = lane & 3;  // the PTX ISA's groupID and threadID_in_group
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
@@ -371,24 +377,49 @@ __device__ __forceinline__ void conv_igemm_tc(float* __restrict__ out, const flo
     const bool b_ok = col < p.N;
     const ConvColumn bcol = b_ok ? conv_column<MODE>(p, col, g) : ConvColumn{0, 0, 0, 0};
     const int steps = (kend - kbeg + TBK - 1) / TBK;
+    // A rows contiguous along K in fours, 16-byte aligned: fprop's weights when K % 4 == 0, wgrad's dy
+    // when the positions per image are (the same for every block: a uniform branch).
+    const bool a_vec = MODE != DGRAD && (MODE == FPROP ? p.K % 4 == 0 : p.out_vol % 4 == 0) &&
+                       (reinterpret_cast<unsigned long long>(Asrc) & 15) == 0;
+    // The row table of a K step (each row's (channel, tap) or (image, position) decoded once, by 16
+    // threads, not once per staged element): step s's is written by stage(s − 1) (by this function for
+    // step 0) into slot s & 1, and cp_async_pipeline puts a barrier between consecutive stages. Slot
+    // s & 1 was last read by stage(s − 2), which every thread finished before the barrier that precedes
+    // stage(s − 1).
+    if (t < TBK) store_row_entry(tbl[0][t], row_entry<MODE>(p, kbeg + t, kend));
+    __syncthreads();
     auto stage = [&](int s, int buf) {
-        const int k0 = kbeg + s * TBK;
+        const int k0 = kbeg + s * TBK, slot = s & 1;
         // fprop's A rows are the weights' rows: k itself is the offset.
-        const int aoff = MODE == FPROP ? (k0 + ak < kend ? k0 + ak : -1) : row_entry<MODE>(p, k0 + ak, kend).aoff;
+        if (a_vec) {
+            // 16-byte copies: rows t / 4 and t / 4 + 32, k = 4·(t % 4) .. +3 of the step (all four in
+            // the K range or none: K, wgrad's positions per image and the split length are multiples of 4).
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int am = (t >> 2) + 32 * h, kq = (t & 3) * 4;
+                const int aoff = MODE == FPROP ? (k0 + kq < kend ? k0 + kq : -1) : row_aoff(tbl[slot][kq]);
+                const bool ina = m0 + am < p.M && aoff >= 0;
+                cp_async<16>(&As[buf][am * TC_A_ROW + kq], Asrc + (ina ? conv_a_base<MODE>(p, g, m0 + am) + aoff : 0), ina ? 16 : 0);
+            }
+        }
+        const int aoff = MODE == FPROP ? (k0 + ak < kend ? k0 + ak : -1) : row_aoff(tbl[slot][ak]);
 #pragma unroll
         for (int r = 0; r < 8; ++r) {
-            const int am = am0 + 8 * r;
-            const bool ina = m0 + am < p.M && aoff >= 0;
-            cp_async<4>(&As[buf][am * TC_A_ROW + ak], ina ? Asrc + conv_a_base<MODE>(p, g, m0 + am) + aoff : Asrc, ina ? 4 : 0);
+            if (!a_vec) {
+                const int am = am0 + 8 * r;
+                const bool ina = m0 + am < p.M && aoff >= 0;
+                cp_async<4>(&As[buf][am * TC_A_ROW + ak], Asrc + (ina ? conv_a_base<MODE>(p, g, m0 + am) + aoff : 0), ina ? 4 : 0);
+            }
             const int kr = bk0 + 2 * r;
-            const int off = b_ok ? conv_b_offset<MODE>(p, bcol, row_entry<MODE>(p, k0 + kr, kend)) : -1;
-            cp_async<4>(&Bs[buf][kr * B_ROW + bn], off >= 0 ? Bsrc + off : Bsrc, off >= 0 ? 4 : 0);
+            const int off = b_ok ? conv_b_offset<MODE>(p, bcol, load_row_entry(tbl[slot][kr])) : -1;
+            cp_async<4>(&Bs[buf][kr * B_ROW + bn], Bsrc + max(off, 0), off >= 0 ? 4 : 0);
             if (MODE == DGRAD) {
                 // A warp stages 32 consecutive columns of one row kr.
                 const unsigned int bits = __ballot_sync(FULL_MASK, off >= 0);
                 if (lane == 0) Bok[MODE == DGRAD ? buf : 0][kr][bn >> 5] = bits;
             }
         }
+        if (t < TBK && s + 1 < steps) store_row_entry(tbl[slot ^ 1][t], row_entry<MODE>(p, k0 + TBK + t, kend));
     };
     float acc[2][4][4] = {};
     cp_async_pipeline<TC_STAGES>(steps, stage, [&](int buf) {
@@ -425,23 +456,25 @@ __device__ __forceinline__ void conv_igemm_tc(float* __restrict__ out, const flo
         }
 }
 
-extern "C" __global__ void __launch_bounds__(128) conv_fprop_tf32(float* y, const float* x, const float* w, const float* bias, ConvP p) {
+// (128, 4): a register budget of 128 stated, since ptxas for sm_90a otherwise picked 80 for dgrad and
+// spilled; four blocks of ~30 KB of shared memory fit an SM.
+extern "C" __global__ void __launch_bounds__(128, 4) conv_fprop_tf32(float* y, const float* x, const float* w, const float* bias, ConvP p) {
     conv_igemm_tc<FPROP, false>(y, w, x, bias, p);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_fprop_bf16(float* y, const float* x, const float* w, const float* bias, ConvP p) {
+extern "C" __global__ void __launch_bounds__(128, 4) conv_fprop_bf16(float* y, const float* x, const float* w, const float* bias, ConvP p) {
     conv_igemm_tc<FPROP, true>(y, w, x, bias, p);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_dgrad_tf32(float* dx, const float* dy, const float* w, ConvP p) {
+extern "C" __global__ void __launch_bounds__(128, 4) conv_dgrad_tf32(float* dx, const float* dy, const float* w, ConvP p) {
     conv_igemm_tc<DGRAD, false>(dx, w, dy, nullptr, p);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_dgrad_bf16(float* dx, const float* dy, const float* w, ConvP p) {
+extern "C" __global__ void __launch_bounds__(128, 4) conv_dgrad_bf16(float* dx, const float* dy, const float* w, ConvP p) {
     conv_igemm_tc<DGRAD, true>(dx, w, dy, nullptr, p);
 }
 // out: [splits, Cout, Cin/G·kvol] partial sums (or dw itself when splits == 1), as conv_wgrad.
-extern "C" __global__ void __launch_bounds__(128) conv_wgrad_tf32(float* out, const float* x, const float* dy, ConvP p) {
+extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_tf32(float* out, const float* x, const float* dy, ConvP p) {
     conv_igemm_tc<WGRAD, false>(out, dy, x, nullptr, p);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_wgrad_bf16(float* out, const float* x, const float* dy, ConvP p) {
+extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_bf16(float* out, const float* x, const float* dy, ConvP p) {
     conv_igemm_tc<WGRAD, true>(out, dy, x, nullptr, p);
 }
 

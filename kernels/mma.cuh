@@ -247,11 +247,14 @@ __device__ __forceinline__ void mma_warp_tile_k16(float (&acc)[2][4][4], int wm,
 // issues this thread's copies of step s into buffer buf; compute(buf) consumes a step once every
 // thread's copies of it have landed. One group is committed per step (empty ones past the end keep the
 // wait count uniform); the barrier before each refill also ends every read of the buffer it refills
-// (step s − 1's). Nothing is left in flight at the end.
+// (step s − 1's). Nothing is left in flight at the end. Every stage(s) call is separated from the
+// next, stage(s + 1), by a barrier (the prologue's too), so a stage may leave data in shared memory for
+// the next one (conv.cu's row table of the next step).
 template <int STAGES, class Stage, class Compute>
 __device__ __forceinline__ void cp_async_pipeline(int steps, const Stage& stage, const Compute& compute) {
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
+        if (s > 0) __syncthreads();
         if (s < steps) stage(s, s);
         cp_async_commit();
     }
