@@ -1,6 +1,6 @@
 // Layout: permute (any rank ≤ 6, one thread per output element gathering from the source; a plain
 // 2-d transpose of the last two dims goes through a shared-memory tile so both sides stay coalesced),
-// and the strided 2-d copy that concat and split are made of.
+// the strided 2-d copy that concat and split are made of, and a general strided copy (rank ≤ 6).
 #include "common.cuh"
 
 struct PermP {
@@ -44,5 +44,29 @@ extern "C" __global__ void layout_copy2d(float* __restrict__ dst, int dst_ld, in
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const int r = i / cols, j = i - r * cols;
         dst[(size_t)r * dst_ld + dst_off + j] = src[(size_t)r * src_ld + src_off + j];
+    }
+}
+
+// y[dst_base + Σ_d i_d·dst_stride[d]] = x[src_base + Σ_d i_d·src_stride[d]] over every index i of
+// `shape` (rank ≤ 6): a strided gather (contiguous dst) or scatter (contiguous src); conv's strided
+// dgrad takes a phase's taps out of the weights and puts its data gradient back with it.
+struct StridedP {
+    int rank;
+    int shape[6];
+    int src_stride[6];
+    int dst_stride[6];
+    int src_base, dst_base;
+};
+
+extern "C" __global__ void layout_strided_copy(float* __restrict__ y, const float* __restrict__ x, int n, StridedP p) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        int rem = i, src = p.src_base, dst = p.dst_base;
+        for (int d = p.rank - 1; d >= 0; --d) {
+            const int q = rem / p.shape[d], idx = rem - q * p.shape[d];
+            src += idx * p.src_stride[d];
+            dst += idx * p.dst_stride[d];
+            rem = q;
+        }
+        y[dst] = x[src];
     }
 }

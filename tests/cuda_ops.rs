@@ -510,9 +510,10 @@ fn conv_grads_tensor_cores_match_cpu() {
                 0.0,
             );
         }
-        // Non-finite weights: stride 2 leaves structural zeros in every dgrad K step. Also once in
-        // FP32 (the CUDA-core kernel's masked loop, which decodes the structural zeros from its row
-        // table), with the same-mode bound.
+        // Non-finite weights: the dy positions past the edges are zeros in a dgrad K step, and with
+        // stride 2 and dilation 2 on an axis (the one-GEMM path: no phase decomposition there) so
+        // are the structural zeros of every K step. Also once in FP32 (the CUDA-core kernel's masked
+        // loop, which decodes the zeros from its row table), with the same-mode bound.
         let nf_modes = if mode == MathMode::Tf32 {
             vec![MathMode::Fp32, mode]
         } else {
@@ -530,11 +531,13 @@ fn conv_grads_tensor_cores_match_cpu() {
                 c_out: 7,
                 groups: 1,
                 input: [3, 9, 8],
-                output: [2, 5, 4],
+                // case 2: dilation 2 along H, so this one takes the one-GEMM path (docs/CUDA.md,
+                // "Strided dgrad by phase"); the others go phase by phase.
+                output: if case == 2 { [2, 4, 4] } else { [2, 5, 4] },
                 kernel: [2, 3, 3],
                 stride: [2, 2, 2],
                 padding: [1, 1, 1],
-                dilation: [1; 3],
+                dilation: if case == 2 { [1, 2, 1] } else { [1; 3] },
             };
             let mut wv = d.data(g.c_out * g.in_per_group() * g.kernel_volume());
             wv[3 + 17 * case] = bad;

@@ -147,3 +147,62 @@ mod tests {
         assert_eq!(std::mem::size_of::<PermP>(), 13 * 4);
     }
 }
+
+/// kernels/layout.cu `StridedP`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct StridedP {
+    rank: i32,
+    shape: [i32; 6],
+    src_stride: [i32; 6],
+    dst_stride: [i32; 6],
+    src_base: i32,
+    dst_base: i32,
+}
+
+/// One side of a [`strided_copy`]: a device pointer, the element offset of index 0 and each axis's
+/// stride in elements.
+pub(super) struct Strided<'a> {
+    pub ptr: u64,
+    pub base: usize,
+    pub strides: &'a [usize],
+}
+
+/// dst[dst.base + Σ i_d·dst.strides[d]] = src[src.base + Σ i_d·src.strides[d]] for every index i of
+/// `shape` (rank ≤ 6, offsets within the 32-bit index range the callers' buffers are held to).
+pub(super) fn strided_copy(
+    be: &CudaBackend,
+    dst: Strided,
+    src: Strided,
+    shape: &[usize],
+) -> Result<()> {
+    let r = shape.len();
+    if r > 6 || dst.strides.len() != r || src.strides.len() != r {
+        return Err(Error::Device(format!(
+            "cuda: strided copy of rank {r} with {} / {} strides (rank ≤ 6, one stride per axis)",
+            dst.strides.len(),
+            src.strides.len()
+        )));
+    }
+    let n: usize = shape.iter().product();
+    if n == 0 {
+        return Ok(());
+    }
+    let mut p = StridedP {
+        rank: r as i32,
+        src_base: src.base as i32,
+        dst_base: dst.base as i32,
+        ..Default::default()
+    };
+    for d in 0..r {
+        p.shape[d] = shape[d] as i32;
+        p.src_stride[d] = src.strides[d] as i32;
+        p.dst_stride[d] = dst.strides[d] as i32;
+    }
+    be.launch1(
+        "layout",
+        "layout_strided_copy",
+        n,
+        kargs![dst.ptr, src.ptr, n as i32, p],
+    )
+}
