@@ -3,7 +3,7 @@
 //! mode picks), direct FP32 kernels for depthwise convolutions in every mode (`ConvGeom::math_mode`).
 
 use super::launch::{blocks, wgrad_splits, BLOCK, MAX_ELEMENTS};
-use super::layout::{self, Strided};
+use super::layout::{self, row_major_strides, Strided};
 use super::{a3, i32_of, opt_ptr, out, ptr, CudaBackend, KernelArg, LaunchConfig};
 use crate::backend::{BackendBuffer, BufferRef, ConvGeom};
 use crate::error::{Error, Result};
@@ -223,15 +223,6 @@ fn phase_axis(input: usize, k: usize, s: usize, p: usize, r: usize) -> PhaseAxis
     }
 }
 
-/// Row-major strides of a shape.
-fn strides_of(shape: &[usize]) -> Vec<usize> {
-    let mut st = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        st[i] = st[i + 1] * shape[i + 1];
-    }
-    st
-}
-
 /// dx phase by phase: the phase's taps gathered out of the weights, a stride-1 dgrad over its
 /// positions, scattered back into dx. The phases cover every input position once.
 fn backward_data_by_phase(
@@ -242,8 +233,8 @@ fn backward_data_by_phase(
     g: &ConvGeom,
 ) -> Result<()> {
     let (cin_g, kvol) = (g.in_per_group(), g.kernel_volume());
-    let k_st = strides_of(&g.kernel);
-    let in_st = strides_of(&g.input);
+    let k_st = row_major_strides(&g.kernel);
+    let in_st = row_major_strides(&g.input);
     for r0 in 0..g.stride[0] {
         for r1 in 0..g.stride[1] {
             for r2 in 0..g.stride[2] {
@@ -283,7 +274,7 @@ fn backward_data_by_phase(
                         Strided {
                             ptr: w_sub.ptr,
                             base: 0,
-                            strides: &strides_of(&w_shape),
+                            strides: &row_major_strides(&w_shape),
                         },
                         Strided {
                             ptr: wp,
@@ -316,7 +307,7 @@ fn backward_data_by_phase(
                     Strided {
                         ptr: dsub.ptr,
                         base: 0,
-                        strides: &strides_of(&x_shape),
+                        strides: &row_major_strides(&x_shape),
                     },
                     &x_shape,
                 )?;

@@ -50,10 +50,7 @@ pub(super) fn permute(
             return Ok(out(y));
         }
     }
-    let mut in_strides = vec![1usize; r];
-    for i in (0..r.saturating_sub(1)).rev() {
-        in_strides[i] = in_strides[i + 1] * shape[i + 1];
-    }
+    let in_strides = row_major_strides(shape);
     let mut p = PermP {
         rank: r as i32,
         ..Default::default()
@@ -148,6 +145,15 @@ mod tests {
     }
 }
 
+/// Row-major strides of a shape, in elements.
+pub(super) fn row_major_strides(shape: &[usize]) -> Vec<usize> {
+    let mut st = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        st[i] = st[i + 1] * shape[i + 1];
+    }
+    st
+}
+
 /// kernels/layout.cu `StridedP`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -194,8 +200,8 @@ pub(super) fn strided_copy(
         dst_base: dst.base as i32,
         ..Default::default()
     };
-    for d in 0..r {
-        p.shape[d] = shape[d] as i32;
+    for (d, &extent) in shape.iter().enumerate() {
+        p.shape[d] = extent as i32;
         p.src_stride[d] = src.strides[d] as i32;
         p.dst_stride[d] = dst.strides[d] as i32;
     }
