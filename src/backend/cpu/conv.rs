@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use super::conv_direct;
+use super::conv_winograd;
 use super::elementwise::relu as relu_f;
 use super::layout::permute;
 use super::linalg::{gemm, Mat};
@@ -27,6 +28,8 @@ struct Chunking {
     min_positions: usize,
     /// Whether a stride-1 forward may take the direct kernel ([`conv_direct`]) instead.
     direct: bool,
+    /// Whether a stride-1 forward may take Winograd F(2, 3) ([`conv_winograd`]) instead.
+    winograd: bool,
 }
 
 /// 4 MB column buffers.
@@ -34,6 +37,7 @@ const CHUNKING: Chunking = Chunking {
     col_floats: 1 << 20,
     min_positions: 256,
     direct: true,
+    winograd: true,
 };
 
 /// y, with ReLU applied as each output is written when `relu` (the fused conv+relu epilogue).
@@ -228,6 +232,12 @@ fn forward_with(
 ) -> Vec<f32> {
     if g.is_depthwise() {
         return depthwise_forward(x, w, bias, g, relu);
+    }
+    if chunking.winograd && conv_winograd::applies(g) {
+        // None where a weight or an output is not finite: the paths below give PyTorch's results.
+        if let Some(y) = conv_winograd::forward(x, w, bias, g, relu) {
+            return y;
+        }
     }
     if chunking.direct && conv_direct::applies(g) {
         return conv_direct::forward(x, w, bias, g, relu);
@@ -858,6 +868,7 @@ mod tests {
                     col_floats: budget,
                     min_positions: 1,
                     direct: false,
+                    winograd: false,
                 }
             };
             let seed = case as u64 * 4;
@@ -916,6 +927,7 @@ mod tests {
                 col_floats: [1, 40, 700, 1 << 20][p.below(4)],
                 min_positions: 1,
                 direct: false,
+                winograd: false,
             };
             let kdim = g.in_per_group() * g.kernel_volume();
             let chunks = row_chunks(&g, kdim, chunking, g.n * g.groups);
@@ -1095,6 +1107,7 @@ mod tests {
             w[at] = f32::INFINITY;
             let gemm = Chunking {
                 direct: false,
+                winograd: false,
                 ..CHUNKING
             };
             let y_gemm = forward_with(&x, &w, None, &g, gemm, false);
@@ -1108,5 +1121,179 @@ mod tests {
             }
         }
         assert!(direct >= 20, "only {direct} cases took the direct kernel");
+    }
+
+    /// Σ over channels and transformed points of |Aᵀ|·(|G||w|)·(|Bᵀ||x|) per output, in f64: the
+    /// Winograd computation of [`conv_winograd`] on absolute values (y without bias, outputs in y's
+    /// order), which bounds its rounding error with γ of the longest chain of roundings.
+    fn winograd_abs(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f64> {
+        const BT: [[f64; 4]; 4] = [
+            [1., 0., 1., 0.],
+            [0., 1., 1., 0.],
+            [0., 1., 1., 0.],
+            [0., 1., 0., 1.],
+        ];
+        const G: [[f64; 3]; 4] = [[1., 0., 0.], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [0., 0., 1.]];
+        const AT: [[f64; 4]; 2] = [[1., 1., 1., 0.], [0., 1., 1., 1.]];
+        let (cin_g, cout_g, kvol) = (g.in_per_group(), g.out_per_group(), g.kernel_volume());
+        let wino = g.kernel.map(|k| k == 3);
+        let ext = wino.map(|on| if on { 4 } else { 1 });
+        // Per-axis |matrix| entries, identities on 1-tap axes.
+        let bt = |a: usize, p: usize, i: usize| if wino[a] { BT[p][i] } else { 1.0 };
+        let gm = |a: usize, p: usize, k: usize| if wino[a] { G[p][k] } else { 1.0 };
+        let at = |a: usize, r: usize, p: usize| if wino[a] { AT[r][p] } else { 1.0 };
+        let mut out = vec![0.0f64; g.n * g.c_out * g.output_volume()];
+        let [od, oh, ow] = g.output;
+        for (yi, s) in out.iter_mut().enumerate() {
+            let pos = [yi / (oh * ow) % od, yi / ow % oh, yi % ow];
+            let (n, co) = (
+                yi / g.output_volume() / g.c_out,
+                yi / g.output_volume() % g.c_out,
+            );
+            let gi = co / cout_g;
+            // Tile start in input coordinates and the output's place in its tile, per axis.
+            let step = wino.map(|on| if on { 2 } else { 1 });
+            let r: [usize; 3] = std::array::from_fn(|a| pos[a] % step[a]);
+            let start: [isize; 3] =
+                std::array::from_fn(|a| (pos[a] - r[a]) as isize - g.padding[a] as isize);
+            for cl in 0..cin_g {
+                let xc = &x[(n * g.c_in + gi * cin_g + cl) * g.input_volume()..];
+                let wc = &w[(co * cin_g + cl) * kvol..][..kvol];
+                for p in 0..ext[0] * ext[1] * ext[2] {
+                    let pt = [p / (ext[1] * ext[2]), p / ext[2] % ext[1], p % ext[2]];
+                    let a_coef: f64 = (0..3).map(|a| at(a, r[a], pt[a])).product();
+                    if a_coef == 0.0 {
+                        continue;
+                    }
+                    let mut gsum = 0.0;
+                    for (k, wv) in wc.iter().enumerate() {
+                        let kk = [
+                            k / (g.kernel[1] * g.kernel[2]),
+                            k / g.kernel[2] % g.kernel[1],
+                            k % g.kernel[2],
+                        ];
+                        gsum +=
+                            (0..3).map(|a| gm(a, pt[a], kk[a])).product::<f64>() * wv.abs() as f64;
+                    }
+                    let mut dsum = 0.0;
+                    for i in 0..ext[0] * ext[1] * ext[2] {
+                        let ii = [i / (ext[1] * ext[2]), i / ext[2] % ext[1], i % ext[2]];
+                        let src: [isize; 3] = std::array::from_fn(|a| start[a] + ii[a] as isize);
+                        if (0..3).any(|a| src[a] < 0 || src[a] >= g.input[a] as isize) {
+                            continue;
+                        }
+                        let xi = (src[0] as usize * g.input[1] + src[1] as usize) * g.input[2]
+                            + src[2] as usize;
+                        dsum += (0..3).map(|a| bt(a, pt[a], ii[a])).product::<f64>()
+                            * xc[xi].abs() as f64;
+                    }
+                    *s += a_coef * gsum * dsum;
+                }
+            }
+        }
+        out
+    }
+
+    /// Winograd F(2, 3) ([`conv_winograd`], called whatever its channel counts, so small shapes run)
+    /// against the f64 reference, per output within γ_k·(S + |bias|): S the computation on absolute
+    /// values ([`winograd_abs`]), k = 5 roundings per Winograd axis (2 in G, 1 in Bᵀ, 2 in Aᵀ) + 1 for
+    /// the product + C_in/G for the GEMM's sum + 1 for the bias. Its ReLU epilogue bit for bit; a NaN or
+    /// Inf in x, or an Inf weight, makes it decline (`None`), and the convolution as dispatched then
+    /// gives the reference's non-finite pattern. Shapes: every combination of 3-tap axes, paddings
+    /// 0–2, odd extents (partial tiles), groups, several tile chunks and lane remainders.
+    #[test]
+    fn winograd_matches_reference() {
+        let mut p = Pick(0x3196);
+        let mut cases = 0;
+        for case in 0..48 {
+            let kernel: [usize; 3] = loop {
+                let k = std::array::from_fn(|_| [1, 3][p.below(2)]);
+                if k.contains(&3) {
+                    break k;
+                }
+            };
+            let groups = [1, 1, 2][p.below(3)];
+            let (cin_g, cout_g) = if case % 8 == 7 {
+                (p.range(20, 40), p.range(17, 30)) // several lane blocks of channels
+            } else {
+                (p.range(1, 10), p.range(1, 9))
+            };
+            let mut g = ConvGeom {
+                n: p.range(1, 2),
+                c_in: groups * cin_g,
+                c_out: groups * cout_g,
+                groups,
+                input: std::array::from_fn(|d| p.range(1, if kernel[d] == 3 { 9 } else { 3 })),
+                output: [0; 3],
+                kernel,
+                stride: [1; 3],
+                padding: std::array::from_fn(|d| p.below(if kernel[d] == 3 { 3 } else { 2 })),
+                dilation: [1; 3],
+            };
+            if case == 0 {
+                // more tiles than a chunk holds: several chunks per task
+                (g.c_in, g.c_out, g.groups) = (24, 20, 1);
+                (g.input, g.kernel, g.padding) = ([1, 70, 66], [1, 3, 3], [0, 1, 1]);
+            }
+            for d in 0..3 {
+                let span = g.kernel[d] - 1;
+                g.input[d] = g.input[d].max((span + 1).saturating_sub(2 * g.padding[d]));
+                g.output[d] = g.input[d] + 2 * g.padding[d] - span;
+            }
+            if g.is_depthwise() {
+                continue;
+            }
+            cases += 1;
+            let seed = 5000 + case as u64 * 4;
+            let mut x = data(seed, g.n * g.c_in * g.input_volume());
+            let mut w = data(seed + 1, g.c_out * g.in_per_group() * g.kernel_volume());
+            let dy = vec![0.0f32; g.n * g.c_out * g.output_volume()];
+            let bias = (case % 2 == 0).then(|| data(seed + 3, g.c_out));
+            let (y_ref, _, _) = reference(&x, &w, &dy, &g);
+            let s_abs = winograd_abs(&x, &w, &g);
+            let nw = g.kernel.iter().filter(|&&k| k == 3).count();
+            let k = (5 * nw + 2 + g.in_per_group()) as f64;
+            let u = f64::powi(2.0, -24);
+            let gamma = k * u / (1.0 - k * u);
+            let y = conv_winograd::forward(&x, &w, bias.as_deref(), &g, false)
+                .unwrap_or_else(|| panic!("case {case}: declined finite data {g:?}"));
+            for (i, ((got, want), s)) in y.iter().zip(&y_ref).zip(&s_abs).enumerate() {
+                let b = bias
+                    .as_ref()
+                    .map_or(0.0, |b| b[i / g.output_volume() % g.c_out] as f64);
+                let bound = gamma * (s + b.abs()) + 1e-30;
+                assert!(
+                    (*got as f64 - (want + b)).abs() <= bound,
+                    "case {case} y[{i}] {got} vs {} (bound {bound:.2e}) {g:?}",
+                    want + b
+                );
+            }
+            let y_relu = conv_winograd::forward(&x, &w, bias.as_deref(), &g, true).unwrap();
+            let relu_of_y: Vec<f32> = y.iter().map(|&v| relu_f(v)).collect();
+            assert_eq!(y_relu, relu_of_y, "case {case} relu epilogue {g:?}");
+
+            let at = p.below(x.len());
+            for bad in [f32::NAN, f32::INFINITY] {
+                x[at] = bad;
+                assert!(
+                    conv_winograd::forward(&x, &w, None, &g, false).is_none(),
+                    "case {case}: {bad} in x not declined {g:?}"
+                );
+                let (y_ref, _, _) = reference(&x, &w, &dy, &g);
+                let y = forward_with(&x, &w, None, &g, CHUNKING, false);
+                for (i, (a, b)) in y.iter().zip(&y_ref).enumerate() {
+                    assert_eq!(
+                        (a.is_nan(), a.is_infinite()),
+                        (b.is_nan(), b.is_infinite()),
+                        "case {case} {bad} in x: y[{i}] {a} vs {b} {g:?}"
+                    );
+                }
+            }
+            x[at] = 0.5;
+            let at = p.below(w.len());
+            w[at] = f32::INFINITY;
+            assert!(conv_winograd::forward(&x, &w, None, &g, false).is_none());
+        }
+        assert!(cases >= 40, "only {cases} cases");
     }
 }

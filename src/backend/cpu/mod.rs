@@ -8,6 +8,7 @@ mod attention;
 mod batchnorm;
 mod conv;
 mod conv_direct;
+mod conv_winograd;
 mod elementwise;
 mod layout;
 mod linalg;

@@ -1,0 +1,681 @@
+//! Winograd convolution F(2, 3) for stride 1 and dilation 1, along every axis whose kernel has 3 taps
+//! (the others must have 1): the 3×3×3 and 3×3 (1×3×3) layers of ECO-Lite, R(2+1)D-18 and
+//! C2D-NL-R50, and the stride-1 data gradients of all of them (forward convolutions of dy, conv.rs);
+//! [`applies`] says which shapes pay.
+//!
+//! Along one axis, two outputs y0 = g0·d0 + g1·d1 + g2·d2 and y1 = g0·d1 + g1·d2 + g2·d3 take four
+//! products instead of six (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks",
+//! CVPR 2016): with the input transform Bᵀd = (d0 − d2, d1 + d2, d2 − d1, d1 − d3), the weight
+//! transform Gg = (g0, (g0 + g1 + g2)/2, (g0 − g1 + g2)/2, g2) and m = Gg ⊙ Bᵀd, the outputs are
+//! Aᵀm = (m0 + m1 + m2, m1 − m2 − m3). Along n such axes (the transforms applied axis by axis) a tile of
+//! 2ⁿ outputs reads a box of 4ⁿ inputs, and each of the box's 4ⁿ points is a product summed over input
+//! channels: the convolution becomes 4ⁿ GEMMs U[p] (C_out/G × C_in/G) · V[p] (C_in/G × tiles) —
+//! 3.4× fewer multiply-adds than the direct convolution for 3×3×3 (64 against 216 per 8 outputs),
+//! 2.25× for 3×3, 1.5× for 3×1×1 — plus the transforms, which only add (and halve, exactly).
+//!
+//! Tasks own one row of tiles along the depth axis of one (sample, group): a contiguous slice of
+//! every output channel. Within a task the tiles go in chunks ([`chunk_tiles`]) through the input
+//! transform into V, the GEMMs into M, and the output transform (with the bias and the fused ReLU)
+//! into y. The transforms work on eight tiles (or eight input channels, for the weights) at once,
+//! one SIMD lane each.
+//!
+//! Numerics: every operation is a sum of products, so the error of an output is at most γ_k times the
+//! same computation on absolute values (k roundings on the longest path: 2 per Winograd axis in G, 1 in
+//! Bᵀ, 2 in Aᵀ, the product, and C_in/G in the GEMM's sum); the test checks exactly that bound. The
+//! transforms mix inputs, so ±Inf inputs could come out NaN where the direct sum gives ±Inf: the
+//! caller gets `None` — and takes the other paths, PyTorch's non-finite results — whenever a weight or
+//! an output is not finite.
+
+use rayon::prelude::*;
+
+use super::elementwise::relu as relu_f;
+use super::linalg::{gemm, Mat};
+use crate::backend::ConvGeom;
+
+/// Winograd axes below which the transforms cost more than the products saved: with one (3×1×1,
+/// R(2+1)D-18's temporal layers; 1.5× fewer multiply-adds) every such layer took 1.0–3.7× the direct
+/// path's time (docs/PERFORMANCE.md). The algorithm itself handles any set of axes.
+const MIN_AXES: usize = 2;
+/// Whether the GEMMs are large against the transforms: per tile, the products grow with
+/// C_in/G·C_out/G and the transforms with C_in/G + C_out/G, so the ratio r = C_in·C_out/(C_in + C_out)
+/// (per group) decides. 3×3×3 (3.4× fewer products) pays from r = 8; 3×3 (2.25×) from r = 40 — at
+/// 64 → 64 (r = 32) and 64 → 96 (38.4) C2D-NL-R50's and ECO-Lite's 3×3 layers took 1.0–1.5× the
+/// direct kernel's time, from 96 → 96 (48) on they took 0.5–0.85× (docs/PERFORMANCE.md).
+fn channels_pay(g: &ConvGeom) -> bool {
+    let (ci, co) = (g.in_per_group(), g.out_per_group());
+    let min_ratio = if g.kernel == [3, 3, 3] { 8 } else { 40 };
+    ci * co >= min_ratio * (ci + co)
+}
+/// Outputs over the outputs that whole tiles compute (odd extents waste a row per tile row).
+const MIN_USEFUL: f64 = 0.6;
+/// Tiles per (height, width) plane below which each transformed weight is used too few times per
+/// load: ECO-Lite's 512 → 512 3×3×3 layers on 4×7×7 (16 tiles) took 1.1–1.4× the GEMM path's time,
+/// the weights' transform (64 × 512 × 512 floats) read for 16 tiles at a time.
+const MIN_ROW_TILES: usize = 32;
+/// Floats of V (and of M) per tile chunk, 4 MiB: the GEMMs' N (tiles per chunk) gets large enough
+/// for the gemm crate's packing to pay, and a chunk stays in L3 between the transforms and the GEMMs.
+/// (64 Ki–4 Mi floats measured within the noise of one another on ECO-Lite's 128 → 128 3×3×3 layer,
+/// docs/PERFORMANCE.md.)
+const CHUNK_FLOATS: usize = 1 << 20;
+/// Tiles (or channels) per transform: one SIMD lane each.
+const LANES: usize = 8;
+
+type Lanes = [f32; LANES];
+
+/// Whether `g` takes the Winograd path here (see the module docs), unless `VIDGRAD_CPU_CONV_WINOGRAD=0`.
+pub(super) fn applies(g: &ConvGeom) -> bool {
+    shape_applies(g)
+        && g.kernel.iter().filter(|&&k| k == 3).count() >= MIN_AXES
+        && channels_pay(g)
+        && useful_fraction(g) >= MIN_USEFUL
+        && Tiling::new(g).tiles[1..].iter().product::<usize>() >= MIN_ROW_TILES
+        && enabled()
+}
+
+/// The shapes the algorithm computes at all: stride 1, dilation 1, kernels of 1 or 3 taps per axis
+/// with at least one 3, not depthwise (its own kernel).
+fn shape_applies(g: &ConvGeom) -> bool {
+    g.stride == [1, 1, 1]
+        && g.dilation == [1, 1, 1]
+        && !g.is_depthwise()
+        && g.kernel.iter().all(|&k| k == 1 || k == 3)
+        && g.kernel.contains(&3)
+}
+
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("VIDGRAD_CPU_CONV_WINOGRAD").map_or(true, |v| v != "0"))
+}
+
+/// Outputs over the positions that whole 2-wide tiles cover.
+fn useful_fraction(g: &ConvGeom) -> f64 {
+    let t = Tiling::new(g);
+    let covered: usize = (0..3).map(|a| t.tiles[a] * t.out_ext[a]).product();
+    g.output_volume() as f64 / covered as f64
+}
+
+/// How the output is cut into tiles: per axis, 2 outputs from 4 transformed points on Winograd axes
+/// (kernel 3), 1 from 1 on the others.
+#[derive(Clone, Copy)]
+struct Tiling {
+    tiles: [usize; 3],
+    out_ext: [usize; 3],
+    /// Transformed points per tile, 4^(Winograd axes): the number of GEMMs.
+    points: usize,
+    /// Index in a [`TileBox`] of each point, in U's, V's and M's order.
+    point_at: [usize; 64],
+}
+
+/// Strides of a tile's 4×4×4 box (points of non-Winograd axes at index 0).
+const BOX_STRIDE: [usize; 3] = [16, 4, 1];
+
+impl Tiling {
+    fn new(g: &ConvGeom) -> Self {
+        let wino: [bool; 3] = std::array::from_fn(|a| g.kernel[a] == 3);
+        let out_ext = wino.map(|w| if w { 2 } else { 1 });
+        let ext = wino.map(|w| if w { 4 } else { 1 });
+        let tiles = std::array::from_fn(|a| g.output[a].div_ceil(out_ext[a]));
+        let mut point_at = [0; 64];
+        let mut points = 0;
+        for a in 0..ext[0] {
+            for b in 0..ext[1] {
+                for c in 0..ext[2] {
+                    point_at[points] = a * 16 + b * 4 + c;
+                    points += 1;
+                }
+            }
+        }
+        Tiling {
+            tiles,
+            out_ext,
+            points,
+            point_at,
+        }
+    }
+}
+
+/// A tile's box of points, eight tiles (or channels) per point.
+type TileBox = [Lanes; 64];
+
+#[inline(always)]
+fn add(a: Lanes, b: Lanes) -> Lanes {
+    std::array::from_fn(|i| a[i] + b[i])
+}
+#[inline(always)]
+fn sub(a: Lanes, b: Lanes) -> Lanes {
+    std::array::from_fn(|i| a[i] - b[i])
+}
+#[inline(always)]
+fn half(a: Lanes) -> Lanes {
+    a.map(|v| 0.5 * v)
+}
+
+/// Gg along one axis: 3 taps → 4 points.
+#[inline(always)]
+fn weight_line([g0, g1, g2]: [Lanes; 3]) -> [Lanes; 4] {
+    let outer = add(g0, g2);
+    [g0, half(add(outer, g1)), half(sub(outer, g1)), g2]
+}
+
+/// Bᵀd along one axis: 4 inputs → 4 points.
+#[inline(always)]
+fn input_line([d0, d1, d2, d3]: [Lanes; 4]) -> [Lanes; 4] {
+    [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)]
+}
+
+/// Aᵀm along one axis: 4 points → 2 outputs.
+#[inline(always)]
+fn output_line([m0, m1, m2, m3]: [Lanes; 4]) -> [Lanes; 2] {
+    [add(add(m0, m1), m2), sub(sub(m1, m2), m3)]
+}
+
+/// Replaces every line of `b` along `axis` (the other axes over `ext`) by `f` of its first `I` points.
+#[inline(always)]
+fn pass<const I: usize, const O: usize>(
+    b: &mut TileBox,
+    axis: usize,
+    ext: [usize; 3],
+    f: impl Fn([Lanes; I]) -> [Lanes; O],
+) {
+    let (o1, o2) = match axis {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let s = BOX_STRIDE[axis];
+    for i in 0..ext[o1] {
+        for j in 0..ext[o2] {
+            let base = i * BOX_STRIDE[o1] + j * BOX_STRIDE[o2];
+            let line = f(std::array::from_fn(|k| b[base + k * s]));
+            for (k, v) in line.into_iter().enumerate() {
+                b[base + k * s] = v;
+            }
+        }
+    }
+}
+
+/// `g`'s forward pass by Winograd F(2, 3), or `None` where it would not give PyTorch's result: a
+/// weight or an output not finite (then the caller's other paths run).
+pub(super) fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+    relu: bool,
+) -> Option<Vec<f32>> {
+    debug_assert!(shape_applies(g), "Winograd F(2,3) called on {g:?}");
+    if !w.iter().all(|v| v.is_finite()) {
+        return None;
+    }
+    // One instance per set of Winograd axes, so every transform loop has constant bounds.
+    match g.kernel.map(|k| k == 3) {
+        [true, true, true] => forward_axes::<true, true, true>(x, w, bias, g, relu),
+        [false, true, true] => forward_axes::<false, true, true>(x, w, bias, g, relu),
+        [true, false, false] => forward_axes::<true, false, false>(x, w, bias, g, relu),
+        [true, true, false] => forward_axes::<true, true, false>(x, w, bias, g, relu),
+        [true, false, true] => forward_axes::<true, false, true>(x, w, bias, g, relu),
+        [false, true, false] => forward_axes::<false, true, false>(x, w, bias, g, relu),
+        [false, false, true] => forward_axes::<false, false, true>(x, w, bias, g, relu),
+        [false, false, false] => unreachable!("no 3-tap axis: {g:?}"),
+    }
+}
+
+/// U [groups][points][C_out/G][C_in/G]: each kernel transformed by G along the Winograd axes, eight
+/// input channels at a time.
+fn transform_weights<const WD: bool, const WH: bool, const WW: bool>(
+    w: &[f32],
+    g: &ConvGeom,
+    t: &Tiling,
+) -> Vec<f32> {
+    let (cin_g, cout_g, kvol) = (g.in_per_group(), g.out_per_group(), g.kernel_volume());
+    let [_, kh, kw] = g.kernel;
+    let mut u = vec![0.0f32; g.groups * t.points * cout_g * cin_g];
+    // Per (group, output channel): its C_in/G kernels land in row co_g of every point's matrix.
+    let rows: Vec<(usize, usize)> = (0..g.c_out).map(|co| (co / cout_g, co % cout_g)).collect();
+    let transformed: Vec<Vec<f32>> = rows
+        .par_iter()
+        .map(|&(gi, co_g)| {
+            let kernels = &w[(gi * cout_g + co_g) * cin_g * kvol..][..cin_g * kvol];
+            let mut out = vec![0.0f32; t.points * cin_g];
+            for c0 in (0..cin_g).step_by(LANES) {
+                let lanes = LANES.min(cin_g - c0);
+                let mut b: TileBox = [[0.0; LANES]; 64];
+                for (k, tap) in (0..kvol).map(|k| (k, (k / (kh * kw), k / kw % kh, k % kw))) {
+                    let at = tap.0 * 16 + tap.1 * 4 + tap.2;
+                    for l in 0..lanes {
+                        b[at][l] = kernels[(c0 + l) * kvol + k];
+                    }
+                }
+                let mut ext = [
+                    if WD { 3 } else { 1 },
+                    if WH { 3 } else { 1 },
+                    if WW { 3 } else { 1 },
+                ];
+                for (axis, on) in [WD, WH, WW].into_iter().enumerate() {
+                    if on {
+                        pass(&mut b, axis, ext, weight_line);
+                        ext[axis] = 4;
+                    }
+                }
+                for p in 0..t.points {
+                    out[p * cin_g + c0..][..lanes].copy_from_slice(&b[t.point_at[p]][..lanes]);
+                }
+            }
+            out
+        })
+        .collect();
+    for (&(gi, co_g), rows) in rows.iter().zip(&transformed) {
+        for (p, row) in rows.chunks_exact(cin_g).enumerate() {
+            u[((gi * t.points + p) * cout_g + co_g) * cin_g..][..cin_g].copy_from_slice(row);
+        }
+    }
+    u
+}
+
+/// Tile rows (of the height axis) per chunk: V (points × C_in/G × tiles) and M (points × C_out/G ×
+/// tiles) about [`CHUNK_FLOATS`] each, at least one row.
+fn chunk_rows(g: &ConvGeom, t: &Tiling) -> usize {
+    let per_tile = t.points * g.in_per_group().max(g.out_per_group());
+    (CHUNK_FLOATS / (per_tile * t.tiles[2])).clamp(1, t.tiles[1])
+}
+
+/// x zero-padded to [N, C_in, Pd, Ph, Pw]: every box a tile reads, including the boxes of the
+/// lanes past a tile row's end in its last group of [`LANES`], lies inside, so the transforms never
+/// check bounds.
+fn pad_input(x: &[f32], g: &ConvGeom, t: &Tiling) -> (Vec<f32>, [usize; 3]) {
+    let ext = t.out_ext.map(|e| if e == 2 { 4 } else { 1 });
+    let tiles = [t.tiles[0], t.tiles[1], t.tiles[2].div_ceil(LANES) * LANES];
+    let dims: [usize; 3] = std::array::from_fn(|a| {
+        (g.input[a] + 2 * g.padding[a]).max((tiles[a] - 1) * t.out_ext[a] + ext[a])
+    });
+    let [pd, ph, pw] = dims;
+    let [id, ih, iw] = g.input;
+    let mut xp = vec![0.0f32; g.n * g.c_in * pd * ph * pw];
+    xp.par_chunks_mut(pd * ph * pw)
+        .zip(x.par_chunks(g.input_volume()))
+        .for_each(|(dst, src)| {
+            for (d, plane) in src.chunks_exact(ih * iw).enumerate() {
+                for (h, row) in plane.chunks_exact(iw).enumerate() {
+                    let at = ((d + g.padding[0]) * ph + h + g.padding[1]) * pw + g.padding[2];
+                    dst[at..at + iw].copy_from_slice(row);
+                }
+            }
+            debug_assert!(id * ih * iw == src.len());
+        });
+    (xp, dims)
+}
+
+fn forward_axes<const WD: bool, const WH: bool, const WW: bool>(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+    relu: bool,
+) -> Option<Vec<f32>> {
+    let t = Tiling::new(g);
+    let u = transform_weights::<WD, WH, WW>(w, g, &t);
+    let (xp, padded) = pad_input(x, g, &t);
+    let (p_vol, cout_g, groups) = (g.output_volume(), g.out_per_group(), g.groups);
+    let slice = g.output[1] * g.output[2];
+    let mut y = vec![0.0f32; g.n * g.c_out * p_vol];
+    // Tasks: (sample·group, depth tile row) owning that row's slices of every output channel.
+    let mut tasks = Vec::with_capacity(g.n * groups * t.tiles[0]);
+    for (ng, block) in y.chunks_mut(cout_g * p_vol).enumerate() {
+        let mut rows: Vec<&mut [f32]> = block.chunks_mut(p_vol).collect();
+        for td in 0..t.tiles[0] {
+            let d0 = td * t.out_ext[0];
+            let len = ((d0 + t.out_ext[0]).min(g.output[0]) - d0) * slice;
+            let pieces: Vec<&mut [f32]> = rows
+                .iter_mut()
+                .map(|row| {
+                    let (head, tail) = std::mem::take(row).split_at_mut(len);
+                    *row = tail;
+                    head
+                })
+                .collect();
+            tasks.push((ng, td, pieces));
+        }
+    }
+    let rows_per_chunk = chunk_rows(g, &t);
+    let job = Job {
+        xp: &xp,
+        padded,
+        u: &u,
+        bias,
+        g,
+        t,
+        relu,
+        // A row's last group of lanes reads up to LANES − 1 columns past the chunk's tiles.
+        tc: (rows_per_chunk * t.tiles[2] + LANES - 1).next_multiple_of(LANES),
+        few: tasks.len() < rayon::current_num_threads(),
+    };
+    let finite = tasks
+        .into_par_iter()
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(v, m), (ng, td, mut pieces)| {
+                let mut finite = true;
+                for h0 in (0..t.tiles[1]).step_by(rows_per_chunk) {
+                    let chunk = TileChunk {
+                        ng,
+                        td,
+                        h0,
+                        h1: (h0 + rows_per_chunk).min(t.tiles[1]),
+                    };
+                    job.input_transform::<WD, WH, WW>(&chunk, v);
+                    job.products(&chunk, v, m);
+                    finite &= job.output_transform::<WD, WH, WW>(&chunk, m, &mut pieces);
+                }
+                finite
+            },
+        )
+        .reduce(|| true, |a, b| a && b);
+    finite.then_some(y)
+}
+
+/// What every task of one convolution shares.
+struct Job<'a> {
+    /// The zero-padded input ([`pad_input`]) and its extents.
+    xp: &'a [f32],
+    padded: [usize; 3],
+    u: &'a [f32],
+    bias: Option<&'a [f32]>,
+    g: &'a ConvGeom,
+    t: Tiling,
+    relu: bool,
+    /// Columns of V and M: tiles of a full chunk and slack (the GEMMs' N is the chunk's own count).
+    tc: usize,
+    /// Fewer tasks than threads: the GEMMs go parallel.
+    few: bool,
+}
+
+/// Tile rows h0..h1 (all their tiles along the width) of depth tile row `td` of sample·group `ng`;
+/// column j of V and M is tile ((h0 + j / tiles_w), j % tiles_w).
+struct TileChunk {
+    ng: usize,
+    td: usize,
+    h0: usize,
+    h1: usize,
+}
+
+impl TileChunk {
+    fn len(&self, t: &Tiling) -> usize {
+        (self.h1 - self.h0) * t.tiles[2]
+    }
+}
+
+/// Asks for every cache line of `data` to be brought into L1 ahead of its use (x86-64; no-op elsewhere).
+#[inline(always)]
+fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: prefetching has no architectural effect; the address is inside `data`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr() as *const i8
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
+/// Runs `$body` (a call of an `#[inline(always)]` function) compiled for AVX2 and FMA where the CPU
+/// has them: the transforms' eight lanes are then one register.
+macro_rules! with_avx2 {
+    ($body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has the features the function is compiled for.
+                unsafe { avx2(|| $body) }
+            } else {
+                $body
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $body
+        }
+    }};
+}
+
+impl Job<'_> {
+    /// Floats from one point's matrix to the next in V (`channels` = C_in/G) or M (C_out/G): 16 more
+    /// than the matrix, so a box's 64 stores or loads do not share one L1 set when the matrices'
+    /// size is a multiple of 4 KiB.
+    fn point_stride(&self, channels: usize) -> usize {
+        channels * self.tc + 16
+    }
+
+    /// V [points][C_in/G][tc] ← Bᵀ (each tile's input box), eight tiles of a row at a time.
+    fn input_transform<const WD: bool, const WH: bool, const WW: bool>(
+        &self,
+        c: &TileChunk,
+        v: &mut Vec<f32>,
+    ) {
+        v.resize(
+            self.t.points * self.point_stride(self.g.in_per_group()),
+            0.0,
+        );
+        with_avx2!(self.input_transform_body::<WD, WH, WW>(c, v))
+    }
+
+    #[inline(always)]
+    fn input_transform_body<const WD: bool, const WH: bool, const WW: bool>(
+        &self,
+        c: &TileChunk,
+        v: &mut [f32],
+    ) {
+        let (g, t, tc) = (self.g, &self.t, self.tc);
+        let cin_g = g.in_per_group();
+        let [pd, ph, pw] = self.padded;
+        let ext = [WD, WH, WW].map(|on| if on { 4 } else { 1 });
+        let step_w = if WW { 2 } else { 1 };
+        let (n, gi) = (c.ng / g.groups, c.ng % g.groups);
+        let d0 = c.td * t.out_ext[0];
+        let plane_len = pd * ph * pw;
+        let rows_h = (c.h1 - c.h0 - 1) * t.out_ext[1] + ext[1];
+        for ci in 0..cin_g {
+            let plane = &self.xp[((n * g.c_in) + gi * cin_g + ci) * plane_len..][..plane_len];
+            // The next channel's box rows, fetched while this one is transformed: the gathers would
+            // otherwise wait on memory one line at a time.
+            if ci + 1 < cin_g {
+                let next =
+                    &self.xp[((n * g.c_in) + gi * cin_g + ci + 1) * plane_len..][..plane_len];
+                for a in 0..ext[0] {
+                    let at = ((d0 + a) * ph + c.h0 * t.out_ext[1]) * pw;
+                    prefetch(&next[at..at + rows_h * pw]);
+                }
+            }
+            for th in c.h0..c.h1 {
+                for tw0 in (0..t.tiles[2]).step_by(LANES) {
+                    let mut b: TileBox = [[0.0; LANES]; 64];
+                    for a in 0..ext[0] {
+                        for bh in 0..ext[1] {
+                            let at = ((d0 + a) * ph + th * t.out_ext[1] + bh) * pw + tw0 * step_w;
+                            let row = &plane[at..at + step_w * (LANES - 1) + ext[2]];
+                            for cw in 0..ext[2] {
+                                b[a * 16 + bh * 4 + cw] =
+                                    std::array::from_fn(|l| row[cw + step_w * l]);
+                            }
+                        }
+                    }
+                    for (axis, on) in [WD, WH, WW].into_iter().enumerate() {
+                        if on {
+                            pass(&mut b, axis, ext, input_line);
+                        }
+                    }
+                    let j = (th - c.h0) * t.tiles[2] + tw0;
+                    // Whole groups of lanes (V has LANES − 1 columns of slack past the chunk); the
+                    // lanes past a row's end are overwritten by the next row's tiles.
+                    for p in 0..t.points {
+                        let dst = p * self.point_stride(cin_g) + ci * tc + j;
+                        v[dst..dst + LANES].copy_from_slice(&b[t.point_at[p]]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// M[p] (C_out/G × tiles) = U[group][p] · V[p], one GEMM per point.
+    fn products(&self, c: &TileChunk, v: &[f32], m: &mut Vec<f32>) {
+        let (g, t, tc) = (self.g, &self.t, self.tc);
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let gi = c.ng % g.groups;
+        m.resize(t.points * self.point_stride(cout_g), 0.0);
+        for p in 0..t.points {
+            let up = &self.u[(gi * t.points + p) * cout_g * cin_g..][..cout_g * cin_g];
+            gemm(
+                cout_g,
+                c.len(t),
+                cin_g,
+                Mat::new(up, cin_g, false),
+                Mat::new(&v[p * self.point_stride(cin_g)..][..cin_g * tc], tc, false),
+                &mut m[p * self.point_stride(cout_g)..][..cout_g * tc],
+                tc,
+                false,
+                self.few,
+            );
+        }
+    }
+
+    /// y ← Aᵀ (each tile's M box) + bias (ReLU'd when fused), into the task's pieces of y, eight
+    /// tiles of a row at a time. Whether every output was finite.
+    fn output_transform<const WD: bool, const WH: bool, const WW: bool>(
+        &self,
+        c: &TileChunk,
+        m: &[f32],
+        pieces: &mut [&mut [f32]],
+    ) -> bool {
+        with_avx2!(self.output_transform_body::<WD, WH, WW>(c, m, pieces))
+    }
+
+    #[inline(always)]
+    fn output_transform_body<const WD: bool, const WH: bool, const WW: bool>(
+        &self,
+        c: &TileChunk,
+        m: &[f32],
+        pieces: &mut [&mut [f32]],
+    ) -> bool {
+        let (g, t, tc) = (self.g, &self.t, self.tc);
+        let cout_g = g.out_per_group();
+        let [od, oh, ow] = g.output;
+        let oe = t.out_ext;
+        let gi = c.ng % g.groups;
+        let rows_d = oe[0].min(od - c.td * oe[0]);
+        // s·0 is 0 for finite s and NaN otherwise: one sum per lane says whether all were finite.
+        let mut probe: Lanes = [0.0; LANES];
+        let rows_h = ((c.h1 - c.h0) * oe[1]).min(oh - c.h0 * oe[1]);
+        for co in 0..cout_g {
+            // The next channel's output rows, fetched ahead of the stores (as the input transform).
+            if co + 1 < cout_g {
+                for a in 0..rows_d {
+                    let at = (a * oh + c.h0 * oe[1]) * ow;
+                    prefetch(&pieces[co + 1][at..at + rows_h * ow]);
+                }
+            }
+            let piece = &mut pieces[co];
+            let bv = self.bias.map_or(0.0, |b| b[gi * cout_g + co]);
+            for th in c.h0..c.h1 {
+                let h0 = th * oe[1];
+                for tw0 in (0..t.tiles[2]).step_by(LANES) {
+                    let mut b: TileBox = [[0.0; LANES]; 64];
+                    let j = (th - c.h0) * t.tiles[2] + tw0;
+                    for p in 0..t.points {
+                        let src = p * self.point_stride(cout_g) + co * tc + j;
+                        b[t.point_at[p]].copy_from_slice(&m[src..src + LANES]);
+                    }
+                    let mut ext = [WD, WH, WW].map(|on| if on { 4 } else { 1 });
+                    for (axis, on) in [WD, WH, WW].into_iter().enumerate() {
+                        if on {
+                            pass(&mut b, axis, ext, output_line);
+                            ext[axis] = 2;
+                        }
+                    }
+                    let w0 = tw0 * oe[2];
+                    let full = w0 + LANES * oe[2] <= ow;
+                    for a in 0..rows_d {
+                        for bh in 0..oe[1].min(oh - h0) {
+                            let row = &mut piece[(a * oh + h0 + bh) * ow..][..ow];
+                            let outs: [Lanes; 2] = std::array::from_fn(|cw| {
+                                let s = b[a * 16 + bh * 4 + cw.min(oe[2] - 1)];
+                                std::array::from_fn(|l| s[l] + bv)
+                            });
+                            if full {
+                                for lane_out in &outs[..oe[2]] {
+                                    probe = add(probe, lane_out.map(|s| s * 0.0));
+                                }
+                                let dst = &mut row[w0..w0 + LANES * oe[2]];
+                                for l in 0..LANES {
+                                    for cw in 0..oe[2] {
+                                        let s = outs[cw][l];
+                                        dst[l * oe[2] + cw] = if self.relu { relu_f(s) } else { s };
+                                    }
+                                }
+                            } else {
+                                for (i, d) in row[w0..].iter_mut().enumerate() {
+                                    let s = outs[i % oe[2]][i / oe[2]];
+                                    probe[0] += s * 0.0;
+                                    *d = if self.relu { relu_f(s) } else { s };
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        probe.iter().all(|v| *v == 0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geom(c: [usize; 2], spatial: [usize; 3], kernel: [usize; 3], stride: usize) -> ConvGeom {
+        let padding = kernel.map(|k| k / 2);
+        ConvGeom {
+            n: 2,
+            c_in: c[0],
+            c_out: c[1],
+            groups: 1,
+            input: spatial,
+            output: std::array::from_fn(|a| (spatial[a] + 2 * padding[a] - kernel[a]) / stride + 1),
+            kernel,
+            stride: [stride; 3],
+            padding,
+            dilation: [1; 3],
+        }
+    }
+
+    /// Which of the zoo's layers take the Winograd path (the rules measured in docs/PERFORMANCE.md).
+    #[test]
+    fn applies_to_the_shapes_that_pay() {
+        let taken = [
+            geom([128, 128], [16, 28, 28], [3, 3, 3], 1), // ECO-Lite 3-D
+            geom([256, 256], [8, 14, 14], [3, 3, 3], 1),  // ECO-Lite 3-D, 49 tiles per plane
+            geom([96, 96], [1, 28, 28], [1, 3, 3], 1),    // ECO-Lite 2-D
+            geom([128, 230], [8, 28, 28], [1, 3, 3], 1),  // R(2+1)D-18 spatial
+            geom([256, 256], [4, 14, 14], [1, 3, 3], 1),  // C2D-NL-R50
+        ];
+        for g in &taken {
+            assert!(applies(g), "{g:?}");
+        }
+        let not_taken = [
+            geom([512, 512], [4, 7, 7], [3, 3, 3], 1), // 16 tiles per plane
+            geom([64, 64], [8, 56, 56], [1, 3, 3], 1), // 3×3 with r = 32
+            geom([144, 64], [16, 56, 56], [3, 1, 1], 1), // one Winograd axis
+            geom([128, 256], [16, 28, 28], [3, 3, 3], 2), // stride 2
+            geom([3, 64], [16, 224, 224], [1, 7, 7], 1), // 7 taps
+            geom([64, 64], [1, 28, 28], [1, 1, 1], 1), // pointwise
+        ];
+        for g in &not_taken {
+            assert!(!applies(g), "{g:?}");
+        }
+    }
+}
