@@ -7,7 +7,8 @@
 //! Depthwise convolutions (groups == C_in) use a direct kernel instead: K is only the kernel volume,
 //! too small for GEMM to pay off. The data gradient of a stride-1 convolution is the forward
 //! convolution of dy with the flipped, channel-swapped kernel ([`transposed_geom`]); other strides
-//! scatter GEMM columns back with col2vol. Stride-1 forward passes (so also those data gradients) take
+//! scatter GEMM columns back with col2vol. Stride-1 forward passes (so also those data gradients) of
+//! 3×3×3 and 3×3 kernels take Winograd F(2, 3) ([`conv_winograd`]) where the shape pays, and otherwise
 //! the direct kernel of [`conv_direct`] where the CPU has AVX2 and FMA (and no AVX-512) and the shape
 //! suits it.
 

@@ -14,7 +14,7 @@
 //! 2.25× for 3×3, 1.5× for 3×1×1 — plus the transforms, which only add (and halve, exactly).
 //!
 //! Tasks own one row of tiles along the depth axis of one (sample, group): a contiguous slice of
-//! every output channel. Within a task the tiles go in chunks ([`chunk_tiles`]) through the input
+//! every output channel. Within a task the tiles go in chunks of whole tile rows ([`chunk_rows`]) through the input
 //! transform into V, the GEMMs into M, and the output transform (with the bias and the fused ReLU)
 //! into y. The transforms work on eight tiles (or eight input channels, for the weights) at once,
 //! one SIMD lane each.
@@ -36,16 +36,6 @@ use crate::backend::ConvGeom;
 /// R(2+1)D-18's temporal layers; 1.5× fewer multiply-adds) every such layer took 1.0–3.7× the direct
 /// path's time (docs/PERFORMANCE.md). The algorithm itself handles any set of axes.
 const MIN_AXES: usize = 2;
-/// Whether the GEMMs are large against the transforms: per tile, the products grow with
-/// C_in/G·C_out/G and the transforms with C_in/G + C_out/G, so the ratio r = C_in·C_out/(C_in + C_out)
-/// (per group) decides. 3×3×3 (3.4× fewer products) pays from r = 8; 3×3 (2.25×) from r = 40 — at
-/// 64 → 64 (r = 32) and 64 → 96 (38.4) C2D-NL-R50's and ECO-Lite's 3×3 layers took 1.0–1.5× the
-/// direct kernel's time, from 96 → 96 (48) on they took 0.5–0.85× (docs/PERFORMANCE.md).
-fn channels_pay(g: &ConvGeom) -> bool {
-    let (ci, co) = (g.in_per_group(), g.out_per_group());
-    let min_ratio = if g.kernel == [3, 3, 3] { 8 } else { 40 };
-    ci * co >= min_ratio * (ci + co)
-}
 /// Outputs over the outputs that whole tiles compute (odd extents waste a row per tile row).
 const MIN_USEFUL: f64 = 0.6;
 /// Tiles per (height, width) plane below which each transformed weight is used too few times per
@@ -61,6 +51,18 @@ const CHUNK_FLOATS: usize = 1 << 20;
 const LANES: usize = 8;
 
 type Lanes = [f32; LANES];
+
+/// Whether the GEMMs are large against the transforms: per tile, the products grow with
+/// C_in/G·C_out/G and the transforms with C_in/G + C_out/G, so the ratio r = C_in·C_out/(C_in + C_out)
+/// (per group) decides. 3×3×3 (3.4× fewer products) pays from r = 8; 3×3 (2.25×) from r = 36: at
+/// 64 → 64 (r = 32) C2D-NL-R50's 3×3 layers on 56×56 took 1.1–1.5× the direct kernel's time, from
+/// 64 → 96 (r = 38.4) on 0.47–0.95× but for one data gradient (64 → 192 on 56×56, 1.2×)
+/// (docs/PERFORMANCE.md).
+fn channels_pay(g: &ConvGeom) -> bool {
+    let (ci, co) = (g.in_per_group(), g.out_per_group());
+    let min_ratio = if g.kernel == [3, 3, 3] { 8 } else { 36 };
+    ci * co >= min_ratio * (ci + co)
+}
 
 /// Whether `g` takes the Winograd path here (see the module docs), unless `VIDGRAD_CPU_CONV_WINOGRAD=0`.
 pub(super) fn applies(g: &ConvGeom) -> bool {
@@ -660,6 +662,7 @@ mod tests {
             geom([128, 128], [16, 28, 28], [3, 3, 3], 1), // ECO-Lite 3-D
             geom([256, 256], [8, 14, 14], [3, 3, 3], 1),  // ECO-Lite 3-D, 49 tiles per plane
             geom([96, 96], [1, 28, 28], [1, 3, 3], 1),    // ECO-Lite 2-D
+            geom([64, 96], [1, 28, 28], [1, 3, 3], 1),    // ECO-Lite 2-D, r = 38.4
             geom([128, 230], [8, 28, 28], [1, 3, 3], 1),  // R(2+1)D-18 spatial
             geom([256, 256], [4, 14, 14], [1, 3, 3], 1),  // C2D-NL-R50
         ];
