@@ -256,16 +256,7 @@ fn forward_with(
     for (ng, block) in y.chunks_mut(cout_g * p_vol).enumerate() {
         let mut rows: Vec<&mut [f32]> = block.chunks_mut(p_vol).collect();
         for &(r0, r1) in &chunks {
-            let len = (r1 - r0) * ow_n;
-            let pieces: Vec<&mut [f32]> = rows
-                .iter_mut()
-                .map(|row| {
-                    let (head, tail) = std::mem::take(row).split_at_mut(len);
-                    *row = tail;
-                    head
-                })
-                .collect();
-            tasks.push((ng, r0, r1, pieces));
+            tasks.push((ng, r0, r1, take_pieces(&mut rows, (r1 - r0) * ow_n)));
         }
     }
     let few = tasks.len() < rayon::current_num_threads();
@@ -304,6 +295,18 @@ fn forward_with(
         },
     );
     y
+}
+
+/// The next `len` floats of every row (each row keeps what follows): one task's disjoint pieces of
+/// every output channel, for forward passes whose tasks own consecutive spans of y's channel rows.
+pub(super) fn take_pieces<'a>(rows: &mut [&'a mut [f32]], len: usize) -> Vec<&'a mut [f32]> {
+    rows.iter_mut()
+        .map(|row| {
+            let (head, tail) = std::mem::take(row).split_at_mut(len);
+            *row = tail;
+            head
+        })
+        .collect()
 }
 
 fn backward_data_with(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking) -> Vec<f32> {

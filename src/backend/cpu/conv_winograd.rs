@@ -28,6 +28,7 @@
 
 use rayon::prelude::*;
 
+use super::conv::take_pieces;
 use super::elementwise::relu as relu_f;
 use super::linalg::{gemm, Mat};
 use crate::backend::ConvGeom;
@@ -327,15 +328,7 @@ fn forward_axes<const WD: bool, const WH: bool, const WW: bool>(
         for td in 0..t.tiles[0] {
             let d0 = td * t.out_ext[0];
             let len = ((d0 + t.out_ext[0]).min(g.output[0]) - d0) * slice;
-            let pieces: Vec<&mut [f32]> = rows
-                .iter_mut()
-                .map(|row| {
-                    let (head, tail) = std::mem::take(row).split_at_mut(len);
-                    *row = tail;
-                    head
-                })
-                .collect();
-            tasks.push((ng, td, pieces));
+            tasks.push((ng, td, take_pieces(&mut rows, len)));
         }
     }
     let rows_per_chunk = chunk_rows(g, &t);
