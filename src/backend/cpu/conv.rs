@@ -309,6 +309,25 @@ pub(super) fn take_pieces<'a>(rows: &mut [&'a mut [f32]], len: usize) -> Vec<&'a
         .collect()
 }
 
+/// One channel of the input ([D, H, W] = `input`) copied into a zero-filled padded grid of extents
+/// `dims` at offset `padding`: the padded copies of the direct and the Winograd forward paths.
+pub(super) fn pad_channel(
+    src: &[f32],
+    dst: &mut [f32],
+    input: [usize; 3],
+    padding: [usize; 3],
+    dims: [usize; 3],
+) {
+    let [_, ih, iw] = input;
+    let [_, hp, wp] = dims;
+    for (z, plane) in src.chunks_exact(ih * iw).enumerate() {
+        for (r, row) in plane.chunks_exact(iw).enumerate() {
+            let at = ((z + padding[0]) * hp + r + padding[1]) * wp + padding[2];
+            dst[at..at + iw].copy_from_slice(row);
+        }
+    }
+}
+
 fn backward_data_with(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking) -> Vec<f32> {
     if g.is_depthwise() {
         return depthwise_backward_data(dy, w, g);

@@ -23,6 +23,7 @@
 
 use rayon::prelude::*;
 
+use super::conv::pad_channel;
 use super::elementwise::relu as relu_f;
 use crate::backend::ConvGeom;
 
@@ -134,18 +135,13 @@ impl Grid {
 
 /// x[n] ([C_in, D, H, W]) zero-padded to [C_in, Dp, Hp, Wp], plus `grid.slack` zeros.
 fn pad_input(xn: &[f32], g: &ConvGeom, grid: &Grid, out: &mut Vec<f32>) {
-    let [_, hp, wp] = grid.dims;
-    let [id, ih, iw] = g.input;
-    let [pd, ph, pw] = g.padding;
     out.clear();
     out.resize(g.c_in * grid.chan + grid.slack, 0.0);
-    for (src, dst) in xn.chunks_exact(id * ih * iw).zip(out.chunks_mut(grid.chan)) {
-        for (z, sp) in src.chunks_exact(ih * iw).enumerate() {
-            for (r, row) in sp.chunks_exact(iw).enumerate() {
-                let at = ((z + pd) * hp + r + ph) * wp + pw;
-                dst[at..at + iw].copy_from_slice(row);
-            }
-        }
+    for (src, dst) in xn
+        .chunks_exact(g.input_volume())
+        .zip(out.chunks_mut(grid.chan))
+    {
+        pad_channel(src, dst, g.input, g.padding, grid.dims);
     }
 }
 

@@ -28,7 +28,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::take_pieces;
+use super::conv::{pad_channel, take_pieces};
 use super::elementwise::relu as relu_f;
 use super::linalg::{gemm, Mat};
 use crate::backend::ConvGeom;
@@ -291,20 +291,11 @@ fn pad_input(x: &[f32], g: &ConvGeom, t: &Tiling) -> (Vec<f32>, [usize; 3]) {
     let dims: [usize; 3] = std::array::from_fn(|a| {
         (g.input[a] + 2 * g.padding[a]).max((tiles[a] - 1) * t.out_ext[a] + ext[a])
     });
-    let [pd, ph, pw] = dims;
-    let [id, ih, iw] = g.input;
-    let mut xp = vec![0.0f32; g.n * g.c_in * pd * ph * pw];
-    xp.par_chunks_mut(pd * ph * pw)
+    let chan: usize = dims.iter().product();
+    let mut xp = vec![0.0f32; g.n * g.c_in * chan];
+    xp.par_chunks_mut(chan)
         .zip(x.par_chunks(g.input_volume()))
-        .for_each(|(dst, src)| {
-            for (d, plane) in src.chunks_exact(ih * iw).enumerate() {
-                for (h, row) in plane.chunks_exact(iw).enumerate() {
-                    let at = ((d + g.padding[0]) * ph + h + g.padding[1]) * pw + g.padding[2];
-                    dst[at..at + iw].copy_from_slice(row);
-                }
-            }
-            debug_assert!(id * ih * iw == src.len());
-        });
+        .for_each(|(dst, src)| pad_channel(src, dst, g.input, g.padding, dims));
     (xp, dims)
 }
 
