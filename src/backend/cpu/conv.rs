@@ -10,7 +10,7 @@
 //! scatter GEMM columns back with col2vol. Stride-1 forward passes (so also those data gradients) of
 //! 3×3×3 and 3×3 kernels take Winograd F(2, 3) ([`conv_winograd`]) where the shape pays, and otherwise
 //! the direct kernel of [`conv_direct`] where the CPU has AVX2 and FMA (and no AVX-512) and the shape
-//! suits it.
+//! suits it; their weight gradients take Winograd too, others dW = dy·colᵀ over column chunks.
 
 use rayon::prelude::*;
 
@@ -445,6 +445,12 @@ fn flipped_transposed(w: &[f32], g: &ConvGeom) -> Vec<f32> {
 fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking) -> Vec<f32> {
     if g.is_depthwise() {
         return depthwise_backward_weight(x, dy, g);
+    }
+    if chunking.winograd && conv_winograd::applies(g) {
+        // `None`: an input was not finite; the GEMM path gives PyTorch's non-finite pattern.
+        if let Some(dw) = conv_winograd::backward_weight(x, dy, g) {
+            return dw;
+        }
     }
     let kdim = g.in_per_group() * g.kernel_volume();
     let chunks = row_chunks(g, kdim, chunking, g.n * g.groups);
@@ -1146,10 +1152,15 @@ mod tests {
         assert!(direct >= 20, "only {direct} cases took the direct kernel");
     }
 
-    /// Σ over channels and transformed points of |Aᵀ|·(|G||w|)·(|Bᵀ||x|) per output, in f64: the
-    /// Winograd computation of [`conv_winograd`] on absolute values (y without bias, outputs in y's
-    /// order), which bounds its rounding error with γ of the longest chain of roundings.
-    fn winograd_abs(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f64> {
+    /// |Bᵀ|, |G| and |Aᵀ| of F(2, 3) along one axis (identities on 1-tap axes): the Winograd
+    /// computation on absolute values, which bounds its rounding error with γ of the longest chain of
+    /// roundings.
+    struct AbsWinograd {
+        wino: [bool; 3],
+        ext: [usize; 3],
+    }
+
+    impl AbsWinograd {
         const BT: [[f64; 4]; 4] = [
             [1., 0., 1., 0.],
             [0., 1., 1., 0.],
@@ -1158,15 +1169,48 @@ mod tests {
         ];
         const G: [[f64; 3]; 4] = [[1., 0., 0.], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [0., 0., 1.]];
         const AT: [[f64; 4]; 2] = [[1., 1., 1., 0.], [0., 1., 1., 1.]];
-        let (cin_g, cout_g, kvol) = (g.in_per_group(), g.out_per_group(), g.kernel_volume());
-        let wino = g.kernel.map(|k| k == 3);
-        let ext = wino.map(|on| if on { 4 } else { 1 });
-        // Per-axis |matrix| entries, identities on 1-tap axes.
-        let bt = |a: usize, p: usize, i: usize| if wino[a] { BT[p][i] } else { 1.0 };
-        let gm = |a: usize, p: usize, k: usize| if wino[a] { G[p][k] } else { 1.0 };
-        let at = |a: usize, r: usize, p: usize| if wino[a] { AT[r][p] } else { 1.0 };
+
+        fn new(g: &ConvGeom) -> Self {
+            let wino = g.kernel.map(|k| k == 3);
+            AbsWinograd {
+                wino,
+                ext: wino.map(|on| if on { 4 } else { 1 }),
+            }
+        }
+        fn points(&self) -> impl Iterator<Item = [usize; 3]> + '_ {
+            let e = self.ext;
+            (0..e[0] * e[1] * e[2]).map(move |p| [p / (e[1] * e[2]), p / e[2] % e[1], p % e[2]])
+        }
+        /// Π over axes of |M|[i_a][j_a] (1 on 1-tap axes).
+        fn prod(&self, i: [usize; 3], j: [usize; 3], m: fn(usize, usize) -> f64) -> f64 {
+            (0..3)
+                .map(|a| if self.wino[a] { m(i[a], j[a]) } else { 1.0 })
+                .product()
+        }
+        /// (|Bᵀ| |x|)[pt] over the input box at `start` (input coordinates) of channel `xc`.
+        fn input_point(&self, xc: &[f32], g: &ConvGeom, start: [isize; 3], pt: [usize; 3]) -> f64 {
+            let mut sum = 0.0;
+            for ii in self.points() {
+                let src: [isize; 3] = std::array::from_fn(|a| start[a] + ii[a] as isize);
+                if (0..3).any(|a| src[a] < 0 || src[a] >= g.input[a] as isize) {
+                    continue;
+                }
+                let xi =
+                    (src[0] as usize * g.input[1] + src[1] as usize) * g.input[2] + src[2] as usize;
+                sum += self.prod(pt, ii, |p, i| Self::BT[p][i]) * xc[xi].abs() as f64;
+            }
+            sum
+        }
+    }
+
+    /// Σ over channels and transformed points of |Aᵀ|·(|G||w|)·(|Bᵀ||x|) per output, in f64: the
+    /// forward of [`conv_winograd`] on absolute values (y without bias, outputs in y's order).
+    fn winograd_abs(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f64> {
+        let aw = AbsWinograd::new(g);
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
         let mut out = vec![0.0f64; g.n * g.c_out * g.output_volume()];
         let [od, oh, ow] = g.output;
+        let step = aw.wino.map(|on| if on { 2 } else { 1 });
         for (yi, s) in out.iter_mut().enumerate() {
             let pos = [yi / (oh * ow) % od, yi / ow % oh, yi % ow];
             let (n, co) = (
@@ -1175,97 +1219,151 @@ mod tests {
             );
             let gi = co / cout_g;
             // Tile start in input coordinates and the output's place in its tile, per axis.
-            let step = wino.map(|on| if on { 2 } else { 1 });
             let r: [usize; 3] = std::array::from_fn(|a| pos[a] % step[a]);
             let start: [isize; 3] =
                 std::array::from_fn(|a| (pos[a] - r[a]) as isize - g.padding[a] as isize);
             for cl in 0..cin_g {
                 let xc = &x[(n * g.c_in + gi * cin_g + cl) * g.input_volume()..];
-                let wc = &w[(co * cin_g + cl) * kvol..][..kvol];
-                for p in 0..ext[0] * ext[1] * ext[2] {
-                    let pt = [p / (ext[1] * ext[2]), p / ext[2] % ext[1], p % ext[2]];
-                    let a_coef: f64 = (0..3).map(|a| at(a, r[a], pt[a])).product();
+                let wc = &w[(co * cin_g + cl) * g.kernel_volume()..][..g.kernel_volume()];
+                for pt in aw.points() {
+                    let a_coef = aw.prod(r, pt, |r, p| AbsWinograd::AT[r][p]);
                     if a_coef == 0.0 {
                         continue;
                     }
-                    let mut gsum = 0.0;
-                    for (k, wv) in wc.iter().enumerate() {
-                        let kk = [
-                            k / (g.kernel[1] * g.kernel[2]),
-                            k / g.kernel[2] % g.kernel[1],
-                            k % g.kernel[2],
-                        ];
-                        gsum +=
-                            (0..3).map(|a| gm(a, pt[a], kk[a])).product::<f64>() * wv.abs() as f64;
-                    }
-                    let mut dsum = 0.0;
-                    for i in 0..ext[0] * ext[1] * ext[2] {
-                        let ii = [i / (ext[1] * ext[2]), i / ext[2] % ext[1], i % ext[2]];
-                        let src: [isize; 3] = std::array::from_fn(|a| start[a] + ii[a] as isize);
-                        if (0..3).any(|a| src[a] < 0 || src[a] >= g.input[a] as isize) {
-                            continue;
-                        }
-                        let xi = (src[0] as usize * g.input[1] + src[1] as usize) * g.input[2]
-                            + src[2] as usize;
-                        dsum += (0..3).map(|a| bt(a, pt[a], ii[a])).product::<f64>()
-                            * xc[xi].abs() as f64;
-                    }
-                    *s += a_coef * gsum * dsum;
+                    let gsum: f64 = (0..wc.len())
+                        .map(|k| {
+                            aw.prod(pt, tap_of(g, k), |p, k| AbsWinograd::G[p][k])
+                                * wc[k].abs() as f64
+                        })
+                        .sum();
+                    *s += a_coef * gsum * aw.input_point(xc, g, start, pt);
                 }
             }
         }
         out
     }
 
-    /// Winograd F(2, 3) ([`conv_winograd`], called whatever its channel counts, so small shapes run)
-    /// against the f64 reference, per output within γ_k·(S + |bias|): S the computation on absolute
-    /// values ([`winograd_abs`]), k = 5 roundings per Winograd axis (2 in G, 1 in Bᵀ, 2 in Aᵀ) + 1 for
-    /// the product + C_in/G for the GEMM's sum + 1 for the bias. Its ReLU epilogue bit for bit; a NaN or
+    /// Tap k of `g`'s kernel as (depth, height, width) indices.
+    fn tap_of(g: &ConvGeom, k: usize) -> [usize; 3] {
+        [
+            k / (g.kernel[1] * g.kernel[2]),
+            k / g.kernel[2] % g.kernel[1],
+            k % g.kernel[2],
+        ]
+    }
+
+    /// Σ over samples, tiles and transformed points of |G|ᵀ·((|A||dy|) ⊙ (|Bᵀ||x|)) per weight, in
+    /// f64: the weight gradient of [`conv_winograd`] on absolute values (in dw's order).
+    fn winograd_wgrad_abs(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f64> {
+        let aw = AbsWinograd::new(g);
+        let (cin_g, cout_g, kvol) = (g.in_per_group(), g.out_per_group(), g.kernel_volume());
+        let step = aw.wino.map(|on| if on { 2 } else { 1 });
+        let tiles: [usize; 3] = std::array::from_fn(|a| g.output[a].div_ceil(step[a]));
+        let mut out = vec![0.0f64; g.c_out * cin_g * kvol];
+        for n in 0..g.n {
+            for co in 0..g.c_out {
+                let gi = co / cout_g;
+                let dyc = &dy[(n * g.c_out + co) * g.output_volume()..][..g.output_volume()];
+                for tile in (0..tiles.iter().product()).map(|i: usize| {
+                    [
+                        i / (tiles[1] * tiles[2]),
+                        i / tiles[2] % tiles[1],
+                        i % tiles[2],
+                    ]
+                }) {
+                    let first: [usize; 3] = std::array::from_fn(|a| tile[a] * step[a]);
+                    // (|A| |dy|)[pt]: the tile's outputs inside the output extents.
+                    let grad: Vec<f64> = aw
+                        .points()
+                        .map(|pt| {
+                            let mut sum = 0.0;
+                            for r in 0..step.iter().product() {
+                                let r =
+                                    [r / (step[1] * step[2]), r / step[2] % step[1], r % step[2]];
+                                let o: [usize; 3] = std::array::from_fn(|a| first[a] + r[a]);
+                                if (0..3).all(|a| o[a] < g.output[a]) {
+                                    let oi = (o[0] * g.output[1] + o[1]) * g.output[2] + o[2];
+                                    sum += aw.prod(r, pt, |r, p| AbsWinograd::AT[r][p])
+                                        * dyc[oi].abs() as f64;
+                                }
+                            }
+                            sum
+                        })
+                        .collect();
+                    let start: [isize; 3] =
+                        std::array::from_fn(|a| first[a] as isize - g.padding[a] as isize);
+                    for cl in 0..cin_g {
+                        let xc = &x[(n * g.c_in + gi * cin_g + cl) * g.input_volume()..];
+                        let dst = &mut out[(co * cin_g + cl) * kvol..][..kvol];
+                        for (pt, gp) in aw.points().zip(&grad) {
+                            let m = gp * aw.input_point(xc, g, start, pt);
+                            for (k, d) in dst.iter_mut().enumerate() {
+                                *d += aw.prod(pt, tap_of(g, k), |p, k| AbsWinograd::G[p][k]) * m;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A random shape [`conv_winograd`] computes (called whatever its channel counts, so small shapes
+    /// run): every combination of 3-tap axes, paddings 0–2, odd extents (partial tiles), groups,
+    /// several lane blocks of channels; case 0 has more tiles than a chunk holds. `None` for a
+    /// depthwise draw.
+    fn winograd_geom(p: &mut Pick, case: usize) -> Option<ConvGeom> {
+        let kernel: [usize; 3] = loop {
+            let k = std::array::from_fn(|_| [1, 3][p.below(2)]);
+            if k.contains(&3) {
+                break k;
+            }
+        };
+        let groups = [1, 1, 2][p.below(3)];
+        let (cin_g, cout_g) = if case % 8 == 7 {
+            (p.range(20, 40), p.range(17, 30)) // several lane blocks of channels
+        } else {
+            (p.range(1, 10), p.range(1, 9))
+        };
+        let mut g = ConvGeom {
+            n: p.range(1, 2),
+            c_in: groups * cin_g,
+            c_out: groups * cout_g,
+            groups,
+            input: std::array::from_fn(|d| p.range(1, if kernel[d] == 3 { 9 } else { 3 })),
+            output: [0; 3],
+            kernel,
+            stride: [1; 3],
+            padding: std::array::from_fn(|d| p.below(if kernel[d] == 3 { 3 } else { 2 })),
+            dilation: [1; 3],
+        };
+        if case == 0 {
+            // more tiles than a chunk holds: several chunks per task
+            (g.c_in, g.c_out, g.groups) = (24, 20, 1);
+            (g.input, g.kernel, g.padding) = ([1, 70, 66], [1, 3, 3], [0, 1, 1]);
+        }
+        for d in 0..3 {
+            let span = g.kernel[d] - 1;
+            g.input[d] = g.input[d].max((span + 1).saturating_sub(2 * g.padding[d]));
+            g.output[d] = g.input[d] + 2 * g.padding[d] - span;
+        }
+        (!g.is_depthwise()).then_some(g)
+    }
+
+    /// Winograd F(2, 3)'s forward ([`conv_winograd`]) on [`winograd_geom`]'s shapes against the f64
+    /// reference, per output within γ_k·(S + |bias|): S the computation on absolute values
+    /// ([`winograd_abs`]), k = 5 roundings per Winograd axis (2 in G, 1 in Bᵀ, 2 in Aᵀ) + 1 for the
+    /// product + C_in/G for the GEMM's sum + 1 for the bias. Its ReLU epilogue bit for bit; a NaN or
     /// Inf in x, or an Inf weight, makes it decline (`None`), and the convolution as dispatched then
-    /// gives the reference's non-finite pattern. Shapes: every combination of 3-tap axes, paddings
-    /// 0–2, odd extents (partial tiles), groups, several tile chunks and lane remainders.
+    /// gives the reference's non-finite pattern.
     #[test]
     fn winograd_matches_reference() {
         let mut p = Pick(0x3196);
         let mut cases = 0;
         for case in 0..48 {
-            let kernel: [usize; 3] = loop {
-                let k = std::array::from_fn(|_| [1, 3][p.below(2)]);
-                if k.contains(&3) {
-                    break k;
-                }
-            };
-            let groups = [1, 1, 2][p.below(3)];
-            let (cin_g, cout_g) = if case % 8 == 7 {
-                (p.range(20, 40), p.range(17, 30)) // several lane blocks of channels
-            } else {
-                (p.range(1, 10), p.range(1, 9))
-            };
-            let mut g = ConvGeom {
-                n: p.range(1, 2),
-                c_in: groups * cin_g,
-                c_out: groups * cout_g,
-                groups,
-                input: std::array::from_fn(|d| p.range(1, if kernel[d] == 3 { 9 } else { 3 })),
-                output: [0; 3],
-                kernel,
-                stride: [1; 3],
-                padding: std::array::from_fn(|d| p.below(if kernel[d] == 3 { 3 } else { 2 })),
-                dilation: [1; 3],
-            };
-            if case == 0 {
-                // more tiles than a chunk holds: several chunks per task
-                (g.c_in, g.c_out, g.groups) = (24, 20, 1);
-                (g.input, g.kernel, g.padding) = ([1, 70, 66], [1, 3, 3], [0, 1, 1]);
-            }
-            for d in 0..3 {
-                let span = g.kernel[d] - 1;
-                g.input[d] = g.input[d].max((span + 1).saturating_sub(2 * g.padding[d]));
-                g.output[d] = g.input[d] + 2 * g.padding[d] - span;
-            }
-            if g.is_depthwise() {
+            let Some(g) = winograd_geom(&mut p, case) else {
                 continue;
-            }
+            };
             cases += 1;
             let seed = 5000 + case as u64 * 4;
             let mut x = data(seed, g.n * g.c_in * g.input_volume());
@@ -1316,6 +1414,71 @@ mod tests {
             let at = p.below(w.len());
             w[at] = f32::INFINITY;
             assert!(conv_winograd::forward(&x, &w, None, &g, false).is_none());
+        }
+        assert!(cases >= 40, "only {cases} cases");
+    }
+
+    /// Winograd F(2, 3)'s weight gradient ([`conv_winograd::backward_weight`]) on
+    /// [`winograd_geom`]'s shapes against the f64 reference, per weight within γ_k·S: S the
+    /// computation on absolute values ([`winograd_wgrad_abs`]), k = 4 roundings per Winograd axis (1
+    /// in Bᵀ, 1 in A, 2 in Gᵀ) + 1 for the product + one per tile of all samples (the chunks' GEMM
+    /// sums and their accumulation into dM) + one per thread (the partial sums added). A NaN or Inf
+    /// in x or dy makes it decline (`None`): the GEMM path then gives PyTorch's pattern, in which an
+    /// Inf in dy meets the zero padding as Inf·0 = NaN (which the f64 reference, skipping padding
+    /// taps, does not model).
+    #[test]
+    fn winograd_weight_gradient_matches_reference() {
+        let mut p = Pick(0x3196);
+        let mut cases = 0;
+        for case in 0..48 {
+            let Some(g) = winograd_geom(&mut p, case) else {
+                continue;
+            };
+            cases += 1;
+            let seed = 9000 + case as u64 * 4;
+            let mut x = data(seed, g.n * g.c_in * g.input_volume());
+            let w = vec![0.0f32; g.c_out * g.in_per_group() * g.kernel_volume()];
+            let mut dy = data(seed + 2, g.n * g.c_out * g.output_volume());
+            let (_, _, dw_ref) = reference(&x, &w, &dy, &g);
+            let s_abs = winograd_wgrad_abs(&x, &dy, &g);
+            let nw = g.kernel.iter().filter(|&&k| k == 3).count();
+            let tiles: usize = (0..3)
+                .map(|a| g.output[a].div_ceil(if g.kernel[a] == 3 { 2 } else { 1 }))
+                .product();
+            let k = (4 * nw + 1 + g.n * tiles + rayon::current_num_threads()) as f64;
+            let u = f64::powi(2.0, -24);
+            let gamma = k * u / (1.0 - k * u);
+            let dw = conv_winograd::backward_weight(&x, &dy, &g)
+                .unwrap_or_else(|| panic!("case {case}: declined finite data {g:?}"));
+            for (i, ((got, want), s)) in dw.iter().zip(&dw_ref).zip(&s_abs).enumerate() {
+                let bound = gamma * s + 1e-30;
+                assert!(
+                    (*got as f64 - want).abs() <= bound,
+                    "case {case} dw[{i}] {got} vs {want} (bound {bound:.2e}) {g:?}"
+                );
+            }
+            for bad in [f32::NAN, f32::INFINITY] {
+                for in_x in [true, false] {
+                    let (data, at) = if in_x {
+                        let at = p.below(x.len());
+                        (&mut x, at)
+                    } else {
+                        let at = p.below(dy.len());
+                        (&mut dy, at)
+                    };
+                    let keep = std::mem::replace(&mut data[at], bad);
+                    assert!(
+                        conv_winograd::backward_weight(&x, &dy, &g).is_none(),
+                        "case {case}: {bad} in {} not declined {g:?}",
+                        if in_x { "x" } else { "dy" }
+                    );
+                    if in_x {
+                        x[at] = keep;
+                    } else {
+                        dy[at] = keep;
+                    }
+                }
+            }
         }
         assert!(cases >= 40, "only {cases} cases");
     }

@@ -13,18 +13,28 @@
 //! 3.4× fewer multiply-adds than the direct convolution for 3×3×3 (64 against 216 per 8 outputs),
 //! 2.25× for 3×3, 1.5× for 3×1×1 — plus the transforms, which only add (and halve, exactly).
 //!
-//! Tasks own one row of tiles along the depth axis of one (sample, group): a contiguous slice of
-//! every output channel. Within a task the tiles go in chunks of whole tile rows ([`chunk_rows`]) through the input
-//! transform into V, the GEMMs into M, and the output transform (with the bias and the fused ReLU)
-//! into y. The transforms work on eight tiles (or eight input channels, for the weights) at once,
-//! one SIMD lane each.
+//! The weight gradient takes the same tiles ([`backward_weight`]): the forward is linear in the
+//! transformed weights, so each tile contributes (A·dy) ⊙ (Bᵀd) to their gradient — with A·dy =
+//! (e0, e0 + e1, e0 − e1, −e1) for the gradients e of a tile's two outputs — and the weights'
+//! gradient is Gᵀ of the sum over tiles: 4ⁿ GEMMs dM[p] (C_out/G × C_in/G) = Σ_tiles (A·dy)[p] ·
+//! (Bᵀd)[p]ᵀ, the tiles being the reduction, then one inverse transform per kernel.
+//!
+//! Forward tasks own one row of tiles along the depth axis of one (sample, group): a contiguous slice
+//! of every output channel. Within a task the tiles go in chunks of whole tile rows ([`chunk_rows`])
+//! through the input transform into V, the GEMMs into M, and the output transform (with the bias and
+//! the fused ReLU) into y. The weight gradient's tasks are those chunks, cut into one run per thread,
+//! each summing into its own dM (added in order at the end: bit-reproducible for a thread count).
+//! The transforms work on eight tiles (or eight input channels, for the weights) at once, one SIMD
+//! lane each.
 //!
 //! Numerics: every operation is a sum of products, so the error of an output is at most γ_k times the
 //! same computation on absolute values (k roundings on the longest path: 2 per Winograd axis in G, 1 in
-//! Bᵀ, 2 in Aᵀ, the product, and C_in/G in the GEMM's sum); the test checks exactly that bound. The
-//! transforms mix inputs, so ±Inf inputs could come out NaN where the direct sum gives ±Inf: the
+//! Bᵀ, 2 in Aᵀ, the product, and C_in/G in the GEMM's sum; for the weight gradient 1 in Bᵀ, 1 in A
+//! and 2 in Gᵀ per axis, the product, and one per tile summed); the tests check exactly that bound.
+//! The transforms mix inputs, so ±Inf inputs could come out NaN where the direct sum gives ±Inf: the
 //! caller gets `None` — and takes the other paths, PyTorch's non-finite results — whenever a weight or
-//! an output is not finite.
+//! an output is not finite (the forward), or a weight gradient is not (every non-finite x or dy
+//! reaches one: no transform drops a value, and Inf·0 is NaN).
 
 use rayon::prelude::*;
 
@@ -170,6 +180,19 @@ fn input_line([d0, d1, d2, d3]: [Lanes; 4]) -> [Lanes; 4] {
 #[inline(always)]
 fn output_line([m0, m1, m2, m3]: [Lanes; 4]) -> [Lanes; 2] {
     [add(add(m0, m1), m2), sub(sub(m1, m2), m3)]
+}
+
+/// A·dy along one axis: 2 outputs' gradients → 4 points (the transpose of [`output_line`]).
+#[inline(always)]
+fn grad_line([e0, e1]: [Lanes; 2]) -> [Lanes; 4] {
+    [e0, add(e0, e1), sub(e0, e1), e1.map(|v| -v)]
+}
+
+/// Gᵀm along one axis: 4 points → 3 taps' gradients (the transpose of [`weight_line`]).
+#[inline(always)]
+fn weight_grad_line([m0, m1, m2, m3]: [Lanes; 4]) -> [Lanes; 3] {
+    let inner = half(add(m1, m2));
+    [add(m0, inner), half(sub(m1, m2)), add(inner, m3)]
 }
 
 /// Replaces every line of `b` along `axis` (the other axes over `ext`) by `f` of its first `I` points.
@@ -326,13 +349,9 @@ fn forward_axes<const WD: bool, const WH: bool, const WW: bool>(
     let job = Job {
         xp: &xp,
         padded,
-        u: &u,
-        bias,
         g,
         t,
-        relu,
-        // A row's last group of lanes reads up to LANES − 1 columns past the chunk's tiles.
-        tc: (rows_per_chunk * t.tiles[2] + LANES - 1).next_multiple_of(LANES),
+        tc: chunk_columns(rows_per_chunk, &t),
         few: tasks.len() < rayon::current_num_threads(),
     };
     let finite = tasks
@@ -349,8 +368,9 @@ fn forward_axes<const WD: bool, const WH: bool, const WW: bool>(
                         h1: (h0 + rows_per_chunk).min(t.tiles[1]),
                     };
                     job.input_transform::<WD, WH, WW>(&chunk, v);
-                    job.products(&chunk, v, m);
-                    finite &= job.output_transform::<WD, WH, WW>(&chunk, m, &mut pieces);
+                    job.products(&chunk, &u, v, m);
+                    finite &=
+                        job.output_transform::<WD, WH, WW>(&chunk, m, bias, relu, &mut pieces);
                 }
                 finite
             },
@@ -359,16 +379,155 @@ fn forward_axes<const WD: bool, const WH: bool, const WW: bool>(
     finite.then_some(y)
 }
 
+/// dW of `g` by Winograd F(2, 3), or `None` where an input was not finite (then the caller's other
+/// path runs). The forward y = Aᵀ[(Gg) ⊙ (Bᵀd)] is linear in g, so per tile dL/d(Gg) = (A·dy) ⊙
+/// (Bᵀd) and dL/dg = Gᵀ·dL/d(Gg): summed over tiles, dM[p] (C_out/G × C_in/G) = Σ_tiles
+/// (A·dy)[p] · (Bᵀd)[p]ᵀ, one GEMM per point with the tiles as the reduction, then dW = Gᵀ dM G
+/// along the Winograd axes (module docs).
+pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeom) -> Option<Vec<f32>> {
+    debug_assert!(shape_applies(g), "Winograd F(2,3) called on {g:?}");
+    match g.kernel.map(|k| k == 3) {
+        [true, true, true] => backward_weight_axes::<true, true, true>(x, dy, g),
+        [false, true, true] => backward_weight_axes::<false, true, true>(x, dy, g),
+        [true, false, false] => backward_weight_axes::<true, false, false>(x, dy, g),
+        [true, true, false] => backward_weight_axes::<true, true, false>(x, dy, g),
+        [true, false, true] => backward_weight_axes::<true, false, true>(x, dy, g),
+        [false, true, false] => backward_weight_axes::<false, true, false>(x, dy, g),
+        [false, false, true] => backward_weight_axes::<false, false, true>(x, dy, g),
+        [false, false, false] => unreachable!("no 3-tap axis: {g:?}"),
+    }
+}
+
+/// dy zero-padded to [N, C_out, tiles·2] along the Winograd axes (the width to whole groups of
+/// [`LANES`] tiles): every tile's 2×2×2 block of outputs lies inside, those past the output zero.
+fn pad_grad(dy: &[f32], g: &ConvGeom, t: &Tiling) -> (Vec<f32>, [usize; 3]) {
+    let tiles = [t.tiles[0], t.tiles[1], t.tiles[2].div_ceil(LANES) * LANES];
+    let dims: [usize; 3] = std::array::from_fn(|a| tiles[a] * t.out_ext[a]);
+    let chan: usize = dims.iter().product();
+    let mut dyp = vec![0.0f32; g.n * g.c_out * chan];
+    dyp.par_chunks_mut(chan)
+        .zip(dy.par_chunks(g.output_volume()))
+        .for_each(|(dst, src)| pad_channel(src, dst, g.output, [0; 3], dims));
+    (dyp, dims)
+}
+
+/// Most floats of private dM accumulators (one per thread) at once, 256 MiB: above it fewer threads
+/// sum tiles and the GEMMs go parallel instead.
+const MAX_ACCUMULATOR_FLOATS: usize = 1 << 26;
+
+fn backward_weight_axes<const WD: bool, const WH: bool, const WW: bool>(
+    x: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+) -> Option<Vec<f32>> {
+    let t = Tiling::new(g);
+    let (xp, padded) = pad_input(x, g, &t);
+    let (dyp, dy_dims) = pad_grad(dy, g, &t);
+    let rows_per_chunk = chunk_rows(g, &t);
+    let chunks: Vec<TileChunk> = (0..g.n * g.groups)
+        .flat_map(|ng| (0..t.tiles[0]).map(move |td| (ng, td)))
+        .flat_map(|(ng, td)| {
+            (0..t.tiles[1])
+                .step_by(rows_per_chunk)
+                .map(move |h0| TileChunk {
+                    ng,
+                    td,
+                    h0,
+                    h1: (h0 + rows_per_chunk).min(t.tiles[1]),
+                })
+        })
+        .collect();
+    let dm_len = g.groups * t.points * g.out_per_group() * g.in_per_group();
+    let threads = rayon::current_num_threads();
+    let parts = threads
+        .min(chunks.len())
+        .min(MAX_ACCUMULATOR_FLOATS / dm_len)
+        .max(1);
+    let job = Job {
+        xp: &xp,
+        padded,
+        g,
+        t,
+        tc: chunk_columns(rows_per_chunk, &t),
+        few: parts < threads,
+    };
+    // As the GEMM path's weight gradient: one contiguous run of chunks per part, each summed in
+    // order into a private dM and the parts added in order, so the result does not depend on
+    // scheduling (bit-reproducible for a thread count).
+    let partials: Vec<Vec<f32>> = chunks
+        .par_chunks(chunks.len().div_ceil(parts))
+        .map(|run| {
+            let (mut v, mut e) = (Vec::new(), Vec::new());
+            let mut dm = vec![0.0f32; dm_len];
+            for chunk in run {
+                job.input_transform::<WD, WH, WW>(chunk, &mut v);
+                job.grad_transform::<WD, WH, WW>(chunk, &dyp, dy_dims, &mut e);
+                job.weight_products(chunk, &v, &e, &mut dm);
+            }
+            dm
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut dm = partials.next().unwrap_or_else(|| vec![0.0; dm_len]);
+    for p in partials {
+        dm.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    let dw = inverse_weight_transform::<WD, WH, WW>(&dm, g, &t);
+    dw.iter().all(|v| v.is_finite()).then_some(dw)
+}
+
+/// dW [C_out][C_in/G][taps] ← Gᵀ (each kernel's dM box) along the Winograd axes, eight input
+/// channels at a time.
+fn inverse_weight_transform<const WD: bool, const WH: bool, const WW: bool>(
+    dm: &[f32],
+    g: &ConvGeom,
+    t: &Tiling,
+) -> Vec<f32> {
+    let (cin_g, cout_g, kvol) = (g.in_per_group(), g.out_per_group(), g.kernel_volume());
+    let [_, kh, kw] = g.kernel;
+    let mut dw = vec![0.0f32; g.c_out * cin_g * kvol];
+    dw.par_chunks_mut(cin_g * kvol)
+        .enumerate()
+        .for_each(|(co, kernels)| {
+            let (gi, co_g) = (co / cout_g, co % cout_g);
+            for c0 in (0..cin_g).step_by(LANES) {
+                let lanes = LANES.min(cin_g - c0);
+                let mut b: TileBox = [[0.0; LANES]; 64];
+                for p in 0..t.points {
+                    let src = ((gi * t.points + p) * cout_g + co_g) * cin_g + c0;
+                    b[t.point_at[p]][..lanes].copy_from_slice(&dm[src..src + lanes]);
+                }
+                let mut ext = [WD, WH, WW].map(|on| if on { 4 } else { 1 });
+                for (axis, on) in [WD, WH, WW].into_iter().enumerate() {
+                    if on {
+                        pass(&mut b, axis, ext, weight_grad_line);
+                        ext[axis] = 3;
+                    }
+                }
+                for (k, tap) in (0..kvol).map(|k| (k, (k / (kh * kw), k / kw % kh, k % kw))) {
+                    let at = tap.0 * 16 + tap.1 * 4 + tap.2;
+                    for l in 0..lanes {
+                        kernels[(c0 + l) * kvol + k] = b[at][l];
+                    }
+                }
+            }
+        });
+    dw
+}
+
+/// Columns of V and M for chunks of `rows` tile rows: a row's last group of lanes writes up to
+/// LANES − 1 columns past the chunk's tiles.
+fn chunk_columns(rows: usize, t: &Tiling) -> usize {
+    (rows * t.tiles[2] + LANES - 1).next_multiple_of(LANES)
+}
+
 /// What every task of one convolution shares.
 struct Job<'a> {
     /// The zero-padded input ([`pad_input`]) and its extents.
     xp: &'a [f32],
     padded: [usize; 3],
-    u: &'a [f32],
-    bias: Option<&'a [f32]>,
     g: &'a ConvGeom,
     t: Tiling,
-    relu: bool,
     /// Columns of V and M: tiles of a full chunk and slack (the GEMMs' N is the chunk's own count).
     tc: usize,
     /// Fewer tasks than threads: the GEMMs go parallel.
@@ -508,14 +667,98 @@ impl Job<'_> {
         }
     }
 
+    /// E [points][C_out/G][tc] ← A (each tile's 2×2×2 block of dy), eight tiles of a row at a time
+    /// (`dyp` from [`pad_grad`], of extents `dims`).
+    fn grad_transform<const WD: bool, const WH: bool, const WW: bool>(
+        &self,
+        c: &TileChunk,
+        dyp: &[f32],
+        dims: [usize; 3],
+        e: &mut Vec<f32>,
+    ) {
+        e.resize(
+            self.t.points * self.point_stride(self.g.out_per_group()),
+            0.0,
+        );
+        with_avx2!(self.grad_transform_body::<WD, WH, WW>(c, dyp, dims, e))
+    }
+
+    #[inline(always)]
+    fn grad_transform_body<const WD: bool, const WH: bool, const WW: bool>(
+        &self,
+        c: &TileChunk,
+        dyp: &[f32],
+        [dd, dh, dw]: [usize; 3],
+        e: &mut [f32],
+    ) {
+        let (g, t, tc) = (self.g, &self.t, self.tc);
+        let cout_g = g.out_per_group();
+        let oe = t.out_ext;
+        let plane_len = dd * dh * dw;
+        for co in 0..cout_g {
+            let plane = &dyp[(c.ng * cout_g + co) * plane_len..][..plane_len];
+            for th in c.h0..c.h1 {
+                for tw0 in (0..t.tiles[2]).step_by(LANES) {
+                    let mut b: TileBox = [[0.0; LANES]; 64];
+                    for a in 0..oe[0] {
+                        for bh in 0..oe[1] {
+                            let at = ((c.td * oe[0] + a) * dh + th * oe[1] + bh) * dw + tw0 * oe[2];
+                            let row = &plane[at..at + LANES * oe[2]];
+                            for cw in 0..oe[2] {
+                                b[a * 16 + bh * 4 + cw] =
+                                    std::array::from_fn(|l| row[cw + oe[2] * l]);
+                            }
+                        }
+                    }
+                    let mut ext = oe;
+                    for (axis, on) in [WD, WH, WW].into_iter().enumerate() {
+                        if on {
+                            pass(&mut b, axis, ext, grad_line);
+                            ext[axis] = 4;
+                        }
+                    }
+                    let j = (th - c.h0) * t.tiles[2] + tw0;
+                    for p in 0..t.points {
+                        let dst = p * self.point_stride(cout_g) + co * tc + j;
+                        e[dst..dst + LANES].copy_from_slice(&b[t.point_at[p]]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// dM[group][p] (C_out/G × C_in/G) += E[p] · V[p]ᵀ over the chunk's tiles, one GEMM per point.
+    fn weight_products(&self, c: &TileChunk, v: &[f32], e: &[f32], dm: &mut [f32]) {
+        let (g, t, tc) = (self.g, &self.t, self.tc);
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let gi = c.ng % g.groups;
+        for p in 0..t.points {
+            gemm(
+                cout_g,
+                cin_g,
+                c.len(t),
+                Mat::new(
+                    &e[p * self.point_stride(cout_g)..][..cout_g * tc],
+                    tc,
+                    false,
+                ),
+                Mat::new(&v[p * self.point_stride(cin_g)..][..cin_g * tc], tc, true),
+                &mut dm[(gi * t.points + p) * cout_g * cin_g..][..cout_g * cin_g],
+                cin_g,
+                true,
+                self.few,
+            );
+        }
+    }
+
     /// M[p] (C_out/G × tiles) = U[group][p] · V[p], one GEMM per point.
-    fn products(&self, c: &TileChunk, v: &[f32], m: &mut Vec<f32>) {
+    fn products(&self, c: &TileChunk, u: &[f32], v: &[f32], m: &mut Vec<f32>) {
         let (g, t, tc) = (self.g, &self.t, self.tc);
         let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
         let gi = c.ng % g.groups;
         m.resize(t.points * self.point_stride(cout_g), 0.0);
         for p in 0..t.points {
-            let up = &self.u[(gi * t.points + p) * cout_g * cin_g..][..cout_g * cin_g];
+            let up = &u[(gi * t.points + p) * cout_g * cin_g..][..cout_g * cin_g];
             gemm(
                 cout_g,
                 c.len(t),
@@ -536,9 +779,11 @@ impl Job<'_> {
         &self,
         c: &TileChunk,
         m: &[f32],
+        bias: Option<&[f32]>,
+        relu: bool,
         pieces: &mut [&mut [f32]],
     ) -> bool {
-        with_avx2!(self.output_transform_body::<WD, WH, WW>(c, m, pieces))
+        with_avx2!(self.output_transform_body::<WD, WH, WW>(c, m, bias, relu, pieces))
     }
 
     #[inline(always)]
@@ -546,6 +791,8 @@ impl Job<'_> {
         &self,
         c: &TileChunk,
         m: &[f32],
+        bias: Option<&[f32]>,
+        relu: bool,
         pieces: &mut [&mut [f32]],
     ) -> bool {
         let (g, t, tc) = (self.g, &self.t, self.tc);
@@ -566,7 +813,7 @@ impl Job<'_> {
                 }
             }
             let piece = &mut pieces[co];
-            let bv = self.bias.map_or(0.0, |b| b[gi * cout_g + co]);
+            let bv = bias.map_or(0.0, |b| b[gi * cout_g + co]);
             for th in c.h0..c.h1 {
                 let h0 = th * oe[1];
                 for tw0 in (0..t.tiles[2]).step_by(LANES) {
@@ -600,14 +847,14 @@ impl Job<'_> {
                                 for l in 0..LANES {
                                     for cw in 0..oe[2] {
                                         let s = outs[cw][l];
-                                        dst[l * oe[2] + cw] = if self.relu { relu_f(s) } else { s };
+                                        dst[l * oe[2] + cw] = if relu { relu_f(s) } else { s };
                                     }
                                 }
                             } else {
                                 for (i, d) in row[w0..].iter_mut().enumerate() {
                                     let s = outs[i % oe[2]][i / oe[2]];
                                     probe[0] += s * 0.0;
-                                    *d = if self.relu { relu_f(s) } else { s };
+                                    *d = if relu { relu_f(s) } else { s };
                                 }
                             }
                         }
