@@ -455,7 +455,7 @@ fn backward_weight_axes<const WD: bool, const WH: bool, const WW: bool>(
     // order into a private dM and the parts added in order, so the result does not depend on
     // scheduling (bit-reproducible for a thread count).
     let partials: Vec<Vec<f32>> = chunks
-        .par_chunks(chunks.len().div_ceil(parts))
+        .par_chunks(chunks.len().div_ceil(parts).max(1))
         .map(|run| {
             let (mut v, mut e) = (Vec::new(), Vec::new());
             let mut dm = vec![0.0f32; dm_len];
