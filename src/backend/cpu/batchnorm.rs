@@ -1,5 +1,7 @@
 //! Batch norm over [outer, C, inner]: statistics in f64 (two passes), parallel over channels.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::elementwise::{par_new, relu, relu_grad};
@@ -20,6 +22,7 @@ fn channel<'a>(x: &'a [f32], g: AxisGeom, c: usize) -> impl Iterator<Item = &'a 
 const LANES: usize = 8;
 
 /// Σ term(d, v, r) over equally long rows dy, x and r, in [`LANES`] partial sums of two quantities.
+#[inline(always)]
 fn lane_sums2(
     dy: &[f32],
     x: &[f32],
@@ -54,26 +57,31 @@ fn lane_sums2(
 }
 
 /// Σ term(v) over a row, in [`LANES`] partial sums.
+#[inline(always)]
 fn lane_sum(x: &[f32], term: impl Fn(f32) -> f64) -> f64 {
     lane_sums2(x, x, x, |v, _, _| (term(v), 0.0)).0
 }
 
+/// Channel c's mean and biased variance: two passes of f64 sums.
+#[inline(always)]
+fn channel_statistics(x: &[f32], g: AxisGeom, c: usize) -> (f32, f32) {
+    let count = (g.outer * g.inner) as f64;
+    let mean = channel(x, g, c)
+        .map(|row| lane_sum(row, |v| v as f64))
+        .sum::<f64>()
+        / count;
+    let var = channel(x, g, c)
+        .map(|row| lane_sum(row, |v| (v as f64 - mean).powi(2)))
+        .sum::<f64>()
+        / count;
+    (mean as f32, var as f32)
+}
+
 /// Per-channel mean and biased variance.
 pub(super) fn statistics(x: &[f32], g: AxisGeom) -> (Vec<f32>, Vec<f32>) {
-    let count = (g.outer * g.inner) as f64;
     let stats: Vec<(f32, f32)> = (0..g.axis)
         .into_par_iter()
-        .map(|c| {
-            let mean = channel(x, g, c)
-                .map(|row| lane_sum(row, |v| v as f64))
-                .sum::<f64>()
-                / count;
-            let var = channel(x, g, c)
-                .map(|row| lane_sum(row, |v| (v as f64 - mean).powi(2)))
-                .sum::<f64>()
-                / count;
-            (mean as f32, var as f32)
-        })
+        .map(|c| with_avx2!(channel_statistics(x, g, c)))
         .collect();
     stats.into_iter().unzip()
 }
@@ -125,85 +133,341 @@ pub(super) fn backward(
     batch_stats: bool,
     relu_y: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let stats = Stats {
+        w,
+        mean,
+        var,
+        eps,
+        batch_stats,
+    };
+    let fused = g.inner >= FUSED_MIN_ROW && g.axis >= 2 * rayon::current_num_threads();
     match relu_y {
-        Some(ry) => backward_masked::<true>(dy, x, w, mean, var, g, eps, batch_stats, ry),
-        None => backward_masked::<false>(dy, x, w, mean, var, g, eps, batch_stats, &[]),
+        Some(ry) => backward_masked::<true>(dy, x, ry, &stats, g, fused),
+        None => backward_masked::<false>(dy, x, &[], &stats, g, fused),
     }
 }
 
-/// [`backward`], with ReLU's backward mask by `ry` applied as dy is read when `RELU` (no masked copy
-/// of dy; without, the loops are the plain batch norm's).
-#[allow(clippy::too_many_arguments)]
-fn backward_masked<'a, const RELU: bool>(
-    dy: &'a [f32],
-    x: &'a [f32],
-    w: Option<&[f32]>,
-    mean: &[f32],
-    var: &[f32],
-    g: AxisGeom,
+/// What the backward reads besides dy and x.
+struct Stats<'a> {
+    w: Option<&'a [f32]>,
+    mean: &'a [f32],
+    var: &'a [f32],
     eps: f32,
     batch_stats: bool,
-    ry: &'a [f32],
+}
+
+/// One channel's dx = ((dy − Σdy/n) − (x − mean)·q)·s, s = w·invstd and q = invstd·Σ(dy·x̂)/n (the
+/// formula above, in f32 as PyTorch's CPU kernel; with fixed statistics dmean = q = 0 and the x term
+/// is not computed, so an Inf x does not make a NaN).
+#[derive(Clone, Copy)]
+struct DxCoef {
+    mean: f32,
+    dmean: f32,
+    q: f32,
+    s: f32,
+}
+
+/// Rows (the extent after the channel axis) at least this long let each channel's backward run whole
+/// on one thread: its two sums, then its dx while the channel's x and dy are still in cache — two
+/// passes over memory instead of three (shorter rows, as batch norm over [N, C] features, go
+/// row-parallel in two separate passes).
+const FUSED_MIN_ROW: usize = 1024;
+
+/// [`backward`], with ReLU's backward mask by `ry` applied as dy is read when `RELU` (no masked copy
+/// of dy; without, `ry` is empty and the loops are the plain batch norm's). `fused`: channel by
+/// channel ([`backward_by_channel`]) rather than in two row-parallel passes; the same arithmetic.
+fn backward_masked<const RELU: bool>(
+    dy: &[f32],
+    x: &[f32],
+    ry: &[f32],
+    st: &Stats,
+    g: AxisGeom,
+    fused: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    // The mask's row beside dy's and x's (without RELU, x's row stands in and is not read).
-    let mask_row = |base: usize, x_row: &'a [f32]| -> &'a [f32] {
-        if RELU {
-            &ry[base..base + x_row.len()]
-        } else {
-            x_row
-        }
-    };
-    let masked = |r: f32, d: f32| if RELU { relu_grad(r, d) } else { d };
-    let invstd: Vec<f64> = var
+    let invstd: Vec<f64> = st
+        .var
         .iter()
-        .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
-        .collect();
-    let sums: Vec<(f64, f64)> = (0..g.axis)
-        .into_par_iter()
-        .map(|c| {
-            let (m, is) = (mean[c] as f64, invstd[c]);
-            (0..g.outer).fold((0.0, 0.0), |(sd, sdx), o| {
-                let base = (o * g.axis + c) * g.inner;
-                let (dy, x) = (&dy[base..base + g.inner], &x[base..base + g.inner]);
-                let (sd_row, sdx_row) = lane_sums2(dy, x, mask_row(base, x), |d, v, r| {
-                    let d = masked(r, d) as f64;
-                    (d, d * (v as f64 - m) * is)
-                });
-                (sd + sd_row, sdx + sdx_row)
-            })
-        })
+        .map(|&v| 1.0 / (v as f64 + st.eps as f64).sqrt())
         .collect();
     let n = (g.outer * g.inner) as f64;
-    let params = |row: usize| {
-        let c = row % g.axis;
-        (c, mean[c] as f64, invstd[c], w.map_or(1.0, |w| w[c] as f64))
+    let channel_sums = |c: usize| {
+        with_avx2!(channel_sums::<RELU>(
+            dy,
+            x,
+            ry,
+            g,
+            c,
+            st.mean[c] as f64,
+            invstd[c]
+        ))
     };
-    let dx = if batch_stats {
-        par_new(x.len(), g.inner, |row, r| {
-            let (c, m, is, wc) = params(row);
-            let (sd, sdx) = sums[c];
-            let k = wc * is / n;
-            let (dy, x) = (&dy[r.clone()], &x[r.clone()]);
-            dy.iter()
-                .zip(x)
-                .zip(mask_row(r.start, x))
-                .map(move |((&d, &v), &r)| {
-                    let xhat = (v as f64 - m) * is;
-                    let d = masked(r, d) as f64;
-                    (k * (n * d - sd - xhat * sdx)) as f32
-                })
-        })
+    let coef = |c: usize, (sd, sdx): (f64, f64)| {
+        let is = invstd[c];
+        let s = (st.w.map_or(1.0, |w| w[c] as f64) * is) as f32;
+        if st.batch_stats {
+            DxCoef {
+                mean: st.mean[c],
+                dmean: (sd / n) as f32,
+                q: (is * sdx / n) as f32,
+                s,
+            }
+        } else {
+            DxCoef {
+                mean: 0.0,
+                dmean: 0.0,
+                q: 0.0,
+                s,
+            }
+        }
+    };
+    let (dx, sums) = if fused {
+        backward_by_channel::<RELU>(dy, x, ry, g, st, &invstd, coef)
     } else {
-        par_new(x.len(), g.inner, |row, r| {
-            let (_, _, is, wc) = params(row);
-            let x_row = &x[r.clone()];
-            dy[r.clone()]
-                .iter()
-                .zip(mask_row(r.start, x_row))
-                .map(move |(&d, &r)| (masked(r, d) as f64 * wc * is) as f32)
-        })
+        let sums: Vec<(f64, f64)> = (0..g.axis).into_par_iter().map(channel_sums).collect();
+        let coefs: Vec<DxCoef> = (0..g.axis).map(|c| coef(c, sums[c])).collect();
+        let dx = par_new(x.len(), g.inner, |row, r| {
+            let k = coefs[row % g.axis];
+            let mask = if RELU { &ry[r.clone()] } else { &x[r.clone()] };
+            let (dy, x) = (&dy[r.clone()], &x[r]);
+            (0..dy.len()).map(move |i| dx_value::<RELU>(dy[i], x[i], mask[i], k, st.batch_stats))
+        });
+        (dx, sums)
     };
     let dweight = sums.iter().map(|s| s.1 as f32).collect();
     let dbias = sums.iter().map(|s| s.0 as f32).collect();
     (dx, dweight, dbias)
+}
+
+/// Element range of row o of channel c.
+#[inline(always)]
+fn row_range(g: AxisGeom, o: usize, c: usize) -> std::ops::Range<usize> {
+    let base = (o * g.axis + c) * g.inner;
+    base..base + g.inner
+}
+
+#[inline(always)]
+fn masked<const RELU: bool>(r: f32, d: f32) -> f32 {
+    if RELU {
+        relu_grad(r, d)
+    } else {
+        d
+    }
+}
+
+#[inline(always)]
+fn dx_value<const RELU: bool>(d: f32, v: f32, r: f32, k: DxCoef, batch_stats: bool) -> f32 {
+    let d = masked::<RELU>(r, d);
+    if batch_stats {
+        ((d - k.dmean) - (v - k.mean) * k.q) * k.s
+    } else {
+        d * k.s
+    }
+}
+
+/// (Σdy, Σdy·x̂) of channel c (mean m, invstd `is`), dy masked by ReLU's output `ry` when `RELU`.
+#[inline(always)]
+fn channel_sums<const RELU: bool>(
+    dy: &[f32],
+    x: &[f32],
+    ry: &[f32],
+    g: AxisGeom,
+    c: usize,
+    m: f64,
+    is: f64,
+) -> (f64, f64) {
+    (0..g.outer).fold((0.0, 0.0), |(sd, sdx), o| {
+        let r = row_range(g, o, c);
+        let mask = if RELU { &ry[r.clone()] } else { &x[r.clone()] };
+        let (sd_row, sdx_row) = lane_sums2(&dy[r.clone()], &x[r], mask, |d, v, r| {
+            let d = masked::<RELU>(r, d) as f64;
+            (d, d * (v as f64 - m) * is)
+        });
+        (sd + sd_row, sdx + sdx_row)
+    })
+}
+
+/// dx channel by channel, channels in parallel: each task reads its channel once for the sums, then
+/// writes the channel's rows of dx at once (x and dy still in cache). Returns dx and every channel's
+/// sums.
+fn backward_by_channel<const RELU: bool>(
+    dy: &[f32],
+    x: &[f32],
+    ry: &[f32],
+    g: AxisGeom,
+    st: &Stats,
+    invstd: &[f64],
+    coef: impl Fn(usize, (f64, f64)) -> DxCoef + Sync,
+) -> (Vec<f32>, Vec<(f64, f64)>) {
+    let len = x.len();
+    let mut dx: Vec<f32> = Vec::with_capacity(len);
+    let mut rows: Vec<Vec<&mut [MaybeUninit<f32>]>> = (0..g.axis).map(|_| Vec::new()).collect();
+    for (r, row) in dx.spare_capacity_mut()[..len]
+        .chunks_mut(g.inner)
+        .enumerate()
+    {
+        rows[r % g.axis].push(row);
+    }
+    let sums: Vec<(f64, f64)> = rows
+        .into_par_iter()
+        .enumerate()
+        .map(|(c, channel_rows)| {
+            let sums = with_avx2!(channel_sums::<RELU>(
+                dy,
+                x,
+                ry,
+                g,
+                c,
+                st.mean[c] as f64,
+                invstd[c]
+            ));
+            let k = coef(c, sums);
+            with_avx2!(write_dx_rows::<RELU>(
+                channel_rows,
+                dy,
+                x,
+                ry,
+                g,
+                c,
+                k,
+                st.batch_stats
+            ));
+            sums
+        })
+        .collect();
+    // SAFETY: the rows (chunks of `inner`) cover 0..len, each went to its channel's task, and that
+    // task wrote every element of each of its rows (write_dx_rows writes all of each).
+    unsafe { dx.set_len(len) };
+    (dx, sums)
+}
+
+/// Every element of channel c's rows of dx.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn write_dx_rows<const RELU: bool>(
+    rows: Vec<&mut [MaybeUninit<f32>]>,
+    dy: &[f32],
+    x: &[f32],
+    ry: &[f32],
+    g: AxisGeom,
+    c: usize,
+    k: DxCoef,
+    batch_stats: bool,
+) {
+    for (o, out) in rows.into_iter().enumerate() {
+        let (r, n) = (row_range(g, o, c), out.len());
+        let mask = if RELU { &ry[r.clone()] } else { &x[r.clone()] };
+        let (dy, x, mask) = (&dy[r.clone()][..n], &x[r][..n], &mask[..n]);
+        for i in 0..n {
+            out[i].write(dx_value::<RELU>(dy[i], x[i], mask[i], k, batch_stats));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1) (splitmix64).
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// dx, dweight and dbias of both paths (channel by channel and row-parallel) against the formula
+    /// in f64, with and without batch statistics and the ReLU mask. The sums are f64 (error ~n·2⁻⁵³,
+    /// negligible); dx is f32 arithmetic of 8 roundings on its longest path (s, dmean, q, x − mean,
+    /// its product with q, two subtractions, the product with s), so each dx is within
+    /// γ₈·(|dy| + |dmean| + |x − mean|·|q|)·|s| of the f64 value; dweight and dbias are f32 roundings of
+    /// f64 sums (one rounding). Both paths compute the same f32 operations: their dx agree bit for bit.
+    #[test]
+    fn backward_paths_match_f64_formula() {
+        let u = f32::EPSILON as f64 / 2.0;
+        let gamma8 = 8.0 * u / (1.0 - 8.0 * u);
+        for (case, &(outer, axis, inner)) in [(1, 6, 1030), (2, 5, 1500), (3, 4, 7), (2, 9, 33)]
+            .iter()
+            .enumerate()
+        {
+            let g = AxisGeom { outer, axis, inner };
+            let len = outer * axis * inner;
+            // an offset mean, so x − mean is not x
+            let x: Vec<f32> = data(len, 1 + case as u64)
+                .iter()
+                .map(|v| 3.0 + 2.0 * v)
+                .collect();
+            let dy = data(len, 100 + case as u64);
+            let ry = data(len, 200 + case as u64);
+            let w: Vec<f32> = data(axis, 300).iter().map(|v| 1.0 + 0.5 * v).collect();
+            let (mean, var) = statistics(&x, g);
+            for batch_stats in [true, false] {
+                for relu in [false, true] {
+                    let st = Stats {
+                        w: Some(&w),
+                        mean: &mean,
+                        var: &var,
+                        eps: 1e-5,
+                        batch_stats,
+                    };
+                    let run = |fused| {
+                        if relu {
+                            backward_masked::<true>(&dy, &x, &ry, &st, g, fused)
+                        } else {
+                            backward_masked::<false>(&dy, &x, &[], &st, g, fused)
+                        }
+                    };
+                    let (fused, rows) = (run(true), run(false));
+                    assert_eq!(fused.0, rows.0, "case {case}: dx of the two paths");
+                    assert_eq!(fused.1, rows.1, "case {case}: dweight of the two paths");
+                    assert_eq!(fused.2, rows.2, "case {case}: dbias of the two paths");
+                    let n = (outer * inner) as f64;
+                    for c in 0..axis {
+                        let is = 1.0 / (var[c] as f64 + 1e-5).sqrt();
+                        let m = mean[c] as f64;
+                        let idx: Vec<usize> = (0..outer).flat_map(|o| row_range(g, o, c)).collect();
+                        let d = |i: usize| {
+                            if relu && ry[i] <= 0.0 {
+                                0.0
+                            } else {
+                                dy[i] as f64
+                            }
+                        };
+                        let sd: f64 = idx.iter().map(|&i| d(i)).sum();
+                        let sdx: f64 = idx.iter().map(|&i| d(i) * (x[i] as f64 - m) * is).sum();
+                        let close = |got: f32, want: f64, what: &str| {
+                            let bound = u * want.abs() + 1e-12;
+                            assert!(
+                                (got as f64 - want).abs() <= bound,
+                                "{what} {c}: {got} vs {want}"
+                            );
+                        };
+                        close(fused.2[c], sd, "dbias");
+                        close(fused.1[c], sdx, "dweight");
+                        let s = w[c] as f64 * is;
+                        let (dmean, q) = if batch_stats {
+                            (sd / n, is * sdx / n)
+                        } else {
+                            (0.0, 0.0)
+                        };
+                        for &i in &idx {
+                            let t = (x[i] as f64 - m) * q;
+                            let want = (d(i) - dmean - t) * s;
+                            let bound = gamma8 * (d(i).abs() + dmean.abs() + t.abs()) * s.abs();
+                            let got = fused.0[i] as f64;
+                            assert!(
+                                (got - want).abs() <= bound + 1e-30,
+                                "case {case} stats {batch_stats} relu {relu}: dx[{i}] {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

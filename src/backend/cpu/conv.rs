@@ -485,58 +485,70 @@ fn backward_weight_oriented(
     let few = tasks.len() < rayon::current_num_threads();
     let taps = Taps::new(g);
     let w_len = g.c_out * kdim;
-    // The tasks are cut into one contiguous group per thread; each group sums its tasks in order into a
-    // private dW and the partial sums are added in group order. Unlike a work-stealing fold, the
-    // summation order does not depend on scheduling, so results are bit-reproducible run to run
-    // (training resumes bit-identically).
-    let parts = rayon::current_num_threads().clamp(1, tasks.len().max(1));
-    let per_part = tasks.len().div_ceil(parts).max(1);
-    let partials: Vec<Vec<f32>> = tasks
-        .par_chunks(per_part)
-        .map(|group| {
-            let mut acc = vec![0.0f32; w_len];
-            let mut col = Vec::new();
-            for &(ng, r0, r1) in group {
-                let gi = ng % groups;
-                let xg =
-                    &x[ng / groups * g.c_in * in_vol + gi * cin_g * in_vol..][..cin_g * in_vol];
-                let dyg = &dy[ng * cout_g * p_vol..][..cout_g * p_vol];
-                let (p0, pc) = (r0 * ow_n, (r1 - r0) * ow_n);
-                let col = if pointwise {
-                    Mat {
-                        data: &xg[p0..],
-                        rs: p_vol,
-                        cs: 1,
-                    }
-                } else {
-                    fill_col(xg, &mut col, g, &taps, r0, r1, few);
-                    Mat::new(&col[..kdim * pc], pc, false)
-                };
-                let dy = Mat {
-                    data: &dyg[p0..],
+    let parts = rayon::current_num_threads();
+    let dw = sum_in_order(&tasks, parts, w_len, |group, acc| {
+        let mut col = Vec::new();
+        for &(ng, r0, r1) in group {
+            let gi = ng % groups;
+            let xg = &x[ng / groups * g.c_in * in_vol + gi * cin_g * in_vol..][..cin_g * in_vol];
+            let dyg = &dy[ng * cout_g * p_vol..][..cout_g * p_vol];
+            let (p0, pc) = (r0 * ow_n, (r1 - r0) * ow_n);
+            let col = if pointwise {
+                Mat {
+                    data: &xg[p0..],
                     rs: p_vol,
                     cs: 1,
-                };
-                let dst = &mut acc[gi * cout_g * kdim..][..cout_g * kdim];
-                if transposed {
-                    gemm(kdim, cout_g, pc, col, dy.t(), dst, cout_g, true, few);
-                } else {
-                    gemm(cout_g, kdim, pc, dy, col.t(), dst, kdim, true, few);
                 }
+            } else {
+                fill_col(xg, &mut col, g, &taps, r0, r1, few);
+                Mat::new(&col[..kdim * pc], pc, false)
+            };
+            let dy = Mat {
+                data: &dyg[p0..],
+                rs: p_vol,
+                cs: 1,
+            };
+            let dst = &mut acc[gi * cout_g * kdim..][..cout_g * kdim];
+            if transposed {
+                gemm(kdim, cout_g, pc, col, dy.t(), dst, cout_g, true, few);
+            } else {
+                gemm(cout_g, kdim, pc, dy, col.t(), dst, kdim, true, few);
             }
-            acc
-        })
-        .collect();
-    let mut parts = partials.into_iter();
-    let mut dw = parts.next().unwrap_or_else(|| vec![0.0; w_len]);
-    for p in parts {
-        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
+        }
+    });
     if transposed {
         permute(&dw, &[groups, kdim, cout_g], &[0, 2, 1])
     } else {
         dw
     }
+}
+
+/// Σ over `tasks` of what `run` adds into a zeroed buffer of `len` floats. The tasks are cut into at
+/// most `parts` contiguous runs; each run sums its tasks in order into a private buffer and the buffers
+/// are added in run order. Unlike a work-stealing fold the summation order does not depend on
+/// scheduling, so a weight gradient is bit-reproducible for a thread count (training resumes
+/// bit-identically).
+pub(super) fn sum_in_order<T: Sync>(
+    tasks: &[T],
+    parts: usize,
+    len: usize,
+    run: impl Fn(&[T], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let parts = parts.clamp(1, tasks.len().max(1));
+    let partials: Vec<Vec<f32>> = tasks
+        .par_chunks(tasks.len().div_ceil(parts).max(1))
+        .map(|group| {
+            let mut acc = vec![0.0f32; len];
+            run(group, &mut acc);
+            acc
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut sum = partials.next().unwrap_or_else(|| vec![0.0; len]);
+    for p in partials {
+        sum.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    sum
 }
 
 /// Calls `f(out, tap, inp, len)` for every output row and kernel tap reading inside the input: plane

@@ -38,7 +38,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::{pad_channel, take_pieces};
+use super::conv::{pad_channel, sum_in_order, take_pieces};
 use super::elementwise::relu as relu_f;
 use super::linalg::{gemm, Mat};
 use crate::backend::ConvGeom;
@@ -451,27 +451,16 @@ fn backward_weight_axes<const WD: bool, const WH: bool, const WW: bool>(
         tc: chunk_columns(rows_per_chunk, &t),
         few: parts < threads,
     };
-    // As the GEMM path's weight gradient: one contiguous run of chunks per part, each summed in
-    // order into a private dM and the parts added in order, so the result does not depend on
-    // scheduling (bit-reproducible for a thread count).
-    let partials: Vec<Vec<f32>> = chunks
-        .par_chunks(chunks.len().div_ceil(parts).max(1))
-        .map(|run| {
-            let (mut v, mut e) = (Vec::new(), Vec::new());
-            let mut dm = vec![0.0f32; dm_len];
-            for chunk in run {
-                job.input_transform::<WD, WH, WW>(chunk, &mut v);
-                job.grad_transform::<WD, WH, WW>(chunk, &dyp, dy_dims, &mut e);
-                job.weight_products(chunk, &v, &e, &mut dm);
-            }
-            dm
-        })
-        .collect();
-    let mut partials = partials.into_iter();
-    let mut dm = partials.next().unwrap_or_else(|| vec![0.0; dm_len]);
-    for p in partials {
-        dm.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
+    // As the GEMM path's weight gradient: one contiguous run of chunks per part, summed in order
+    // (bit-reproducible for a thread count).
+    let dm = sum_in_order(&chunks, parts, dm_len, |run, dm| {
+        let (mut v, mut e) = (Vec::new(), Vec::new());
+        for chunk in run {
+            job.input_transform::<WD, WH, WW>(chunk, &mut v);
+            job.grad_transform::<WD, WH, WW>(chunk, &dyp, dy_dims, &mut e);
+            job.weight_products(chunk, &v, &e, dm);
+        }
+    });
     let dw = inverse_weight_transform::<WD, WH, WW>(&dm, g, &t);
     dw.iter().all(|v| v.is_finite()).then_some(dw)
 }
@@ -563,30 +552,6 @@ fn prefetch(data: &[f32]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = data;
-}
-
-/// Runs `$body` (a call of an `#[inline(always)]` function) compiled for AVX2 and FMA where the CPU
-/// has them: the transforms' eight lanes are then one register.
-macro_rules! with_avx2 {
-    ($body:expr) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU has the features the function is compiled for.
-                unsafe { avx2(|| $body) }
-            } else {
-                $body
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $body
-        }
-    }};
 }
 
 impl Job<'_> {

@@ -89,6 +89,9 @@ pub(super) fn gemm_scaled(
     assert!(a.last_index(m, k) < a.data.len(), "gemm: lhs out of bounds");
     assert!(b.last_index(k, n) < b.data.len(), "gemm: rhs out of bounds");
     assert!((m - 1) * c_rs + n <= c.len(), "gemm: dst out of bounds");
+    if let Some(done) = thin_product(m, n, k, a, b, c, c_rs, accumulate, parallel, scale) {
+        return done;
+    }
     let par = if parallel && m * n * k > 64 * 64 * 64 {
         Parallelism::Rayon(0)
     } else {
@@ -119,6 +122,121 @@ pub(super) fn gemm_scaled(
             par,
         )
     }
+}
+
+/// Products with a single row or a single reduction step — a linear layer at batch 1 (y = x·Wᵀ,
+/// dx = dy·W) and its weight gradient at batch 1 (dW = dyᵀ·x, k = 1) — computed directly: the gemm
+/// crate packs W for them, a pass over memory as long as the product itself, on one thread below its
+/// parallel threshold. `None`: not such a product (the caller runs the GEMM).
+#[allow(clippy::too_many_arguments)]
+fn thin_product(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+    parallel: bool,
+    scale: f32,
+) -> Option<()> {
+    let store = |c: &mut f32, sum: f32| {
+        *c = if accumulate {
+            *c + scale * sum
+        } else {
+            scale * sum
+        }
+    };
+    let pieces = if parallel && m * n * k >= THIN_PARALLEL_WORK {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    if m == 1 && a.cs == 1 && b.rs == 1 {
+        // n dot products of contiguous rows: a's row with each of bᵀ's rows
+        let x = &a.data[..k];
+        let row = |j: usize| &b.data[j * b.cs..j * b.cs + k];
+        for_pieces(&mut c[..n], pieces, |j0, out| {
+            for (j, cj) in (j0..).zip(out) {
+                store(cj, dot(x, row(j)));
+            }
+        });
+        return Some(());
+    }
+    if m == 1 && b.cs == 1 {
+        // Σ_l a(0, l)·b's row l, over column pieces
+        for_pieces(&mut c[..n], pieces, |j0, out| {
+            let mut sum = vec![0.0f32; out.len()];
+            for l in 0..k {
+                let al = a.data[l * a.cs];
+                let bl = &b.data[l * b.rs + j0..][..out.len()];
+                sum.iter_mut().zip(bl).for_each(|(s, &v)| *s += al * v);
+            }
+            out.iter_mut().zip(&sum).for_each(|(cj, &s)| store(cj, s));
+        });
+        return Some(());
+    }
+    if k == 1 && b.cs == 1 {
+        // the outer product of a's column and b's row, row by row
+        let brow = &b.data[..n];
+        let rows = |i0: usize, i1: usize, c: &mut [f32]| {
+            for i in i0..i1 {
+                let ai = a.data[i * a.rs];
+                let ci = &mut c[(i - i0) * c_rs..][..n];
+                ci.iter_mut()
+                    .zip(brow)
+                    .for_each(|(cj, &v)| store(cj, ai * v));
+            }
+        };
+        if pieces > 1 && c_rs == n {
+            c[..m * n]
+                .par_chunks_mut(n * m.div_ceil(pieces))
+                .enumerate()
+                .for_each(|(p, ch)| {
+                    let i0 = p * m.div_ceil(pieces);
+                    rows(i0, i0 + ch.len() / n, ch)
+                });
+        } else {
+            rows(0, m, c);
+        }
+        return Some(());
+    }
+    None
+}
+
+/// Multiply-adds from which [`thin_product`] splits its work over the threads.
+const THIN_PARALLEL_WORK: usize = 1 << 16;
+
+/// `f(first index, piece)` over `pieces` contiguous pieces of `out`, in parallel when more than one.
+fn for_pieces(out: &mut [f32], pieces: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let len = out.len().div_ceil(pieces.max(1)).max(1);
+    if pieces > 1 {
+        out.par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(p, piece)| f(p * len, piece));
+    } else {
+        f(0, out);
+    }
+}
+
+/// Σ x·y in eight partial sums (a chain of additions would run at the add's latency).
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in xc.zip(yc) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
+    ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + tail
 }
 
 /// Batched C = op(A)·op(B), see [`MatmulGeom`].
@@ -154,4 +272,83 @@ pub(super) fn matmul(a: &[f32], b: &[f32], g: MatmulGeom) -> Vec<f32> {
         c.par_chunks_mut(m * n).enumerate().for_each(one);
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The thin products (one row, or one reduction step) against the f64 sum, for every layout they
+    /// take and with accumulation and scaling: each result within γ_(k+2)·(|c| + |scale|·Σ|a||b|)
+    /// (k − 1 additions in some order, the products, the scale and the accumulation). And the shapes
+    /// that are not thin (m = 2, k = 2) still go to the GEMM.
+    #[test]
+    fn thin_products_match_f64() {
+        let u = f32::EPSILON as f64 / 2.0;
+        // (m, n, k, a transposed, b transposed)
+        let cases = [
+            (1, 400, 512, false, true),  // y = x·Wᵀ
+            (1, 37, 1001, false, true),  // odd sizes (a tail after the lanes), parallel
+            (1, 512, 400, false, false), // dx = dy·W
+            (1, 5, 3, true, false),
+            (400, 512, 1, true, false), // dW = dyᵀ·x
+            (3, 9, 1, false, false),
+        ];
+        for (case, &(m, n, k, ta, tb)) in cases.iter().enumerate() {
+            let (av, bv) = (data(m * k, case as u64), data(k * n, 50 + case as u64));
+            let a = Mat::new(&av, if ta { m } else { k }, ta);
+            let b = Mat::new(&bv, if tb { k } else { n }, tb);
+            for (accumulate, scale) in [(false, 1.0f32), (true, 0.5)] {
+                for parallel in [false, true] {
+                    let c0 = data(m * n, 99);
+                    let mut c = c0.clone();
+                    assert!(
+                        thin_product(m, n, k, a, b, &mut c, n, accumulate, parallel, scale)
+                            .is_some(),
+                        "case {case} is thin"
+                    );
+                    let gamma = (k + 2) as f64 * u / (1.0 - (k + 2) as f64 * u);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (mut sum, mut abs) = (0.0f64, 0.0f64);
+                            for l in 0..k {
+                                let p = a.data[i * a.rs + l * a.cs] as f64
+                                    * b.data[l * b.rs + j * b.cs] as f64;
+                                sum += p;
+                                abs += p.abs();
+                            }
+                            let prior = if accumulate {
+                                c0[i * n + j] as f64
+                            } else {
+                                0.0
+                            };
+                            let want = prior + scale as f64 * sum;
+                            let bound = gamma * (prior.abs() + scale as f64 * abs);
+                            let got = c[i * n + j] as f64;
+                            assert!(
+                                (got - want).abs() <= bound,
+                                "case {case} ({i}, {j}): {got} vs {want} (bound {bound})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let (av, bv) = (data(4, 1), data(4, 2));
+        let mut c = vec![0.0; 4];
+        let (a, b) = (Mat::new(&av, 2, false), Mat::new(&bv, 2, false));
+        assert!(thin_product(2, 2, 2, a, b, &mut c, 2, false, false, 1.0).is_none());
+    }
 }

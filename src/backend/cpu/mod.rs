@@ -4,6 +4,34 @@
 //! Each op family's kernels live in a submodule as plain functions over slices, parallel with rayon;
 //! this file only unwraps buffers and dispatches.
 
+/// Runs `$body` — a call of an `#[inline(always)]` function — compiled for AVX2 and FMA where the CPU
+/// has them (the crate is built for baseline x86-64, SSE2): the function and what it inlines then use
+/// 8-lane f32 and 4-lane f64 registers (the Winograd transforms' eight lanes, batch norm's f64 sums,
+/// max pooling's selects). A macro, not a function taking a closure: `$body` is written out once per
+/// branch, so each closure has one call site and is inlined into the AVX2 function (a closure called
+/// from both branches stays a separate function compiled for SSE2).
+macro_rules! with_avx2 {
+    ($body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has the features the function is compiled for.
+                unsafe { avx2(|| $body) }
+            } else {
+                $body
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $body
+        }
+    }};
+}
+
 mod attention;
 mod batchnorm;
 mod conv;
@@ -18,6 +46,7 @@ mod softmax;
 mod upsample;
 
 use crate::math_mode::{math_mode_on, round_operands, Hardware};
+
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::elementwise::par_new_planes;
+use super::elementwise::{par_new, par_new_planes};
 
 use crate::backend::{AdaptivePoolGeom, PoolGeom};
 
@@ -87,43 +87,113 @@ fn volume(v: &[usize; 3]) -> usize {
     v.iter().product()
 }
 
-/// The window's maximum and where it is, as the offset (kd·kH + kh)·kW + kw from the window's padded
-/// start, with PyTorch's rule: start from −inf at the window's first tap and take a tap when
-/// `val > max || isnan(val)`, scanning d, h, w increasing (ties: the first; NaN: the last NaN).
-/// The inference forward uses only the maximum (the index tracking compiles away there); the training
-/// forward measures ~3× its time (docs/PERFORMANCE.md: the scan stays a chain of branches).
-#[inline]
-fn window_argmax(
+/// One output row's window maxima and where they are, as offsets (kd·kH + kh)·kW + kw from each
+/// window's padded start, with PyTorch's rule: start from −inf at the window's first tap and take a
+/// tap when `val > max || isnan(val)`, scanning d, h, w increasing (ties: the first; NaN: the last
+/// NaN). The taps go in that order for every window, but the loop runs over the row's outputs
+/// innermost: one output's scan is a chain of dependent compares (its latency, ~3× the time, when
+/// each window was scanned on its own), the row's outputs are independent.
+/// `sd`, `sh`: the row's windows along d and h; `tw`: the windows along w; `max`, `best`: one per
+/// output of the row.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn row_argmax<const TRACK: bool>(
     xp: &[f32],
-    dims: [usize; 3],
-    kernel: [usize; 3],
+    g: &PoolGeom,
     sd: &Span,
     sh: &Span,
-    sw: &Span,
-) -> (usize, f32) {
-    let [_, h, w] = dims;
-    let [_, kh, kw] = kernel;
-    // offsets of the clipped window's taps relative to the padded start (all ≥ 0)
-    let (od, oh, ow) = (
+    tw: &[Span],
+    max: &mut [f32],
+    best: &mut [u32],
+    scratch: &mut Vec<f32>,
+) {
+    let [_, h, w] = g.input;
+    let [_, kh, kw] = g.kernel;
+    let (sw, pw) = (g.stride[2], g.padding[2] as isize);
+    let (od, oh) = (
         (sd.lo as isize - sd.start) as usize,
         (sh.lo as isize - sh.start) as usize,
-        (sw.lo as isize - sw.start) as usize,
     );
-    let mut best = (od * kh + oh) * kw + ow;
-    let mut max = f32::NEG_INFINITY;
-    for (a, d) in (sd.lo..sd.hi).enumerate() {
-        for (b, hh) in (sh.lo..sh.hi).enumerate() {
-            let row = (d * h + hh) * w;
-            let row_off = ((od + a) * kh + oh + b) * kw + ow;
-            for (i, &v) in xp[row + sw.lo..row + sw.hi].iter().enumerate() {
-                if v > max || v.is_nan() {
-                    max = v;
-                    best = row_off + i;
+    max.fill(f32::NEG_INFINITY);
+    for (b, span) in best.iter_mut().zip(tw) {
+        *b = (((od * kh + oh) * kw) as isize + span.lo as isize - span.start) as u32;
+    }
+    for d in sd.lo..sd.hi {
+        for hh in sh.lo..sh.hi {
+            let row = &xp[(d * h + hh) * w..][..w];
+            let base =
+                (((d as isize - sd.start) as usize * kh) + (hh as isize - sh.start) as usize) * kw;
+            for c in 0..kw {
+                // the outputs j whose tap c lies inside the row: 0 <= j·s − p + c < w
+                let first = (pw - c as isize).max(0) as usize;
+                let j0 = first.div_ceil(sw);
+                let last = w as isize - 1 + pw - c as isize;
+                if last < 0 {
+                    continue;
+                }
+                let j1 = (last as usize / sw + 1).min(tw.len());
+                if j0 >= j1 {
+                    continue;
+                }
+                let taps = &row[((j0 * sw) as isize - pw + c as isize) as usize..];
+                let vals = if sw == 1 {
+                    &taps[..j1 - j0]
+                } else {
+                    // strided taps copied out first, so the compares below are one vector loop
+                    scratch.clear();
+                    scratch.extend(taps.iter().step_by(sw).take(j1 - j0));
+                    &scratch[..]
+                };
+                take_max::<TRACK>(vals, &mut max[j0..j1], &mut best[j0..j1], (base + c) as u32);
+            }
+        }
+    }
+}
+
+/// One tap of a row of windows: `vals[j]` replaces `max[j]` (and `tap` its argmax) when
+/// `val > max || isnan(val)` — selects without a branch, vectorised.
+#[inline(always)]
+fn take_max<const TRACK: bool>(vals: &[f32], max: &mut [f32], best: &mut [u32], tap: u32) {
+    if !TRACK {
+        for (&v, m) in vals.iter().zip(max.iter_mut()) {
+            let take = (v > *m) | v.is_nan();
+            *m = if take { v } else { *m };
+        }
+        return;
+    }
+    for ((&v, m), b) in vals.iter().zip(max.iter_mut()).zip(best.iter_mut()) {
+        let take = (v > *m) | v.is_nan();
+        *m = if take { v } else { *m };
+        *b = if take { tap } else { *b };
+    }
+}
+
+/// One plane's window maxima into `y` (and their argmax offsets into `idx` when given), row by row.
+#[inline(always)]
+fn plane_argmax<I: WindowOffset>(
+    xp: &[f32],
+    g: &PoolGeom,
+    [td, th, tw]: &[&[Span]; 3],
+    y: &mut [f32],
+    mut idx: Option<&mut [I]>,
+) {
+    let ow = tw.len();
+    let (mut best, mut scratch) = (vec![0u32; ow], Vec::with_capacity(ow));
+    let mut rows = y.chunks_mut(ow).enumerate();
+    for sd in td.iter() {
+        for sh in th.iter() {
+            let (r, y_row) = rows.next().unwrap();
+            match idx.as_deref_mut() {
+                None => row_argmax::<false>(xp, g, sd, sh, tw, y_row, &mut best, &mut scratch),
+                Some(_) => row_argmax::<true>(xp, g, sd, sh, tw, y_row, &mut best, &mut scratch),
+            }
+            if let Some(idx) = idx.as_deref_mut() {
+                for (i, &b) in idx[r * ow..(r + 1) * ow].iter_mut().zip(&best) {
+                    *i = I::from_offset(b as usize);
                 }
             }
         }
     }
-    (best, max)
 }
 
 pub(super) fn max_forward(x: &[f32], g: &PoolGeom) -> Vec<f32> {
@@ -134,14 +204,7 @@ pub(super) fn max_forward(x: &[f32], g: &PoolGeom) -> Vec<f32> {
     let [td, th, tw] = pool_tables(g, true);
     par_new_planes(g.planes * ov, ov, iv, |p, yp| {
         let xp = &x[p * iv..(p + 1) * iv];
-        let mut out = yp.iter_mut();
-        for sd in &td {
-            for sh in &th {
-                for sw in &tw {
-                    *out.next().unwrap() = window_argmax(xp, g.input, g.kernel, sd, sh, sw).1;
-                }
-            }
-        }
+        with_avx2!(plane_argmax::<u32>(xp, g, &[&td, &th, &tw], yp, None))
     })
 }
 
@@ -190,19 +253,7 @@ fn forward_argmax_as<I: WindowOffset>(x: &[f32], g: &PoolGeom, y: &mut [f32], id
     y.par_chunks_mut(ov)
         .zip(idx.par_chunks_mut(ov))
         .zip(x.par_chunks(iv))
-        .for_each(|((yp, ip), xp)| {
-            let mut out = yp.iter_mut().zip(ip.iter_mut());
-            for sd in &td {
-                for sh in &th {
-                    for sw in &tw {
-                        let (off, v) = window_argmax(xp, g.input, g.kernel, sd, sh, sw);
-                        let (yo, io) = out.next().unwrap();
-                        *yo = v;
-                        *io = I::from_offset(off);
-                    }
-                }
-            }
-        });
+        .for_each(|((yp, ip), xp)| with_avx2!(plane_argmax(xp, g, &[&td, &th, &tw], yp, Some(ip))));
 }
 
 /// dx: each dy added at its window's saved argmax (windows may overlap: a plane's outputs scatter
@@ -262,6 +313,11 @@ fn span_avg_forward(x: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span>;
     if iv == 0 || ov == 0 {
         return vec![0.0f32; planes * ov];
     }
+    if is_global(input, t) {
+        return par_new(planes, GLOBAL_PLANES_PER_PIECE, |_, r| {
+            r.map(|p| lane_sum(&x[p * iv..(p + 1) * iv]) / iv as f32)
+        });
+    }
     par_new_planes(planes * ov, ov, iv, |p, yp| {
         let xp = &x[p * iv..(p + 1) * iv];
         // row_sums[(d·H + h)·OW + j]: the input row (d, h) summed over w-window j
@@ -295,40 +351,95 @@ fn span_avg_forward(x: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span>;
     })
 }
 
-/// The adjoint of [`span_avg_forward`]: each dy/divisor is spread over its (clipped) window.
-fn span_avg_backward(dy: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span>; 3]) -> Vec<f32> {
-    let [_, h, w] = input;
-    let iv = volume(&input);
-    let ov = t[0].len() * t[1].len() * t[2].len();
-    let mut dx = vec![0.0f32; planes * iv];
-    if iv == 0 || ov == 0 {
-        return dx;
+/// Planes per piece of a global average (one output per plane).
+const GLOBAL_PLANES_PER_PIECE: usize = 64;
+
+/// Whether the tables are one window over the whole input (global average pooling: the heads of
+/// every model), whose plane sums are contiguous.
+fn is_global(input: [usize; 3], t: &[Vec<Span>; 3]) -> bool {
+    (0..3).all(|a| {
+        let span = t[a].first();
+        t[a].len() == 1
+            && span.is_some_and(|s| s.lo == 0 && s.hi == input[a] && s.count == input[a])
+    })
+}
+
+/// Σ of a contiguous run in eight f32 partial sums (one chain of additions would run at the add's
+/// latency, not at the loads' speed; error within γ_(n/8 + 3) of the sum of absolute values).
+fn lane_sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
     }
-    // (in place, not through a scratch plane: measured faster here, the windows overlap little)
-    dx.par_chunks_mut(iv).enumerate().for_each(|(p, dxp)| {
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
+    ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + tail
+}
+
+/// The adjoint of [`span_avg_forward`]: each dy/divisor is spread over its (clipped) window —
+/// separably, as the forward sums: g = dy/divisor (0 for an empty window) is first spread along d
+/// over whole (h, w)-output rows, then along h over w-output rows (both vector loops), and only the
+/// last step along w adds one value at a time; a window of k_d·k_h·k_w taps costs k_d + k_h + k_w
+/// additions per element instead of their product.
+fn span_avg_backward(dy: &[f32], planes: usize, input: [usize; 3], t: &[Vec<Span>; 3]) -> Vec<f32> {
+    let [din, h, _] = input;
+    let iv = volume(&input);
+    let (oh, ow) = (t[1].len(), t[2].len());
+    let ov = t[0].len() * oh * ow;
+    if iv == 0 || ov == 0 {
+        return vec![0.0f32; planes * iv];
+    }
+    if is_global(input, t) {
+        return par_new(planes * iv, iv, |p, r| {
+            std::iter::repeat_n(dy[p] / iv as f32, r.len())
+        });
+    }
+    let add_rows =
+        |dst: &mut [f32], src: &[f32]| dst.iter_mut().zip(src).for_each(|(a, &b)| *a += b);
+    par_new_planes(planes * iv, iv, iv + ov, |p, dxp| {
         let mut grads = dy[p * ov..(p + 1) * ov].iter();
+        let mut g = Vec::with_capacity(ov);
         for sd in &t[0] {
             for sh in &t[1] {
                 for sw in &t[2] {
                     let gy = *grads.next().unwrap();
                     let div = sd.count * sh.count * sw.count;
-                    if sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0 {
-                        continue;
-                    }
-                    let gv = gy / div as f32;
-                    for d in sd.lo..sd.hi {
-                        for hh in sh.lo..sh.hi {
-                            let row = (d * h + hh) * w;
-                            for v in &mut dxp[row + sw.lo..row + sw.hi] {
-                                *v += gv;
-                            }
-                        }
-                    }
+                    let empty = sd.is_empty() || sh.is_empty() || sw.is_empty() || div == 0;
+                    g.push(if empty { 0.0 } else { gy / div as f32 });
                 }
             }
         }
-    });
-    dx
+        // along d: by_d[d][oh][ow]
+        let mut by_d = vec![0.0f32; din * oh * ow];
+        for (i, sd) in t[0].iter().enumerate() {
+            for d in sd.lo..sd.hi {
+                add_rows(
+                    &mut by_d[d * oh * ow..][..oh * ow],
+                    &g[i * oh * ow..][..oh * ow],
+                );
+            }
+        }
+        // along h: by_h[d][h][ow]
+        let mut by_h = vec![0.0f32; din * h * ow];
+        for d in 0..din {
+            for (i, sh) in t[1].iter().enumerate() {
+                let src = &by_d[(d * oh + i) * ow..][..ow];
+                for hh in sh.lo..sh.hi {
+                    add_rows(&mut by_h[(d * h + hh) * ow..][..ow], src);
+                }
+            }
+        }
+        // along w, into the plane
+        let w = input[2];
+        for (row, src) in dxp.chunks_mut(w).zip(by_h.chunks(ow)) {
+            for (sw, &v) in t[2].iter().zip(src) {
+                row[sw.lo..sw.hi].iter_mut().for_each(|a| *a += v);
+            }
+        }
+    })
 }
 
 pub(super) fn avg_forward(x: &[f32], g: &PoolGeom, count_include_pad: bool) -> Vec<f32> {
