@@ -18,7 +18,7 @@ use super::conv_direct;
 use super::conv_winograd;
 use super::elementwise::relu as relu_f;
 use super::layout::permute;
-use super::linalg::{gemm, Mat};
+use super::linalg::{dot, gemm, Mat};
 use crate::backend::ConvGeom;
 
 /// How output rows are chunked per task: a column buffer of about `col_floats`, but at least
@@ -584,24 +584,6 @@ fn for_each_run(g: &ConvGeom, taps: &Taps, mut f: impl FnMut(usize, usize, usize
             }
         }
     }
-}
-
-/// Σ a·b in eight lanes, so it vectorises.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Depthwise forward: one task per output plane (n, co), reading input channel co / m.

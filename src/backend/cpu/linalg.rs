@@ -220,23 +220,22 @@ fn for_pieces(out: &mut [f32], pieces: usize, f: impl Fn(usize, &mut [f32]) + Sy
     }
 }
 
-/// Σ x·y in eight partial sums (a chain of additions would run at the add's latency).
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let tail: f32 = xc
+/// Σ a·b in eight lanes, so it vectorises.
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
         .remainder()
         .iter()
-        .zip(yc.remainder())
-        .map(|(a, b)| a * b)
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
         .sum();
-    for (a, b) in xc.zip(yc) {
+    for (x, y) in ac.zip(bc) {
         for i in 0..8 {
-            acc[i] += a[i] * b[i];
+            acc[i] += x[i] * y[i];
         }
     }
-    let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
-    ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + tail
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Batched C = op(A)·op(B), see [`MatmulGeom`].
@@ -279,14 +278,8 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
         (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
+            .map(|i| 2.0 * crate::rng::uniform(seed, i as u64) - 1.0)
             .collect()
     }
 
