@@ -1,4 +1,6 @@
-//! Batch norm over [outer, C, inner]: statistics in f64 (two passes), parallel over channels.
+//! Batch norm over [outer, C, inner]: statistics in f64 (two passes), parallel over channels; the
+//! backward's sums in f64 and its dx in f32, channel by channel where rows are long (each channel's
+//! x and dy read for the sums, then again from cache for dx).
 
 use std::mem::MaybeUninit;
 
@@ -190,7 +192,7 @@ fn backward_masked<const RELU: bool>(
         .map(|&v| 1.0 / (v as f64 + st.eps as f64).sqrt())
         .collect();
     let n = (g.outer * g.inner) as f64;
-    let channel_sums = |c: usize| {
+    let sums_of = |c: usize| {
         with_avx2!(channel_sums::<RELU>(
             dy,
             x,
@@ -223,7 +225,7 @@ fn backward_masked<const RELU: bool>(
     let (dx, sums) = if fused {
         backward_by_channel::<RELU>(dy, x, ry, g, st, &invstd, coef)
     } else {
-        let sums: Vec<(f64, f64)> = (0..g.axis).into_par_iter().map(channel_sums).collect();
+        let sums: Vec<(f64, f64)> = (0..g.axis).into_par_iter().map(sums_of).collect();
         let coefs: Vec<DxCoef> = (0..g.axis).map(|c| coef(c, sums[c])).collect();
         let dx = par_new(x.len(), g.inner, |row, r| {
             let k = coefs[row % g.axis];
