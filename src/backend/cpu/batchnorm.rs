@@ -369,12 +369,7 @@ fn write_dx_rows<const RELU: bool>(
 mod tests {
     use super::*;
 
-    /// Deterministic values in [-1, 1).
-    fn data(n: usize, seed: u64) -> Vec<f32> {
-        (0..n)
-            .map(|i| 2.0 * crate::rng::uniform(seed, i as u64) - 1.0)
-            .collect()
-    }
+    use super::super::test_data as data;
 
     /// dx, dweight and dbias of both paths (channel by channel and row-parallel) against the formula
     /// in f64, with and without batch statistics and the ReLU mask. The sums are f64 (error ~n·2⁻⁵³,

@@ -277,11 +277,7 @@ pub(super) fn matmul(a: &[f32], b: &[f32], g: MatmulGeom) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    fn data(n: usize, seed: u64) -> Vec<f32> {
-        (0..n)
-            .map(|i| 2.0 * crate::rng::uniform(seed, i as u64) - 1.0)
-            .collect()
-    }
+    use super::super::test_data as data;
 
     /// The thin products (one row, or one reduction step) against the f64 sum, for every layout they
     /// take and with accumulation and scaling: each result within γ_(k+2)·(|c| + |scale|·Σ|a||b|)

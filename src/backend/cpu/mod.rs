@@ -32,6 +32,14 @@ macro_rules! with_avx2 {
     }};
 }
 
+/// Test data: n deterministic values in [-1, 1) from stream `seed` of crate::rng.
+#[cfg(test)]
+fn test_data(n: usize, seed: u64) -> Vec<f32> {
+    (0..n)
+        .map(|i| 2.0 * crate::rng::uniform(seed, i as u64) - 1.0)
+        .collect()
+}
+
 mod attention;
 mod batchnorm;
 mod conv;
