@@ -95,7 +95,9 @@ fn shape_applies(g: &ConvGeom) -> bool {
         && g.kernel.contains(&3)
 }
 
-fn enabled() -> bool {
+/// Whether the Winograd paths (this one and conv_winograd_depth.rs) may run:
+/// `VIDGRAD_CPU_CONV_WINOGRAD=0` turns both off.
+pub(super) fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("VIDGRAD_CPU_CONV_WINOGRAD").map_or(true, |v| v != "0"))
 }
@@ -413,7 +415,7 @@ fn pad_grad(dy: &[f32], g: &ConvGeom, t: &Tiling) -> (Vec<f32>, [usize; 3]) {
 
 /// Most floats of private dM accumulators (one per thread) at once, 256 MiB: above it fewer threads
 /// sum tiles and the GEMMs go parallel instead.
-const MAX_ACCUMULATOR_FLOATS: usize = 1 << 26;
+pub(super) const MAX_ACCUMULATOR_FLOATS: usize = 1 << 26;
 
 fn backward_weight_axes<const WD: bool, const WH: bool, const WW: bool>(
     x: &[f32],

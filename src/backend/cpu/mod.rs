@@ -45,6 +45,7 @@ mod batchnorm;
 mod conv;
 mod conv_direct;
 mod conv_winograd;
+mod conv_winograd_depth;
 mod elementwise;
 mod layout;
 mod linalg;
