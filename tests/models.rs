@@ -15,8 +15,10 @@ use vidgrad::{ops, Device};
 
 /// Error measure: max |ours − PyTorch| / max |PyTorch| over a tensor, against PyTorch in float64.
 /// Tolerance: the larger of a floor (2e-3 for outputs, 5e-3 for gradients) and 3× the error PyTorch's own
-/// float32 makes on the same case (stored in the fixture): some gradients of deep networks with
-/// train-mode batch norm are ill-conditioned, and no float32 implementation can do better than that.
+/// float32 makes on the same case (stored in the fixture: the largest of three runs, as given and with
+/// every weight and the input nudged by one ulp, since one run can land low by luck): some gradients of
+/// deep networks with train-mode batch norm are ill-conditioned, and no float32 implementation can do
+/// better than that (gen_model_fixtures.py, F32_NUDGE_SEEDS).
 const LOGITS_TOL: f32 = 2e-3;
 const GRAD_TOL: f32 = 5e-3;
 const F32_FACTOR: f32 = 3.0;

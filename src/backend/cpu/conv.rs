@@ -10,9 +10,8 @@
 //! scatter GEMM columns back with col2vol. Stride-1 forward passes (so also those data gradients) of
 //! 3×3×3 and 3×3 kernels take Winograd F(2, 3) ([`conv_winograd`]) where the shape pays, and otherwise
 //! the direct kernel of [`conv_direct`] where the CPU has AVX2 and FMA (and no AVX-512) and the shape
-//! suits it; their weight gradients take Winograd too, others dW = dy·colᵀ over column chunks. The data
-//! and weight gradients of 3×1×1 kernels take Winograd F(2, 3) along depth ([`conv_winograd_depth`]),
-//! their forward passes not.
+//! suits it; their weight gradients take Winograd too, others dW = dy·colᵀ over column chunks. 3×1×1
+//! kernels take Winograd F(2, 3) along depth ([`conv_winograd_depth`]) in all three passes.
 
 use rayon::prelude::*;
 
@@ -243,6 +242,11 @@ fn forward_with(
             return y;
         }
     }
+    if chunking.winograd && conv_winograd_depth::applies(g) {
+        if let Some(y) = conv_winograd_depth::forward(x, w, bias, g, relu) {
+            return y;
+        }
+    }
     if chunking.direct && conv_direct::applies(g) {
         return conv_direct::forward(x, w, bias, g, relu);
     }
@@ -337,17 +341,7 @@ fn backward_data_with(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking) -
     }
     match transposed_geom(g) {
         Some(gt) if w.iter().all(|v| v.is_finite()) => {
-            let wt = flipped_transposed(w, g);
-            // 3×1×1 layers by Winograd along depth here, but not in their forward pass: there it
-            // took a full-size fixture's gradients past their tolerance, for a reason not yet
-            // understood (docs/PERFORMANCE.md, stop 28).
-            if chunking.winograd && conv_winograd_depth::applies(&gt) {
-                // None where an output is not finite: the forward paths give PyTorch's results.
-                if let Some(dx) = conv_winograd_depth::forward(dy, &wt, &gt) {
-                    return dx;
-                }
-            }
-            forward_with(dy, &wt, None, &gt, chunking, false)
+            forward_with(dy, &flipped_transposed(w, g), None, &gt, chunking, false)
         }
         _ => backward_data_col2vol(dy, w, g, chunking),
     }

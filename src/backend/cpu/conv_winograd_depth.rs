@@ -1,6 +1,6 @@
-//! Winograd F(2, 3) along the depth axis for the data and weight gradients of stride-1 3×1×1
-//! convolutions: R(2+1)D-18's temporal layers and I3D's. The data gradient of such a convolution is a
-//! forward convolution of dy by the flipped kernel (conv.rs), which this module's [`forward`] computes.
+//! Winograd F(2, 3) along the depth axis for stride-1 3×1×1 convolutions — R(2+1)D-18's temporal
+//! layers and I3D's — in the forward pass (with the bias and fused-ReLU epilogue), the data gradient
+//! (a forward convolution of dy by the flipped kernel, conv.rs) and the weight gradient.
 //!
 //! Two outputs along depth, y0 = g0·d0 + g1·d1 + g2·d2 and y1 = g0·d1 + g1·d2 + g2·d3, take four
 //! products instead of six (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR
@@ -12,12 +12,10 @@
 //! between two streaming passes over contiguous rows (conv_winograd.rs's 4×4×4 boxes gather one lane
 //! per tile instead, and with one Winograd axis did not pay for it: docs/PERFORMANCE.md).
 //!
-//! Not the forward pass (docs/PERFORMANCE.md, stop 28): with it, F(2, 3) or F(4, 3), ct-sep's
-//! full-size PyTorch fixture (R(2+1)D's stem, 45 → 64) had train-mode gradient errors 2.4× the direct
-//! path's, past its tolerance, and with F(4, 3) (six products for four outputs, 0.45–0.75 of the
-//! direct kernel's time per layer) two non-local I3D fixtures too. Why F(2, 3) does it is not
-//! understood: a float32 simulation of that layer's shape on non-negative (ReLU'd) inputs gives F(2, 3)
-//! the direct sum's error (0.97×), and every output here stays within its derived bound.
+//! F(2, 3), not F(4, 3): F(4, 3) (six products for four outputs, 0.45–0.75 of the direct kernel's
+//! time per layer) has constants up to 8 and 1/24 and about twice the direct sum's rounding error;
+//! with it two non-local I3D fixtures left their tolerances (docs/PERFORMANCE.md). F(2, 3)'s error is
+//! below the direct sum's.
 //!
 //! Tasks own one tile (two output planes) of one (sample, group) over a run of [`columns`] positions
 //! of the (height, width) plane: the task's input transform writes V [C_in/G][4][columns], the GEMMs
@@ -42,6 +40,7 @@ use rayon::prelude::*;
 
 use super::conv::sum_in_order;
 use super::conv_winograd::MAX_ACCUMULATOR_FLOATS;
+use super::elementwise::relu as relu_f;
 use super::linalg::{gemm, Mat};
 use crate::backend::ConvGeom;
 
@@ -192,9 +191,16 @@ fn tasks<'a>(y: &'a mut [f32], g: &ConvGeom, cols: usize) -> Vec<(Span, Vec<&'a 
     tasks
 }
 
-/// `g`'s forward pass by Winograd F(2, 3) along depth, or `None` where it would not give PyTorch's
-/// result: a weight or an output not finite (then the caller's other paths run).
-pub(super) fn forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Option<Vec<f32>> {
+/// `g`'s forward pass by Winograd F(2, 3) along depth, plus `bias` (ReLU'd when `relu`: the fused
+/// epilogue), or `None` where it would not give PyTorch's result: a weight or an output not finite
+/// (then the caller's other paths run).
+pub(super) fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+    relu: bool,
+) -> Option<Vec<f32>> {
     debug_assert!(
         shape_applies(g),
         "Winograd F(2,3) along depth called on {g:?}"
@@ -204,12 +210,19 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &ConvGeom) -> Option<Vec<f32>> {
     }
     let u = transform_weights(w, g);
     let mut y = vec![0.0f32; g.n * g.c_out * g.output_volume()];
-    run(x, &u, g, &mut y).then_some(y)
+    run(x, &u, g, Epilogue { bias, relu }, &mut y).then_some(y)
 }
 
-/// y ← the convolution of `x` by the transformed weights `u`, task by task in parallel; whether
-/// every output was finite.
-fn run(x: &[f32], u: &[f32], g: &ConvGeom, y: &mut [f32]) -> bool {
+/// What the output transform adds to each output channel's rows.
+#[derive(Clone, Copy)]
+struct Epilogue<'a> {
+    bias: Option<&'a [f32]>,
+    relu: bool,
+}
+
+/// y ← the convolution of `x` by the transformed weights `u` and the epilogue, task by task in
+/// parallel; whether every output was finite.
+fn run(x: &[f32], u: &[f32], g: &ConvGeom, epilogue: Epilogue, y: &mut [f32]) -> bool {
     let cols = columns(g);
     let tasks = tasks(y, g, cols);
     let job = Job::new(x, g, cols, tasks.len());
@@ -220,7 +233,7 @@ fn run(x: &[f32], u: &[f32], g: &ConvGeom, y: &mut [f32]) -> bool {
             |(v, m, zeros), (span, mut rows)| {
                 job.input_transform(&span, v, zeros);
                 job.products(&span, u, v, m);
-                job.output_transform(&span, m, &mut rows)
+                job.output_transform(&span, m, epilogue, &mut rows)
             },
         )
         .reduce(|| true, |a, b| a && b)
@@ -399,17 +412,26 @@ impl<'a> Job<'a> {
         }
     }
 
-    /// The task's rows of y ← Aᵀ (each output channel's four M rows). Whether every output was
-    /// finite.
-    fn output_transform(&self, t: &Span, m: &[f32], rows: &mut [&mut [f32]]) -> bool {
+    /// The task's rows of y ← Aᵀ (each output channel's four M rows) + bias, ReLU'd when fused.
+    /// Whether every output was finite.
+    fn output_transform(
+        &self,
+        t: &Span,
+        m: &[f32],
+        epilogue: Epilogue,
+        rows: &mut [&mut [f32]],
+    ) -> bool {
         let g = self.g;
+        let first_channel = t.ng % g.groups * g.out_per_group();
         let mut probe = [0.0f32; LANES];
         with_avx2!({
-            for (src, dst) in m
+            for (co, (src, dst)) in m
                 .chunks_exact(POINTS * self.ld)
                 .zip(rows.chunks_mut(t.planes(g)))
+                .enumerate()
             {
-                output_rows(src, self.ld, dst, &mut probe);
+                let bias = epilogue.bias.map_or(0.0, |b| b[first_channel + co]);
+                output_rows(src, self.ld, bias, epilogue.relu, dst, &mut probe);
             }
         });
         probe.iter().all(|v| *v == 0.0)
@@ -452,10 +474,17 @@ fn grad_rows([e0, e1]: [&[f32]; TILE], [p0, p1, p2, p3]: [&mut [f32]; POINTS]) {
 }
 
 /// One output channel's rows of the tile (`dst`: the first `dst.len()` of its two planes) from its
-/// four M rows (`m`, rows of `ld`): Aᵀ. Every value times 0 is added to `probe` (NaN there: one was not
-/// finite).
+/// four M rows (`m`, rows of `ld`): Aᵀ, + `bias`, ReLU'd when `relu`. Every value before the ReLU
+/// times 0 is added to `probe` (NaN there: one was not finite).
 #[inline(always)]
-fn output_rows(m: &[f32], ld: usize, dst: &mut [&mut [f32]], probe: &mut [f32; LANES]) {
+fn output_rows(
+    m: &[f32],
+    ld: usize,
+    bias: f32,
+    relu: bool,
+    dst: &mut [&mut [f32]],
+    probe: &mut [f32; LANES],
+) {
     let cols = dst[0].len();
     let row = |p: usize| &m[p * ld..][..ld];
     let (m0, m1, m2, m3) = (row(0), row(1), row(2), row(3));
@@ -466,8 +495,8 @@ fn output_rows(m: &[f32], ld: usize, dst: &mut [&mut [f32]], probe: &mut [f32; L
         let at = |row: &[f32]| -> [f32; LANES] { row[c0..c0 + LANES].try_into().unwrap() };
         let (m0, m1, m2, m3) = (at(m0), at(m1), at(m2), at(m3));
         for l in 0..LANES {
-            block[0][l] = (m0[l] + m1[l]) + m2[l];
-            block[1][l] = (m1[l] - m2[l]) - m3[l];
+            block[0][l] = ((m0[l] + m1[l]) + m2[l]) + bias;
+            block[1][l] = ((m1[l] - m2[l]) - m3[l]) + bias;
         }
         let width = LANES.min(cols - c0);
         for (out, values) in dst.iter_mut().zip(&block) {
@@ -480,7 +509,13 @@ fn output_rows(m: &[f32], ld: usize, dst: &mut [&mut [f32]], probe: &mut [f32; L
                     probe[l] += values[l] * 0.0;
                 }
             }
-            out[c0..c0 + width].copy_from_slice(&values[..width]);
+            if relu {
+                for (d, s) in out[c0..c0 + width].iter_mut().zip(values) {
+                    *d = relu_f(*s);
+                }
+            } else {
+                out[c0..c0 + width].copy_from_slice(&values[..width]);
+            }
         }
     }
 }
@@ -564,42 +599,53 @@ mod tests {
         ]
     }
 
-    /// The forward against the f64 direct sum, per output within γ_k·S: S the computation on absolute
-    /// values ([`forward_abs`]), k = C_in/G + 5 (module docs). A NaN or ±Inf in x, or an Inf weight,
-    /// makes it decline (`None`; the caller's other paths, tested in conv.rs, then run).
+    /// The forward with a bias against the f64 direct sum, per output within γ_k·(S + |bias|): S the
+    /// computation on absolute values ([`forward_abs`]), k = C_in/G + 6 (module docs). A NaN or ±Inf
+    /// in x, or an Inf weight, makes it decline (`None`; the caller's other paths, tested in conv.rs, then run).
     #[test]
     fn matches_the_direct_sum_within_the_bound() {
         for (case, g) in cases().iter().enumerate() {
             let seed = 7100 + 4 * case as u64;
             let mut x = crate::backend::cpu::test_data(g.n * g.c_in * g.input_volume(), seed);
             let mut w = crate::backend::cpu::test_data(g.c_out * g.in_per_group() * 3, seed + 1);
+            let bias = crate::backend::cpu::test_data(g.c_out, seed + 2);
             let (want, s_abs) = (reference(&x, &w, g), forward_abs(&x, &w, g));
-            let k = (g.in_per_group() + 5) as f64;
+            let k = (g.in_per_group() + 6) as f64;
             let u = f64::powi(2.0, -24);
             let gamma = k * u / (1.0 - k * u);
-            let y = forward(&x, &w, g)
+            let y = forward(&x, &w, Some(&bias), g, false)
                 .unwrap_or_else(|| panic!("case {case}: declined finite data {g:?}"));
             assert_eq!(y.len(), want.len());
             for (i, ((got, want), s)) in y.iter().zip(&want).zip(&s_abs).enumerate() {
-                let bound = gamma * s + 1e-30;
+                let b = bias[i / g.output_volume() % g.c_out];
+                let bound = gamma * (s + b.abs() as f64) + 1e-30;
                 assert!(
-                    (*got as f64 - want).abs() <= bound,
-                    "case {case} y[{i}] {got} vs {want} (bound {bound:.2e}) {g:?}"
+                    (*got as f64 - (want + b as f64)).abs() <= bound,
+                    "case {case} y[{i}] {got} vs {want} + {b} (bound {bound:.2e}) {g:?}"
                 );
             }
+            // The fused ReLU is the ReLU of the same sums, bit for bit.
+            let y_relu = forward(&x, &w, Some(&bias), g, true).expect("finite data");
+            assert!(
+                y_relu
+                    .iter()
+                    .zip(&y)
+                    .all(|(r, v)| r.to_bits() == relu_f(*v).to_bits()),
+                "case {case}: fused ReLU {g:?}"
+            );
 
             let at = (seed as usize * 7919) % x.len();
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
                 x[at] = bad;
                 assert!(
-                    forward(&x, &w, g).is_none(),
+                    forward(&x, &w, None, g, false).is_none(),
                     "case {case}: {bad} in x not declined {g:?}"
                 );
             }
             x[at] = 0.5;
             let at = (seed as usize * 31) % w.len();
             w[at] = f32::INFINITY;
-            assert!(forward(&x, &w, g).is_none(), "case {case}");
+            assert!(forward(&x, &w, None, g, false).is_none(), "case {case}");
         }
     }
 
@@ -612,7 +658,11 @@ mod tests {
         let mut u = transform_weights(&w, &g);
         u[3 * 8 * 8] *= 1.0 + 1e-4; // point 3's first weight
         let mut y = vec![0.0f32; g.n * g.c_out * g.output_volume()];
-        assert!(run(&x, &u, &g, &mut y));
+        let plain = Epilogue {
+            bias: None,
+            relu: false,
+        };
+        assert!(run(&x, &u, &g, plain, &mut y));
         let (want, s_abs) = (reference(&x, &w, &g), forward_abs(&x, &w, &g));
         let k = (g.in_per_group() + 5) as f64;
         let gamma = k * f64::powi(2.0, -24) / (1.0 - k * f64::powi(2.0, -24));
