@@ -83,6 +83,9 @@ fn adaptive_tables(g: &AdaptivePoolGeom) -> [Vec<Span>; 3] {
     std::array::from_fn(|i| adaptive_spans(g.input[i], g.output[i]))
 }
 
+/// Outputs per step of [`take_max`]: one AVX vector.
+const LANES: usize = 8;
+
 fn volume(v: &[usize; 3]) -> usize {
     v.iter().product()
 }
@@ -93,8 +96,8 @@ fn volume(v: &[usize; 3]) -> usize {
 /// NaN). The taps go in that order for every window, but the loop runs over the row's outputs
 /// innermost: one output's scan is a chain of dependent compares (its latency, ~3× the time, when
 /// each window was scanned on its own), the row's outputs are independent.
-/// `sd`, `sh`: the row's windows along d and h; `tw`: the windows along w; `max`, `best`: one per
-/// output of the row.
+/// `sd`, `sh`: the row's windows along d and h; `tw`: the windows along w; `taps`: [`WTaps`];
+/// `max`, `best`: one per output of the row.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn row_argmax<const TRACK: bool>(
@@ -103,13 +106,14 @@ fn row_argmax<const TRACK: bool>(
     sd: &Span,
     sh: &Span,
     tw: &[Span],
+    taps: &WTaps,
     max: &mut [f32],
     best: &mut [u32],
-    scratch: &mut Vec<f32>,
+    scratch: &mut RowScratch,
 ) {
     let [_, h, w] = g.input;
     let [_, kh, kw] = g.kernel;
-    let (sw, pw) = (g.stride[2], g.padding[2] as isize);
+    let sw = g.stride[2];
     let (od, oh) = (
         (sd.lo as isize - sd.start) as usize,
         (sh.lo as isize - sh.start) as usize,
@@ -118,53 +122,153 @@ fn row_argmax<const TRACK: bool>(
     for (b, span) in best.iter_mut().zip(tw) {
         *b = (((od * kh + oh) * kw) as isize + span.lo as isize - span.start) as u32;
     }
+    // Each tap reads the running maxima from one buffer and writes them to the other (`max` or
+    // the scratch's), never selecting into the slice it reads: a select stored back in place
+    // compiles to masked stores (vmaskmovps), which took most of the time on AMD Zen 3.
+    let RowScratch {
+        phases,
+        max: other_max,
+        best: other_best,
+    } = scratch;
+    other_max.resize(max.len(), 0.0);
+    other_best.resize(best.len(), 0);
+    let mut in_place = true; // the running maxima are in `max` / `best`
     for d in sd.lo..sd.hi {
         for hh in sh.lo..sh.hi {
             let row = &xp[(d * h + hh) * w..][..w];
+            if sw > 1 {
+                split_phases(row, sw, taps.phase_len, phases);
+            }
+            let src = if sw > 1 { &phases[..] } else { row };
             let base =
                 (((d as isize - sd.start) as usize * kh) + (hh as isize - sh.start) as usize) * kw;
-            for c in 0..kw {
-                // the outputs j whose tap c lies inside the row: 0 <= j·s − p + c < w
-                let first = (pw - c as isize).max(0) as usize;
-                let j0 = first.div_ceil(sw);
-                let last = w as isize - 1 + pw - c as isize;
-                if last < 0 {
-                    continue;
-                }
-                let j1 = (last as usize / sw + 1).min(tw.len());
-                if j0 >= j1 {
-                    continue;
-                }
-                let taps = &row[((j0 * sw) as isize - pw + c as isize) as usize..];
-                let vals = if sw == 1 {
-                    &taps[..j1 - j0]
+            for &(c, j0, j1, at) in &taps.runs {
+                let vals = &src[at..][..j1 - j0];
+                let tap = (base + c) as u32;
+                if in_place {
+                    take_max::<TRACK>(vals, j0, (max, best), (other_max, other_best), tap);
                 } else {
-                    // strided taps copied out first, so the compares below are one vector loop
-                    scratch.clear();
-                    scratch.extend(taps.iter().step_by(sw).take(j1 - j0));
-                    &scratch[..]
-                };
-                take_max::<TRACK>(vals, &mut max[j0..j1], &mut best[j0..j1], (base + c) as u32);
+                    take_max::<TRACK>(vals, j0, (other_max, other_best), (max, best), tap);
+                }
+                in_place = !in_place;
             }
+        }
+    }
+    if !in_place {
+        max.copy_from_slice(other_max);
+        if TRACK {
+            best.copy_from_slice(other_best);
         }
     }
 }
 
-/// One tap of a row of windows: `vals[j]` replaces `max[j]` (and `tap` its argmax) when
-/// `val > max || isnan(val)` — selects without a branch, vectorised.
+/// Buffers a row of windows needs besides its outputs: the phases of a strided row, and the
+/// other half of the running maxima and argmaxes ([`row_argmax`]).
+#[derive(Default)]
+struct RowScratch {
+    phases: Vec<f32>,
+    max: Vec<f32>,
+    best: Vec<u32>,
+}
+
+/// Per tap c along w, the outputs j0..j1 whose tap lies inside the row (0 ≤ j·s − p + c < w) and
+/// where their values start: in the row (stride 1) or in its phases ([`split_phases`]) — the same
+/// for every row, so computed once (its divisions had cost more than the compares).
+struct WTaps {
+    /// (c, j0, j1, start of the values), taps with no output inside the row left out
+    runs: Vec<(usize, usize, usize, usize)>,
+    phase_len: usize,
+}
+
+impl WTaps {
+    fn new(g: &PoolGeom, outputs: usize) -> Self {
+        let (w, kw, sw, pw) = (g.input[2], g.kernel[2], g.stride[2], g.padding[2] as isize);
+        let phase_len = w.div_ceil(sw);
+        let runs = (0..kw)
+            .filter_map(|c| {
+                let first = (pw - c as isize).max(0) as usize;
+                let j0 = first.div_ceil(sw);
+                let last = w as isize - 1 + pw - c as isize;
+                let j1 = (last >= 0).then(|| (last as usize / sw + 1).min(outputs))?;
+                let first_tap = ((j0 * sw) as isize - pw + c as isize) as usize;
+                let at = if sw == 1 {
+                    first_tap
+                } else {
+                    first_tap % sw * phase_len + first_tap / sw
+                };
+                (j0 < j1).then_some((c, j0, j1, at))
+            })
+            .collect();
+        WTaps { runs, phase_len }
+    }
+}
+
+/// `row`'s elements into `phases` by their index mod `sw`: phase r (elements r, r + sw, …) at
+/// r·`phase_len`. Stride 2, the common case, as pairs (a vectorised deinterleave).
 #[inline(always)]
-fn take_max<const TRACK: bool>(vals: &[f32], max: &mut [f32], best: &mut [u32], tap: u32) {
-    if !TRACK {
-        for (&v, m) in vals.iter().zip(max.iter_mut()) {
-            let take = (v > *m) | v.is_nan();
-            *m = if take { v } else { *m };
+fn split_phases(row: &[f32], sw: usize, phase_len: usize, phases: &mut Vec<f32>) {
+    phases.resize(sw * phase_len, 0.0);
+    if sw == 2 {
+        let (even, odd) = phases.split_at_mut(phase_len);
+        for ((pair, e), o) in row.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
+            *e = pair[0];
+            *o = pair[1];
+        }
+        if row.len() % 2 == 1 {
+            even[phase_len - 1] = row[row.len() - 1];
         }
         return;
     }
-    for ((&v, m), b) in vals.iter().zip(max.iter_mut()).zip(best.iter_mut()) {
-        let take = (v > *m) | v.is_nan();
-        *m = if take { v } else { *m };
-        *b = if take { tap } else { *b };
+    for (r, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
+        for (p, &v) in phase.iter_mut().zip(row.iter().skip(r).step_by(sw)) {
+            *p = v;
+        }
+    }
+}
+
+/// One tap of a row of windows, from the running maxima `from` into `to`: for the outputs
+/// j0..j0 + vals.len(), `vals` replaces the maximum (and `tap` its argmax) when
+/// `val > max || isnan(val)` — selects without a branch, vectorised; the other outputs are copied.
+#[inline(always)]
+fn take_max<const TRACK: bool>(
+    vals: &[f32],
+    j0: usize,
+    (max, best): (&[f32], &[u32]),
+    (to_max, to_best): (&mut [f32], &mut [u32]),
+    tap: u32,
+) {
+    let j1 = j0 + vals.len();
+    to_max[..j0].copy_from_slice(&max[..j0]);
+    to_max[j1..].copy_from_slice(&max[j1..]);
+    let (max, to_max) = (&max[j0..j1], &mut to_max[j0..j1]);
+    let (best, to_best) = if TRACK {
+        to_best[..j0].copy_from_slice(&best[..j0]);
+        to_best[j1..].copy_from_slice(&best[j1..]);
+        (&best[j0..j1], &mut to_best[j0..j1])
+    } else {
+        (&best[..0], &mut to_best[..0])
+    };
+    // Eight outputs at a time through local arrays (vectorised as such; the same selects over
+    // whole slices stayed scalar where the argmax is tracked), the rest one by one.
+    let whole = vals.len() / LANES * LANES;
+    for i in (0..whole).step_by(LANES) {
+        let v: [f32; LANES] = vals[i..i + LANES].try_into().unwrap();
+        let m: [f32; LANES] = max[i..i + LANES].try_into().unwrap();
+        let take: [bool; LANES] = std::array::from_fn(|l| (v[l] > m[l]) | v[l].is_nan());
+        let out: [f32; LANES] = std::array::from_fn(|l| if take[l] { v[l] } else { m[l] });
+        to_max[i..i + LANES].copy_from_slice(&out);
+        if TRACK {
+            let b: [u32; LANES] = best[i..i + LANES].try_into().unwrap();
+            let out: [u32; LANES] = std::array::from_fn(|l| if take[l] { tap } else { b[l] });
+            to_best[i..i + LANES].copy_from_slice(&out);
+        }
+    }
+    for i in whole..vals.len() {
+        let take = (vals[i] > max[i]) | vals[i].is_nan();
+        to_max[i] = if take { vals[i] } else { max[i] };
+        if TRACK {
+            to_best[i] = if take { tap } else { best[i] };
+        }
     }
 }
 
@@ -178,14 +282,19 @@ fn plane_argmax<I: WindowOffset>(
     mut idx: Option<&mut [I]>,
 ) {
     let ow = tw.len();
-    let (mut best, mut scratch) = (vec![0u32; ow], Vec::with_capacity(ow));
+    let (mut best, mut scratch) = (vec![0u32; ow], RowScratch::default());
+    let taps = WTaps::new(g, ow);
     let mut rows = y.chunks_mut(ow).enumerate();
     for sd in td.iter() {
         for sh in th.iter() {
             let (r, y_row) = rows.next().unwrap();
             match idx.as_deref_mut() {
-                None => row_argmax::<false>(xp, g, sd, sh, tw, y_row, &mut best, &mut scratch),
-                Some(_) => row_argmax::<true>(xp, g, sd, sh, tw, y_row, &mut best, &mut scratch),
+                None => {
+                    row_argmax::<false>(xp, g, sd, sh, tw, &taps, y_row, &mut best, &mut scratch)
+                }
+                Some(_) => {
+                    row_argmax::<true>(xp, g, sd, sh, tw, &taps, y_row, &mut best, &mut scratch)
+                }
             }
             if let Some(idx) = idx.as_deref_mut() {
                 for (i, &b) in idx[r * ow..(r + 1) * ow].iter_mut().zip(&best) {
