@@ -524,6 +524,25 @@ fn output_rows(
 mod tests {
     use super::*;
 
+    /// (|Bᵀ||x|)[p] at position `pos` of the tile whose first input plane is `first` (planes
+    /// outside the input, the depth padding, are zero), in f64.
+    fn abs_input_point(
+        xc: &[f32],
+        first: isize,
+        depth: usize,
+        plane: usize,
+        pos: usize,
+        p: usize,
+    ) -> f64 {
+        (0..POINTS)
+            .filter_map(|j| {
+                let dz = first + j as isize;
+                (dz >= 0 && dz < depth as isize)
+                    .then(|| BT[p][j].abs() * xc[dz as usize * plane + pos].abs() as f64)
+            })
+            .sum()
+    }
+
     /// Σ over input channels and points of |Aᵀ|·(|G||w|)·(|Bᵀ||x|) per output, in f64: the forward on
     /// absolute values (in y's order).
     fn forward_abs(x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f64> {
@@ -543,14 +562,7 @@ mod tests {
                 let wc = &w[(co * cin_g + ci) * 3..][..3];
                 for p in 0..POINTS {
                     let gw: f64 = (0..3).map(|k| G[p][k].abs() * wc[k].abs() as f64).sum();
-                    let bx: f64 = (0..POINTS)
-                        .filter_map(|j| {
-                            let dz = first + j as isize;
-                            (dz >= 0 && dz < depth as isize).then(|| {
-                                BT[p][j].abs() * xc[dz as usize * plane + pos].abs() as f64
-                            })
-                        })
-                        .sum();
+                    let bx = abs_input_point(xc, first, depth, plane, pos, p);
                     *s += AT[i][p].abs() * gw * bx;
                 }
             }
@@ -700,14 +712,7 @@ mod tests {
                                         * dyc[(tile * TILE + i) * plane + pos].abs() as f64
                                 })
                                 .sum();
-                            let v: f64 = (0..POINTS)
-                                .filter_map(|j| {
-                                    let dz = first + j as isize;
-                                    (dz >= 0 && dz < depth as isize).then(|| {
-                                        BT[p][j].abs() * xc[dz as usize * plane + pos].abs() as f64
-                                    })
-                                })
-                                .sum();
+                            let v = abs_input_point(xc, first, depth, plane, pos, p);
                             *s += G[p][k].abs() * e * v;
                         }
                     }
