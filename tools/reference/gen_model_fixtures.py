@@ -298,7 +298,7 @@ def outputs(case, dtype, nudge_seed=None):
     if nudge_seed is not None:
         gen = torch.Generator().manual_seed(nudge_seed)
         with torch.no_grad():
-            for name, t in model.state_dict().items():
+            for t in model.state_dict().values():
                 if t.is_floating_point():
                     t.copy_(nudge(t, gen))
         x = nudge(x, gen)
@@ -338,8 +338,8 @@ def run_case(name, case):
     state_dict = out.pop("__state_dict__")
     # How far PyTorch's own float32 lands from the float64 oracle: the conditioning of each output,
     # which bounds what any float32 implementation can achieve (tests/models.rs scales its tolerance).
-    # One run can land low by luck where an output is ill-conditioned (its rounding errors partly
-    # cancel), so the largest of three: as given, and with the weights and the input nudged by one ulp.
+    # One run can land low by chance where an output is ill-conditioned, so the largest of three: as
+    # given, and with the weights and the input nudged by one ulp.
     errs = {k: [] for k in out}
     for seed in (None,) + F32_NUDGE_SEEDS:
         out32 = outputs(case, torch.float32, seed)

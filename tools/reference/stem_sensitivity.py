@@ -10,7 +10,7 @@ weights nudged by one ulp. Prints each output's error against the oracle (max |d
 measure of tests/models.rs). Result on 2026-12-05 (docs/PERFORMANCE.md), one thread, for
 layer1.0.conv1.depthwise_spatial's gradient: plain 3.4e-3, exact 2.9e-3, Winograd 1.1e-2, nudged 3.6e-3
 (with two threads 5.5e-3, 9.4e-3, 9.5e-3, 1.1e-2): equally valid float32 computations of this output
-spread over 3e-3 .. 1.2e-2, and PyTorch computing the stem as vidgrad does lands where vidgrad does
+spread over 3e-3 .. 1.2e-2, and PyTorch computing the stem as vidgrad does lands near vidgrad
 (1.27e-2). One plain run is not a measure of what float32 can achieve here, hence the nudged runs of
 gen_model_fixtures.py.
 """

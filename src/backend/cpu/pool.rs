@@ -124,7 +124,7 @@ fn row_argmax<const TRACK: bool>(
     }
     // Each tap reads the running maxima from one buffer and writes them to the other (`max` or
     // the scratch's), never selecting into the slice it reads: a select stored back in place
-    // compiles to masked stores (vmaskmovps), which took most of the time on AMD Zen 3.
+    // compiled to masked stores (vmaskmovps), the hottest instructions of this loop on AMD Zen 3.
     let RowScratch {
         phases,
         max: other_max,
@@ -173,7 +173,7 @@ struct RowScratch {
 
 /// Per tap c along w, the outputs j0..j1 whose tap lies inside the row (0 ≤ j·s − p + c < w) and
 /// where their values start: in the row (stride 1) or in its phases ([`split_phases`]) — the same
-/// for every row, so computed once (its divisions had cost more than the compares).
+/// for every row, so computed once per plane.
 struct WTaps {
     /// (c, j0, j1, start of the values), taps with no output inside the row left out
     runs: Vec<(usize, usize, usize, usize)>,
@@ -226,8 +226,8 @@ fn split_phases(row: &[f32], sw: usize, phase_len: usize, phases: &mut Vec<f32>)
     }
 }
 
-/// One tap of a row of windows, from the running maxima `from` into `to`: for the outputs
-/// j0..j0 + vals.len(), `vals` replaces the maximum (and `tap` its argmax) when
+/// One tap of a row of windows, from the running maxima (`max`, `best`) into (`to_max`, `to_best`):
+/// for the outputs j0..j0 + vals.len(), `vals` replaces the maximum (and `tap` its argmax) when
 /// `val > max || isnan(val)` — selects without a branch, vectorised; the other outputs are copied.
 #[inline(always)]
 fn take_max<const TRACK: bool>(
