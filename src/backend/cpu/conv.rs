@@ -20,7 +20,8 @@ use super::conv_winograd;
 use super::conv_winograd_depth;
 use super::elementwise::relu as relu_f;
 use super::layout::permute;
-use super::linalg::{dot, gemm, Mat};
+use super::linalg::{dot, gemm, gemm_to_ptr, Mat};
+use super::pool::split_phases;
 use crate::backend::ConvGeom;
 
 /// How output rows are chunked per task: a column buffer of about `col_floats`, but at least
@@ -140,10 +141,12 @@ fn row_chunks(
 
 /// Column rows of one input channel (`kvol` rows of (r1 − r0)·oW positions) from its [D, H, W] plane.
 fn vol2col_channel(xc: &[f32], dst: &mut [f32], g: &ConvGeom, taps: &Taps, r0: usize, r1: usize) {
+    if g.stride[2] > 1 {
+        return vol2col_channel_strided(xc, dst, g, taps, r0, r1);
+    }
     let [kd, kh, kw] = g.kernel;
     let [_, oh_n, ow_n] = g.output;
     let [_, ih_n, iw_n] = g.input;
-    let sw = g.stride[2];
     let pc = (r1 - r0) * ow_n;
     for (t, row) in dst.chunks_exact_mut(pc).take(kd * kh * kw).enumerate() {
         let (a, b, c) = (t / (kh * kw), t / kw % kh, t % kw);
@@ -158,12 +161,54 @@ fn vol2col_channel(xc: &[f32], dst: &mut [f32], g: &ConvGeom, taps: &Taps, r0: u
             let src = &xc[(id * ih_n + ih) * iw_n..][..iw_n];
             seg[..lo].fill(0.0);
             seg[hi..].fill(0.0);
-            if sw == 1 {
-                seg[lo..hi].copy_from_slice(&src[w0..w0 + hi - lo]);
-            } else {
-                for (v, s) in seg[lo..hi].iter_mut().zip(src[w0..].iter().step_by(sw)) {
-                    *v = *s;
+            seg[lo..hi].copy_from_slice(&src[w0..w0 + hi - lo]);
+        }
+    }
+}
+
+/// [`vol2col_channel`] with a stride along W: each input row is split into its phases (elements
+/// i ≡ r mod s) once per (kernel row, output row), and the kW taps that read it copy contiguous runs
+/// of one phase — instead of each tap gathering every s-th element (the stems' 7×7 stride-2 columns:
+/// 31 % of their time, `perf`, docs/PERFORMANCE.md).
+fn vol2col_channel_strided(
+    xc: &[f32],
+    dst: &mut [f32],
+    g: &ConvGeom,
+    taps: &Taps,
+    r0: usize,
+    r1: usize,
+) {
+    let [kd, kh, kw] = g.kernel;
+    let [_, oh_n, ow_n] = g.output;
+    let [_, ih_n, iw_n] = g.input;
+    let sw = g.stride[2];
+    let pc = (r1 - r0) * ow_n;
+    let phase_len = iw_n.div_ceil(sw);
+    let mut phases = Vec::new();
+    for (a, b) in (0..kd).flat_map(|a| (0..kh).map(move |b| (a, b))) {
+        for (i, r) in (r0..r1).enumerate() {
+            let (od, oh) = (r / oh_n, r % oh_n);
+            let source = taps.input(g, 0, od, a).zip(taps.input(g, 1, oh, b));
+            if let Some((id, ih)) = source {
+                split_phases(
+                    &xc[(id * ih_n + ih) * iw_n..][..iw_n],
+                    sw,
+                    phase_len,
+                    &mut phases,
+                );
+            }
+            for c in 0..kw {
+                let seg = &mut dst[((a * kh + b) * kw + c) * pc + i * ow_n..][..ow_n];
+                let (lo, hi) = taps.0[2][c];
+                if source.is_none() || lo >= hi {
+                    seg.fill(0.0);
+                    continue;
                 }
+                let w0 = taps.w_start(g, c);
+                let run = &phases[w0 % sw * phase_len + w0 / sw..][..hi - lo];
+                seg[..lo].fill(0.0);
+                seg[hi..].fill(0.0);
+                seg[lo..hi].copy_from_slice(run);
             }
         }
     }
@@ -255,22 +300,20 @@ fn forward_with(
     let kdim = cin_g * g.kernel_volume();
     let pointwise = is_pointwise(g);
     let chunks = row_chunks(g, kdim, chunking, g.n * groups);
-    let mut y = vec![0.0f32; g.n * g.c_out * p_vol];
-
-    // Tasks own disjoint pieces of y: for each (n, group, chunk), the chunk's span of every output
-    // channel row. The GEMM lands in a small contiguous buffer that is then copied out (with the bias).
-    let mut tasks = Vec::with_capacity(g.n * groups * chunks.len());
-    for (ng, block) in y.chunks_mut(cout_g * p_vol).enumerate() {
-        let mut rows: Vec<&mut [f32]> = block.chunks_mut(p_vol).collect();
-        for &(r0, r1) in &chunks {
-            tasks.push((ng, r0, r1, take_pieces(&mut rows, (r1 - r0) * ow_n)));
-        }
-    }
+    let len = g.n * g.c_out * p_vol;
+    // y is written once, by the GEMMs straight into their rows (no zero-fill, no copy from a buffer).
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let out = OutPtr(y.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    // Tasks: (n·group, chunk of output rows), each owning that chunk's span of every output channel
+    // of its (n, group) block.
+    let tasks: Vec<(usize, usize, usize)> = (0..g.n * groups)
+        .flat_map(|ng| chunks.iter().map(move |&(r0, r1)| (ng, r0, r1)))
+        .collect();
     let few = tasks.len() < rayon::current_num_threads();
     let taps = Taps::new(g);
-    tasks.into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(col, tmp), (ng, r0, r1, pieces)| {
+    tasks
+        .into_par_iter()
+        .for_each_init(Vec::new, |col, (ng, r0, r1)| {
             let gi = ng % groups;
             let xg = &x[ng / groups * g.c_in * in_vol + gi * cin_g * in_vol..][..cin_g * in_vol];
             let wg = Mat::new(&w[gi * cout_g * kdim..][..cout_g * kdim], kdim, false);
@@ -285,23 +328,39 @@ fn forward_with(
                 fill_col(xg, col, g, &taps, r0, r1, few);
                 Mat::new(&col[..kdim * pc], pc, false)
             };
-            tmp.resize(cout_g * pc, 0.0);
-            gemm(cout_g, pc, kdim, wg, b, tmp, pc, false, few);
-            for (j, (piece, src)) in pieces.into_iter().zip(tmp.chunks_exact(pc)).enumerate() {
-                let bv = bias.map_or(0.0, |b| b[gi * cout_g + j]);
-                if relu {
-                    for (d, s) in piece.iter_mut().zip(src) {
-                        *d = relu_f(s + bv);
-                    }
-                } else {
-                    for (d, s) in piece.iter_mut().zip(src) {
-                        *d = s + bv;
+            let at = ng * cout_g * p_vol + p0;
+            // SAFETY: this task's rows (each channel's positions p0..p0 + pc of block ng) lie inside y's
+            // capacity and no other task's.
+            unsafe { gemm_to_ptr(cout_g, pc, kdim, wg, b, out.at(at), p_vol, few) };
+            if bias.is_some() || relu {
+                for j in 0..cout_g {
+                    // SAFETY: as above; the row was just written by the GEMM.
+                    let row = unsafe { std::slice::from_raw_parts_mut(out.at(at + j * p_vol), pc) };
+                    let bv = bias.map_or(0.0, |b| b[gi * cout_g + j]);
+                    if relu {
+                        row.iter_mut().for_each(|d| *d = relu_f(*d + bv));
+                    } else {
+                        row.iter_mut().for_each(|d| *d += bv);
                     }
                 }
             }
-        },
-    );
+        });
+    // SAFETY: the tasks covered every (n·group, output channel, position) once.
+    unsafe { y.set_len(len) };
     y
+}
+
+/// The base of an output that parallel tasks write in disjoint parts (see each use).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only a pointer; the tasks that share it write disjoint elements.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
 }
 
 /// The next `len` floats of every row (each row keeps what follows): one task's disjoint pieces of
@@ -868,7 +927,8 @@ pub(super) mod tests {
                 continue;
             }
             if !pointwise {
-                g.stride[d] = p.range(1, 2);
+                // Stride 3 too: the column matrix splits strided rows into that many phases.
+                g.stride[d] = p.range(1, 3);
                 g.padding[d] = p.range(0, 2.min(k));
                 if k > 1 && !big {
                     g.dilation[d] = p.range(1, 2);

@@ -583,6 +583,9 @@ impl Job<'_> {
         c: &TileChunk,
         v: &mut [f32],
     ) {
+        // One box for the whole call: a box zeroed per group of tiles was a 2 KiB memset each time,
+        // 8 % of the 64 → 144 1×3×3 forward (perf); every point the passes read is written first.
+        let mut b: TileBox = [[0.0; LANES]; 64];
         let (g, t, tc) = (self.g, &self.t, self.tc);
         let cin_g = g.in_per_group();
         let [pd, ph, pw] = self.padded;
@@ -606,7 +609,6 @@ impl Job<'_> {
             }
             for th in c.h0..c.h1 {
                 for tw0 in (0..t.tiles[2]).step_by(LANES) {
-                    let mut b: TileBox = [[0.0; LANES]; 64];
                     for a in 0..ext[0] {
                         for bh in 0..ext[1] {
                             let at = ((d0 + a) * ph + th * t.out_ext[1] + bh) * pw + tw0 * step_w;
@@ -658,6 +660,8 @@ impl Job<'_> {
         [dd, dh, dw]: [usize; 3],
         e: &mut [f32],
     ) {
+        // One box for the whole call, as in the input transform.
+        let mut b: TileBox = [[0.0; LANES]; 64];
         let (g, t, tc) = (self.g, &self.t, self.tc);
         let cout_g = g.out_per_group();
         let oe = t.out_ext;
@@ -666,7 +670,6 @@ impl Job<'_> {
             let plane = &dyp[(c.ng * cout_g + co) * plane_len..][..plane_len];
             for th in c.h0..c.h1 {
                 for tw0 in (0..t.tiles[2]).step_by(LANES) {
-                    let mut b: TileBox = [[0.0; LANES]; 64];
                     for a in 0..oe[0] {
                         for bh in 0..oe[1] {
                             let at = ((c.td * oe[0] + a) * dh + th * oe[1] + bh) * dw + tw0 * oe[2];
@@ -762,6 +765,8 @@ impl Job<'_> {
         relu: bool,
         pieces: &mut [&mut [f32]],
     ) -> bool {
+        // One box for the whole call, as in the input transform.
+        let mut b: TileBox = [[0.0; LANES]; 64];
         let (g, t, tc) = (self.g, &self.t, self.tc);
         let cout_g = g.out_per_group();
         let [od, oh, ow] = g.output;
@@ -784,7 +789,6 @@ impl Job<'_> {
             for th in c.h0..c.h1 {
                 let h0 = th * oe[1];
                 for tw0 in (0..t.tiles[2]).step_by(LANES) {
-                    let mut b: TileBox = [[0.0; LANES]; 64];
                     let j = (th - c.h0) * t.tiles[2] + tw0;
                     for p in 0..t.points {
                         let src = p * self.point_stride(cout_g) + co * tc + j;

@@ -92,19 +92,85 @@ pub(super) fn gemm_scaled(
     if let Some(done) = thin_product(m, n, k, a, b, c, c_rs, accumulate, parallel, scale) {
         return done;
     }
+    // SAFETY: the asserts above keep every access of the m×n×k product inside the three slices, and
+    // `c` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm_product(
+            m,
+            n,
+            k,
+            a,
+            b,
+            c.as_mut_ptr(),
+            c_rs,
+            accumulate,
+            parallel,
+            scale,
+        )
+    }
+}
+
+/// [`gemm`] into rows that are not one slice: c = Σ_l a(i, l)·b(l, j) written at `c + i·c_rs + j`
+/// (nothing read there first). For tasks that each own some rows' spans of one output (a
+/// convolution's output channels at one chunk of positions), which no `&mut` slice can describe
+/// without overlapping the other tasks'.
+///
+/// # Safety
+/// Every `c + i·c_rs + j` (i < m, j < n) must be valid for writes, written by no one else during the
+/// call, and overlap neither `a` nor `b`; `a` and `b` must hold their m×k and k×n elements.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_to_ptr(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: *mut f32,
+    c_rs: usize,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            // SAFETY: row i's n elements are the caller's to write.
+            unsafe { std::ptr::write_bytes(c.add(i * c_rs), 0, n) };
+        }
+        return;
+    }
+    assert!(a.last_index(m, k) < a.data.len(), "gemm: lhs out of bounds");
+    assert!(b.last_index(k, n) < b.data.len(), "gemm: rhs out of bounds");
+    // SAFETY: the inputs' bounds are checked above, the destination's are the caller's contract.
+    unsafe { gemm_product(m, n, k, a, b, c, c_rs, false, parallel, 1.0) }
+}
+
+/// The gemm crate's product, bounds already checked by the caller.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_product(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: *mut f32,
+    c_rs: usize,
+    accumulate: bool,
+    parallel: bool,
+    scale: f32,
+) {
     let par = if parallel && m * n * k > 64 * 64 * 64 {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None
     };
-    // SAFETY: the asserts above keep every access of the m×n×k product inside the three slices, and
-    // `c` is borrowed mutably, so it aliases neither input.
+    // SAFETY: the callers' bounds checks and contracts (see `gemm_scaled` and `gemm_to_ptr`).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             c_rs as isize,
             accumulate,

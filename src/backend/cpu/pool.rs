@@ -206,7 +206,7 @@ impl WTaps {
 /// `row`'s elements into `phases` by their index mod `sw`: phase r (elements r, r + sw, …) at
 /// r·`phase_len`. Stride 2, the common case, as pairs (a vectorised deinterleave).
 #[inline(always)]
-fn split_phases(row: &[f32], sw: usize, phase_len: usize, phases: &mut Vec<f32>) {
+pub(super) fn split_phases(row: &[f32], sw: usize, phase_len: usize, phases: &mut Vec<f32>) {
     phases.resize(sw * phase_len, 0.0);
     if sw == 2 {
         let (even, odd) = phases.split_at_mut(phase_len);
