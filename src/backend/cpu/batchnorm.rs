@@ -172,8 +172,9 @@ struct DxCoef {
 /// Rows (the extent after the channel axis) at least this long let each channel's backward run whole
 /// on one thread: its two sums, then its dx while the channel's x and dy are still in cache — two
 /// passes over memory instead of three (shorter rows, as batch norm over [N, C] features, go
-/// row-parallel in two separate passes).
-const FUSED_MIN_ROW: usize = 1024;
+/// row-parallel in two separate passes). 512: rows of 784 (4×14×14) took 0.86–0.91 of the
+/// row-parallel time this way, rows of 98–196 (7×7 planes) 0.99–1.47 (docs/PERFORMANCE.md, stop 30).
+const FUSED_MIN_ROW: usize = 512;
 
 /// [`backward`], with ReLU's backward mask by `ry` applied as dy is read when `RELU` (no masked copy
 /// of dy; without, `ry` is empty and the loops are the plain batch norm's). `fused`: channel by

@@ -17,7 +17,7 @@ pub(super) const CHUNK: usize = 1 << 15;
 /// thread). `write(r, out)` fills piece r and returns how many of its leading elements it wrote; the
 /// values go straight into the new vector, which is not zero-filled first (a pass over memory that
 /// costs as much as an elementwise kernel's own write).
-fn par_build(
+pub(super) fn par_build(
     len: usize,
     piece: usize,
     write: impl Fn(usize, &mut [MaybeUninit<f32>]) -> usize + Sync,
