@@ -68,15 +68,18 @@ fn lane_sum(x: &[f32], term: impl Fn(f32) -> f64) -> f64 {
 #[inline(always)]
 fn channel_statistics(x: &[f32], g: AxisGeom, c: usize) -> (f32, f32) {
     let count = (g.outer * g.inner) as f64;
-    let mean = channel(x, g, c)
-        .map(|row| lane_sum(row, |v| v as f64))
-        .sum::<f64>()
-        / count;
-    let var = channel(x, g, c)
-        .map(|row| lane_sum(row, |v| (v as f64 - mean).powi(2)))
-        .sum::<f64>()
-        / count;
-    (mean as f32, var as f32)
+    // Plain loops, not `map(..).sum()`: an iterator adapter's fold is a function of its own, compiled
+    // without the caller's AVX2 (the f64 sums then ran scalar, `perf annotate`).
+    let mut sum = 0.0;
+    for row in channel(x, g, c) {
+        sum += lane_sum(row, |v| v as f64);
+    }
+    let mean = sum / count;
+    let mut sq = 0.0;
+    for row in channel(x, g, c) {
+        sq += lane_sum(row, |v| (v as f64 - mean).powi(2));
+    }
+    (mean as f32, (sq / count) as f32)
 }
 
 /// Per-channel mean and biased variance.
@@ -278,15 +281,19 @@ fn channel_sums<const RELU: bool>(
     m: f64,
     is: f64,
 ) -> (f64, f64) {
-    (0..g.outer).fold((0.0, 0.0), |(sd, sdx), o| {
+    // A plain loop, not `fold`: see channel_statistics.
+    let (mut sd, mut sdx) = (0.0, 0.0);
+    for o in 0..g.outer {
         let r = row_range(g, o, c);
         let mask = if RELU { &ry[r.clone()] } else { &x[r.clone()] };
         let (sd_row, sdx_row) = lane_sums2(&dy[r.clone()], &x[r], mask, |d, v, r| {
             let d = masked::<RELU>(r, d) as f64;
             (d, d * (v as f64 - m) * is)
         });
-        (sd + sd_row, sdx + sdx_row)
-    })
+        sd += sd_row;
+        sdx += sdx_row;
+    }
+    (sd, sdx)
 }
 
 /// dx channel by channel, channels in parallel: each task reads its channel once for the sums, then
