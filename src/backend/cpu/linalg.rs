@@ -92,22 +92,10 @@ pub(super) fn gemm_scaled(
     if let Some(done) = thin_product(m, n, k, a, b, c, c_rs, accumulate, parallel, scale) {
         return done;
     }
+    let dst = c.as_mut_ptr();
     // SAFETY: the asserts above keep every access of the m×n×k product inside the three slices, and
     // `c` is borrowed mutably, so it aliases neither input.
-    unsafe {
-        gemm_product(
-            m,
-            n,
-            k,
-            a,
-            b,
-            c.as_mut_ptr(),
-            c_rs,
-            accumulate,
-            parallel,
-            scale,
-        )
-    }
+    unsafe { gemm_product(m, n, k, a, b, dst, c_rs, accumulate, parallel, scale) }
 }
 
 /// [`gemm`] into rows that are not one slice: c = Σ_l a(i, l)·b(l, j) written at `c + i·c_rs + j`
