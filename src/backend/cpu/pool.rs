@@ -887,7 +887,8 @@ mod tests {
     }
 
     /// Pools whose windows tile the input take [`backward_tiled`]: bit for bit the scatter's dx
-    /// (ties, NaN, a −0 gradient), for u8 offsets and the shapes of the zoo and others.
+    /// (ties, NaN, a −0 gradient), for u8 offsets, the shapes of the zoo and others (windows of 1, 2
+    /// and 3 along W: each of its kernels).
     #[test]
     fn tiled_backward_is_the_scatter() {
         let shapes = [
@@ -895,6 +896,7 @@ mod tests {
             ([2, 1, 1], [4, 2, 5]),
             ([2, 2, 2], [2, 4, 6]),
             ([1, 3, 1], [1, 9, 4]),
+            ([1, 1, 3], [2, 2, 9]),
             ([1, 1, 1], [2, 3, 3]),
         ];
         for (case, (kernel, input)) in shapes.into_iter().enumerate() {
