@@ -298,13 +298,14 @@ impl Tensor {
     }
 
     /// Whether this handle is the only one on this tensor and the tensor the only one on its storage
-    /// (no clone, view, detached copy or saved-for-backward tensor shares it): then it may be
-    /// overwritten in place.
+    /// (no clone, view, detached copy or saved-for-backward tensor shares it) and the storage is not a
+    /// view of another's values (a piece of concat's gradient): then it may be overwritten in place.
     pub(crate) fn is_sole_owner(&self) -> bool {
         Arc::strong_count(&self.0) == 1
             && Arc::weak_count(&self.0) == 0
             && Arc::strong_count(&self.0.buffer) == 1
             && Arc::weak_count(&self.0.buffer) == 0
+            && !self.0.buffer.is_view()
     }
 
     /// The same storage, cut off from autograd.

@@ -1029,8 +1029,8 @@ fn layout_matches_cpu() {
         );
         p.check("concat", &yc, &yg, 0.0, 0.0);
         let (sc, sg) = (
-            p.cpu.split(&*yc, outer, &inners).unwrap(),
-            p.gpu.split(&*yg, outer, &inners).unwrap(),
+            p.cpu.split(&yc, outer, &inners).unwrap(),
+            p.gpu.split(&yg, outer, &inners).unwrap(),
         );
         for (a, b) in sc.iter().zip(&sg) {
             p.check("split", a, b, 0.0, 0.0);

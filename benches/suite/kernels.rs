@@ -324,7 +324,7 @@ pub fn run(be: &dyn Backend, k: &Kernel, s: &Set, pass: Pass) -> Result<()> {
             be.concat(&refs, *outer, inners)?;
         }
         (Kernel::Concat { outer, inners, .. }, Bwd) => {
-            be.split(s.b(inners.len()), *outer, inners)?;
+            be.split(&s.bufs[inners.len()], *outer, inners)?;
         }
         (Kernel::Permute { shape, perm }, Fwd) => {
             be.permute(s.b(0), shape, perm)?;

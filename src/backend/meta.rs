@@ -340,12 +340,7 @@ impl Backend for MetaBackend {
     ) -> Result<BufferRef> {
         buf(outer * inners.iter().sum::<usize>())
     }
-    fn split(
-        &self,
-        _x: &dyn BackendBuffer,
-        outer: usize,
-        inners: &[usize],
-    ) -> Result<Vec<BufferRef>> {
+    fn split(&self, _x: &BufferRef, outer: usize, inners: &[usize]) -> Result<Vec<BufferRef>> {
         inners.iter().map(|&i| buf(outer * i)).collect()
     }
 }

@@ -24,6 +24,11 @@ pub trait BackendBuffer: Send + Sync + Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Whether the buffer is a view of another's values (the CPU backend's [`Backend::split`]): an
+    /// in-place write would reach the other buffer, which may be shared.
+    fn is_view(&self) -> bool {
+        false
+    }
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -498,11 +503,7 @@ pub trait Backend: Send + Sync + Debug {
         outer: usize,
         inners: &[usize],
     ) -> Result<BufferRef>;
-    /// The inverse of `concat`.
-    fn split(
-        &self,
-        x: &dyn BackendBuffer,
-        outer: usize,
-        inners: &[usize],
-    ) -> Result<Vec<BufferRef>>;
+    /// The inverse of `concat`. The pieces may be views of x (the CPU backend's are: no copy, x's
+    /// values stay alive while a piece does).
+    fn split(&self, x: &BufferRef, outer: usize, inners: &[usize]) -> Result<Vec<BufferRef>>;
 }

@@ -136,7 +136,7 @@ pub fn unpack(flat: &Tensor, targets: &[&Tensor]) -> Result<()> {
         )));
     }
     crate::ops::same_device("unpack", &[flat])?;
-    let parts = flat.backend().split(flat.buf(), 1, &sizes)?;
+    let parts = flat.backend().split(flat.buffer(), 1, &sizes)?;
     for (t, part) in targets.iter().zip(parts) {
         t.assign(&flat.sibling(part, t.shape().to_vec()))?;
     }

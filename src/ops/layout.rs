@@ -125,7 +125,7 @@ pub fn concat(xs: &[&Tensor], dim: isize) -> Result<Tensor> {
         xs,
         y,
         Box::new(move |gy| {
-            let parts = gy.backend().split(gy.buf(), outer, &inners)?;
+            let parts = gy.backend().split(gy.buffer(), outer, &inners)?;
             Ok(parts
                 .into_iter()
                 .zip(shapes)

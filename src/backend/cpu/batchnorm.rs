@@ -1,6 +1,7 @@
 //! Batch norm over [outer, C, inner]: statistics in f64 (two passes), parallel over channels; the
-//! backward's sums in f64 and its dx in f32, channel by channel where rows are long (each channel's
-//! x and dy read for the sums, then again from cache for dx).
+//! backward's sums in f32 blocks added in f64 (as PyTorch's f32 vector sums, but with an error bound
+//! that does not grow with the row) and its dx in f32, channel by channel where rows are long (each
+//! channel's x and dy read for the sums, then again from cache for dx).
 
 use std::mem::MaybeUninit;
 
@@ -15,6 +16,34 @@ fn channel<'a>(x: &'a [f32], g: AxisGeom, c: usize) -> impl Iterator<Item = &'a 
         let base = (o * g.axis + c) * g.inner;
         &x[base..base + g.inner]
     })
+}
+
+/// The backward's dy as rows of [C, inner]: row o at `offset + o·stride` of `data`. A whole buffer has
+/// stride C·inner; a piece of concat's gradient (a view, `split_views`) is read in place with the
+/// stride of the concatenated rows.
+#[derive(Clone, Copy)]
+pub(super) struct OuterRows<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub stride: usize,
+}
+
+impl<'a> OuterRows<'a> {
+    /// A contiguous [outer, C, inner] buffer.
+    #[cfg(test)]
+    fn whole(data: &'a [f32], g: AxisGeom) -> Self {
+        OuterRows {
+            data,
+            offset: 0,
+            stride: g.axis * g.inner,
+        }
+    }
+    /// Channel c's row o.
+    #[inline(always)]
+    fn row(&self, g: AxisGeom, o: usize, c: usize) -> &'a [f32] {
+        let base = self.offset + o * self.stride + c * g.inner;
+        &self.data[base..base + g.inner]
+    }
 }
 
 /// Independent f64 partial sums per row: one accumulator would chain every addition through the add's
@@ -56,6 +85,52 @@ fn lane_sums2(
         }
     }
     (a.iter().sum::<f64>() + ta, b.iter().sum::<f64>() + tb)
+}
+
+/// Lanes of [`block_sums2`]'s f32 partial sums (four AVX2 registers per quantity).
+const F32_LANES: usize = 32;
+/// Elements per block of [`block_sums2`]: each lane adds 8 terms in f32, then the block's lanes are
+/// added into f64 accumulators.
+const BLOCK: usize = 8 * F32_LANES;
+
+/// Σ term(d, v, r) over equally long rows, as [`lane_sums2`] but with f32 terms summed in f32 within
+/// blocks of [`BLOCK`] elements (8 per lane) and the blocks' sums in f64: the arithmetic of f32 vectors
+/// (a fifth of the instructions of f64 conversions and sums), with an error bound that does not grow
+/// with the row — every value is within γ₇·Σ|term| of the exact sum of the f32 terms, where PyTorch's
+/// f32 vector sums over a whole row are within γ_(row/8).
+#[inline(always)]
+fn block_sums2(
+    dy: &[f32],
+    x: &[f32],
+    r: &[f32],
+    term: impl Fn(f32, f32, f32) -> (f32, f32),
+) -> (f64, f64) {
+    let (mut a64, mut b64) = ([0f64; F32_LANES], [0f64; F32_LANES]);
+    let full = dy.len() / BLOCK * BLOCK;
+    for start in (0..full).step_by(BLOCK) {
+        let (d, v, r) = (
+            &dy[start..start + BLOCK],
+            &x[start..start + BLOCK],
+            &r[start..start + BLOCK],
+        );
+        let (mut a, mut b) = ([0f32; F32_LANES], [0f32; F32_LANES]);
+        for j in (0..BLOCK).step_by(F32_LANES) {
+            for i in 0..F32_LANES {
+                let (p, q) = term(d[j + i], v[j + i], r[j + i]);
+                a[i] += p;
+                b[i] += q;
+            }
+        }
+        for i in 0..F32_LANES {
+            a64[i] += a[i] as f64;
+            b64[i] += b[i] as f64;
+        }
+    }
+    let (ta, tb) = lane_sums2(&dy[full..], &x[full..], &r[full..], |d, v, r| {
+        let (p, q) = term(d, v, r);
+        (p as f64, q as f64)
+    });
+    (a64.iter().sum::<f64>() + ta, b64.iter().sum::<f64>() + tb)
 }
 
 /// Σ term(v) over a row, in [`LANES`] partial sums.
@@ -128,7 +203,7 @@ pub(super) fn normalize(
 /// `relu_y` (a fused BN → ReLU's output), dy is ReLU's gradient of it: 0 where relu_y <= 0.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
-    dy: &[f32],
+    dy: OuterRows,
     x: &[f32],
     w: Option<&[f32]>,
     mean: &[f32],
@@ -183,7 +258,7 @@ const FUSED_MIN_ROW: usize = 512;
 /// of dy; without, `ry` is empty and the loops are the plain batch norm's). `fused`: channel by
 /// channel ([`backward_by_channel`]) rather than in two row-parallel passes; the same arithmetic.
 fn backward_masked<const RELU: bool>(
-    dy: &[f32],
+    dy: OuterRows,
     x: &[f32],
     ry: &[f32],
     st: &Stats,
@@ -196,17 +271,8 @@ fn backward_masked<const RELU: bool>(
         .map(|&v| 1.0 / (v as f64 + st.eps as f64).sqrt())
         .collect();
     let n = (g.outer * g.inner) as f64;
-    let sums_of = |c: usize| {
-        with_avx2!(channel_sums::<RELU>(
-            dy,
-            x,
-            ry,
-            g,
-            c,
-            st.mean[c] as f64,
-            invstd[c]
-        ))
-    };
+    let sums_of =
+        |c: usize| with_avx2!(channel_sums::<RELU>(dy, x, ry, g, c, st.mean[c], invstd[c]));
     let coef = |c: usize, (sd, sdx): (f64, f64)| {
         let is = invstd[c];
         let s = (st.w.map_or(1.0, |w| w[c] as f64) * is) as f32;
@@ -234,7 +300,7 @@ fn backward_masked<const RELU: bool>(
         let dx = par_new(x.len(), g.inner, |row, r| {
             let k = coefs[row % g.axis];
             let mask = if RELU { &ry[r.clone()] } else { &x[r.clone()] };
-            let (dy, x) = (&dy[r.clone()], &x[r]);
+            let (dy, x) = (dy.row(g, row / g.axis, row % g.axis), &x[r]);
             (0..dy.len()).map(move |i| dx_value::<RELU>(dy[i], x[i], mask[i], k, st.batch_stats))
         });
         (dx, sums)
@@ -273,12 +339,12 @@ fn dx_value<const RELU: bool>(d: f32, v: f32, r: f32, k: DxCoef, batch_stats: bo
 /// (Σdy, Σdy·x̂) of channel c (mean m, invstd `is`), dy masked by ReLU's output `ry` when `RELU`.
 #[inline(always)]
 fn channel_sums<const RELU: bool>(
-    dy: &[f32],
+    dy: OuterRows,
     x: &[f32],
     ry: &[f32],
     g: AxisGeom,
     c: usize,
-    m: f64,
+    m: f32,
     is: f64,
 ) -> (f64, f64) {
     // A plain loop, not `fold`: see channel_statistics.
@@ -286,21 +352,21 @@ fn channel_sums<const RELU: bool>(
     for o in 0..g.outer {
         let r = row_range(g, o, c);
         let mask = if RELU { &ry[r.clone()] } else { &x[r.clone()] };
-        let (sd_row, sdx_row) = lane_sums2(&dy[r.clone()], &x[r], mask, |d, v, r| {
-            let d = masked::<RELU>(r, d) as f64;
-            (d, d * (v as f64 - m) * is)
+        let (sd_row, sdx_row) = block_sums2(dy.row(g, o, c), &x[r], mask, |d, v, r| {
+            let d = masked::<RELU>(r, d);
+            (d, d * (v - m))
         });
         sd += sd_row;
         sdx += sdx_row;
     }
-    (sd, sdx)
+    (sd, sdx * is)
 }
 
 /// dx channel by channel, channels in parallel: each task reads its channel once for the sums, then
 /// writes the channel's rows of dx at once (x and dy still in cache). Returns dx and every channel's
 /// sums.
 fn backward_by_channel<const RELU: bool>(
-    dy: &[f32],
+    dy: OuterRows,
     x: &[f32],
     ry: &[f32],
     g: AxisGeom,
@@ -321,15 +387,7 @@ fn backward_by_channel<const RELU: bool>(
         .into_par_iter()
         .enumerate()
         .map(|(c, channel_rows)| {
-            let sums = with_avx2!(channel_sums::<RELU>(
-                dy,
-                x,
-                ry,
-                g,
-                c,
-                st.mean[c] as f64,
-                invstd[c]
-            ));
+            let sums = with_avx2!(channel_sums::<RELU>(dy, x, ry, g, c, st.mean[c], invstd[c]));
             let k = coef(c, sums);
             with_avx2!(write_dx_rows::<RELU>(
                 channel_rows,
@@ -355,7 +413,7 @@ fn backward_by_channel<const RELU: bool>(
 #[inline(always)]
 fn write_dx_rows<const RELU: bool>(
     rows: Vec<&mut [MaybeUninit<f32>]>,
-    dy: &[f32],
+    dy: OuterRows,
     x: &[f32],
     ry: &[f32],
     g: AxisGeom,
@@ -366,7 +424,7 @@ fn write_dx_rows<const RELU: bool>(
     for (o, out) in rows.into_iter().enumerate() {
         let (r, n) = (row_range(g, o, c), out.len());
         let mask = if RELU { &ry[r.clone()] } else { &x[r.clone()] };
-        let (dy, x, mask) = (&dy[r.clone()][..n], &x[r][..n], &mask[..n]);
+        let (dy, x, mask) = (&dy.row(g, o, c)[..n], &x[r][..n], &mask[..n]);
         for i in 0..n {
             out[i].write(dx_value::<RELU>(dy[i], x[i], mask[i], k, batch_stats));
         }
@@ -380,15 +438,20 @@ mod tests {
     use super::super::test_data as data;
 
     /// dx, dweight and dbias of both paths (channel by channel and row-parallel) against the formula
-    /// in f64, with and without batch statistics and the ReLU mask. The sums are f64 (error ~n·2⁻⁵³,
-    /// negligible); dx is f32 arithmetic of 8 roundings on its longest path (s, dmean, q, x − mean,
-    /// its product with q, two subtractions, the product with s), so each dx is within
-    /// γ₈·(|dy| + |dmean| + |x − mean|·|q|)·|s| of the f64 value; dweight and dbias are f32 roundings of
-    /// f64 sums (one rounding). Both paths compute the same f32 operations: their dx agree bit for bit.
+    /// in f64, with and without batch statistics and the ReLU mask. The sums ([`block_sums2`]): Σdy
+    /// within γ₇·Σ|dy| (8-term f32 sums, then f64), Σdy·(x − mean) within γ₉·Σ|dy·(x − mean)| (each
+    /// term two f32 roundings more); dbias and dweight one f32 rounding more. dx is f32 arithmetic of 8
+    /// roundings on its longest path (s, dmean, q, x − mean, its product with q, two subtractions, the
+    /// product with s), so each dx is within γ₈·(|dy| + |dmean| + |x − mean|·|q|)·|s| of the value
+    /// from its f32 coefficients, plus (δdmean + |x − mean|·δq)·|s| from the sums' errors. Both paths
+    /// compute the same f32 operations: their dx agree bit for bit. A sum that drops or repeats one
+    /// term fails (a term ~0.5 against γ₇·Σ|dy| ≈ 3·10⁻⁴ at these lengths); rows of 1,030 and 1,500
+    /// have full blocks and a tail, rows of 7 and 33 only a tail.
     #[test]
     fn backward_paths_match_f64_formula() {
         let u = f32::EPSILON as f64 / 2.0;
-        let gamma8 = 8.0 * u / (1.0 - 8.0 * u);
+        let gamma = |k: f64| k * u / (1.0 - k * u);
+        let gamma8 = gamma(8.0);
         for (case, &(outer, axis, inner)) in [(1, 6, 1030), (2, 5, 1500), (3, 4, 7), (2, 9, 33)]
             .iter()
             .enumerate()
@@ -413,17 +476,38 @@ mod tests {
                         eps: 1e-5,
                         batch_stats,
                     };
-                    let run = |fused| {
+                    let run = |dy: OuterRows, fused| {
                         if relu {
-                            backward_masked::<true>(&dy, &x, &ry, &st, g, fused)
+                            backward_masked::<true>(dy, &x, &ry, &st, g, fused)
                         } else {
-                            backward_masked::<false>(&dy, &x, &[], &st, g, fused)
+                            backward_masked::<false>(dy, &x, &[], &st, g, fused)
                         }
                     };
-                    let (fused, rows) = (run(true), run(false));
+                    let whole = OuterRows::whole(&dy, g);
+                    let (fused, rows) = (run(whole, true), run(whole, false));
                     assert_eq!(fused.0, rows.0, "case {case}: dx of the two paths");
                     assert_eq!(fused.1, rows.1, "case {case}: dweight of the two paths");
                     assert_eq!(fused.2, rows.2, "case {case}: dbias of the two paths");
+                    // dy as a piece of a concatenation: its rows between 3 values before and 5
+                    // after (garbage that must not be read), the same results bit for bit
+                    let row = axis * inner;
+                    let wide: Vec<f32> = (0..outer)
+                        .flat_map(|o| {
+                            let pad = |n| std::iter::repeat_n(f32::NAN, n);
+                            pad(3)
+                                .chain(dy[o * row..][..row].iter().copied())
+                                .chain(pad(5))
+                        })
+                        .collect();
+                    let piece = OuterRows {
+                        data: &wide,
+                        offset: 3,
+                        stride: row + 8,
+                    };
+                    for path in [true, false] {
+                        let strided = run(piece, path);
+                        assert_eq!(strided, fused, "case {case}: dy read in place from a piece");
+                    }
                     let n = (outer * inner) as f64;
                     for c in 0..axis {
                         let is = 1.0 / (var[c] as f64 + 1e-5).sqrt();
@@ -438,25 +522,36 @@ mod tests {
                         };
                         let sd: f64 = idx.iter().map(|&i| d(i)).sum();
                         let sdx: f64 = idx.iter().map(|&i| d(i) * (x[i] as f64 - m) * is).sum();
-                        let close = |got: f32, want: f64, what: &str| {
-                            let bound = u * want.abs() + 1e-12;
+                        // the sums' error bounds (doc comment)
+                        let err_sd = gamma(7.0) * idx.iter().map(|&i| d(i).abs()).sum::<f64>();
+                        let err_sdx = gamma(9.0)
+                            * is
+                            * idx
+                                .iter()
+                                .map(|&i| (d(i) * (x[i] as f64 - m)).abs())
+                                .sum::<f64>();
+                        let close = |got: f32, want: f64, err: f64, what: &str| {
+                            let bound = u * want.abs() + err * (1.0 + u) + 1e-12;
                             assert!(
                                 (got as f64 - want).abs() <= bound,
                                 "{what} {c}: {got} vs {want}"
                             );
                         };
-                        close(fused.2[c], sd, "dbias");
-                        close(fused.1[c], sdx, "dweight");
+                        close(fused.2[c], sd, err_sd, "dbias");
+                        close(fused.1[c], sdx, err_sdx, "dweight");
                         let s = w[c] as f64 * is;
-                        let (dmean, q) = if batch_stats {
-                            (sd / n, is * sdx / n)
+                        let (dmean, q, err_dmean, err_q) = if batch_stats {
+                            (sd / n, is * sdx / n, err_sd / n, is * err_sdx / n)
                         } else {
-                            (0.0, 0.0)
+                            (0.0, 0.0, 0.0, 0.0)
                         };
                         for &i in &idx {
                             let t = (x[i] as f64 - m) * q;
                             let want = (d(i) - dmean - t) * s;
-                            let bound = gamma8 * (d(i).abs() + dmean.abs() + t.abs()) * s.abs();
+                            let from_sums = (err_dmean + (x[i] as f64 - m).abs() * err_q) * s.abs();
+                            let bound =
+                                gamma8 * (d(i).abs() + dmean.abs() + err_dmean + t.abs()) * s.abs()
+                                    + from_sums * (1.0 + gamma8);
                             let got = fused.0[i] as f64;
                             assert!(
                                 (got - want).abs() <= bound + 1e-30,

@@ -1,4 +1,4 @@
-//! permute, concat and split.
+//! permute and concat (split hands out views: mod.rs, `split_views`).
 
 use super::elementwise::{par_new, par_new_copies};
 
@@ -73,22 +73,6 @@ pub(super) fn concat(xs: &[&[f32]], outer: usize, inners: &[usize]) -> Vec<f32> 
             .zip(inners)
             .map(move |(x, &inner)| &x[o * inner..(o + 1) * inner])
     })
-}
-
-/// The inverse of [`concat`].
-pub(super) fn split(x: &[f32], outer: usize, inners: &[usize]) -> Vec<Vec<f32>> {
-    let total: usize = inners.iter().sum();
-    let mut off = 0;
-    inners
-        .iter()
-        .map(|&inner| {
-            let start = off;
-            off += inner;
-            par_new_copies(outer * inner, inner, |o| {
-                std::iter::once(&x[o * total + start..][..inner])
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -57,33 +57,113 @@ mod upsample;
 use crate::math_mode::{math_mode_on, round_operands, Hardware};
 
 use std::any::Any;
+use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use super::*;
 use crate::error::{Error, Result};
 
-/// A host buffer.
+/// A host buffer: values of its own, or a view of another buffer's (concat's backward hands out views
+/// of the gradient, as PyTorch's `narrow`, rather than copies).
 #[derive(Debug)]
-pub struct CpuBuffer(RwLock<Vec<f32>>);
+pub struct CpuBuffer(Storage);
+
+#[derive(Debug)]
+enum Storage {
+    Owned(RwLock<Vec<f32>>),
+    View(Runs),
+}
+
+/// `runs` runs of `run_len` values, run r at `offset + r·stride` of `parent` (a buffer with values of
+/// its own, kept alive by the view).
+#[derive(Debug)]
+struct Runs {
+    parent: BufferRef,
+    offset: usize,
+    runs: usize,
+    run_len: usize,
+    stride: usize,
+}
+
+impl Runs {
+    fn len(&self) -> usize {
+        self.runs * self.run_len
+    }
+    /// Whether the runs follow each other: then the view is one slice of the parent.
+    fn is_contiguous(&self) -> bool {
+        self.runs <= 1 || self.stride == self.run_len
+    }
+    fn parent(&self) -> &RwLock<Vec<f32>> {
+        match &cpu_unchecked(&*self.parent).0 {
+            Storage::Owned(v) => v,
+            Storage::View(_) => unreachable!("a view's parent owns its values (split_views)"),
+        }
+    }
+    fn run(&self, r: usize) -> Range<usize> {
+        let start = self.offset + r * self.stride;
+        start..start + self.run_len
+    }
+}
 
 /// Bytes held by live CPU buffers, now and at most (for memory tests and reports).
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
+fn count_alloc(len: usize) {
+    let now = IN_USE.fetch_add(len * 4, Ordering::Relaxed) + len * 4;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
 impl Drop for CpuBuffer {
     fn drop(&mut self) {
-        let bytes = self.0.get_mut().map(|v| v.len() * 4).unwrap_or(0);
-        IN_USE.fetch_sub(bytes, Ordering::Relaxed);
+        // a view holds no values of its own: its parent counts them
+        if let Storage::Owned(v) = &mut self.0 {
+            let bytes = v.get_mut().map(|v| v.len() * 4).unwrap_or(0);
+            IN_USE.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 }
 
 impl BackendBuffer for CpuBuffer {
     fn len(&self) -> usize {
-        self.0.read().unwrap().len()
+        match &self.0 {
+            Storage::Owned(v) => v.read().unwrap().len(),
+            Storage::View(r) => r.len(),
+        }
+    }
+    fn is_view(&self) -> bool {
+        matches!(self.0, Storage::View(_))
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+/// A CPU buffer's values, read: a whole buffer, a slice of a view's parent, or the gathered runs of a
+/// strided view (a copy, counted in the memory in use while it lives).
+pub(super) enum CpuRead<'a> {
+    Whole(RwLockReadGuard<'a, Vec<f32>>),
+    Part(RwLockReadGuard<'a, Vec<f32>>, Range<usize>),
+    Gathered(Vec<f32>),
+}
+
+impl Deref for CpuRead<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            CpuRead::Whole(g) => g,
+            CpuRead::Part(g, r) => &g[r.clone()],
+            CpuRead::Gathered(v) => v,
+        }
+    }
+}
+
+impl Drop for CpuRead<'_> {
+    fn drop(&mut self) {
+        if let CpuRead::Gathered(v) = self {
+            IN_USE.fetch_sub(v.len() * 4, Ordering::Relaxed);
+        }
     }
 }
 
@@ -108,9 +188,8 @@ fn keep_freed_memory() {
 
 fn wrap(v: Vec<f32>) -> BufferRef {
     keep_freed_memory();
-    let now = IN_USE.fetch_add(v.len() * 4, Ordering::Relaxed) + v.len() * 4;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-    Arc::new(CpuBuffer(RwLock::new(v)))
+    count_alloc(v.len());
+    Arc::new(CpuBuffer(Storage::Owned(RwLock::new(v))))
 }
 
 fn cpu(b: &dyn BackendBuffer) -> Result<&CpuBuffer> {
@@ -119,13 +198,94 @@ fn cpu(b: &dyn BackendBuffer) -> Result<&CpuBuffer> {
         .ok_or_else(|| Error::Device("a non-CPU buffer was passed to the CPU backend".into()))
 }
 
-fn read(b: &dyn BackendBuffer) -> Result<RwLockReadGuard<'_, Vec<f32>>> {
-    Ok(cpu(b)?.0.read().unwrap())
+/// [`cpu`] for a buffer the backend made itself (a view's parent).
+fn cpu_unchecked(b: &dyn BackendBuffer) -> &CpuBuffer {
+    cpu(b).expect("a CPU view's parent is a CPU buffer")
 }
 
-/// Read an optional buffer: `opt!(x)` gives an `Option<guard>` whose `as_deref()` is `Option<&[f32]>`.
-fn read_opt(b: Option<&dyn BackendBuffer>) -> Result<Option<RwLockReadGuard<'_, Vec<f32>>>> {
+fn read(b: &dyn BackendBuffer) -> Result<CpuRead<'_>> {
+    Ok(match &cpu(b)?.0 {
+        Storage::Owned(v) => CpuRead::Whole(v.read().unwrap()),
+        Storage::View(r) if r.is_contiguous() => {
+            let start = r.offset;
+            CpuRead::Part(r.parent().read().unwrap(), start..start + r.len())
+        }
+        Storage::View(r) => {
+            let parent = r.parent().read().unwrap();
+            let mut v = Vec::with_capacity(r.len());
+            for i in 0..r.runs {
+                v.extend_from_slice(&parent[r.run(i)]);
+            }
+            count_alloc(v.len());
+            CpuRead::Gathered(v)
+        }
+    })
+}
+
+/// Read b as `outer` rows of `row_len` values in place: the values, the first row's start and the
+/// distance between rows. A view of concat's gradient whose runs are the rows is read from its parent
+/// with the parent's stride; any other buffer whole (a strided view of other runs gathered).
+fn read_rows(b: &dyn BackendBuffer, row_len: usize) -> Result<(CpuRead<'_>, usize, usize)> {
+    Ok(match &cpu(b)?.0 {
+        Storage::View(r) if !r.is_contiguous() && r.run_len == row_len => (
+            CpuRead::Whole(r.parent().read().unwrap()),
+            r.offset,
+            r.stride,
+        ),
+        _ => (read(b)?, 0, row_len),
+    })
+}
+
+/// Read an optional buffer: `read_opt(b)?.as_deref()` is an `Option<&[f32]>`.
+fn read_opt(b: Option<&dyn BackendBuffer>) -> Result<Option<CpuRead<'_>>> {
     b.map(read).transpose()
+}
+
+/// Write to b in place: `f` gets each contiguous run of b's values and the run's first index in b (a
+/// view writes through to its parent, as PyTorch's in-place ops on a view). Callers read any other
+/// operand before: b's lock is held while `f` runs.
+fn write_runs(b: &dyn BackendBuffer, mut f: impl FnMut(&mut [f32], usize)) -> Result<()> {
+    match &cpu(b)?.0 {
+        Storage::Owned(v) => f(&mut v.write().unwrap(), 0),
+        Storage::View(r) => {
+            let mut parent = r.parent().write().unwrap();
+            for i in 0..r.runs {
+                f(&mut parent[r.run(i)], i * r.run_len);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pieces of x viewed as [outer, Σ inners] along its inner axis ([`Backend::split`]) as views of
+/// x's values: piece i's run o is x's values o·Σinners + (Σ_(j<i) inner_j) .. + inner_i. A view of a
+/// view refers to the same parent; x is copied first only when it is a strided view whose runs are
+/// not the rows being split.
+fn split_views(x: &BufferRef, outer: usize, inners: &[usize]) -> Result<Vec<BufferRef>> {
+    let total: usize = inners.iter().sum();
+    let (parent, base, stride) = match &cpu(&**x)?.0 {
+        Storage::Owned(_) => (x.clone(), 0, total),
+        Storage::View(r) if r.is_contiguous() => (r.parent.clone(), r.offset, total),
+        Storage::View(r) if r.runs == outer && r.run_len == total => {
+            (r.parent.clone(), r.offset, r.stride)
+        }
+        Storage::View(_) => (wrap(read(&**x)?.to_vec()), 0, total),
+    };
+    let mut start = 0;
+    Ok(inners
+        .iter()
+        .map(|&inner| {
+            let runs = Runs {
+                parent: parent.clone(),
+                offset: base + start,
+                runs: outer,
+                run_len: inner,
+                stride,
+            };
+            start += inner;
+            Arc::new(CpuBuffer(Storage::View(runs))) as BufferRef
+        })
+        .collect())
 }
 
 /// The larger of a and b, NaN if either is NaN: PyTorch's max (f32::max returns the other operand).
@@ -156,7 +316,7 @@ fn conv_forward_in_math_mode(
     Ok(wrap(conv::forward(
         &round_operands(&read(x)?, m),
         &round_operands(&read(w)?, m),
-        read_opt(bias)?.as_deref().map(|v| &v[..]),
+        read_opt(bias)?.as_deref(),
         g,
         relu,
     )))
@@ -183,18 +343,17 @@ impl Backend for CpuBackend {
         Ok(wrap(data.to_vec()))
     }
     fn to_host(&self, x: &dyn BackendBuffer) -> Result<Vec<f32>> {
-        Ok(read(x)?.clone())
+        Ok(read(x)?.to_vec())
     }
     fn full(&self, len: usize, value: f32) -> Result<BufferRef> {
         Ok(wrap(vec![value; len]))
     }
     fn copy(&self, x: &dyn BackendBuffer) -> Result<BufferRef> {
-        Ok(wrap(read(x)?.clone()))
+        Ok(wrap(read(x)?.to_vec()))
     }
     fn copy_into(&self, dst: &dyn BackendBuffer, src: &dyn BackendBuffer) -> Result<()> {
-        let src = read(src)?.clone(); // a copy first, so that dst == src cannot deadlock
-        cpu(dst)?.0.write().unwrap().copy_from_slice(&src);
-        Ok(())
+        let src = read(src)?.to_vec(); // a copy first, so that dst == src cannot deadlock
+        write_runs(dst, |run, at| run.copy_from_slice(&src[at..at + run.len()]))
     }
 
     fn unary(&self, x: &dyn BackendBuffer, op: UnaryOp) -> Result<BufferRef> {
@@ -212,18 +371,19 @@ impl Backend for CpuBackend {
         Ok(wrap(elementwise::relu_backward(&read(y)?, &read(dy)?)))
     }
     fn relu_in_place(&self, x: &dyn BackendBuffer) -> Result<()> {
-        elementwise::relu_in_place(&mut cpu(x)?.0.write().unwrap());
-        Ok(())
+        write_runs(x, |run, _| elementwise::relu_in_place(run))
     }
     fn add_relu_in_place(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer) -> Result<()> {
-        let b = read(b)?;
-        elementwise::add_relu_in_place(&mut cpu(a)?.0.write().unwrap(), &b);
-        Ok(())
+        let b = read(b)?.to_vec(); // a may alias b (or share its parent)
+        write_runs(a, |run, at| {
+            elementwise::add_relu_in_place(run, &b[at..at + run.len()])
+        })
     }
     fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()> {
-        let x = read(x)?.clone(); // y may alias x
-        elementwise::axpby(&mut cpu(y)?.0.write().unwrap(), a, &x, b);
-        Ok(())
+        let x = read(x)?.to_vec(); // y may alias x
+        write_runs(y, |run, at| {
+            elementwise::axpby(run, a, &x[at..at + run.len()], b)
+        })
     }
     fn sum_all(&self, x: &dyn BackendBuffer) -> Result<BufferRef> {
         Ok(wrap(vec![elementwise::sum(&read(x)?)]))
@@ -240,7 +400,7 @@ impl Backend for CpuBackend {
         bias: &dyn BackendBuffer,
         g: AxisGeom,
     ) -> Result<BufferRef> {
-        let mut y = read(x)?.clone();
+        let mut y = read(x)?.to_vec();
         elementwise::add_axis_bias(&mut y, &read(bias)?, g);
         Ok(wrap(y))
     }
@@ -308,8 +468,8 @@ impl Backend for CpuBackend {
         let (w, b) = (read_opt(weight)?, read_opt(bias)?);
         let y = batchnorm::normalize(
             &x,
-            w.as_deref().map(|v| &v[..]),
-            b.as_deref().map(|v| &v[..]),
+            w.as_deref(),
+            b.as_deref(),
             &mean,
             &var,
             g,
@@ -337,8 +497,8 @@ impl Backend for CpuBackend {
         let (w, b) = (read_opt(weight)?, read_opt(bias)?);
         Ok(wrap(batchnorm::normalize(
             &read(x)?,
-            w.as_deref().map(|v| &v[..]),
-            b.as_deref().map(|v| &v[..]),
+            w.as_deref(),
+            b.as_deref(),
             &read(mean)?,
             &read(var)?,
             g,
@@ -360,16 +520,23 @@ impl Backend for CpuBackend {
     ) -> Result<BnGrads> {
         let w = read_opt(weight)?;
         let relu_y = read_opt(relu_y)?;
+        // dy may be a piece of concat's gradient: read in place
+        let (dy, offset, stride) = read_rows(dy, g.axis * g.inner)?;
+        let dy = batchnorm::OuterRows {
+            data: &dy,
+            offset,
+            stride,
+        };
         let (dx, dw, db) = batchnorm::backward(
-            &read(dy)?,
+            dy,
             &read(x)?,
-            w.as_deref().map(|v| &v[..]),
+            w.as_deref(),
             &read(mean)?,
             &read(var)?,
             g,
             eps,
             batch_stats,
-            relu_y.as_deref().map(|v| &v[..]),
+            relu_y.as_deref(),
         );
         Ok(BnGrads {
             dx: wrap(dx),
@@ -550,16 +717,8 @@ impl Backend for CpuBackend {
         let slices: Vec<&[f32]> = guards.iter().map(|g| &g[..]).collect();
         Ok(wrap(layout::concat(&slices, outer, inners)))
     }
-    fn split(
-        &self,
-        x: &dyn BackendBuffer,
-        outer: usize,
-        inners: &[usize],
-    ) -> Result<Vec<BufferRef>> {
-        Ok(layout::split(&read(x)?, outer, inners)
-            .into_iter()
-            .map(wrap)
-            .collect())
+    fn split(&self, x: &BufferRef, outer: usize, inners: &[usize]) -> Result<Vec<BufferRef>> {
+        split_views(x, outer, inners)
     }
 }
 
@@ -570,4 +729,93 @@ pub fn host_available_memory() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    /// x's values o·Σinners + start .. + inner for every o: what piece `start` of a split holds.
+    fn runs_of(x: &[f32], outer: usize, total: usize, start: usize, inner: usize) -> Vec<f32> {
+        (0..outer)
+            .flat_map(|o| x[o * total + start..][..inner].to_vec())
+            .collect()
+    }
+
+    /// concat's gradient pieces are views of the gradient's values (no copy) and read, gathered, read
+    /// as rows in place and split again as the copies they replace; a view of a view refers to the
+    /// first buffer.
+    #[test]
+    fn split_hands_out_views_of_the_rows() {
+        let be = CpuBackend;
+        let cases: [(usize, &[usize]); 4] =
+            [(1, &[3, 0, 5]), (4, &[2, 6, 1]), (3, &[4]), (2, &[0])];
+        for (outer, inners) in cases {
+            let total: usize = inners.iter().sum();
+            let xv = test_data(outer * total, 7);
+            let x = be.from_host(&xv).unwrap();
+            let pieces = be.split(&x, outer, inners).unwrap();
+            let mut start = 0;
+            for (p, &inner) in pieces.iter().zip(inners) {
+                let want = runs_of(&xv, outer, total, start, inner);
+                assert!(p.is_view() && p.len() == want.len());
+                assert_eq!(be.to_host(&**p).unwrap(), want, "{outer} x {inners:?}");
+                let doubled = be.unary(&**p, UnaryOp::Scale(2.0)).unwrap();
+                let want2: Vec<f32> = want.iter().map(|v| v * 2.0).collect();
+                assert_eq!(be.to_host(&*doubled).unwrap(), want2);
+                let (rows, first, stride) = read_rows(&**p, inner).unwrap();
+                for o in 0..outer {
+                    assert_eq!(
+                        &rows[first + o * stride..][..inner],
+                        &want[o * inner..][..inner]
+                    );
+                }
+                // split again along the same rows (a view of the parent), and as one flat row
+                // (contiguous pieces only; a strided piece is gathered first)
+                let halves = [inner / 2, inner - inner / 2];
+                for (sub_outer, sub) in [(outer, halves), (1, [0, outer * inner])] {
+                    let again = be.split(p, sub_outer, &sub).unwrap();
+                    let sub_total = sub[0] + sub[1];
+                    for (k, q) in again.iter().enumerate() {
+                        let at = if k == 0 { 0 } else { sub[0] };
+                        let w = runs_of(&want, sub_outer, sub_total, at, sub[k]);
+                        assert_eq!(be.to_host(&**q).unwrap(), w, "{outer} x {inners:?} again");
+                    }
+                }
+                start += inner;
+            }
+        }
+    }
+
+    /// In-place writes to a view reach its runs of the parent and nothing else (PyTorch's in-place
+    /// ops on a view), through every write path.
+    #[test]
+    fn writes_to_a_view_go_through_to_its_runs() {
+        let be = CpuBackend;
+        let (outer, inners) = (3, [2, 4, 3]);
+        let xv = test_data(outer * 9, 8);
+        let x = be.from_host(&xv).unwrap();
+        let pieces = be.split(&x, outer, &inners).unwrap();
+        let ones = be.full(outer * 4, 1.0).unwrap();
+        be.axpby(&*pieces[1], 0.5, &*ones, 2.0).unwrap(); // 0.5 + 2·x
+        let after = be.to_host(&*x).unwrap();
+        for (i, (&a, &b)) in after.iter().zip(&xv).enumerate() {
+            let in_piece = (2..6).contains(&(i % 9));
+            let want = if in_piece { 0.5 + 2.0 * b } else { b };
+            assert_eq!(a, want, "value {i}");
+        }
+        be.relu_in_place(&*pieces[2]).unwrap();
+        be.add_relu_in_place(&*pieces[0], &*pieces[0]).unwrap();
+        let src = be.from_host(&[7.0; 12]).unwrap();
+        be.copy_into(&*pieces[1], &*src).unwrap();
+        let done = be.to_host(&*x).unwrap();
+        for (i, (&a, &b)) in done.iter().zip(&xv).enumerate() {
+            let want = match i % 9 {
+                0..=1 => (b + b).max(0.0),
+                2..=5 => 7.0,
+                _ => b.max(0.0),
+            };
+            assert_eq!(a, want, "value {i}");
+        }
+    }
 }

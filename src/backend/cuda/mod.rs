@@ -619,13 +619,8 @@ impl Backend for CudaBackend {
     ) -> Result<BufferRef> {
         layout::concat(self, xs, outer, inners)
     }
-    fn split(
-        &self,
-        x: &dyn BackendBuffer,
-        outer: usize,
-        inners: &[usize],
-    ) -> Result<Vec<BufferRef>> {
-        layout::split(self, x, outer, inners)
+    fn split(&self, x: &BufferRef, outer: usize, inners: &[usize]) -> Result<Vec<BufferRef>> {
+        layout::split(self, &**x, outer, inners)
     }
 }
 
