@@ -466,16 +466,7 @@ impl Backend for CpuBackend {
         let x = read(x)?;
         let (mean, var) = batchnorm::statistics(&x, g);
         let (w, b) = (read_opt(weight)?, read_opt(bias)?);
-        let y = batchnorm::normalize(
-            &x,
-            w.as_deref(),
-            b.as_deref(),
-            &mean,
-            &var,
-            g,
-            eps,
-            relu,
-        );
+        let y = batchnorm::normalize(&x, w.as_deref(), b.as_deref(), &mean, &var, g, eps, relu);
         Ok((
             wrap(y),
             BnStats {
