@@ -51,6 +51,7 @@ pub(super) fn par_build(
 }
 
 /// Write `values` into the front of `out`; how many were written.
+#[inline(always)]
 fn write_values(out: &mut [MaybeUninit<f32>], values: impl Iterator<Item = f32>) -> usize {
     let mut written = 0;
     for (o, v) in out.iter_mut().zip(values) {
@@ -70,7 +71,9 @@ pub(super) fn par_new<I: Iterator<Item = f32>>(
     par_build(len, piece, |r, out| {
         let start = r * piece;
         let n = out.len();
-        write_values(out, values(r, start..start + n))
+        // AVX2 where the CPU has it: the closures' loops otherwise compile for the crate's baseline
+        // (SSE2, 4 lanes), which halved the rate of an add whose operands are in cache
+        with_avx2!(write_values(out, values(r, start..start + n)))
     })
 }
 
