@@ -263,6 +263,12 @@ fn write_runs(b: &dyn BackendBuffer, mut f: impl FnMut(&mut [f32], usize)) -> Re
 /// not the rows being split.
 fn split_views(x: &BufferRef, outer: usize, inners: &[usize]) -> Result<Vec<BufferRef>> {
     let total: usize = inners.iter().sum();
+    if x.len() != outer * total {
+        return Err(Error::Shape {
+            op: "split",
+            msg: format!("{} values are not {outer} rows of {inners:?}", x.len()),
+        });
+    }
     let (parent, base, stride) = match &cpu(&**x)?.0 {
         Storage::Owned(_) => (x.clone(), 0, total),
         Storage::View(r) if r.is_contiguous() => (r.parent.clone(), r.offset, total),
@@ -776,6 +782,15 @@ mod view_tests {
                 start += inner;
             }
         }
+    }
+
+    /// A split whose pieces do not cover x is an error, not views reaching past it.
+    #[test]
+    fn split_checks_the_length() {
+        let be = CpuBackend;
+        let x = be.from_host(&[1.0; 10]).unwrap();
+        let err = be.split(&x, 3, &[2, 1]).unwrap_err().to_string();
+        assert!(err.contains("split") && err.contains("10 values"), "{err}");
     }
 
     /// In-place writes to a view reach its runs of the parent and nothing else (PyTorch's in-place
