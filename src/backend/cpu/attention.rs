@@ -82,23 +82,22 @@ fn row_max(row: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, super::nan_max)
 }
 
-/// row[j] = exp(row[j] − max) for a finite max; returns Σ row[j] summed in f64 lanes. The exp is
-/// libm's, as before: a vectorised polynomial exp (≤ 2 ulp) was 10 % faster on C2D-NL-R50's attention
-/// but moved tests/models_cuda.rs's CPU-against-simulator gradient comparison of c2d-nl-r50 past its
-/// tolerance (docs/PERFORMANCE.md, "CPU attention").
+/// row[j] = exp(row[j] − max) for a finite max; returns Σ row[j] summed in f64 lanes. The exps are
+/// libm's `expf` bit for bit, four lanes at a time with its own operations (expf.rs): a vectorised
+/// polynomial exp of its own (≤ 2 ulp) had moved tests/models_cuda.rs's CPU-against-simulator gradient
+/// comparison of c2d-nl-r50 past its tolerance (docs/PERFORMANCE.md, "CPU attention").
 fn exp_shifted_sum(row: &mut [f32], max: f32) -> f64 {
+    super::expf::exp_shifted_in_place(row, max);
     let mut sums = [0f64; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
+    let mut chunks = row.chunks_exact(LANES);
     for ch in &mut chunks {
-        for (s, v) in sums.iter_mut().zip(ch) {
-            *v = (*v - max).exp();
-            *s += *v as f64;
+        for (s, &v) in sums.iter_mut().zip(ch) {
+            *s += v as f64;
         }
     }
     let mut sum: f64 = sums.iter().sum();
-    for v in chunks.into_remainder() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
+    for &v in chunks.remainder() {
+        sum += v as f64;
     }
     sum
 }

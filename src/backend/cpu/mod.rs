@@ -47,6 +47,7 @@ mod conv_direct;
 mod conv_winograd;
 mod conv_winograd_depth;
 mod elementwise;
+mod expf;
 mod layout;
 mod linalg;
 mod loss;
