@@ -3,8 +3,8 @@
 //!
 //! Every window is separable: along each dim an output index o covers a clipped input range [lo, hi),
 //! so the geometry is resolved once into three small tables of [`Span`]s and the kernels only walk
-//! them. Planes run in parallel; within a plane the loops are plain (backward scatters serially into
-//! that plane's own slice of dx, so there are no races).
+//! them. Planes run in parallel; within a plane the loops are plain (the max-pool backward gathers
+//! into that plane's own slice of dx, so there are no races).
 
 use std::mem::MaybeUninit;
 
@@ -289,6 +289,16 @@ fn plane_argmax<I: WindowOffset>(
     y: &mut [f32],
     mut idx: Option<&mut [I]>,
 ) {
+    if windows_tile(g) {
+        return match (g.kernel[2], idx.is_some()) {
+            (1, false) => plane_tiled::<1, false, I>(xp, g, y, idx),
+            (2, false) => plane_tiled::<2, false, I>(xp, g, y, idx),
+            (_, false) => plane_tiled::<3, false, I>(xp, g, y, idx),
+            (1, true) => plane_tiled::<1, true, I>(xp, g, y, idx),
+            (2, true) => plane_tiled::<2, true, I>(xp, g, y, idx),
+            (_, true) => plane_tiled::<3, true, I>(xp, g, y, idx),
+        };
+    }
     let ow = tw.len();
     let (mut best, mut scratch) = (vec![0u32; ow], RowScratch::default());
     let taps = WTaps::new(g, ow);
@@ -308,6 +318,72 @@ fn plane_argmax<I: WindowOffset>(
                 for (i, &b) in idx[r * ow..(r + 1) * ow].iter_mut().zip(&best) {
                     *i = I::from_offset(b as usize);
                 }
+            }
+        }
+    }
+}
+
+/// [`plane_argmax`] for windows that tile the input ([`windows_tile`]; `KW` = the kernel along W;
+/// `TRACK`: `idx` is given):
+/// an output row's windows take their taps straight from its kd·kh input rows, tap by tap in scan
+/// order over the whole row (vectorised along it; the selects as lane masks, as in [`take_max`]) — no
+/// phase split, tap runs or double-buffered maxima, whose per-row costs were most of the time on the
+/// small planes of C2D-NL-R50's 1×2×2 pools.
+#[inline(always)]
+fn plane_tiled<const KW: usize, const TRACK: bool, I: WindowOffset>(
+    xp: &[f32],
+    g: &PoolGeom,
+    y: &mut [f32],
+    mut idx: Option<&mut [I]>,
+) {
+    let [_, h, w] = g.input;
+    let [_, oh, ow] = g.output;
+    let [kd, kh, _] = g.kernel;
+    // Where each window row's input rows start, from its first (the same for every window row).
+    let tap_rows: Vec<usize> = (0..kd)
+        .flat_map(|d| (0..kh).map(move |hh| (d * h + hh) * w))
+        .collect();
+    let mut best = vec![0u32; ow];
+    for (r, max) in y.chunks_exact_mut(ow).enumerate() {
+        let top = ((r / oh) * kd * h + (r % oh) * kh) * w;
+        // LANES windows at a time, their maxima in registers until the last tap: a running maximum
+        // selected back into memory compiled to masked stores (see `row_argmax`).
+        let whole = ow / LANES * LANES;
+        for j0 in (0..whole).step_by(LANES) {
+            let (mut m, mut b) = ([f32::NEG_INFINITY; LANES], [0u32; LANES]);
+            for (t, &at) in tap_rows.iter().enumerate() {
+                let row = &xp[top + at + j0 * KW..][..LANES * KW];
+                for c in 0..KW {
+                    let v: [f32; LANES] = std::array::from_fn(|l| row[l * KW + c]);
+                    let take: [u32; LANES] = std::array::from_fn(|l| {
+                        (((v[l] > m[l]) | v[l].is_nan()) as u32).wrapping_neg()
+                    });
+                    m = std::array::from_fn(|l| {
+                        f32::from_bits((v[l].to_bits() & take[l]) | (m[l].to_bits() & !take[l]))
+                    });
+                    if TRACK {
+                        let tap = (t * KW + c) as u32;
+                        b = std::array::from_fn(|l| (tap & take[l]) | (b[l] & !take[l]));
+                    }
+                }
+            }
+            max[j0..j0 + LANES].copy_from_slice(&m);
+            best[j0..j0 + LANES].copy_from_slice(&b);
+        }
+        for j in whole..ow {
+            let (mut m, mut b) = (f32::NEG_INFINITY, 0);
+            for (t, &at) in tap_rows.iter().enumerate() {
+                for (c, &v) in xp[top + at + j * KW..][..KW].iter().enumerate() {
+                    if (v > m) | v.is_nan() {
+                        (m, b) = (v, (t * KW + c) as u32);
+                    }
+                }
+            }
+            (max[j], best[j]) = (m, b);
+        }
+        if let Some(idx) = idx.as_deref_mut() {
+            for (i, &b) in idx[r * ow..][..ow].iter_mut().zip(&best) {
+                *i = I::from_offset(b as usize);
             }
         }
     }
@@ -987,7 +1063,9 @@ mod tests {
     fn tiled_backward_is_the_scatter() {
         let shapes = [
             ([1, 2, 2], [3, 8, 6]),
+            ([1, 2, 2], [2, 4, 38]), // 19 windows a row: two blocks of 8 and a tail
             ([2, 1, 1], [4, 2, 5]),
+            ([2, 1, 1], [2, 3, 21]),
             ([2, 2, 2], [2, 4, 6]),
             ([1, 3, 1], [1, 9, 4]),
             ([1, 1, 3], [2, 2, 9]),
@@ -1009,12 +1087,20 @@ mod tests {
             x[1] = f32::NAN;
             let mut dy = data(g.output_len(), 400 + case as u64);
             dy[0] = -0.0;
-            let (_, argmax) = max_forward_argmax(&x, &g);
+            let (y, argmax) = max_forward_argmax(&x, &g);
             let idx = &bytemuck::cast_slice::<f32, u8>(&argmax)[..g.output_len()];
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             let tiled = backward_tiled(idx, &dy, &g);
             assert_eq!(bits(&tiled), bits(&backward_scatter(idx, &dy, &g)), "{g:?}");
-            let (_, rdx) = naive_max(&x, &dy, &g);
+            // The forward's tiled path ([`plane_tiled`]): maxima and argmaxes (through dx) exact.
+            let (ry, rdx) = naive_max(&x, &dy, &g);
+            assert!(errors(&y, &ry).0 == 0.0, "{g:?}");
+            assert!(
+                y.iter().zip(&ry).all(|(a, b)| a.is_nan() == b.is_nan()),
+                "{g:?}"
+            );
+            assert!(y.iter().any(|v| v.is_nan()), "{g:?}");
+            assert_eq!(bits(&y), bits(&max_forward(&x, &g)), "{g:?}");
             assert!(errors(&tiled, &rdx).0 == 0.0, "{g:?}");
         }
     }
