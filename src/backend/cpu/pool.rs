@@ -289,7 +289,7 @@ fn plane_argmax<I: WindowOffset>(
     y: &mut [f32],
     mut idx: Option<&mut [I]>,
 ) {
-    if windows_tile(g) {
+    if windows_tile(g) && (tw.len() >= LANES || th.len() * tw.len() >= LANES) {
         return match (g.kernel[2], idx.is_some()) {
             (1, false) => plane_tiled::<1, false, I>(xp, g, y, idx),
             (2, false) => plane_tiled::<2, false, I>(xp, g, y, idx),
@@ -324,11 +324,13 @@ fn plane_argmax<I: WindowOffset>(
 }
 
 /// [`plane_argmax`] for windows that tile the input ([`windows_tile`]; `KW` = the kernel along W;
-/// `TRACK`: `idx` is given):
-/// an output row's windows take their taps straight from its kd·kh input rows, tap by tap in scan
-/// order over the whole row (vectorised along it; the selects as lane masks, as in [`take_max`]) — no
-/// phase split, tap runs or double-buffered maxima, whose per-row costs were most of the time on the
-/// small planes of C2D-NL-R50's 1×2×2 pools.
+/// `TRACK`: `idx` is given): LANES windows at a time take their taps straight from the input in scan
+/// order, the maxima and argmaxes in registers until the last tap ([`take_block`]) — no phase split,
+/// tap runs or double-buffered maxima, whose per-row costs were most of the time on the small planes
+/// of C2D-NL-R50's 1×2×2 pools. The blocks run along an output row (contiguous loads) or, for rows
+/// narrower than LANES, along a depth slice's outputs row after row (each lane's window found in a
+/// table); a group's last block ends at its end, overlapping the one before where LANES does not
+/// divide it (those windows computed twice, the same way). Groups smaller than LANES take the row path.
 #[inline(always)]
 fn plane_tiled<const KW: usize, const TRACK: bool, I: WindowOffset>(
     xp: &[f32],
@@ -339,53 +341,61 @@ fn plane_tiled<const KW: usize, const TRACK: bool, I: WindowOffset>(
     let [_, h, w] = g.input;
     let [_, oh, ow] = g.output;
     let [kd, kh, _] = g.kernel;
-    // Where each window row's input rows start, from its first (the same for every window row).
+    // Where a window's input rows start, from its first (the same for every window).
     let tap_rows: Vec<usize> = (0..kd)
         .flat_map(|d| (0..kh).map(move |hh| (d * h + hh) * w))
         .collect();
-    let mut best = vec![0u32; ow];
-    for (r, max) in y.chunks_exact_mut(ow).enumerate() {
-        let top = ((r / oh) * kd * h + (r % oh) * kh) * w;
-        // LANES windows at a time, their maxima in registers until the last tap: a running maximum
-        // selected back into memory compiled to masked stores (see `row_argmax`).
-        let whole = ow / LANES * LANES;
-        for j0 in (0..whole).step_by(LANES) {
+    let by_rows = ow >= LANES;
+    let group = if by_rows { ow } else { oh * ow };
+    // Where each window of a group starts, from the group's first input element.
+    let starts: Vec<usize> = (0..group).map(|q| q / ow * kh * w + q % ow * KW).collect();
+    let mut best = vec![0u32; group];
+    for (r, max) in y.chunks_exact_mut(group).enumerate() {
+        let top = if by_rows {
+            ((r / oh) * kd * h + (r % oh) * kh) * w
+        } else {
+            r * kd * h * w
+        };
+        for q0 in (0..group).step_by(LANES).map(|q| q.min(group - LANES)) {
             let (mut m, mut b) = ([f32::NEG_INFINITY; LANES], [0u32; LANES]);
             for (t, &at) in tap_rows.iter().enumerate() {
-                let row = &xp[top + at + j0 * KW..][..LANES * KW];
                 for c in 0..KW {
-                    let v: [f32; LANES] = std::array::from_fn(|l| row[l * KW + c]);
-                    let take: [u32; LANES] = std::array::from_fn(|l| {
-                        (((v[l] > m[l]) | v[l].is_nan()) as u32).wrapping_neg()
-                    });
-                    m = std::array::from_fn(|l| {
-                        f32::from_bits((v[l].to_bits() & take[l]) | (m[l].to_bits() & !take[l]))
-                    });
-                    if TRACK {
-                        let tap = (t * KW + c) as u32;
-                        b = std::array::from_fn(|l| (tap & take[l]) | (b[l] & !take[l]));
-                    }
+                    let tap = (t * KW + c) as u32;
+                    let v: [f32; LANES] = if by_rows {
+                        let row = &xp[top + at + q0 * KW..][..LANES * KW];
+                        std::array::from_fn(|l| row[l * KW + c])
+                    } else {
+                        std::array::from_fn(|l| xp[top + starts[q0 + l] + at + c])
+                    };
+                    take_block::<TRACK>(v, (&mut m, &mut b), tap);
                 }
             }
-            max[j0..j0 + LANES].copy_from_slice(&m);
-            best[j0..j0 + LANES].copy_from_slice(&b);
-        }
-        for j in whole..ow {
-            let (mut m, mut b) = (f32::NEG_INFINITY, 0);
-            for (t, &at) in tap_rows.iter().enumerate() {
-                for (c, &v) in xp[top + at + j * KW..][..KW].iter().enumerate() {
-                    if (v > m) | v.is_nan() {
-                        (m, b) = (v, (t * KW + c) as u32);
-                    }
-                }
-            }
-            (max[j], best[j]) = (m, b);
+            max[q0..q0 + LANES].copy_from_slice(&m);
+            best[q0..q0 + LANES].copy_from_slice(&b);
         }
         if let Some(idx) = idx.as_deref_mut() {
-            for (i, &b) in idx[r * ow..][..ow].iter_mut().zip(&best) {
+            for (i, &b) in idx[r * group..][..group].iter_mut().zip(&best) {
                 *i = I::from_offset(b as usize);
             }
         }
+    }
+}
+
+/// One tap of LANES windows: `v` replaces the running maximum `m` (and `tap` the argmax `b` when
+/// `TRACK`) where `v > m || isnan(v)`, the condition as all-ones / all-zeros lane masks.
+#[inline(always)]
+fn take_block<const TRACK: bool>(
+    v: [f32; LANES],
+    (m, b): (&mut [f32; LANES], &mut [u32; LANES]),
+    tap: u32,
+) {
+    let take: [u32; LANES] =
+        std::array::from_fn(|l| (((v[l] > m[l]) | v[l].is_nan()) as u32).wrapping_neg());
+    *m = std::array::from_fn(|l| {
+        f32::from_bits((v[l].to_bits() & take[l]) | (m[l].to_bits() & !take[l]))
+    });
+    if TRACK {
+        *b = std::array::from_fn(|l| (tap & take[l]) | (b[l] & !take[l]));
     }
 }
 
@@ -1058,7 +1068,8 @@ mod tests {
 
     /// Pools whose windows tile the input take [`backward_tiled`]: bit for bit the scatter's dx
     /// (ties, NaN, a −0 gradient), for u8 offsets, the shapes of the zoo and others (windows of 1, 2
-    /// and 3 along W: each of its kernels).
+    /// and 3 along W: each of its kernels). Their forward ([`plane_tiled`]) along rows, across rows
+    /// and on the row path (groups under LANES windows), blocks overlapping at a group's end.
     #[test]
     fn tiled_backward_is_the_scatter() {
         let shapes = [
@@ -1069,6 +1080,7 @@ mod tests {
             ([2, 2, 2], [2, 4, 6]),
             ([1, 3, 1], [1, 9, 4]),
             ([1, 1, 3], [2, 2, 9]),
+            ([1, 1, 3], [2, 4, 9]), // 12 windows a depth slice, rows of 3: across rows
             ([1, 1, 1], [2, 3, 3]),
         ];
         for (case, (kernel, input)) in shapes.into_iter().enumerate() {
