@@ -544,47 +544,52 @@ fn window_row<const KW: usize, I: WindowOffset>(
 /// as the scatter and PyTorch add them: the same sums bit for bit (the extra `+ 0.0`s change nothing,
 /// the sums starting at +0 never being −0).
 fn backward_by_taps<I: WindowOffset>(idx: &[I], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
-    let [_, h, w] = g.input;
-    let [_, kh, kw] = g.kernel;
-    let sw = g.stride[2];
     let (iv, ov) = (volume(&g.input), volume(&g.output));
     let [td, th, tw] = pool_tables(g, true);
-    let ow = tw.len();
-    let taps = WTaps::new(g, ow);
-    let row_len = sw * taps.phase_len; // the row itself when sw = 1
+    let taps = WTaps::new(g, tw.len());
+    let row_len = g.stride[2] * taps.phase_len; // the row itself when the stride is 1
     par_build(g.planes * iv, iv, |p, out| {
         let (ip, dyp) = (&idx[p * ov..][..ov], &dy[p * ov..][..ov]);
-        let mut rows = vec![0.0f32; iv / w * row_len];
-        with_avx2!({
-            let mut windows = ip.chunks_exact(ow).zip(dyp.chunks_exact(ow));
-            for sd in &td {
-                for sh in &th {
-                    let (ips, dys) = windows.next().unwrap();
-                    for (d, hh) in
-                        (sd.lo..sd.hi).flat_map(|d| (sh.lo..sh.hi).map(move |hh| (d, hh)))
-                    {
-                        let row = &mut rows[(d * h + hh) * row_len..][..row_len];
-                        let window_row = ((d as isize - sd.start) as usize * kh
-                            + (hh as isize - sh.start) as usize)
-                            * kw;
-                        for &(c, j0, j1, at) in taps.runs.iter().rev() {
-                            let tap = I::from_offset(window_row + c);
-                            add_where_tap(
-                                &mut row[at..][..j1 - j0],
-                                &ips[j0..j1],
-                                &dys[j0..j1],
-                                tap,
-                            );
-                        }
-                    }
-                }
-            }
-            for (o, r) in out.chunks_exact_mut(w).zip(rows.chunks_exact(row_len)) {
-                merge_phases(r, sw, taps.phase_len, o);
-            }
-        });
+        let mut rows = vec![0.0f32; iv / g.input[2] * row_len];
+        with_avx2!(plane_by_taps(ip, dyp, g, [&td, &th], &taps, &mut rows, out));
         out.len()
     })
+}
+
+/// One plane of [`backward_by_taps`]: `rows`, zeroed, holds the plane's input rows in phase layout.
+#[inline(always)]
+fn plane_by_taps<I: WindowOffset>(
+    ip: &[I],
+    dyp: &[f32],
+    g: &PoolGeom,
+    [td, th]: [&[Span]; 2],
+    taps: &WTaps,
+    rows: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
+) {
+    let [_, h, w] = g.input;
+    let [_, kh, kw] = g.kernel;
+    let row_len = g.stride[2] * taps.phase_len;
+    let ow = g.output[2];
+    let mut windows = ip.chunks_exact(ow).zip(dyp.chunks_exact(ow));
+    for sd in td {
+        for sh in th {
+            let (ips, dys) = windows.next().unwrap();
+            for (d, hh) in (sd.lo..sd.hi).flat_map(|d| (sh.lo..sh.hi).map(move |hh| (d, hh))) {
+                let row = &mut rows[(d * h + hh) * row_len..][..row_len];
+                let window_row = ((d as isize - sd.start) as usize * kh
+                    + (hh as isize - sh.start) as usize)
+                    * kw;
+                for &(c, j0, j1, at) in taps.runs.iter().rev() {
+                    let tap = I::from_offset(window_row + c);
+                    add_where_tap(&mut row[at..][..j1 - j0], &ips[j0..j1], &dys[j0..j1], tap);
+                }
+            }
+        }
+    }
+    for (o, r) in out.chunks_exact_mut(w).zip(rows.chunks_exact(row_len)) {
+        merge_phases(r, g.stride[2], taps.phase_len, o);
+    }
 }
 
 /// `acc[j] += dy[j]` where output j's saved offset is `tap` (+ 0 elsewhere, a select the loop
