@@ -255,20 +255,15 @@ fn take_max<const TRACK: bool>(
     let whole = vals.len() / LANES * LANES;
     for i in (0..whole).step_by(LANES) {
         let v: [f32; LANES] = vals[i..i + LANES].try_into().unwrap();
-        let m: [f32; LANES] = max[i..i + LANES].try_into().unwrap();
-        // The condition as an all-ones / all-zeros lane mask: kept as bools, it was packed to bytes
-        // and back between the compare and the blends (a third of the loop's instructions).
-        let take: [u32; LANES] =
-            std::array::from_fn(|l| (((v[l] > m[l]) | v[l].is_nan()) as u32).wrapping_neg());
-        let out: [u32; LANES] =
-            std::array::from_fn(|l| (v[l].to_bits() & take[l]) | (m[l].to_bits() & !take[l]));
-        for (o, &bits) in to_max[i..i + LANES].iter_mut().zip(&out) {
-            *o = f32::from_bits(bits);
-        }
+        let mut m: [f32; LANES] = max[i..i + LANES].try_into().unwrap();
+        let mut b = [0u32; LANES];
         if TRACK {
-            let b: [u32; LANES] = best[i..i + LANES].try_into().unwrap();
-            let out: [u32; LANES] = std::array::from_fn(|l| (tap & take[l]) | (b[l] & !take[l]));
-            to_best[i..i + LANES].copy_from_slice(&out);
+            b.copy_from_slice(&best[i..i + LANES]);
+        }
+        take_block::<TRACK>(v, (&mut m, &mut b), tap);
+        to_max[i..i + LANES].copy_from_slice(&m);
+        if TRACK {
+            to_best[i..i + LANES].copy_from_slice(&b);
         }
     }
     for i in whole..vals.len() {
@@ -382,7 +377,9 @@ fn plane_tiled<const KW: usize, const TRACK: bool, I: WindowOffset>(
 }
 
 /// One tap of LANES windows: `v` replaces the running maximum `m` (and `tap` the argmax `b` when
-/// `TRACK`) where `v > m || isnan(v)`, the condition as all-ones / all-zeros lane masks.
+/// `TRACK`) where `v > m || isnan(v)`, the condition as all-ones / all-zeros lane masks (kept as
+/// bools, it was packed to bytes and back between the compare and the blends: a third of the loop's
+/// instructions).
 #[inline(always)]
 fn take_block<const TRACK: bool>(
     v: [f32; LANES],
