@@ -1,7 +1,7 @@
 //! The executor's memory behaviour, measured with the CPU backend's byte counter (one test in its own
 //! binary, since the counter is process-wide): inference frees each value after its last reader,
 //! training keeps what backward needs, gradient checkpointing trades that memory for recomputation and
-//! gives the same gradients.
+//! gives the same gradients, and a concat written by its producers holds its values once.
 
 use vidgrad::exec::{ForwardStats, Network};
 use vidgrad::graph::{BatchNorm, Conv, Graph, GraphBuilder, Linear};
@@ -35,6 +35,51 @@ fn net(checkpoint: bool) -> Graph {
     let x = g.flatten(x, 1, -1).unwrap();
     let y = g.linear("fc", x, Linear::new(3)).unwrap();
     g.finish(&[y]).unwrap()
+}
+
+/// Two BN → ReLU branches joined along channels, then a convolution: the concat is written by its
+/// producers (each branch's fused BN → ReLU writes into its slice of the output).
+fn branches_net() -> Graph {
+    let mut g = GraphBuilder::new("BranchNet");
+    let x = g.input("input", &[2, 8, 4, 16, 16]).unwrap();
+    let mut outs = vec![];
+    for (name, k) in [("a", 1), ("b", 3)] {
+        let conv = Conv::new(8, &[1, k, k])
+            .padding(&[0, k / 2, k / 2])
+            .no_bias();
+        let y = g.conv(&format!("conv_{name}"), x, conv).unwrap();
+        let y = g
+            .batch_norm(&format!("bn_{name}"), y, BatchNorm::new())
+            .unwrap();
+        outs.push(g.relu(&format!("relu_{name}"), y).unwrap());
+    }
+    let y = g.concat(&outs, 1).unwrap();
+    let y = g.conv("conv_c", y, Conv::new(4, &[1, 1, 1])).unwrap();
+    let y = g.adaptive_avg_pool("pool", y, &[1, 1, 1]).unwrap();
+    let y = g.flatten(y, 1, -1).unwrap();
+    let y = g.linear("fc", y, Linear::new(3)).unwrap();
+    g.finish(&[y]).unwrap()
+}
+
+/// A training step of [`branches_net`], retaining the named values (a retained branch output keeps
+/// the concat copying): the forward's statistics, and the output and every gradient.
+fn branches_step(x: &Tensor, retain: &[&str]) -> (ForwardStats, Vec<Vec<f32>>) {
+    let net = Network::new(branches_net(), Device::Cpu, 5).unwrap();
+    let x = x.with_grad();
+    let (y, kept) = net.forward_with(&[&x], retain).unwrap();
+    let stats = net.last_forward_stats().unwrap();
+    drop(kept);
+    ops::cross_entropy(&y, &[0, 2], 0.0)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let mut values = vec![y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()];
+    values.extend(
+        net.parameters()
+            .iter()
+            .map(|(_, p)| p.grad().unwrap().to_vec().unwrap()),
+    );
+    (stats, values)
 }
 
 fn mb(b: usize) -> f64 {
@@ -195,4 +240,21 @@ fn memory_liveness_and_checkpointing() {
     );
     assert_eq!(fused_grads, unfused_grads);
     assert_eq!(fused_stats, unfused_stats);
+
+    // Concat without copies (docs/GRAPH.md "Fusion"): the branches' outputs, saved for their BN → ReLU
+    // backward, are the slices of the concat's output, which the next convolution saves: held once.
+    // With a branch output retained by name the concat copies, and both are held: exactly one concat
+    // output more. The same values either way, so the same output and gradients bit for bit.
+    let (written, written_values) = branches_step(&x, &[]);
+    let (copied, copied_values) = branches_step(&x, &["relu_a"]);
+    let concat_bytes = 2 * 16 * 4 * 16 * 16 * 4;
+    println!(
+        "concat written by its producers: held for backward {:.3} MB, copied {:.3} MB (concat output {:.3} MB)",
+        mb(written.held_bytes),
+        mb(copied.held_bytes),
+        mb(concat_bytes)
+    );
+    assert_eq!((written.concats_written, copied.concats_written), (1, 0));
+    assert_eq!(written.held_bytes + concat_bytes, copied.held_bytes);
+    assert_eq!(written_values, copied_values);
 }

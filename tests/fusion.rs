@@ -231,6 +231,72 @@ fn eco_lite_fuses_every_conv_bn_relu_and_agrees_unfused() {
     println!("eco-lite fused vs unfused logits: worst relative difference {worst:.2e}");
 }
 
+/// ECO-Lite's inception blocks in training: each concat is written by its four BN → ReLU branches (no
+/// copy), and the step equals the one where the concats copy (a branch output retained by name)
+/// bit for bit: the branches write the same values, and their backward reads the same values in
+/// place. In inference the branches end in conv → BN → ReLU chains, which make their own buffers.
+#[test]
+fn eco_lite_concats_are_written_by_their_branches_in_training() {
+    let shape = [2, 4, 3, 32, 32];
+    let g = models::build("eco-lite", &Default::default(), &shape).unwrap();
+    let written = g.fusion_plan(true).written_concats;
+    let names: Vec<&str> = written
+        .iter()
+        .map(|w| g.nodes[w.concat].name.as_str())
+        .collect();
+    assert_eq!(written.len(), 2, "{names:?}");
+    assert!(
+        written.iter().all(|w| w.producers.len() == 4),
+        "{written:?}"
+    );
+    assert!(g.fusion_plan(false).written_concats.is_empty());
+    let summary = g.summary(3);
+    assert!(
+        summary.contains(
+            "; 2 concats written by their producers (no copy, CPU): \
+             eco_2d.inception_a.concat_0, eco_2d.inception_b.concat_0"
+        ),
+        "{summary}"
+    );
+    assert!(g.to_dot().contains("written by its producers (train)"));
+    let step = |retain: &[&str]| {
+        let net = Network::new(g.clone(), Device::Cpu, 8).unwrap();
+        let x = Tensor::randn(&shape, 2, Device::Cpu).unwrap().with_grad();
+        let (y, kept) = net.forward_with(&[&x], retain).unwrap();
+        drop(kept);
+        let joined = net.last_forward_stats().unwrap().concats_written;
+        assert_eq!(joined, if retain.is_empty() { 2 } else { 0 });
+        let r = Tensor::randn(y.shape(), 4, Device::Cpu).unwrap();
+        let loss = vidgrad::ops::sum(&vidgrad::ops::mul(&y, &r).unwrap()).unwrap();
+        loss.backward().unwrap();
+        let mut out = vec![y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()];
+        out.extend(
+            net.parameters()
+                .iter()
+                .map(|(_, p)| p.grad().unwrap().to_vec().unwrap()),
+        );
+        out.extend(net.buffers().iter().map(|(_, b)| b.to_vec().unwrap()));
+        out
+    };
+    let in_place = step(&[]);
+    // the first input of each concat, by name
+    let first_inputs: Vec<&str> = written
+        .iter()
+        .map(|w| {
+            let v = g.nodes[w.concat].inputs[0];
+            let made_by = g.values[v].producer.unwrap();
+            g.nodes[made_by].name.as_str()
+        })
+        .collect();
+    println!("eco-lite: concats {names:?} written; copied when {first_inputs:?} are retained");
+    let copied = step(&first_inputs);
+    assert_eq!(in_place.len(), copied.len());
+    for (k, (a, b)) in in_place.iter().zip(&copied).enumerate() {
+        let same = a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "tensor {k} of the step differs");
+    }
+}
+
 /// The fused conv→BN→ReLU in the tensor-core math modes: the CUDA tf32/bf16 kernels apply the ReLU
 /// epilogue too, against the CPU backend with the same operand rounding. Both fold BN into the weights
 /// before rounding them; a folded weight that differs by an ulp between the backends can round to the

@@ -352,6 +352,24 @@ pub trait Backend: Send + Sync + Debug {
         eps: f32,
         relu: bool,
     ) -> Result<(BufferRef, BnStats)>;
+    /// [`Backend::batch_norm_train`] with y written into `out` (x's length; a view, such as a
+    /// producer's slice of a concat's output from [`Backend::split`], is written through). This
+    /// default computes y and copies it; a backend with views writes in place.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_train_into(
+        &self,
+        x: &dyn BackendBuffer,
+        weight: Option<&dyn BackendBuffer>,
+        bias: Option<&dyn BackendBuffer>,
+        g: AxisGeom,
+        eps: f32,
+        relu: bool,
+        out: &dyn BackendBuffer,
+    ) -> Result<BnStats> {
+        let (y, stats) = self.batch_norm_train(x, weight, bias, g, eps, relu)?;
+        self.copy_into(out, &*y)?;
+        Ok(stats)
+    }
     /// Normalise with given (running) statistics.
     #[allow(clippy::too_many_arguments)]
     fn batch_norm_eval(
@@ -506,4 +524,20 @@ pub trait Backend: Send + Sync + Debug {
     /// The inverse of `concat`. The pieces may be views of x (the CPU backend's are: no copy, x's
     /// values stay alive while a piece does).
     fn split(&self, x: &BufferRef, outer: usize, inners: &[usize]) -> Result<Vec<BufferRef>>;
+    /// Whether `split` hands out views: then producers can write into their slices of a concat's
+    /// output and [`Backend::join_views`] joins them without a copy.
+    fn splits_into_views(&self) -> bool {
+        false
+    }
+    /// The buffer `xs` are the pieces of, if they are exactly the views `split(x, outer, inners)`
+    /// made, in order, covering all of x: their concatenation without a copy. `None` otherwise (the
+    /// caller copies with `concat`).
+    fn join_views(
+        &self,
+        _xs: &[&dyn BackendBuffer],
+        _outer: usize,
+        _inners: &[usize],
+    ) -> Option<BufferRef> {
+        None
+    }
 }

@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::autograd::{self, non_finite, EnableGradGuard, LabelGuard};
+use crate::backend::BufferRef;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::graph::{node_err, FusedOp, FusionPlan, Graph, Init, RunCtx, ValueId};
+use crate::graph::{node_err, FusedOp, FusionPlan, Graph, Init, RunCtx, ValueId, WrittenConcat};
 use crate::rng;
 use crate::tensor::Tensor;
 
@@ -55,6 +56,8 @@ pub struct ForwardStats {
     pub held_bytes: usize,
     /// ReLUs (alone, or the fused add → ReLU) computed in place over a dead input (no new buffer).
     pub relus_in_place: usize,
+    /// Concats whose inputs their producers wrote into the concat's output (no copy).
+    pub concats_written: usize,
 }
 
 /// A network ready to run: graph + parameters + mode. PyTorch's `nn.Module` for whole models.
@@ -376,6 +379,7 @@ impl Network {
                 .into_iter()
                 .filter(|c| !kept_inside(c))
                 .collect();
+            let written = std::mem::take(&mut plan.written_concats);
             plan = FusionPlan::none(g);
             for (k, c) in chains.iter().enumerate() {
                 for n in c.nodes() {
@@ -383,7 +387,22 @@ impl Network {
                 }
             }
             plan.chains = chains;
+            plan.written_concats = written;
         }
+        // Concats written by their producers: on a backend with views, with every producer still a
+        // chain here, outside checkpointed blocks, and no input asked for by name.
+        let views = self.device.backend()?.splits_into_views();
+        let mut written = std::mem::take(&mut plan.written_concats);
+        written.retain(|w| {
+            let inputs = &g.nodes[w.concat].inputs;
+            views
+                && !in_segment(w.concat)
+                && inputs.iter().all(|&v| !keep[v])
+                && w.producers
+                    .iter()
+                    .all(|&p| plan.head(p).is_some() && !in_segment(p))
+        });
+        plan.written_concats = written;
         let last = g.last_uses();
         // Which input a ReLU (or a fused add → ReLU) may overwrite: one that is dead after it
         // (liveness) and not a network input or a value asked for by name; at run time
@@ -412,12 +431,14 @@ impl Network {
             })
             .collect();
         let in_place = AtomicU64::new(0);
+        let written = AtomicU64::new(0);
         let run = |values: &mut Vec<Option<Tensor>>| -> Result<()> {
             let ctx = RunCtx {
                 training: self.training,
                 update_stats: true,
                 seed: base_seed,
             };
+            let mut slabs = ConcatSlabs::new(g, &plan.written_concats);
             let mut i = 0;
             while i < g.nodes.len() {
                 let seg = (recording && self.checkpointing)
@@ -430,17 +451,21 @@ impl Network {
                         seg.nodes.clone()
                     }
                     None => {
-                        let n_in_place = run_nodes(
+                        let (n_in_place, n_written) = run_nodes(
                             g,
                             &self.params,
                             i..i + 1,
                             values,
                             ctx,
                             check,
-                            &plan,
-                            &consumable,
+                            Schedule {
+                                plan: &plan,
+                                consumable: &consumable,
+                                slabs: Some(&mut slabs),
+                            },
                         )?;
                         in_place.fetch_add(n_in_place as u64, Ordering::Relaxed);
+                        written.fetch_add(n_written as u64, Ordering::Relaxed);
                         i..i + 1
                     }
                 };
@@ -490,6 +515,7 @@ impl Network {
             peak_activation_bytes: peak,
             held_bytes: held,
             relus_in_place: in_place.into_inner() as usize,
+            concats_written: written.into_inner() as usize,
         });
         Ok((out, retained))
     }
@@ -560,8 +586,11 @@ impl Network {
                     &mut local,
                     ctx,
                     check,
-                    &none,
-                    &[],
+                    Schedule {
+                        plan: &none,
+                        consumable: &[],
+                        slabs: None,
+                    },
                 )?;
                 Ok(local[seg.output].take().expect("segment output"))
             }
@@ -597,12 +626,93 @@ impl Network {
     }
 }
 
+/// How [`run_nodes`] runs the graph's nodes: the fusion plan, each node's input it may overwrite, and
+/// the buffers of the concats written by their producers (none in a checkpointed block).
+struct Schedule<'a> {
+    plan: &'a FusionPlan,
+    consumable: &'a [Option<usize>],
+    slabs: Option<&'a mut ConcatSlabs>,
+}
+
+/// The output buffers of the plan's [`WrittenConcat`]s during one forward: allocated when a concat's
+/// first producer runs, split into one view per input, each handed to its producer to write into.
+struct ConcatSlabs {
+    /// Per node: the written concat (index) and input position it produces.
+    writes_into: Vec<Option<(usize, usize)>>,
+    /// Per node: the written concat it is.
+    joins: Vec<Option<usize>>,
+    /// Per written concat: its node, and its output's views once allocated.
+    concats: Vec<usize>,
+    views: Vec<Option<Vec<BufferRef>>>,
+}
+
+impl ConcatSlabs {
+    fn new(g: &Graph, written: &[WrittenConcat]) -> ConcatSlabs {
+        let mut s = ConcatSlabs {
+            writes_into: vec![None; g.nodes.len()],
+            joins: vec![None; g.nodes.len()],
+            concats: written.iter().map(|c| c.concat).collect(),
+            views: vec![None; written.len()],
+        };
+        for (w, c) in written.iter().enumerate() {
+            s.joins[c.concat] = Some(w);
+            for (k, &p) in c.producers.iter().enumerate() {
+                s.writes_into[p] = Some((w, k));
+            }
+        }
+        s
+    }
+
+    /// The buffer node `i` writes its output into, if it is a written concat's producer: its slice
+    /// of the concat's output (allocated now for the first producer, for the batch size of `x`, the
+    /// producer's input). `None` when the slice would not hold x's values (the producer then makes
+    /// its own buffer and the concat copies).
+    fn slice_for(&mut self, g: &Graph, i: usize, x: &Tensor) -> Result<Option<BufferRef>> {
+        let Some((w, k)) = self.writes_into[i] else {
+            return Ok(None);
+        };
+        if self.views[w].is_none() {
+            let concat = &g.nodes[self.concats[w]];
+            let crate::graph::Op::Concat { dim } = concat.op else {
+                unreachable!("a written concat is a concat node")
+            };
+            let shape = &g.values[concat.output].shape;
+            let d = crate::ops::resolve_dim("concat", dim, shape)?;
+            let batch = x.shape().first().copied().unwrap_or(0);
+            let outer = batch * shape[1..d].iter().product::<usize>();
+            let tail: usize = shape[d + 1..].iter().product();
+            let inners: Vec<usize> = concat
+                .inputs
+                .iter()
+                .map(|&v| g.values[v].shape[d] * tail)
+                .collect();
+            let be = x.backend();
+            let slab = be.full(outer * inners.iter().sum::<usize>(), 0.0)?;
+            self.views[w] = Some(be.split(&slab, outer, &inners)?);
+        }
+        let view = &self.views[w].as_ref().expect("allocated above")[k];
+        Ok((view.len() == x.numel()).then(|| view.clone()))
+    }
+
+    /// Whether node `i` is a written concat (its inputs joined without a copy); forgets its views.
+    fn join(&mut self, i: usize) -> bool {
+        match self.joins[i] {
+            Some(w) => {
+                self.views[w] = None;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Run nodes `range` reading and writing `values`; with `check`, label their tape entries and fail at
-/// the first output that is not finite. A node heading a chain of `plan` runs the whole chain (its
-/// output is the chain's last value); the chain's other nodes are skipped. A ReLU node (or an add → ReLU
-/// chain) with an input index in `consumable` takes that input out of `values` and overwrites it when
-/// nothing else shares it. Returns how many ran in place.
-#[allow(clippy::too_many_arguments)]
+/// the first output that is not finite. A node heading a chain of the schedule's plan runs the whole
+/// chain (its output is the chain's last value; a written concat's producer writes it into its slice
+/// of the concat's output); the chain's other nodes are skipped. A ReLU node (or an add → ReLU chain)
+/// with an input index in `consumable` takes that input out of `values` and overwrites it when
+/// nothing else shares it. Returns how many ran in place, and how many concats were joined without a
+/// copy.
 fn run_nodes(
     g: &Graph,
     params: &[Tensor],
@@ -610,10 +720,14 @@ fn run_nodes(
     values: &mut [Option<Tensor>],
     ctx: RunCtx,
     check: bool,
-    plan: &FusionPlan,
-    consumable: &[Option<usize>],
-) -> Result<usize> {
-    let mut in_place = 0;
+    schedule: Schedule,
+) -> Result<(usize, usize)> {
+    let Schedule {
+        plan,
+        consumable,
+        mut slabs,
+    } = schedule;
+    let (mut in_place, mut written) = (0, 0);
     for i in range {
         let n = &g.nodes[i];
         if plan.absorbed(i) {
@@ -646,8 +760,12 @@ fn run_nodes(
                         .iter()
                         .map(|&v| values[v].as_ref().ok_or_else(released))
                         .collect::<Result<_>>()?;
+                    let out = match slabs.as_deref_mut() {
+                        Some(s) => s.slice_for(g, i, xs[0]).map_err(|e| node_err(&n.name, e))?,
+                        None => None,
+                    };
                     chain
-                        .run(g, &xs, params, &node_ctx)
+                        .run(g, &xs, params, &node_ctx, out.as_ref())
                         .map_err(|e| node_err(&n.name, e))?
                 }
             };
@@ -668,7 +786,16 @@ fn run_nodes(
             .map(|&v| values[v].as_ref().ok_or_else(released))
             .collect::<Result<_>>()?;
         let ps: Vec<&Tensor> = n.params.iter().map(|&p| &params[p]).collect();
-        let y = if check {
+        let joined = slabs.as_deref_mut().is_some_and(|s| s.join(i));
+        let y = if joined {
+            let crate::graph::Op::Concat { dim } = n.op else {
+                unreachable!("a written concat is a concat node")
+            };
+            let (y, joined) =
+                crate::ops::layout::concat_written(&xs, dim).map_err(|e| node_err(&n.name, e))?;
+            written += joined as usize;
+            y
+        } else if check {
             let _label = LabelGuard::new(&n.name, n.op.name());
             let y = n
                 .run(&xs, &ps, &node_ctx)
@@ -681,7 +808,7 @@ fn run_nodes(
         };
         values[n.output] = Some(y);
     }
-    Ok(in_place)
+    Ok((in_place, written))
 }
 
 /// `--check-finite` in forward: fail if `y`, the output of `n`, is not finite, saying which of the

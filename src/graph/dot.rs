@@ -76,6 +76,16 @@ impl Graph {
                         esc(&train.chains[c].label())
                     )
                 }))
+                .chain(
+                    infer
+                        .written(i)
+                        .then(|| "\\nwritten by its producers".to_string()),
+                )
+                .chain(
+                    train
+                        .written(i)
+                        .then(|| "\\nwritten by its producers (train)".to_string()),
+                )
                 .collect();
             let _ = writeln!(
                 out,

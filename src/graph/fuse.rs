@@ -13,6 +13,12 @@
 //!   and **residual add → ReLU** (`ops::fused::add_relu`). In eval, a batch norm that follows a
 //!   convolution is folded into it first; these take the rest.
 //!
+//! - **concat without copies**: a concat whose every input is made by a BN → ReLU chain read by
+//!   nothing else gets its output allocated before the first of them runs; each chain writes into
+//!   its slice (a view, on a backend whose `split` hands out views: the CPU), so the concat copies
+//!   nothing and the chains' outputs, saved for their backward, are not held twice. ECO-Lite's
+//!   inception blocks in training.
+//!
 //! Not chains but decided by the executor as it runs: a ReLU whose input no later node reads and no
 //! tensor saved for backward shares is computed in place (`ops::elementwise::relu_consuming`).
 //!
@@ -21,7 +27,8 @@
 //! by name (`forward_with`) or with `--check-finite` (which checks every node's own output).
 
 use super::{Graph, Op, RunCtx, ValueId};
-use crate::error::Result;
+use crate::backend::BufferRef;
+use crate::error::{Error, Result};
 use crate::ops;
 use crate::tensor::Tensor;
 
@@ -70,6 +77,15 @@ impl FusedOp {
     }
 }
 
+/// A concat whose inputs are written into their slices of its output by the chains that make them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenConcat {
+    /// The concat node.
+    pub concat: usize,
+    /// For each input in order, the head node of the BN → ReLU chain that makes it.
+    pub producers: Vec<usize>,
+}
+
 /// The fusion pass's answer for one mode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FusionPlan {
@@ -77,6 +93,8 @@ pub struct FusionPlan {
     pub chains: Vec<FusedOp>,
     /// For each node: the index in `chains` of the chain it belongs to.
     pub chain_of: Vec<Option<usize>>,
+    /// The concats its producers write into, in graph order.
+    pub written_concats: Vec<WrittenConcat>,
 }
 
 impl FusionPlan {
@@ -85,6 +103,7 @@ impl FusionPlan {
         FusionPlan {
             chains: vec![],
             chain_of: vec![None; g.nodes.len()],
+            written_concats: vec![],
         }
     }
     /// The chain whose head is node `i`.
@@ -95,6 +114,10 @@ impl FusionPlan {
             .flatten()
             .map(|c| &self.chains[c])
             .filter(|c| c.nodes()[0] == i)
+    }
+    /// Whether node `i` is a concat its producers write.
+    pub fn written(&self, i: usize) -> bool {
+        self.written_concats.iter().any(|w| w.concat == i)
     }
     /// Whether node `i` runs inside a chain headed by another node.
     pub fn absorbed(&self, i: usize) -> bool {
@@ -188,7 +211,44 @@ impl Graph {
         for c in chains {
             add(&mut sorted, c);
         }
+        sorted.written_concats = self.written_concats(&sorted, sole_reader);
         sorted
+    }
+
+    /// The concats of `plan` whose inputs are distinct, each made by a BN → ReLU chain whose output
+    /// only the concat reads, joined along a dim after the batch (so a runtime batch size only
+    /// changes the slices' count).
+    fn written_concats(
+        &self,
+        plan: &FusionPlan,
+        sole_reader: impl Fn(ValueId) -> Option<usize>,
+    ) -> Vec<WrittenConcat> {
+        let mut out = vec![];
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Op::Concat { dim } = n.op else { continue };
+            let rank = self.values[n.output].shape.len() as isize;
+            let after_batch = (1..rank).contains(&if dim < 0 { dim + rank } else { dim });
+            let distinct = (1..n.inputs.len()).all(|k| !n.inputs[..k].contains(&n.inputs[k]));
+            if !after_batch || !distinct {
+                continue;
+            }
+            let producer = |v: ValueId| -> Option<usize> {
+                let made_by = self.values[v].producer?;
+                let chain = &plan.chains[plan.chain_of[made_by]?];
+                let head = chain.nodes()[0];
+                (matches!(chain, FusedOp::BnRelu { .. })
+                    && chain.output(self) == v
+                    && sole_reader(v) == Some(i))
+                .then_some(head)
+            };
+            if let Some(producers) = n.inputs.iter().map(|&v| producer(v)).collect() {
+                out.push(WrittenConcat {
+                    concat: i,
+                    producers,
+                });
+            }
+        }
+        out
     }
 }
 
@@ -205,20 +265,31 @@ impl FusedOp {
 
     /// Run the chain as one op on its inputs, with the network's parameters (indexed as
     /// [`Graph::params`]), recording one tape entry when gradients are on (the BN and add chains; the
-    /// conv chain is inference only).
+    /// conv chain is inference only). With `out` (a BN → ReLU chain only), the output is written
+    /// into that buffer: the chain's slice of a [`WrittenConcat`]'s output.
     pub fn run(
         &self,
         g: &Graph,
         xs: &[&Tensor],
         params: &[Tensor],
         ctx: &RunCtx,
+        out: Option<&BufferRef>,
     ) -> Result<Tensor> {
         let x = xs[0];
+        if out.is_some() && !matches!(self, FusedOp::BnRelu { .. }) {
+            return Err(Error::arg(
+                "fusion",
+                format!(
+                    "{} writes a new buffer; only a bn+relu chain writes into a given one",
+                    self.label()
+                ),
+            ));
+        }
         match *self {
             FusedOp::BnRelu { bn, .. } => {
                 let n = &g.nodes[bn];
                 let ps: Vec<&Tensor> = n.params.iter().map(|&p| &params[p]).collect();
-                n.run_batch_norm(x, &ps, ctx, true)
+                n.run_batch_norm(x, &ps, ctx, true, out)
             }
             FusedOp::AddRelu { .. } => ops::fused::add_relu(x, xs[1]),
             FusedOp::ConvBnRelu { conv, bn, relu } => {

@@ -15,8 +15,9 @@ pub mod fuse;
 pub mod summary;
 
 pub use builder::{BatchNorm, Conv, GraphBuilder, Linear};
-pub use fuse::{FusedOp, FusionPlan};
+pub use fuse::{FusedOp, FusionPlan, WrittenConcat};
 
+use crate::backend::BufferRef;
 use crate::error::Result;
 use crate::ops::{self, BatchNormArgs, ConvParams, PoolParams};
 use crate::tensor::Tensor;
@@ -185,13 +186,15 @@ pub struct RunCtx {
 impl Node {
     /// Run this batch-norm node, fused with the ReLU that follows it when `relu` (the fusion pass's
     /// BN → ReLU): batch statistics in training, updating the running statistics and
-    /// num_batches_tracked unless `ctx` says not to (a checkpointed block's recomputation).
+    /// num_batches_tracked unless `ctx` says not to (a checkpointed block's recomputation). With
+    /// `out`, the output is written there (a slice of a concat's output) and shares it.
     pub(crate) fn run_batch_norm(
         &self,
         x: &Tensor,
         params: &[&Tensor],
         ctx: &RunCtx,
         relu: bool,
+        out: Option<&BufferRef>,
     ) -> Result<Tensor> {
         let Op::BatchNorm { eps, momentum } = self.op else {
             unreachable!("run_batch_norm on a {} node", self.op.name())
@@ -205,10 +208,10 @@ impl Node {
             momentum,
             eps,
         };
-        let y = if relu {
-            ops::fused::batch_norm_relu(x, &args)?
-        } else {
-            ops::batch_norm(x, &args)?
+        let y = match (relu, out) {
+            (true, Some(out)) => ops::fused::batch_norm_relu_into(x, &args, out)?,
+            (true, None) => ops::fused::batch_norm_relu(x, &args)?,
+            (false, out) => ops::batchnorm::batch_norm_then("batch_norm", x, &args, false, out)?,
         };
         if ctx.training && ctx.update_stats {
             let nbt = params[4];
@@ -222,7 +225,7 @@ impl Node {
         let x = inputs[0];
         match &self.op {
             Op::Conv(p) => ops::conv(x, params[0], params.get(1).copied(), p),
-            Op::BatchNorm { .. } => self.run_batch_norm(x, params, ctx, false),
+            Op::BatchNorm { .. } => self.run_batch_norm(x, params, ctx, false, None),
             Op::Relu => ops::relu(x),
             Op::MaxPool(p) => ops::max_pool(x, p),
             Op::AvgPool {

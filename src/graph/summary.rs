@@ -135,9 +135,22 @@ impl Graph {
                 }
             }
             let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} × {k}")).collect();
+            // (concat is a functional op: no row of its own)
+            let written: Vec<&str> = p
+                .written_concats
+                .iter()
+                .map(|w| self.nodes[w.concat].name.as_str())
+                .collect();
+            let written = match written.len() {
+                0 => String::new(),
+                n => format!(
+                    "; {n} concats written by their producers (no copy, CPU): {}",
+                    written.join(", ")
+                ),
+            };
             let _ = writeln!(
                 out,
-                "Fused in {mode} (rows marked [{mark}], k = chain): {} chains: {}",
+                "Fused in {mode} (rows marked [{mark}], k = chain): {} chains: {}{written}",
                 p.chains.len(),
                 list.join(", ")
             );

@@ -16,6 +16,8 @@ use crate::error::{arg_bail, shape_bail, Error, Result};
 use crate::ops::same_device;
 use crate::tensor::Tensor;
 
+use std::sync::Arc;
+
 /// The optional tensors and settings of a batch-norm call.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchNormArgs<'a> {
@@ -44,18 +46,20 @@ impl Default for BatchNormArgs<'_> {
 
 /// y = (x − mean) / sqrt(var + eps) · weight + bias, per channel.
 pub fn batch_norm(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
-    batch_norm_then("batch_norm", x, a, false)
+    batch_norm_then("batch_norm", x, a, false, None)
 }
 
 /// [`batch_norm`], followed by max(y, 0) with `relu` in the same pass (the fusion pass's BN → ReLU,
 /// `crate::ops::fused::batch_norm_relu`): the backward masks dy by the saved output inside the batch
 /// norm's backward passes, so the chain keeps x and y as the unfused pair does but makes one buffer
-/// (not two) each way.
+/// (not two) each way. With `out` (x's length: a producer's slice of a concat's output, from
+/// [`Backend::split`]), y is written there and the result shares it.
 pub(crate) fn batch_norm_then(
     op: &'static str,
     x: &Tensor,
     a: &BatchNormArgs,
     relu: bool,
+    out: Option<&BufferRef>,
 ) -> Result<Tensor> {
     let xs = x.shape();
     if xs.len() < 2 {
@@ -82,6 +86,9 @@ pub(crate) fn batch_norm_then(
     }
     if a.eps.is_nan() || a.eps <= 0.0 {
         arg_bail!(op, "eps must be positive, got {}", a.eps);
+    }
+    if let Some(out) = out.filter(|o| o.len() != x.numel()) {
+        shape_bail!(op, "output buffer of {} values for input {xs:?}", out.len());
     }
     let g = AxisGeom {
         outer: xs[0],
@@ -113,7 +120,14 @@ pub(crate) fn batch_norm_then(
                     "training needs more than one value per channel, input {xs:?}"
                 );
             }
-            let (y, stats) = be.batch_norm_train(x.buf(), wbuf, bbuf, g, a.eps, relu)?;
+            let (y, stats) = match out {
+                Some(out) => {
+                    let stats =
+                        be.batch_norm_train_into(x.buf(), wbuf, bbuf, g, a.eps, relu, &**out)?;
+                    (out.clone(), stats)
+                }
+                None => be.batch_norm_train(x.buf(), wbuf, bbuf, g, a.eps, relu)?,
+            };
             (y, stats.mean, stats.var, count)
         };
         if let (Some(rm), Some(rv)) = (a.running_mean, a.running_var) {
@@ -134,6 +148,14 @@ pub(crate) fn batch_norm_then(
             be.relu_in_place(&*y)?; // y is new: nothing else holds it
         }
         (y, mean, var, count)
+    };
+    // the paths without a write-into kernel (synchronised, eval) copy into `out`
+    let ybuf = match out {
+        Some(out) if !Arc::ptr_eq(out, &ybuf) => {
+            be.copy_into(&**out, &*ybuf)?;
+            out.clone()
+        }
+        _ => ybuf,
     };
     let y = x.sibling(ybuf, xs.to_vec());
 

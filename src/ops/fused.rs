@@ -4,7 +4,7 @@
 //! (tests/models.rs, tests/fusion.rs) compare fused and unfused results.
 
 use crate::autograd::needs_grad;
-use crate::backend::AxisGeom;
+use crate::backend::{AxisGeom, BufferRef};
 use crate::error::{Error, Result};
 use crate::ops::batchnorm::{batch_norm_then, BatchNormArgs};
 use crate::ops::conv::{conv_geom, ConvParams};
@@ -17,7 +17,17 @@ pub use crate::ops::elementwise::add_relu;
 /// max(BN(x), 0) in the batch norm's normalising pass, and one backward that masks dy by the output
 /// inside the batch norm's backward passes. Saves x and y, as the unfused pair does.
 pub fn batch_norm_relu(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
-    batch_norm_then("batch_norm+relu (fused)", x, a, true)
+    batch_norm_then("batch_norm+relu (fused)", x, a, true, None)
+}
+
+/// [`batch_norm_relu`] writing its output into `out` (x's length; the executor's slice of a concat's
+/// output, so the concat needs no copy). The result shares `out`.
+pub(crate) fn batch_norm_relu_into(
+    x: &Tensor,
+    a: &BatchNormArgs,
+    out: &BufferRef,
+) -> Result<Tensor> {
+    batch_norm_then("batch_norm+relu (fused)", x, a, true, Some(out))
 }
 
 /// An eval-mode batch norm's tensors, to fold into the preceding convolution.

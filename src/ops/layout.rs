@@ -91,6 +91,18 @@ pub fn transpose(x: &Tensor, d0: isize, d1: isize) -> Result<Tensor> {
 
 /// Join tensors along `dim`; all other dims must agree.
 pub fn concat(xs: &[&Tensor], dim: isize) -> Result<Tensor> {
+    Ok(concat_or_join(xs, dim, false)?.0)
+}
+
+/// [`concat`] of tensors that their producers wrote into their slices of one buffer (the executor's
+/// concat without copies: views from `split` of the output): that buffer, without a copy. Inputs that
+/// are not such views are copied as [`concat`] copies them. Same result and backward either way;
+/// whether it was joined without a copy.
+pub(crate) fn concat_written(xs: &[&Tensor], dim: isize) -> Result<(Tensor, bool)> {
+    concat_or_join(xs, dim, true)
+}
+
+fn concat_or_join(xs: &[&Tensor], dim: isize, join: bool) -> Result<(Tensor, bool)> {
     let Some(first) = xs.first() else {
         shape_bail!("concat", "needs at least one tensor");
     };
@@ -114,13 +126,19 @@ pub fn concat(xs: &[&Tensor], dim: isize) -> Result<Tensor> {
     let bufs: Vec<_> = xs.iter().map(|t| t.buf()).collect();
     let mut yshape = first.shape().to_vec();
     yshape[d] = xs.iter().map(|t| t.shape()[d]).sum();
-    let y = first.sibling(first.backend().concat(&bufs, outer, &inners)?, yshape);
+    let be = first.backend();
+    let joined = join.then(|| be.join_views(&bufs, outer, &inners)).flatten();
+    let (ybuf, joined) = match joined {
+        Some(b) => (b, true),
+        None => (be.concat(&bufs, outer, &inners)?, false),
+    };
+    let y = first.sibling(ybuf, yshape);
     if !needs_grad(xs) {
-        return Ok(y);
+        return Ok((y, joined));
     }
     let shapes: Vec<Vec<usize>> = xs.iter().map(|t| t.shape().to_vec()).collect();
     let needs: Vec<bool> = xs.iter().map(|t| t.requires_grad()).collect();
-    Ok(record(
+    let y = record(
         "concat",
         xs,
         y,
@@ -133,5 +151,6 @@ pub fn concat(xs: &[&Tensor], dim: isize) -> Result<Tensor> {
                 .map(|((b, s), need)| need.then(|| gy.sibling(b, s)))
                 .collect())
         }),
-    ))
+    );
+    Ok((y, joined))
 }

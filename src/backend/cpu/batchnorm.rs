@@ -7,7 +7,9 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::elementwise::{par_new, relu, relu_grad};
+use std::ops::Range;
+
+use super::elementwise::{par_fill, par_new, relu, relu_grad};
 use crate::backend::AxisGeom;
 
 /// Visit every value of channel c.
@@ -18,9 +20,9 @@ fn channel<'a>(x: &'a [f32], g: AxisGeom, c: usize) -> impl Iterator<Item = &'a 
     })
 }
 
-/// The backward's dy as rows of [C, inner]: row o at `offset + o·stride` of `data`. A whole buffer has
-/// stride C·inner; a piece of concat's gradient (a view, `split_views`) is read in place with the
-/// stride of the concatenated rows.
+/// The backward's dy (and a fused ReLU's output) as rows of [C, inner]: row o at `offset + o·stride`
+/// of `data`. A whole buffer has stride C·inner; a piece of concat's gradient or a producer's slice of
+/// a concat's output (views, `split_views`) is read in place with the stride of the concatenated rows.
 #[derive(Clone, Copy)]
 pub(super) struct OuterRows<'a> {
     pub data: &'a [f32],
@@ -29,6 +31,12 @@ pub(super) struct OuterRows<'a> {
 }
 
 impl<'a> OuterRows<'a> {
+    /// No rows (the ReLU mask of a plain batch norm, never read).
+    const EMPTY: OuterRows<'static> = OuterRows {
+        data: &[],
+        offset: 0,
+        stride: 0,
+    };
     /// A contiguous [outer, C, inner] buffer.
     #[cfg(test)]
     fn whole(data: &'a [f32], g: AxisGeom) -> Self {
@@ -166,27 +174,41 @@ pub(super) fn statistics(x: &[f32], g: AxisGeom) -> (Vec<f32>, Vec<f32>) {
     stats.into_iter().unzip()
 }
 
-/// y = (x − mean)·rsqrt(var + eps)·w + b, then max(y, 0) with `relu` (the fused BN → ReLU).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn normalize(
-    x: &[f32],
-    w: Option<&[f32]>,
-    b: Option<&[f32]>,
-    mean: &[f32],
-    var: &[f32],
-    g: AxisGeom,
-    eps: f32,
-    relu_after: bool,
-) -> Vec<f32> {
-    // per channel: y = x·scale + shift
-    let affine: Vec<(f32, f32)> = (0..g.axis)
-        .map(|c| {
-            let scale = w.map_or(1.0, |w| w[c]) / (var[c] + eps).sqrt();
-            (scale, b.map_or(0.0, |b| b[c]) - mean[c] * scale)
-        })
-        .collect();
-    par_new(x.len(), g.inner, |row, r| {
-        let (scale, shift) = affine[row % g.axis];
+/// y = (x − mean)·rsqrt(var + eps)·w + b per channel, then max(y, 0) with `relu` (the fused
+/// BN → ReLU), as y = x·scale + shift.
+pub(super) struct Normalize {
+    affine: Vec<(f32, f32)>,
+    relu: bool,
+}
+
+impl Normalize {
+    pub(super) fn new(
+        w: Option<&[f32]>,
+        b: Option<&[f32]>,
+        mean: &[f32],
+        var: &[f32],
+        eps: f32,
+        relu: bool,
+    ) -> Normalize {
+        let affine = (0..mean.len())
+            .map(|c| {
+                let scale = w.map_or(1.0, |w| w[c]) / (var[c] + eps).sqrt();
+                (scale, b.map_or(0.0, |b| b[c]) - mean[c] * scale)
+            })
+            .collect();
+        Normalize { affine, relu }
+    }
+
+    /// Row `row` of y (`r`: its elements' indices in x).
+    #[inline(always)]
+    fn row<'a>(
+        &self,
+        x: &'a [f32],
+        g: AxisGeom,
+        row: usize,
+        r: Range<usize>,
+    ) -> impl Iterator<Item = f32> + 'a {
+        let ((scale, shift), relu_after) = (self.affine[row % g.axis], self.relu);
         x[r].iter().map(move |&x| {
             let y = x * scale + shift;
             if relu_after {
@@ -195,7 +217,18 @@ pub(super) fn normalize(
                 y
             }
         })
-    })
+    }
+
+    /// y of x, a new vector.
+    pub(super) fn apply(&self, x: &[f32], g: AxisGeom) -> Vec<f32> {
+        par_new(x.len(), g.inner, |row, r| self.row(x, g, row, r))
+    }
+
+    /// y of x into `out`, which holds rows `first_row`.. of y (a run of a view: a producer's slice of
+    /// a concat's output).
+    pub(super) fn apply_into(&self, x: &[f32], g: AxisGeom, out: &mut [f32], first_row: usize) {
+        par_fill(out, g.inner, first_row, |row, r| self.row(x, g, row, r))
+    }
 }
 
 /// (dx, dweight, dbias). With batch statistics,
@@ -211,7 +244,7 @@ pub(super) fn backward(
     g: AxisGeom,
     eps: f32,
     batch_stats: bool,
-    relu_y: Option<&[f32]>,
+    relu_y: Option<OuterRows>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let stats = Stats {
         w,
@@ -223,7 +256,7 @@ pub(super) fn backward(
     let fused = g.inner >= FUSED_MIN_ROW && g.axis >= 2 * rayon::current_num_threads();
     match relu_y {
         Some(ry) => backward_masked::<true>(dy, x, ry, &stats, g, fused),
-        None => backward_masked::<false>(dy, x, &[], &stats, g, fused),
+        None => backward_masked::<false>(dy, x, OuterRows::EMPTY, &stats, g, fused),
     }
 }
 
@@ -260,7 +293,7 @@ const FUSED_MIN_ROW: usize = 512;
 fn backward_masked<const RELU: bool>(
     dy: OuterRows,
     x: &[f32],
-    ry: &[f32],
+    ry: OuterRows,
     st: &Stats,
     g: AxisGeom,
     fused: bool,
@@ -299,8 +332,9 @@ fn backward_masked<const RELU: bool>(
         let coefs: Vec<DxCoef> = (0..g.axis).map(|c| coef(c, sums[c])).collect();
         let dx = par_new(x.len(), g.inner, |row, r| {
             let k = coefs[row % g.axis];
-            let mask = if RELU { &ry[r.clone()] } else { &x[r.clone()] };
-            let (dy, x) = (dy.row(g, row / g.axis, row % g.axis), &x[r]);
+            let (o, c) = (row / g.axis, row % g.axis);
+            let mask = if RELU { ry.row(g, o, c) } else { &x[r.clone()] };
+            let (dy, x) = (dy.row(g, o, c), &x[r]);
             (0..dy.len()).map(move |i| dx_value::<RELU>(dy[i], x[i], mask[i], k, st.batch_stats))
         });
         (dx, sums)
@@ -341,7 +375,7 @@ fn dx_value<const RELU: bool>(d: f32, v: f32, r: f32, k: DxCoef, batch_stats: bo
 fn channel_sums<const RELU: bool>(
     dy: OuterRows,
     x: &[f32],
-    ry: &[f32],
+    ry: OuterRows,
     g: AxisGeom,
     c: usize,
     m: f32,
@@ -351,7 +385,7 @@ fn channel_sums<const RELU: bool>(
     let (mut sd, mut sdx) = (0.0, 0.0);
     for o in 0..g.outer {
         let r = row_range(g, o, c);
-        let mask = if RELU { &ry[r.clone()] } else { &x[r.clone()] };
+        let mask = if RELU { ry.row(g, o, c) } else { &x[r.clone()] };
         let (sd_row, sdx_row) = block_sums2(dy.row(g, o, c), &x[r], mask, |d, v, r| {
             let d = masked::<RELU>(r, d);
             (d, d * (v - m))
@@ -368,7 +402,7 @@ fn channel_sums<const RELU: bool>(
 fn backward_by_channel<const RELU: bool>(
     dy: OuterRows,
     x: &[f32],
-    ry: &[f32],
+    ry: OuterRows,
     g: AxisGeom,
     st: &Stats,
     invstd: &[f64],
@@ -415,7 +449,7 @@ fn write_dx_rows<const RELU: bool>(
     rows: Vec<&mut [MaybeUninit<f32>]>,
     dy: OuterRows,
     x: &[f32],
-    ry: &[f32],
+    ry: OuterRows,
     g: AxisGeom,
     c: usize,
     k: DxCoef,
@@ -423,7 +457,7 @@ fn write_dx_rows<const RELU: bool>(
 ) {
     for (o, out) in rows.into_iter().enumerate() {
         let (r, n) = (row_range(g, o, c), out.len());
-        let mask = if RELU { &ry[r.clone()] } else { &x[r.clone()] };
+        let mask = if RELU { ry.row(g, o, c) } else { &x[r.clone()] };
         let (dy, x, mask) = (&dy.row(g, o, c)[..n], &x[r][..n], &mask[..n]);
         for i in 0..n {
             out[i].write(dx_value::<RELU>(dy[i], x[i], mask[i], k, batch_stats));
@@ -476,37 +510,44 @@ mod tests {
                         eps: 1e-5,
                         batch_stats,
                     };
-                    let run = |dy: OuterRows, fused| {
+                    let run = |dy: OuterRows, ry: OuterRows, fused| {
                         if relu {
-                            backward_masked::<true>(dy, &x, &ry, &st, g, fused)
+                            backward_masked::<true>(dy, &x, ry, &st, g, fused)
                         } else {
-                            backward_masked::<false>(dy, &x, &[], &st, g, fused)
+                            backward_masked::<false>(dy, &x, OuterRows::EMPTY, &st, g, fused)
                         }
                     };
-                    let whole = OuterRows::whole(&dy, g);
-                    let (fused, rows) = (run(whole, true), run(whole, false));
+                    let (whole, whole_ry) = (OuterRows::whole(&dy, g), OuterRows::whole(&ry, g));
+                    let (fused, rows) = (run(whole, whole_ry, true), run(whole, whole_ry, false));
                     assert_eq!(fused.0, rows.0, "case {case}: dx of the two paths");
                     assert_eq!(fused.1, rows.1, "case {case}: dweight of the two paths");
                     assert_eq!(fused.2, rows.2, "case {case}: dbias of the two paths");
-                    // dy as a piece of a concatenation: its rows between 3 values before and 5
-                    // after (garbage that must not be read), the same results bit for bit
+                    // dy and the ReLU's output as pieces of concatenations: their rows between 3
+                    // values before and 5 after (garbage that must not be read), the same results
+                    // bit for bit
                     let row = axis * inner;
-                    let wide: Vec<f32> = (0..outer)
-                        .flat_map(|o| {
-                            let pad = |n| std::iter::repeat_n(f32::NAN, n);
-                            pad(3)
-                                .chain(dy[o * row..][..row].iter().copied())
-                                .chain(pad(5))
-                        })
-                        .collect();
-                    let piece = OuterRows {
-                        data: &wide,
+                    let wide = |v: &[f32]| -> Vec<f32> {
+                        (0..outer)
+                            .flat_map(|o| {
+                                let pad = |n| std::iter::repeat_n(f32::NAN, n);
+                                pad(3)
+                                    .chain(v[o * row..][..row].iter().copied())
+                                    .chain(pad(5))
+                            })
+                            .collect()
+                    };
+                    let (wide_dy, wide_ry) = (wide(&dy), wide(&ry));
+                    let piece = |data| OuterRows {
+                        data,
                         offset: 3,
                         stride: row + 8,
                     };
                     for path in [true, false] {
-                        let strided = run(piece, path);
-                        assert_eq!(strided, fused, "case {case}: dy read in place from a piece");
+                        let strided = run(piece(&wide_dy), piece(&wide_ry), path);
+                        assert_eq!(
+                            strided, fused,
+                            "case {case}: dy and y read in place from pieces"
+                        );
                     }
                     let n = (outer * inner) as f64;
                     for c in 0..axis {

@@ -77,6 +77,54 @@ pub(super) fn par_new<I: Iterator<Item = f32>>(
     })
 }
 
+/// [`par_new`] into memory that exists: `out` holds pieces `first_piece`.. of a tensor, `piece`
+/// elements each (a whole number of them), piece r's values `values(r, range)` with range its
+/// elements' indices in the tensor. For a producer writing into its slice of a concat's output.
+pub(super) fn par_fill<I: Iterator<Item = f32>>(
+    out: &mut [f32],
+    piece: usize,
+    first_piece: usize,
+    values: impl Fn(usize, Range<usize>) -> I + Sync,
+) {
+    let piece = piece.max(1);
+    assert_eq!(
+        out.len() % piece,
+        0,
+        "par_fill: {} values are not whole pieces of {piece}",
+        out.len()
+    );
+    let fill = |k: usize, o: &mut [f32]| {
+        let r = first_piece + k;
+        let start = r * piece;
+        let written = with_avx2!(overwrite_values(o, values(r, start..start + piece)));
+        assert_eq!(
+            written, piece,
+            "piece {r} of a tensor was not written whole"
+        );
+    };
+    if out.len() <= CHUNK {
+        out.chunks_mut(piece)
+            .enumerate()
+            .for_each(|(k, o)| fill(k, o));
+    } else {
+        out.par_chunks_mut(piece)
+            .with_min_len(CHUNK.div_ceil(piece))
+            .enumerate()
+            .for_each(|(k, o)| fill(k, o));
+    }
+}
+
+/// Overwrite the front of `out` with `values`; how many were written.
+#[inline(always)]
+fn overwrite_values(out: &mut [f32], values: impl Iterator<Item = f32>) -> usize {
+    let mut written = 0;
+    for (o, v) in out.iter_mut().zip(values) {
+        *o = v;
+        written += 1;
+    }
+    written
+}
+
 /// [`par_build`] with piece r the concatenation of the slices `segments(r)` (copied slice by slice:
 /// concat, split, permute's contiguous rows).
 pub(super) fn par_new_copies<'a, I: Iterator<Item = &'a [f32]>>(

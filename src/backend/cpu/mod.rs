@@ -475,7 +475,8 @@ impl Backend for CpuBackend {
         let x = read(x)?;
         let (mean, var) = batchnorm::statistics(&x, g);
         let (w, b) = (read_opt(weight)?, read_opt(bias)?);
-        let y = batchnorm::normalize(&x, w.as_deref(), b.as_deref(), &mean, &var, g, eps, relu);
+        let y = batchnorm::Normalize::new(w.as_deref(), b.as_deref(), &mean, &var, eps, relu)
+            .apply(&x, g);
         Ok((
             wrap(y),
             BnStats {
@@ -483,6 +484,39 @@ impl Backend for CpuBackend {
                 var: wrap(var),
             },
         ))
+    }
+    fn batch_norm_train_into(
+        &self,
+        x: &dyn BackendBuffer,
+        weight: Option<&dyn BackendBuffer>,
+        bias: Option<&dyn BackendBuffer>,
+        g: AxisGeom,
+        eps: f32,
+        relu: bool,
+        out: &dyn BackendBuffer,
+    ) -> Result<BnStats> {
+        let x = read(x)?;
+        if out.len() != x.len() {
+            return Err(Error::Shape {
+                op: "batch_norm",
+                msg: format!(
+                    "output buffer of {} values for {} inputs",
+                    out.len(),
+                    x.len()
+                ),
+            });
+        }
+        let (mean, var) = batchnorm::statistics(&x, g);
+        let (w, b) = (read_opt(weight)?, read_opt(bias)?);
+        let norm = batchnorm::Normalize::new(w.as_deref(), b.as_deref(), &mean, &var, eps, relu);
+        // each run of `out` is whole rows of y (a slice of a concat's output: a sample's channels)
+        write_runs(out, |run, at| {
+            norm.apply_into(&x, g, run, at / g.inner.max(1))
+        })?;
+        Ok(BnStats {
+            mean: wrap(mean),
+            var: wrap(var),
+        })
     }
     fn batch_norm_eval(
         &self,
@@ -495,16 +529,15 @@ impl Backend for CpuBackend {
         eps: f32,
     ) -> Result<BufferRef> {
         let (w, b) = (read_opt(weight)?, read_opt(bias)?);
-        Ok(wrap(batchnorm::normalize(
-            &read(x)?,
+        let norm = batchnorm::Normalize::new(
             w.as_deref(),
             b.as_deref(),
             &read(mean)?,
             &read(var)?,
-            g,
             eps,
             false,
-        )))
+        );
+        Ok(wrap(norm.apply(&read(x)?, g)))
     }
     fn batch_norm_backward(
         &self,
@@ -519,14 +552,19 @@ impl Backend for CpuBackend {
         relu_y: Option<&dyn BackendBuffer>,
     ) -> Result<BnGrads> {
         let w = read_opt(weight)?;
-        let relu_y = read_opt(relu_y)?;
-        // dy may be a piece of concat's gradient: read in place
-        let (dy, offset, stride) = read_rows(dy, g.axis * g.inner)?;
-        let dy = batchnorm::OuterRows {
-            data: &dy,
-            offset,
-            stride,
-        };
+        // dy may be a piece of concat's gradient, relu_y a slice of a concat's output: read in place
+        let rows = |b| read_rows(b, g.axis * g.inner);
+        let (dy, relu_y) = (rows(dy)?, relu_y.map(rows).transpose()?);
+        fn outer_rows<'a>(
+            (data, offset, stride): &'a (CpuRead, usize, usize),
+        ) -> batchnorm::OuterRows<'a> {
+            batchnorm::OuterRows {
+                data,
+                offset: *offset,
+                stride: *stride,
+            }
+        }
+        let dy = outer_rows(&dy);
         let (dx, dw, db) = batchnorm::backward(
             dy,
             &read(x)?,
@@ -536,7 +574,7 @@ impl Backend for CpuBackend {
             g,
             eps,
             batch_stats,
-            relu_y.as_deref(),
+            relu_y.as_ref().map(outer_rows),
         );
         Ok(BnGrads {
             dx: wrap(dx),
@@ -720,6 +758,43 @@ impl Backend for CpuBackend {
     fn split(&self, x: &BufferRef, outer: usize, inners: &[usize]) -> Result<Vec<BufferRef>> {
         split_views(x, outer, inners)
     }
+    fn splits_into_views(&self) -> bool {
+        true
+    }
+    fn join_views(
+        &self,
+        xs: &[&dyn BackendBuffer],
+        outer: usize,
+        inners: &[usize],
+    ) -> Option<BufferRef> {
+        joined_views(xs, outer, inners)
+    }
+}
+
+/// The parent of `xs` if they are the views [`split_views`] makes of a whole buffer with values of
+/// its own, in order ([`Backend::join_views`]).
+fn joined_views(xs: &[&dyn BackendBuffer], outer: usize, inners: &[usize]) -> Option<BufferRef> {
+    let total: usize = inners.iter().sum();
+    let mut parent: Option<&BufferRef> = None;
+    let mut start = 0;
+    for (x, &inner) in xs.iter().zip(inners) {
+        let Storage::View(r) = &cpu(*x).ok()?.0 else {
+            return None;
+        };
+        let same = parent.is_none_or(|p| Arc::ptr_eq(p, &r.parent));
+        let placed = r.offset == start
+            && r.run_len == inner
+            && (r.runs == outer)
+            && (outer == 1 || r.stride == total);
+        if !same || !placed {
+            return None;
+        }
+        parent = Some(&r.parent);
+        start += inner;
+    }
+    parent
+        .filter(|p| xs.len() == inners.len() && p.len() == outer * total)
+        .cloned()
 }
 
 /// The host's available memory (`MemAvailable` of /proc/meminfo, in bytes); `None` where there is no
@@ -785,6 +860,70 @@ mod view_tests {
                 start += inner;
             }
         }
+    }
+
+    /// A concat written by its producers: each batch norm (+ReLU) writes into its slice of the output
+    /// exactly the values `batch_norm_train` makes (and nothing outside it), and `join_views` gives the
+    /// output back only for the views of one whole buffer in split order.
+    #[test]
+    fn producers_write_their_slices_and_join_without_a_copy() {
+        let be = CpuBackend;
+        let (outer, inner, channels) = (3, 7, [2, 5]);
+        let inners = channels.map(|c| c * inner);
+        let out = be.full(outer * (inners[0] + inners[1]), f32::NAN).unwrap();
+        let views = be.split(&out, outer, &inners).unwrap();
+        let mut want = vec![vec![]; 2];
+        for (k, &c) in channels.iter().enumerate() {
+            let x = be
+                .from_host(&test_data(outer * c * inner, 20 + k as u64))
+                .unwrap();
+            let w = be.from_host(&test_data(c, 30 + k as u64)).unwrap();
+            let g = AxisGeom {
+                outer,
+                axis: c,
+                inner,
+            };
+            let relu = k == 1;
+            let (y, _) = be
+                .batch_norm_train(&*x, Some(&*w), None, g, 1e-5, relu)
+                .unwrap();
+            let stats = be
+                .batch_norm_train_into(&*x, Some(&*w), None, g, 1e-5, relu, &*views[k])
+                .unwrap();
+            want[k] = be.to_host(&*y).unwrap();
+            assert_eq!(be.to_host(&*stats.mean).unwrap().len(), c);
+            let wrong = be.from_host(&[0.0; 4]).unwrap();
+            let err = be.batch_norm_train_into(&*x, None, None, g, 1e-5, false, &*wrong);
+            assert!(err
+                .unwrap_err()
+                .to_string()
+                .contains("output buffer of 4 values"));
+        }
+        // every value of the output written, each slice bit for bit the producer's own result
+        let all = be.to_host(&*out).unwrap();
+        for o in 0..outer {
+            for (k, &n) in inners.iter().enumerate() {
+                let at = o * (inners[0] + inners[1]) + if k == 0 { 0 } else { inners[0] };
+                let (got, exp) = (&all[at..at + n], &want[k][o * n..(o + 1) * n]);
+                assert!(got.iter().zip(exp).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+        let parts: Vec<&dyn BackendBuffer> = views.iter().map(|v| &**v).collect();
+        let joined = be.join_views(&parts, outer, &inners).unwrap();
+        assert!(Arc::ptr_eq(&joined, &out));
+        let swapped = [parts[1], parts[0]];
+        assert!(be
+            .join_views(&swapped, outer, &[inners[1], inners[0]])
+            .is_none());
+        assert!(be.join_views(&parts[..1], outer, &inners[..1]).is_none());
+        let other = be
+            .split(&be.full(out.len(), 0.0).unwrap(), outer, &inners)
+            .unwrap();
+        assert!(be
+            .join_views(&[parts[0], &*other[1]], outer, &inners)
+            .is_none());
+        let whole = be.copy(&*out).unwrap();
+        assert!(be.join_views(&[&*whole], 1, &[out.len()]).is_none());
     }
 
     /// A split whose pieces do not cover x is an error, not views reaching past it.
