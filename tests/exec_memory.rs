@@ -5,6 +5,7 @@
 
 use vidgrad::exec::{ForwardStats, Network};
 use vidgrad::graph::{BatchNorm, Conv, Graph, GraphBuilder, Linear};
+use vidgrad::ops::PoolParams;
 use vidgrad::{ops, Device, Tensor};
 
 fn net(checkpoint: bool) -> Graph {
@@ -70,6 +71,44 @@ fn branches_step(x: &Tensor, retain: &[&str]) -> (ForwardStats, Vec<Vec<f32>>) {
     let stats = net.last_forward_stats().unwrap();
     drop(kept);
     ops::cross_entropy(&y, &[0, 2], 0.0)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let mut values = vec![y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()];
+    values.extend(
+        net.parameters()
+            .iter()
+            .map(|(_, p)| p.grad().unwrap().to_vec().unwrap()),
+    );
+    (stats, values)
+}
+
+/// conv → BN → ReLU → max pool: the pool keeps only its argmax, so the ReLU's output is needed by
+/// nothing but the fused BN → ReLU's backward mask.
+fn pooled_net() -> Graph {
+    let mut g = GraphBuilder::new("PoolNet");
+    let x = g.input("input", &[2, 8, 4, 16, 16]).unwrap();
+    let conv = Conv::new(8, &[1, 3, 3]).padding(&[0, 1, 1]).no_bias();
+    let y = g.conv("conv", x, conv).unwrap();
+    let y = g.batch_norm("bn", y, BatchNorm::new()).unwrap();
+    let y = g.relu("relu", y).unwrap();
+    let y = g
+        .max_pool("pool", y, PoolParams::new(&[1, 2, 2]).stride(&[1, 2, 2]))
+        .unwrap();
+    let y = g.flatten(y, 1, -1).unwrap();
+    let y = g.linear("fc", y, Linear::new(3)).unwrap();
+    g.finish(&[y]).unwrap()
+}
+
+/// A training step of [`pooled_net`] with fusion on or off: the forward's statistics, and the output
+/// and every gradient.
+fn pooled_step(x: &Tensor, fuse: bool) -> (ForwardStats, Vec<Vec<f32>>) {
+    let mut net = Network::new(pooled_net(), Device::Cpu, 6).unwrap();
+    net.set_fuse(fuse);
+    let x = x.with_grad();
+    let y = net.forward(&[&x]).unwrap();
+    let stats = net.last_forward_stats().unwrap();
+    ops::cross_entropy(&y, &[1, 2], 0.0)
         .unwrap()
         .backward()
         .unwrap();
@@ -241,20 +280,49 @@ fn memory_liveness_and_checkpointing() {
     assert_eq!(fused_grads, unfused_grads);
     assert_eq!(fused_stats, unfused_stats);
 
-    // Concat without copies (docs/GRAPH.md "Fusion"): the branches' outputs, saved for their BN → ReLU
-    // backward, are the slices of the concat's output, which the next convolution saves: held once.
-    // With a branch output retained by name the concat copies, and both are held: exactly one concat
-    // output more. The same values either way, so the same output and gradients bit for bit.
+    // Concat without copies (docs/GRAPH.md "Fusion"): the branches write their outputs into the
+    // concat's output, so the forward never holds them and the concat's output at once — the copy's
+    // transient: its peak is the two branch outputs higher, less the next convolution's output where
+    // the written forward peaks. For backward both hold the same: the concat's output (which conv_c
+    // keeps), the branches' outputs not (their BN → ReLU keeps x and recomputes the ReLU mask) —
+    // except the branch output retained by name, which keeps the concat copying here. The same values
+    // either way: the same output and gradients bit for bit.
     let (written, written_values) = branches_step(&x, &[]);
     let (copied, copied_values) = branches_step(&x, &["relu_a"]);
     let concat_bytes = 2 * 16 * 4 * 16 * 16 * 4;
+    let conv_c_bytes = concat_bytes / 4;
     println!(
-        "concat written by its producers: held for backward {:.3} MB, copied {:.3} MB (concat output {:.3} MB)",
+        "concat written by its producers: forward peak {:.3} MB, copied {:.3} MB (concat output {:.3} MB); held for backward {:.3} / {:.3} MB",
+        mb(written.peak_activation_bytes),
+        mb(copied.peak_activation_bytes),
+        mb(concat_bytes),
         mb(written.held_bytes),
         mb(copied.held_bytes),
-        mb(concat_bytes)
     );
     assert_eq!((written.concats_written, copied.concats_written), (1, 0));
-    assert_eq!(written.held_bytes + concat_bytes, copied.held_bytes);
+    assert!(
+        // (up to 1 KiB of per-channel buffers, BN statistics, differ between the peaks' moments)
+        written.peak_activation_bytes + concat_bytes - conv_c_bytes
+            <= copied.peak_activation_bytes + 1024,
+        "written forward peak {} B, copied {} B",
+        written.peak_activation_bytes,
+        copied.peak_activation_bytes
+    );
+    assert_eq!(written.held_bytes + concat_bytes / 2, copied.held_bytes);
     assert_eq!(written_values, copied_values);
+
+    // The fused BN → ReLU recomputes its backward mask from x (docs/GRAPH.md "Fusion"), so where its
+    // output feeds a max pool (which keeps its argmax, not its input) the output is not held: one
+    // activation less than the unfused pair, whose ReLU keeps its output. Same values bit for bit.
+    let (fused, fused_values) = pooled_step(&x, true);
+    let (unfused, unfused_values) = pooled_step(&x, false);
+    let relu_bytes = x.numel() * 4;
+    println!(
+        "conv-bn-relu-pool: held for backward fused {:.3} MB, unfused {:.3} MB (ReLU output {:.3} MB)",
+        mb(fused.held_bytes),
+        mb(unfused.held_bytes),
+        mb(relu_bytes)
+    );
+    assert_eq!(fused.held_bytes + relu_bytes, unfused.held_bytes);
+    assert_eq!(fused_values, unfused_values);
 }

@@ -16,7 +16,7 @@ use std::any::Any;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A block of device memory holding `len()` f32 values, owned by one backend.
 pub trait BackendBuffer: Send + Sync + Debug {
@@ -399,6 +399,32 @@ pub trait Backend: Send + Sync + Debug {
         batch_stats: bool,
         relu_y: Option<&dyn BackendBuffer>,
     ) -> Result<BnGrads>;
+
+    /// Whether [`Backend::batch_norm_relu_backward_from_input`] is implemented (the CPU's): then a
+    /// fused BN → ReLU in training need not keep its output for the backward.
+    fn recomputes_relu_mask(&self) -> bool {
+        false
+    }
+    /// The backward of a fused BN → ReLU in training (batch statistics) with ReLU's mask recomputed
+    /// from x: y = max(v, 0) with v = x·s + t (s = w·rsqrt(var + eps), t = b − mean·s, the forward's
+    /// f32 arithmetic), so y <= 0 exactly where v <= 0 — the mask of the saved output, bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_relu_backward_from_input(
+        &self,
+        _dy: &dyn BackendBuffer,
+        _x: &dyn BackendBuffer,
+        _weight: Option<&dyn BackendBuffer>,
+        _bias: Option<&dyn BackendBuffer>,
+        _mean: &dyn BackendBuffer,
+        _var: &dyn BackendBuffer,
+        _g: AxisGeom,
+        _eps: f32,
+    ) -> Result<BnGrads> {
+        Err(Error::Device(format!(
+            "{}: the batch norm + ReLU backward takes its mask from the saved output here",
+            self.name()
+        )))
+    }
 
     // --- pooling ------------------------------------------------------------------------------------
     /// Max pooling without saving anything (inference).

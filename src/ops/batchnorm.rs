@@ -50,9 +50,9 @@ pub fn batch_norm(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
 }
 
 /// [`batch_norm`], followed by max(y, 0) with `relu` in the same pass (the fusion pass's BN → ReLU,
-/// `crate::ops::fused::batch_norm_relu`): the backward masks dy by the saved output inside the batch
-/// norm's backward passes, so the chain keeps x and y as the unfused pair does but makes one buffer
-/// (not two) each way. With `out` (x's length: a producer's slice of a concat's output, from
+/// `crate::ops::fused::batch_norm_relu`): the backward masks dy inside the batch norm's backward
+/// passes, by ReLU's mask recomputed from x in training where the backend can (then only x is kept)
+/// or else by the saved output (x and y kept, as the unfused pair); one buffer (not two) each way. With `out` (x's length: a producer's slice of a concat's output, from
 /// [`Backend::split`]), y is written there and the result shares it.
 pub(crate) fn batch_norm_then(
     op: &'static str,
@@ -166,7 +166,11 @@ pub(crate) fn batch_norm_then(
         return Ok(y);
     }
     let (xd, wd) = (x.detach(), a.weight.map(|w| w.detach()));
-    let yd = relu.then(|| y.detach());
+    // A fused ReLU's mask for the backward: recomputed from x where the backend can (the output is
+    // then not kept: a max pool after it keeps only its argmax, so y is freed), else the saved output.
+    let mask_from_x = relu && a.training && !synced && be.recomputes_relu_mask();
+    let yd = (relu && !mask_from_x).then(|| y.detach());
+    let bd = mask_from_x.then(|| a.bias.map(|b| b.detach())).flatten();
     let (has_w, has_b, eps, training) = (a.weight.is_some(), a.bias.is_some(), a.eps, a.training);
     Ok(record(
         op,
@@ -177,17 +181,31 @@ pub(crate) fn batch_norm_then(
             let (wbuf, ybuf) = (wd.as_ref().map(|w| w.buf()), yd.as_ref().map(|y| y.buf()));
             // synchronised: this rank's fixed-statistics gradients, then dx corrected with every
             // rank's sums
-            let local = be.batch_norm_backward(
-                gy.buf(),
-                xd.buf(),
-                wbuf,
-                &*mean,
-                &*var,
-                g,
-                eps,
-                training && !synced,
-                ybuf,
-            )?;
+            let local = if mask_from_x {
+                let bbuf = bd.as_ref().map(|b| b.buf());
+                be.batch_norm_relu_backward_from_input(
+                    gy.buf(),
+                    xd.buf(),
+                    wbuf,
+                    bbuf,
+                    &*mean,
+                    &*var,
+                    g,
+                    eps,
+                )?
+            } else {
+                be.batch_norm_backward(
+                    gy.buf(),
+                    xd.buf(),
+                    wbuf,
+                    &*mean,
+                    &*var,
+                    g,
+                    eps,
+                    training && !synced,
+                    ybuf,
+                )?
+            };
             let gr = if synced {
                 sync_bn::with_active(|d| {
                     let d = in_scope(op, d)?;

@@ -38,7 +38,6 @@ impl<'a> OuterRows<'a> {
         stride: 0,
     };
     /// A contiguous [outer, C, inner] buffer.
-    #[cfg(test)]
     fn whole(data: &'a [f32], g: AxisGeom) -> Self {
         OuterRows {
             data,
@@ -231,9 +230,25 @@ impl Normalize {
     }
 }
 
+/// A fused BN → ReLU's mask for the backward: dy is ReLU's gradient of y = max(v, 0), v = x·scale +
+/// shift, 0 where y <= 0 — read from the saved y, or with v recomputed from x by the forward's f32
+/// arithmetic ([`Normalize`]), so y need not be kept (y <= 0 exactly where v <= 0, NaN passing dy in
+/// both: the same mask bit for bit).
+#[derive(Clone, Copy)]
+pub(super) enum ReluMask<'a> {
+    None,
+    Output(OuterRows<'a>),
+    FromInput(&'a Normalize),
+}
+
+/// The mask kinds as const parameters of the loops.
+const NO_MASK: u8 = 0;
+const MASK_Y: u8 = 1;
+const MASK_X: u8 = 2;
+
 /// (dx, dweight, dbias). With batch statistics,
-/// dx = w·invstd/n · (n·dy − Σdy − x̂·Σ(dy·x̂)); with fixed statistics, dx = dy·w·invstd. With
-/// `relu_y` (a fused BN → ReLU's output), dy is ReLU's gradient of it: 0 where relu_y <= 0.
+/// dx = w·invstd/n · (n·dy − Σdy − x̂·Σ(dy·x̂)); with fixed statistics, dx = dy·w·invstd. With a
+/// ReLU mask (a fused BN → ReLU), dy is first ReLU's gradient.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     dy: OuterRows,
@@ -244,7 +259,7 @@ pub(super) fn backward(
     g: AxisGeom,
     eps: f32,
     batch_stats: bool,
-    relu_y: Option<OuterRows>,
+    mask: ReluMask,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let stats = Stats {
         w,
@@ -254,9 +269,15 @@ pub(super) fn backward(
         batch_stats,
     };
     let fused = g.inner >= FUSED_MIN_ROW && g.axis >= 2 * rayon::current_num_threads();
-    match relu_y {
-        Some(ry) => backward_masked::<true>(dy, x, ry, &stats, g, fused),
-        None => backward_masked::<false>(dy, x, OuterRows::EMPTY, &stats, g, fused),
+    match mask {
+        ReluMask::None => {
+            backward_masked::<NO_MASK>(dy, x, OuterRows::EMPTY, &[], &stats, g, fused)
+        }
+        ReluMask::Output(ry) => backward_masked::<MASK_Y>(dy, x, ry, &[], &stats, g, fused),
+        ReluMask::FromInput(norm) => {
+            let rows = OuterRows::whole(x, g);
+            backward_masked::<MASK_X>(dy, x, rows, &norm.affine, &stats, g, fused)
+        }
     }
 }
 
@@ -287,13 +308,15 @@ struct DxCoef {
 /// row-parallel time this way, rows of 98–196 (7×7 planes) 0.99–1.47 (docs/PERFORMANCE.md, stop 30).
 const FUSED_MIN_ROW: usize = 512;
 
-/// [`backward`], with ReLU's backward mask by `ry` applied as dy is read when `RELU` (no masked copy
-/// of dy; without, `ry` is empty and the loops are the plain batch norm's). `fused`: channel by
-/// channel ([`backward_by_channel`]) rather than in two row-parallel passes; the same arithmetic.
-fn backward_masked<const RELU: bool>(
+/// [`backward`], with ReLU's backward mask applied as dy is read (no masked copy of dy): by `ry`'s
+/// values (MASK_Y), or by `ry`'s — x's — values through the per-channel `affine` (MASK_X); with
+/// NO_MASK `ry` is empty and the loops are the plain batch norm's. `fused`: channel by channel
+/// ([`backward_by_channel`]) rather than in two row-parallel passes; the same arithmetic.
+fn backward_masked<const MASK: u8>(
     dy: OuterRows,
     x: &[f32],
     ry: OuterRows,
+    affine: &[(f32, f32)],
     st: &Stats,
     g: AxisGeom,
     fused: bool,
@@ -304,8 +327,18 @@ fn backward_masked<const RELU: bool>(
         .map(|&v| 1.0 / (v as f64 + st.eps as f64).sqrt())
         .collect();
     let n = (g.outer * g.inner) as f64;
-    let sums_of =
-        |c: usize| with_avx2!(channel_sums::<RELU>(dy, x, ry, g, c, st.mean[c], invstd[c]));
+    let sums_of = |c: usize| {
+        with_avx2!(channel_sums::<MASK>(
+            dy,
+            x,
+            ry,
+            aff(affine, c),
+            g,
+            c,
+            st.mean[c],
+            invstd[c]
+        ))
+    };
     let coef = |c: usize, (sd, sdx): (f64, f64)| {
         let is = invstd[c];
         let s = (st.w.map_or(1.0, |w| w[c] as f64) * is) as f32;
@@ -326,16 +359,20 @@ fn backward_masked<const RELU: bool>(
         }
     };
     let (dx, sums) = if fused {
-        backward_by_channel::<RELU>(dy, x, ry, g, st, &invstd, coef)
+        backward_by_channel::<MASK>(dy, x, ry, affine, g, st, &invstd, coef)
     } else {
         let sums: Vec<(f64, f64)> = (0..g.axis).into_par_iter().map(sums_of).collect();
         let coefs: Vec<DxCoef> = (0..g.axis).map(|c| coef(c, sums[c])).collect();
         let dx = par_new(x.len(), g.inner, |row, r| {
             let k = coefs[row % g.axis];
             let (o, c) = (row / g.axis, row % g.axis);
-            let mask = if RELU { ry.row(g, o, c) } else { &x[r.clone()] };
-            let (dy, x) = (dy.row(g, o, c), &x[r]);
-            (0..dy.len()).map(move |i| dx_value::<RELU>(dy[i], x[i], mask[i], k, st.batch_stats))
+            let mask = if MASK != NO_MASK {
+                ry.row(g, o, c)
+            } else {
+                &x[r.clone()]
+            };
+            let (dy, x, a) = (dy.row(g, o, c), &x[r], aff(affine, c));
+            (0..dy.len()).map(move |i| dx_value::<MASK>(dy[i], x[i], mask[i], a, k, st.batch_stats))
         });
         (dx, sums)
     };
@@ -352,17 +389,30 @@ fn row_range(g: AxisGeom, o: usize, c: usize) -> std::ops::Range<usize> {
 }
 
 #[inline(always)]
-fn masked<const RELU: bool>(r: f32, d: f32) -> f32 {
-    if RELU {
-        relu_grad(r, d)
-    } else {
-        d
+fn masked<const MASK: u8>(r: f32, d: f32, (scale, shift): (f32, f32)) -> f32 {
+    match MASK {
+        MASK_Y => relu_grad(r, d),
+        MASK_X => relu_grad(r * scale + shift, d), // the forward's v, rounded as there
+        _ => d,
     }
 }
 
+/// Channel c's (scale, shift) when the mask is recomputed from x (`affine` is empty otherwise).
 #[inline(always)]
-fn dx_value<const RELU: bool>(d: f32, v: f32, r: f32, k: DxCoef, batch_stats: bool) -> f32 {
-    let d = masked::<RELU>(r, d);
+fn aff(affine: &[(f32, f32)], c: usize) -> (f32, f32) {
+    affine.get(c).copied().unwrap_or((0.0, 0.0))
+}
+
+#[inline(always)]
+fn dx_value<const MASK: u8>(
+    d: f32,
+    v: f32,
+    r: f32,
+    a: (f32, f32),
+    k: DxCoef,
+    batch_stats: bool,
+) -> f32 {
+    let d = masked::<MASK>(r, d, a);
     if batch_stats {
         ((d - k.dmean) - (v - k.mean) * k.q) * k.s
     } else {
@@ -370,12 +420,14 @@ fn dx_value<const RELU: bool>(d: f32, v: f32, r: f32, k: DxCoef, batch_stats: bo
     }
 }
 
-/// (Σdy, Σdy·x̂) of channel c (mean m, invstd `is`), dy masked by ReLU's output `ry` when `RELU`.
+/// (Σdy, Σdy·x̂) of channel c (mean m, invstd `is`), dy masked as `MASK` says (`ry`, `a`).
 #[inline(always)]
-fn channel_sums<const RELU: bool>(
+#[allow(clippy::too_many_arguments)]
+fn channel_sums<const MASK: u8>(
     dy: OuterRows,
     x: &[f32],
     ry: OuterRows,
+    a: (f32, f32),
     g: AxisGeom,
     c: usize,
     m: f32,
@@ -385,9 +437,13 @@ fn channel_sums<const RELU: bool>(
     let (mut sd, mut sdx) = (0.0, 0.0);
     for o in 0..g.outer {
         let r = row_range(g, o, c);
-        let mask = if RELU { ry.row(g, o, c) } else { &x[r.clone()] };
+        let mask = if MASK != NO_MASK {
+            ry.row(g, o, c)
+        } else {
+            &x[r.clone()]
+        };
         let (sd_row, sdx_row) = block_sums2(dy.row(g, o, c), &x[r], mask, |d, v, r| {
-            let d = masked::<RELU>(r, d);
+            let d = masked::<MASK>(r, d, a);
             (d, d * (v - m))
         });
         sd += sd_row;
@@ -399,10 +455,12 @@ fn channel_sums<const RELU: bool>(
 /// dx channel by channel, channels in parallel: each task reads its channel once for the sums, then
 /// writes the channel's rows of dx at once (x and dy still in cache). Returns dx and every channel's
 /// sums.
-fn backward_by_channel<const RELU: bool>(
+#[allow(clippy::too_many_arguments)]
+fn backward_by_channel<const MASK: u8>(
     dy: OuterRows,
     x: &[f32],
     ry: OuterRows,
+    affine: &[(f32, f32)],
     g: AxisGeom,
     st: &Stats,
     invstd: &[f64],
@@ -421,13 +479,17 @@ fn backward_by_channel<const RELU: bool>(
         .into_par_iter()
         .enumerate()
         .map(|(c, channel_rows)| {
-            let sums = with_avx2!(channel_sums::<RELU>(dy, x, ry, g, c, st.mean[c], invstd[c]));
+            let a = aff(affine, c);
+            let sums = with_avx2!(channel_sums::<MASK>(
+                dy, x, ry, a, g, c, st.mean[c], invstd[c]
+            ));
             let k = coef(c, sums);
-            with_avx2!(write_dx_rows::<RELU>(
+            with_avx2!(write_dx_rows::<MASK>(
                 channel_rows,
                 dy,
                 x,
                 ry,
+                a,
                 g,
                 c,
                 k,
@@ -445,11 +507,12 @@ fn backward_by_channel<const RELU: bool>(
 /// Every element of channel c's rows of dx.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn write_dx_rows<const RELU: bool>(
+fn write_dx_rows<const MASK: u8>(
     rows: Vec<&mut [MaybeUninit<f32>]>,
     dy: OuterRows,
     x: &[f32],
     ry: OuterRows,
+    a: (f32, f32),
     g: AxisGeom,
     c: usize,
     k: DxCoef,
@@ -457,10 +520,14 @@ fn write_dx_rows<const RELU: bool>(
 ) {
     for (o, out) in rows.into_iter().enumerate() {
         let (r, n) = (row_range(g, o, c), out.len());
-        let mask = if RELU { ry.row(g, o, c) } else { &x[r.clone()] };
+        let mask = if MASK != NO_MASK {
+            ry.row(g, o, c)
+        } else {
+            &x[r.clone()]
+        };
         let (dy, x, mask) = (&dy.row(g, o, c)[..n], &x[r][..n], &mask[..n]);
         for i in 0..n {
-            out[i].write(dx_value::<RELU>(dy[i], x[i], mask[i], k, batch_stats));
+            out[i].write(dx_value::<MASK>(dy[i], x[i], mask[i], a, k, batch_stats));
         }
     }
 }
@@ -512,9 +579,10 @@ mod tests {
                     };
                     let run = |dy: OuterRows, ry: OuterRows, fused| {
                         if relu {
-                            backward_masked::<true>(dy, &x, ry, &st, g, fused)
+                            backward_masked::<MASK_Y>(dy, &x, ry, &[], &st, g, fused)
                         } else {
-                            backward_masked::<false>(dy, &x, OuterRows::EMPTY, &st, g, fused)
+                            let none = OuterRows::EMPTY;
+                            backward_masked::<NO_MASK>(dy, &x, none, &[], &st, g, fused)
                         }
                     };
                     let (whole, whole_ry) = (OuterRows::whole(&dy, g), OuterRows::whole(&ry, g));
@@ -548,6 +616,29 @@ mod tests {
                             strided, fused,
                             "case {case}: dy and y read in place from pieces"
                         );
+                    }
+                    if relu {
+                        // the mask recomputed from x is the mask of the forward's y, bit for bit
+                        // (a shift that puts about half of the values below 0), on both paths
+                        let b: Vec<f32> = data(axis, 400).iter().map(|v| 0.3 * v).collect();
+                        let norm = Normalize::new(Some(&w), Some(&b), &mean, &var, 1e-5, true);
+                        let y = norm.apply(&x, g);
+                        assert!(y.iter().any(|&v| v == 0.0) && y.iter().any(|&v| v > 0.0));
+                        let (rows_y, rows_x) = (OuterRows::whole(&y, g), OuterRows::whole(&x, g));
+                        for path in [true, false] {
+                            let stored =
+                                backward_masked::<MASK_Y>(whole, &x, rows_y, &[], &st, g, path);
+                            let recomputed = backward_masked::<MASK_X>(
+                                whole,
+                                &x,
+                                rows_x,
+                                &norm.affine,
+                                &st,
+                                g,
+                                path,
+                            );
+                            assert_eq!(stored, recomputed, "case {case}: mask from x");
+                        }
                     }
                     let n = (outer * inner) as f64;
                     for c in 0..axis {

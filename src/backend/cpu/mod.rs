@@ -551,36 +551,33 @@ impl Backend for CpuBackend {
         batch_stats: bool,
         relu_y: Option<&dyn BackendBuffer>,
     ) -> Result<BnGrads> {
-        let w = read_opt(weight)?;
-        // dy may be a piece of concat's gradient, relu_y a slice of a concat's output: read in place
-        let rows = |b| read_rows(b, g.axis * g.inner);
-        let (dy, relu_y) = (rows(dy)?, relu_y.map(rows).transpose()?);
-        fn outer_rows<'a>(
-            (data, offset, stride): &'a (CpuRead, usize, usize),
-        ) -> batchnorm::OuterRows<'a> {
-            batchnorm::OuterRows {
-                data,
-                offset: *offset,
-                stride: *stride,
-            }
-        }
-        let dy = outer_rows(&dy);
-        let (dx, dw, db) = batchnorm::backward(
+        let mask = relu_y.map_or(MaskFrom::Nothing, MaskFrom::Output);
+        bn_backward(dy, x, weight, (mean, var), g, eps, batch_stats, mask)
+    }
+    fn recomputes_relu_mask(&self) -> bool {
+        true
+    }
+    fn batch_norm_relu_backward_from_input(
+        &self,
+        dy: &dyn BackendBuffer,
+        x: &dyn BackendBuffer,
+        weight: Option<&dyn BackendBuffer>,
+        bias: Option<&dyn BackendBuffer>,
+        mean: &dyn BackendBuffer,
+        var: &dyn BackendBuffer,
+        g: AxisGeom,
+        eps: f32,
+    ) -> Result<BnGrads> {
+        bn_backward(
             dy,
-            &read(x)?,
-            w.as_deref(),
-            &read(mean)?,
-            &read(var)?,
+            x,
+            weight,
+            (mean, var),
             g,
             eps,
-            batch_stats,
-            relu_y.as_ref().map(outer_rows),
-        );
-        Ok(BnGrads {
-            dx: wrap(dx),
-            dweight: wrap(dw),
-            dbias: wrap(db),
-        })
+            true,
+            MaskFrom::Input(bias),
+        )
     }
 
     fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
@@ -769,6 +766,74 @@ impl Backend for CpuBackend {
     ) -> Option<BufferRef> {
         joined_views(xs, outer, inners)
     }
+}
+
+/// Where a batch-norm backward takes a fused ReLU's mask from.
+enum MaskFrom<'a> {
+    Nothing,
+    /// The saved output.
+    Output(&'a dyn BackendBuffer),
+    /// x, through the forward's affine (needs the bias).
+    Input(Option<&'a dyn BackendBuffer>),
+}
+
+/// [`Backend::batch_norm_backward`] and its mask-from-input form.
+#[allow(clippy::too_many_arguments)]
+fn bn_backward(
+    dy: &dyn BackendBuffer,
+    x: &dyn BackendBuffer,
+    weight: Option<&dyn BackendBuffer>,
+    (mean, var): (&dyn BackendBuffer, &dyn BackendBuffer),
+    g: AxisGeom,
+    eps: f32,
+    batch_stats: bool,
+    mask: MaskFrom,
+) -> Result<BnGrads> {
+    let (w, mean, var) = (read_opt(weight)?, read(mean)?, read(var)?);
+    // dy may be a piece of concat's gradient, the saved output a slice of a concat's output: read in
+    // place
+    let rows = |b| read_rows(b, g.axis * g.inner);
+    fn outer_rows<'a>(
+        (data, offset, stride): &'a (CpuRead, usize, usize),
+    ) -> batchnorm::OuterRows<'a> {
+        batchnorm::OuterRows {
+            data,
+            offset: *offset,
+            stride: *stride,
+        }
+    }
+    let dy = rows(dy)?;
+    let (y, norm) = match mask {
+        MaskFrom::Nothing => (None, None),
+        MaskFrom::Output(y) => (Some(rows(y)?), None),
+        MaskFrom::Input(bias) => {
+            let b = read_opt(bias)?;
+            let norm =
+                batchnorm::Normalize::new(w.as_deref(), b.as_deref(), &mean, &var, eps, true);
+            (None, Some(norm))
+        }
+    };
+    let mask = match (&y, &norm) {
+        (Some(y), _) => batchnorm::ReluMask::Output(outer_rows(y)),
+        (_, Some(norm)) => batchnorm::ReluMask::FromInput(norm),
+        _ => batchnorm::ReluMask::None,
+    };
+    let (dx, dw, db) = batchnorm::backward(
+        outer_rows(&dy),
+        &read(x)?,
+        w.as_deref(),
+        &mean,
+        &var,
+        g,
+        eps,
+        batch_stats,
+        mask,
+    );
+    Ok(BnGrads {
+        dx: wrap(dx),
+        dweight: wrap(dw),
+        dbias: wrap(db),
+    })
 }
 
 /// The parent of `xs` if they are the views [`split_views`] makes of a whole buffer with values of
