@@ -473,17 +473,8 @@ impl Backend for CpuBackend {
         relu: bool,
     ) -> Result<(BufferRef, BnStats)> {
         let x = read(x)?;
-        let (mean, var) = batchnorm::statistics(&x, g);
-        let (w, b) = (read_opt(weight)?, read_opt(bias)?);
-        let y = batchnorm::Normalize::new(w.as_deref(), b.as_deref(), &mean, &var, eps, relu)
-            .apply(&x, g);
-        Ok((
-            wrap(y),
-            BnStats {
-                mean: wrap(mean),
-                var: wrap(var),
-            },
-        ))
+        let (norm, stats) = batch_normalize(&x, weight, bias, g, eps, relu)?;
+        Ok((wrap(norm.apply(&x, g)), stats))
     }
     fn batch_norm_train_into(
         &self,
@@ -506,17 +497,12 @@ impl Backend for CpuBackend {
                 ),
             });
         }
-        let (mean, var) = batchnorm::statistics(&x, g);
-        let (w, b) = (read_opt(weight)?, read_opt(bias)?);
-        let norm = batchnorm::Normalize::new(w.as_deref(), b.as_deref(), &mean, &var, eps, relu);
+        let (norm, stats) = batch_normalize(&x, weight, bias, g, eps, relu)?;
         // each run of `out` is whole rows of y (a slice of a concat's output: a sample's channels)
         write_runs(out, |run, at| {
             norm.apply_into(&x, g, run, at / g.inner.max(1))
         })?;
-        Ok(BnStats {
-            mean: wrap(mean),
-            var: wrap(var),
-        })
+        Ok(stats)
     }
     fn batch_norm_eval(
         &self,
@@ -766,6 +752,26 @@ impl Backend for CpuBackend {
     ) -> Option<BufferRef> {
         joined_views(xs, outer, inners)
     }
+}
+
+/// x's batch statistics and the normalisation (+ReLU) they give: `batch_norm_train` and its `_into`
+/// form.
+fn batch_normalize(
+    x: &[f32],
+    weight: Option<&dyn BackendBuffer>,
+    bias: Option<&dyn BackendBuffer>,
+    g: AxisGeom,
+    eps: f32,
+    relu: bool,
+) -> Result<(batchnorm::Normalize, BnStats)> {
+    let (mean, var) = batchnorm::statistics(x, g);
+    let (w, b) = (read_opt(weight)?, read_opt(bias)?);
+    let norm = batchnorm::Normalize::new(w.as_deref(), b.as_deref(), &mean, &var, eps, relu);
+    let stats = BnStats {
+        mean: wrap(mean),
+        var: wrap(var),
+    };
+    Ok((norm, stats))
 }
 
 /// Where a batch-norm backward takes a fused ReLU's mask from.
