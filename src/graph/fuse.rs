@@ -16,7 +16,8 @@
 //! - **concat without copies**: a concat whose every input is made by a BN → ReLU chain read by
 //!   nothing else gets its output allocated before the first of them runs; each chain writes into
 //!   its slice (a view, on a backend whose `split` hands out views: the CPU), so the concat copies
-//!   nothing and the chains' outputs, saved for their backward, are not held twice. ECO-Lite's
+//!   nothing and the forward never holds the chains' outputs and the concat's output at once
+//!   (where a backend keeps a BN → ReLU's output for its backward, not twice either). ECO-Lite's
 //!   inception blocks in training.
 //!
 //! Not chains but decided by the executor as it runs: a ReLU whose input no later node reads and no
