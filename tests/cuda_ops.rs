@@ -607,6 +607,21 @@ fn batch_norm_matches_cpu() {
         p.check("bn mean", &sc.mean, &sg.mean, 1e-5, 1e-4);
         p.check("bn var", &sc.var, &sg.var, 1e-5, 1e-4);
         p.check("bn y", &yc, &yg, 2e-4, 1e-4);
+        // Into a given buffer (the trait's default on CUDA: the same kernel, then a copy): the same
+        // y bit for bit; the executor's concat without copies does not run on CUDA (its split
+        // copies, so it has no views to join).
+        let out = p.gpu.full(g.numel(), f32::NAN).unwrap();
+        p.gpu
+            .batch_norm_train_into(&*xg, w2, b2, g, 1e-5, relu, &*out)
+            .unwrap();
+        let (into, plain) = (p.gpu.to_host(&*out).unwrap(), p.gpu.to_host(&*yg).unwrap());
+        assert!(
+            into.iter()
+                .zip(&plain)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "case {case}: batch_norm_train_into differs from batch_norm_train"
+        );
+        assert!(!p.gpu.splits_into_views() && !p.gpu.recomputes_relu_mask());
         p.check(
             "bn eval",
             &p.cpu

@@ -52,8 +52,9 @@ pub fn batch_norm(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
 /// [`batch_norm`], followed by max(y, 0) with `relu` in the same pass (the fusion pass's BN → ReLU,
 /// `crate::ops::fused::batch_norm_relu`): the backward masks dy inside the batch norm's backward
 /// passes, by ReLU's mask recomputed from x in training where the backend can (then only x is kept)
-/// or else by the saved output (x and y kept, as the unfused pair); one buffer (not two) each way. With `out` (x's length: a producer's slice of a concat's output, from
-/// [`Backend::split`]), y is written there and the result shares it.
+/// or else by the saved output (x and y kept, as the unfused pair); one buffer (not two) each way.
+/// With `out` (x's length: a producer's slice of a concat's output, from [`Backend::split`]), y is
+/// written there and the result shares it.
 pub(crate) fn batch_norm_then(
     op: &'static str,
     x: &Tensor,

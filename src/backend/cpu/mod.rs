@@ -855,7 +855,7 @@ fn joined_views(xs: &[&dyn BackendBuffer], outer: usize, inners: &[usize]) -> Op
         let same = parent.is_none_or(|p| Arc::ptr_eq(p, &r.parent));
         let placed = r.offset == start
             && r.run_len == inner
-            && (r.runs == outer)
+            && r.runs == outer
             && (outer == 1 || r.stride == total);
         if !same || !placed {
             return None;
