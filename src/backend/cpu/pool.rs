@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::elementwise::{par_build, par_new, par_new_planes};
+use super::elementwise::{par_build, par_new, par_new_planes, CHUNK};
 
 use crate::backend::{AdaptivePoolGeom, PoolGeom};
 
@@ -85,92 +85,11 @@ fn adaptive_tables(g: &AdaptivePoolGeom) -> [Vec<Span>; 3] {
     std::array::from_fn(|i| adaptive_spans(g.input[i], g.output[i]))
 }
 
-/// Outputs per step of [`take_max`]: one AVX vector.
+/// Windows per step of the max pools' selects ([`take_block`]): one AVX vector.
 const LANES: usize = 8;
 
 fn volume(v: &[usize; 3]) -> usize {
     v.iter().product()
-}
-
-/// One output row's window maxima and where they are, as offsets (kd·kH + kh)·kW + kw from each
-/// window's padded start, with PyTorch's rule: start from −inf at the window's first tap and take a
-/// tap when `val > max || isnan(val)`, scanning d, h, w increasing (ties: the first; NaN: the last
-/// NaN). The taps go in that order for every window, but the loop runs over the row's outputs
-/// innermost: one output's scan is a chain of dependent compares (its latency, ~3× the time, when
-/// each window was scanned on its own), the row's outputs are independent.
-/// `sd`, `sh`: the row's windows along d and h; `tw`: the windows along w; `taps`: [`WTaps`];
-/// `max`, `best`: one per output of the row.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn row_argmax<const TRACK: bool>(
-    xp: &[f32],
-    g: &PoolGeom,
-    sd: &Span,
-    sh: &Span,
-    tw: &[Span],
-    taps: &WTaps,
-    max: &mut [f32],
-    best: &mut [u32],
-    scratch: &mut RowScratch,
-) {
-    let [_, h, w] = g.input;
-    let [_, kh, kw] = g.kernel;
-    let sw = g.stride[2];
-    let (od, oh) = (
-        (sd.lo as isize - sd.start) as usize,
-        (sh.lo as isize - sh.start) as usize,
-    );
-    max.fill(f32::NEG_INFINITY);
-    for (b, span) in best.iter_mut().zip(tw) {
-        *b = (((od * kh + oh) * kw) as isize + span.lo as isize - span.start) as u32;
-    }
-    // Each tap reads the running maxima from one buffer and writes them to the other (`max` or
-    // the scratch's), never selecting into the slice it reads: a select stored back in place
-    // compiled to masked stores (vmaskmovps), the hottest instructions of this loop on AMD Zen 3.
-    let RowScratch {
-        phases,
-        max: other_max,
-        best: other_best,
-    } = scratch;
-    other_max.resize(max.len(), 0.0);
-    other_best.resize(best.len(), 0);
-    let mut in_place = true; // the running maxima are in `max` / `best`
-    for d in sd.lo..sd.hi {
-        for hh in sh.lo..sh.hi {
-            let row = &xp[(d * h + hh) * w..][..w];
-            if sw > 1 {
-                split_phases(row, sw, taps.phase_len, phases);
-            }
-            let src = if sw > 1 { &phases[..] } else { row };
-            let base =
-                (((d as isize - sd.start) as usize * kh) + (hh as isize - sh.start) as usize) * kw;
-            for &(c, j0, j1, at) in &taps.runs {
-                let vals = &src[at..][..j1 - j0];
-                let tap = (base + c) as u32;
-                if in_place {
-                    take_max::<TRACK>(vals, j0, (max, best), (other_max, other_best), tap);
-                } else {
-                    take_max::<TRACK>(vals, j0, (other_max, other_best), (max, best), tap);
-                }
-                in_place = !in_place;
-            }
-        }
-    }
-    if !in_place {
-        max.copy_from_slice(other_max);
-        if TRACK {
-            best.copy_from_slice(other_best);
-        }
-    }
-}
-
-/// Buffers a row of windows needs besides its outputs: the phases of a strided row, and the
-/// other half of the running maxima and argmaxes ([`row_argmax`]).
-#[derive(Default)]
-struct RowScratch {
-    phases: Vec<f32>,
-    max: Vec<f32>,
-    best: Vec<u32>,
 }
 
 /// Per tap c along w, the outputs j0..j1 whose tap lies inside the row (0 ≤ j·s − p + c < w) and
@@ -228,61 +147,18 @@ pub(super) fn split_phases(row: &[f32], sw: usize, phase_len: usize, phases: &mu
     }
 }
 
-/// One tap of a row of windows, from the running maxima (`max`, `best`) into (`to_max`, `to_best`):
-/// for the outputs j0..j0 + vals.len(), `vals` replaces the maximum (and `tap` its argmax) when
-/// `val > max || isnan(val)` — selects without a branch, vectorised; the other outputs are copied.
-#[inline(always)]
-fn take_max<const TRACK: bool>(
-    vals: &[f32],
-    j0: usize,
-    (max, best): (&[f32], &[u32]),
-    (to_max, to_best): (&mut [f32], &mut [u32]),
-    tap: u32,
-) {
-    let j1 = j0 + vals.len();
-    to_max[..j0].copy_from_slice(&max[..j0]);
-    to_max[j1..].copy_from_slice(&max[j1..]);
-    let (max, to_max) = (&max[j0..j1], &mut to_max[j0..j1]);
-    let (best, to_best) = if TRACK {
-        to_best[..j0].copy_from_slice(&best[..j0]);
-        to_best[j1..].copy_from_slice(&best[j1..]);
-        (&best[j0..j1], &mut to_best[j0..j1])
-    } else {
-        (&best[..0], &mut to_best[..0])
-    };
-    // Eight outputs at a time through local arrays (vectorised as such; the same selects over
-    // whole slices stayed scalar where the argmax is tracked), the rest one by one.
-    let whole = vals.len() / LANES * LANES;
-    for i in (0..whole).step_by(LANES) {
-        let v: [f32; LANES] = vals[i..i + LANES].try_into().unwrap();
-        let mut m: [f32; LANES] = max[i..i + LANES].try_into().unwrap();
-        let mut b = [0u32; LANES];
-        if TRACK {
-            b.copy_from_slice(&best[i..i + LANES]);
-        }
-        take_block::<TRACK>(v, (&mut m, &mut b), tap);
-        to_max[i..i + LANES].copy_from_slice(&m);
-        if TRACK {
-            to_best[i..i + LANES].copy_from_slice(&b);
-        }
-    }
-    for i in whole..vals.len() {
-        let take = (vals[i] > max[i]) | vals[i].is_nan();
-        to_max[i] = if take { vals[i] } else { max[i] };
-        if TRACK {
-            to_best[i] = if take { tap } else { best[i] };
-        }
-    }
-}
-
-/// One plane's window maxima into `y` (and their argmax offsets into `idx` when given), row by row.
+/// One plane's window maxima into `y` (and their argmax offsets into `idx` when given), as offsets
+/// (kd·kH + kh)·kW + kw from each window's padded start, with PyTorch's rule: start from −inf at the
+/// window's first tap and take a tap when `val > max || isnan(val)`, scanning d, h, w increasing
+/// (ties: the first; NaN: the last NaN).
 #[inline(always)]
 fn plane_argmax<I: WindowOffset>(
     xp: &[f32],
     g: &PoolGeom,
     [td, th, tw]: &[&[Span]; 3],
-    y: &mut [f32],
-    mut idx: Option<&mut [I]>,
+    y: &mut [MaybeUninit<f32>],
+    idx: Option<&mut [I]>,
+    scratch: &mut PlaneScratch,
 ) {
     if windows_tile(g) && (tw.len() >= LANES || th.len() * tw.len() >= LANES) {
         return match (g.kernel[2], idx.is_some()) {
@@ -294,26 +170,294 @@ fn plane_argmax<I: WindowOffset>(
             (_, true) => plane_tiled::<3, true, I>(xp, g, y, idx),
         };
     }
-    let ow = tw.len();
-    let (mut best, mut scratch) = (vec![0u32; ow], RowScratch::default());
-    let taps = WTaps::new(g, ow);
-    let mut rows = y.chunks_mut(ow).enumerate();
-    for sd in td.iter() {
-        for sh in th.iter() {
-            let (r, y_row) = rows.next().unwrap();
-            match idx.as_deref_mut() {
-                None => {
-                    row_argmax::<false>(xp, g, sd, sh, tw, &taps, y_row, &mut best, &mut scratch)
-                }
-                Some(_) => {
-                    row_argmax::<true>(xp, g, sd, sh, tw, &taps, y_row, &mut best, &mut scratch)
-                }
+    match idx {
+        None => plane_separable::<false, I>(xp, g, [td, th, tw], y, None, scratch),
+        Some(idx) => plane_separable::<true, I>(xp, g, [td, th, tw], y, Some(idx), scratch),
+    }
+}
+
+/// Buffers of [`plane_separable`], kept from plane to plane by a task (resizing them on every plane
+/// zero-filled each anew).
+#[derive(Default)]
+struct PlaneScratch {
+    phases: Vec<f32>,
+    first_tap: Vec<u32>,
+    tap_at: Vec<usize>,
+    row_max: Vec<f32>,
+    row_best: Vec<u32>,
+    window_rows: Vec<(usize, u32)>,
+}
+
+/// [`plane_argmax`] in two passes: every input row's maxima over the windows along w (with the tap
+/// c < kW each came from), then each output row's over its window's rows. Scanning a window row by
+/// row, the rule keeps a row's last NaN or else its first maximum, so taking the rows' winners in
+/// order by the same rule gives the window's last NaN or else its first maximum in scan order: the
+/// same value and offset as one scan, bit for bit. Overlapping windows share rows: ECO-Lite's 3×3 s2
+/// pools compare each input row's taps once, not once per window row that covers it, and both passes
+/// run LANES outputs at a time with the maxima in registers ([`row_maxima`], [`column_maxima`]).
+/// The rows go by output depth slice (the rows of its window's depth taps), so the row maxima stay
+/// in cache.
+#[inline(always)]
+fn plane_separable<const TRACK: bool, I: WindowOffset>(
+    xp: &[f32],
+    g: &PoolGeom,
+    [td, th, tw]: [&[Span]; 3],
+    y: &mut [MaybeUninit<f32>],
+    mut idx: Option<&mut [I]>,
+    scratch: &mut PlaneScratch,
+) {
+    let [_, h, w] = g.input;
+    let kw = g.kernel[2];
+    let (oh, ow) = (th.len(), tw.len());
+    let (sw, pw) = (g.stride[2], g.padding[2]);
+    // A row padded with −inf to every tap of every window (a tap there is never taken: nothing is
+    // above −inf, and a window's argmax starts at its first tap inside the row), split into its sw
+    // phases of `phase_len` (tap c of output j: phase c mod sw, element j + c / sw).
+    let phase_len = ow + (kw - 1) / sw;
+    // The row's elements inside some window (floor mode may leave the last ones out).
+    let inside = w.min((sw * phase_len).saturating_sub(pw));
+    let PlaneScratch {
+        phases,
+        first_tap,
+        tap_at,
+        row_max,
+        row_best,
+        window_rows,
+    } = scratch;
+    first_tap.clear();
+    first_tap.extend(tw.iter().map(|s| (s.lo as isize - s.start) as u32));
+    tap_at.clear();
+    tap_at.extend((0..kw).map(|c| c % sw * phase_len + c / sw));
+    phases.resize(sw * phase_len, f32::NEG_INFINITY);
+    for (od, sd) in td.iter().enumerate() {
+        let depth_rows = (sd.hi - sd.lo) * h;
+        row_max.resize(depth_rows * ow, 0.0);
+        row_best.resize(depth_rows * ow, 0u32);
+        for (r, row) in xp[sd.lo * h * w..][..depth_rows * w]
+            .chunks_exact(w)
+            .enumerate()
+        {
+            pad_and_split(&row[..inside], sw, pw, phase_len, phases);
+            let (m, b) = (&mut row_max[r * ow..][..ow], &mut row_best[r * ow..][..ow]);
+            row_maxima::<TRACK>(phases, tap_at, first_tap, m, b);
+        }
+        for (oi, sh) in th.iter().enumerate() {
+            window_rows_of(g, sd, sh, ow, window_rows);
+            let out = od * oh + oi;
+            let y_row = &mut y[out * ow..][..ow];
+            let idx_row = idx.as_deref_mut().map(|i| &mut i[out * ow..][..ow]);
+            if window_rows.is_empty() {
+                empty_windows(g, sd, sh, tw, y_row, idx_row);
+                continue;
             }
-            if let Some(idx) = idx.as_deref_mut() {
-                for (i, &b) in idx[r * ow..(r + 1) * ow].iter_mut().zip(&best) {
-                    *i = I::from_offset(b as usize);
-                }
+            column_maxima::<TRACK, I>(row_max, row_best, window_rows, y_row, idx_row);
+        }
+    }
+}
+
+/// The rows of an output row's windows (depth slice `sd`, rows `sh`): where each row's maxima start
+/// among one depth slice's row maxima ([`plane_separable`]), and the offset of its first tap.
+fn window_rows_of(g: &PoolGeom, sd: &Span, sh: &Span, ow: usize, rows: &mut Vec<(usize, u32)>) {
+    let [_, h, _] = g.input;
+    let [_, kh, kw] = g.kernel;
+    rows.clear();
+    for d in sd.lo..sd.hi {
+        for hh in sh.lo..sh.hi {
+            let offset =
+                ((d as isize - sd.start) as usize * kh + (hh as isize - sh.start) as usize) * kw;
+            rows.push((((d - sd.lo) * h + hh) * ow, offset as u32));
+        }
+    }
+}
+
+/// An output row whose windows have no tap inside the input (no PyTorch geometry has one): −inf,
+/// the argmax at each window's first tap.
+fn empty_windows<I: WindowOffset>(
+    g: &PoolGeom,
+    sd: &Span,
+    sh: &Span,
+    tw: &[Span],
+    y: &mut [MaybeUninit<f32>],
+    idx: Option<&mut [I]>,
+) {
+    let [_, kh, kw] = g.kernel;
+    y.iter_mut().for_each(|v| _ = v.write(f32::NEG_INFINITY));
+    if let Some(idx) = idx {
+        let first =
+            ((sd.lo as isize - sd.start) as usize * kh + (sh.lo as isize - sh.start) as usize) * kw;
+        for (i, s) in idx.iter_mut().zip(tw) {
+            *i = I::from_offset(first + (s.lo as isize - s.start) as usize);
+        }
+    }
+}
+
+/// `row` after `pw` −inf, −inf to the end of `sw` phases of `phase_len`, as those phases (element
+/// k of the padded row at phase k mod sw, index k / sw; the padded row itself when sw = 1). Stride
+/// 2, the common case, as pairs (a vectorised deinterleave, [`split_phases`]) into the phases the
+/// padding shifts them to.
+#[inline(always)]
+fn pad_and_split(row: &[f32], sw: usize, pw: usize, phase_len: usize, phases: &mut [f32]) {
+    let inf = f32::NEG_INFINITY;
+    match sw {
+        1 => {
+            phases[..pw].fill(inf);
+            phases[pw..pw + row.len()].copy_from_slice(row);
+            phases[pw + row.len()..].fill(inf);
+        }
+        2 => {
+            let (even, odd) = phases.split_at_mut(phase_len);
+            // row[2i] lands at padded index 2i + pw, row[2i + 1] at 2i + 1 + pw.
+            let (first, second, shift) = if pw % 2 == 0 {
+                (even, odd, [pw / 2; 2])
+            } else {
+                (odd, even, [pw / 2, pw / 2 + 1])
+            };
+            let n = [row.len().div_ceil(2), row.len() / 2];
+            first[..shift[0]].fill(inf);
+            second[..shift[1]].fill(inf);
+            let (a, b) = (&mut first[shift[0]..], &mut second[shift[1]..]);
+            for ((pair, a), b) in row.chunks_exact(2).zip(a.iter_mut()).zip(b.iter_mut()) {
+                (*a, *b) = (pair[0], pair[1]);
             }
+            if row.len() % 2 == 1 {
+                a[n[0] - 1] = row[row.len() - 1];
+            }
+            a[n[0]..].fill(inf);
+            b[n[1]..].fill(inf);
+        }
+        _ => {
+            phases.fill(inf);
+            for (k, &v) in row.iter().enumerate() {
+                phases[(k + pw) % sw * phase_len + (k + pw) / sw] = v;
+            }
+        }
+    }
+}
+
+/// One input row's maxima over the windows along w and the tap c each came from, LANES outputs at
+/// a time (one at a time in rows narrower than LANES): tap c of output j at `src[tap_at[c] + j]`
+/// (in the padded row's phases, [`plane_separable`]), each
+/// window's argmax starting at its first tap inside the row (`first_tap`).
+#[inline(always)]
+fn row_maxima<const TRACK: bool>(
+    src: &[f32],
+    tap_at: &[usize],
+    first_tap: &[u32],
+    max: &mut [f32],
+    best: &mut [u32],
+) {
+    let tap = |c: usize| &src[tap_at[c]..];
+    let mut taps = [&src[..0]; MAX_CONST_TAPS];
+    let kw = tap_at.len();
+    for (c, t) in taps.iter_mut().enumerate().take(kw) {
+        *t = tap(c);
+    }
+    let n = max.len();
+    if n < LANES {
+        let all: Vec<_> = (0..kw).map(tap).collect();
+        return row_blocks::<TRACK, 0, 1>(&all, 0..n, first_tap, max, best);
+    }
+    let starts = (0..n).step_by(LANES).map(|j| j.min(n - LANES)); // the last overlaps
+    match kw {
+        1 => row_blocks::<TRACK, 1, LANES>(&taps[..1], starts, first_tap, max, best),
+        2 => row_blocks::<TRACK, 2, LANES>(&taps[..2], starts, first_tap, max, best),
+        3 => row_blocks::<TRACK, 3, LANES>(&taps[..3], starts, first_tap, max, best),
+        _ => {
+            let all: Vec<_> = (0..kw).map(tap).collect();
+            row_blocks::<TRACK, 0, LANES>(&all, starts, first_tap, max, best)
+        }
+    }
+}
+
+/// The kernels along w (and window rows, [`column_blocks`]) whose loops are unrolled: the zoo's.
+const MAX_CONST_TAPS: usize = 3;
+
+/// [`row_maxima`] for the blocks of N outputs starting at `starts`: tap c of output j at
+/// `tap_src[c][j]`; K taps (0: `tap_src.len()`, not unrolled).
+#[inline(always)]
+fn row_blocks<const TRACK: bool, const K: usize, const N: usize>(
+    tap_src: &[&[f32]],
+    starts: impl Iterator<Item = usize>,
+    first_tap: &[u32],
+    max: &mut [f32],
+    best: &mut [u32],
+) {
+    let taps = if K > 0 { K } else { tap_src.len() };
+    for j in starts {
+        let mut m: [f32; N] = tap_src[0][j..j + N].try_into().unwrap();
+        let mut b = [0u32; N];
+        if TRACK {
+            b.copy_from_slice(&first_tap[j..j + N]);
+        }
+        for (c, src) in tap_src[1..taps].iter().enumerate() {
+            let v: [f32; N] = src[j..j + N].try_into().unwrap();
+            take_block::<TRACK, N>(v, (&mut m, &mut b), [c as u32 + 1; N]);
+        }
+        max[j..j + N].copy_from_slice(&m);
+        if TRACK {
+            best[j..j + N].copy_from_slice(&b);
+        }
+    }
+}
+
+/// One output row from the row maxima of its window's rows (`window_rows`: where each row's maxima
+/// start, and the offset of its first tap), in scan order by the rule of [`plane_argmax`].
+#[inline(always)]
+fn column_maxima<const TRACK: bool, I: WindowOffset>(
+    row_max: &[f32],
+    row_best: &[u32],
+    window_rows: &[(usize, u32)],
+    y: &mut [MaybeUninit<f32>],
+    idx: Option<&mut [I]>,
+) {
+    let n = y.len();
+    if n < LANES {
+        let all = 0..n;
+        return column_blocks::<TRACK, 1, 0, I>(row_max, row_best, window_rows, all, y, idx);
+    }
+    let starts = (0..n).step_by(LANES).map(|j| j.min(n - LANES));
+    match window_rows.len() {
+        1 => column_blocks::<TRACK, LANES, 1, I>(row_max, row_best, window_rows, starts, y, idx),
+        2 => column_blocks::<TRACK, LANES, 2, I>(row_max, row_best, window_rows, starts, y, idx),
+        3 => column_blocks::<TRACK, LANES, 3, I>(row_max, row_best, window_rows, starts, y, idx),
+        _ => column_blocks::<TRACK, LANES, 0, I>(row_max, row_best, window_rows, starts, y, idx),
+    }
+}
+
+/// [`column_maxima`] for the blocks of N outputs starting at `starts`, over R window rows (0:
+/// `window_rows.len()`, not unrolled).
+#[inline(always)]
+fn column_blocks<const TRACK: bool, const N: usize, const R: usize, I: WindowOffset>(
+    row_max: &[f32],
+    row_best: &[u32],
+    window_rows: &[(usize, u32)],
+    starts: impl Iterator<Item = usize>,
+    y: &mut [MaybeUninit<f32>],
+    mut idx: Option<&mut [I]>,
+) {
+    let rows = if R > 0 { R } else { window_rows.len() };
+    let (first, first_offset) = window_rows[0];
+    for j in starts {
+        let mut m: [f32; N] = row_max[first + j..][..N].try_into().unwrap();
+        let mut b = [0u32; N];
+        if TRACK {
+            b = std::array::from_fn(|l| first_offset + row_best[first + j + l]);
+        }
+        for &(at, offset) in &window_rows[1..rows] {
+            let v: [f32; N] = row_max[at + j..][..N].try_into().unwrap();
+            let tap = if TRACK {
+                std::array::from_fn(|l| offset + row_best[at + j + l])
+            } else {
+                [0; N]
+            };
+            take_block::<TRACK, N>(v, (&mut m, &mut b), tap);
+        }
+        store(&mut y[j..j + N], &m);
+        if let Some(idx) = idx.as_deref_mut() {
+            // Narrowed as a whole block (per lane, the compiler fused it with the last select
+            // into scalar code).
+            let narrow: [I; N] = std::array::from_fn(|l| I::from_offset(b[l] as usize));
+            idx[j..j + N].copy_from_slice(&narrow);
         }
     }
 }
@@ -325,12 +469,13 @@ fn plane_argmax<I: WindowOffset>(
 /// of C2D-NL-R50's 1×2×2 pools. The blocks run along an output row (contiguous loads) or, for rows
 /// narrower than LANES, along a depth slice's outputs row after row (each lane's window found in a
 /// table); a group's last block ends at its end, overlapping the one before where LANES does not
-/// divide it (those windows computed twice, the same way). Groups smaller than LANES take the row path.
+/// divide it (those windows computed twice, the same way). Groups smaller than LANES take the two-pass
+/// path ([`plane_separable`]).
 #[inline(always)]
 fn plane_tiled<const KW: usize, const TRACK: bool, I: WindowOffset>(
     xp: &[f32],
     g: &PoolGeom,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     mut idx: Option<&mut [I]>,
 ) {
     let [_, h, w] = g.input;
@@ -362,10 +507,10 @@ fn plane_tiled<const KW: usize, const TRACK: bool, I: WindowOffset>(
                     } else {
                         std::array::from_fn(|l| xp[top + starts[q0 + l] + at + c])
                     };
-                    take_block::<TRACK>(v, (&mut m, &mut b), tap);
+                    take_block::<TRACK, LANES>(v, (&mut m, &mut b), [tap; LANES]);
                 }
             }
-            max[q0..q0 + LANES].copy_from_slice(&m);
+            store(&mut max[q0..q0 + LANES], &m);
             best[q0..q0 + LANES].copy_from_slice(&b);
         }
         if let Some(idx) = idx.as_deref_mut() {
@@ -376,36 +521,36 @@ fn plane_tiled<const KW: usize, const TRACK: bool, I: WindowOffset>(
     }
 }
 
-/// One tap of LANES windows: `v` replaces the running maximum `m` (and `tap` the argmax `b` when
-/// `TRACK`) where `v > m || isnan(v)`, the condition as all-ones / all-zeros lane masks (kept as
-/// bools, it was packed to bytes and back between the compare and the blends: a third of the loop's
-/// instructions).
+/// `v` into the first `v.len()` outputs of `out`.
 #[inline(always)]
-fn take_block<const TRACK: bool>(
-    v: [f32; LANES],
-    (m, b): (&mut [f32; LANES], &mut [u32; LANES]),
-    tap: u32,
+fn store(out: &mut [MaybeUninit<f32>], v: &[f32]) {
+    for (o, &v) in out.iter_mut().zip(v) {
+        o.write(v);
+    }
+}
+
+/// One tap of N windows (N = LANES but where a row has fewer): `v` replaces the running maximum `m`
+/// (and `tap` the argmax `b` when `TRACK`) where `v > m || isnan(v)`, the condition as all-ones /
+/// all-zeros lane masks (kept as bools, it was packed to bytes and back between the compare and the
+/// blends: a third of the loop's instructions).
+#[inline(always)]
+fn take_block<const TRACK: bool, const N: usize>(
+    v: [f32; N],
+    (m, b): (&mut [f32; N], &mut [u32; N]),
+    tap: [u32; N],
 ) {
-    let take: [u32; LANES] =
+    let take: [u32; N] =
         std::array::from_fn(|l| (((v[l] > m[l]) | v[l].is_nan()) as u32).wrapping_neg());
     *m = std::array::from_fn(|l| {
         f32::from_bits((v[l].to_bits() & take[l]) | (m[l].to_bits() & !take[l]))
     });
     if TRACK {
-        *b = std::array::from_fn(|l| (tap & take[l]) | (b[l] & !take[l]));
+        *b = std::array::from_fn(|l| (tap[l] & take[l]) | (b[l] & !take[l]));
     }
 }
 
 pub(super) fn max_forward(x: &[f32], g: &PoolGeom) -> Vec<f32> {
-    let (iv, ov) = (volume(&g.input), volume(&g.output));
-    if iv == 0 || ov == 0 {
-        return vec![0.0f32; g.planes * ov];
-    }
-    let [td, th, tw] = pool_tables(g, true);
-    par_new_planes(g.planes * ov, ov, iv, |p, yp| {
-        let xp = &x[p * iv..(p + 1) * iv];
-        with_avx2!(plane_argmax::<u32>(xp, g, &[&td, &th, &tw], yp, None))
-    })
+    forward_planes::<u32>(x, g, None)
 }
 
 /// A saved argmax: the tap's offset inside its kernel window, as narrow as the window allows.
@@ -433,27 +578,51 @@ window_offset!(u8, u16, u32);
 /// Max pooling that also saves each window's argmax (training): y and the offsets packed
 /// `g.argmax_bytes()` wide into `g.argmax_words()` f32 words.
 pub(super) fn max_forward_argmax(x: &[f32], g: &PoolGeom) -> (Vec<f32>, Vec<f32>) {
-    let mut y = vec![0.0f32; g.output_len()];
     let mut words = vec![0.0f32; g.argmax_words()];
     let n = g.output_len();
-    match g.argmax_bytes() {
-        1 => forward_argmax_as::<u8>(x, g, &mut y, &mut bytemuck::cast_slice_mut(&mut words)[..n]),
-        2 => forward_argmax_as::<u16>(x, g, &mut y, &mut bytemuck::cast_slice_mut(&mut words)[..n]),
-        _ => forward_argmax_as::<u32>(x, g, &mut y, &mut bytemuck::cast_slice_mut(&mut words)[..n]),
-    }
+    let y = match g.argmax_bytes() {
+        1 => forward_planes::<u8>(x, g, Some(&mut bytemuck::cast_slice_mut(&mut words)[..n])),
+        2 => forward_planes::<u16>(x, g, Some(&mut bytemuck::cast_slice_mut(&mut words)[..n])),
+        _ => forward_planes::<u32>(x, g, Some(&mut bytemuck::cast_slice_mut(&mut words)[..n])),
+    };
     (y, words)
 }
 
-fn forward_argmax_as<I: WindowOffset>(x: &[f32], g: &PoolGeom, y: &mut [f32], idx: &mut [I]) {
-    let (iv, ov) = (volume(&g.input), volume(&g.output));
+/// The planes' maxima (and argmaxes into `idx`), planes in parallel tasks of at least [`CHUNK`]
+/// input elements, written straight into the new vector (not zero-filled first: on a reused heap
+/// block a serial memset, 10 % of ECO-Lite's pool).
+fn forward_planes<I: WindowOffset>(x: &[f32], g: &PoolGeom, idx: Option<&mut [I]>) -> Vec<f32> {
+    let (iv, ov, len) = (volume(&g.input), volume(&g.output), g.output_len());
     if iv == 0 || ov == 0 {
-        return;
+        return vec![0.0f32; len];
     }
     let [td, th, tw] = pool_tables(g, true);
-    y.par_chunks_mut(ov)
-        .zip(idx.par_chunks_mut(ov))
-        .zip(x.par_chunks(iv))
-        .for_each(|((yp, ip), xp)| with_avx2!(plane_argmax(xp, g, &[&td, &th, &tw], yp, Some(ip))));
+    let tables = [&td[..], &th[..], &tw[..]];
+    let mut y = Vec::with_capacity(len);
+    let per_task = CHUNK.div_ceil(iv);
+    let ys = y.spare_capacity_mut()[..len]
+        .par_chunks_mut(ov)
+        .with_min_len(per_task);
+    let xs = x.par_chunks(iv);
+    match idx {
+        None => ys
+            .zip(xs)
+            .for_each_init(PlaneScratch::default, |scratch, (yp, xp)| {
+                with_avx2!(plane_argmax::<I>(xp, g, &tables, yp, None, scratch))
+            }),
+        Some(idx) => ys.zip(idx.par_chunks_mut(ov)).zip(xs).for_each_init(
+            PlaneScratch::default,
+            |scratch, ((yp, ip), xp)| {
+                with_avx2!(plane_argmax(xp, g, &tables, yp, Some(ip), scratch))
+            },
+        ),
+    }
+    // SAFETY: the planes cover 0..len and `plane_argmax` writes every output of its plane: the
+    // tiled path every group of a plane (groups ≥ LANES windows, blocks from the group's start to
+    // its end), the separable one every output row (blocks or single outputs from 0 to the row's
+    // end, or the −inf of an empty window). A panic unwinds past this line, dropping `y` empty.
+    unsafe { y.set_len(len) };
+    y
 }
 
 /// dx: each dy added at its window's saved argmax (windows may overlap: a plane's outputs scatter
@@ -1071,7 +1240,7 @@ mod tests {
     /// Pools whose windows tile the input take [`backward_tiled`]: bit for bit the scatter's dx
     /// (ties, NaN, a −0 gradient), for u8 offsets, the shapes of the zoo and others (windows of 1, 2
     /// and 3 along W: each of its kernels). Their forward ([`plane_tiled`]) along rows, across rows
-    /// and on the row path (groups under LANES windows), blocks overlapping at a group's end.
+    /// and on the two-pass path (groups under LANES windows), blocks overlapping at a group's end.
     #[test]
     fn tiled_backward_is_the_scatter() {
         let shapes = [
@@ -1206,6 +1375,110 @@ mod tests {
             argmax_backward(&x, &[1.0, 2.0, 4.0], &g),
             vec![0.0, 3.0, 0.0, 4.0]
         );
+    }
+
+    /// One scan of each window in d, h, w order by PyTorch's rule: its maximum and the offset of
+    /// the tap taken ((kd·kH + kh)·kW + kw from the window's padded start), starting at its first
+    /// tap inside the input.
+    fn naive_scan(xp: &[f32], g: &PoolGeom, o: [usize; 3]) -> (f32, usize) {
+        let (mut m, mut best) = (f32::NEG_INFINITY, None);
+        for t in 0..g.kernel_volume() {
+            let k = [
+                t / (g.kernel[1] * g.kernel[2]),
+                t / g.kernel[2] % g.kernel[1],
+                t % g.kernel[2],
+            ];
+            let pos: [isize; 3] = std::array::from_fn(|i| {
+                (o[i] * g.stride[i] + k[i]) as isize - g.padding[i] as isize
+            });
+            if (0..3).any(|i| pos[i] < 0 || pos[i] >= g.input[i] as isize) {
+                continue;
+            }
+            let v =
+                xp[(pos[0] as usize * g.input[1] + pos[1] as usize) * g.input[2] + pos[2] as usize];
+            best.get_or_insert(t);
+            if v > m || v.is_nan() {
+                (m, best) = (v, Some(t));
+            }
+        }
+        (m, best.unwrap())
+    }
+
+    /// The two-pass forward ([`plane_separable`]: row maxima, then over the window's rows) gives
+    /// each window's value and argmax offset of one scan exactly — ties (the first), NaN (the last),
+    /// ±inf, windows whose taps inside the input are all −inf (the first of them), at padded and
+    /// ceil-mode edges — on rows of 1 to 70 windows (one at a time, LANES at a time with the last
+    /// block overlapping), kernels of 1 to 5 along w (unrolled and not) and windows over depth.
+    #[test]
+    fn separable_forward_is_one_scan() {
+        let mut dr = Draw::new(41);
+        for case in 0..150 {
+            let ceil_mode = dr.bool();
+            let kernel = [
+                if case % 3 == 0 { dr.int(1, 3) } else { 1 },
+                dr.int(1, 4),
+                dr.int(1, 5),
+            ];
+            let stride = [dr.int(1, 2), dr.int(1, 3), dr.int(1, 3)];
+            let padding: [usize; 3] = std::array::from_fn(|i| dr.int(0, kernel[i] / 2));
+            let input = [dr.int(1, 3), dr.int(1, 9), dr.int(1, 150)];
+            let out: Vec<_> = (0..3)
+                .map(|i| pool_out_size(input[i], kernel[i], stride[i], padding[i], ceil_mode))
+                .collect();
+            let Some(output) = out.iter().copied().collect::<Option<Vec<_>>>() else {
+                continue;
+            };
+            let g = PoolGeom {
+                planes: 2,
+                input,
+                output: [output[0], output[1], output[2]],
+                kernel,
+                stride,
+                padding,
+            };
+            if windows_tile(&g) {
+                continue; // plane_tiled's, tested in tiled_backward_is_the_scatter
+            }
+            let iv = volume(&input);
+            let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
+            let x: Vec<f32> = data(g.planes * iv, 500 + case as u64)
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, &v)| match (case % 4, (v * 1000.0).abs() as usize % 16) {
+                        (0, _) => f32::NEG_INFINITY, // every window all −inf
+                        (1, r) if r < 5 => specials[r],
+                        (2, _) => (v * 2.0).round(), // ties
+                        _ if i % 7 == 0 => f32::NEG_INFINITY,
+                        _ => v,
+                    },
+                )
+                .collect();
+            let (y, words) = max_forward_argmax(&x, &g);
+            let offsets: Vec<usize> = match g.argmax_bytes() {
+                1 => bytemuck::cast_slice::<f32, u8>(&words)
+                    .iter()
+                    .map(|&o| o as usize)
+                    .collect(),
+                _ => unreachable!("kernels here have at most 60 taps"),
+            };
+            let eval = max_forward(&x, &g);
+            let ov = volume(&g.output);
+            for p in 0..g.planes {
+                for (oi, o) in outputs(g.output).enumerate() {
+                    let (m, t) = naive_scan(&x[p * iv..][..iv], &g, o);
+                    let at = p * ov + oi;
+                    let same = |a: f32| a.to_bits() == m.to_bits() || a.is_nan() && m.is_nan();
+                    assert!(
+                        same(y[at]) && same(eval[at]),
+                        "{g:?} output {o:?}: {} {} {m}",
+                        y[at],
+                        eval[at]
+                    );
+                    assert_eq!(offsets[at], t, "{g:?} plane {p} output {o:?}");
+                }
+            }
+        }
     }
 
     #[test]
