@@ -2,8 +2,10 @@
 // Forward statistics: one pass of Welford per thread over a (channel, split) grid, merged with Chan's
 // formula in the block and then across splits. Normalisation is one elementwise pass (ReLU fusable).
 // Backward: two per-channel reductions (Σdy, Σdy·x̂) in one pass, then one elementwise pass for dx.
-// A fused BN → ReLU passes its output ry to both passes, which mask dy as ReLU's backward does (0 where
-// ry <= 0) as they read it: no separate ReLU-backward pass and no masked copy of dy.
+// A fused BN → ReLU masks dy in both passes as ReLU's backward does, as they read it (no separate
+// ReLU-backward pass, no masked copy of dy): 0 where its output ry <= 0, or — with ry not kept — where
+// v <= 0, v = x·scale + shift recomputed from x with the forward's own arithmetic (bn_affine, one
+// explicit fmaf each), so exactly where ry <= 0 (relu_f: ry = v for v > 0 or NaN, else 0).
 // Non-finite values: Welford's running mean turns +Inf followed by a finite value into Inf − Inf = NaN,
 // where PyTorch's Σx/n is +Inf; so which of NaN, +Inf and −Inf a channel holds is tracked as flags and
 // decides its mean (NaN, ±Inf) and variance (NaN), as Σx/n and Σ(x − mean)²/n give.
@@ -86,6 +88,18 @@ extern "C" __global__ void bn_stats_final(const float* __restrict__ ws, int axis
     }
 }
 
+// Channel c's normalisation as one affine map v = x·scale + shift, scale = w/sqrt(var + eps),
+// shift = b − mean·scale (w, b may be null). The products are explicit fmaf: the backward's mask
+// recomputes v and must get the forward's bits whatever nvcc would contract.
+struct BnAffine {
+    float scale, shift;
+    __device__ __forceinline__ static BnAffine of(const float* w, const float* b, const float* mean, const float* var, int c, float eps) {
+        const float scale = (w ? w[c] : 1.0f) / sqrtf(var[c] + eps);
+        return {scale, __fmaf_rn(-mean[c], scale, b ? b[c] : 0.0f)};
+    }
+    __device__ __forceinline__ float operator()(float x) const { return __fmaf_rn(x, scale, shift); }
+};
+
 // y = (x − mean)·w/sqrt(var + eps) + b, optionally followed by ReLU. w, b may be null.
 extern "C" __global__ void bn_forward(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
                                       const float* __restrict__ mean, const float* __restrict__ var, int n, int axis, int inner, float eps, int relu) {
@@ -94,54 +108,63 @@ extern "C" __global__ void bn_forward(float* __restrict__ y, const float* __rest
     if (vec) {
         const int n4 = n >> 2;
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
-            const int c = ((i << 2) / inner) % axis;
-            const float scale = (w ? w[c] : 1.0f) / sqrtf(var[c] + eps);
-            const float shift = (b ? b[c] : 0.0f) - mean[c] * scale;
+            const BnAffine f = BnAffine::of(w, b, mean, var, ((i << 2) / inner) % axis, eps);
             float4 v = reinterpret_cast<const float4*>(x)[i];
-            v.x = v.x * scale + shift; v.y = v.y * scale + shift; v.z = v.z * scale + shift; v.w = v.w * scale + shift;
+            v.x = f(v.x); v.y = f(v.y); v.z = f(v.z); v.w = f(v.w);
             if (relu) { v.x = relu_f(v.x); v.y = relu_f(v.y); v.z = relu_f(v.z); v.w = relu_f(v.w); }
             reinterpret_cast<float4*>(y)[i] = v;
         }
     } else {
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-            const int c = (i / inner) % axis;
-            const float scale = (w ? w[c] : 1.0f) / sqrtf(var[c] + eps);
-            const float shift = (b ? b[c] : 0.0f) - mean[c] * scale;
-            float v = x[i] * scale + shift;
+            const BnAffine f = BnAffine::of(w, b, mean, var, (i / inner) % axis, eps);
+            const float v = f(x[i]);
             y[i] = relu ? relu_f(v) : v;
         }
     }
 }
 
-// ReLU's backward (PyTorch's threshold_backward: a NaN output passes dy on); ry null: no ReLU.
-__device__ __forceinline__ float relu_masked(const float* __restrict__ ry, int i, float d) { return ry && ry[i] <= 0.0f ? 0.0f : d; }
+// How the backward masks dy for a fused ReLU: by its saved output ry (ry non-null), by v recomputed
+// from x (from_x: the forward's BnAffine of channel c), or not at all. ReLU's backward is PyTorch's
+// threshold_backward: 0 where the output is <= 0, dy where it is positive or NaN.
+struct ReluMask {
+    const float* ry;
+    bool from_x;
+    BnAffine f;  // from_x only
+    __device__ __forceinline__ ReluMask(const float* ry, int mask_x, const float* w, const float* b, const float* mean, const float* var,
+                                        int c, float eps)
+        : ry(ry), from_x(!ry && mask_x), f(from_x ? BnAffine::of(w, b, mean, var, c, eps) : BnAffine{1.0f, 0.0f}) {}
+    __device__ __forceinline__ float operator()(float r_or_x, float d) const { return (ry || from_x) && cut(r_or_x) ? 0.0f : d; }
+    // Whether ReLU's output is <= 0, from the output itself or from x.
+    __device__ __forceinline__ bool cut(float r_or_x) const { return (from_x ? f(r_or_x) : r_or_x) <= 0.0f; }
+};
 
-// ws[(c·S + s)·2 + {0,1}] = (Σdy, Σdy·(x − mean)) of split s of channel c, dy masked by ry. Grid (C, S).
+// ws[(c·S + s)·2 + {0,1}] = (Σdy, Σdy·(x − mean)) of split s of channel c, dy masked by ry or, with
+// mask_x, by v from x (w, b, var, eps: the forward's). Grid (C, S).
 extern "C" __global__ void bn_backward_partial(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ mean,
-                                               const float* __restrict__ ry, int outer, int axis, int inner, double* __restrict__ ws) {
+                                               const float* __restrict__ ry, const float* __restrict__ w, const float* __restrict__ b,
+                                               const float* __restrict__ var, float eps, int mask_x,
+                                               int outer, int axis, int inner, double* __restrict__ ws) {
     const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
     int j0, j1;
     channel_split(outer, inner, s, S, j0, j1);
     const float m = mean[c];
+    const ReluMask mask(ry, mask_x, w, b, mean, var, c, eps);
     float sd = 0.0f, sdx = 0.0f;
     visit_channel(c, j0, j1, axis, inner,
         [&](int i) {
             float4 d = *reinterpret_cast<const float4*>(dy + i);
             float4 v = *reinterpret_cast<const float4*>(x + i);
-            if (ry) {
-                float4 r = *reinterpret_cast<const float4*>(ry + i);
-                d.x = r.x <= 0.0f ? 0.0f : d.x; d.y = r.y <= 0.0f ? 0.0f : d.y;
-                d.z = r.z <= 0.0f ? 0.0f : d.z; d.w = r.w <= 0.0f ? 0.0f : d.w;
-            }
+            const float4 r = ry ? *reinterpret_cast<const float4*>(ry + i) : v;  // what the mask reads
+            d.x = mask(r.x, d.x); d.y = mask(r.y, d.y); d.z = mask(r.z, d.z); d.w = mask(r.w, d.w);
             sd += (d.x + d.y) + (d.z + d.w);
             sdx += d.x * (v.x - m) + d.y * (v.y - m) + d.z * (v.z - m) + d.w * (v.w - m);
         },
-        [&](int i) { float d = relu_masked(ry, i, dy[i]); sd += d; sdx += d * (x[i] - m); });
+        [&](int i) { float d = mask(ry ? ry[i] : x[i], dy[i]); sd += d; sdx += d * (x[i] - m); });
     double a = block_sum_d((double)sd);
-    double b = block_sum_d((double)sdx);
+    double bsum = block_sum_d((double)sdx);
     if (threadIdx.x == 0) {
         ws[(c * S + s) * 2] = a;
-        ws[(c * S + s) * 2 + 1] = b;
+        ws[(c * S + s) * 2 + 1] = bsum;
     }
 }
 
@@ -157,18 +180,21 @@ extern "C" __global__ void bn_backward_final(const double* __restrict__ ws, cons
     }
 }
 
-// dx = w·invstd/n·(n·dy − Σdy − x̂·Σdy·x̂) with batch statistics, dy·w·invstd without; dy masked by ry.
+// dx = w·invstd/n·(n·dy − Σdy − x̂·Σdy·x̂) with batch statistics, dy·w·invstd without; dy masked by ry
+// or, with mask_x, by v from x (b: the forward's bias).
 extern "C" __global__ void bn_backward_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ ry,
-                                          const float* __restrict__ x, const float* __restrict__ w,
+                                          const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b, int mask_x,
                                           const float* __restrict__ mean, const float* __restrict__ var, const float* __restrict__ dweight,
                                           const float* __restrict__ dbias, int n, int axis, int inner, float eps, float count, int batch_stats) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const int c = (i / inner) % axis;
         const float invstd = 1.0f / sqrtf(var[c] + eps);  // not rsqrtf (2 ulp): the CPU's invstd is exact
         const float wc = w ? w[c] : 1.0f;
-        const float d = relu_masked(ry, i, dy[i]);
+        const float xi = x[i];
+        const ReluMask mask(ry, mask_x, w, b, mean, var, c, eps);
+        const float d = mask(ry ? ry[i] : xi, dy[i]);
         if (batch_stats) {
-            const float xhat = (x[i] - mean[c]) * invstd;
+            const float xhat = (xi - mean[c]) * invstd;
             const float k = wc * invstd / count;
             dx[i] = k * (count * d - dbias[c] - xhat * dweight[c]);
         } else {

@@ -621,7 +621,7 @@ fn batch_norm_matches_cpu() {
                 .all(|(a, b)| a.to_bits() == b.to_bits()),
             "case {case}: batch_norm_train_into differs from batch_norm_train"
         );
-        assert!(!p.gpu.splits_into_views() && !p.gpu.recomputes_relu_mask());
+        assert!(!p.gpu.splits_into_views() && p.gpu.recomputes_relu_mask());
         p.check(
             "bn eval",
             &p.cpu
@@ -670,8 +670,120 @@ fn batch_norm_matches_cpu() {
             p.check("bn dw", &gc.dweight, &gg.dweight, 1e-3, 1e-4);
             p.check("bn db", &gc.dbias, &gg.dbias, 1e-3, 1e-4);
         }
+        // The fused backward with ReLU's mask recomputed from x (what training runs: y is not kept)
+        // equals the one masked by the GPU forward's own y, bit for bit: the recomputed v must be
+        // the forward's to the last bit wherever it is near 0 (about half of these x normalise below
+        // 0, so a mask computed any other way differs).
+        if relu {
+            let bits = |b: &BufferRef| -> Vec<u32> {
+                p.gpu
+                    .to_host(&**b)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            let (m, v) = (&*sg.mean, &*sg.var);
+            let from_y = p
+                .gpu
+                .batch_norm_backward(&*dg, &*xg, w2, m, v, g, 1e-5, true, Some(&*yg))
+                .unwrap();
+            let from_x = p
+                .gpu
+                .batch_norm_relu_backward_from_input(&*dg, &*xg, w2, b2, m, v, g, 1e-5)
+                .unwrap();
+            for (name, a, b) in [
+                ("dx", &from_x.dx, &from_y.dx),
+                ("dw", &from_x.dweight, &from_y.dweight),
+                ("db", &from_x.dbias, &from_y.dbias),
+            ] {
+                assert_eq!(bits(a), bits(b), "case {case}: {name} with the mask from x");
+            }
+        }
     }
+    relu_mask_from_x_at_zero(&mut p, &mut d);
     p.done("batchnorm");
+}
+
+/// The fused BN → ReLU backward's mask recomputed from x, where it can go wrong: x around each
+/// channel's zero crossing v = x·scale + shift = 0, ulp by ulp, so that v rounded any other way than
+/// the forward rounds it (an unfused x·scale + shift instead of one fma) has a different sign for
+/// some x. Against the mask of the forward's own output (`bn_forward` through the eval path with the
+/// same statistics, then ReLU), bit for bit.
+fn relu_mask_from_x_at_zero(p: &mut Pair, d: &mut Draw) {
+    for case in 0..20 {
+        let g = AxisGeom {
+            outer: 2,
+            axis: 8,
+            inner: 64,
+        };
+        let eps = 1e-5f32;
+        let w: Vec<f32> = d
+            .data(g.axis)
+            .iter()
+            .map(|v| v + 0.5f32.copysign(*v))
+            .collect();
+        let b = d.data(g.axis);
+        let mean = d.data(g.axis);
+        let var: Vec<f32> = d.data(g.axis).iter().map(|v| v.abs() + 0.25).collect();
+        // Channel c's crossing, approximately; x steps through the 32 floats around it.
+        let x0: Vec<f32> = (0..g.axis)
+            .map(|c| {
+                let s = w[c] / (var[c] + eps).sqrt();
+                mean[c] - b[c] / s
+            })
+            .collect();
+        let xv: Vec<f32> = (0..g.numel())
+            .map(|i| {
+                let (c, k) = ((i / g.inner) % g.axis, (i % 32) as i32 - 16);
+                f32::from_bits((x0[c].to_bits() as i32 + k) as u32)
+            })
+            .collect();
+        let up = |v: &[f32]| p.gpu.from_host(v).unwrap();
+        let (x, dy) = (up(&xv), up(&d.data(g.numel())));
+        let (w, b, mean, var) = (up(&w), up(&b), up(&mean), up(&var));
+        let v = p
+            .gpu
+            .batch_norm_eval(&*x, Some(&*w), Some(&*b), &*mean, &*var, g, eps)
+            .unwrap();
+        let y = p.gpu.unary(&*v, UnaryOp::Relu).unwrap();
+        let cut = p
+            .gpu
+            .to_host(&*y)
+            .unwrap()
+            .iter()
+            .filter(|&&y| y <= 0.0)
+            .count();
+        assert!(
+            cut > 0 && cut < g.numel(),
+            "case {case}: x does not straddle the crossings ({cut} of {} cut)",
+            g.numel()
+        );
+        let (m, va) = (&*mean, &*var);
+        let from_y = p
+            .gpu
+            .batch_norm_backward(&*dy, &*x, Some(&*w), m, va, g, eps, true, Some(&*y))
+            .unwrap();
+        let from_x = p
+            .gpu
+            .batch_norm_relu_backward_from_input(&*dy, &*x, Some(&*w), Some(&*b), m, va, g, eps)
+            .unwrap();
+        for (name, a, b) in [
+            ("dx", &from_x.dx, &from_y.dx),
+            ("db", &from_x.dbias, &from_y.dbias),
+        ] {
+            let (a, b) = (p.gpu.to_host(&**a).unwrap(), p.gpu.to_host(&**b).unwrap());
+            let differ = a
+                .iter()
+                .zip(&b)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "case {case}: {name} with the mask from x at 0 differs"
+            );
+        }
+    }
 }
 
 /// Max pooling's training forward (y and the saved argmax) and its scatter backward, CUDA against CPU:

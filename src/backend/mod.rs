@@ -18,6 +18,16 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+/// Where a batch-norm backward takes a fused ReLU's mask from (both backends' implementations of
+/// [`Backend::batch_norm_backward`] and [`Backend::batch_norm_relu_backward_from_input`]).
+pub(crate) enum MaskFrom<'a> {
+    Nothing,
+    /// The saved output.
+    Output(&'a dyn BackendBuffer),
+    /// x, through the forward's affine (needs the bias).
+    Input(Option<&'a dyn BackendBuffer>),
+}
+
 /// A block of device memory holding `len()` f32 values, owned by one backend.
 pub trait BackendBuffer: Send + Sync + Debug {
     fn len(&self) -> usize;
@@ -400,8 +410,8 @@ pub trait Backend: Send + Sync + Debug {
         relu_y: Option<&dyn BackendBuffer>,
     ) -> Result<BnGrads>;
 
-    /// Whether [`Backend::batch_norm_relu_backward_from_input`] is implemented (the CPU's): then a
-    /// fused BN → ReLU in training need not keep its output for the backward.
+    /// Whether [`Backend::batch_norm_relu_backward_from_input`] is implemented (the CPU's and the
+    /// CUDA backend's): then a fused BN → ReLU in training need not keep its output for the backward.
     fn recomputes_relu_mask(&self) -> bool {
         false
     }

@@ -16,7 +16,7 @@ pub use crate::ops::elementwise::add_relu;
 /// Batch norm → ReLU as one op, in training (batch statistics, running statistics updated) or eval:
 /// max(BN(x), 0) in the batch norm's normalising pass, and one backward that masks dy by the output
 /// inside the batch norm's backward passes. Saves x, and y only where the backend cannot recompute
-/// the mask from x (`Backend::recomputes_relu_mask`; the CUDA backend keeps y, as the unfused pair).
+/// the mask from x (`Backend::recomputes_relu_mask`; the CPU and CUDA backends both can).
 pub fn batch_norm_relu(x: &Tensor, a: &BatchNormArgs) -> Result<Tensor> {
     batch_norm_then("batch_norm+relu (fused)", x, a, true, None)
 }

@@ -774,15 +774,6 @@ fn batch_normalize(
     Ok((norm, stats))
 }
 
-/// Where a batch-norm backward takes a fused ReLU's mask from.
-enum MaskFrom<'a> {
-    Nothing,
-    /// The saved output.
-    Output(&'a dyn BackendBuffer),
-    /// x, through the forward's affine (needs the bias).
-    Input(Option<&'a dyn BackendBuffer>),
-}
-
 /// [`Backend::batch_norm_backward`] and its mask-from-input form.
 #[allow(clippy::too_many_arguments)]
 fn bn_backward(

@@ -1,9 +1,10 @@
 //! Batch normalisation (kernels/batchnorm.cu): split per-channel statistics, then elementwise passes.
-//! The fused BN → ReLU (training) applies ReLU in `bn_forward` and masks dy in both backward passes.
+//! The fused BN → ReLU (training) applies ReLU in `bn_forward` and masks dy in both backward passes,
+//! by the saved output or by v = x·scale + shift recomputed from x (`MaskFrom::Input`).
 
 use super::launch::{channel_splits, BLOCK};
 use super::{opt_ptr, out, ptr, CudaBackend, LaunchConfig};
-use crate::backend::{AxisGeom, BackendBuffer, BnGrads, BnStats, BufferRef};
+use crate::backend::{AxisGeom, BackendBuffer, BnGrads, BnStats, BufferRef, MaskFrom};
 use crate::error::Result;
 
 pub(super) fn train(
@@ -112,18 +113,19 @@ pub(super) fn eval(
     Ok(out(y))
 }
 
+/// Gradients of either mode ([`crate::backend::Backend::batch_norm_backward`]), dy masked for a fused
+/// ReLU as `mask` says.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     be: &CudaBackend,
     dy: &dyn BackendBuffer,
     x: &dyn BackendBuffer,
     weight: Option<&dyn BackendBuffer>,
-    mean: &dyn BackendBuffer,
-    var: &dyn BackendBuffer,
+    (mean, var): (&dyn BackendBuffer, &dyn BackendBuffer),
     g: AxisGeom,
     eps: f32,
     batch_stats: bool,
-    relu_y: Option<&dyn BackendBuffer>,
+    mask: MaskFrom,
 ) -> Result<BnGrads> {
     let n = x.len();
     let (dw, db) = (be.zeros(g.axis)?, be.zeros(g.axis)?);
@@ -133,13 +135,18 @@ pub(super) fn backward(
         let s = channel_splits(g.axis, count, be.sm_count);
         let ws = be.alloc(4 * g.axis * s as usize)?;
         let (o, a, i) = (g.outer as i32, g.axis as i32, g.inner as i32);
-        let (dyp, xp, mp, vp) = (ptr(dy)?, ptr(x)?, ptr(mean)?, ptr(var)?);
-        let ryp = opt_ptr(relu_y)?;
+        let (dyp, xp, mp, vp, wp) = (ptr(dy)?, ptr(x)?, ptr(mean)?, ptr(var)?, opt_ptr(weight)?);
+        // The kernels' mask arguments: the saved output, or x's mask flag and the forward's bias.
+        let (ryp, mask_x, bp) = match mask {
+            MaskFrom::Nothing => (0, 0i32, 0),
+            MaskFrom::Output(y) => (ptr(y)?, 0, 0),
+            MaskFrom::Input(bias) => (0, 1, opt_ptr(bias)?),
+        };
         be.launch(
             "batchnorm",
             "bn_backward_partial",
             LaunchConfig::new((g.axis as u32, s, 1), (BLOCK, 1, 1)),
-            kargs![dyp, xp, mp, ryp, o, a, i, ws.ptr],
+            kargs![dyp, xp, mp, ryp, wp, bp, vp, eps, mask_x, o, a, i, ws.ptr],
         )?;
         be.launch1(
             "batchnorm",
@@ -156,7 +163,9 @@ pub(super) fn backward(
                 dyp,
                 ryp,
                 xp,
-                opt_ptr(weight)?,
+                wp,
+                bp,
+                mask_x,
                 mp,
                 vp,
                 dw.ptr,

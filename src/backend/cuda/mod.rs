@@ -479,7 +479,25 @@ impl Backend for CudaBackend {
         batch_stats: bool,
         relu_y: Option<&dyn BackendBuffer>,
     ) -> Result<BnGrads> {
-        batchnorm::backward(self, dy, x, weight, mean, var, g, eps, batch_stats, relu_y)
+        let mask = relu_y.map_or(MaskFrom::Nothing, MaskFrom::Output);
+        batchnorm::backward(self, dy, x, weight, (mean, var), g, eps, batch_stats, mask)
+    }
+    fn recomputes_relu_mask(&self) -> bool {
+        true
+    }
+    fn batch_norm_relu_backward_from_input(
+        &self,
+        dy: &dyn BackendBuffer,
+        x: &dyn BackendBuffer,
+        weight: Option<&dyn BackendBuffer>,
+        bias: Option<&dyn BackendBuffer>,
+        mean: &dyn BackendBuffer,
+        var: &dyn BackendBuffer,
+        g: AxisGeom,
+        eps: f32,
+    ) -> Result<BnGrads> {
+        let mask = MaskFrom::Input(bias);
+        batchnorm::backward(self, dy, x, weight, (mean, var), g, eps, true, mask)
     }
 
     fn max_pool_forward(&self, x: &dyn BackendBuffer, g: &PoolGeom) -> Result<BufferRef> {
