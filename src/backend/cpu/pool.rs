@@ -336,8 +336,8 @@ fn pad_and_split(row: &[f32], sw: usize, pw: usize, phase_len: usize, phases: &m
 
 /// One input row's maxima over the windows along w and the tap c each came from, LANES outputs at
 /// a time (one at a time in rows narrower than LANES): tap c of output j at `src[tap_at[c] + j]`
-/// (in the padded row's phases, [`plane_separable`]), each
-/// window's argmax starting at its first tap inside the row (`first_tap`).
+/// (in the padded row's phases, [`plane_separable`]), each window's argmax starting at its first tap
+/// inside the row (`first_tap`).
 #[inline(always)]
 fn row_maxima<const TRACK: bool>(
     src: &[f32],
