@@ -100,25 +100,34 @@ struct BnAffine {
     __device__ __forceinline__ float operator()(float x) const { return __fmaf_rn(x, scale, shift); }
 };
 
-// y = (x − mean)·w/sqrt(var + eps) + b, optionally followed by ReLU. w, b may be null.
-extern "C" __global__ void bn_forward(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
-                                      const float* __restrict__ mean, const float* __restrict__ var, int n, int axis, int inner, float eps, int relu) {
-    const bool vec = (inner & 3) == 0;
+// Whether float4 accesses at p + (a multiple of 4) are aligned.
+__device__ __forceinline__ bool aligned16(const void* p) { return ((size_t)p & 15) == 0; }
+
+// y = (x − mean)·w/sqrt(var + eps) + b, optionally followed by ReLU. w, b may be null. y's rows (the
+// outer index) are ldy values apart: axis·inner, or more when y is a slice of a concat's output (the
+// executor's concat without copies writes each branch's batch norm into its columns).
+extern "C" __global__ void bn_forward(float* __restrict__ y, int ldy, const float* __restrict__ x, const float* __restrict__ w,
+                                      const float* __restrict__ b, const float* __restrict__ mean, const float* __restrict__ var, int n,
+                                      int axis, int inner, float eps, int relu) {
+    const bool vec = (inner & 3) == 0 && (ldy & 3) == 0 && aligned16(y);
     const int stride = blockDim.x * gridDim.x;
+    const int gap = ldy - axis * inner;  // between one row's end and the next row's start in y
     if (vec) {
         const int n4 = n >> 2;
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
-            const BnAffine f = BnAffine::of(w, b, mean, var, ((i << 2) / inner) % axis, eps);
+            const int q = (i << 2) / inner;
+            const BnAffine f = BnAffine::of(w, b, mean, var, q % axis, eps);
             float4 v = reinterpret_cast<const float4*>(x)[i];
             v.x = f(v.x); v.y = f(v.y); v.z = f(v.z); v.w = f(v.w);
             if (relu) { v.x = relu_f(v.x); v.y = relu_f(v.y); v.z = relu_f(v.z); v.w = relu_f(v.w); }
-            reinterpret_cast<float4*>(y)[i] = v;
+            *reinterpret_cast<float4*>(y + (i << 2) + (q / axis) * gap) = v;
         }
     } else {
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-            const BnAffine f = BnAffine::of(w, b, mean, var, (i / inner) % axis, eps);
+            const int q = i / inner;
+            const BnAffine f = BnAffine::of(w, b, mean, var, q % axis, eps);
             const float v = f(x[i]);
-            y[i] = relu ? relu_f(v) : v;
+            y[i + (q / axis) * gap] = relu ? relu_f(v) : v;
         }
     }
 }
@@ -139,27 +148,29 @@ struct ReluMask {
 };
 
 // ws[(c·S + s)·2 + {0,1}] = (Σdy, Σdy·(x − mean)) of split s of channel c, dy masked by ry or, with
-// mask_x, by v from x (w, b, var, eps: the forward's). Grid (C, S).
-extern "C" __global__ void bn_backward_partial(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ mean,
-                                               const float* __restrict__ ry, const float* __restrict__ w, const float* __restrict__ b,
-                                               const float* __restrict__ var, float eps, int mask_x,
+// mask_x, by v from x (w, b, var, eps: the forward's). dy's rows are ld_dy values apart (a slice of a
+// concat's gradient, see bn_forward). Grid (C, S).
+extern "C" __global__ void bn_backward_partial(const float* __restrict__ dy, int ld_dy, const float* __restrict__ x,
+                                               const float* __restrict__ mean, const float* __restrict__ ry, const float* __restrict__ w,
+                                               const float* __restrict__ b, const float* __restrict__ var, float eps, int mask_x,
                                                int outer, int axis, int inner, double* __restrict__ ws) {
     const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
     int j0, j1;
     channel_split(outer, inner, s, S, j0, j1);
     const float m = mean[c];
     const ReluMask mask(ry, mask_x, w, b, mean, var, c, eps);
+    const bool vec = (inner & 3) == 0 && (ld_dy & 3) == 0 && aligned16(dy);
     float sd = 0.0f, sdx = 0.0f;
-    visit_channel(c, j0, j1, axis, inner,
-        [&](int i) {
-            float4 d = *reinterpret_cast<const float4*>(dy + i);
+    visit_channel_ld(c, j0, j1, axis, inner, ld_dy, vec,
+        [&](int i, int di) {
+            float4 d = *reinterpret_cast<const float4*>(dy + di);
             float4 v = *reinterpret_cast<const float4*>(x + i);
             const float4 r = ry ? *reinterpret_cast<const float4*>(ry + i) : v;  // what the mask reads
             d.x = mask(r.x, d.x); d.y = mask(r.y, d.y); d.z = mask(r.z, d.z); d.w = mask(r.w, d.w);
             sd += (d.x + d.y) + (d.z + d.w);
             sdx += d.x * (v.x - m) + d.y * (v.y - m) + d.z * (v.z - m) + d.w * (v.w - m);
         },
-        [&](int i) { float d = mask(ry ? ry[i] : x[i], dy[i]); sd += d; sdx += d * (x[i] - m); });
+        [&](int i, int di) { float d = mask(ry ? ry[i] : x[i], dy[di]); sd += d; sdx += d * (x[i] - m); });
     double a = block_sum_d((double)sd);
     double bsum = block_sum_d((double)sdx);
     if (threadIdx.x == 0) {
@@ -181,18 +192,18 @@ extern "C" __global__ void bn_backward_final(const double* __restrict__ ws, cons
 }
 
 // dx = w·invstd/n·(n·dy − Σdy − x̂·Σdy·x̂) with batch statistics, dy·w·invstd without; dy masked by ry
-// or, with mask_x, by v from x (b: the forward's bias).
-extern "C" __global__ void bn_backward_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ ry,
+// or, with mask_x, by v from x (b: the forward's bias). dy's rows are ld_dy values apart.
+extern "C" __global__ void bn_backward_dx(float* __restrict__ dx, const float* __restrict__ dy, int ld_dy, const float* __restrict__ ry,
                                           const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b, int mask_x,
                                           const float* __restrict__ mean, const float* __restrict__ var, const float* __restrict__ dweight,
                                           const float* __restrict__ dbias, int n, int axis, int inner, float eps, float count, int batch_stats) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        const int c = (i / inner) % axis;
+        const int q = i / inner, c = q % axis;
         const float invstd = 1.0f / sqrtf(var[c] + eps);  // not rsqrtf (2 ulp): the CPU's invstd is exact
         const float wc = w ? w[c] : 1.0f;
         const float xi = x[i];
         const ReluMask mask(ry, mask_x, w, b, mean, var, c, eps);
-        const float d = mask(ry ? ry[i] : xi, dy[i]);
+        const float d = mask(ry ? ry[i] : xi, dy[i + (q / axis) * (ld_dy - axis * inner)]);
         if (batch_stats) {
             const float xhat = (xi - mean[c]) * invstd;
             const float k = wc * invstd / count;

@@ -607,21 +607,77 @@ fn batch_norm_matches_cpu() {
         p.check("bn mean", &sc.mean, &sg.mean, 1e-5, 1e-4);
         p.check("bn var", &sc.var, &sg.var, 1e-5, 1e-4);
         p.check("bn y", &yc, &yg, 2e-4, 1e-4);
-        // Into a given buffer (the trait's default on CUDA: the same kernel, then a copy): the same
-        // y bit for bit; the executor's concat without copies does not run on CUDA (its split
-        // copies, so it has no views to join).
-        let out = p.gpu.full(g.numel(), f32::NAN).unwrap();
-        p.gpu
-            .batch_norm_train_into(&*xg, w2, b2, g, 1e-5, relu, &*out)
+        // Into a producer's slice of a wider buffer (the executor's concat without copies: a view
+        // from `split`, its rows apart by the other pieces' columns; widths that keep the float4
+        // path and ones that do not): the same y bit for bit, the other pieces untouched. The
+        // backward reads dy from such a slice (that concat's backward) to the same bits as from
+        // a packed dy.
+        let row = g.axis * g.inner;
+        let inners = [d.pick(&[0usize, 3, 4, 8]), row, d.pick(&[0usize, 1, 4])];
+        let wide = p
+            .gpu
+            .full(g.outer * inners.iter().sum::<usize>(), f32::NAN)
             .unwrap();
-        let (into, plain) = (p.gpu.to_host(&*out).unwrap(), p.gpu.to_host(&*yg).unwrap());
-        assert!(
-            into.iter()
-                .zip(&plain)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "case {case}: batch_norm_train_into differs from batch_norm_train"
-        );
-        assert!(!p.gpu.splits_into_views() && p.gpu.recomputes_relu_mask());
+        let pieces = p.gpu.split(&wide, g.outer, &inners).unwrap();
+        p.gpu
+            .batch_norm_train_into(&*xg, w2, b2, g, 1e-5, relu, &*pieces[1])
+            .unwrap();
+        let wide_host = p.gpu.to_host(&*wide).unwrap();
+        let total: usize = inners.iter().sum();
+        let plain = p.gpu.to_host(&*yg).unwrap();
+        for (j, v) in wide_host.iter().enumerate() {
+            let (o, col) = (j / total, j % total);
+            let inside = col >= inners[0] && col < inners[0] + row;
+            let want = if inside {
+                plain[o * row + col - inners[0]]
+            } else {
+                f32::NAN
+            };
+            assert_eq!(
+                v.to_bits(),
+                want.to_bits(),
+                "case {case}: batch_norm_train_into a slice {inners:?}: value {j}"
+            );
+        }
+        assert!(p.gpu.splits_into_views() && p.gpu.recomputes_relu_mask());
+        let dy_wide = p.gpu.full(g.outer * total, f32::NAN).unwrap();
+        let dy_slice = p.gpu.split(&dy_wide, g.outer, &inners).unwrap().remove(1);
+        p.gpu.copy_into(&*dy_slice, &*dg).unwrap();
+        let (m, v) = (&*sg.mean, &*sg.var);
+        let grads = |dy: &dyn BackendBuffer| {
+            let gr = if relu {
+                p.gpu
+                    .batch_norm_relu_backward_from_input(dy, &*xg, w2, b2, m, v, g, 1e-5)
+                    .unwrap()
+            } else {
+                p.gpu
+                    .batch_norm_backward(dy, &*xg, w2, m, v, g, 1e-5, true, None)
+                    .unwrap()
+            };
+            [gr.dx, gr.dweight, gr.dbias].map(|b| p.gpu.to_host(&*b).unwrap())
+        };
+        // The float4 path needs dy's rows 16-byte aligned too: where the slice's are not, dy is
+        // read one value at a time and the sums associate differently (the CPU tolerances);
+        // otherwise the same kernel path, bit for bit.
+        let same_path = g.inner % 4 != 0 || (total % 4 == 0 && inners[0] % 4 == 0);
+        let (sliced, packed) = (grads(&*dy_slice), grads(&*dg));
+        for (k, name) in ["dx", "dweight", "dbias"].iter().enumerate() {
+            let (atol, rtol) = if k == 0 { (5e-4, 1e-3) } else { (1e-3, 1e-4) };
+            let bad = sliced[k].iter().zip(&packed[k]).position(|(a, b)| {
+                if same_path {
+                    a.to_bits() != b.to_bits()
+                } else {
+                    (a - b).abs() > atol + rtol * b.abs()
+                }
+            });
+            if let Some(i) = bad {
+                panic!(
+                    "case {case}: {name} with dy a slice {inners:?} (same path {same_path}): \
+                     value {i}: {} vs {}",
+                    sliced[k][i], packed[k][i]
+                );
+            }
+        }
         p.check(
             "bn eval",
             &p.cpu
@@ -1162,8 +1218,92 @@ fn layout_matches_cpu() {
         for (a, b) in sc.iter().zip(&sg) {
             p.check("split", a, b, 0.0, 0.0);
         }
+        split_pieces_are_views(&mut p, &yg, outer, &inners, &parts);
     }
     p.done("layout");
+}
+
+/// `split`'s pieces on CUDA are views of y's block (the concat without copies needs them): they join
+/// back into y itself, any kernel reads a piece's values (a strided one through a packed copy), a
+/// piece of a piece refers to y's block too, writing a piece with `copy_into` writes y's columns,
+/// and writing one in place with a kernel that cannot take a row stride is an error, not a write to
+/// the packed copy.
+fn split_pieces_are_views(
+    p: &mut Pair,
+    yg: &BufferRef,
+    outer: usize,
+    inners: &[usize],
+    parts: &[Vec<f32>],
+) {
+    let gpu = p.gpu;
+    let pieces = gpu.split(yg, outer, inners).unwrap();
+    let refs: Vec<&dyn BackendBuffer> = pieces.iter().map(|b| &**b).collect();
+    let joined = gpu.join_views(&refs, outer, inners).expect("pieces join");
+    assert_eq!(joined.len(), yg.len());
+    assert_eq!(gpu.to_host(&*joined).unwrap(), gpu.to_host(&**yg).unwrap());
+    let reversed: Vec<&dyn BackendBuffer> = refs.iter().rev().copied().collect();
+    if inners.len() > 1 && inners.iter().any(|&i| i != inners[0]) {
+        assert!(gpu.join_views(&reversed, outer, inners).is_none());
+    }
+    let total: usize = inners.iter().sum();
+    for ((piece, part), &inner) in pieces.iter().zip(parts).zip(inners) {
+        // a kernel's read (a packed copy when strided), and to_host
+        let scaled = gpu.unary(&**piece, UnaryOp::Scale(2.0)).unwrap();
+        let want: Vec<f32> = part.iter().map(|v| v * 2.0).collect();
+        assert_eq!(gpu.to_host(&*scaled).unwrap(), want);
+        assert_eq!(&gpu.to_host(&**piece).unwrap(), part);
+        // halves of a piece: views of the same block
+        if inner >= 2 {
+            let halves = gpu
+                .split(piece, outer, &[inner / 2, inner - inner / 2])
+                .unwrap();
+            let h: Vec<&dyn BackendBuffer> = halves.iter().map(|b| &**b).collect();
+            let again = gpu
+                .join_views(&h, outer, &[inner / 2, inner - inner / 2])
+                .is_some();
+            // they join into piece's block only when the piece is all of it
+            assert_eq!(again, inner == total, "halves of a piece of {inners:?}");
+            let first: Vec<f32> = (0..outer)
+                .flat_map(|o| part[o * inner..][..inner / 2].to_vec())
+                .collect();
+            assert_eq!(gpu.to_host(&*halves[0]).unwrap(), first);
+        }
+    }
+    // writes: copy_into a piece writes y's columns; a strided piece refuses in-place kernels
+    let wide = gpu.full(outer * total, 0.0).unwrap();
+    let wide_pieces = gpu.split(&wide, outer, inners).unwrap();
+    // (a piece is one range when y has one row or the piece is all of y; kernels take it in place
+    // when that range starts 16-byte aligned)
+    let mut in_place = vec![];
+    let mut start = 0;
+    for ((piece, part), &inner) in wide_pieces.iter().zip(parts).zip(inners) {
+        gpu.copy_into(&**piece, &*gpu.from_host(part).unwrap())
+            .unwrap();
+        let one_aligned_range = (outer == 1 || inner == total) && start % 4 == 0;
+        let relu = gpu.relu_in_place(&**piece);
+        assert_eq!(
+            relu.is_ok(),
+            one_aligned_range || inner == 0,
+            "relu_in_place on piece {} of {inners:?}, {outer} rows",
+            in_place.len()
+        );
+        if let Err(e) = relu {
+            assert!(e.to_string().contains("strided or unaligned view"), "{e}");
+        }
+        in_place.push(one_aligned_range);
+        start += inner;
+    }
+    let written = gpu.to_host(&*wide).unwrap();
+    for (j, v) in written.iter().enumerate() {
+        let (o, mut col, mut k) = (j / total, j % total, 0);
+        while col >= inners[k] {
+            col -= inners[k];
+            k += 1;
+        }
+        let want = parts[k][o * inners[k] + col];
+        let want = if in_place[k] { want.max(0.0) } else { want };
+        assert_eq!(*v, want, "copy_into pieces of {inners:?}: value {j}");
+    }
 }
 
 /// A backend of its own over a fresh driver, so that no other test's buffers show in its memory

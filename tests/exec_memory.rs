@@ -71,8 +71,13 @@ fn branches_net() -> Graph {
 /// A training step of [`branches_net`], retaining the named values (a retained branch output keeps
 /// the concat copying): the forward's statistics, and the output and every gradient.
 fn branches_step(x: &Tensor, retain: &[&str]) -> (ForwardStats, Vec<Vec<f32>>) {
-    let net = Network::new(branches_net(), Device::Cpu, 5).unwrap();
-    let x = x.with_grad();
+    branches_step_on(Device::Cpu, x, retain)
+}
+
+/// [`branches_step`] on `dev` (x is moved there).
+fn branches_step_on(dev: Device, x: &Tensor, retain: &[&str]) -> (ForwardStats, Vec<Vec<f32>>) {
+    let net = Network::new(branches_net(), dev, 5).unwrap();
+    let x = x.to_device(dev).unwrap().with_grad();
     let (y, kept) = net.forward_with(&[&x], retain).unwrap();
     let stats = net.last_forward_stats().unwrap();
     drop(kept);
@@ -357,4 +362,37 @@ fn cuda_batch_norm_relu_keeps_x_not_y() {
     let relu_bytes = x.numel() * 4; // the conv keeps x's shape
     assert_eq!(fused.held_bytes + relu_bytes, unfused.held_bytes);
     assert_eq!(fused_values, unfused_values);
+}
+
+/// The concat without copies on the CUDA backend (its `split` hands out views of one block, the
+/// fused BN → ReLU writes y into its rows and its backward reads dy from them: kernels/batchnorm.cu
+/// `ldy`, `ld_dy`): on the simulated device the two branches write the concat's output, nothing is
+/// held twice, and the step computes the output and every gradient bit for bit as with the concat
+/// copying (a branch output retained by name), as on the CPU.
+#[test]
+fn cuda_concat_is_written_by_its_producers() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(dev) = common::cuda_device() else {
+        return;
+    };
+    let x = Tensor::randn(&[2, 8, 4, 16, 16], 1, Device::Cpu).unwrap();
+    let (written, written_values) = branches_step_on(dev, &x, &[]);
+    let (copied, copied_values) = branches_step_on(dev, &x, &["relu_a"]);
+    let concat_bytes = 2 * 16 * 4 * 16 * 16 * 4;
+    println!(
+        "cuda: concat written by its producers: forward peak {:.3} MB, copied {:.3} MB; held for backward {:.3} / {:.3} MB",
+        mb(written.peak_activation_bytes),
+        mb(copied.peak_activation_bytes),
+        mb(written.held_bytes),
+        mb(copied.held_bytes),
+    );
+    assert_eq!((written.concats_written, copied.concats_written), (1, 0));
+    assert_eq!(written.held_bytes + concat_bytes / 2, copied.held_bytes);
+    assert!(
+        written.peak_activation_bytes < copied.peak_activation_bytes,
+        "written forward peak {} B, copied {} B",
+        written.peak_activation_bytes,
+        copied.peak_activation_bytes
+    );
+    assert_eq!(written_values, copied_values);
 }

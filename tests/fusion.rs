@@ -235,6 +235,7 @@ fn eco_lite_fuses_every_conv_bn_relu_and_agrees_unfused() {
 /// copy), and the step equals the one where the concats copy (a branch output retained by name)
 /// bit for bit: the branches write the same values, and their backward reads the same values in
 /// place. In inference the branches end in conv → BN → ReLU chains, which make their own buffers.
+/// On the CPU and on the CUDA device of the suite (the simulator in CI).
 #[test]
 fn eco_lite_concats_are_written_by_their_branches_in_training() {
     let shape = [2, 4, 3, 32, 32];
@@ -253,32 +254,43 @@ fn eco_lite_concats_are_written_by_their_branches_in_training() {
     let summary = g.summary(3);
     assert!(
         summary.contains(
-            "; 2 concats written by their producers (no copy, CPU): \
+            "; 2 concats written by their producers (no copy): \
              eco_2d.inception_a.concat_0, eco_2d.inception_b.concat_0"
         ),
         "{summary}"
     );
     assert!(g.to_dot().contains("written by its producers (train)"));
-    let step = |retain: &[&str]| {
-        let net = Network::new(g.clone(), Device::Cpu, 8).unwrap();
-        let x = Tensor::randn(&shape, 2, Device::Cpu).unwrap().with_grad();
+    // The step's output, input gradient, parameter gradients and buffers, by name.
+    let step = |dev: Device, retain: &[&str]| {
+        let net = Network::new(g.clone(), dev, 8).unwrap();
+        let x = Tensor::randn(&shape, 2, Device::Cpu).unwrap();
+        let x = x.to_device(dev).unwrap().with_grad();
         let (y, kept) = net.forward_with(&[&x], retain).unwrap();
         drop(kept);
-        let joined = net.last_forward_stats().unwrap().concats_written;
-        assert_eq!(joined, if retain.is_empty() { 2 } else { 0 });
+        let stats = net.last_forward_stats().unwrap();
+        assert_eq!(stats.concats_written, if retain.is_empty() { 2 } else { 0 });
         let r = Tensor::randn(y.shape(), 4, Device::Cpu).unwrap();
+        let r = r.to_device(dev).unwrap();
         let loss = vidgrad::ops::sum(&vidgrad::ops::mul(&y, &r).unwrap()).unwrap();
         loss.backward().unwrap();
-        let mut out = vec![y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()];
-        out.extend(
-            net.parameters()
-                .iter()
-                .map(|(_, p)| p.grad().unwrap().to_vec().unwrap()),
-        );
-        out.extend(net.buffers().iter().map(|(_, b)| b.to_vec().unwrap()));
-        out
+        let mut out = vec![
+            ("output".to_string(), y.to_vec().unwrap()),
+            (
+                "input gradient".to_string(),
+                x.grad().unwrap().to_vec().unwrap(),
+            ),
+        ];
+        for (name, p) in net.parameters() {
+            out.push((
+                format!("{name} gradient"),
+                p.grad().unwrap().to_vec().unwrap(),
+            ));
+        }
+        for (name, b) in net.buffers() {
+            out.push((name.to_string(), b.to_vec().unwrap()));
+        }
+        (out, stats)
     };
-    let in_place = step(&[]);
     // the first input of each concat, by name
     let first_inputs: Vec<&str> = written
         .iter()
@@ -289,11 +301,37 @@ fn eco_lite_concats_are_written_by_their_branches_in_training() {
         })
         .collect();
     println!("eco-lite: concats {names:?} written; copied when {first_inputs:?} are retained");
-    let copied = step(&first_inputs);
-    assert_eq!(in_place.len(), copied.len());
-    for (k, (a, b)) in in_place.iter().zip(&copied).enumerate() {
-        let same = a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
-        assert!(same, "tensor {k} of the step differs");
+    for dev in std::iter::once(Device::Cpu).chain(common::cuda_device()) {
+        let (in_place, written_stats) = step(dev, &[]);
+        let (copied, copied_stats) = step(dev, &first_inputs);
+        println!(
+            "eco-lite {shape:?} on {dev}: forward peak {:.2} MB written, {:.2} MB copied; held for backward {:.2} / {:.2} MB",
+            written_stats.peak_activation_bytes as f64 / 1e6,
+            copied_stats.peak_activation_bytes as f64 / 1e6,
+            written_stats.held_bytes as f64 / 1e6,
+            copied_stats.held_bytes as f64 / 1e6,
+        );
+        assert_eq!(in_place.len(), copied.len());
+        // On CUDA the stem's max pools (3×3, stride 2: overlapping windows) add their backward
+        // with atomicAdd, whose order varies from run to run in the last bits (docs/CUDA.md):
+        // the gradients below them (the stem's parameters, the input's) are not compared there.
+        // Everything the concats touch — from the first Inception block on — is.
+        let stem = if dev == Device::Cpu {
+            0
+        } else {
+            in_place
+                .iter()
+                .position(|(name, _)| name.contains("inception_a"))
+                .expect("the first Inception block's parameters")
+        };
+        for (k, ((name, a), (_, b))) in in_place.iter().zip(&copied).enumerate() {
+            if k < stem && name != "output" {
+                continue;
+            }
+            let same =
+                a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "{dev}: {name} differs");
+        }
     }
 }
 

@@ -34,7 +34,7 @@ pub trait BackendBuffer: Send + Sync + Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Whether the buffer is a view of another's values (the CPU backend's [`Backend::split`]): an
+    /// Whether the buffer is a view of another's values (both backends' [`Backend::split`]): an
     /// in-place write would reach the other buffer, which may be shared.
     fn is_view(&self) -> bool {
         false

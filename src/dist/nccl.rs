@@ -21,7 +21,7 @@ use super::device::{DeviceCollective, PendingDeviceSum};
 use super::rendezvous::Rendezvous;
 use super::watchdog::{timeout_from_env, Watchdog};
 use super::{check_gather, check_root, Collective, Placement};
-use crate::backend::cuda::{CudaBackend, CudaBuffer};
+use crate::backend::cuda::{device_ptr_mut, CudaBackend};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -211,19 +211,17 @@ impl NcclCollective {
         Device::Cuda(self.ordinal)
     }
 
-    /// The device address of `t`, which must be a tensor of this collective's GPU.
+    /// The device address of `t`, which must be a tensor of this collective's GPU whose values are
+    /// one range (NCCL reads and writes them in place).
     fn ptr(&self, t: &Tensor, op: &str) -> Result<u64> {
-        let b = (t.device() == self.device())
-            .then(|| t.buf().as_any().downcast_ref::<CudaBuffer>())
-            .flatten()
-            .ok_or_else(|| {
-                Error::Distributed(format!(
-                    "nccl {op}: a tensor on {} given to the communicator of cuda:{}",
-                    t.device(),
-                    self.ordinal
-                ))
-            })?;
-        Ok(b.device_ptr())
+        if t.device() != self.device() {
+            return Err(Error::Distributed(format!(
+                "nccl {op}: a tensor on {} given to the communicator of cuda:{}",
+                t.device(),
+                self.ordinal
+            )));
+        }
+        device_ptr_mut(t.buf(), op)
     }
 
     fn cu_stream(&self) -> sys::cudaStream_t {

@@ -144,7 +144,7 @@ impl Graph {
             let written = match written.len() {
                 0 => String::new(),
                 n => format!(
-                    "; {n} concats written by their producers (no copy, CPU): {}",
+                    "; {n} concats written by their producers (no copy): {}",
                     written.join(", ")
                 ),
             };

@@ -1,9 +1,11 @@
 //! Batch normalisation (kernels/batchnorm.cu): split per-channel statistics, then elementwise passes.
 //! The fused BN → ReLU (training) applies ReLU in `bn_forward` and masks dy in both backward passes,
-//! by the saved output or by v = x·scale + shift recomputed from x (`MaskFrom::Input`).
+//! by the saved output or by v = x·scale + shift recomputed from x (`MaskFrom::Input`). The forward's
+//! y and the backward's dy may be rows of a wider buffer (a concat's output and its gradient, the
+//! executor's concat without copies): both kernels take the distance between rows.
 
 use super::launch::{channel_splits, BLOCK};
-use super::{opt_ptr, out, ptr, CudaBackend, LaunchConfig};
+use super::{opt_ptr, out, ptr, rows, CudaBackend, LaunchConfig};
 use crate::backend::{AxisGeom, BackendBuffer, BnGrads, BnStats, BufferRef, MaskFrom};
 use crate::error::Result;
 
@@ -16,17 +18,32 @@ pub(super) fn train(
     eps: f32,
     relu: bool,
 ) -> Result<(BufferRef, BnStats)> {
+    let y = be.alloc(x.len())?;
+    let row = g.axis * g.inner;
+    let stats = train_into(be, x, weight, bias, g, eps, relu, (y.ptr, row))?;
+    Ok((out(y), stats))
+}
+
+/// [`train`] with y written to `y` = (the address of row 0, the distance between rows in values):
+/// its own block, or a producer's slice of a concat's output (a [`super::CudaView`]).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn train_into(
+    be: &CudaBackend,
+    x: &dyn BackendBuffer,
+    weight: Option<&dyn BackendBuffer>,
+    bias: Option<&dyn BackendBuffer>,
+    g: AxisGeom,
+    eps: f32,
+    relu: bool,
+    (yp, ldy): (u64, usize),
+) -> Result<BnStats> {
     let n = x.len();
     let (mean, var) = (be.alloc(g.axis)?, be.alloc(g.axis)?);
-    let y = be.alloc(n)?;
     if g.axis == 0 {
-        return Ok((
-            out(y),
-            BnStats {
-                mean: out(mean),
-                var: out(var),
-            },
-        ));
+        return Ok(BnStats {
+            mean: out(mean),
+            var: out(var),
+        });
     }
     let count = g.outer * g.inner;
     let s = channel_splits(g.axis, count, be.sm_count);
@@ -53,7 +70,8 @@ pub(super) fn train(
             "bn_forward",
             n,
             kargs![
-                y.ptr,
+                yp,
+                ldy as i32,
                 xp,
                 wp,
                 bp,
@@ -67,13 +85,10 @@ pub(super) fn train(
             ],
         )?;
     }
-    Ok((
-        out(y),
-        BnStats {
-            mean: out(mean),
-            var: out(var),
-        },
-    ))
+    Ok(BnStats {
+        mean: out(mean),
+        var: out(var),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -97,6 +112,7 @@ pub(super) fn eval(
             n,
             kargs![
                 y.ptr,
+                (g.axis * g.inner) as i32,
                 ptr(x)?,
                 wp,
                 bp,
@@ -135,7 +151,10 @@ pub(super) fn backward(
         let s = channel_splits(g.axis, count, be.sm_count);
         let ws = be.alloc(4 * g.axis * s as usize)?;
         let (o, a, i) = (g.outer as i32, g.axis as i32, g.inner as i32);
-        let (dyp, xp, mp, vp, wp) = (ptr(dy)?, ptr(x)?, ptr(mean)?, ptr(var)?, opt_ptr(weight)?);
+        // dy may be a piece of a written concat's gradient: read in place, rows ld_dy apart
+        let (dyp, ld_dy) = rows(dy, g.outer, g.axis * g.inner)?;
+        let (xp, mp, vp, wp) = (ptr(x)?, ptr(mean)?, ptr(var)?, opt_ptr(weight)?);
+        let ld_dy = ld_dy as i32;
         // The kernels' mask arguments: the saved output, or x's mask flag and the forward's bias.
         let (ryp, mask_x, bp) = match mask {
             MaskFrom::Nothing => (0, 0i32, 0),
@@ -146,7 +165,7 @@ pub(super) fn backward(
             "batchnorm",
             "bn_backward_partial",
             LaunchConfig::new((g.axis as u32, s, 1), (BLOCK, 1, 1)),
-            kargs![dyp, xp, mp, ryp, wp, bp, vp, eps, mask_x, o, a, i, ws.ptr],
+            kargs![dyp, ld_dy, xp, mp, ryp, wp, bp, vp, eps, mask_x, o, a, i, ws.ptr],
         )?;
         be.launch1(
             "batchnorm",
@@ -161,6 +180,7 @@ pub(super) fn backward(
             kargs![
                 dx.ptr,
                 dyp,
+                ld_dy,
                 ryp,
                 xp,
                 wp,

@@ -1,7 +1,7 @@
 //! Elementwise launches (kernels/elementwise.cu): fills, unary and binary maps, the axis bias,
 //! dropout. The vectorised maps walk `n / 4` float4 items.
 
-use super::{i32_of, out, ptr, CudaBackend};
+use super::{i32_of, out, ptr, ptr_mut, CudaBackend};
 use crate::backend::{AxisGeom, BackendBuffer, BinaryOp, BufferRef, UnaryOp};
 use crate::error::Result;
 
@@ -93,7 +93,7 @@ pub(super) fn relu_in_place(be: &CudaBackend, x: &dyn BackendBuffer) -> Result<(
             "elementwise",
             "ew_relu_in_place",
             n.div_ceil(4),
-            kargs![ptr(x)?, n as i32],
+            kargs![ptr_mut(x, "relu_in_place")?, n as i32],
         )?;
     }
     Ok(())
@@ -111,7 +111,7 @@ pub(super) fn add_relu_in_place(
             "elementwise",
             "ew_add_relu_in_place",
             n.div_ceil(4),
-            kargs![ptr(a)?, ptr(b)?, n as i32],
+            kargs![ptr_mut(a, "add_relu_in_place")?, ptr(b)?, n as i32],
         )?;
     }
     Ok(())
@@ -131,7 +131,7 @@ pub(super) fn axpby(
             "elementwise",
             "ew_axpby",
             n.div_ceil(4),
-            kargs![ptr(y)?, a, ptr(x)?, b, n as i32],
+            kargs![ptr_mut(y, "axpby")?, a, ptr(x)?, b, n as i32],
         )?;
     }
     Ok(())

@@ -1,8 +1,10 @@
 //! Layout changes (kernels/layout.cu): permutes (a tiled transpose when only the last two dims swap),
-//! concatenation and splitting along one axis as strided 2-d copies.
+//! concatenation as strided 2-d copies, and splitting as views of one block ([`CudaView`]).
+
+use std::sync::{Arc, OnceLock};
 
 use super::launch::blocks;
-use super::{out, ptr, CudaBackend, LaunchConfig};
+use super::{cuda_buf, out, ptr, range_ptr, CudaBackend, CudaBuffer, CudaView, LaunchConfig};
 use crate::backend::{BackendBuffer, BufferRef};
 use crate::error::{Error, Result};
 
@@ -78,61 +80,88 @@ pub(super) fn concat(
     let y = be.alloc(outer * total)?;
     let mut off = 0;
     for (x, &inner) in xs.iter().zip(inners) {
-        if inner > 0 && outer > 0 {
-            be.launch1(
-                "layout",
-                "layout_copy2d",
-                outer * inner,
-                kargs![
-                    y.ptr,
-                    total as i32,
-                    off as i32,
-                    ptr(*x)?,
-                    inner as i32,
-                    0i32,
-                    outer as i32,
-                    inner as i32
-                ],
-            )?;
-        }
+        be.copy_rows(
+            (y.ptr, total, off),
+            (range_ptr(*x)?, inner, 0),
+            (outer, inner),
+        )?;
         off += inner;
     }
     Ok(out(y))
 }
 
-pub(super) fn split(
+/// The pieces of x viewed as [outer, Σ inners] along its inner axis ([`Backend::split`]) as views of
+/// x's block, no copy: piece i's row o is x's values o·Σinners + (Σ_(j<i) inner_j) .. + inner_i. A
+/// view of a view refers to the same block; x is packed first only when it is a strided view whose
+/// rows are not the rows being split.
+pub(super) fn split_views(
     be: &CudaBackend,
-    x: &dyn BackendBuffer,
+    x: &BufferRef,
     outer: usize,
     inners: &[usize],
 ) -> Result<Vec<BufferRef>> {
     let total: usize = inners.iter().sum();
-    let xp = ptr(x)?;
-    let mut off = 0;
-    let mut parts = Vec::with_capacity(inners.len());
-    for &inner in inners {
-        let part = be.alloc(outer * inner)?;
-        if inner > 0 && outer > 0 {
-            be.launch1(
-                "layout",
-                "layout_copy2d",
-                outer * inner,
-                kargs![
-                    part.ptr,
-                    inner as i32,
-                    0i32,
-                    xp,
-                    total as i32,
-                    off as i32,
-                    outer as i32,
-                    inner as i32
-                ],
-            )?;
-        }
-        off += inner;
-        parts.push(out(part));
+    if x.len() != outer * total {
+        return Err(Error::Shape {
+            op: "split",
+            msg: format!("{} values are not {outer} rows of {inners:?}", x.len()),
+        });
     }
-    Ok(parts)
+    let (parent, base, stride) = match x.as_any().downcast_ref::<CudaView>() {
+        None => {
+            cuda_buf(&**x)?;
+            (x.clone(), 0, total)
+        }
+        Some(v) if v.is_contiguous() => (v.parent.clone(), v.offset, total),
+        Some(v) if v.runs == outer && v.run_len == total => (v.parent.clone(), v.offset, v.stride),
+        Some(_) => (crate::backend::Backend::copy(be, &**x)?, 0, total),
+    };
+    let mut start = 0;
+    Ok(inners
+        .iter()
+        .map(|&inner| {
+            let view = CudaView {
+                parent: parent.clone(),
+                offset: base + start,
+                runs: outer,
+                run_len: inner,
+                stride,
+                packed: OnceLock::new(),
+                backend: be.clone(),
+            };
+            start += inner;
+            Arc::new(view) as BufferRef
+        })
+        .collect())
+}
+
+/// The block `xs` are the pieces of, if they are exactly the views `split_views(x, outer, inners)`
+/// made of a whole block, in order: their concatenation without a copy ([`Backend::join_views`]).
+pub(super) fn joined_views(
+    xs: &[&dyn BackendBuffer],
+    outer: usize,
+    inners: &[usize],
+) -> Option<BufferRef> {
+    let total: usize = inners.iter().sum();
+    let mut parent: Option<&BufferRef> = None;
+    let mut start = 0;
+    for (x, &inner) in xs.iter().zip(inners) {
+        let v = x.as_any().downcast_ref::<CudaView>()?;
+        let same = parent.is_none_or(|p| Arc::ptr_eq(p, &v.parent));
+        let placed = v.offset == start
+            && v.run_len == inner
+            && v.runs == outer
+            && (outer == 1 || v.stride == total);
+        if !same || !placed {
+            return None;
+        }
+        parent = Some(&v.parent);
+        start += inner;
+    }
+    parent
+        .filter(|p| xs.len() == inners.len() && p.len() == outer * total)
+        .filter(|p| p.as_any().downcast_ref::<CudaBuffer>().is_some())
+        .cloned()
 }
 
 #[cfg(test)]

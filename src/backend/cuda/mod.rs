@@ -143,8 +143,79 @@ impl CudaBuffer {
     }
 }
 
-/// The CUDA backend of one device.
+/// A piece of a block, as [`Backend::split`] hands it out: `runs` rows of `run_len` values, row r at
+/// `offset + r·stride` of `parent` (a concat's output viewed as [outer, Σ inners], piece i its
+/// columns of inner_i). Kernels with a row stride use it in place — batch norm writes its output into
+/// one (the executor's concat without copies) and reads dy from one (that concat's backward); every
+/// other kernel reads a strided view through a contiguous copy made when first needed and kept with
+/// the view. Writing in place into a strided view is an error (see [`ptr_mut`]).
 #[derive(Debug)]
+pub struct CudaView {
+    /// A [`CudaBuffer`] (a view of a view refers to the same block).
+    parent: BufferRef,
+    offset: usize,
+    runs: usize,
+    run_len: usize,
+    stride: usize,
+    /// The view's values packed, once a kernel without a row stride has read them.
+    packed: OnceLock<Arc<CudaBuffer>>,
+    /// To pack on demand (a launch and an allocation of the view's own backend).
+    backend: CudaBackend,
+}
+
+impl BackendBuffer for CudaView {
+    fn len(&self) -> usize {
+        self.runs * self.run_len
+    }
+    fn is_view(&self) -> bool {
+        true
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl CudaView {
+    /// Whether the values lie in one range of the parent.
+    fn is_contiguous(&self) -> bool {
+        self.runs <= 1 || self.stride == self.run_len
+    }
+
+    /// The address of row 0's first value.
+    fn base(&self) -> Result<u64> {
+        Ok(cuda_buf(&*self.parent)?.ptr + 4 * self.offset as u64)
+    }
+
+    /// The address of the values as one range a kernel may read with float4 loads, as it reads any
+    /// block: in the parent when they are one range starting 16-byte aligned, else a packed copy
+    /// (made by the first call, on the stream, so ordered before the caller's launch).
+    fn read_ptr(&self) -> Result<u64> {
+        if let Some(p) = self.in_place()? {
+            return Ok(p);
+        }
+        if let Some(p) = self.packed.get() {
+            return Ok(p.ptr);
+        }
+        let packed = self.backend.alloc(self.len())?;
+        self.backend.copy_rows(
+            (packed.ptr, self.run_len, 0),
+            (cuda_buf(&*self.parent)?.ptr, self.stride, self.offset),
+            (self.runs, self.run_len),
+        )?;
+        // Another thread may have packed it first: either copy holds the same values.
+        let _ = self.packed.set(packed);
+        Ok(self.packed.get().expect("set above").ptr)
+    }
+
+    /// [`CudaView::base`] where any kernel may use it as a block's address: one range, 16-byte aligned.
+    fn in_place(&self) -> Result<Option<u64>> {
+        let base = self.base()?;
+        Ok((self.is_contiguous() && base % 16 == 0).then_some(base))
+    }
+}
+
+/// The CUDA backend of one device.
+#[derive(Debug, Clone)]
 pub struct CudaBackend {
     name: String,
     driver: Arc<dyn Driver>,
@@ -175,12 +246,68 @@ fn cuda_buf(b: &dyn BackendBuffer) -> Result<&CudaBuffer> {
         .ok_or_else(|| Error::Device("a non-CUDA buffer was passed to the CUDA backend".into()))
 }
 
+/// The device address of b's values for a kernel that reads them as one contiguous range (a strided
+/// view is packed first, see [`CudaView`]).
 fn ptr(b: &dyn BackendBuffer) -> Result<u64> {
+    if let Some(v) = b.as_any().downcast_ref::<CudaView>() {
+        return v.read_ptr();
+    }
     Ok(cuda_buf(b)?.ptr)
+}
+
+/// The device address of b's values for a kernel that writes them in place as one contiguous range
+/// (with float4 stores): an error for a view that is not one aligned range (writing a packed copy
+/// would lose the writes).
+fn ptr_mut(b: &dyn BackendBuffer, op: &str) -> Result<u64> {
+    let Some(v) = b.as_any().downcast_ref::<CudaView>() else {
+        return Ok(cuda_buf(b)?.ptr);
+    };
+    v.in_place()?.ok_or_else(|| {
+        Error::Device(format!(
+            "cuda: {op} writes in place into a strided or unaligned view ({} rows of {} values, \
+             {} apart, from value {}: a piece of a split); only batch norm and copy_into write \
+             through such views",
+            v.runs, v.run_len, v.stride, v.offset
+        ))
+    })
+}
+
+/// b's values as `rows` rows of `row_len`: the address of row 0 and the distance between rows in
+/// values, for the kernels that take a row stride (batch norm's, which check alignment themselves).
+/// A view split along those rows is used in place; anything else is read as a block ([`ptr`]).
+fn rows(b: &dyn BackendBuffer, rows: usize, row_len: usize) -> Result<(u64, usize)> {
+    match b.as_any().downcast_ref::<CudaView>() {
+        Some(v) if v.runs == rows && v.run_len == row_len => Ok((v.base()?, v.stride)),
+        _ => Ok((ptr(b)?, row_len)),
+    }
+}
+
+/// [`rows`] for a kernel that writes the rows: a view not split along them is an error
+/// ([`ptr_mut`]).
+fn rows_mut(b: &dyn BackendBuffer, rows: usize, row_len: usize, op: &str) -> Result<(u64, usize)> {
+    match b.as_any().downcast_ref::<CudaView>() {
+        Some(v) if v.runs == rows && v.run_len == row_len => Ok((v.base()?, v.stride)),
+        _ => Ok((ptr_mut(b, op)?, row_len)),
+    }
+}
+
+/// The device address of a CUDA buffer's values for a library that reads and writes them in place
+/// (NCCL): a block, or a view that is one aligned range.
+pub fn device_ptr_mut(b: &dyn BackendBuffer, op: &str) -> Result<u64> {
+    ptr_mut(b, op)
 }
 
 fn opt_ptr(b: Option<&dyn BackendBuffer>) -> Result<u64> {
     b.map_or(Ok(0), ptr)
+}
+
+/// The address of b's first value where b is one range, aligned or not (a view's in its parent), for
+/// the copies that take any address (`dtod`, `copy_rows`, the host copy); a strided view packed.
+fn range_ptr(b: &dyn BackendBuffer) -> Result<u64> {
+    match b.as_any().downcast_ref::<CudaView>() {
+        Some(v) if v.is_contiguous() => v.base(),
+        _ => ptr(b),
+    }
 }
 
 impl CudaBackend {
@@ -305,6 +432,34 @@ impl CudaBackend {
         Ok(b)
     }
 
+    /// dst[r·dst_ld + dst_off + j] = src[r·src_ld + src_off + j] for `rows` rows of `cols` values
+    /// (kernels/layout.cu `layout_copy2d`): concat, split, packing and filling views.
+    fn copy_rows(
+        &self,
+        (dst, dst_ld, dst_off): (u64, usize, usize),
+        (src, src_ld, src_off): (u64, usize, usize),
+        (rows, cols): (usize, usize),
+    ) -> Result<()> {
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        self.launch1(
+            "layout",
+            "layout_copy2d",
+            rows * cols,
+            kargs![
+                dst,
+                dst_ld as i32,
+                dst_off as i32,
+                src,
+                src_ld as i32,
+                src_off as i32,
+                rows as i32,
+                cols as i32
+            ],
+        )
+    }
+
     fn dtod(&self, dst: u64, src: u64, len: usize) -> Result<()> {
         if len == 0 || dst == src {
             return Ok(());
@@ -344,11 +499,10 @@ impl Backend for CudaBackend {
         Ok(out(self.upload(data)?))
     }
     fn to_host(&self, x: &dyn BackendBuffer) -> Result<Vec<f32>> {
-        let b = cuda_buf(x)?;
-        let mut v = vec![0.0f32; b.len];
-        if b.len > 0 {
+        let mut v = vec![0.0f32; x.len()];
+        if !v.is_empty() {
             self.driver
-                .copy_dtoh(bytemuck::cast_slice_mut::<f32, u8>(&mut v), b.ptr)?;
+                .copy_dtoh(bytemuck::cast_slice_mut::<f32, u8>(&mut v), range_ptr(x)?)?;
         }
         Ok(v)
     }
@@ -357,11 +511,22 @@ impl Backend for CudaBackend {
     }
     fn copy(&self, x: &dyn BackendBuffer) -> Result<BufferRef> {
         let b = self.alloc(x.len())?;
-        self.dtod(b.ptr, ptr(x)?, x.len())?;
+        self.dtod(b.ptr, range_ptr(x)?, x.len())?;
         Ok(out(b))
     }
     fn copy_into(&self, dst: &dyn BackendBuffer, src: &dyn BackendBuffer) -> Result<()> {
-        self.dtod(ptr(dst)?, ptr(src)?, dst.len().min(src.len()))
+        let n = dst.len().min(src.len());
+        match dst.as_any().downcast_ref::<CudaView>() {
+            // a strided view is written row by row (src's first runs·run_len values)
+            Some(v) if !v.is_contiguous() && src.len() >= v.len() => self.copy_rows(
+                (cuda_buf(&*v.parent)?.ptr, v.stride, v.offset),
+                (range_ptr(src)?, v.run_len, 0),
+                (v.runs, v.run_len),
+            ),
+            Some(v) if v.is_contiguous() => self.dtod(v.base()?, range_ptr(src)?, n),
+            Some(_) => self.dtod(ptr_mut(dst, "copy_into")?, range_ptr(src)?, n),
+            None => self.dtod(cuda_buf(dst)?.ptr, range_ptr(src)?, n),
+        }
     }
 
     fn unary(&self, x: &dyn BackendBuffer, op: UnaryOp) -> Result<BufferRef> {
@@ -454,6 +619,32 @@ impl Backend for CudaBackend {
         relu: bool,
     ) -> Result<(BufferRef, BnStats)> {
         batchnorm::train(self, x, weight, bias, g, eps, relu)
+    }
+    fn batch_norm_train_into(
+        &self,
+        x: &dyn BackendBuffer,
+        weight: Option<&dyn BackendBuffer>,
+        bias: Option<&dyn BackendBuffer>,
+        g: AxisGeom,
+        eps: f32,
+        relu: bool,
+        out: &dyn BackendBuffer,
+    ) -> Result<BnStats> {
+        if out.len() != x.len() {
+            return Err(Error::Shape {
+                op: "batch_norm_train_into",
+                msg: format!("{} values into {}", x.len(), out.len()),
+            });
+        }
+        match rows_mut(out, g.outer, g.axis * g.inner, "batch_norm_train_into") {
+            Ok(y) => batchnorm::train_into(self, x, weight, bias, g, eps, relu, y),
+            // a view split along other rows: y, then copied in row by row
+            Err(_) => {
+                let (y, stats) = batchnorm::train(self, x, weight, bias, g, eps, relu)?;
+                self.copy_into(out, &*y)?;
+                Ok(stats)
+            }
+        }
     }
     fn batch_norm_eval(
         &self,
@@ -638,7 +829,18 @@ impl Backend for CudaBackend {
         layout::concat(self, xs, outer, inners)
     }
     fn split(&self, x: &BufferRef, outer: usize, inners: &[usize]) -> Result<Vec<BufferRef>> {
-        layout::split(self, &**x, outer, inners)
+        layout::split_views(self, x, outer, inners)
+    }
+    fn splits_into_views(&self) -> bool {
+        true
+    }
+    fn join_views(
+        &self,
+        xs: &[&dyn BackendBuffer],
+        outer: usize,
+        inners: &[usize],
+    ) -> Option<BufferRef> {
+        layout::joined_views(xs, outer, inners)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Fused optimiser updates (kernels/optimizer.cu), used by the trainer on CUDA tensors.
 
-use super::{i32_of, ptr, CudaBackend};
+use super::{i32_of, ptr, ptr_mut, CudaBackend};
 use crate::backend::BackendBuffer;
 use crate::error::Result;
 
@@ -28,9 +28,9 @@ impl CudaBackend {
             "opt_sgd",
             w.len(),
             kargs![
-                ptr(w)?,
+                ptr_mut(w, "sgd_step")?,
                 ptr(grad)?,
-                ptr(momentum_buf)?,
+                ptr_mut(momentum_buf, "sgd_step")?,
                 n,
                 lr,
                 momentum,
@@ -68,10 +68,10 @@ impl CudaBackend {
             "opt_adamw",
             w.len(),
             kargs![
-                ptr(w)?,
+                ptr_mut(w, "adamw_step")?,
                 ptr(grad)?,
-                ptr(m)?,
-                ptr(v)?,
+                ptr_mut(m, "adamw_step")?,
+                ptr_mut(v, "adamw_step")?,
                 n,
                 c.a1,
                 c.b1,
