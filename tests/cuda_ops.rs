@@ -659,7 +659,8 @@ fn batch_norm_matches_cpu() {
         // The float4 path needs dy's rows 16-byte aligned too: where the slice's are not, dy is
         // read one value at a time and the sums associate differently (the CPU tolerances);
         // otherwise the same kernel path, bit for bit.
-        let same_path = g.inner % 4 != 0 || (total % 4 == 0 && inners[0] % 4 == 0);
+        let same_path =
+            !g.inner.is_multiple_of(4) || (total.is_multiple_of(4) && inners[0].is_multiple_of(4));
         let (sliced, packed) = (grads(&*dy_slice), grads(&*dg));
         for (k, name) in ["dx", "dweight", "dbias"].iter().enumerate() {
             let (atol, rtol) = if k == 0 { (5e-4, 1e-3) } else { (1e-3, 1e-4) };
@@ -1094,8 +1095,8 @@ fn random_matmul(d: &mut Draw, case: usize) -> MatmulGeom {
         m: d.int(1, 130),
         k: d.int(1, 100),
         n: d.int(1, 130),
-        trans_a: case % 2 == 0,
-        trans_b: case % 3 == 0,
+        trans_a: case.is_multiple_of(2),
+        trans_b: case.is_multiple_of(3),
     }
 }
 

@@ -551,7 +551,7 @@ fn launch_limits_are_checked_like_the_driver() {
 fn tf32_a(lane: usize, e: usize) -> (usize, usize) {
     let (g, t) = (lane >> 2, lane % 4);
     (
-        if e % 2 == 0 { g } else { g + 8 },
+        if e.is_multiple_of(2) { g } else { g + 8 },
         if e < 2 { t } else { t + 4 },
     )
 }

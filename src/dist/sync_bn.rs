@@ -61,7 +61,7 @@ pub(crate) fn with_active<R>(f: impl FnOnce(Option<&dyn Collective>) -> R) -> R 
 /// biased variance and count: mean = Σ nᵣ·meanᵣ / N, var = Σ nᵣ·(varᵣ + (meanᵣ − mean)²) / N, in f64.
 pub fn combine_statistics(gathered: &[f32], c: usize) -> Result<(Vec<f32>, Vec<f32>, usize)> {
     let row = 1 + 2 * c;
-    if gathered.is_empty() || gathered.len() % row != 0 {
+    if gathered.is_empty() || !gathered.len().is_multiple_of(row) {
         return Err(Error::Distributed(format!(
             "sync batch norm: {} gathered values are not whole rows of 1 + 2·{c}",
             gathered.len()

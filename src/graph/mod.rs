@@ -271,7 +271,7 @@ fn resolve_shape(shape: &[isize], x: &Tensor) -> Result<Vec<usize>> {
         .map(|&d| d as usize)
         .product();
     let holes = shape.iter().filter(|&&d| d < 0).count();
-    if holes > 1 || (holes == 1 && (known == 0 || x.numel() % known != 0)) {
+    if holes > 1 || (holes == 1 && (known == 0 || !x.numel().is_multiple_of(known))) {
         return Err(crate::Error::shape(
             "reshape",
             format!("cannot view {:?} as {shape:?}", x.shape()),

@@ -1116,19 +1116,30 @@ pub(super) mod tests {
         assert!(flipped >= 10, "only {flipped} cases took the flipped path");
     }
 
-    /// The direct stride-1 forward ([`conv_direct`], where the CPU has AVX2 and FMA; called whatever
-    /// its useful fraction, so at small shapes the forward path would not pick) against the f64
+    /// The direct stride-1 forward ([`conv_direct`], with each tile the CPU runs: AVX2 and FMA's,
+    /// AVX-512's; called whatever its useful fraction, so at small shapes the forward path would not
+    /// pick) against the f64
     /// reference, per output within γ_K·Σ|w·x| (K = C_in/G·kernel volume terms summed in FP32 in any
     /// order: |error| ≤ γ_K·Σ|terms|, γ_K = K·u/(1 − K·u), u = 2^-24), plus 1 ulp of the bias add;
     /// its ReLU epilogue bit for bit; a NaN in x gives the reference's non-finite pattern, an Inf
     /// weight the GEMM path's (padding taps multiply zeros on both). Shapes cover several K chunks
-    /// (C_in·kvol > 512), panels of 6 with a remainder, task splits and 2-d and 3-d kernels.
+    /// (C_in·kvol > 512), panels of 6 and 8 with a remainder, task splits and 2-d and 3-d kernels.
     #[test]
     fn direct_forward_matches_reference() {
-        if !conv_direct::supported() {
+        let tiles = conv_direct::supported_tiles();
+        if tiles.is_empty() {
             println!("no AVX2/FMA: the direct kernel cannot run here");
-            return;
         }
+        for tile in tiles {
+            println!("direct convolution tile {}", tile.name);
+            direct_tile_matches_reference(tile);
+        }
+    }
+
+    fn direct_tile_matches_reference(tile: conv_direct::Tile) {
+        let forward = |x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom, relu: bool| {
+            conv_direct::forward_with(tile, x, w, b, g, relu)
+        };
         let mut p = Pick(0xd1ec);
         let mut direct = 0;
         for case in 0..40 {
@@ -1176,7 +1187,7 @@ pub(super) mod tests {
             let k = (g.in_per_group() * g.kernel_volume()) as f64;
             let u = f64::powi(2.0, -24);
             let gamma = k * u / (1.0 - k * u);
-            let y = conv_direct::forward(&x, &w, bias.as_deref(), &g, false);
+            let y = forward(&x, &w, bias.as_deref(), &g, false);
             for (i, ((got, want), mag)) in y.iter().zip(&y_ref).zip(&y_abs).enumerate() {
                 let b = bias
                     .as_ref()
@@ -1188,14 +1199,14 @@ pub(super) mod tests {
                     want + b
                 );
             }
-            let y_relu = conv_direct::forward(&x, &w, bias.as_deref(), &g, true);
+            let y_relu = forward(&x, &w, bias.as_deref(), &g, true);
             let relu_of_y: Vec<f32> = y.iter().map(|&v| relu_f(v)).collect();
             assert_eq!(y_relu, relu_of_y, "case {case} relu epilogue {g:?}");
 
             let at = p.below(x.len());
             x[at] = f32::NAN;
             let (y_ref, _, _) = reference(&x, &w, &dy, &g);
-            let y = conv_direct::forward(&x, &w, None, &g, false);
+            let y = forward(&x, &w, None, &g, false);
             for (i, (a, b)) in y.iter().zip(&y_ref).enumerate() {
                 assert_eq!(
                     a.is_nan(),
@@ -1212,7 +1223,7 @@ pub(super) mod tests {
                 ..CHUNKING
             };
             let y_gemm = forward_with(&x, &w, None, &g, gemm, false);
-            let y = conv_direct::forward(&x, &w, None, &g, false);
+            let y = forward(&x, &w, None, &g, false);
             for (i, (a, b)) in y.iter().zip(&y_gemm).enumerate() {
                 assert_eq!(
                     (a.is_nan(), a.is_infinite()),

@@ -1,4 +1,4 @@
-//! Direct convolution for stride 1 (x86-64 with AVX2 and FMA, without AVX-512): no column matrix, no
+//! Direct convolution for stride 1 (x86-64 with AVX2 and FMA, or AVX-512): no column matrix, no
 //! packing of the input.
 //!
 //! With stride 1, the input read by output (d, h, w) through tap (a, b, c) is at padded position
@@ -10,12 +10,16 @@
 //! (7 % at 28 wide with a 3-tap kernel, 22 % at 7 wide) — into a per-task plane buffer, then copied
 //! out with the bias and the fused ReLU.
 //!
-//! The microkernel ([`tile_6x16`]) keeps a 6-channel × 16-position tile of accumulators in 12 AVX
-//! registers; per (channel, tap) step it loads 2 vectors of input and broadcasts 6 weights, packed
-//! per 6 output channels as [k][6] panels once per call. K is walked in chunks of channels (about
-//! [`K_CHUNK`] steps: a panel's chunk stays in L1) and the positions in blocks (the chunk's input rows
-//! for a block, [`X_BLOCK_FLOATS`], stay in L2 while every panel runs over them); the accumulators go
-//! back to the plane buffer between chunks.
+//! The microkernel keeps a tile of MR output channels × NR positions of accumulators in registers:
+//! [`tile_6x16`] 6 × 16 in 12 AVX registers, and on CPUs with AVX-512 [`tile_8x32`] 8 × 32 in 16
+//! of its 32 (twice the FMA width; an 8 × 48 tile measured no faster). Before it, CPUs with AVX-512
+//! took the GEMM path, whose microkernels are 512 bits wide: on an AVX-512 Xeon the 8 × 32 tile
+//! runs ECO-Lite's 3×3 layers at 1.2–1.35× the GEMM path's rate (docs/PERFORMANCE.md, stop 35).
+//! Per (channel, tap) step a tile loads 2 vectors of input and
+//! broadcasts MR weights, packed per MR output channels as [k][MR] panels once per call. K is walked
+//! in chunks of channels (about [`K_CHUNK_FLOATS`] / MR steps: a panel's chunk stays in L1) and the
+//! positions in blocks (the chunk's input rows for a block, [`X_BLOCK_FLOATS`], stay in L2 while
+//! every panel runs over them); the accumulators go back to the plane buffer between chunks.
 //!
 //! The products and their sum order differ from the GEMM path's (each output sums over k in order,
 //! in FP32), so results differ by rounding; padding taps multiply zeros as the GEMM path does, so
@@ -27,10 +31,32 @@ use super::conv::pad_channel;
 use super::elementwise::relu as relu_f;
 use crate::backend::ConvGeom;
 
-/// Output channels per microkernel tile.
-const MR: usize = 6;
-/// Output positions per microkernel tile (two AVX vectors).
-const NR: usize = 16;
+/// A microkernel: MR output channels × NR positions of accumulators, and the ISA it needs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tile {
+    mr: usize,
+    nr: usize,
+    /// acc[r·ld + j] (r < MR, j < NR) = (first ? 0 : acc) + Σ_k wp[MR·k + r]·x[offs[k] + j].
+    run: unsafe fn(*const f32, *const f32, &[usize], *mut f32, usize, bool),
+    pub(super) name: &'static str,
+}
+
+/// 6 × 16 in 12 256-bit registers (AVX2 and FMA).
+const AVX2: Tile = Tile {
+    mr: 6,
+    nr: 16,
+    run: tile_6x16,
+    name: "avx2 6x16",
+};
+
+/// 8 × 32 in 16 512-bit registers (AVX-512F).
+const AVX512: Tile = Tile {
+    mr: 8,
+    nr: 32,
+    run: tile_8x32,
+    name: "avx512 8x32",
+};
+
 /// Input floats per position block (128 KiB): the chunk's input rows for a block of positions, read
 /// once per panel, stay in L2 (512 KiB per core on the smallest machine measured).
 const X_BLOCK_FLOATS: usize = 32 * 1024;
@@ -38,8 +64,8 @@ const X_BLOCK_FLOATS: usize = 32 * 1024;
 /// useful fraction the GEMM path is faster (it ran at 0.88 of the direct kernel's multiply-add rate
 /// on ECO-Lite's 28×28 layers, docs/PERFORMANCE.md).
 const MIN_USEFUL: f64 = 0.9;
-/// Target (channel, tap) steps per K chunk: a panel's chunk is then 512 × 6 × 4 B = 12 KiB (L1).
-const K_CHUNK: usize = 512;
+/// Weight floats per panel and K chunk: 12 KiB, in L1 (512 (channel, tap) steps of a 6-wide panel).
+const K_CHUNK_FLOATS: usize = 3072;
 
 /// Whether the direct kernel runs `g`'s forward pass here: stride 1, not depthwise (its own kernel),
 /// not pointwise (the GEMM reads the input in place), at least [`MIN_USEFUL`] of the computed positions
@@ -48,46 +74,39 @@ pub(super) fn applies(g: &ConvGeom) -> bool {
     g.stride == [1, 1, 1]
         && !g.is_depthwise()
         && !(g.kernel == [1, 1, 1] && g.padding == [0, 0, 0])
-        && useful_fraction(g) >= MIN_USEFUL
-        && enabled()
+        && enabled().is_some_and(|t| useful_fraction(g, t) >= MIN_USEFUL)
 }
 
 /// Outputs over positions computed per depth slice (oH·oW / oH·Wp rounded up to whole tiles).
-fn useful_fraction(g: &ConvGeom) -> f64 {
+fn useful_fraction(g: &ConvGeom, t: Tile) -> f64 {
     let wp = g.input[2] + 2 * g.padding[2];
-    let computed = (g.output[1] * wp).div_ceil(NR) * NR;
+    let computed = (g.output[1] * wp).div_ceil(t.nr) * t.nr;
     (g.output[1] * g.output[2]) as f64 / computed as f64
 }
 
-/// Whether the forward pass picks the direct kernel on this CPU: AVX2 and FMA ([`supported`]) but not
-/// AVX-512 (where the `gemm` crate's 512-bit microkernels run, and this 256-bit kernel would reach half
-/// the FMA width on cores with full 512-bit units), unless turned off by `VIDGRAD_CPU_CONV_DIRECT=0`.
-fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// The tile the forward pass runs on this CPU — AVX-512's where it has AVX-512F, else AVX2's where it
+/// has AVX2 and FMA — unless the direct kernel is turned off by `VIDGRAD_CPU_CONV_DIRECT=0`.
+fn enabled() -> Option<Tile> {
+    static ON: std::sync::OnceLock<Option<Tile>> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
-        std::env::var("VIDGRAD_CPU_CONV_DIRECT").map_or(true, |v| v != "0")
-            && supported()
-            && !has_avx512()
+        let on = std::env::var("VIDGRAD_CPU_CONV_DIRECT").map_or(true, |v| v != "0");
+        on.then(|| supported_tiles().last().copied()).flatten()
     })
 }
 
-/// Whether this CPU can run the kernel at all (AVX2 and FMA).
-#[cfg(target_arch = "x86_64")]
-pub(super) fn supported() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-}
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) fn supported() -> bool {
-    false
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    is_x86_feature_detected!("avx512f")
-}
-#[cfg(not(target_arch = "x86_64"))]
-fn has_avx512() -> bool {
-    false
+/// The tiles this CPU can run, narrowest first (the tests run each).
+pub(super) fn supported_tiles() -> Vec<Tile> {
+    let mut tiles = vec![];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            tiles.push(AVX2);
+        }
+        if is_x86_feature_detected!("avx512f") {
+            tiles.push(AVX512);
+        }
+    }
+    tiles
 }
 
 /// The padded grid of one input channel and the tap offsets on it.
@@ -105,7 +124,7 @@ struct Grid {
 }
 
 impl Grid {
-    fn new(g: &ConvGeom) -> Self {
+    fn new(g: &ConvGeom, nr: usize) -> Self {
         let dims: [usize; 3] = std::array::from_fn(|i| g.input[i] + 2 * g.padding[i]);
         let [_, hp, wp] = dims;
         let plane = hp * wp;
@@ -120,9 +139,9 @@ impl Grid {
                 }
             }
         }
-        let len = (g.output[1] * wp).div_ceil(NR) * NR;
+        let len = (g.output[1] * wp).div_ceil(nr) * nr;
         // The last slice's last tile reads up to len − oH·Wp + dW·(kW − 1) floats past the plane.
-        let slack = len - g.output[1] * wp + g.dilation[2] * (kw - 1) + NR;
+        let slack = len - g.output[1] * wp + g.dilation[2] * (kw - 1) + nr;
         Grid {
             dims,
             chan: dims.iter().product(),
@@ -146,18 +165,19 @@ fn pad_input(xn: &[f32], g: &ConvGeom, grid: &Grid, out: &mut Vec<f32>) {
 }
 
 /// Weights of one group [C_out/G, K] as panels of MR rows, [panel][k][MR], rows past C_out/G zero.
-fn pack_weights(wg: &[f32], cout_g: usize, kdim: usize) -> Vec<f32> {
-    let panels = cout_g.div_ceil(MR);
-    let mut packed = vec![0.0f32; panels * kdim * MR];
+fn pack_weights(wg: &[f32], cout_g: usize, kdim: usize, mr: usize) -> Vec<f32> {
+    let panels = cout_g.div_ceil(mr);
+    let mut packed = vec![0.0f32; panels * kdim * mr];
     for (co, row) in wg.chunks_exact(kdim).enumerate() {
-        let panel = &mut packed[co / MR * kdim * MR..][..kdim * MR];
+        let panel = &mut packed[co / mr * kdim * mr..][..kdim * mr];
         for (k, &v) in row.iter().enumerate() {
-            panel[k * MR + co % MR] = v;
+            panel[k * mr + co % mr] = v;
         }
     }
     packed
 }
 
+/// The forward pass with the tile [`applies`] found for this CPU.
 pub(super) fn forward(
     x: &[f32],
     w: &[f32],
@@ -165,17 +185,31 @@ pub(super) fn forward(
     g: &ConvGeom,
     relu: bool,
 ) -> Vec<f32> {
+    let tile = enabled().expect("the direct convolution runs where `applies` found a tile");
+    forward_with(tile, x, w, bias, g, relu)
+}
+
+/// The forward pass with `tile` (one of [`supported_tiles`]).
+pub(super) fn forward_with(
+    tile: Tile,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+    relu: bool,
+) -> Vec<f32> {
     assert!(
-        g.stride == [1, 1, 1] && supported(),
-        "the direct convolution is for stride 1 with AVX2/FMA"
+        g.stride == [1, 1, 1] && supported_tiles().iter().any(|t| t.name == tile.name),
+        "the direct convolution is for stride 1 on a CPU with the tile's ISA"
     );
-    let grid = Grid::new(g);
+    let (mr, nr) = (tile.mr, tile.nr);
+    let grid = Grid::new(g, nr);
     let (cin_g, cout_g, groups) = (g.in_per_group(), g.out_per_group(), g.groups);
     let kvol = g.kernel_volume();
     let kdim = cin_g * kvol;
     let panels: Vec<Vec<f32>> = w
         .chunks_exact(cout_g * kdim)
-        .map(|wg| pack_weights(wg, cout_g, kdim))
+        .map(|wg| pack_weights(wg, cout_g, kdim, mr))
         .collect();
     let padded: Vec<Vec<f32>> = x
         .par_chunks_exact(g.c_in * g.input_volume())
@@ -189,15 +223,15 @@ pub(super) fn forward(
     let [od_n, oh_n, ow_n] = g.output;
     let plane_out = oh_n * ow_n;
     let mut y = vec![0.0f32; g.n * g.c_out * g.output_volume()];
-    let tasks = tasks(&mut y, g);
-    let chans_per_chunk = (K_CHUNK / kvol).clamp(1, cin_g);
+    let tasks = tasks(&mut y, g, mr);
+    let chans_per_chunk = (K_CHUNK_FLOATS / mr / kvol).clamp(1, cin_g);
     let wp = grid.dims[2];
     tasks.into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
         |(acc, offs), task| {
             let (n, gi) = (task.ng / groups, task.ng % groups);
             let xg = &padded[n][gi * cin_g * grid.chan..];
-            acc.resize((task.p1 - task.p0) * MR * grid.len, 0.0);
+            acc.resize((task.p1 - task.p0) * mr * grid.len, 0.0);
             for c0 in (0..cin_g).step_by(chans_per_chunk) {
                 let c1 = (c0 + chans_per_chunk).min(cin_g);
                 offs.clear();
@@ -209,19 +243,19 @@ pub(super) fn forward(
                 // L2 while every panel runs over them.
                 let rows_read = (c1 - c0) * g.kernel[0] * g.kernel[1];
                 let halo = g.dilation[2] * (g.kernel[2] - 1);
-                let block = ((X_BLOCK_FLOATS / rows_read).saturating_sub(halo) / NR * NR)
-                    .clamp(NR, grid.len);
+                let block = ((X_BLOCK_FLOATS / rows_read).saturating_sub(halo) / nr * nr)
+                    .clamp(nr, grid.len);
                 for q0 in (0..grid.len).step_by(block) {
                     let q1 = (q0 + block).min(grid.len);
-                    for (pi, rows) in (task.p0..task.p1).zip(acc.chunks_exact_mut(MR * grid.len)) {
-                        let wpanel = &panels[gi][(pi * kdim + c0 * kvol) * MR..][..offs.len() * MR];
-                        run_panel(wpanel, base, offs, rows, grid.len, (q0, q1), c0 == 0);
+                    for (pi, rows) in (task.p0..task.p1).zip(acc.chunks_exact_mut(mr * grid.len)) {
+                        let wpanel = &panels[gi][(pi * kdim + c0 * kvol) * mr..][..offs.len() * mr];
+                        run_panel(tile, wpanel, base, offs, rows, grid.len, (q0, q1), c0 == 0);
                     }
                 }
             }
             // Copy out the valid positions of each row (oW of every Wp), with bias and ReLU.
             for (r, dst) in task.rows.into_iter().enumerate() {
-                let co = task.p0 * MR + r;
+                let co = task.p0 * mr + r;
                 let bv = bias.map_or(0.0, |b| b[gi * cout_g + co]);
                 let src = &acc[r * grid.len..][..oh_n * wp];
                 for (d, s) in dst.chunks_exact_mut(ow_n).zip(src.chunks_exact(wp)) {
@@ -237,7 +271,7 @@ pub(super) fn forward(
 }
 
 /// A task's outputs: image·group `ng`, output depth slice `od`, panels p0..p1 (output channels
-/// p0·MR.. of the group), `rows` their [oH, oW] planes in y.
+/// p0·MR.. of the group, MR the tile's), `rows` their [oH, oW] planes in y.
 struct Task<'a> {
     ng: usize,
     od: usize,
@@ -248,10 +282,10 @@ struct Task<'a> {
 
 /// y split into tasks: every (image, group, depth slice), its panels split further when there are
 /// fewer slices than twice the threads.
-fn tasks<'a>(y: &'a mut [f32], g: &ConvGeom) -> Vec<Task<'a>> {
+fn tasks<'a>(y: &'a mut [f32], g: &ConvGeom, mr: usize) -> Vec<Task<'a>> {
     let (cout_g, od_n) = (g.out_per_group(), g.output[0]);
     let (p_vol, plane_out) = (g.output_volume(), g.output[1] * g.output[2]);
-    let n_panels = cout_g.div_ceil(MR);
+    let n_panels = cout_g.div_ceil(mr);
     let slices = g.n * g.groups * od_n;
     let splits = (2 * rayon::current_num_threads())
         .div_ceil(slices)
@@ -269,7 +303,7 @@ fn tasks<'a>(y: &'a mut [f32], g: &ConvGeom) -> Vec<Task<'a>> {
         for (od, mut planes) in by_od.into_iter().enumerate() {
             for p0 in (0..n_panels).step_by(per) {
                 let p1 = (p0 + per).min(n_panels);
-                let rest = planes.split_off((p1 * MR).min(cout_g) - p0 * MR);
+                let rest = planes.split_off((p1 * mr).min(cout_g) - p0 * mr);
                 let rows = std::mem::replace(&mut planes, rest);
                 tasks.push(Task {
                     ng,
@@ -287,7 +321,9 @@ fn tasks<'a>(y: &'a mut [f32], g: &ConvGeom) -> Vec<Task<'a>> {
 /// One panel (MR output channels) over one K chunk for the tiles of positions q0..q1 of a depth
 /// slice: `acc` is [MR][len] (set on the first chunk, accumulated after), `x` the chunk's first channel
 /// at the slice, `offs[k]` the input offset of step k, `wp` the panel's [k][MR] weights of the chunk.
+#[allow(clippy::too_many_arguments)]
 fn run_panel(
+    tile: Tile,
     wp: &[f32],
     x: &[f32],
     offs: &[usize],
@@ -296,21 +332,23 @@ fn run_panel(
     (q0, q1): (usize, usize),
     first: bool,
 ) {
+    let (mr, nr) = (tile.mr, tile.nr);
     let max_off = offs.iter().copied().max().unwrap_or(0);
-    assert!(wp.len() >= offs.len() * MR && acc.len() >= MR * len);
+    assert!(wp.len() >= offs.len() * mr && acc.len() >= mr * len);
     assert!(
-        q1 <= len && q1 % NR == 0,
+        q1 <= len && q1 % nr == 0,
         "tiles of whole vectors inside the slice"
     );
     assert!(
         max_off + len <= x.len(),
         "direct conv reads past its padded input"
     );
-    for q0 in (q0..q1).step_by(NR) {
-        // SAFETY: `forward` checked AVX2 and FMA; the asserts above bound every load (k < offs.len(),
-        // offsets + q0 + NR ≤ max_off + len ≤ x.len()) and store (r·len + q0 + NR ≤ MR·len).
+    for q0 in (q0..q1).step_by(nr) {
+        // SAFETY: `forward_with` checked the tile's ISA; the asserts above bound every load
+        // (k < offs.len(), offsets + q0 + NR ≤ max_off + len ≤ x.len()) and store
+        // (r·len + q0 + NR ≤ MR·len).
         unsafe {
-            tile_6x16(
+            (tile.run)(
                 wp.as_ptr(),
                 x.as_ptr().add(q0),
                 offs,
@@ -334,6 +372,7 @@ unsafe fn tile_6x16(
     first: bool,
 ) {
     use std::arch::x86_64::*;
+    const MR: usize = 6;
     let mut c = [_mm256_setzero_ps(); 2 * MR];
     if !first {
         for r in 0..MR {
@@ -357,7 +396,49 @@ unsafe fn tile_6x16(
     }
 }
 
+/// acc[r·ld + j] (r < 8, j < 32) = (first ? 0 : acc) + Σ_k wp[8k + r]·x[offs[k] + j]: 16
+/// accumulators (enough to cover two FMA ports' latency), 2 loads and 8 broadcasts per 16 FMAs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_8x32(
+    wp: *const f32,
+    x: *const f32,
+    offs: &[usize],
+    acc: *mut f32,
+    ld: usize,
+    first: bool,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 8;
+    let mut c = [_mm512_setzero_ps(); 2 * MR];
+    if !first {
+        for r in 0..MR {
+            c[2 * r] = _mm512_loadu_ps(acc.add(r * ld));
+            c[2 * r + 1] = _mm512_loadu_ps(acc.add(r * ld + 16));
+        }
+    }
+    for (k, &off) in offs.iter().enumerate() {
+        let x0 = _mm512_loadu_ps(x.add(off));
+        let x1 = _mm512_loadu_ps(x.add(off + 16));
+        let wk = wp.add(k * MR);
+        for r in 0..MR {
+            let wr = _mm512_set1_ps(*wk.add(r));
+            c[2 * r] = _mm512_fmadd_ps(wr, x0, c[2 * r]);
+            c[2 * r + 1] = _mm512_fmadd_ps(wr, x1, c[2 * r + 1]);
+        }
+    }
+    for r in 0..MR {
+        _mm512_storeu_ps(acc.add(r * ld), c[2 * r]);
+        _mm512_storeu_ps(acc.add(r * ld + 16), c[2 * r + 1]);
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile_6x16(_: *const f32, _: *const f32, _: &[usize], _: *mut f32, _: usize, _: bool) {
-    unreachable!("the direct convolution runs only where `supported` found AVX2 and FMA")
+    unreachable!("the direct convolution runs only where `supported_tiles` found AVX2 and FMA")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_8x32(_: *const f32, _: *const f32, _: &[usize], _: *mut f32, _: usize, _: bool) {
+    unreachable!("the direct convolution runs only where `supported_tiles` found AVX-512F")
 }

@@ -78,7 +78,7 @@ fn channels_pay(g: &ConvGeom) -> bool {
 /// Whether `g` takes the Winograd path here (see the module docs), unless `VIDGRAD_CPU_CONV_WINOGRAD=0`.
 pub(super) fn applies(g: &ConvGeom) -> bool {
     shape_applies(g)
-        && g.kernel.iter().filter(|&&k| k == 3).count() >= MIN_AXES
+        && g.kernel.iter().filter(|&&k| k == 3).count() >= min_axes()
         && channels_pay(g)
         && useful_fraction(g) >= MIN_USEFUL
         && Tiling::new(g).tiles[1..].iter().product::<usize>() >= MIN_ROW_TILES
@@ -93,6 +93,19 @@ fn shape_applies(g: &ConvGeom) -> bool {
         && !g.is_depthwise()
         && g.kernel.iter().all(|&k| k == 1 || k == 3)
         && g.kernel.contains(&3)
+}
+
+/// [`MIN_AXES`], or 3 on CPUs with AVX-512: there the products of the other paths (the gemm crate's
+/// microkernels, the direct kernel's 8 × 32 tile) run 512 bits wide while these transforms run 256.
+/// On an AVX-512 Xeon the 3×3 layers (two axes) took 1.2–1.7× the direct or GEMM path's time on
+/// ECO-Lite and C2D-NL-R50, 0.8–1.6× per layer and 1.17× in sum on R(2+1)D-18; the 3×3×3 ones
+/// 0.7–0.8× (docs/PERFORMANCE.md, stop 35).
+fn min_axes() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        return 3;
+    }
+    MIN_AXES
 }
 
 /// Whether the Winograd paths (this one and conv_winograd_depth.rs) may run:
@@ -869,7 +882,9 @@ mod tests {
             geom([256, 256], [4, 14, 14], [1, 3, 3], 1),  // C2D-NL-R50
         ];
         for g in &taken {
-            assert!(applies(g), "{g:?}");
+            // 3×3 layers (two axes) only where the other paths are not 512 bits wide
+            let axes = g.kernel.iter().filter(|&&k| k == 3).count();
+            assert_eq!(applies(g), axes >= min_axes(), "{g:?}");
         }
         let not_taken = [
             geom([512, 512], [4, 7, 7], [3, 3, 3], 1), // 16 tiles per plane

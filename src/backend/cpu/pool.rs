@@ -307,7 +307,7 @@ fn pad_and_split(row: &[f32], sw: usize, pw: usize, phase_len: usize, phases: &m
         2 => {
             let (even, odd) = phases.split_at_mut(phase_len);
             // row[2i] lands at padded index 2i + pw, row[2i + 1] at 2i + 1 + pw.
-            let (first, second, shift) = if pw % 2 == 0 {
+            let (first, second, shift) = if pw.is_multiple_of(2) {
                 (even, odd, [pw / 2; 2])
             } else {
                 (odd, even, [pw / 2, pw / 2 + 1])
@@ -1018,7 +1018,7 @@ mod tests {
 
     /// A random pooling geometry (3-d, or 2-d with D = 1), output from `pool_out_size`.
     fn random_geom(dr: &mut Draw, case: usize) -> (PoolGeom, bool) {
-        let two_d = case % 2 == 0;
+        let two_d = case.is_multiple_of(2);
         let ceil_mode = dr.bool();
         loop {
             let mut input = [0; 3];

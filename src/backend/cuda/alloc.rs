@@ -178,7 +178,7 @@ mod tests {
             .chain([1 << 20, (1 << 20) + 1, 3 << 29])
         {
             let c = size_class(bytes);
-            assert!(c >= bytes && c % MIN_BLOCK == 0, "{bytes} -> {c}");
+            assert!(c >= bytes && c.is_multiple_of(MIN_BLOCK), "{bytes} -> {c}");
             assert!(c >= prev);
             prev = c;
             if bytes > 4096 {
