@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::launch::blocks;
-use super::{cuda_buf, out, ptr, range_ptr, CudaBackend, CudaBuffer, CudaView, LaunchConfig};
+use super::{cuda_buf, out, ptr, range_ptr, CudaBackend, CudaView, LaunchConfig};
 use crate::backend::{BackendBuffer, BufferRef};
 use crate::error::{Error, Result};
 
@@ -160,7 +160,6 @@ pub(super) fn joined_views(
     }
     parent
         .filter(|p| xs.len() == inners.len() && p.len() == outer * total)
-        .filter(|p| p.as_any().downcast_ref::<CudaBuffer>().is_some())
         .cloned()
 }
 

@@ -137,12 +137,6 @@ impl Drop for CudaBuffer {
     }
 }
 
-impl CudaBuffer {
-    pub fn device_ptr(&self) -> u64 {
-        self.ptr
-    }
-}
-
 /// A piece of a block, as [`Backend::split`] hands it out: `runs` rows of `run_len` values, row r at
 /// `offset + r·stride` of `parent` (a concat's output viewed as [outer, Σ inners], piece i its
 /// columns of inner_i). Kernels with a row stride use it in place — batch norm writes its output into
@@ -207,6 +201,18 @@ impl CudaView {
         Ok(self.packed.get().expect("set above").ptr)
     }
 
+    /// [`CudaView::base`] for a write through the view: an error once it has been packed (the
+    /// packed copy, which later reads would return, would not see the write). The executor writes
+    /// its views before anything reads them.
+    fn base_for_write(&self, op: &str) -> Result<u64> {
+        if self.packed.get().is_some() {
+            return Err(Error::Device(format!(
+                "cuda: {op} writes through a view that a kernel has already read as a packed copy"
+            )));
+        }
+        self.base()
+    }
+
     /// [`CudaView::base`] where any kernel may use it as a block's address: one range, 16-byte aligned.
     fn in_place(&self) -> Result<Option<u64>> {
         let base = self.base()?;
@@ -262,6 +268,7 @@ fn ptr_mut(b: &dyn BackendBuffer, op: &str) -> Result<u64> {
     let Some(v) = b.as_any().downcast_ref::<CudaView>() else {
         return Ok(cuda_buf(b)?.ptr);
     };
+    // (an aligned single range is never packed: in_place is what reads of it get too)
     v.in_place()?.ok_or_else(|| {
         Error::Device(format!(
             "cuda: {op} writes in place into a strided or unaligned view ({} rows of {} values, \
@@ -286,7 +293,7 @@ fn rows(b: &dyn BackendBuffer, rows: usize, row_len: usize) -> Result<(u64, usiz
 /// ([`ptr_mut`]).
 fn rows_mut(b: &dyn BackendBuffer, rows: usize, row_len: usize, op: &str) -> Result<(u64, usize)> {
     match b.as_any().downcast_ref::<CudaView>() {
-        Some(v) if v.runs == rows && v.run_len == row_len => Ok((v.base()?, v.stride)),
+        Some(v) if v.runs == rows && v.run_len == row_len => Ok((v.base_for_write(op)?, v.stride)),
         _ => Ok((ptr_mut(b, op)?, row_len)),
     }
 }
@@ -519,11 +526,13 @@ impl Backend for CudaBackend {
         match dst.as_any().downcast_ref::<CudaView>() {
             // a strided view is written row by row (src's first runs·run_len values)
             Some(v) if !v.is_contiguous() && src.len() >= v.len() => self.copy_rows(
-                (cuda_buf(&*v.parent)?.ptr, v.stride, v.offset),
+                (v.base_for_write("copy_into")?, v.stride, 0),
                 (range_ptr(src)?, v.run_len, 0),
                 (v.runs, v.run_len),
             ),
-            Some(v) if v.is_contiguous() => self.dtod(v.base()?, range_ptr(src)?, n),
+            Some(v) if v.is_contiguous() => {
+                self.dtod(v.base_for_write("copy_into")?, range_ptr(src)?, n)
+            }
             Some(_) => self.dtod(ptr_mut(dst, "copy_into")?, range_ptr(src)?, n),
             None => self.dtod(cuda_buf(dst)?.ptr, range_ptr(src)?, n),
         }
