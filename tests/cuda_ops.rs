@@ -1357,8 +1357,9 @@ fn allocator_reuses_blocks_in_steady_state() {
     assert!(gpu.memory_peak() >= 800_000);
 }
 
-/// The fused optimiser kernels against the CPU optimisers (crate::optim), bit for bit: every product
-/// and sum is rounded on its own in both.
+/// The fused optimiser kernels against the CPU optimisers (crate::optim, the CPU backend's fused
+/// steps; tests/optim.rs checks those against the chain of elementwise ops), bit for bit: every
+/// product and sum is rounded on its own in both.
 fn optimizers_match_cpu() {
     use vidgrad::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, Sgd, SgdConfig};
     let Some(d) = common::cuda_device() else {
@@ -1404,18 +1405,17 @@ fn optimizers_match_cpu() {
                 set_grad(&p, &g);
                 opt.step().unwrap();
                 let gd = gpu.from_host(&g).unwrap();
-                gpu.sgd_step(
-                    &*w,
-                    &*gd,
-                    &*buf1,
+                let update = SgdUpdate {
                     lr,
                     momentum,
                     dampening,
-                    wd,
+                    weight_decay: wd,
                     nesterov,
-                    step == 0,
-                )
-                .unwrap();
+                    first: step == 0,
+                };
+                // without momentum no buffer: the kernel gets a null pointer it never touches
+                let buf = (momentum != 0.0).then_some(&*buf1);
+                gpu.sgd_step(&*w, &*gd, buf, &update).unwrap();
                 assert_eq!(
                     gpu.to_host(&*w).unwrap(),
                     p.to_vec().unwrap(),
@@ -1438,8 +1438,8 @@ fn optimizers_match_cpu() {
                 set_grad(&p, &g);
                 opt.step().unwrap();
                 let gd = gpu.from_host(&g).unwrap();
-                gpu.adamw_step(&*w, &*gd, &*buf1, &*buf2, lr, cfg.betas, cfg.eps, wd, step)
-                    .unwrap();
+                let coeffs = AdamWCoeffs::new(lr, cfg.betas, cfg.eps, wd, step);
+                gpu.adamw_step(&*w, &*gd, &*buf1, &*buf2, &coeffs).unwrap();
                 assert_eq!(
                     gpu.to_host(&*w).unwrap(),
                     p.to_vec().unwrap(),

@@ -760,3 +760,146 @@ fn invalid_arguments_are_errors() {
     assert_eq!(opt.lr(), 0.5);
     assert_eq!(opt.state_dict().unwrap().scalar("state.p.step"), Some(3.0));
 }
+
+/// The optimisers' fused steps (each backend's `sgd_step` / `adamw_step`: one pass over a parameter,
+/// its gradient and its state) against the chain of elementwise tensor ops that defines them — the
+/// ops the fixture tests check against PyTorch — bit for bit, including ±Inf and NaN in parameters
+/// and gradients, over lengths around the CPU's parallel chunk (2¹⁵) and every configuration switch.
+#[test]
+fn fused_steps_equal_the_elementwise_chain() {
+    common::on_devices(|| {
+        let dev = device();
+        let specials = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.0, -0.0];
+        let values = |n: usize, seed: u64| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    let u = vidgrad::rng::uniform(seed, i as u64);
+                    if i % 997 == 13 {
+                        specials[(i / 997) % specials.len()]
+                    } else {
+                        4.0 * u - 2.0
+                    }
+                })
+                .collect()
+        };
+        let same_bits = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+        };
+        let sgd_cases = [
+            (0.0f32, 0.0f32, false, 0.0f32),
+            (0.0, 0.0, false, 1e-4),
+            (0.9, 0.0, false, 0.0),
+            (0.9, 0.1, false, 1e-4),
+            (0.9, 0.0, true, 0.05),
+        ];
+        for (case, &n) in [1usize, 7, 1000, (1 << 15) + 3, 70_001].iter().enumerate() {
+            let init = values(n, 100 + case as u64);
+            for (k, &(momentum, dampening, nesterov, wd)) in sgd_cases.iter().enumerate() {
+                let p = Tensor::from_slice(&init, &[n], dev).unwrap().with_grad();
+                let cfg = SgdConfig {
+                    lr: 0.05,
+                    momentum,
+                    dampening,
+                    nesterov,
+                };
+                let mut opt = Sgd::new(
+                    vec![ParamGroup::new(vec![("p".into(), p.clone())], wd)],
+                    cfg,
+                )
+                .unwrap();
+                let want = Tensor::from_slice(&init, &[n], dev).unwrap();
+                let mut buf: Option<Tensor> = None;
+                for step in 0..3u64 {
+                    let g = values(n, 1000 + 10 * case as u64 + step);
+                    p.zero_grad();
+                    p.backward_with(&Tensor::from_slice(&g, &[n], dev).unwrap())
+                        .unwrap();
+                    opt.step().unwrap();
+                    // the chain: d = wd·w + g; buf = (1 − dampening)·d + momentum·buf (d first);
+                    // d = nesterov ? momentum·buf + d : buf; w = −lr·d + w
+                    let g = Tensor::from_slice(&g, &[n], dev).unwrap();
+                    let mut d = g.copy().unwrap();
+                    if wd != 0.0 {
+                        d.axpby_(wd, &want, 1.0).unwrap();
+                    }
+                    if momentum != 0.0 {
+                        let b = match &buf {
+                            None => buf.insert(d.copy().unwrap()),
+                            Some(b) => {
+                                b.axpby_(1.0 - dampening, &d, momentum).unwrap();
+                                b
+                            }
+                        };
+                        d = if nesterov {
+                            let e = d.copy().unwrap();
+                            e.axpby_(momentum, b, 1.0).unwrap();
+                            e
+                        } else {
+                            b.clone()
+                        };
+                    }
+                    want.axpby_(-cfg.lr, &d, 1.0).unwrap();
+                    assert!(
+                        same_bits(&p.to_vec().unwrap(), &want.to_vec().unwrap()),
+                        "sgd n {n} case {k} step {step} on {dev}"
+                    );
+                }
+            }
+            // AdamW: m = (1 − β₁)·g + β₁·m; v = (1 − β₂)·g² + β₂·v;
+            // w = −lr/(1 − β₁ᵗ)·(m / (√v/√(1 − β₂ᵗ) + eps)) + (1 − lr·wd)·w
+            for wd in [0.0f32, 0.01] {
+                let p = Tensor::from_slice(&init, &[n], dev).unwrap().with_grad();
+                let cfg = AdamWConfig {
+                    lr: 1e-2,
+                    betas: (0.9, 0.999),
+                    eps: 1e-8,
+                };
+                let mut opt = AdamW::new(
+                    vec![ParamGroup::new(vec![("p".into(), p.clone())], wd)],
+                    cfg,
+                )
+                .unwrap();
+                let want = Tensor::from_slice(&init, &[n], dev).unwrap();
+                let m = Tensor::zeros(&[n], dev).unwrap();
+                let v = Tensor::zeros(&[n], dev).unwrap();
+                for step in 1..=3u64 {
+                    let g = values(n, 5000 + 10 * case as u64 + step);
+                    p.zero_grad();
+                    p.backward_with(&Tensor::from_slice(&g, &[n], dev).unwrap())
+                        .unwrap();
+                    opt.step().unwrap();
+                    let g = Tensor::from_slice(&g, &[n], dev).unwrap();
+                    let (b1, b2) = cfg.betas;
+                    let (lr, t) = (cfg.lr as f64, step as f64);
+                    m.axpby_((1.0 - b1) as f32, &g, b1 as f32).unwrap();
+                    v.axpby_(
+                        (1.0 - b2) as f32,
+                        &elementwise::mul(&g, &g).unwrap(),
+                        b2 as f32,
+                    )
+                    .unwrap();
+                    let denom = elementwise::add_scalar(
+                        &elementwise::sqrt(&v)
+                            .unwrap()
+                            .mul_scalar((1.0 / (1.0 - b2.powf(t)).sqrt()) as f32)
+                            .unwrap(),
+                        cfg.eps,
+                    )
+                    .unwrap();
+                    want.axpby_(
+                        (-(lr / (1.0 - b1.powf(t)))) as f32,
+                        &elementwise::div(&m, &denom).unwrap(),
+                        (1.0 - lr * wd as f64) as f32,
+                    )
+                    .unwrap();
+                    assert!(
+                        same_bits(&p.to_vec().unwrap(), &want.to_vec().unwrap()),
+                        "adamw n {n} wd {wd} step {step} on {dev}"
+                    );
+                }
+            }
+        }
+    });
+}

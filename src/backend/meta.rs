@@ -78,6 +78,25 @@ impl Backend for MetaBackend {
     fn add_relu_in_place(&self, _a: &dyn BackendBuffer, _b: &dyn BackendBuffer) -> Result<()> {
         Ok(())
     }
+    fn sgd_step(
+        &self,
+        _w: &dyn BackendBuffer,
+        _grad: &dyn BackendBuffer,
+        _momentum_buf: Option<&dyn BackendBuffer>,
+        _u: &SgdUpdate,
+    ) -> Result<()> {
+        Ok(())
+    }
+    fn adamw_step(
+        &self,
+        _w: &dyn BackendBuffer,
+        _grad: &dyn BackendBuffer,
+        _m: &dyn BackendBuffer,
+        _v: &dyn BackendBuffer,
+        _c: &AdamWCoeffs,
+    ) -> Result<()> {
+        Ok(())
+    }
     fn axpby(
         &self,
         _y: &dyn BackendBuffer,

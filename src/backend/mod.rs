@@ -258,6 +258,57 @@ pub struct AttentionGrads {
 
 /// Everything a device must do for the ops. Grouped by op family, in the order of `src/ops/`.
 /// Inputs are assumed valid: shape checks happen in the ops before a backend is called.
+/// One SGD update (PyTorch's rule, [`Backend::sgd_step`]): d = g + wd·w (only where wd ≠ 0: 0·Inf
+/// would be NaN); with momentum, buf = momentum·buf + (1 − dampening)·d (buf = d on the `first` step)
+/// and d = nesterov ? d + momentum·buf : buf; then w −= lr·d.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdUpdate {
+    pub lr: f32,
+    pub momentum: f32,
+    pub dampening: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    /// The momentum buffer holds nothing yet: it is set to d.
+    pub first: bool,
+}
+
+/// The scalar coefficients of one AdamW step ([`Backend::adamw_step`]), computed as PyTorch's AdamW
+/// computes them (f64, each rounded to f32 once).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWCoeffs {
+    /// 1 − β₁ and β₁: m = a1·g + b1·m.
+    pub a1: f32,
+    pub b1: f32,
+    /// 1 − β₂ and β₂: v = a2·g² + b2·v.
+    pub a2: f32,
+    pub b2: f32,
+    /// 1/√(1 − β₂ᵗ): denom = √v·inv_sqrt_bc2 + eps.
+    pub inv_sqrt_bc2: f32,
+    pub eps: f32,
+    /// −lr/(1 − β₁ᵗ) and 1 − lr·wd: w = neg_step·(m/denom) + decay·w.
+    pub neg_step: f32,
+    pub decay: f32,
+}
+
+impl AdamWCoeffs {
+    /// Step `step` (from 1) at learning rate `lr` (already scaled by the parameter's group).
+    pub fn new(lr: f32, (b1, b2): (f64, f64), eps: f32, weight_decay: f32, step: u64) -> Self {
+        let (lr, wd, t) = (lr as f64, weight_decay as f64, step as f64);
+        let bias_correction1 = 1.0 - b1.powf(t);
+        let bias_correction2 = 1.0 - b2.powf(t);
+        AdamWCoeffs {
+            a1: (1.0 - b1) as f32,
+            b1: b1 as f32,
+            a2: (1.0 - b2) as f32,
+            b2: b2 as f32,
+            inv_sqrt_bc2: (1.0 / bias_correction2.sqrt()) as f32,
+            eps,
+            neg_step: (-(lr / bias_correction1)) as f32,
+            decay: (1.0 - lr * wd) as f32,
+        }
+    }
+}
+
 pub trait Backend: Send + Sync + Debug {
     /// Human-readable name, e.g. "cpu" or "cuda:0".
     fn name(&self) -> String;
@@ -300,6 +351,26 @@ pub trait Backend: Send + Sync + Debug {
     fn add_relu_in_place(&self, a: &dyn BackendBuffer, b: &dyn BackendBuffer) -> Result<()>;
     /// In place: y = a·x + b·y.
     fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()>;
+    /// SGD's update in place on w and, with momentum, its momentum buffer: one pass over w, grad and
+    /// the buffer ([`SgdUpdate`]; each product rounded on its own, as a chain of [`Backend::axpby`]s
+    /// would). The buffers are distinct (grad may not be w or the momentum buffer).
+    fn sgd_step(
+        &self,
+        w: &dyn BackendBuffer,
+        grad: &dyn BackendBuffer,
+        momentum_buf: Option<&dyn BackendBuffer>,
+        u: &SgdUpdate,
+    ) -> Result<()>;
+    /// AdamW's update in place on w and its moment buffers m and v, one pass ([`AdamWCoeffs`]; each
+    /// product rounded on its own).
+    fn adamw_step(
+        &self,
+        w: &dyn BackendBuffer,
+        grad: &dyn BackendBuffer,
+        m: &dyn BackendBuffer,
+        v: &dyn BackendBuffer,
+        c: &AdamWCoeffs,
+    ) -> Result<()>;
     /// A one-element buffer holding Σ x.
     fn sum_all(&self, x: &dyn BackendBuffer) -> Result<BufferRef>;
     /// `len` copies of scale · s[0] (the backward of a sum), without a round trip to the host.

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use crate::autograd::no_grad;
+use crate::backend::AdamWCoeffs;
 use crate::error::{arg_bail, Result};
-use crate::ops::elementwise::{add_scalar, div, sqrt};
 use crate::optim::{
     check_groups, check_lr, find_param, load_buffer, split_state_name, Optimizer, OptimizerState,
     ParamGroup,
@@ -92,8 +92,7 @@ impl Optimizer for AdamW {
         } = self.cfg;
         no_grad(|| {
             for (group, states) in self.groups.iter().zip(&mut self.state) {
-                let lr = (lr * group.lr_scale) as f64;
-                let wd = group.weight_decay as f64;
+                let (lr, wd) = (lr * group.lr_scale, group.weight_decay);
                 for ((_, p), st) in group.params.iter().zip(states) {
                     let Some(g) = p.grad() else {
                         continue;
@@ -107,22 +106,14 @@ impl Optimizer for AdamW {
                         }),
                     };
                     s.step += 1;
-                    let t = s.step as f64;
-                    s.exp_avg.axpby_((1.0 - b1) as f32, &g, b1 as f32)?;
-                    s.exp_avg_sq
-                        .axpby_((1.0 - b2) as f32, &g.mul(&g)?, b2 as f32)?;
-                    let bias_correction1 = 1.0 - b1.powf(t);
-                    let bias_correction2 = 1.0 - b2.powf(t);
-                    // eps outside the square root, after the bias correction (PyTorch's order).
-                    let denom = add_scalar(
-                        &sqrt(&s.exp_avg_sq)?.mul_scalar((1.0 / bias_correction2.sqrt()) as f32)?,
-                        eps,
-                    )?;
-                    let step_size = lr / bias_correction1;
-                    p.axpby_(
-                        (-step_size) as f32,
-                        &div(&s.exp_avg, &denom)?,
-                        (1.0 - lr * wd) as f32,
+                    crate::ops::same_device(OP, &[p, &g])?;
+                    let c = AdamWCoeffs::new(lr, (b1, b2), eps, wd, s.step);
+                    p.backend().adamw_step(
+                        p.buf(),
+                        g.buf(),
+                        s.exp_avg.buf(),
+                        s.exp_avg_sq.buf(),
+                        &c,
                     )?;
                 }
             }

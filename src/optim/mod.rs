@@ -209,13 +209,6 @@ fn set_grad(p: &Tensor, g: &Tensor) -> Result<()> {
     p.backward_with(g)
 }
 
-/// A new tensor a·x + b·y (y is not modified).
-fn lincomb(a: f32, x: &Tensor, b: f32, y: &Tensor) -> Result<Tensor> {
-    let out = y.copy()?;
-    out.axpby_(a, x, b)?;
-    Ok(out)
-}
-
 /// Checks shared by the optimisers' constructors: every parameter requires grad, appears once and has
 /// a unique name; decay and lr scale are finite and non-negative.
 fn check_groups(op: &'static str, groups: &[ParamGroup]) -> Result<()> {

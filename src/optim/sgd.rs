@@ -2,10 +2,10 @@
 //! `torch.optim.SGD` (maximize, foreach and fused variants aside).
 
 use crate::autograd::no_grad;
+use crate::backend::SgdUpdate;
 use crate::error::{arg_bail, Result};
 use crate::optim::{
-    check_groups, check_lr, lincomb, load_buffer, split_state_name, Optimizer, OptimizerState,
-    ParamGroup,
+    check_groups, check_lr, load_buffer, split_state_name, Optimizer, OptimizerState, ParamGroup,
 };
 use crate::tensor::Tensor;
 
@@ -95,28 +95,22 @@ impl Optimizer for Sgd {
                     let Some(grad) = p.grad() else {
                         continue;
                     };
-                    // Weight decay as an L2 penalty: it goes through the momentum.
-                    let mut d = if wd != 0.0 {
-                        lincomb(wd, p, 1.0, &grad)?
-                    } else {
-                        grad
-                    };
-                    if momentum != 0.0 {
-                        let buf = match buf {
-                            // PyTorch starts the buffer at the gradient itself (no dampening).
-                            None => buf.insert(d.copy()?),
-                            Some(b) => {
-                                b.axpby_(1.0 - dampening, &d, momentum)?;
-                                b
-                            }
-                        };
-                        d = if nesterov {
-                            lincomb(momentum, buf, 1.0, &d)?
-                        } else {
-                            buf.clone()
-                        };
+                    crate::ops::same_device(OP, &[p, &grad])?;
+                    // The first step with momentum sets the buffer to d: it starts as zeros.
+                    let first = momentum != 0.0 && buf.is_none();
+                    if first {
+                        *buf = Some(Tensor::zeros(p.shape(), p.device())?);
                     }
-                    p.axpby_(-lr, &d, 1.0)?;
+                    let update = SgdUpdate {
+                        lr,
+                        momentum,
+                        dampening,
+                        weight_decay: wd,
+                        nesterov,
+                        first,
+                    };
+                    let state = buf.as_ref().filter(|_| momentum != 0.0).map(|b| b.buf());
+                    p.backend().sgd_step(p.buf(), grad.buf(), state, &update)?;
                 }
             }
             Ok(())

@@ -398,12 +398,12 @@ fn backward_data_with(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking) -
     if g.is_depthwise() {
         return depthwise_backward_data(dy, w, g);
     }
-    match transposed_geom(g) {
-        Some(gt) if w.iter().all(|v| v.is_finite()) => {
-            forward_with(dy, &flipped_transposed(w, g), None, &gt, chunking, false)
+    if let Some(gt) = transposed_geom(g) {
+        if let Some(wt) = flipped_transposed(w, g) {
+            return forward_with(dy, &wt, None, &gt, chunking, false);
         }
-        _ => backward_data_col2vol(dy, w, g, chunking),
     }
+    backward_data_col2vol(dy, w, g, chunking)
 }
 
 /// dx as a GEMM (Wᵀ·dy) per column chunk, scattered into dx by col2vol: every stride, every weight.
@@ -493,19 +493,30 @@ fn transposed_geom(g: &ConvGeom) -> Option<ConvGeom> {
 }
 
 /// w [C_out, C_in/G, kD, kH, kW] → [C_in, C_out/G, kD, kH, kW], each kernel reversed in every dimension:
-/// the weights of [`transposed_geom`]'s convolution.
-fn flipped_transposed(w: &[f32], g: &ConvGeom) -> Vec<f32> {
+/// the weights of [`transposed_geom`]'s convolution; None where a weight is not finite. In parallel
+/// over the new rows, straight into the new vector: one read and one write of the weights (ECO-Lite's
+/// 512 → 512 3×3×3 kernel is 28 MB, and copying it on one thread after a zero-fill and a finiteness
+/// scan took half as long as the convolution itself, docs/PERFORMANCE.md).
+fn flipped_transposed(w: &[f32], g: &ConvGeom) -> Option<Vec<f32>> {
     let (cin_g, cout_g, kvol) = (g.in_per_group(), g.out_per_group(), g.kernel_volume());
-    let mut wt = vec![0.0f32; w.len()];
-    for (i, kernel) in w.chunks_exact(kvol).enumerate() {
-        let (co, ci) = (i / cin_g, i % cin_g);
-        let (gi, co_g) = (co / cout_g, co % cout_g);
-        let dst = ((gi * cin_g + ci) * cout_g + co_g) * kvol;
-        for (d, v) in wt[dst..dst + kvol].iter_mut().zip(kernel.iter().rev()) {
-            *d = *v;
-        }
+    if !super::elementwise::all_finite(w) {
+        return None;
     }
-    wt
+    Some(super::elementwise::par_build(
+        w.len(),
+        cout_g * kvol,
+        |row, out| {
+            // new row (gi, ci): the kernels w[gi·cout_g + co_g, ci] for every co_g, reversed
+            let (gi, ci) = (row / cin_g, row % cin_g);
+            for (co_g, dst) in out.chunks_exact_mut(kvol).enumerate() {
+                let src = &w[((gi * cout_g + co_g) * cin_g + ci) * kvol..][..kvol];
+                for (d, &v) in dst.iter_mut().zip(src.iter().rev()) {
+                    d.write(v);
+                }
+            }
+            out.len()
+        },
+    ))
 }
 
 fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking) -> Vec<f32> {

@@ -40,7 +40,7 @@ use rayon::prelude::*;
 
 use super::conv::sum_in_order;
 use super::conv_winograd::MAX_ACCUMULATOR_FLOATS;
-use super::elementwise::relu as relu_f;
+use super::elementwise::{all_finite, relu as relu_f};
 use super::linalg::{gemm, Mat};
 use crate::backend::ConvGeom;
 
@@ -205,7 +205,7 @@ pub(super) fn forward(
         shape_applies(g),
         "Winograd F(2,3) along depth called on {g:?}"
     );
-    if !w.iter().all(|v| v.is_finite()) {
+    if !all_finite(w) {
         return None;
     }
     let u = transform_weights(w, g);
@@ -268,7 +268,7 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeom) -> Option<Vec
         }
     });
     let dw = inverse_weight_transform(&dm, g);
-    dw.iter().all(|v| v.is_finite()).then_some(dw)
+    all_finite(&dw).then_some(dw)
 }
 
 /// dW [C_out][C_in/G][3] ← Gᵀ (each kernel's four points of dM), in f64, rounded once.

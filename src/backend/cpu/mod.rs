@@ -53,6 +53,7 @@ mod expf;
 mod layout;
 mod linalg;
 mod loss;
+mod optimizer;
 mod pool;
 mod softmax;
 mod upsample;
@@ -244,6 +245,39 @@ fn read_opt(b: Option<&dyn BackendBuffer>) -> Result<Option<CpuRead<'_>>> {
     b.map(read).transpose()
 }
 
+/// Which values b holds: its own, or its parent's for a view (buffers with one key share values, and
+/// one must not be locked for writing while the other is locked).
+fn storage_key(b: &dyn BackendBuffer) -> Result<*const CpuBuffer> {
+    let buf = cpu(b)?;
+    Ok(match &buf.0 {
+        Storage::Owned(_) => buf as *const CpuBuffer,
+        Storage::View(r) => cpu_unchecked(&*r.parent) as *const CpuBuffer,
+    })
+}
+
+/// `f` on b's values, writable: in place for a buffer or a contiguous view; a strided view's runs are
+/// gathered, and written back after `f`. b's lock is held while `f` runs.
+fn with_values_mut<R>(b: &dyn BackendBuffer, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
+    Ok(match &cpu(b)?.0 {
+        Storage::Owned(v) => f(&mut v.write().unwrap()),
+        Storage::View(r) if r.is_contiguous() => {
+            let mut parent = r.parent().write().unwrap();
+            f(&mut parent[r.offset..r.offset + r.len()])
+        }
+        Storage::View(r) => {
+            let mut parent = r.parent().write().unwrap();
+            let mut values: Vec<f32> = (0..r.runs)
+                .flat_map(|i| parent[r.run(i)].iter().copied())
+                .collect();
+            let out = f(&mut values);
+            for (i, run) in values.chunks_exact(r.run_len).enumerate() {
+                parent[r.run(i)].copy_from_slice(run);
+            }
+            out
+        }
+    })
+}
+
 /// Write to b in place: `f` gets each contiguous run of b's values and the run's first index in b (a
 /// view writes through to its parent, as PyTorch's in-place ops on a view). Callers read any other
 /// operand before: b's lock is held while `f` runs.
@@ -393,6 +427,25 @@ impl Backend for CpuBackend {
         write_runs(y, |run, at| {
             elementwise::axpby(run, a, &x[at..at + run.len()], b)
         })
+    }
+    fn sgd_step(
+        &self,
+        w: &dyn BackendBuffer,
+        grad: &dyn BackendBuffer,
+        momentum_buf: Option<&dyn BackendBuffer>,
+        u: &SgdUpdate,
+    ) -> Result<()> {
+        optimizer::sgd_step(w, grad, momentum_buf, u)
+    }
+    fn adamw_step(
+        &self,
+        w: &dyn BackendBuffer,
+        grad: &dyn BackendBuffer,
+        m: &dyn BackendBuffer,
+        v: &dyn BackendBuffer,
+        c: &AdamWCoeffs,
+    ) -> Result<()> {
+        optimizer::adamw_step(w, grad, m, v, c)
     }
     fn sum_all(&self, x: &dyn BackendBuffer) -> Result<BufferRef> {
         Ok(wrap(vec![elementwise::sum(&read(x)?)]))

@@ -43,7 +43,6 @@ use self::alloc::{CachingAllocator, MemoryStats, RawMemory};
 pub use self::cudarc_driver::{device_count, driver_present, CudarcDriver};
 use self::driver::{Driver, KernelArg, LaunchConfig};
 use self::launch::{grid_for, BLOCK, MAX_ELEMENTS};
-pub use self::optimizer::AdamWCoeffs;
 pub use self::upsample::upsample_scale;
 use super::*;
 use crate::error::{Error, Result};
@@ -560,6 +559,25 @@ impl Backend for CudaBackend {
     }
     fn axpby(&self, y: &dyn BackendBuffer, a: f32, x: &dyn BackendBuffer, b: f32) -> Result<()> {
         elementwise::axpby(self, y, a, x, b)
+    }
+    fn sgd_step(
+        &self,
+        w: &dyn BackendBuffer,
+        grad: &dyn BackendBuffer,
+        momentum_buf: Option<&dyn BackendBuffer>,
+        u: &SgdUpdate,
+    ) -> Result<()> {
+        optimizer::sgd_step(self, w, grad, momentum_buf, u)
+    }
+    fn adamw_step(
+        &self,
+        w: &dyn BackendBuffer,
+        grad: &dyn BackendBuffer,
+        m: &dyn BackendBuffer,
+        v: &dyn BackendBuffer,
+        c: &AdamWCoeffs,
+    ) -> Result<()> {
+        optimizer::adamw_step(self, w, grad, m, v, c)
     }
     fn sum_all(&self, x: &dyn BackendBuffer) -> Result<BufferRef> {
         reduce::sum_all(self, x)
