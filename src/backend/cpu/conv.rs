@@ -375,9 +375,36 @@ pub(super) fn take_pieces<'a>(rows: &mut [&'a mut [f32]], len: usize) -> Vec<&'a
         .collect()
 }
 
+/// x's channels (each `input` values) zero-padded to boxes of `dims`, one after another, and `slack`
+/// zeros after the last: built in parallel, one task per channel, straight into the new vector (on
+/// one thread, the zero-fill and the copy of a 144-channel input on 16 × 56² took ~6 ms of a 45 ms
+/// convolution).
+pub(super) fn padded_channels(
+    x: &[f32],
+    input: [usize; 3],
+    padding: [usize; 3],
+    dims: [usize; 3],
+    slack: usize,
+) -> Vec<f32> {
+    let (in_len, chan): (usize, usize) = (input.iter().product(), dims.iter().product());
+    let channels = x.len() / in_len.max(1);
+    super::elementwise::par_build(channels * chan + slack, chan.max(1), |c, out| {
+        for v in out.iter_mut() {
+            v.write(0.0);
+        }
+        // SAFETY: every element of `out` was written just above; f32 and MaybeUninit<f32> share
+        // their layout.
+        let dst = unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+        if c < channels {
+            pad_channel(&x[c * in_len..][..in_len], dst, input, padding, dims);
+        }
+        dst.len()
+    })
+}
+
 /// One channel of the input ([D, H, W] = `input`) copied into a zero-filled padded grid of extents
 /// `dims` at offset `padding`: the padded copies of the direct and the Winograd forward paths.
-pub(super) fn pad_channel(
+fn pad_channel(
     src: &[f32],
     dst: &mut [f32],
     input: [usize; 3],
@@ -412,7 +439,7 @@ fn backward_data_col2vol(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking
     let (cin_g, cout_g, kvol) = (g.in_per_group(), g.out_per_group(), g.kernel_volume());
     let kdim = cin_g * kvol;
     let chunks = row_chunks(g, kdim, chunking, usize::MAX);
-    let mut dx = vec![0.0f32; g.n * g.c_in * in_vol];
+    let mut dx = super::elementwise::par_zeros(g.n * g.c_in * in_vol);
     // (n, group) blocks of dx are contiguous and independent; chunks within one scatter into the
     // same block, so they run in order. With fewer blocks than threads, GEMM and col2vol go parallel.
     let few = g.n * g.groups < rayon::current_num_threads();

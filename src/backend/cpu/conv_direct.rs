@@ -27,7 +27,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::pad_channel;
+use super::conv::padded_channels;
 use super::elementwise::relu as relu_f;
 use crate::backend::ConvGeom;
 
@@ -153,17 +153,6 @@ impl Grid {
 }
 
 /// x[n] ([C_in, D, H, W]) zero-padded to [C_in, Dp, Hp, Wp], plus `grid.slack` zeros.
-fn pad_input(xn: &[f32], g: &ConvGeom, grid: &Grid, out: &mut Vec<f32>) {
-    out.clear();
-    out.resize(g.c_in * grid.chan + grid.slack, 0.0);
-    for (src, dst) in xn
-        .chunks_exact(g.input_volume())
-        .zip(out.chunks_mut(grid.chan))
-    {
-        pad_channel(src, dst, g.input, g.padding, grid.dims);
-    }
-}
-
 /// Weights of one group [C_out/G, K] as panels of MR rows, [panel][k][MR], rows past C_out/G zero.
 fn pack_weights(wg: &[f32], cout_g: usize, kdim: usize, mr: usize) -> Vec<f32> {
     let panels = cout_g.div_ceil(mr);
@@ -212,19 +201,18 @@ pub(super) fn forward_with(
         .map(|wg| pack_weights(wg, cout_g, kdim, mr))
         .collect();
     let padded: Vec<Vec<f32>> = x
-        .par_chunks_exact(g.c_in * g.input_volume())
-        .map(|xn| {
-            let mut p = Vec::new();
-            pad_input(xn, g, &grid, &mut p);
-            p
-        })
+        .chunks_exact(g.c_in * g.input_volume())
+        .map(|xn| padded_channels(xn, g.input, g.padding, grid.dims, grid.slack))
         .collect();
 
     let [od_n, oh_n, ow_n] = g.output;
     let plane_out = oh_n * ow_n;
-    let mut y = vec![0.0f32; g.n * g.c_out * g.output_volume()];
+    let mut y = super::elementwise::par_zeros(g.n * g.c_out * g.output_volume());
     let tasks = tasks(&mut y, g, mr);
-    let chans_per_chunk = (K_CHUNK_FLOATS / mr / kvol).clamp(1, cin_g);
+    // Chunks of equal size: 128 channels as 42 + 42 + 42 + 2 made a fourth pass over the
+    // accumulators for 2 channels' work.
+    let max_chans = (K_CHUNK_FLOATS / mr / kvol).clamp(1, cin_g);
+    let chans_per_chunk = cin_g.div_ceil(cin_g.div_ceil(max_chans));
     let wp = grid.dims[2];
     tasks.into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),

@@ -38,7 +38,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::{pad_channel, sum_in_order, take_pieces};
+use super::conv::{padded_channels, sum_in_order, take_pieces};
 use super::elementwise::{all_finite, par_build, relu as relu_f};
 use super::linalg::{gemm, Mat};
 use crate::backend::ConvGeom;
@@ -324,12 +324,7 @@ fn pad_input(x: &[f32], g: &ConvGeom, t: &Tiling) -> (Vec<f32>, [usize; 3]) {
     let dims: [usize; 3] = std::array::from_fn(|a| {
         (g.input[a] + 2 * g.padding[a]).max((tiles[a] - 1) * t.out_ext[a] + ext[a])
     });
-    let chan: usize = dims.iter().product();
-    let mut xp = vec![0.0f32; g.n * g.c_in * chan];
-    xp.par_chunks_mut(chan)
-        .zip(x.par_chunks(g.input_volume()))
-        .for_each(|(dst, src)| pad_channel(src, dst, g.input, g.padding, dims));
-    (xp, dims)
+    (padded_channels(x, g.input, g.padding, dims, 0), dims)
 }
 
 fn forward_axes<const WD: bool, const WH: bool, const WW: bool>(
@@ -344,7 +339,7 @@ fn forward_axes<const WD: bool, const WH: bool, const WW: bool>(
     let (xp, padded) = pad_input(x, g, &t);
     let (p_vol, cout_g, groups) = (g.output_volume(), g.out_per_group(), g.groups);
     let slice = g.output[1] * g.output[2];
-    let mut y = vec![0.0f32; g.n * g.c_out * p_vol];
+    let mut y = super::elementwise::par_zeros(g.n * g.c_out * p_vol);
     // Tasks: (sample·group, depth tile row) owning that row's slices of every output channel.
     let mut tasks = Vec::with_capacity(g.n * groups * t.tiles[0]);
     for (ng, block) in y.chunks_mut(cout_g * p_vol).enumerate() {
@@ -413,12 +408,7 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeom) -> Option<Vec
 fn pad_grad(dy: &[f32], g: &ConvGeom, t: &Tiling) -> (Vec<f32>, [usize; 3]) {
     let tiles = [t.tiles[0], t.tiles[1], t.tiles[2].div_ceil(LANES) * LANES];
     let dims: [usize; 3] = std::array::from_fn(|a| tiles[a] * t.out_ext[a]);
-    let chan: usize = dims.iter().product();
-    let mut dyp = vec![0.0f32; g.n * g.c_out * chan];
-    dyp.par_chunks_mut(chan)
-        .zip(dy.par_chunks(g.output_volume()))
-        .for_each(|(dst, src)| pad_channel(src, dst, g.output, [0; 3], dims));
-    (dyp, dims)
+    (padded_channels(dy, g.output, [0; 3], dims, 0), dims)
 }
 
 /// Most floats of private dM accumulators (one per thread) at once, 256 MiB: above it fewer threads

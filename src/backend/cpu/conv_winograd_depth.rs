@@ -209,7 +209,7 @@ pub(super) fn forward(
         return None;
     }
     let u = transform_weights(w, g);
-    let mut y = vec![0.0f32; g.n * g.c_out * g.output_volume()];
+    let mut y = super::elementwise::par_zeros(g.n * g.c_out * g.output_volume());
     run(x, &u, g, Epilogue { bias, relu }, &mut y).then_some(y)
 }
 
