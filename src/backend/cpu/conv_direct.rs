@@ -152,7 +152,6 @@ impl Grid {
     }
 }
 
-/// x[n] ([C_in, D, H, W]) zero-padded to [C_in, Dp, Hp, Wp], plus `grid.slack` zeros.
 /// Weights of one group [C_out/G, K] as panels of MR rows, [panel][k][MR], rows past C_out/G zero.
 fn pack_weights(wg: &[f32], cout_g: usize, kdim: usize, mr: usize) -> Vec<f32> {
     let panels = cout_g.div_ceil(mr);
@@ -200,6 +199,7 @@ pub(super) fn forward_with(
         .chunks_exact(cout_g * kdim)
         .map(|wg| pack_weights(wg, cout_g, kdim, mr))
         .collect();
+    // per sample: x[n] ([C_in, D, H, W]) zero-padded to [C_in, Dp, Hp, Wp], plus `grid.slack` zeros
     let padded: Vec<Vec<f32>> = x
         .chunks_exact(g.c_in * g.input_volume())
         .map(|xn| padded_channels(xn, g.input, g.padding, grid.dims, grid.slack))
