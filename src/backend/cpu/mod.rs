@@ -932,6 +932,61 @@ mod view_tests {
             .collect()
     }
 
+    /// The fused SGD step on a strided view (gathered, updated, written back: the rest of the parent
+    /// untouched), with a gradient that shares the parameter's storage (copied before the write),
+    /// and refusing a momentum buffer that is the parameter itself.
+    #[test]
+    fn sgd_step_on_views_and_aliased_gradients() {
+        let be = CpuBackend;
+        let (outer, inners) = (3, [2usize, 5]);
+        let xv = test_data(outer * 7, 11);
+        let x = be.from_host(&xv).unwrap();
+        let pieces = be.split(&x, outer, &inners).unwrap();
+        let w = &pieces[1]; // runs of 5 values, 7 apart: a strided view
+        let gv = test_data(w.len(), 12);
+        let g = be.from_host(&gv).unwrap();
+        let buf = be.from_host(&vec![0.0; w.len()]).unwrap();
+        let u = SgdUpdate {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 0.01,
+            nesterov: false,
+            first: true,
+        };
+        let before = be.to_host(&**w).unwrap();
+        be.sgd_step(&**w, &*g, Some(&*buf), &u).unwrap();
+        let want: Vec<f32> = before
+            .iter()
+            .zip(&gv)
+            .map(|(&w, &g)| w + -0.1 * (0.01 * w + g))
+            .collect();
+        assert_eq!(be.to_host(&**w).unwrap(), want);
+        assert_eq!(
+            be.to_host(&*pieces[0]).unwrap(),
+            runs_of(&xv, outer, 7, 0, 2)
+        );
+        // the gradient is the parameter's other piece: one storage, read before it is written
+        let u = SgdUpdate { momentum: 0.0, ..u };
+        let (w0, g0) = (be.to_host(&*pieces[0]).unwrap(), be.to_host(&**w).unwrap());
+        let wide = be.split(&x, outer, &[2, 3, 2]).unwrap();
+        let g2 = be.to_host(&*wide[0]).unwrap(); // a 2-wide gradient for the 2-wide piece
+        be.sgd_step(&*pieces[0], &*wide[0], None, &u).unwrap();
+        let want: Vec<f32> = w0
+            .iter()
+            .zip(&g2)
+            .map(|(&w, &g)| w + -0.1 * (0.01 * w + g))
+            .collect();
+        assert_eq!(be.to_host(&*pieces[0]).unwrap(), want);
+        assert_eq!(
+            be.to_host(&**w).unwrap(),
+            g0,
+            "the other piece is untouched"
+        );
+        let err = be.sgd_step(&**w, &*g, Some(&**w), &u).unwrap_err();
+        assert!(err.to_string().contains("share storage"), "{err}");
+    }
+
     /// concat's gradient pieces are views of the gradient's values (no copy) and read, gathered, read
     /// as rows in place and split again as the copies they replace; a view of a view refers to the
     /// first buffer.
