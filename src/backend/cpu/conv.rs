@@ -375,18 +375,24 @@ pub(super) fn take_pieces<'a>(rows: &mut [&'a mut [f32]], len: usize) -> Vec<&'a
         .collect()
 }
 
-/// x's channels (each `input` values) zero-padded to boxes of `dims`, one after another, and `slack`
-/// zeros after the last: built in parallel, one task per channel, straight into the new vector (on
-/// one thread, the zero-fill and the copy of a 144-channel input on 16 × 56² took ~6 ms of a 45 ms
-/// convolution).
+/// x's channels (each `input` values) zero-padded, each split into its `stride` phases — phase
+/// (rd, rh, rw), numbered (rd·sH + rh)·sW + rw, holds the padded positions (sD·i + rd, sH·j + rh,
+/// sW·k + rw) at (i, j, k) of a box of extents `dims` — one channel after another, and `slack` zeros
+/// after the last. With stride 1 that is one box per channel, the padded input itself (the Winograd
+/// paths and the direct kernel); with stride s the direct kernel reads each tap's inputs as one
+/// contiguous run of a phase. Built in parallel, one task per channel, straight into the new vector
+/// (on one thread, the zero-fill and the copy of a 144-channel input on 16 × 56² took ~6 ms of a
+/// 45 ms convolution).
 pub(super) fn padded_channels(
     x: &[f32],
     input: [usize; 3],
     padding: [usize; 3],
+    stride: [usize; 3],
     dims: [usize; 3],
     slack: usize,
 ) -> Vec<f32> {
-    let (in_len, chan): (usize, usize) = (input.iter().product(), dims.iter().product());
+    let (in_len, phase_len): (usize, usize) = (input.iter().product(), dims.iter().product());
+    let chan = phase_len * stride.iter().product::<usize>();
     let channels = x.len() / in_len.max(1);
     super::elementwise::par_build(channels * chan + slack, chan.max(1), |c, out| {
         for v in out.iter_mut() {
@@ -396,27 +402,53 @@ pub(super) fn padded_channels(
         // their layout.
         let dst = unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
         if c < channels {
-            pad_channel(&x[c * in_len..][..in_len], dst, input, padding, dims);
+            let phases = Phases {
+                padding,
+                stride,
+                dims,
+            };
+            phases.scatter_channel(&x[c * in_len..][..in_len], dst, input);
         }
         dst.len()
     })
 }
 
-/// One channel of the input ([D, H, W] = `input`) copied into a zero-filled padded grid of extents
-/// `dims` at offset `padding`: the padded copies of the direct and the Winograd forward paths.
-fn pad_channel(
-    src: &[f32],
-    dst: &mut [f32],
-    input: [usize; 3],
+/// How [`padded_channels`] lays out one channel.
+struct Phases {
     padding: [usize; 3],
+    stride: [usize; 3],
     dims: [usize; 3],
-) {
-    let [_, ih, iw] = input;
-    let [_, hp, wp] = dims;
-    for (z, plane) in src.chunks_exact(ih * iw).enumerate() {
-        for (r, row) in plane.chunks_exact(iw).enumerate() {
-            let at = ((z + padding[0]) * hp + r + padding[1]) * wp + padding[2];
-            dst[at..at + iw].copy_from_slice(row);
+}
+
+impl Phases {
+    /// One channel of the input ([D, H, W] = `input`) copied into its zero-filled phases.
+    fn scatter_channel(&self, src: &[f32], dst: &mut [f32], input: [usize; 3]) {
+        let [_, ih, iw] = input;
+        let [_, hq, wq] = self.dims;
+        let [sd, sh, sw] = self.stride;
+        let [pad_d, pad_h, pad_w] = self.padding;
+        let phase_len: usize = self.dims.iter().product();
+        for (z, plane) in src.chunks_exact(ih * iw).enumerate() {
+            let pz = z + pad_d;
+            for (r, row) in plane.chunks_exact(iw).enumerate() {
+                let pr = r + pad_h;
+                // phase (pz mod sD, pr mod sH, 0), row (pz / sD, pr / sH)
+                let line =
+                    (pz % sd * sh + pr % sh) * sw * phase_len + (pz / sd * hq + pr / sh) * wq;
+                if sw == 1 {
+                    let at = line + pad_w;
+                    dst[at..at + iw].copy_from_slice(row);
+                    continue;
+                }
+                for rw in 0..sw {
+                    // the input columns c with (c + pad_w) mod sW = rw, at (c + pad_w) / sW
+                    let c0 = (rw + sw - pad_w % sw) % sw;
+                    let at = line + rw * phase_len + (c0 + pad_w) / sw;
+                    for (d, &v) in dst[at..].iter_mut().zip(row.iter().skip(c0).step_by(sw)) {
+                        *d = v;
+                    }
+                }
+            }
         }
     }
 }
@@ -426,11 +458,29 @@ fn backward_data_with(dy: &[f32], w: &[f32], g: &ConvGeom, chunking: Chunking) -
         return depthwise_backward_data(dy, w, g);
     }
     if let Some(gt) = transposed_geom(g) {
-        if let Some(wt) = flipped_transposed(w, g) {
-            return forward_with(dy, &wt, None, &gt, chunking, false);
+        if flipped_forward_pays(g, &gt, chunking) {
+            if let Some(wt) = flipped_transposed(w, g) {
+                return forward_with(dy, &wt, None, &gt, chunking, false);
+            }
         }
     }
     backward_data_col2vol(dy, w, g, chunking)
+}
+
+/// Whether the stride-1 data gradient of `g` runs faster as the forward convolution `gt` of
+/// [`transposed_geom`] than by col2vol. Yes where `gt` takes Winograd or the direct kernel (no column
+/// matrix at all) or the kernel has more than 9 taps (a 3-D kernel's col2vol adds 27 columns into
+/// every dx element). Where a 1×3×3, 3×3 or 3×1×1 `gt` would take the GEMM path both are one GEMM
+/// of the same products and col2vol skips the flipped copy of the weights: R(2+1)D-18's
+/// 512 → 1152 1×3×3 on 2×7×7, 8.2 → 6.9 ms, its 256 → 576 on 4×14×14 12.2 → 8.6 ms, its
+/// 1152 → 512 3×1×1 on 2×7×7 3.3 → 1.9 ms; with the direct kernel off, 64 → 144 1×3×3 on 16×56×56
+/// 50 → 40 ms, and ECO-Lite's 128 → 128 3×3×3 on 16×28×28 50 → 59 ms the other way
+/// (docs/PERFORMANCE.md, stop 37).
+fn flipped_forward_pays(g: &ConvGeom, gt: &ConvGeom, chunking: Chunking) -> bool {
+    let fast_path = (chunking.winograd
+        && (conv_winograd::applies(gt) || conv_winograd_depth::applies(gt)))
+        || (chunking.direct && conv_direct::applies(gt));
+    fast_path || g.kernel_volume() > 9
 }
 
 /// dx as a GEMM (Wᵀ·dy) per column chunk, scattered into dx by col2vol: every stride, every weight.
@@ -1132,6 +1182,16 @@ pub(super) mod tests {
             let (_, dx_ref, _) = reference(&x, &w, &dy, &g);
             let (err, scale) = max_err(&backward_data_with(&dy, &w, &g, CHUNKING), &dx_ref);
             assert!(err <= 1e-4 * (1.0 + scale), "case {case}: err {err} {g:?}");
+            // the flipped forward itself, whichever path `flipped_forward_pays` picks for the shape
+            if let Some(gt) = transposed_geom(&g) {
+                let wt = flipped_transposed(&w, &g).expect("finite weights");
+                let dx = forward_with(&dy, &wt, None, &gt, CHUNKING, false);
+                let (err, scale) = max_err(&dx, &dx_ref);
+                assert!(
+                    err <= 1e-4 * (1.0 + scale),
+                    "case {case} flipped: err {err}"
+                );
+            }
             let dx_col = backward_data_col2vol(&dy, &w, &g, CHUNKING);
             let (err, scale) = max_err(&dx_col, &dx_ref);
             assert!(
@@ -1154,9 +1214,9 @@ pub(super) mod tests {
         assert!(flipped >= 10, "only {flipped} cases took the flipped path");
     }
 
-    /// The direct stride-1 forward ([`conv_direct`], with each tile the CPU runs: AVX2 and FMA's,
-    /// AVX-512's; called whatever its useful fraction, so at small shapes the forward path would not
-    /// pick) against the f64
+    /// The direct forward ([`conv_direct`], with each tile the CPU runs: AVX2 and FMA's, AVX-512's;
+    /// strides 1–3; called whatever its useful fraction, so at small shapes the forward path would
+    /// not pick) against the f64
     /// reference, per output within γ_K·Σ|w·x| (K = C_in/G·kernel volume terms summed in FP32 in any
     /// order: |error| ≤ γ_K·Σ|terms|, γ_K = K·u/(1 − K·u), u = 2^-24), plus 1 ulp of the bias add;
     /// its ReLU epilogue bit for bit; a NaN in x gives the reference's non-finite pattern, an Inf
@@ -1179,7 +1239,7 @@ pub(super) mod tests {
             conv_direct::forward_with(tile, x, w, b, g, relu)
         };
         let mut p = Pick(0xd1ec);
-        let mut direct = 0;
+        let (mut direct, mut strided) = (0, 0);
         for case in 0..40 {
             let mut g = random_geom(&mut p, case);
             if g.is_depthwise() || case % 3 == 0 {
@@ -1199,21 +1259,25 @@ pub(super) mod tests {
                     input: if case == 38 { [5, 20, 30] } else { [1, 40, 44] },
                     output: [0; 3],
                     kernel: if case == 38 { [3, 3, 3] } else { [1, 3, 3] },
-                    stride: [1; 3],
+                    stride: if case == 38 { [1; 3] } else { [1, 2, 2] },
                     padding: if case == 38 { [1, 1, 1] } else { [0, 1, 1] },
                     dilation: [1; 3],
                 };
             }
             for d in 0..3 {
+                // the random strides (1–3, the phases of `padded_channels`) in every other case
                 let span = g.dilation[d] * (g.kernel[d] - 1);
-                g.stride[d] = 1;
+                if case % 2 == 0 {
+                    g.stride[d] = 1;
+                }
                 g.input[d] = g.input[d].max((span + 1).saturating_sub(2 * g.padding[d]));
-                g.output[d] = g.input[d] + 2 * g.padding[d] - span;
+                g.output[d] = (g.input[d] + 2 * g.padding[d] - span - 1) / g.stride[d] + 1;
             }
-            if g.is_depthwise() {
+            if g.is_depthwise() || g.kernel == [1, 1, 1] {
                 continue;
             }
             direct += 1;
+            strided += (g.stride != [1, 1, 1]) as usize;
             let seed = 3000 + case as u64 * 4;
             let mut x = data(seed, g.n * g.c_in * g.input_volume());
             let mut w = data(seed + 1, g.c_out * g.in_per_group() * g.kernel_volume());
@@ -1271,6 +1335,7 @@ pub(super) mod tests {
             }
         }
         assert!(direct >= 20, "only {direct} cases took the direct kernel");
+        assert!(strided >= 8, "only {strided} strided cases");
     }
 
     /// |Bᵀ|, |G| and |Aᵀ| of F(2, 3) along one axis (identities on 1-tap axes): the Winograd

@@ -1,5 +1,5 @@
-//! Direct convolution for stride 1 (x86-64 with AVX2 and FMA, or AVX-512): no column matrix, no
-//! packing of the input.
+//! Direct convolution (x86-64 with AVX2 and FMA, or AVX-512): no column matrix, no packing of the
+//! input.
 //!
 //! With stride 1, the input read by output (d, h, w) through tap (a, b, c) is at padded position
 //! (d + a·dD, h + b·dH, w + c·dW). In a zero-padded copy of the input, [C, Dp, Hp, Wp], every tap is
@@ -9,6 +9,13 @@
 //! it. Outputs are computed on the padded grid — the rows' last Wp − oW positions are wasted work
 //! (7 % at 28 wide with a 3-tap kernel, 22 % at 7 wide) — into a per-task plane buffer, then copied
 //! out with the bias and the fused ReLU.
+//!
+//! Strided convolutions take the same kernel on the input split into its stride phases
+//! ([`padded_channels`]): output (d, h, w) reads padded position (s·d + a·dD, …) through tap a, which
+//! is position d + ⌊a·dD / s⌋ of phase a·dD mod s — again one constant offset per tap from the
+//! output's index on the phases' grid [Dp/sD, Hp/sH, Wp/sW]. It pays for the stems (3 input
+//! channels, [`MAX_STRIDED_IN_CHANNELS`]), whose column matrix on the GEMM path costs as much as the
+//! products.
 //!
 //! The microkernel keeps a tile of MR output channels × NR positions of accumulators in registers:
 //! [`tile_6x16`] 6 × 16 in 12 AVX registers, and on CPUs with AVX-512 [`tile_8x32`] 8 × 32 in 16
@@ -67,20 +74,32 @@ const MIN_USEFUL: f64 = 0.9;
 /// Weight floats per panel and K chunk: 12 KiB, in L1 (512 (channel, tap) steps of a 6-wide panel).
 const K_CHUNK_FLOATS: usize = 3072;
 
-/// Whether the direct kernel runs `g`'s forward pass here: stride 1, not depthwise (its own kernel),
-/// not pointwise (the GEMM reads the input in place), at least [`MIN_USEFUL`] of the computed positions
-/// outputs, on a CPU where it is [`enabled`].
+/// Input channels per group up to which a strided convolution takes the direct kernel: the stems
+/// (3 channels, K = 147), whose column matrix costs as much as their products — 7×7 stride 2 on
+/// 8×224², 11.0 → 9.2 ms; on 16×224², 23.3 → 20.9 ms; on 16×112² (45 outputs), 4.9 → 4.6 ms. With
+/// more channels the GEMM path's 512-bit microkernel on a column matrix of few positions ran faster:
+/// 128 → 460 1×3×3 stride (1, 2, 2) on 8×28², 6.4 against 11.2 ms; 256 → 512 3×3×3 stride 2 on
+/// 8×14², 7.9 against 14.1; 230 → 128 3×1×1 stride (2, 1, 1) on 16×28², 5.6 against 6.3
+/// (docs/PERFORMANCE.md, stop 37).
+const MAX_STRIDED_IN_CHANNELS: usize = 4;
+
+/// Whether the direct kernel runs `g`'s forward pass here: not depthwise (its own kernel), not a
+/// 1×1×1 kernel (the GEMM reads a pointwise input in place, and a strided one's phases would copy
+/// every input for the one phase read), stride 1 or at most [`MAX_STRIDED_IN_CHANNELS`] input
+/// channels per group, at least [`MIN_USEFUL`] of the computed positions outputs, on a CPU where it
+/// is [`enabled`].
 pub(super) fn applies(g: &ConvGeom) -> bool {
-    g.stride == [1, 1, 1]
-        && !g.is_depthwise()
-        && !(g.kernel == [1, 1, 1] && g.padding == [0, 0, 0])
+    !g.is_depthwise()
+        && g.kernel != [1, 1, 1]
+        && (g.stride == [1, 1, 1] || g.in_per_group() <= MAX_STRIDED_IN_CHANNELS)
         && enabled().is_some_and(|t| useful_fraction(g, t) >= MIN_USEFUL)
 }
 
-/// Outputs over positions computed per depth slice (oH·oW / oH·Wp rounded up to whole tiles).
+/// Outputs over positions computed per depth slice (oH·oW / oH·Wq rounded up to whole tiles, Wq the
+/// width of the padded input's stride phases).
 fn useful_fraction(g: &ConvGeom, t: Tile) -> f64 {
-    let wp = g.input[2] + 2 * g.padding[2];
-    let computed = (g.output[1] * wp).div_ceil(t.nr) * t.nr;
+    let wq = (g.input[2] + 2 * g.padding[2]).div_ceil(g.stride[2]);
+    let computed = (g.output[1] * wq).div_ceil(t.nr) * t.nr;
     (g.output[1] * g.output[2]) as f64 / computed as f64
 }
 
@@ -109,15 +128,16 @@ pub(super) fn supported_tiles() -> Vec<Tile> {
     tiles
 }
 
-/// The padded grid of one input channel and the tap offsets on it.
+/// The padded input's stride phases for one channel ([`padded_channels`]) and the tap offsets on them.
 struct Grid {
-    /// Padded extents [Dp, Hp, Wp].
+    /// Extents of each phase [Dq, Hq, Wq] = ⌈[Dp, Hp, Wp] / stride⌉ (the padded extents at stride 1).
     dims: [usize; 3],
-    /// Floats per padded channel (Dp·Hp·Wp).
+    /// Floats per padded channel: its phases (sD·sH·sW of them) of Dq·Hq·Wq floats.
     chan: usize,
-    /// Offset of each tap (a, b, c), in weight order: a·dD·Hp·Wp + b·dH·Wp + c·dW.
+    /// Offset of each tap (a, b, c), in weight order: the phase of (a·dD, b·dH, c·dW) mod the
+    /// stride, then (⌊a·dD / sD⌋·Hq + ⌊b·dH / sH⌋)·Wq + ⌊c·dW / sW⌋ within it.
     taps: Vec<usize>,
-    /// Positions computed per output depth slice: oH·Wp rounded up to a whole tile.
+    /// Positions computed per output depth slice: oH·Wq rounded up to a whole tile.
     len: usize,
     /// Floats past the last channel that a tile may read (wasted positions of the last slice).
     slack: usize,
@@ -125,26 +145,29 @@ struct Grid {
 
 impl Grid {
     fn new(g: &ConvGeom, nr: usize) -> Self {
-        let dims: [usize; 3] = std::array::from_fn(|i| g.input[i] + 2 * g.padding[i]);
-        let [_, hp, wp] = dims;
-        let plane = hp * wp;
+        let dims: [usize; 3] =
+            std::array::from_fn(|i| (g.input[i] + 2 * g.padding[i]).div_ceil(g.stride[i]));
+        let [_, hq, wq] = dims;
+        let phase_len: usize = dims.iter().product();
+        let [sd, sh, sw] = g.stride;
         let [kd, kh, kw] = g.kernel;
         let mut taps = Vec::with_capacity(kd * kh * kw);
-        for a in 0..kd {
-            for b in 0..kh {
-                for c in 0..kw {
-                    taps.push(
-                        a * g.dilation[0] * plane + b * g.dilation[1] * wp + c * g.dilation[2],
-                    );
+        for a in (0..kd).map(|a| a * g.dilation[0]) {
+            for b in (0..kh).map(|b| b * g.dilation[1]) {
+                for c in (0..kw).map(|c| c * g.dilation[2]) {
+                    let phase = (a % sd * sh + b % sh) * sw + c % sw;
+                    taps.push(phase * phase_len + (a / sd * hq + b / sh) * wq + c / sw);
                 }
             }
         }
-        let len = (g.output[1] * wp).div_ceil(nr) * nr;
-        // The last slice's last tile reads up to len − oH·Wp + dW·(kW − 1) floats past the plane.
-        let slack = len - g.output[1] * wp + g.dilation[2] * (kw - 1) + nr;
+        let len = (g.output[1] * wq).div_ceil(nr) * nr;
+        let chan = phase_len * sd * sh * sw;
+        // The last channel's last slice reads up to its farthest tap + len floats from the slice.
+        let max_tap = taps.iter().copied().max().unwrap_or(0);
+        let slack = (max_tap + g.output[0].saturating_sub(1) * hq * wq + len).saturating_sub(chan);
         Grid {
             dims,
-            chan: dims.iter().product(),
+            chan,
             taps,
             len,
             slack,
@@ -187,8 +210,8 @@ pub(super) fn forward_with(
     relu: bool,
 ) -> Vec<f32> {
     assert!(
-        g.stride == [1, 1, 1] && supported_tiles().iter().any(|t| t.name == tile.name),
-        "the direct convolution is for stride 1 on a CPU with the tile's ISA"
+        supported_tiles().iter().any(|t| t.name == tile.name),
+        "the direct convolution runs on a CPU with the tile's ISA"
     );
     let (mr, nr) = (tile.mr, tile.nr);
     let grid = Grid::new(g, nr);
@@ -199,10 +222,11 @@ pub(super) fn forward_with(
         .chunks_exact(cout_g * kdim)
         .map(|wg| pack_weights(wg, cout_g, kdim, mr))
         .collect();
-    // per sample: x[n] ([C_in, D, H, W]) zero-padded to [C_in, Dp, Hp, Wp], plus `grid.slack` zeros
+    // per sample: x[n] ([C_in, D, H, W]) zero-padded and split into stride phases, [C_in, phases, Dq,
+    // Hq, Wq], plus `grid.slack` zeros
     let padded: Vec<Vec<f32>> = x
         .chunks_exact(g.c_in * g.input_volume())
-        .map(|xn| padded_channels(xn, g.input, g.padding, grid.dims, grid.slack))
+        .map(|xn| padded_channels(xn, g.input, g.padding, g.stride, grid.dims, grid.slack))
         .collect();
 
     let [od_n, oh_n, ow_n] = g.output;
@@ -230,7 +254,7 @@ pub(super) fn forward_with(
                 // Position blocks whose input rows (of every channel and tap of the chunk) stay in
                 // L2 while every panel runs over them.
                 let rows_read = (c1 - c0) * g.kernel[0] * g.kernel[1];
-                let halo = g.dilation[2] * (g.kernel[2] - 1);
+                let halo = g.dilation[2] * (g.kernel[2] - 1) / g.stride[2];
                 let block = ((X_BLOCK_FLOATS / rows_read).saturating_sub(halo) / nr * nr)
                     .clamp(nr, grid.len);
                 for q0 in (0..grid.len).step_by(block) {
@@ -241,7 +265,7 @@ pub(super) fn forward_with(
                     }
                 }
             }
-            // Copy out the valid positions of each row (oW of every Wp), with bias and ReLU.
+            // Copy out the valid positions of each row (oW of every Wq), with bias and ReLU.
             for (r, dst) in task.rows.into_iter().enumerate() {
                 let co = task.p0 * mr + r;
                 let bv = bias.map_or(0.0, |b| b[gi * cout_g + co]);

@@ -324,7 +324,10 @@ fn pad_input(x: &[f32], g: &ConvGeom, t: &Tiling) -> (Vec<f32>, [usize; 3]) {
     let dims: [usize; 3] = std::array::from_fn(|a| {
         (g.input[a] + 2 * g.padding[a]).max((tiles[a] - 1) * t.out_ext[a] + ext[a])
     });
-    (padded_channels(x, g.input, g.padding, dims, 0), dims)
+    (
+        padded_channels(x, g.input, g.padding, [1; 3], dims, 0),
+        dims,
+    )
 }
 
 fn forward_axes<const WD: bool, const WH: bool, const WW: bool>(
@@ -408,7 +411,7 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeom) -> Option<Vec
 fn pad_grad(dy: &[f32], g: &ConvGeom, t: &Tiling) -> (Vec<f32>, [usize; 3]) {
     let tiles = [t.tiles[0], t.tiles[1], t.tiles[2].div_ceil(LANES) * LANES];
     let dims: [usize; 3] = std::array::from_fn(|a| tiles[a] * t.out_ext[a]);
-    (padded_channels(dy, g.output, [0; 3], dims, 0), dims)
+    (padded_channels(dy, g.output, [0; 3], [1; 3], dims, 0), dims)
 }
 
 /// Most floats of private dM accumulators (one per thread) at once, 256 MiB: above it fewer threads
