@@ -23,7 +23,10 @@ impl Device {
     /// The backend that runs ops on this device.
     pub fn backend(&self) -> Result<&'static dyn Backend> {
         match self {
-            Device::Cpu => Ok(&CPU),
+            Device::Cpu => {
+                crate::backend::cpu::join_thread_pool();
+                Ok(&CPU)
+            }
             Device::Meta => Ok(&META),
             Device::Cuda(i) => Ok(crate::backend::cuda::backend(*i).map_err(|e| match e {
                 Error::Device(msg) => Error::Device(format!("cuda:{i}: {msg}")),

@@ -147,6 +147,9 @@ fn parse_args(all: &[BenchModel]) -> std::result::Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    // Before the STREAM copy touches rayon's pool: the main thread joins it, as it does on the CPU
+    // backend's first use in a training run, so the copy and the kernels run on the same threads.
+    vidgrad::backend::cpu::join_thread_pool();
     if std::env::var("VIDGRAD_BENCH_NO_FUSE").is_ok_and(|v| v == "1") {
         vidgrad::exec::set_fuse_by_default(false);
     }

@@ -171,6 +171,41 @@ impl Drop for CpuRead<'_> {
     }
 }
 
+/// Makes the process's main thread, on its first use of the CPU backend, thread 0 of rayon's global
+/// pool, as OpenMP's master thread is (PyTorch's CPU kernels run that way): a parallel kernel called
+/// from it then starts on it at once and the other threads steal their parts. Outside the pool, the
+/// caller handed every kernel to a pool thread and slept until it was done — two thread switches
+/// per kernel call, 20–30 µs on the 2-vCPU host of docs/PERFORMANCE.md's stop 37, most of the time
+/// of a ReLU or an add under 0.5 MB. Only with two threads or more (with one, a batch built by a
+/// data-loader thread would wait for the main thread to yield), and only if nothing built the pool
+/// before (then it stays as it is); `VIDGRAD_CPU_MAIN_THREAD_IN_POOL=0` turns it off.
+pub fn join_thread_pool() {
+    static TRIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // Only the main thread tries, once (a data-loader thread's first op leaves it its turn).
+    if TRIED.load(Ordering::Relaxed) || std::thread::current().name() != Some("main") {
+        return;
+    }
+    if !TRIED.swap(true, Ordering::Relaxed) {
+        let on = std::env::var("VIDGRAD_CPU_MAIN_THREAD_IN_POOL").map_or(true, |v| v != "0");
+        if !on {
+            return;
+        }
+        let threads = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1);
+        if threads >= 2 {
+            // Err where the pool exists already: then it stays as it is.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .use_current_thread()
+                .build_global();
+        }
+    }
+}
+
 /// Keep freed tensor memory in the process (glibc): by default blocks above 32 MB are mmap'ed and
 /// unmapped again when freed, so every large output (a ReLU over 51 MB, say) page-faulted its memory
 /// back in, zeroed by the kernel, 4 kB at a time — measured to cut a memory-bound kernel to a sixth of
