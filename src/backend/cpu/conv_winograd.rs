@@ -22,10 +22,15 @@
 //! Forward tasks own one row of tiles along the depth axis of one (sample, group): a contiguous slice
 //! of every output channel. Within a task the tiles go in chunks of whole tile rows ([`chunk_rows`])
 //! through the input transform into V, the GEMMs into M, and the output transform (with the bias and
-//! the fused ReLU) into y. The weight gradient's tasks are those chunks, cut into one run per thread,
-//! each summing into its own dM (added in order at the end: bit-reproducible for a thread count).
-//! The transforms work on eight tiles (or eight input channels, for the weights) at once, one SIMD
-//! lane each.
+//! the fused ReLU) into y. With a Winograd depth axis a chunk does that in four slabs, one per depth
+//! point: the slab's depth point of the box rows is one contiguous pass (Bᵀ's row: a sum or
+//! difference of two input planes), the height and width transforms give its 16 points (V and M a
+//! quarter of all 64: they stay in L2, where all 64 points' V took 4 MB and the transforms stalled
+//! on its stores), and the output transform adds each slab's contribution, Aᵀ's column, to the
+//! tiles' two depth outputs until the last writes them. The weight gradient's tasks are those
+//! chunks (and slabs), cut into one run per thread, each summing into its own dM (added in order at
+//! the end: bit-reproducible for a thread count). The transforms work on eight tiles (or eight input
+//! channels, for the weights) at once, one SIMD lane each.
 //!
 //! Numerics: every operation is a sum of products, so the error of an output is at most γ_k times the
 //! same computation on absolute values (k roundings on the longest path: 2 per Winograd axis in G, 1 in
@@ -53,10 +58,12 @@ const MIN_USEFUL: f64 = 0.6;
 /// load: ECO-Lite's 512 → 512 3×3×3 layers on 4×7×7 (16 tiles) took 1.1–1.4× the GEMM path's time,
 /// the weights' transform (64 × 512 × 512 floats) read for 16 tiles at a time.
 const MIN_ROW_TILES: usize = 32;
-/// Floats of V (and of M) per tile chunk, 4 MiB: the GEMMs' N (tiles per chunk) gets large enough
-/// for the gemm crate's packing to pay, and a chunk stays in L3 between the transforms and the GEMMs.
-/// (64 Ki–4 Mi floats measured within the noise of one another on ECO-Lite's 128 → 128 3×3×3 layer,
-/// docs/PERFORMANCE.md.)
+/// Floats of V (and of M) per tile chunk counting every point, 4 MiB: the GEMMs' N (tiles per chunk)
+/// gets large enough for the gemm crate's packing to pay. With a Winograd depth axis a chunk goes
+/// through its points in four slabs, so V and M hold a quarter of it at a time (1 MiB each, in L2
+/// between the transforms and the GEMMs). (Per chunk of all 64 points, 64 Ki–4 Mi floats measured
+/// within the noise of one another on ECO-Lite's 128 → 128 3×3×3 layer before the slabs; with them,
+/// 1–4 Mi within the noise and 512 Ki 6–24 % slower, docs/PERFORMANCE.md.)
 const CHUNK_FLOATS: usize = 1 << 20;
 /// Tiles (or channels) per transform: one SIMD lane each.
 const LANES: usize = 8;
@@ -365,8 +372,8 @@ fn forward_axes<const WD: bool, const WH: bool, const WW: bool>(
     let finite = tasks
         .into_par_iter()
         .map_init(
-            || (Vec::new(), Vec::new()),
-            |(v, m), (ng, td, mut pieces)| {
+            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            |(v, m, acc, rows), (ng, td, mut pieces)| {
                 let mut finite = true;
                 for h0 in (0..t.tiles[1]).step_by(rows_per_chunk) {
                     let chunk = TileChunk {
@@ -375,10 +382,19 @@ fn forward_axes<const WD: bool, const WH: bool, const WW: bool>(
                         h0,
                         h1: (h0 + rows_per_chunk).min(t.tiles[1]),
                     };
-                    job.input_transform::<WD, WH, WW>(&chunk, v);
-                    job.products(&chunk, &u, v, m);
-                    finite &=
-                        job.output_transform::<WD, WH, WW>(&chunk, m, bias, relu, &mut pieces);
+                    for slab in 0..job.slabs() {
+                        job.input_transform::<WD, WH, WW>(&chunk, slab, v, rows);
+                        job.products(&chunk, slab, &u, v, m);
+                        finite &= job.output_transform::<WD, WH, WW>(
+                            &chunk,
+                            slab,
+                            m,
+                            acc,
+                            bias,
+                            relu,
+                            &mut pieces,
+                        );
+                    }
                 }
                 finite
             },
@@ -457,11 +473,13 @@ fn backward_weight_axes<const WD: bool, const WH: bool, const WW: bool>(
     // As the GEMM path's weight gradient: one contiguous run of chunks per part, summed in order
     // (bit-reproducible for a thread count).
     let dm = sum_in_order(&chunks, parts, dm_len, |run, dm| {
-        let (mut v, mut e) = (Vec::new(), Vec::new());
+        let (mut v, mut e, mut rows) = (Vec::new(), Vec::new(), Vec::new());
         for chunk in run {
-            job.input_transform::<WD, WH, WW>(chunk, &mut v);
-            job.grad_transform::<WD, WH, WW>(chunk, &dyp, dy_dims, &mut e);
-            job.weight_products(chunk, &v, &e, dm);
+            for slab in 0..job.slabs() {
+                job.input_transform::<WD, WH, WW>(chunk, slab, &mut v, &mut rows);
+                job.grad_transform::<WD, WH, WW>(chunk, slab, &dyp, dy_dims, &mut e, &mut rows);
+                job.weight_products(chunk, slab, &v, &e, dm);
+            }
         }
     });
     let dw = inverse_weight_transform::<WD, WH, WW>(&dm, g, &t);
@@ -559,30 +577,56 @@ fn prefetch(data: &[f32]) {
 
 impl Job<'_> {
     /// Floats from one point's matrix to the next in V (`channels` = C_in/G) or M (C_out/G): 16 more
-    /// than the matrix, so a box's 64 stores or loads do not share one L1 set when the matrices'
-    /// size is a multiple of 4 KiB.
+    /// than the matrix, so a box's stores or loads do not share one L1 set when the matrices' size
+    /// is a multiple of 4 KiB.
     fn point_stride(&self, channels: usize) -> usize {
         channels * self.tc + 16
     }
 
-    /// V [points][C_in/G][tc] ← Bᵀ (each tile's input box), eight tiles of a row at a time.
+    /// Slabs of points a chunk goes through one after another: with a Winograd depth axis one per
+    /// depth point (16 of 3×3×3's 64 points), else one of all points.
+    fn slabs(&self) -> usize {
+        if self.t.out_ext[0] == 2 {
+            4
+        } else {
+            1
+        }
+    }
+
+    /// Points per slab: the GEMMs per slab, and the point matrices V, M and E hold at once.
+    fn slab_points(&self) -> usize {
+        self.t.points / self.slabs()
+    }
+
+    /// Index in a [`TileBox`] of the slab's point `q`, on the box's depth layer 0 (where the slab's
+    /// depth point has been combined already).
+    fn slab_box_index(&self, slab: usize, q: usize) -> usize {
+        self.t.point_at[slab * self.slab_points() + q] - 16 * slab
+    }
+
+    /// V [slab points][C_in/G][tc] ← Bᵀ (each tile's input box) for the slab's points, eight tiles
+    /// of a row at a time.
     fn input_transform<const WD: bool, const WH: bool, const WW: bool>(
         &self,
         c: &TileChunk,
+        slab: usize,
         v: &mut Vec<f32>,
+        rows: &mut Vec<f32>,
     ) {
         v.resize(
-            self.t.points * self.point_stride(self.g.in_per_group()),
+            self.slab_points() * self.point_stride(self.g.in_per_group()),
             0.0,
         );
-        with_avx2!(self.input_transform_body::<WD, WH, WW>(c, v))
+        with_avx2!(self.input_transform_body::<WD, WH, WW>(c, slab, v, rows))
     }
 
     #[inline(always)]
     fn input_transform_body<const WD: bool, const WH: bool, const WW: bool>(
         &self,
         c: &TileChunk,
+        slab: usize,
         v: &mut [f32],
+        rows: &mut Vec<f32>,
     ) {
         // One box for the whole call: a box zeroed per group of tiles was a 2 KiB memset each time,
         // 8 % of the 64 → 144 1×3×3 forward (perf); every point the passes read is written first.
@@ -595,71 +639,98 @@ impl Job<'_> {
         let (n, gi) = (c.ng / g.groups, c.ng % g.groups);
         let d0 = c.td * t.out_ext[0];
         let plane_len = pd * ph * pw;
-        let rows_h = (c.h1 - c.h0 - 1) * t.out_ext[1] + ext[1];
+        let row0 = c.h0 * t.out_ext[1];
+        let rows_len = ((c.h1 - c.h0 - 1) * t.out_ext[1] + ext[1]) * pw;
+        // Bᵀ's row `slab` along depth: d_i + d_j or d_i − d_j (one plane, d0, without a depth axis).
+        let (di, dj, plus) = if WD {
+            [(0, 2, false), (1, 2, true), (2, 1, false), (1, 3, false)][slab]
+        } else {
+            (0, 0, true)
+        };
+        let sp = self.slab_points();
+        let rows_at = |ci: usize, d: usize| {
+            let chan = (n * g.c_in + gi * cin_g + ci) * plane_len;
+            &self.xp[chan + ((d0 + d) * ph + row0) * pw..][..rows_len]
+        };
         for ci in 0..cin_g {
-            let plane = &self.xp[((n * g.c_in) + gi * cin_g + ci) * plane_len..][..plane_len];
-            // The next channel's box rows, fetched while this one is transformed: the gathers would
+            // The next channel's rows, fetched while this one is transformed: the gathers would
             // otherwise wait on memory one line at a time.
             if ci + 1 < cin_g {
-                let next =
-                    &self.xp[((n * g.c_in) + gi * cin_g + ci + 1) * plane_len..][..plane_len];
-                for a in 0..ext[0] {
-                    let at = ((d0 + a) * ph + c.h0 * t.out_ext[1]) * pw;
-                    prefetch(&next[at..at + rows_h * pw]);
+                prefetch(rows_at(ci + 1, di));
+                if WD {
+                    prefetch(rows_at(ci + 1, dj));
                 }
             }
+            // The slab's depth point of every box row, one contiguous pass (then the gathers below
+            // read it from L1).
+            let src: &[f32] = if WD {
+                let (a, b) = (rows_at(ci, di), rows_at(ci, dj));
+                rows.clear();
+                if plus {
+                    rows.extend(a.iter().zip(b).map(|(x, y)| x + y));
+                } else {
+                    rows.extend(a.iter().zip(b).map(|(x, y)| x - y));
+                }
+                rows
+            } else {
+                rows_at(ci, 0)
+            };
             for th in c.h0..c.h1 {
                 for tw0 in (0..t.tiles[2]).step_by(LANES) {
-                    for a in 0..ext[0] {
-                        for bh in 0..ext[1] {
-                            let at = ((d0 + a) * ph + th * t.out_ext[1] + bh) * pw + tw0 * step_w;
-                            let row = &plane[at..at + step_w * (LANES - 1) + ext[2]];
-                            for cw in 0..ext[2] {
-                                b[a * 16 + bh * 4 + cw] =
-                                    std::array::from_fn(|l| row[cw + step_w * l]);
-                            }
+                    for bh in 0..ext[1] {
+                        let at = ((th - c.h0) * t.out_ext[1] + bh) * pw + tw0 * step_w;
+                        let row = &src[at..at + step_w * (LANES - 1) + ext[2]];
+                        for cw in 0..ext[2] {
+                            b[bh * 4 + cw] = std::array::from_fn(|l| row[cw + step_w * l]);
                         }
                     }
-                    for (axis, on) in [WD, WH, WW].into_iter().enumerate() {
-                        if on {
-                            pass(&mut b, axis, ext, input_line);
-                        }
+                    let plane_ext = [1, ext[1], ext[2]];
+                    if WH {
+                        pass(&mut b, 1, plane_ext, input_line);
+                    }
+                    if WW {
+                        pass(&mut b, 2, plane_ext, input_line);
                     }
                     let j = (th - c.h0) * t.tiles[2] + tw0;
                     // Whole groups of lanes (V has LANES − 1 columns of slack past the chunk); the
                     // lanes past a row's end are overwritten by the next row's tiles.
-                    for p in 0..t.points {
-                        let dst = p * self.point_stride(cin_g) + ci * tc + j;
-                        v[dst..dst + LANES].copy_from_slice(&b[t.point_at[p]]);
+                    for q in 0..sp {
+                        let dst = q * self.point_stride(cin_g) + ci * tc + j;
+                        v[dst..dst + LANES].copy_from_slice(&b[self.slab_box_index(slab, q)]);
                     }
                 }
             }
         }
     }
 
-    /// E [points][C_out/G][tc] ← A (each tile's 2×2×2 block of dy), eight tiles of a row at a time
-    /// (`dyp` from [`pad_grad`], of extents `dims`).
+    /// E [slab points][C_out/G][tc] ← A (each tile's 2×2×2 block of dy) for the slab's points, eight
+    /// tiles of a row at a time (`dyp` from [`pad_grad`], of extents `dims`).
+    #[allow(clippy::too_many_arguments)]
     fn grad_transform<const WD: bool, const WH: bool, const WW: bool>(
         &self,
         c: &TileChunk,
+        slab: usize,
         dyp: &[f32],
         dims: [usize; 3],
         e: &mut Vec<f32>,
+        rows: &mut Vec<f32>,
     ) {
         e.resize(
-            self.t.points * self.point_stride(self.g.out_per_group()),
+            self.slab_points() * self.point_stride(self.g.out_per_group()),
             0.0,
         );
-        with_avx2!(self.grad_transform_body::<WD, WH, WW>(c, dyp, dims, e))
+        with_avx2!(self.grad_transform_body::<WD, WH, WW>(c, slab, dyp, dims, e, rows))
     }
 
     #[inline(always)]
     fn grad_transform_body<const WD: bool, const WH: bool, const WW: bool>(
         &self,
         c: &TileChunk,
+        slab: usize,
         dyp: &[f32],
         [dd, dh, dw]: [usize; 3],
         e: &mut [f32],
+        rows: &mut Vec<f32>,
     ) {
         // One box for the whole call, as in the input transform.
         let mut b: TileBox = [[0.0; LANES]; 64];
@@ -667,53 +738,72 @@ impl Job<'_> {
         let cout_g = g.out_per_group();
         let oe = t.out_ext;
         let plane_len = dd * dh * dw;
+        let rows_len = (c.h1 - c.h0) * oe[1] * dw;
+        let sp = self.slab_points();
+        let rows_at = |co: usize, a: usize| {
+            let plane = (c.ng * cout_g + co) * plane_len;
+            &dyp[plane + ((c.td * oe[0] + a) * dh + c.h0 * oe[1]) * dw..][..rows_len]
+        };
         for co in 0..cout_g {
-            let plane = &dyp[(c.ng * cout_g + co) * plane_len..][..plane_len];
+            // A's row `slab` along depth: (e0, e0 + e1, e0 − e1, −e1) of the tile's two depth rows.
+            let src: &[f32] = if WD {
+                let (e0, e1) = (rows_at(co, 0), rows_at(co, 1));
+                rows.clear();
+                match slab {
+                    0 => rows.extend_from_slice(e0),
+                    1 => rows.extend(e0.iter().zip(e1).map(|(x, y)| x + y)),
+                    2 => rows.extend(e0.iter().zip(e1).map(|(x, y)| x - y)),
+                    _ => rows.extend(e1.iter().map(|y| -y)),
+                }
+                rows
+            } else {
+                rows_at(co, 0)
+            };
             for th in c.h0..c.h1 {
                 for tw0 in (0..t.tiles[2]).step_by(LANES) {
-                    for a in 0..oe[0] {
-                        for bh in 0..oe[1] {
-                            let at = ((c.td * oe[0] + a) * dh + th * oe[1] + bh) * dw + tw0 * oe[2];
-                            let row = &plane[at..at + LANES * oe[2]];
-                            for cw in 0..oe[2] {
-                                b[a * 16 + bh * 4 + cw] =
-                                    std::array::from_fn(|l| row[cw + oe[2] * l]);
-                            }
+                    for bh in 0..oe[1] {
+                        let at = ((th - c.h0) * oe[1] + bh) * dw + tw0 * oe[2];
+                        let row = &src[at..at + LANES * oe[2]];
+                        for cw in 0..oe[2] {
+                            b[bh * 4 + cw] = std::array::from_fn(|l| row[cw + oe[2] * l]);
                         }
                     }
-                    let mut ext = oe;
-                    for (axis, on) in [WD, WH, WW].into_iter().enumerate() {
+                    let mut ext = [1, oe[1], oe[2]];
+                    for (axis, on) in [(1, WH), (2, WW)] {
                         if on {
                             pass(&mut b, axis, ext, grad_line);
                             ext[axis] = 4;
                         }
                     }
                     let j = (th - c.h0) * t.tiles[2] + tw0;
-                    for p in 0..t.points {
-                        let dst = p * self.point_stride(cout_g) + co * tc + j;
-                        e[dst..dst + LANES].copy_from_slice(&b[t.point_at[p]]);
+                    for q in 0..sp {
+                        let dst = q * self.point_stride(cout_g) + co * tc + j;
+                        e[dst..dst + LANES].copy_from_slice(&b[self.slab_box_index(slab, q)]);
                     }
                 }
             }
         }
     }
 
-    /// dM[group][p] (C_out/G × C_in/G) += E[p] · V[p]ᵀ over the chunk's tiles, one GEMM per point.
-    fn weight_products(&self, c: &TileChunk, v: &[f32], e: &[f32], dm: &mut [f32]) {
+    /// dM[group][p] (C_out/G × C_in/G) += E[p] · V[p]ᵀ over the chunk's tiles, one GEMM per point of
+    /// the slab.
+    fn weight_products(&self, c: &TileChunk, slab: usize, v: &[f32], e: &[f32], dm: &mut [f32]) {
         let (g, t, tc) = (self.g, &self.t, self.tc);
         let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
         let gi = c.ng % g.groups;
-        for p in 0..t.points {
+        let sp = self.slab_points();
+        for q in 0..sp {
+            let p = slab * sp + q;
             gemm(
                 cout_g,
                 cin_g,
                 c.len(t),
                 Mat::new(
-                    &e[p * self.point_stride(cout_g)..][..cout_g * tc],
+                    &e[q * self.point_stride(cout_g)..][..cout_g * tc],
                     tc,
                     false,
                 ),
-                Mat::new(&v[p * self.point_stride(cin_g)..][..cin_g * tc], tc, true),
+                Mat::new(&v[q * self.point_stride(cin_g)..][..cin_g * tc], tc, true),
                 &mut dm[(gi * t.points + p) * cout_g * cin_g..][..cout_g * cin_g],
                 cin_g,
                 true,
@@ -722,15 +812,18 @@ impl Job<'_> {
         }
     }
 
-    /// M[p] (C_out/G × tiles) = U[group][p] · V[p], one GEMM per point.
-    fn products(&self, c: &TileChunk, u: &[f32], v: &[f32], m: &mut Vec<f32>) {
+    /// M[q] (C_out/G × tiles) = U[group][p] · V[q] for the slab's points p = slab·(slab points) + q,
+    /// one GEMM per point.
+    fn products(&self, c: &TileChunk, slab: usize, u: &[f32], v: &[f32], m: &mut Vec<f32>) {
         let (g, t, tc) = (self.g, &self.t, self.tc);
         let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
         let gi = c.ng % g.groups;
-        m.resize(t.points * self.point_stride(cout_g), 0.0);
+        let sp = self.slab_points();
+        m.resize(sp * self.point_stride(cout_g), 0.0);
         // U's point p for the group: rows (output channels) points·C_in/G apart
         let rs = t.points * cin_g;
-        for p in 0..t.points {
+        for q in 0..sp {
+            let p = slab * sp + q;
             let up = &u[gi * cout_g * rs + p * cin_g..][..(cout_g - 1) * rs + cin_g];
             gemm(
                 cout_g,
@@ -741,8 +834,8 @@ impl Job<'_> {
                     rs,
                     cs: 1,
                 },
-                Mat::new(&v[p * self.point_stride(cin_g)..][..cin_g * tc], tc, false),
-                &mut m[p * self.point_stride(cout_g)..][..cout_g * tc],
+                Mat::new(&v[q * self.point_stride(cin_g)..][..cin_g * tc], tc, false),
+                &mut m[q * self.point_stride(cout_g)..][..cout_g * tc],
                 tc,
                 false,
                 self.few,
@@ -750,24 +843,40 @@ impl Job<'_> {
         }
     }
 
-    /// y ← Aᵀ (each tile's M box) + bias (ReLU'd when fused), into the task's pieces of y, eight
-    /// tiles of a row at a time. Whether every output was finite.
+    /// Aᵀ along height and width of the slab's M boxes, eight tiles of a row at a time. Without a
+    /// depth axis that is the output: + bias (ReLU'd when fused), written into the task's pieces of
+    /// y. With one, slab s adds Aᵀ's column s of it to the tiles' two depth outputs in `acc`
+    /// (Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]: the sums of [`output_line`], in its order), and the
+    /// last slab writes them out. Whether every output written was finite.
+    #[allow(clippy::too_many_arguments)]
     fn output_transform<const WD: bool, const WH: bool, const WW: bool>(
         &self,
         c: &TileChunk,
+        slab: usize,
         m: &[f32],
+        acc: &mut Vec<Lanes>,
         bias: Option<&[f32]>,
         relu: bool,
         pieces: &mut [&mut [f32]],
     ) -> bool {
-        with_avx2!(self.output_transform_body::<WD, WH, WW>(c, m, bias, relu, pieces))
+        if WD {
+            let groups_per_row = self.t.tiles[2].div_ceil(LANES);
+            acc.resize(
+                self.g.out_per_group() * (c.h1 - c.h0) * groups_per_row * 8,
+                [0.0; LANES],
+            );
+        }
+        with_avx2!(self.output_transform_body::<WD, WH, WW>(c, slab, m, acc, bias, relu, pieces))
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn output_transform_body<const WD: bool, const WH: bool, const WW: bool>(
         &self,
         c: &TileChunk,
+        slab: usize,
         m: &[f32],
+        acc: &mut [Lanes],
         bias: Option<&[f32]>,
         relu: bool,
         pieces: &mut [&mut [f32]],
@@ -776,71 +885,128 @@ impl Job<'_> {
         let mut b: TileBox = [[0.0; LANES]; 64];
         let (g, t, tc) = (self.g, &self.t, self.tc);
         let cout_g = g.out_per_group();
-        let [od, oh, ow] = g.output;
+        let [_, oh, ow] = g.output;
         let oe = t.out_ext;
         let gi = c.ng % g.groups;
-        let rows_d = oe[0].min(od - c.td * oe[0]);
+        let sp = self.slab_points();
+        let groups_per_row = t.tiles[2].div_ceil(LANES);
+        let last = slab + 1 == self.slabs();
         // s·0 is 0 for finite s and NaN otherwise: one sum per lane says whether all were finite.
         let mut probe: Lanes = [0.0; LANES];
         let rows_h = ((c.h1 - c.h0) * oe[1]).min(oh - c.h0 * oe[1]);
+        let rows_d = oe[0].min(g.output[0] - c.td * oe[0]);
         for co in 0..cout_g {
             // The next channel's output rows, fetched ahead of the stores (as the input transform).
-            if co + 1 < cout_g {
+            if last && co + 1 < cout_g {
                 for a in 0..rows_d {
                     let at = (a * oh + c.h0 * oe[1]) * ow;
                     prefetch(&pieces[co + 1][at..at + rows_h * ow]);
                 }
             }
-            let piece = &mut pieces[co];
             let bv = bias.map_or(0.0, |b| b[gi * cout_g + co]);
             for th in c.h0..c.h1 {
-                let h0 = th * oe[1];
                 for tw0 in (0..t.tiles[2]).step_by(LANES) {
                     let j = (th - c.h0) * t.tiles[2] + tw0;
-                    for p in 0..t.points {
-                        let src = p * self.point_stride(cout_g) + co * tc + j;
-                        b[t.point_at[p]].copy_from_slice(&m[src..src + LANES]);
+                    for q in 0..sp {
+                        let src = q * self.point_stride(cout_g) + co * tc + j;
+                        b[self.slab_box_index(slab, q)].copy_from_slice(&m[src..src + LANES]);
                     }
-                    let mut ext = [WD, WH, WW].map(|on| if on { 4 } else { 1 });
-                    for (axis, on) in [WD, WH, WW].into_iter().enumerate() {
+                    let mut ext = [1, if WH { 4 } else { 1 }, if WW { 4 } else { 1 }];
+                    for (axis, on) in [(1, WH), (2, WW)] {
                         if on {
                             pass(&mut b, axis, ext, output_line);
                             ext[axis] = 2;
                         }
                     }
-                    let w0 = tw0 * oe[2];
-                    let full = w0 + LANES * oe[2] <= ow;
-                    for a in 0..rows_d {
-                        for bh in 0..oe[1].min(oh - h0) {
-                            let row = &mut piece[(a * oh + h0 + bh) * ow..][..ow];
-                            let outs: [Lanes; 2] = std::array::from_fn(|cw| {
-                                let s = b[a * 16 + bh * 4 + cw.min(oe[2] - 1)];
-                                std::array::from_fn(|l| s[l] + bv)
-                            });
-                            if full {
-                                for lane_out in &outs[..oe[2]] {
-                                    probe = add(probe, lane_out.map(|s| s * 0.0));
-                                }
-                                let dst = &mut row[w0..w0 + LANES * oe[2]];
-                                for l in 0..LANES {
-                                    for cw in 0..oe[2] {
-                                        let s = outs[cw][l];
-                                        dst[l * oe[2] + cw] = if relu { relu_f(s) } else { s };
+                    if WD {
+                        let group =
+                            ((co * (c.h1 - c.h0) + th - c.h0) * groups_per_row + tw0 / LANES) * 8;
+                        let outs = &mut acc[group..group + 8];
+                        for bh in 0..oe[1] {
+                            for cw in 0..oe[2] {
+                                let z = b[bh * 4 + cw];
+                                let (y0, y1) = (&mut outs[bh * 2 + cw], bh * 2 + cw + 4);
+                                match slab {
+                                    0 => *y0 = z,
+                                    1 => {
+                                        *y0 = add(*y0, z);
+                                        outs[y1] = z;
                                     }
+                                    2 => {
+                                        *y0 = add(*y0, z);
+                                        outs[y1] = sub(outs[y1], z);
+                                    }
+                                    _ => outs[y1] = sub(outs[y1], z),
                                 }
-                            } else {
-                                for (i, d) in row[w0..].iter_mut().enumerate() {
-                                    let s = outs[i % oe[2]][i / oe[2]];
-                                    probe[0] += s * 0.0;
-                                    *d = if relu { relu_f(s) } else { s };
+                            }
+                        }
+                        if !last {
+                            continue;
+                        }
+                        for a in 0..2 {
+                            for bh in 0..oe[1] {
+                                for cw in 0..oe[2] {
+                                    b[a * 16 + bh * 4 + cw] = outs[a * 4 + bh * 2 + cw];
                                 }
                             }
                         }
                     }
+                    self.store_tiles(&b, pieces[co], c, th, tw0, bv, relu, &mut probe);
                 }
             }
         }
         probe.iter().all(|v| *v == 0.0)
+    }
+
+    /// Writes eight tiles' outputs, b[a·16 + bh·4 + cw] for output (a, bh, cw) of each tile, + `bv`
+    /// (ReLU'd when `relu`) into output channel `piece` of the task (its depth rows of y); adds each
+    /// value·0 into `probe`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn store_tiles(
+        &self,
+        b: &TileBox,
+        piece: &mut [f32],
+        c: &TileChunk,
+        th: usize,
+        tw0: usize,
+        bv: f32,
+        relu: bool,
+        probe: &mut Lanes,
+    ) {
+        let [od, oh, ow] = self.g.output;
+        let oe = self.t.out_ext;
+        let rows_d = oe[0].min(od - c.td * oe[0]);
+        let h0 = th * oe[1];
+        let w0 = tw0 * oe[2];
+        let full = w0 + LANES * oe[2] <= ow;
+        for a in 0..rows_d {
+            for bh in 0..oe[1].min(oh - h0) {
+                let row = &mut piece[(a * oh + h0 + bh) * ow..][..ow];
+                let outs: [Lanes; 2] = std::array::from_fn(|cw| {
+                    let s = b[a * 16 + bh * 4 + cw.min(oe[2] - 1)];
+                    std::array::from_fn(|l| s[l] + bv)
+                });
+                if full {
+                    for lane_out in &outs[..oe[2]] {
+                        *probe = add(*probe, lane_out.map(|s| s * 0.0));
+                    }
+                    let dst = &mut row[w0..w0 + LANES * oe[2]];
+                    for l in 0..LANES {
+                        for cw in 0..oe[2] {
+                            let s = outs[cw][l];
+                            dst[l * oe[2] + cw] = if relu { relu_f(s) } else { s };
+                        }
+                    }
+                } else {
+                    for (i, d) in row[w0..].iter_mut().enumerate() {
+                        let s = outs[i % oe[2]][i / oe[2]];
+                        probe[0] += s * 0.0;
+                        *d = if relu { relu_f(s) } else { s };
+                    }
+                }
+            }
+        }
     }
 }
 
