@@ -6,11 +6,13 @@
 //! convolutions (1×1×1, stride 1, no padding) read the input plane as the column matrix directly.
 //! Depthwise convolutions (groups == C_in) use a direct kernel instead: K is only the kernel volume,
 //! too small for GEMM to pay off. The data gradient of a stride-1 convolution is the forward
-//! convolution of dy with the flipped, channel-swapped kernel ([`transposed_geom`]); other strides
-//! scatter GEMM columns back with col2vol. Stride-1 forward passes (so also those data gradients) of
-//! 3×3×3 and 3×3 kernels take Winograd F(2, 3) ([`conv_winograd`]) where the shape pays, and otherwise
-//! the direct kernel of [`conv_direct`] where the CPU has AVX2 and FMA (and no AVX-512) and the shape
-//! suits it; their weight gradients take Winograd too, others dW = dy·colᵀ over column chunks. 3×1×1
+//! convolution of dy with the flipped, channel-swapped kernel ([`transposed_geom`]) where that forward
+//! takes Winograd or the direct kernel, or the kernel is 3-D ([`flipped_forward_pays`]); otherwise, and
+//! at other strides, GEMM columns are scattered back with col2vol. Stride-1 forward passes (so also
+//! those data gradients) of 3×3×3 and 3×3 kernels take Winograd F(2, 3) ([`conv_winograd`]) where the
+//! shape pays, and otherwise the direct kernel of [`conv_direct`] where the CPU has AVX2 and FMA or
+//! AVX-512 and the shape suits it (strided ones too where they have at most 4 input channels: the
+//! stems); their weight gradients take Winograd too, others dW = dy·colᵀ over column chunks. 3×1×1
 //! kernels take Winograd F(2, 3) along depth ([`conv_winograd_depth`]) in all three passes.
 
 use rayon::prelude::*;
