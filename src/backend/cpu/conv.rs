@@ -11,9 +11,10 @@
 //! at other strides, GEMM columns are scattered back with col2vol. Stride-1 forward passes (so also
 //! those data gradients) of 3×3×3 and 3×3 kernels take Winograd F(2, 3) ([`conv_winograd`]) where the
 //! shape pays, and otherwise the direct kernel of [`conv_direct`] where the CPU has AVX2 and FMA or
-//! AVX-512 and the shape suits it (strided ones too where they have at most 4 input channels: the
-//! stems); their weight gradients take Winograd too, others dW = dy·colᵀ over column chunks. 3×1×1
-//! kernels take Winograd F(2, 3) along depth ([`conv_winograd_depth`]) in all three passes.
+//! AVX-512 and the shape suits it (strided ones too where they have at most 160 products per
+//! output: the 2-D stems); their weight gradients take Winograd too, others dW = dy·colᵀ over column
+//! chunks. 3×1×1 kernels take Winograd F(2, 3) along depth ([`conv_winograd_depth`]) in all three
+//! passes.
 
 use rayon::prelude::*;
 

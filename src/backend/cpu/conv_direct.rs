@@ -13,9 +13,9 @@
 //! Strided convolutions take the same kernel on the input split into its stride phases
 //! ([`padded_channels`]): output (d, h, w) reads padded position (s·d + a·dD, …) through tap a, which
 //! is position d + ⌊a·dD / s⌋ of phase a·dD mod s — again one constant offset per tap from the
-//! output's index on the phases' grid [Dp/sD, Hp/sH, Wp/sW]. It pays for the stems (3 input
-//! channels, [`MAX_STRIDED_IN_CHANNELS`]), whose column matrix on the GEMM path costs as much as the
-//! products.
+//! output's index on the phases' grid [Dp/sD, Hp/sH, Wp/sW]. It pays for the 2-D stems (147
+//! products per output, [`MAX_STRIDED_PRODUCTS`]), whose column matrix on the GEMM path costs as much
+//! as the products.
 //!
 //! The microkernel keeps a tile of MR output channels × NR positions of accumulators in registers:
 //! [`tile_6x16`] 6 × 16 in 12 AVX registers, and on CPUs with AVX-512 [`tile_8x32`] 8 × 32 in 16
@@ -74,24 +74,27 @@ const MIN_USEFUL: f64 = 0.9;
 /// Weight floats per panel and K chunk: 12 KiB, in L1 (512 (channel, tap) steps of a 6-wide panel).
 const K_CHUNK_FLOATS: usize = 3072;
 
-/// Input channels per group up to which a strided convolution takes the direct kernel: the stems
-/// (3 channels, K = 147), whose column matrix costs as much as their products — 7×7 stride 2 on
-/// 8×224², 11.0 → 9.2 ms; on 16×224², 23.3 → 20.9 ms; on 16×112² (45 outputs), 4.9 → 4.6 ms. With
-/// more channels the GEMM path's 512-bit microkernel on a column matrix of few positions ran faster:
-/// 128 → 460 1×3×3 stride (1, 2, 2) on 8×28², 6.4 against 11.2 ms; 256 → 512 3×3×3 stride 2 on
-/// 8×14², 7.9 against 14.1; 230 → 128 3×1×1 stride (2, 1, 1) on 16×28², 5.6 against 6.3
-/// (docs/PERFORMANCE.md, stop 37).
-const MAX_STRIDED_IN_CHANNELS: usize = 4;
+/// Products per output (C_in/G × kernel volume) up to which a strided convolution takes the direct
+/// kernel: the 2-D stems (3 channels × 7×7 = 147), whose column matrix costs as much as their
+/// products — 7×7 stride 2 on 8×224², 11.0 → 9.2 ms; on 16×224², 23.3 → 20.9 ms; on 16×112² (45
+/// outputs), 4.9 → 4.6 ms. With more the GEMM path's 512-bit microkernel on a column matrix of few
+/// positions ran faster: 128 → 460 1×3×3 stride (1, 2, 2) on 8×28² (K = 1152), 6.4 against 11.2 ms;
+/// 256 → 512 3×3×3 stride 2 on 8×14², 7.9 against 14.1; 230 → 128 3×1×1 stride (2, 1, 1) on 16×28²,
+/// 5.6 against 6.3. And I3D's 5×7×7 stride-2 stem (K = 735) summed with 1.4× the GEMM path's rounding
+/// error (RMS 4.7e-7 against 3.3e-7 of the outputs, against an f64 reference: its sums run 245 terms
+/// long where the GEMM's blocks are shorter), which took two full-size I3D non-local fixtures,
+/// PyTorch's own f32 error there up to 0.14, past their tolerances (docs/PERFORMANCE.md, stop 37).
+const MAX_STRIDED_PRODUCTS: usize = 160;
 
 /// Whether the direct kernel runs `g`'s forward pass here: not depthwise (its own kernel), not a
 /// 1×1×1 kernel (the GEMM reads a pointwise input in place, and a strided one's phases would copy
-/// every input for the one phase read), stride 1 or at most [`MAX_STRIDED_IN_CHANNELS`] input
-/// channels per group, at least [`MIN_USEFUL`] of the computed positions outputs, on a CPU where it
-/// is [`enabled`].
+/// every input for the one phase read), stride 1 or at most [`MAX_STRIDED_PRODUCTS`] products per
+/// output, at least [`MIN_USEFUL`] of the computed positions outputs, on a CPU where it is
+/// [`enabled`].
 pub(super) fn applies(g: &ConvGeom) -> bool {
     !g.is_depthwise()
         && g.kernel != [1, 1, 1]
-        && (g.stride == [1, 1, 1] || g.in_per_group() <= MAX_STRIDED_IN_CHANNELS)
+        && (g.stride == [1, 1, 1] || g.in_per_group() * g.kernel_volume() <= MAX_STRIDED_PRODUCTS)
         && enabled().is_some_and(|t| useful_fraction(g, t) >= MIN_USEFUL)
 }
 
