@@ -1,44 +1,35 @@
 //! Non-local attention over gemm: scores S = scale·qᵀk [N, M] per batch, row softmax, y = v·Pᵀ.
-//! The backward recomputes P from q and k (exactly normalised; the saved log-sum-exp is not used here).
+//! The backward recomputes P from q and k (exactly normalised; the saved log-sum-exp is not used here),
+//! and takes P and dS = scale·P ⊙ (dP − D) in one pass over each row.
 
 use rayon::prelude::*;
 
-use super::linalg::{gemm, gemm_scaled, Mat};
+use super::conv::OutPtr;
+use super::linalg::{gemm, gemm_new, gemm_scaled, gemm_to_ptr, Mat};
 use crate::backend::AttentionGeom;
 
-/// P = softmax(scale·qᵀk) by rows for one batch; without `have_lse` also writes the rows' lse (forward).
-fn probabilities(
-    q: &[f32],
-    k: &[f32],
-    g: AttentionGeom,
-    lse: &mut [f32],
-    have_lse: bool,
-) -> Vec<f32> {
+/// The scores S = scale·qᵀk [N, M] of one batch, written by the GEMM (scale in its store).
+fn scores(q: &[f32], k: &[f32], g: AttentionGeom) -> Vec<f32> {
     let (n, m, c) = (g.n, g.m, g.c);
-    let mut s = vec![0.0; n * m];
-    // S[n, m] = scale·Σ_c q[c, n]·k[c, m], the scale in the GEMM's store
-    gemm_scaled(
+    gemm_new(
         n,
         m,
         c,
         Mat::new(q, n, true),
         Mat::new(k, m, false),
-        &mut s,
-        m,
-        false,
         true,
         g.scale,
-    );
-    // P is normalised with the row's own max and sum, also in backward (recomputed, not taken from the
-    // saved lse): exp(s − lse) with lse rounded to f32 loses the normalisation when |s| is large (an
-    // ulp of lse = 1e6 is 0.06, a factor e^0.06 on every weight), where PyTorch's softmax does not.
-    s.par_chunks_mut(m)
+    )
+}
+
+/// P = softmax(scale·qᵀk) by rows for one batch, and the rows' log-sum-exp into `lse` (forward).
+fn probabilities(q: &[f32], k: &[f32], g: AttentionGeom, lse: &mut [f32]) -> Vec<f32> {
+    let mut s = scores(q, k, g);
+    s.par_chunks_mut(g.m)
         .zip(lse.par_iter_mut())
         .for_each(|(row, l)| {
             let (max, sum) = softmax_row_in_place(row);
-            if !have_lse {
-                *l = (max as f64 + sum.ln()) as f32;
-            }
+            *l = (max as f64 + sum.ln()) as f32;
         });
     s
 }
@@ -49,7 +40,17 @@ const LANES: usize = 8;
 /// Replaces a row of scores by its softmax; returns the row's max and Σ exp(s − max) (in f64).
 /// Finite rows take the lanes ([`exp_shifted_sum`]); a row whose max is not finite (a NaN or infinite
 /// score) keeps the scalar definition, so NaN and Inf propagate as in PyTorch.
+///
+/// P is normalised with the row's own max and sum, also in backward (recomputed, not taken from the
+/// saved lse): exp(s − lse) with lse rounded to f32 loses the normalisation when |s| is large (an ulp
+/// of lse = 1e6 is 0.06, a factor e^0.06 on every weight), where PyTorch's softmax does not.
 fn softmax_row_in_place(row: &mut [f32]) -> (f32, f64) {
+    // the max, the f64 sums and the scaling in AVX registers (the exp has its own lanes)
+    with_avx2!(softmax_row(row))
+}
+
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) -> (f32, f64) {
     let max = row_max(row);
     let sum = if max.is_finite() {
         exp_shifted_sum(row, max)
@@ -67,6 +68,7 @@ fn softmax_row_in_place(row: &mut [f32]) -> (f32, f64) {
 }
 
 /// The NaN-propagating max of a row, in lanes.
+#[inline(always)]
 fn row_max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
@@ -86,6 +88,7 @@ fn row_max(row: &[f32]) -> f32 {
 /// libm's `expf` bit for bit, four lanes at a time with its own operations (expf.rs): a vectorised
 /// polynomial exp of its own (≤ 2 ulp) had moved tests/models_cuda.rs's CPU-against-simulator gradient
 /// comparison of c2d-nl-r50 past its tolerance (docs/PERFORMANCE.md, "CPU attention").
+#[inline(always)]
 fn exp_shifted_sum(row: &mut [f32], max: f32) -> f64 {
     super::expf::exp_shifted_in_place(row, max);
     let mut sums = [0f64; LANES];
@@ -102,7 +105,100 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f64 {
     sum
 }
 
+/// (y, lse). Small problems (a batch's scores fit in the threads' L2) run by blocks of query rows, one
+/// task each; larger ones batch by batch with parallel GEMMs over the whole score matrix, which
+/// measured faster there (C2D-NL-R50's N = 3136, M = 784: 10.8 against 12.1 ms by blocks; N = 784,
+/// M = 196: 1.8 against 1.5 ms).
 pub(super) fn forward(q: &[f32], k: &[f32], v: &[f32], g: AttentionGeom) -> (Vec<f32>, Vec<f32>) {
+    if g.n * g.m <= SCORES_PER_THREAD * rayon::current_num_threads() {
+        forward_by_blocks(q, k, v, g)
+    } else {
+        forward_whole(q, k, v, g)
+    }
+}
+
+/// Scores per thread (2 MiB) up to which the forward runs by blocks of query rows.
+const SCORES_PER_THREAD: usize = 512 * 1024;
+
+/// The forward by blocks of query rows: each task computes its rows' scores, their softmax (in L2) and
+/// its columns of y, with single-threaded GEMMs.
+fn forward_by_blocks(q: &[f32], k: &[f32], v: &[f32], g: AttentionGeom) -> (Vec<f32>, Vec<f32>) {
+    let (n, m, c, cv) = (g.n, g.m, g.c, g.cv);
+    let mut y: Vec<f32> = Vec::with_capacity(g.batch * cv * n);
+    let out = OutPtr(y.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    let mut lse = vec![0.0; g.batch * n];
+    let rows = query_rows(g);
+    // one task per block of query rows: its scores, their softmax, and its columns of y
+    let tasks: Vec<(usize, usize, &mut [f32])> = lse
+        .chunks_mut(n)
+        .enumerate()
+        .flat_map(|(b, l)| {
+            l.chunks_mut(rows)
+                .enumerate()
+                .map(move |(i, lb)| (b, i * rows, lb))
+        })
+        .collect();
+    tasks
+        .into_par_iter()
+        .for_each_init(Vec::new, |p, (b, r0, lb)| {
+            let r = lb.len();
+            let qb = &q[b * c * n..(b + 1) * c * n];
+            let kb = &k[b * c * m..(b + 1) * c * m];
+            let vb = &v[b * cv * m..(b + 1) * cv * m];
+            p.resize(r * m, 0.0);
+            // S[r0 + i, m] = scale·Σ_c q[c, r0 + i]·k[c, m]
+            let q_rows = Mat {
+                data: &qb[r0..],
+                rs: 1,
+                cs: n,
+            };
+            gemm_scaled(
+                r,
+                m,
+                c,
+                q_rows,
+                Mat::new(kb, m, false),
+                p,
+                m,
+                false,
+                false,
+                g.scale,
+            );
+            for (row, l) in p.chunks_exact_mut(m).zip(lb.iter_mut()) {
+                let (max, sum) = softmax_row_in_place(row);
+                *l = (max as f64 + sum.ln()) as f32;
+            }
+            // y[cv, r0 + i] = Σ_m v[cv, m]·P[r0 + i, m]
+            // SAFETY: this task's columns r0..r0 + r of every row of batch b's y lie inside y's
+            // capacity and no other task's.
+            unsafe {
+                gemm_to_ptr(
+                    cv,
+                    r,
+                    m,
+                    Mat::new(vb, m, false),
+                    Mat::new(p, m, true),
+                    out.at(b * cv * n + r0),
+                    n,
+                    false,
+                )
+            };
+        });
+    // SAFETY: the tasks covered every (batch, cv, query) once.
+    unsafe { y.set_len(g.batch * cv * n) };
+    (y, lse)
+}
+
+/// Query rows per task: two tasks per thread.
+fn query_rows(g: AttentionGeom) -> usize {
+    (g.batch * g.n)
+        .div_ceil(2 * rayon::current_num_threads())
+        .clamp(1, g.n)
+}
+
+/// The forward batch by batch: the whole score matrix by a parallel GEMM, softmax by rows, y by a
+/// parallel GEMM.
+fn forward_whole(q: &[f32], k: &[f32], v: &[f32], g: AttentionGeom) -> (Vec<f32>, Vec<f32>) {
     let (n, m, c, cv) = (g.n, g.m, g.c, g.cv);
     let mut y = vec![0.0; g.batch * cv * n];
     let mut lse = vec![0.0; g.batch * n];
@@ -110,7 +206,7 @@ pub(super) fn forward(q: &[f32], k: &[f32], v: &[f32], g: AttentionGeom) -> (Vec
         let qb = &q[b * c * n..(b + 1) * c * n];
         let kb = &k[b * c * m..(b + 1) * c * m];
         let vb = &v[b * cv * m..(b + 1) * cv * m];
-        let p = probabilities(qb, kb, g, &mut lse[b * n..(b + 1) * n], false);
+        let p = probabilities(qb, kb, g, &mut lse[b * n..(b + 1) * n]);
         // y[cv, n] = Σ_m v[cv, m]·P[n, m]
         let yb = &mut y[b * cv * n..(b + 1) * cv * n];
         gemm(
@@ -134,7 +230,7 @@ pub(super) fn backward(
     k: &[f32],
     v: &[f32],
     y: &[f32],
-    lse: &[f32],
+    _lse: &[f32],
     dy: &[f32],
     g: AttentionGeom,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -154,8 +250,28 @@ pub(super) fn backward(
             &y[ys.clone()],
             &dy[ys],
         );
-        let mut l = lse[b * n..(b + 1) * n].to_vec();
-        let p = probabilities(qb, kb, g, &mut l, true);
+        // dP[n, m] = Σ_cv dy[cv, n]·v[cv, m], then in one pass per row: P from the recomputed scores
+        // (into `p`) and dS = scale·P ⊙ (dP − D) (into `ds`)
+        let mut ds = gemm_new(
+            n,
+            m,
+            cv,
+            Mat::new(dyb, n, true),
+            Mat::new(vb, m, false),
+            true,
+            1.0,
+        );
+        let d = row_dots(dyb, yb, n);
+        let mut p = scores(qb, kb, g);
+        p.par_chunks_mut(m)
+            .zip(ds.par_chunks_mut(m))
+            .zip(d.par_iter())
+            .for_each(|((pr, dsr), &di)| {
+                softmax_row_in_place(pr);
+                with_avx2!(for (s, &pv) in dsr.iter_mut().zip(&*pr) {
+                    *s = g.scale * pv * (*s - di);
+                })
+            });
         // dv[cv, m] = Σ_n dy[cv, n]·P[n, m]
         gemm(
             cv,
@@ -168,34 +284,7 @@ pub(super) fn backward(
             false,
             true,
         );
-        // dP[n, m] = Σ_cv dy[cv, n]·v[cv, m]
-        let mut ds = vec![0.0; n * m];
-        gemm(
-            n,
-            m,
-            cv,
-            Mat::new(dyb, n, true),
-            Mat::new(vb, m, false),
-            &mut ds,
-            m,
-            false,
-            true,
-        );
-        // D[n] = Σ_cv dy[cv, n]·y[cv, n], row by row (contiguous), each D[n] summed in cv order
-        let mut d = vec![0f32; n];
-        for (dyr, yr) in dyb.chunks_exact(n).zip(yb.chunks_exact(n)) {
-            for ((di, &a), &b) in d.iter_mut().zip(dyr).zip(yr) {
-                *di += a * b;
-            }
-        }
-        ds.par_chunks_mut(m)
-            .zip(p.par_chunks(m))
-            .zip(d.par_iter())
-            .for_each(|((dsr, pr), &di)| {
-                for (s, &pv) in dsr.iter_mut().zip(pr) {
-                    *s = g.scale * pv * (*s - di);
-                }
-            });
+        drop(p);
         // dq[c, n] = Σ_m k[c, m]·dS[n, m];  dk[c, m] = Σ_n q[c, n]·dS[n, m]
         gemm(
             c,
@@ -223,6 +312,18 @@ pub(super) fn backward(
     (dq, dk, dv)
 }
 
+/// D[n] = Σ_cv dy[cv, n]·y[cv, n] for [Cv, N] rows, row by row (contiguous), each D[n] summed in cv
+/// order.
+fn row_dots(dy: &[f32], y: &[f32], n: usize) -> Vec<f32> {
+    let mut d = vec![0f32; n];
+    with_avx2!(for (dyr, yr) in dy.chunks_exact(n).zip(y.chunks_exact(n)) {
+        for ((di, &a), &b) in d.iter_mut().zip(dyr).zip(yr) {
+            *di += a * b;
+        }
+    });
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +337,86 @@ mod tests {
         let e: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
         let sum: f64 = e.iter().sum();
         e.iter().map(|&v| (v / sum) as f32).collect()
+    }
+
+    /// Both forward strategies (by blocks of query rows and whole) against the f64 definition, on
+    /// shapes with a ragged last block and two batches. Bound per output: the scores' error
+    /// Δs = γ_C·scale·Σ_c |q||k| moves each weight by at most 2·Δs of itself (P_m·(δs_m − Σ P δs)), and
+    /// the exp, normalisation and the M-long sum add (M + 4)·u: |δy| ≤ (2Δs + (M + 4)u)·Σ_m |v|·P, plus
+    /// a few ulp of y. The lse: Δs + 4u of its magnitude.
+    #[test]
+    fn forward_strategies_match_f64() {
+        let u = f32::EPSILON as f64 / 2.0;
+        for (case, &(batch, c, cv, n, m)) in
+            [(2, 5, 3, 37, 11), (1, 16, 8, 64, 30), (2, 3, 4, 7, 200)]
+                .iter()
+                .enumerate()
+        {
+            let data = |len: usize, seed: u64| {
+                (0..len)
+                    .map(|i| 2.0 * crate::rng::normal(100 * case as u64 + seed, i as u64))
+                    .collect::<Vec<f32>>()
+            };
+            let (q, k, v) = (
+                data(batch * c * n, 1),
+                data(batch * c * m, 2),
+                data(batch * cv * m, 3),
+            );
+            let g = AttentionGeom {
+                batch,
+                c,
+                cv,
+                n,
+                m,
+                scale: 1.0 / (c as f32).sqrt(),
+            };
+            let ds_gamma = c as f64 * u / (1.0 - c as f64 * u);
+            for (name, (y, lse)) in [
+                ("blocks", forward_by_blocks(&q, &k, &v, g)),
+                ("whole", forward_whole(&q, &k, &v, g)),
+            ] {
+                for b in 0..batch {
+                    for i in 0..n {
+                        let (mut s, mut ds) = (vec![0f64; m], 0f64);
+                        for (j, sj) in s.iter_mut().enumerate() {
+                            let (mut dot, mut abs) = (0f64, 0f64);
+                            for l in 0..c {
+                                let p =
+                                    q[(b * c + l) * n + i] as f64 * k[(b * c + l) * m + j] as f64;
+                                dot += p;
+                                abs += p.abs();
+                            }
+                            *sj = g.scale as f64 * dot;
+                            ds = ds.max(ds_gamma * g.scale as f64 * abs);
+                        }
+                        let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let sum: f64 = s.iter().map(|&x| (x - max).exp()).sum();
+                        let want_lse = max + sum.ln();
+                        let got_lse = lse[b * n + i] as f64;
+                        assert!(
+                            (got_lse - want_lse).abs() <= (ds + 4.0 * u) * want_lse.abs().max(1.0),
+                            "{name} case {case} lse[{b}, {i}]: {got_lse} vs {want_lse}"
+                        );
+                        for o in 0..cv {
+                            let (mut want, mut mass) = (0f64, 0f64);
+                            for (j, &sj) in s.iter().enumerate() {
+                                let p = (sj - max).exp() / sum;
+                                let vj = v[(b * cv + o) * m + j] as f64;
+                                want += vj * p;
+                                mass += vj.abs() * p;
+                            }
+                            let got = y[(b * cv + o) * n + i] as f64;
+                            let bound =
+                                (2.0 * ds + (m + 4) as f64 * u) * mass + 4.0 * u * want.abs();
+                            assert!(
+                                (got - want).abs() <= bound,
+                                "{name} case {case} y[{b}, {o}, {i}]: {got} vs {want} (bound {bound})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Rows of awkward lengths (not multiples of the lanes), with scores far below the max (subnormal
