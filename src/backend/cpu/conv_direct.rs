@@ -32,6 +32,8 @@
 //! in FP32), so results differ by rounding; padding taps multiply zeros as the GEMM path does, so
 //! non-finite weights give the same non-finite pattern.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::conv::padded_channels;
@@ -234,8 +236,10 @@ pub(super) fn forward_with(
 
     let [od_n, oh_n, ow_n] = g.output;
     let plane_out = oh_n * ow_n;
-    let mut y = super::elementwise::par_zeros(g.n * g.c_out * g.output_volume());
-    let tasks = tasks(&mut y, g, mr);
+    // y is written once, by the copy-out below (no zero-fill first)
+    let len = g.n * g.c_out * g.output_volume();
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let tasks = tasks(&mut y.spare_capacity_mut()[..len], g, mr);
     // Chunks of equal size: 128 channels as 42 + 42 + 42 + 2 made a fourth pass over the
     // accumulators for 2 channels' work.
     let max_chans = (K_CHUNK_FLOATS / mr / kvol).clamp(1, cin_g);
@@ -275,13 +279,16 @@ pub(super) fn forward_with(
                 let src = &acc[r * grid.len..][..oh_n * wp];
                 for (d, s) in dst.chunks_exact_mut(ow_n).zip(src.chunks_exact(wp)) {
                     for (o, v) in d.iter_mut().zip(s) {
-                        *o = if relu { relu_f(v + bv) } else { v + bv };
+                        o.write(if relu { relu_f(v + bv) } else { v + bv });
                     }
                 }
             }
         },
     );
     debug_assert_eq!(plane_out * od_n, g.output_volume());
+    // SAFETY: the tasks cover every (image, output channel, depth slice) plane of y once, and each
+    // writes all oH·oW elements of its planes (oH rows of oW, from the oH·Wq positions of its slice).
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -292,12 +299,12 @@ struct Task<'a> {
     od: usize,
     p0: usize,
     p1: usize,
-    rows: Vec<&'a mut [f32]>,
+    rows: Vec<&'a mut [MaybeUninit<f32>]>,
 }
 
 /// y split into tasks: every (image, group, depth slice), its panels split further when there are
 /// fewer slices than twice the threads.
-fn tasks<'a>(y: &'a mut [f32], g: &ConvGeom, mr: usize) -> Vec<Task<'a>> {
+fn tasks<'a>(y: &'a mut [MaybeUninit<f32>], g: &ConvGeom, mr: usize) -> Vec<Task<'a>> {
     let (cout_g, od_n) = (g.out_per_group(), g.output[0]);
     let (p_vol, plane_out) = (g.output_volume(), g.output[1] * g.output[2]);
     let n_panels = cout_g.div_ceil(mr);
@@ -308,7 +315,7 @@ fn tasks<'a>(y: &'a mut [f32], g: &ConvGeom, mr: usize) -> Vec<Task<'a>> {
     let per = n_panels.div_ceil(splits);
     let mut tasks = Vec::with_capacity(slices * splits);
     for (ng, block) in y.chunks_mut(cout_g * p_vol).enumerate() {
-        let mut by_od: Vec<Vec<&mut [f32]>> =
+        let mut by_od: Vec<Vec<&mut [MaybeUninit<f32>]>> =
             (0..od_n).map(|_| Vec::with_capacity(cout_g)).collect();
         for row in block.chunks_mut(p_vol) {
             for (od, plane) in row.chunks_mut(plane_out).enumerate() {
