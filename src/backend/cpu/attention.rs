@@ -347,10 +347,14 @@ mod tests {
     #[test]
     fn forward_strategies_match_f64() {
         let u = f32::EPSILON as f64 / 2.0;
-        for (case, &(batch, c, cv, n, m)) in
-            [(2, 5, 3, 37, 11), (1, 16, 8, 64, 30), (2, 3, 4, 7, 200)]
-                .iter()
-                .enumerate()
+        for (case, &(batch, c, cv, n, m)) in [
+            (2, 5, 3, 37, 11),
+            (1, 16, 8, 64, 30),
+            (2, 3, 4, 7, 200),
+            (1, 4, 5, 150, 9),
+        ]
+        .iter()
+        .enumerate()
         {
             let data = |len: usize, seed: u64| {
                 (0..len)
@@ -417,6 +421,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// NaN and ±Inf in q and k: the whole-matrix forward (parallel GEMMs, not reached by the small
+    /// non-finite fixtures) gives NaN exactly where the forward by blocks (checked against PyTorch's
+    /// non-finite fixtures) does, in y and lse, and the same finite values to 1e-5 (each is within the f64 bound
+    /// of the test above, (2Δs + (M + 4)u)·Σ|v|P ≈ 2e-6 of the outputs' scale here).
+    #[test]
+    fn whole_forward_has_the_non_finite_pattern_of_blocks() {
+        let (batch, c, cv, n, m) = (1, 3, 2, 70, 9);
+        let data = |len: usize, seed: u64| {
+            (0..len)
+                .map(|i| crate::rng::normal(seed, i as u64))
+                .collect::<Vec<f32>>()
+        };
+        let (mut q, mut k, v) = (data(c * n, 1), data(c * m, 2), data(cv * m, 3));
+        q[5] = f32::NAN; // query 5's scores
+        q[n + 20] = f32::INFINITY; // query 20: ±Inf scores (and NaN where k is 0 · Inf)
+        q[2 * n + 66] = f32::NEG_INFINITY; // query 66, in the second strip
+        k[c * m - 1] = f32::INFINITY; // key m − 1 for every query
+        let g = AttentionGeom {
+            batch,
+            c,
+            cv,
+            n,
+            m,
+            scale: 0.5,
+        };
+        let (yb, lb) = forward_by_blocks(&q, &k, &v, g);
+        let (yw, lw) = forward_whole(&q, &k, &v, g);
+        let mut non_finite = 0;
+        for (what, b, w) in [("y", &yb, &yw), ("lse", &lb, &lw)] {
+            for (i, (&x, &y)) in b.iter().zip(w.iter()).enumerate() {
+                if x.is_finite() {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                        "{what}[{i}]: {y} vs {x}"
+                    );
+                } else {
+                    non_finite += 1;
+                    assert!(
+                        x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                        "{what}[{i}]: {y} vs {x}"
+                    );
+                }
+            }
+        }
+        assert!(non_finite > 0, "the case has non-finite outputs");
     }
 
     /// Rows of awkward lengths (not multiples of the lanes), with scores far below the max (subnormal
