@@ -242,11 +242,12 @@ pub(super) fn backward(
     dy: &[f32],
     g: AttentionGeom,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let x = BackwardInputs { q, k, v, y, dy };
     let rows = query_rows(g, 1);
     if g.n * g.m <= SCORES_PER_THREAD * rayon::current_num_threads() || rows >= MIN_TASK_ROWS {
-        backward_by_blocks(q, k, v, y, dy, g, rows, (BLOCK_SCORES / g.m).max(1))
+        backward_by_blocks(&x, g, rows, (BLOCK_SCORES / g.m).max(1))
     } else {
-        backward_whole(q, k, v, y, dy, g)
+        backward_whole(&x, g)
     }
 }
 
@@ -269,13 +270,8 @@ struct BlockGrads {
 /// `block_rows` rows: the block's P and dS (in L2), its columns of dq, and its terms of the task's
 /// partial dv and dk. The partials are then summed task by task in a fixed order (so the result
 /// does not depend on the threads' schedule).
-#[allow(clippy::too_many_arguments)]
 fn backward_by_blocks(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    y: &[f32],
-    dy: &[f32],
+    x: &BackwardInputs,
     g: AttentionGeom,
     task_rows: usize,
     block_rows: usize,
@@ -291,13 +287,7 @@ fn backward_by_blocks(
         .map_init(
             || (Vec::new(), Vec::new()),
             |(p, ds), (b, r0)| {
-                let batch = BatchSlices {
-                    q: &q[b * c * n..][..c * n],
-                    k: &k[b * c * m..][..c * m],
-                    v: &v[b * cv * m..][..cv * m],
-                    y: &y[b * cv * n..][..cv * n],
-                    dy: &dy[b * cv * n..][..cv * n],
-                };
+                let batch = x.batch(b, g);
                 let end = n.min(r0 + task_rows);
                 let mut grads = None;
                 for s0 in (r0..end).step_by(block_rows) {
@@ -326,13 +316,27 @@ fn backward_by_blocks(
     (dq, dk, dv)
 }
 
-/// One batch's inputs of the backward.
-struct BatchSlices<'a> {
+/// The backward's inputs: all batches', or one batch's ([`BackwardInputs::batch`]).
+struct BackwardInputs<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
     y: &'a [f32],
     dy: &'a [f32],
+}
+
+impl<'a> BackwardInputs<'a> {
+    /// Batch b's slices.
+    fn batch(&self, b: usize, g: AttentionGeom) -> BackwardInputs<'a> {
+        let (n, m, c, cv) = (g.n, g.m, g.c, g.cv);
+        BackwardInputs {
+            q: &self.q[b * c * n..][..c * n],
+            k: &self.k[b * c * m..][..c * m],
+            v: &self.v[b * cv * m..][..cv * m],
+            y: &self.y[b * cv * n..][..cv * n],
+            dy: &self.dy[b * cv * n..][..cv * n],
+        }
+    }
 }
 
 /// The backward of the query rows `rows` of one batch: P and dS for those rows (into `p` and `ds`),
@@ -343,7 +347,7 @@ struct BatchSlices<'a> {
 /// `dq` + c·N + i for every c < C and i in `rows` must be valid for writes and written by no one else
 /// during the call.
 unsafe fn block_backward(
-    x: &BatchSlices,
+    x: &BackwardInputs,
     g: AttentionGeom,
     rows: std::ops::Range<usize>,
     p: &mut Vec<f32>,
@@ -430,14 +434,8 @@ fn row_dots(dy: &[f32], y: &[f32], stride: usize, r: usize) -> Vec<f32> {
 }
 
 /// The backward batch by batch: dP, S and dS over the whole score matrix with parallel GEMMs.
-fn backward_whole(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    y: &[f32],
-    dy: &[f32],
-    g: AttentionGeom,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn backward_whole(x: &BackwardInputs, g: AttentionGeom) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let BackwardInputs { q, k, v, y, dy } = *x;
     let (n, m, c, cv) = (g.n, g.m, g.c, g.cv);
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
     for b in 0..g.batch {
@@ -531,6 +529,35 @@ mod tests {
         e.iter().map(|&v| (v / sum) as f32).collect()
     }
 
+    /// A geometry with scale 1/√C and its q, k, v and dy (normal, σ = 2; streams by case).
+    fn random_case(
+        case: usize,
+        batch: usize,
+        c: usize,
+        cv: usize,
+        n: usize,
+        m: usize,
+    ) -> (AttentionGeom, [Vec<f32>; 4]) {
+        let data = |len: usize, seed: u64| {
+            (0..len)
+                .map(|i| 2.0 * crate::rng::normal(100 * case as u64 + seed, i as u64))
+                .collect::<Vec<f32>>()
+        };
+        let g = AttentionGeom {
+            batch,
+            c,
+            cv,
+            n,
+            m,
+            scale: 1.0 / (c as f32).sqrt(),
+        };
+        let lens = [c * n, c * m, cv * m, cv * n];
+        (
+            g,
+            std::array::from_fn(|i| data(batch * lens[i], i as u64 + 1)),
+        )
+    }
+
     /// Both forward strategies (by blocks of query rows and whole) against the f64 definition, on
     /// shapes with a ragged last block and two batches. Bound per output: the scores' error
     /// Δs = γ_C·scale·Σ_c |q||k| moves each weight by at most 2·Δs of itself (P_m·(δs_m − Σ P δs)), and
@@ -548,24 +575,7 @@ mod tests {
         .iter()
         .enumerate()
         {
-            let data = |len: usize, seed: u64| {
-                (0..len)
-                    .map(|i| 2.0 * crate::rng::normal(100 * case as u64 + seed, i as u64))
-                    .collect::<Vec<f32>>()
-            };
-            let (q, k, v) = (
-                data(batch * c * n, 1),
-                data(batch * c * m, 2),
-                data(batch * cv * m, 3),
-            );
-            let g = AttentionGeom {
-                batch,
-                c,
-                cv,
-                n,
-                m,
-                scale: 1.0 / (c as f32).sqrt(),
-            };
+            let (g, [q, k, v, _]) = random_case(case, batch, c, cv, n, m);
             let ds_gamma = c as f64 * u / (1.0 - c as f64 * u);
             for (name, (y, lse)) in [
                 ("blocks", forward_by_blocks(&q, &k, &v, g)),
@@ -637,26 +647,15 @@ mod tests {
         .iter()
         .enumerate()
         {
-            let data = |len: usize, seed: u64| {
-                (0..len)
-                    .map(|i| 2.0 * crate::rng::normal(100 * case as u64 + seed, i as u64))
-                    .collect::<Vec<f32>>()
-            };
-            let (q, k, v, dy) = (
-                data(batch * c * n, 1),
-                data(batch * c * m, 2),
-                data(batch * cv * m, 3),
-                data(batch * cv * n, 4),
-            );
-            let g = AttentionGeom {
-                batch,
-                c,
-                cv,
-                n,
-                m,
-                scale: 1.0 / (c as f32).sqrt(),
-            };
+            let (g, [q, k, v, dy]) = random_case(case, batch, c, cv, n, m);
             let (y, _) = forward_whole(&q, &k, &v, g);
+            let inputs = BackwardInputs {
+                q: &q,
+                k: &k,
+                v: &v,
+                y: &y,
+                dy: &dy,
+            };
             let (sc, ds_gamma) = (g.scale as f64, gamma(c));
             // f64 references and bounds, per batch
             let (mut dq, mut dk, mut dv) = (
@@ -720,9 +719,9 @@ mod tests {
             for (name, (gq, gk, gv)) in [
                 (
                     "blocks",
-                    backward_by_blocks(&q, &k, &v, &y, &dy, g, task_rows, block_rows),
+                    backward_by_blocks(&inputs, g, task_rows, block_rows),
                 ),
-                ("whole", backward_whole(&q, &k, &v, &y, &dy, g)),
+                ("whole", backward_whole(&inputs, g)),
             ] {
                 for (what, got, want) in [("dq", &gq, &dq), ("dk", &gk, &dk), ("dv", &gv, &dv)] {
                     assert_eq!(got.len(), want.len());
@@ -765,8 +764,15 @@ mod tests {
         let (yb, lb) = forward_by_blocks(&q, &k, &v, g);
         let (yw, lw) = forward_whole(&q, &k, &v, g);
         let dy = data(cv * n, 4);
-        let (dqb, dkb, dvb) = backward_by_blocks(&q, &k, &v, &yb, &dy, g, 30, 7);
-        let (dqw, dkw, dvw) = backward_whole(&q, &k, &v, &yb, &dy, g);
+        let inputs = BackwardInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            y: &yb,
+            dy: &dy,
+        };
+        let (dqb, dkb, dvb) = backward_by_blocks(&inputs, g, 30, 7);
+        let (dqw, dkw, dvw) = backward_whole(&inputs, g);
         let mut non_finite = std::collections::BTreeMap::new();
         for (what, b, w) in [
             ("y", &yb, &yw),

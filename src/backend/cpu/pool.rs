@@ -1448,6 +1448,26 @@ mod tests {
         }
     }
 
+    /// x and dy for the backward-against-scatter tests: ties in x for even cases, and NaN, ±inf
+    /// and −0 placed in both (streams `seed`, `seed + 100`).
+    fn scatter_inputs(g: &PoolGeom, case: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let mut x = data(g.planes * volume(&g.input), seed + case as u64);
+        if case.is_multiple_of(2) {
+            x.iter_mut().for_each(|v| *v = (*v * 2.0).round()); // ties
+        }
+        let mut dy = data(g.output_len(), seed + 100 + case as u64);
+        for (i, special) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0]
+            .into_iter()
+            .enumerate()
+        {
+            let at = (case * 7 + i * 13) % x.len();
+            x[at] = special;
+            let at = (case * 5 + i * 11) % dy.len();
+            dy[at] = special;
+        }
+        (x, dy)
+    }
+
     /// [`backward_by_taps`] is bit for bit the scatter in output order (PyTorch's sums) on random
     /// geometries — overlapping windows, padding, ceil-mode edge windows, strides 1–3 — with ties,
     /// NaN and ±inf in x and −0, ±inf and NaN in dy (u8 offsets: the kernels have ≤ 64 taps; the
@@ -1459,20 +1479,7 @@ mod tests {
         let mut overlapping = 0;
         for case in 0..120 {
             let (g, _) = random_geom(&mut dr, case);
-            let mut x = data(g.planes * volume(&g.input), 500 + case as u64);
-            if case % 2 == 0 {
-                x.iter_mut().for_each(|v| *v = (*v * 2.0).round()); // ties
-            }
-            let mut dy = data(g.output_len(), 600 + case as u64);
-            for (i, special) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0]
-                .into_iter()
-                .enumerate()
-            {
-                let at = (case * 7 + i * 13) % x.len();
-                x[at] = special;
-                let at = (case * 5 + i * 11) % dy.len();
-                dy[at] = special;
-            }
+            let (x, dy) = scatter_inputs(&g, case, 500);
             let (_, argmax) = max_forward_argmax(&x, &g);
             let n = g.output_len();
             let got = match g.argmax_bytes() {
@@ -1510,20 +1517,7 @@ mod tests {
             (g.kernel[2], g.stride[2], g.padding[2]) = (3, 2, dr.int(0, 1));
             g.output[2] = pool_out_size(g.input[2], 3, 2, g.padding[2], ceil_mode).unwrap();
             padded += g.padding[2];
-            let mut x = data(g.planes * volume(&g.input), 700 + case as u64);
-            if case % 2 == 0 {
-                x.iter_mut().for_each(|v| *v = (*v * 2.0).round()); // ties
-            }
-            let mut dy = data(g.output_len(), 800 + case as u64);
-            for (i, special) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0]
-                .into_iter()
-                .enumerate()
-            {
-                let at = (case * 7 + i * 13) % x.len();
-                x[at] = special;
-                let at = (case * 5 + i * 11) % dy.len();
-                dy[at] = special;
-            }
+            let (x, dy) = scatter_inputs(&g, case, 700);
             let (_, argmax) = max_forward_argmax(&x, &g);
             assert_eq!(g.argmax_bytes(), 1, "{g:?}");
             let idx = &bytemuck::cast_slice::<f32, u8>(&argmax)[..g.output_len()];
