@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::OutPtr;
+use super::conv::{sum_parts, OutPtr};
 use super::linalg::{gemm, gemm_new, gemm_scaled, gemm_to_ptr, Mat};
 use crate::backend::AttentionGeom;
 
@@ -401,24 +401,6 @@ unsafe fn block_backward(
             gemm(c, m, r, as_cols(q_r), ds, &mut acc.dk, m, true, false);
         }
     }
-}
-
-/// out = Σ parts, element by element in the parts' order, in parallel over pieces of `out`.
-fn sum_parts<'a>(out: &mut [f32], parts: impl Iterator<Item = &'a [f32]> + Clone + Sync) {
-    out.par_chunks_mut(16 * 1024)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (at, len) = (i * 16 * 1024, o.len());
-            let mut parts = parts.clone();
-            if let Some(first) = parts.next() {
-                o.copy_from_slice(&first[at..at + len]);
-            }
-            for part in parts {
-                with_avx2!(for (x, &a) in o.iter_mut().zip(&part[at..at + len]) {
-                    *x += a;
-                })
-            }
-        });
 }
 
 /// D[i] = Σ_cv dy[cv, i]·y[cv, i] for the first `r` columns of [Cv, stride] rows (all queries, or a

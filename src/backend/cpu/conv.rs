@@ -722,12 +722,30 @@ pub(super) fn sum_in_order<T: Sync>(
             acc
         })
         .collect();
-    let mut partials = partials.into_iter();
-    let mut sum = partials.next().unwrap_or_else(|| vec![0.0; len]);
-    for p in partials {
-        sum.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
+    let mut sum = vec![0.0; len];
+    sum_parts(&mut sum, partials.iter().map(|p| &p[..]));
     sum
+}
+
+/// out = Σ parts, element by element in the parts' order, in parallel over pieces of `out`.
+pub(super) fn sum_parts<'a>(
+    out: &mut [f32],
+    parts: impl Iterator<Item = &'a [f32]> + Clone + Sync,
+) {
+    out.par_chunks_mut(16 * 1024)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let (at, len) = (i * 16 * 1024, o.len());
+            let mut parts = parts.clone();
+            if let Some(first) = parts.next() {
+                o.copy_from_slice(&first[at..at + len]);
+            }
+            for part in parts {
+                with_avx2!(for (x, &a) in o.iter_mut().zip(&part[at..at + len]) {
+                    *x += a;
+                })
+            }
+        });
 }
 
 /// Calls `f(out, tap, inp, len)` for every output row and kernel tap reading inside the input: plane
