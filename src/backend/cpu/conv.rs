@@ -33,7 +33,7 @@ use crate::backend::ConvGeom;
 struct Chunking {
     col_floats: usize,
     min_positions: usize,
-    /// Whether a stride-1 forward may take the direct kernel ([`conv_direct`]) instead.
+    /// Whether a forward pass and a weight gradient may take the direct kernels ([`conv_direct`]).
     direct: bool,
     /// Whether a stride-1 forward may take Winograd F(2, 3) ([`conv_winograd`]) instead.
     winograd: bool,
@@ -630,6 +630,9 @@ fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking)
         if let Some(dw) = conv_winograd::backward_weight(x, dy, g) {
             return dw;
         }
+    }
+    if chunking.direct && conv_direct::weight_grad_applies(g) {
+        return conv_direct::backward_weight(x, dy, g);
     }
     let kdim = g.in_per_group() * g.kernel_volume();
     let chunks = row_chunks(g, kdim, chunking, g.n * g.groups);
@@ -1373,6 +1376,110 @@ pub(super) mod tests {
         }
         assert!(direct >= 20, "only {direct} cases took the direct kernel");
         assert!(strided >= 8, "only {strided} strided cases");
+    }
+
+    /// The direct weight gradient ([`conv_direct::backward_weight`], called whatever `C_in/G`, so on
+    /// small channel counts too) against the f64 reference, per weight within γ_T·Σ|dy·x| (T = N·oD·oH·oW
+    /// terms summed in FP32 in any order: |error| ≤ γ_T·Σ|terms|, γ_T = T·u/(1 − T·u), u = 2^-24);
+    /// a NaN in x gives the reference's non-finite pattern, an Inf in dy the GEMM path's (padding
+    /// reads zeros on both, 0·Inf = NaN). Shapes cover strides 1–3 (the phases), dilation, groups,
+    /// blocks of 32 output channels with a remainder, column tiles with a remainder, several position
+    /// blocks and images.
+    #[test]
+    fn direct_weight_gradient_matches_reference() {
+        if !conv_direct::supported_tiles()
+            .iter()
+            .any(|t| t.name == "avx512 8x32")
+        {
+            println!("no AVX-512F: the direct weight gradient cannot run here");
+            return;
+        }
+        let mut p = Pick(0x3e16);
+        let (mut checked, mut strided, mut blocks) = (0, 0, 0);
+        for case in 0..64 {
+            let mut g = random_geom(&mut p, case);
+            if g.kernel == [1, 1, 1] {
+                continue;
+            }
+            if g.is_depthwise() || case % 3 == 0 {
+                // more than one block of 32 output channels, with a remainder, and several column tiles
+                let groups = [1, 1, 2][p.below(3)];
+                g.groups = groups;
+                g.c_in = groups * p.range(2, 12);
+                g.c_out = groups * p.range(33, 70);
+            }
+            if case % 4 == 1 {
+                // several position blocks of one image (WG_BLOCK_POSITIONS = 128)
+                g.input = [3, 17, 21];
+                g.stride[1] = 1;
+                g.n = 2;
+            }
+            for d in 0..3 {
+                let span = g.dilation[d] * (g.kernel[d] - 1);
+                if case % 2 == 0 {
+                    g.stride[d] = 1;
+                }
+                g.input[d] = g.input[d].max((span + 1).saturating_sub(2 * g.padding[d]));
+                g.output[d] = (g.input[d] + 2 * g.padding[d] - span - 1) / g.stride[d] + 1;
+            }
+            checked += 1;
+            strided += (g.stride != [1, 1, 1]) as usize;
+            blocks += (g.output_volume() > 128) as usize;
+            let seed = 7000 + case as u64 * 4;
+            let mut x = data(seed, g.n * g.c_in * g.input_volume());
+            let w = vec![0.0f32; g.c_out * g.in_per_group() * g.kernel_volume()];
+            let mut dy = data(seed + 2, g.n * g.c_out * g.output_volume());
+            let (_, _, dw_ref) = reference(&x, &w, &dy, &g);
+            let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
+            let (_, _, dw_abs) = reference(&abs(&x), &w, &abs(&dy), &g);
+            let t = (g.n * g.output_volume()) as f64;
+            let u = f64::powi(2.0, -24);
+            let gamma = t * u / (1.0 - t * u);
+            let dw = conv_direct::backward_weight(&x, &dy, &g);
+            for (i, ((got, want), mag)) in dw.iter().zip(&dw_ref).zip(&dw_abs).enumerate() {
+                let bound = gamma * mag + 1e-30;
+                assert!(
+                    (*got as f64 - want).abs() <= bound,
+                    "case {case} dw[{i}] {got} vs {want} (bound {bound:.2e}) {g:?}"
+                );
+            }
+
+            let at = p.below(x.len());
+            x[at] = f32::NAN;
+            let (_, _, dw_ref) = reference(&x, &w, &dy, &g);
+            let dw = conv_direct::backward_weight(&x, &dy, &g);
+            for (i, (a, b)) in dw.iter().zip(&dw_ref).enumerate() {
+                assert_eq!(
+                    a.is_nan(),
+                    b.is_nan(),
+                    "case {case} NaN x: dw[{i}] {a} vs {b} {g:?}"
+                );
+            }
+            x[at] = 0.5;
+            let at = p.below(dy.len());
+            dy[at] = f32::INFINITY;
+            let gemm = Chunking {
+                direct: false,
+                winograd: false,
+                ..CHUNKING
+            };
+            let dw_gemm = backward_weight_with(&x, &dy, &g, gemm);
+            let dw = conv_direct::backward_weight(&x, &dy, &g);
+            for (i, (a, b)) in dw.iter().zip(&dw_gemm).enumerate() {
+                assert_eq!(
+                    (a.is_nan(), a.is_infinite()),
+                    (b.is_nan(), b.is_infinite()),
+                    "case {case} Inf dy: dw[{i}] {a} vs GEMM {b} {g:?}"
+                );
+            }
+        }
+        assert!(checked >= 40, "only {checked} cases");
+        assert!(strided >= 8, "only {strided} strided cases");
+        assert!(
+            blocks >= 4,
+            "only {blocks} cases with several position blocks"
+        );
+        println!("{checked} cases, {strided} strided, {blocks} with several position blocks");
     }
 
     /// |Bᵀ|, |G| and |Aᵀ| of F(2, 3) along one axis (identities on 1-tap axes): the Winograd

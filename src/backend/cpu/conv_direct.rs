@@ -30,6 +30,10 @@
 //! accumulators, stored between chunks, stay in L2 (a whole slice's, 1.9 MB for a 144-channel layer on
 //! 56², had not), and are copied out to y (no zero-fill first) before the next block.
 //!
+//! The weight gradient ([`backward_weight`], AVX-512 only) takes the same grid the other way round:
+//! dW[co, (ci, tap)] sums dy[co, p]·x[ci, p + tap] over the output positions p, each column (ci, tap)
+//! one constant offset from p's grid index, so no column matrix either.
+//!
 //! The products and their sum order differ from the GEMM path's (each output sums over k in order,
 //! in FP32), so results differ by rounding; padding taps multiply zeros as the GEMM path does, so
 //! non-finite weights give the same non-finite pattern.
@@ -38,7 +42,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::conv::padded_channels;
+use super::conv::{padded_channels, OutPtr};
 use super::elementwise::relu as relu_f;
 use crate::backend::ConvGeom;
 
@@ -477,4 +481,227 @@ unsafe fn tile_6x16(_: *const f32, _: *const f32, _: &[usize], _: *mut f32, _: u
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile_8x32(_: *const f32, _: *const f32, _: &[usize], _: *mut f32, _: usize, _: bool) {
     unreachable!("the direct convolution runs only where `supported_tiles` found AVX-512F")
+}
+
+// --- weight gradient ------------------------------------------------------------------------------
+//
+// dW[co, (ci, tap)] = Σ over images and output positions p of dy[co, p] · x[ci, p + tap], where
+// x[ci, p + tap] is, on the same padded stride-phase grid as the forward pass ([`Grid`]), one
+// constant offset per (ci, tap) from the position's grid index. A tile keeps 32 output channels (two
+// 512-bit vectors: dy packed as [positions][32]) × 8 (ci, tap) columns of accumulators, and walks the
+// positions: per position 2 vector loads of dy and 8 broadcasts of x for 16 FMAs, the forward tile's
+// ratio. Only the output positions are visited, so every product is one the GEMM path makes (the
+// same non-finite pattern: padding reads zeros on both).
+
+/// Output channels per weight-gradient tile: two 512-bit vectors of dy.
+const WG_CO: usize = 32;
+/// (input channel, tap) columns per weight-gradient tile: 8 × 2 accumulators.
+const WG_COLS: usize = 8;
+/// Positions per block: the block's packed dy (16 KiB at 128) stays in L1 while every column tile of
+/// a task runs over it; each block's sums start from zero and are added to the task's accumulators
+/// (blocked summation: rounding error grows with the block length plus the number of blocks, not
+/// with all N·oD·oH·oW terms).
+const WG_BLOCK_POSITIONS: usize = 128;
+
+/// Input channels per group from which the direct weight gradient beats the GEMM path here (stride 1).
+/// Measured on the zoo's layers (docs/PERFORMANCE.md, stop 40; 2 threads, AVX-512 Xeon, time direct /
+/// GEMM, in-process alternation): 128 → 128, 256 → 256, 512 → 512 1×3×3 0.75–0.90; 256 → 576, 512 →
+/// 1152 0.79–0.84 (one run 1.06); 128 → 288 0.89–1.02; 512 → 512 3×3×3 on 4×7² 0.82–1.06. With 64 or
+/// 96 it lost: ECO-Lite's 3×3 layers 1.02–1.16, R(2+1)D-18's 64 → 144 1.05–1.14, the 3-channel stems
+/// 1.05–1.9 (fewer columns per task re-use each block of dy less, and the packing of dy weighs more).
+const MIN_WG_CHANNELS: usize = 128;
+
+/// Whether the direct kernel computes `g`'s weight gradient here: a CPU with AVX-512F and the
+/// direct kernel not turned off, not depthwise, not 1×1×1 (the GEMM reads a pointwise input in
+/// place), stride 1 (strided layers measured both ways, 0.78–1.5 in the suite's rows: R(2+1)D-18's
+/// and C2D-NL-R50's (1, 2, 2) layers mostly slower, ECO-Lite's 3×3×3 stride 2 mixed), at least
+/// [`MIN_WG_CHANNELS`] input channels per group.
+pub(super) fn weight_grad_applies(g: &ConvGeom) -> bool {
+    !g.is_depthwise()
+        && g.kernel != [1, 1, 1]
+        && g.stride == [1, 1, 1]
+        && g.in_per_group() >= MIN_WG_CHANNELS
+        && enabled().is_some_and(|t| t.name == AVX512.name)
+}
+
+/// dW ([C_out, C_in/G, kD, kH, kW]) of `g` from x and dy, on a CPU with AVX-512F.
+pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+    assert!(
+        supported_tiles().iter().any(|t| t.name == AVX512.name),
+        "the direct weight gradient runs on a CPU with AVX-512F"
+    );
+    let grid = Grid::new(g, 1);
+    let (cin_g, cout_g, groups) = (g.in_per_group(), g.out_per_group(), g.groups);
+    let kvol = g.kernel_volume();
+    let kdim = cin_g * kvol;
+    let co_blocks = cout_g.div_ceil(WG_CO);
+    let padded: Vec<Vec<f32>> = x
+        .chunks_exact(g.c_in * g.input_volume())
+        .map(|xn| padded_channels(xn, g.input, g.padding, g.stride, grid.dims, grid.slack))
+        .collect();
+    // column (ci, tap) → its offset from a position's grid index; the last tile's missing columns
+    // repeat the last column (read, summed, never written)
+    let col_tiles = kdim.div_ceil(WG_COLS);
+    let cols: Vec<usize> = (0..col_tiles * WG_COLS)
+        .map(|c| c.min(kdim - 1))
+        .map(|c| c / kvol * grid.chan + grid.taps[c % kvol])
+        .collect();
+    let [od_n, oh_n, ow_n] = g.output;
+    let [_, hq, wq] = grid.dims;
+    let rows: Vec<usize> = (0..od_n * oh_n)
+        .map(|r| (r / oh_n * hq + r % oh_n) * wq)
+        .collect();
+    let max_read = cols.iter().max().unwrap_or(&0) + rows.last().unwrap_or(&0) + ow_n;
+    assert!(
+        (groups - 1) * cin_g * grid.chan + max_read <= padded[0].len(),
+        "direct weight gradient reads past its padded input"
+    );
+    let rows_per_block = (WG_BLOCK_POSITIONS / ow_n).clamp(1, rows.len().max(1));
+    let packed_dy = pack_dy(dy, g, co_blocks);
+    let p_vol = g.output_volume();
+    let packed_positions = p_vol.div_ceil(PACK_POSITIONS) * PACK_POSITIONS;
+
+    // tasks: (group, block of 32 output channels, run of column tiles); each sums over every image
+    // and position, so no partial sums cross tasks (the result does not depend on the threads)
+    let per_group = groups * co_blocks;
+    let threads = rayon::current_num_threads();
+    // at least 4 tasks per thread, and a whole number of tasks per thread where that takes at most
+    // twice as many (9 tasks on 2 threads ran at 5/4 of the work of one)
+    let min_splits = (4 * threads).div_ceil(per_group).clamp(1, col_tiles);
+    let splits = (min_splits..=(2 * min_splits).min(col_tiles))
+        .find(|s| (per_group * s) % threads == 0)
+        .unwrap_or(min_splits);
+    let tiles_per_task = col_tiles.div_ceil(splits);
+    let tasks: Vec<(usize, usize, usize)> = (0..per_group)
+        .flat_map(|gc| {
+            (0..col_tiles)
+                .step_by(tiles_per_task)
+                .map(move |t0| (gc / co_blocks, gc % co_blocks, t0))
+        })
+        .collect();
+    let mut dw = vec![0.0f32; g.c_out * kdim];
+    let out = OutPtr(dw.as_mut_ptr());
+    tasks.into_par_iter().for_each(|(gi, cb, t0)| {
+        let t1 = (t0 + tiles_per_task).min(col_tiles);
+        let mut acc = vec![0.0f32; (t1 - t0) * WG_COLS * WG_CO];
+        for n in 0..g.n {
+            let xg = &padded[n][gi * cin_g * grid.chan..];
+            let dyb = &packed_dy[((n * groups + gi) * co_blocks + cb) * packed_positions * WG_CO..]
+                [..p_vol * WG_CO];
+            for (bi, block) in rows.chunks(rows_per_block).enumerate() {
+                let dy_block =
+                    &dyb[bi * rows_per_block * ow_n * WG_CO..][..block.len() * ow_n * WG_CO];
+                for (tile_cols, tile_acc) in cols[t0 * WG_COLS..t1 * WG_COLS]
+                    .chunks_exact(WG_COLS)
+                    .zip(acc.chunks_exact_mut(WG_COLS * WG_CO))
+                {
+                    // SAFETY: AVX-512F checked above; dy_block holds block.len()·oW positions of 32
+                    // floats; every x read is at most cols + row + oW ≤ max_read, checked against
+                    // the padded input above; tile_acc holds 8·32 floats.
+                    unsafe {
+                        wgrad_tile_32x8(
+                            dy_block.as_ptr(),
+                            xg.as_ptr(),
+                            tile_cols.try_into().expect("8 columns"),
+                            block,
+                            ow_n,
+                            tile_acc.as_mut_ptr(),
+                        )
+                    }
+                }
+            }
+        }
+        // acc is [column][32 channels]; dW is [channel][column]
+        let co0 = gi * cout_g + cb * WG_CO;
+        for i in 0..WG_CO.min(cout_g - cb * WG_CO) {
+            for col in t0 * WG_COLS..(t1 * WG_COLS).min(kdim) {
+                // SAFETY: (co0 + i, col) lies in this task's block of channels and run of columns,
+                // which no other task writes; co0 + i < C_out, col < kdim.
+                unsafe { *out.at((co0 + i) * kdim + col) = acc[(col - t0 * WG_COLS) * WG_CO + i] };
+            }
+        }
+    });
+    dw
+}
+
+/// Positions per run of the packed dy ([`pack_dy`]): a run's 8 KiB are written channel by channel
+/// in L1, each channel's run read contiguously.
+const PACK_POSITIONS: usize = 64;
+
+/// dy as [image][group][block of 32 output channels][position][32], channels past C_out/G zero, the
+/// positions of each block rounded up to whole runs of [`PACK_POSITIONS`] (zeros past oD·oH·oW), so
+/// the runs are the parallel pieces.
+fn pack_dy(dy: &[f32], g: &ConvGeom, co_blocks: usize) -> Vec<f32> {
+    let (cout_g, p_vol) = (g.out_per_group(), g.output_volume());
+    let runs = p_vol.div_ceil(PACK_POSITIONS);
+    let len = g.n * g.groups * co_blocks * runs * PACK_POSITIONS * WG_CO;
+    super::elementwise::par_build(len, PACK_POSITIONS * WG_CO, |piece, dst| {
+        let (block, run) = (piece / runs, piece % runs);
+        let (ng, cb) = (block / co_blocks, block % co_blocks);
+        let channels = WG_CO.min(cout_g - cb * WG_CO);
+        let p0 = run * PACK_POSITIONS;
+        let valid = PACK_POSITIONS.min(p_vol - p0);
+        for i in 0..WG_CO {
+            let column = dst[i..].iter_mut().step_by(WG_CO);
+            let src = if i < channels {
+                &dy[(ng * cout_g + cb * WG_CO + i) * p_vol + p0..][..valid]
+            } else {
+                &[][..]
+            };
+            for (k, d) in column.enumerate() {
+                d.write(src.get(k).copied().unwrap_or(0.0));
+            }
+        }
+        dst.len()
+    })
+}
+
+/// acc[j·32 + i] += Σ over the positions w < ow of each row r of `rows` (p counting them in order)
+/// of dy[p·32 + i] · x[cols[j] + r + w], for j < 8, i < 32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn wgrad_tile_32x8(
+    dy: *const f32,
+    x: *const f32,
+    cols: &[usize; WG_COLS],
+    rows: &[usize],
+    ow: usize,
+    acc: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let mut c = [_mm512_setzero_ps(); 2 * WG_COLS];
+    let mut dyp = dy;
+    for &row in rows {
+        let xr: [*const f32; WG_COLS] = std::array::from_fn(|j| x.add(cols[j] + row));
+        for w in 0..ow {
+            let d0 = _mm512_loadu_ps(dyp);
+            let d1 = _mm512_loadu_ps(dyp.add(16));
+            dyp = dyp.add(WG_CO);
+            for j in 0..WG_COLS {
+                let xb = _mm512_set1_ps(*xr[j].add(w));
+                c[2 * j] = _mm512_fmadd_ps(xb, d0, c[2 * j]);
+                c[2 * j + 1] = _mm512_fmadd_ps(xb, d1, c[2 * j + 1]);
+            }
+        }
+    }
+    for j in 0..WG_COLS {
+        let a = acc.add(j * WG_CO);
+        _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), c[2 * j]));
+        _mm512_storeu_ps(
+            a.add(16),
+            _mm512_add_ps(_mm512_loadu_ps(a.add(16)), c[2 * j + 1]),
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn wgrad_tile_32x8(
+    _: *const f32,
+    _: *const f32,
+    _: &[usize; WG_COLS],
+    _: &[usize],
+    _: usize,
+    _: *mut f32,
+) {
+    unreachable!("the direct weight gradient runs only where `supported_tiles` found AVX-512F")
 }
