@@ -10,9 +10,9 @@
 //! 3-D convolutions at batch 16 would take minutes on two cores), wall clock, median of 3–15 runs after
 //! one warm-up. Rows give µs, TFLOP/s (conv, linear, matmul, attention) or GB/s (the rest) and the % of the
 //! device's peak for the row's math mode — FP32, dense TF32 or dense BF16 — or of its memory peak (GPU);
-//! on the CPU memory-bound rows are a % of a STREAM-like copy measured at the start of the same run with
-//! the same threads (`stream.rs`), and each model gets a table of kernel families (Σ bytes / Σ time over
-//! its calls).
+//! on the CPU memory-bound rows are a % of a STREAM-like copy and FLOP rows a % of an FMA-bound loop's
+//! FLOP/s, both measured at the start of the same run with the same threads (`stream.rs`,
+//! `fma_peak.rs`), and each model gets a table of kernel families (Σ bytes / Σ time over its calls).
 //!
 //! **Math modes.** The calls whose products the math mode changes (`Kernel::uses_math_mode`: convolutions
 //! but depthwise, linear, matmul) are timed once per selected mode, every other call once (in FP32, which
@@ -33,6 +33,7 @@
 //! the fusion pass, the CLI's `--no-fuse`: fused and unfused steps from one binary).
 
 mod clock;
+mod fma_peak;
 mod kernels;
 mod models;
 mod report;
@@ -241,8 +242,14 @@ fn device_suite(
             let be = vidgrad::backend::cuda::backend(i)?;
             (Machine::cuda(be.properties()?), Clock::Cuda(be))
         }
-        // the bandwidth the memory-bound kernel rows are measured against, in this run
-        _ => (Machine::cpu(args.kernels.then(stream::measure)), Clock::Cpu),
+        // the bandwidth and FLOP/s the kernel rows are measured against, in this run
+        _ => (
+            Machine::cpu(
+                args.kernels.then(stream::measure),
+                args.kernels.then(fma_peak::measure).flatten(),
+            ),
+            Clock::Cpu,
+        ),
     };
     let modes = args.modes(dev)?;
     println!(
@@ -473,12 +480,13 @@ fn kernel_suite(
          2·MACs/time, GB/s = bytes read + written once / time; % peak: {}.\n",
         machine.kind,
         machine.describe(),
-        mode_names(modes).join(", "),
         if cuda { "" } else { " (CPU rows: batch reduced from 16)" },
+        mode_names(modes).join(", "),
         if cuda {
             "of the row's mode's peak, or of the memory peak"
         } else {
-            "memory-bound rows as % of the STREAM-like copy's median above (n/a for FLOP rows)"
+            "memory-bound rows as % of the STREAM-like copy's median above, FLOP rows as % of the \
+             FMA loop's median (n/a where not measured)"
         }
     );
     for m in models {

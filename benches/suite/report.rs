@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use vidgrad::backend::cuda::timing::DeviceProps;
 use vidgrad::math_mode::MathMode;
 
+use crate::fma_peak::FmaPeak;
 use crate::stream::Stream;
 
 /// FP32, dense tensor-core and memory peaks of a GPU, and where they come from.
@@ -82,12 +83,14 @@ pub struct Machine {
     pub props: Option<DeviceProps>,
     /// The CPU's STREAM-like bandwidth from this run: memory-bound rows are a % of its copy.
     pub stream: Option<Stream>,
+    /// The CPU's FMA-loop FLOP/s from this run: FLOP rows are a % of it.
+    pub fma_peak: Option<FmaPeak>,
     pub date: String,
     pub commit: String,
 }
 
 impl Machine {
-    pub fn cpu(stream: Option<Stream>) -> Machine {
+    pub fn cpu(stream: Option<Stream>, fma_peak: Option<FmaPeak>) -> Machine {
         Machine {
             kind: "cpu",
             name: cpu_model(),
@@ -95,6 +98,7 @@ impl Machine {
             peaks: None,
             props: None,
             stream,
+            fma_peak,
             date: today(),
             commit: commit(),
         }
@@ -108,6 +112,7 @@ impl Machine {
             peaks: Some(peaks(&props)),
             props: Some(props),
             stream: None,
+            fma_peak: None,
             date: today(),
             commit: commit(),
         }
@@ -138,9 +143,13 @@ impl Machine {
                 self.commit
             ),
             _ => format!(
-                "CPU {} ({} threads); FP32 peak unknown (n/a); memory: {}; date {}, commit {}",
+                "CPU {} ({} threads); {}; memory: {}; date {}, commit {}",
                 self.name,
                 self.threads,
+                self.fma_peak.as_ref().map_or(
+                    "FP32 peak not measured (n/a)".to_string(),
+                    |p| format!("{}; FLOP rows as % of its median", p.describe())
+                ),
                 self.stream.as_ref().map_or(
                     "not measured (n/a)".to_string(),
                     |s| format!("{}; memory-bound rows as % of the copy's median", s.describe())
@@ -162,23 +171,29 @@ impl Machine {
                 "clock_khz": p.clock_khz, "memory_clock_khz": p.memory_clock_khz,
                 "memory_bus_bits": p.memory_bus_bits, "l2_bytes": p.l2_bytes, "total_memory": p.total_memory})),
             "stream": self.stream.as_ref().map(|s| s.to_json()),
+            "fma_peak": self.fma_peak.as_ref().map(|p| p.to_json()),
             "date": self.date, "commit": self.commit,
         })
     }
 
     /// Percent of the peak of `mode`'s products (FP32, dense TF32 or dense BF16; flops) or of the memory
-    /// peak (bytes); on the CPU, bytes against the STREAM-like copy's median (None for flops, or without
-    /// a STREAM measurement). None where the peak is unknown.
+    /// peak (bytes); on the CPU, bytes against the STREAM-like copy's median and flops against the FMA
+    /// loop's (either None where it was not measured). None where the peak is unknown.
     pub fn pct(&self, rate: f64, is_flops: bool, mode: MathMode) -> Option<f64> {
         self.pct_at(rate, is_flops, mode, false)
     }
 
-    /// [`Machine::pct`]; with `fastest` (a rate from a kernel's fastest run), against the copy's fastest
-    /// run on the CPU (like against like: under load the medians of both move).
+    /// [`Machine::pct`]; with `fastest` (a rate from a kernel's fastest run), against the copy's or the
+    /// FMA loop's fastest run on the CPU (like against like: under load the medians of both move).
     pub fn pct_at(&self, rate: f64, is_flops: bool, mode: MathMode, fastest: bool) -> Option<f64> {
         if let Some(s) = self.stream.as_ref().filter(|_| !is_flops) {
             let copy = if fastest { s.copy.best } else { s.copy.median };
             return Some(100.0 * rate / copy);
+        }
+        // the CPU's products are FP32 FMAs in every math mode (tf32 and bf16 round the operands)
+        if let Some(p) = self.fma_peak.as_ref().filter(|_| is_flops) {
+            let peak = if fastest { p.best } else { p.median };
+            return Some(100.0 * rate / peak);
         }
         let p = self.peaks.as_ref()?;
         let peak = match (is_flops, mode) {
