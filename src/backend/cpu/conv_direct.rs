@@ -505,15 +505,15 @@ const WG_BLOCK_POSITIONS: usize = 128;
 
 /// Input channels per group from which the direct weight gradient beats the GEMM path here (stride 1).
 /// Measured on the zoo's layers (docs/PERFORMANCE.md, stop 40; 2 threads, AVX-512 Xeon, time direct /
-/// GEMM, in-process alternation): 128 → 128, 256 → 256, 512 → 512 1×3×3 0.75–0.90; 256 → 576, 512 →
-/// 1152 0.79–0.84 (one run 1.06); 128 → 288 0.89–1.02; 512 → 512 3×3×3 on 4×7² 0.82–1.06. With 64 or
-/// 96 it lost: ECO-Lite's 3×3 layers 1.02–1.16, R(2+1)D-18's 64 → 144 1.05–1.14, the 3-channel stems
-/// 1.05–1.9 (fewer columns per task re-use each block of dy less, and the packing of dy weighs more).
+/// GEMM alternated in one process, 4–6 sittings): 128 → 128, 256 → 256, 512 → 512 1×3×3 0.48–0.90;
+/// 128 → 288, 256 → 576, 512 → 1152 0.69–1.06; 512 → 512 3×3×3 on 4×7² 0.75–1.06. With 64 or 96 it
+/// lost: ECO-Lite's 3×3 layers 0.87–1.27, R(2+1)D-18's 64 → 144 1.05–1.14, the 3-channel stems
+/// 0.94–1.93 (fewer columns per task re-use each block of dy less, and the packing of dy weighs more).
 const MIN_WG_CHANNELS: usize = 128;
 
 /// Whether the direct kernel computes `g`'s weight gradient here: a CPU with AVX-512F and the
 /// direct kernel not turned off, not depthwise, not 1×1×1 (the GEMM reads a pointwise input in
-/// place), stride 1 (strided layers measured both ways, 0.78–1.5 in the suite's rows: R(2+1)D-18's
+/// place), stride 1 (strided layers measured both ways, 0.81–1.49 in the suite's rows: R(2+1)D-18's
 /// and C2D-NL-R50's (1, 2, 2) layers mostly slower, ECO-Lite's 3×3×3 stride 2 mixed), at least
 /// [`MIN_WG_CHANNELS`] input channels per group.
 pub(super) fn weight_grad_applies(g: &ConvGeom) -> bool {
