@@ -1008,6 +1008,45 @@ pub(super) mod tests {
         (err, scale)
     }
 
+    /// Stride 1 where `unit_stride`; inputs at least one kernel span (with padding); the outputs
+    /// that follow.
+    fn fit_geom(g: &mut ConvGeom, unit_stride: bool) {
+        for d in 0..3 {
+            let span = g.dilation[d] * (g.kernel[d] - 1);
+            if unit_stride {
+                g.stride[d] = 1;
+            }
+            g.input[d] = g.input[d].max((span + 1).saturating_sub(2 * g.padding[d]));
+            g.output[d] = (g.input[d] + 2 * g.padding[d] - span - 1) / g.stride[d] + 1;
+        }
+    }
+
+    /// The GEMM path alone (no direct kernel, no Winograd): the non-finite patterns' reference where
+    /// the f64 loops skip the padding taps that the GEMM path multiplies.
+    const GEMM_ONLY: Chunking = Chunking {
+        direct: false,
+        winograd: false,
+        ..CHUNKING
+    };
+
+    /// `got[i]` is NaN exactly where `want[i]` is.
+    fn assert_nan_pattern(got: &[f32], want: &[f64], what: &str) {
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert_eq!(a.is_nan(), b.is_nan(), "{what}[{i}] {a} vs {b}");
+        }
+    }
+
+    /// `got[i]` is NaN and ±Inf exactly where `want[i]` is.
+    fn assert_non_finite_pattern(got: &[f32], want: &[f32], what: &str) {
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert_eq!(
+                (a.is_nan(), a.is_infinite()),
+                (b.is_nan(), b.is_infinite()),
+                "{what}[{i}] {a} vs {b}"
+            );
+        }
+    }
+
     /// A small deterministic chooser over splitmix64.
     struct Pick(u64);
     impl Pick {
@@ -1304,15 +1343,8 @@ pub(super) mod tests {
                     dilation: [1; 3],
                 };
             }
-            for d in 0..3 {
-                // the random strides (1–3, the phases of `padded_channels`) in every other case
-                let span = g.dilation[d] * (g.kernel[d] - 1);
-                if case % 2 == 0 {
-                    g.stride[d] = 1;
-                }
-                g.input[d] = g.input[d].max((span + 1).saturating_sub(2 * g.padding[d]));
-                g.output[d] = (g.input[d] + 2 * g.padding[d] - span - 1) / g.stride[d] + 1;
-            }
+            // the random strides (1–3, the phases of `padded_channels`) in every other case
+            fit_geom(&mut g, case % 2 == 0);
             if g.is_depthwise() || g.kernel == [1, 1, 1] {
                 continue;
             }
@@ -1349,30 +1381,13 @@ pub(super) mod tests {
             x[at] = f32::NAN;
             let (y_ref, _, _) = reference(&x, &w, &dy, &g);
             let y = forward(&x, &w, None, &g, false);
-            for (i, (a, b)) in y.iter().zip(&y_ref).enumerate() {
-                assert_eq!(
-                    a.is_nan(),
-                    b.is_nan(),
-                    "case {case} NaN x: y[{i}] {a} vs {b} {g:?}"
-                );
-            }
+            assert_nan_pattern(&y, &y_ref, &format!("case {case} NaN x {g:?}: y"));
             x[at] = 0.5;
             let at = p.below(w.len());
             w[at] = f32::INFINITY;
-            let gemm = Chunking {
-                direct: false,
-                winograd: false,
-                ..CHUNKING
-            };
-            let y_gemm = forward_with(&x, &w, None, &g, gemm, false);
+            let y_gemm = forward_with(&x, &w, None, &g, GEMM_ONLY, false);
             let y = forward(&x, &w, None, &g, false);
-            for (i, (a, b)) in y.iter().zip(&y_gemm).enumerate() {
-                assert_eq!(
-                    (a.is_nan(), a.is_infinite()),
-                    (b.is_nan(), b.is_infinite()),
-                    "case {case} Inf w: y[{i}] {a} vs GEMM {b} {g:?}"
-                );
-            }
+            assert_non_finite_pattern(&y, &y_gemm, &format!("case {case} Inf w {g:?}: y"));
         }
         assert!(direct >= 20, "only {direct} cases took the direct kernel");
         assert!(strided >= 8, "only {strided} strided cases");
@@ -1414,14 +1429,7 @@ pub(super) mod tests {
                 g.stride[1] = 1;
                 g.n = 2;
             }
-            for d in 0..3 {
-                let span = g.dilation[d] * (g.kernel[d] - 1);
-                if case % 2 == 0 {
-                    g.stride[d] = 1;
-                }
-                g.input[d] = g.input[d].max((span + 1).saturating_sub(2 * g.padding[d]));
-                g.output[d] = (g.input[d] + 2 * g.padding[d] - span - 1) / g.stride[d] + 1;
-            }
+            fit_geom(&mut g, case % 2 == 0);
             checked += 1;
             strided += (g.stride != [1, 1, 1]) as usize;
             blocks += (g.output_volume() > 128) as usize;
@@ -1448,30 +1456,13 @@ pub(super) mod tests {
             x[at] = f32::NAN;
             let (_, _, dw_ref) = reference(&x, &w, &dy, &g);
             let dw = conv_direct::backward_weight(&x, &dy, &g);
-            for (i, (a, b)) in dw.iter().zip(&dw_ref).enumerate() {
-                assert_eq!(
-                    a.is_nan(),
-                    b.is_nan(),
-                    "case {case} NaN x: dw[{i}] {a} vs {b} {g:?}"
-                );
-            }
+            assert_nan_pattern(&dw, &dw_ref, &format!("case {case} NaN x {g:?}: dw"));
             x[at] = 0.5;
             let at = p.below(dy.len());
             dy[at] = f32::INFINITY;
-            let gemm = Chunking {
-                direct: false,
-                winograd: false,
-                ..CHUNKING
-            };
-            let dw_gemm = backward_weight_with(&x, &dy, &g, gemm);
+            let dw_gemm = backward_weight_with(&x, &dy, &g, GEMM_ONLY);
             let dw = conv_direct::backward_weight(&x, &dy, &g);
-            for (i, (a, b)) in dw.iter().zip(&dw_gemm).enumerate() {
-                assert_eq!(
-                    (a.is_nan(), a.is_infinite()),
-                    (b.is_nan(), b.is_infinite()),
-                    "case {case} Inf dy: dw[{i}] {a} vs GEMM {b} {g:?}"
-                );
-            }
+            assert_non_finite_pattern(&dw, &dw_gemm, &format!("case {case} Inf dy {g:?}: dw"));
         }
         assert!(checked >= 40, "only {checked} cases");
         assert!(strided >= 8, "only {strided} strided cases");
