@@ -524,80 +524,156 @@ pub(super) fn weight_grad_applies(g: &ConvGeom) -> bool {
         && enabled().is_some_and(|t| t.name == AVX512.name)
 }
 
+/// Whether this CPU can run the direct weight gradient (its tile is AVX-512's), whatever the shape.
+pub(super) fn weight_grad_supported() -> bool {
+    supported_tiles().iter().any(|t| t.name == AVX512.name)
+}
+
 /// dW ([C_out, C_in/G, kD, kH, kW]) of `g` from x and dy, on a CPU with AVX-512F.
 pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     assert!(
-        supported_tiles().iter().any(|t| t.name == AVX512.name),
+        weight_grad_supported(),
         "the direct weight gradient runs on a CPU with AVX-512F"
     );
-    let grid = Grid::new(g, 1);
-    let (cin_g, cout_g, groups) = (g.in_per_group(), g.out_per_group(), g.groups);
-    let kvol = g.kernel_volume();
-    let kdim = cin_g * kvol;
-    let co_blocks = cout_g.div_ceil(WG_CO);
+    let plan = WgradPlan::new(g);
     let padded: Vec<Vec<f32>> = x
         .chunks_exact(g.c_in * g.input_volume())
-        .map(|xn| padded_channels(xn, g.input, g.padding, g.stride, grid.dims, grid.slack))
+        .map(|xn| {
+            padded_channels(
+                xn,
+                g.input,
+                g.padding,
+                g.stride,
+                plan.grid.dims,
+                plan.grid.slack,
+            )
+        })
         .collect();
-    // column (ci, tap) → its offset from a position's grid index; the last tile's missing columns
-    // repeat the last column (read, summed, never written)
-    let col_tiles = kdim.div_ceil(WG_COLS);
-    let cols: Vec<usize> = (0..col_tiles * WG_COLS)
-        .map(|c| c.min(kdim - 1))
-        .map(|c| c / kvol * grid.chan + grid.taps[c % kvol])
-        .collect();
-    let [od_n, oh_n, ow_n] = g.output;
-    let [_, hq, wq] = grid.dims;
-    let rows: Vec<usize> = (0..od_n * oh_n)
-        .map(|r| (r / oh_n * hq + r % oh_n) * wq)
-        .collect();
-    let max_read = cols.iter().max().unwrap_or(&0) + rows.last().unwrap_or(&0) + ow_n;
     assert!(
-        (groups - 1) * cin_g * grid.chan + max_read <= padded[0].len(),
+        plan.max_read <= padded[0].len(),
         "direct weight gradient reads past its padded input"
     );
-    let rows_per_block = (WG_BLOCK_POSITIONS / ow_n).clamp(1, rows.len().max(1));
-    let packed_dy = pack_dy(dy, g, co_blocks);
-    let p_vol = g.output_volume();
-    let packed_positions = p_vol.div_ceil(PACK_POSITIONS) * PACK_POSITIONS;
+    let packed_dy = pack_dy(dy, g, plan.co_blocks);
+    let (tasks, tiles_per_task) = wgrad_tasks(g.groups * plan.co_blocks, plan.col_tiles);
+    let kdim = plan.cols_per_group;
+    let mut dw = vec![0.0f32; g.c_out * kdim];
+    let out = OutPtr(dw.as_mut_ptr());
+    tasks.into_par_iter().for_each(|(gc, t0)| {
+        let tiles = t0..(t0 + tiles_per_task).min(plan.col_tiles);
+        let acc = plan.run_task(g, &padded, &packed_dy, gc, tiles.clone());
+        // acc is [column][32 channels]; dW is [channel][column]
+        let (gi, cb) = (gc / plan.co_blocks, gc % plan.co_blocks);
+        let co0 = gi * g.out_per_group() + cb * WG_CO;
+        let cols = tiles.start * WG_COLS..(tiles.end * WG_COLS).min(kdim);
+        for i in 0..WG_CO.min(g.out_per_group() - cb * WG_CO) {
+            for col in cols.clone() {
+                // SAFETY: (co0 + i, col) lies in this task's block of channels and run of columns,
+                // which no other task writes; co0 + i < C_out, col < kdim.
+                unsafe { *out.at((co0 + i) * kdim + col) = acc[(col - cols.start) * WG_CO + i] };
+            }
+        }
+    });
+    dw
+}
 
-    // tasks: (group, block of 32 output channels, run of column tiles); each sums over every image
-    // and position, so no partial sums cross tasks (the result does not depend on the threads)
-    let per_group = groups * co_blocks;
+/// Tasks (group · block of 32 output channels, first column tile) and the column tiles per task:
+/// each task sums over every image and position, so no partial sums cross tasks (the result does not
+/// depend on the threads). At least 4 tasks per thread, and a whole number per thread where that
+/// takes at most twice as many (9 equal tasks on 2 threads leave one thread 5 to the other's 4).
+fn wgrad_tasks(channel_blocks: usize, col_tiles: usize) -> (Vec<(usize, usize)>, usize) {
     let threads = rayon::current_num_threads();
-    // at least 4 tasks per thread, and a whole number of tasks per thread where that takes at most
-    // twice as many (9 tasks on 2 threads ran at 5/4 of the work of one)
-    let min_splits = (4 * threads).div_ceil(per_group).clamp(1, col_tiles);
+    let min_splits = (4 * threads).div_ceil(channel_blocks).clamp(1, col_tiles);
     let splits = (min_splits..=(2 * min_splits).min(col_tiles))
-        .find(|s| (per_group * s) % threads == 0)
+        .find(|s| (channel_blocks * s).is_multiple_of(threads))
         .unwrap_or(min_splits);
     let tiles_per_task = col_tiles.div_ceil(splits);
-    let tasks: Vec<(usize, usize, usize)> = (0..per_group)
+    let tasks = (0..channel_blocks)
         .flat_map(|gc| {
             (0..col_tiles)
                 .step_by(tiles_per_task)
-                .map(move |t0| (gc / co_blocks, gc % co_blocks, t0))
+                .map(move |t0| (gc, t0))
         })
         .collect();
-    let mut dw = vec![0.0f32; g.c_out * kdim];
-    let out = OutPtr(dw.as_mut_ptr());
-    tasks.into_par_iter().for_each(|(gi, cb, t0)| {
-        let t1 = (t0 + tiles_per_task).min(col_tiles);
-        let mut acc = vec![0.0f32; (t1 - t0) * WG_COLS * WG_CO];
-        for n in 0..g.n {
-            let xg = &padded[n][gi * cin_g * grid.chan..];
-            let dyb = &packed_dy[((n * groups + gi) * co_blocks + cb) * packed_positions * WG_CO..]
+    (tasks, tiles_per_task)
+}
+
+/// What every task of one weight gradient shares: the grid, the columns' offsets and the output rows.
+struct WgradPlan {
+    grid: Grid,
+    /// Blocks of 32 output channels per group.
+    co_blocks: usize,
+    /// (ci, tap) columns per group, C_in/G · kernel volume.
+    cols_per_group: usize,
+    /// Tiles of 8 columns per group.
+    col_tiles: usize,
+    /// Column (ci, tap) → its offset from a position's grid index; the last tile's missing columns
+    /// repeat the last column (read, summed, never written).
+    cols: Vec<usize>,
+    /// Grid index of each output row (d, h)'s first position, in output order.
+    rows: Vec<usize>,
+    rows_per_block: usize,
+    /// One past the farthest padded-input float a tile reads, from the start of the image.
+    max_read: usize,
+}
+
+impl WgradPlan {
+    fn new(g: &ConvGeom) -> Self {
+        let grid = Grid::new(g, 1);
+        let kvol = g.kernel_volume();
+        let cols_per_group = g.in_per_group() * kvol;
+        let col_tiles = cols_per_group.div_ceil(WG_COLS);
+        let cols: Vec<usize> = (0..col_tiles * WG_COLS)
+            .map(|c| c.min(cols_per_group - 1))
+            .map(|c| c / kvol * grid.chan + grid.taps[c % kvol])
+            .collect();
+        let [od_n, oh_n, ow_n] = g.output;
+        let [_, hq, wq] = grid.dims;
+        let rows: Vec<usize> = (0..od_n * oh_n)
+            .map(|r| (r / oh_n * hq + r % oh_n) * wq)
+            .collect();
+        let max_read = (g.groups - 1) * g.in_per_group() * grid.chan
+            + cols.iter().max().unwrap_or(&0)
+            + rows.last().unwrap_or(&0)
+            + ow_n;
+        WgradPlan {
+            co_blocks: g.out_per_group().div_ceil(WG_CO),
+            cols_per_group,
+            col_tiles,
+            cols,
+            rows_per_block: (WG_BLOCK_POSITIONS / ow_n).clamp(1, rows.len().max(1)),
+            rows,
+            max_read,
+            grid,
+        }
+    }
+
+    /// One task's sums: for channel block `gc` (group · blocks + block) and column tiles `tiles`, over
+    /// every image and block of positions, as [column][32 channels].
+    fn run_task(
+        &self,
+        g: &ConvGeom,
+        padded: &[Vec<f32>],
+        packed_dy: &[f32],
+        gc: usize,
+        tiles: std::ops::Range<usize>,
+    ) -> Vec<f32> {
+        let (gi, ow_n, p_vol) = (gc / self.co_blocks, g.output[2], g.output_volume());
+        let packed_positions = p_vol.div_ceil(PACK_POSITIONS) * PACK_POSITIONS;
+        let mut acc = vec![0.0f32; tiles.len() * WG_COLS * WG_CO];
+        for (n, xn) in padded.iter().enumerate() {
+            let xg = &xn[gi * g.in_per_group() * self.grid.chan..];
+            let dyb = &packed_dy[(n * g.groups * self.co_blocks + gc) * packed_positions * WG_CO..]
                 [..p_vol * WG_CO];
-            for (bi, block) in rows.chunks(rows_per_block).enumerate() {
+            for (bi, block) in self.rows.chunks(self.rows_per_block).enumerate() {
                 let dy_block =
-                    &dyb[bi * rows_per_block * ow_n * WG_CO..][..block.len() * ow_n * WG_CO];
-                for (tile_cols, tile_acc) in cols[t0 * WG_COLS..t1 * WG_COLS]
+                    &dyb[bi * self.rows_per_block * ow_n * WG_CO..][..block.len() * ow_n * WG_CO];
+                for (tile_cols, tile_acc) in self.cols[tiles.start * WG_COLS..tiles.end * WG_COLS]
                     .chunks_exact(WG_COLS)
                     .zip(acc.chunks_exact_mut(WG_COLS * WG_CO))
                 {
-                    // SAFETY: AVX-512F checked above; dy_block holds block.len()·oW positions of 32
-                    // floats; every x read is at most cols + row + oW ≤ max_read, checked against
-                    // the padded input above; tile_acc holds 8·32 floats.
+                    // SAFETY: `backward_weight` checked AVX-512F and that every x read (at most the
+                    // group's offset + cols + row + oW = max_read) lies in the padded input;
+                    // dy_block holds block.len()·oW positions of 32 floats; tile_acc 8·32 floats.
                     unsafe {
                         wgrad_tile_32x8(
                             dy_block.as_ptr(),
@@ -611,17 +687,8 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
                 }
             }
         }
-        // acc is [column][32 channels]; dW is [channel][column]
-        let co0 = gi * cout_g + cb * WG_CO;
-        for i in 0..WG_CO.min(cout_g - cb * WG_CO) {
-            for col in t0 * WG_COLS..(t1 * WG_COLS).min(kdim) {
-                // SAFETY: (co0 + i, col) lies in this task's block of channels and run of columns,
-                // which no other task writes; co0 + i < C_out, col < kdim.
-                unsafe { *out.at((co0 + i) * kdim + col) = acc[(col - t0 * WG_COLS) * WG_CO + i] };
-            }
-        }
-    });
-    dw
+        acc
+    }
 }
 
 /// Positions per run of the packed dy ([`pack_dy`]): a run's 8 KiB are written channel by channel
