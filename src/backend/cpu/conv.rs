@@ -410,7 +410,7 @@ pub(super) fn padded_channels(
         |piece, out| {
             let (c, phase) = (piece / phases, piece % phases);
             if c < channels {
-                layout.write_phase(&x[c * in_len..][..in_len], phase, out);
+                layout.write_phase(&x[c * in_len..][..in_len], phase, 0, out);
             } else {
                 out.iter_mut().for_each(|v| {
                     v.write(0.0);
@@ -419,6 +419,43 @@ pub(super) fn padded_channels(
             out.len()
         },
     )
+}
+
+/// The part of [`padded_channels`]' layout (with `g`'s padding and stride) that one output depth
+/// slice reads: per channel of `x` and phase, the `dims[0]` phase depth rows from `d0` on (zeros past
+/// the padded input), then `slack` zeros, into `out` (reused between calls). The direct convolution's
+/// tasks stage their slice's input this way, into a buffer that stays in cache: one padded copy of
+/// the whole input, written to memory and read back, took 11 % of R(2+1)D-18's 144 → 64 1×3×3 data
+/// gradient on 16 × 56² (docs/PERFORMANCE.md, stop 41).
+pub(super) fn padded_window(
+    x: &[f32],
+    g: &ConvGeom,
+    dims: [usize; 3],
+    d0: usize,
+    slack: usize,
+    out: &mut Vec<f32>,
+) {
+    let in_len = g.input_volume();
+    let (phases, phase_len): (usize, usize) = (g.stride.iter().product(), dims.iter().product());
+    let layout = Phases {
+        input: g.input,
+        padding: g.padding,
+        stride: g.stride,
+        dims,
+    };
+    let body = x.len() / in_len * phases * phase_len;
+    out.clear();
+    out.reserve(body + slack);
+    let spare = &mut out.spare_capacity_mut()[..body + slack];
+    for (piece, dst) in spare[..body].chunks_exact_mut(phase_len).enumerate() {
+        let (c, phase) = (piece / phases, piece % phases);
+        layout.write_phase(&x[c * in_len..][..in_len], phase, d0, dst);
+    }
+    for v in &mut spare[body..] {
+        v.write(0.0);
+    }
+    // SAFETY: write_phase wrote every element of each channel's phases, the loop above the slack.
+    unsafe { out.set_len(body + slack) };
 }
 
 /// How [`padded_channels`] lays out one channel.
@@ -430,9 +467,15 @@ struct Phases {
 }
 
 impl Phases {
-    /// Phase `phase` of one channel (`src`, [D, H, W] = `input`), every element of `out` written:
-    /// the input where the padded position is inside it, else 0.
-    fn write_phase(&self, src: &[f32], phase: usize, out: &mut [std::mem::MaybeUninit<f32>]) {
+    /// Phase `phase` of one channel (`src`, [D, H, W] = `input`) from its depth row `d0` on, every
+    /// element of `out` written: the input where the padded position is inside it, else 0.
+    fn write_phase(
+        &self,
+        src: &[f32],
+        phase: usize,
+        d0: usize,
+        out: &mut [std::mem::MaybeUninit<f32>],
+    ) {
         let [id, ih, iw] = self.input;
         let [dq, hq, wq] = self.dims;
         let [sd, sh, sw] = self.stride;
@@ -446,7 +489,7 @@ impl Phases {
         let k0 = pad_w.saturating_sub(rw).div_ceil(sw).min(wq);
         let k1 = (pad_w + iw).saturating_sub(rw).div_ceil(sw).clamp(k0, wq);
         for (row_index, row) in out.chunks_exact_mut(wq).enumerate().take(dq * hq) {
-            let (i, j) = (row_index / hq, row_index % hq);
+            let (i, j) = (d0 + row_index / hq, row_index % hq);
             let source = inside(i, sd, rd, pad_d, id)
                 .zip(inside(j, sh, rh, pad_h, ih))
                 .map(|(z, r)| &src[(z * ih + r) * iw..][..iw]);
@@ -461,8 +504,16 @@ impl Phases {
             });
             if k1 > k0 {
                 let first = sw * k0 + rw - pad_w;
-                for (v, &s) in row[k0..k1].iter_mut().zip(line[first..].iter().step_by(sw)) {
-                    v.write(s);
+                if sw == 1 {
+                    // one copy of the row (step_by(1) is not vectorised: 11 % of a direct
+                    // convolution's time was this loop)
+                    for (v, &s) in row[k0..k1].iter_mut().zip(&line[first..]) {
+                        v.write(s);
+                    }
+                } else {
+                    for (v, &s) in row[k0..k1].iter_mut().zip(line[first..].iter().step_by(sw)) {
+                        v.write(s);
+                    }
                 }
             }
             row[k1..].iter_mut().for_each(|v| {

@@ -42,7 +42,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::conv::{padded_channels, OutPtr};
+use super::conv::{padded_channels, padded_window, OutPtr};
 use super::elementwise::relu as relu_f;
 use crate::backend::ConvGeom;
 
@@ -141,7 +141,8 @@ pub(super) fn supported_tiles() -> Vec<Tile> {
 
 /// The padded input's stride phases for one channel ([`padded_channels`]) and the tap offsets on them.
 struct Grid {
-    /// Extents of each phase [Dq, Hq, Wq] = ⌈[Dp, Hp, Wp] / stride⌉ (the padded extents at stride 1).
+    /// Extents of each phase [Dq, Hq, Wq] = ⌈[Dp, Hp, Wp] / stride⌉ (the padded extents at stride 1);
+    /// in a [`Grid::window`], Dq is the depth rows one output slice reads.
     dims: [usize; 3],
     /// Floats per padded channel: its phases (sD·sH·sW of them) of Dq·Hq·Wq floats.
     chan: usize,
@@ -155,9 +156,28 @@ struct Grid {
 }
 
 impl Grid {
+    /// The whole padded input: every output depth slice's reads.
     fn new(g: &ConvGeom, nr: usize) -> Self {
-        let dims: [usize; 3] =
-            std::array::from_fn(|i| (g.input[i] + 2 * g.padding[i]).div_ceil(g.stride[i]));
+        let dq = (g.input[0] + 2 * g.padding[0]).div_ceil(g.stride[0]);
+        Grid::with_depth(g, nr, dq, g.output[0])
+    }
+
+    /// The phase depth rows that one output slice reads, od..od + ⌊(kD − 1)·dD / sD⌋ + 1 for slice
+    /// od: what [`padded_window`] stages per task.
+    fn window(g: &ConvGeom, nr: usize) -> Self {
+        let rows = (g.kernel[0] - 1) * g.dilation[0] / g.stride[0] + 1;
+        Grid::with_depth(g, nr, rows, 1)
+    }
+
+    /// `depth` phase depth rows per channel, read by `slices` output depth slices.
+    fn with_depth(g: &ConvGeom, nr: usize, depth: usize, slices: usize) -> Self {
+        let dims: [usize; 3] = std::array::from_fn(|i| {
+            if i == 0 {
+                depth
+            } else {
+                (g.input[i] + 2 * g.padding[i]).div_ceil(g.stride[i])
+            }
+        });
         let [_, hq, wq] = dims;
         let phase_len: usize = dims.iter().product();
         let [sd, sh, sw] = g.stride;
@@ -175,7 +195,7 @@ impl Grid {
         let chan = phase_len * sd * sh * sw;
         // The last channel's last slice reads up to its farthest tap + len floats from the slice.
         let max_tap = taps.iter().copied().max().unwrap_or(0);
-        let slack = (max_tap + g.output[0].saturating_sub(1) * hq * wq + len).saturating_sub(chan);
+        let slack = (max_tap + slices.saturating_sub(1) * hq * wq + len).saturating_sub(chan);
         Grid {
             dims,
             chan,
@@ -225,19 +245,13 @@ pub(super) fn forward_with(
         "the direct convolution runs on a CPU with the tile's ISA"
     );
     let (mr, nr) = (tile.mr, tile.nr);
-    let grid = Grid::new(g, nr);
+    let grid = Grid::window(g, nr);
     let (cin_g, cout_g, groups) = (g.in_per_group(), g.out_per_group(), g.groups);
     let kvol = g.kernel_volume();
     let kdim = cin_g * kvol;
     let panels: Vec<Vec<f32>> = w
         .chunks_exact(cout_g * kdim)
         .map(|wg| pack_weights(wg, cout_g, kdim, mr))
-        .collect();
-    // per sample: x[n] ([C_in, D, H, W]) zero-padded and split into stride phases, [C_in, phases, Dq,
-    // Hq, Wq], plus `grid.slack` zeros
-    let padded: Vec<Vec<f32>> = x
-        .chunks_exact(g.c_in * g.input_volume())
-        .map(|xn| padded_channels(xn, g.input, g.padding, g.stride, grid.dims, grid.slack))
         .collect();
 
     let [od_n, oh_n, ow_n] = g.output;
@@ -257,29 +271,34 @@ pub(super) fn forward_with(
     let rows_read = chans_per_chunk * g.kernel[0] * g.kernel[1];
     let halo = g.dilation[2] * (g.kernel[2] - 1) / g.stride[2];
     let block = ((X_BLOCK_FLOATS / rows_read).saturating_sub(halo) / nr * nr).clamp(nr, grid.len);
-    let chunk_offsets: Vec<(usize, Vec<usize>)> = (0..cin_g)
+    let chunk_offsets: Vec<(usize, Steps)> = (0..cin_g)
         .step_by(chans_per_chunk)
         .map(|c0| {
             let chans = chans_per_chunk.min(cin_g - c0);
             let offs = (0..chans)
                 .flat_map(|ci| grid.taps.iter().map(move |t| ci * grid.chan + t))
                 .collect();
-            (c0, offs)
+            (c0, Steps::new(offs))
         })
         .collect();
-    tasks
-        .into_par_iter()
-        .for_each_init(Vec::new, |acc, mut task| {
+    let in_vol = g.input_volume();
+    tasks.into_par_iter().for_each_init(
+        || (Vec::<f32>::new(), Vec::new()),
+        |(acc, xg), mut task| {
             let (n, gi) = (task.ng / groups, task.ng % groups);
-            let xg = &padded[n][gi * cin_g * grid.chan + task.od * grid.dims[1] * wp..];
+            // the group's input channels, zero-padded and split into stride phases, [C_in/G,
+            // phases, rows the slice reads, Hq, Wq], plus `grid.slack` zeros
+            let xn = &x[(n * g.c_in + gi * cin_g) * in_vol..][..cin_g * in_vol];
+            padded_window(xn, g, grid.dims, task.od, grid.slack, xg);
             acc.resize((task.p1 - task.p0) * mr * block, 0.0);
             for q0 in (0..grid.len).step_by(block) {
                 let q1 = (q0 + block).min(grid.len);
-                for (c0, offs) in &chunk_offsets {
+                for (c0, steps) in &chunk_offsets {
                     let base = &xg[c0 * grid.chan + q0..];
                     for (pi, rows) in (task.p0..task.p1).zip(acc.chunks_exact_mut(mr * block)) {
-                        let wpanel = &panels[gi][(pi * kdim + c0 * kvol) * mr..][..offs.len() * mr];
-                        run_panel(tile, wpanel, base, offs, rows, block, q1 - q0, *c0 == 0);
+                        let wpanel =
+                            &panels[gi][(pi * kdim + c0 * kvol) * mr..][..steps.offs.len() * mr];
+                        run_panel(tile, wpanel, base, steps, rows, block, q1 - q0, *c0 == 0);
                     }
                 }
                 // Copy out the block's valid positions (oW of every Wq), with bias and ReLU.
@@ -296,18 +315,31 @@ pub(super) fn forward_with(
                             continue;
                         }
                         let src = &acc[r * block + h * wp + lo - q0..][..hi - lo];
-                        for (o, v) in dst[h * ow_n + lo..h * ow_n + hi].iter_mut().zip(src) {
-                            o.write(if relu { relu_f(v + bv) } else { v + bv });
-                        }
+                        store_outputs(&mut dst[h * ow_n + lo..h * ow_n + hi], src, bv, relu);
                     }
                 }
             }
-        });
+        },
+    );
     debug_assert_eq!(plane_out * od_n, g.output_volume());
     // SAFETY: the tasks cover every (image, output channel, depth slice) plane of y once, and each
     // writes all oH·oW elements of its planes (oH rows of oW, from the oH·Wq positions of its slice).
     unsafe { y.set_len(len) };
     y
+}
+
+/// dst = src + bias, through ReLU if `relu`: one vector loop per case, AVX2-wide where the CPU has it
+/// (the baseline build's SSE2 loop with ReLU's NaN select inside took 6 % of a direct convolution).
+fn store_outputs(dst: &mut [MaybeUninit<f32>], src: &[f32], bias: f32, relu: bool) {
+    if relu {
+        with_avx2!(for (o, &v) in dst.iter_mut().zip(src) {
+            o.write(relu_f(v + bias));
+        })
+    } else {
+        with_avx2!(for (o, &v) in dst.iter_mut().zip(src) {
+            o.write(v + bias);
+        })
+    }
 }
 
 /// A task's outputs: image·group `ng`, output depth slice `od`, panels p0..p1 (output channels
@@ -358,23 +390,37 @@ fn tasks<'a>(y: &'a mut [MaybeUninit<f32>], g: &ConvGeom, mr: usize) -> Vec<Task
     tasks
 }
 
+/// A K chunk's steps: the input offset of each (channel, tap) from a position's grid index, and
+/// their maximum (found once per chunk: found per panel call, it took 4 % of a convolution).
+struct Steps {
+    offs: Vec<usize>,
+    max_off: usize,
+}
+
+impl Steps {
+    fn new(offs: Vec<usize>) -> Self {
+        let max_off = offs.iter().copied().max().unwrap_or(0);
+        Steps { offs, max_off }
+    }
+}
+
 /// One panel (MR output channels) over one K chunk for the first `positions` (whole tiles) of a block:
 /// `acc` is [MR][ld] (set on the first chunk, accumulated after), `x` the chunk's first channel at the
-/// block's first position, `offs[k]` the input offset of step k, `wp` the panel's [k][MR] weights of
-/// the chunk.
+/// block's first position, `steps.offs[k]` the input offset of step k, `wp` the panel's [k][MR]
+/// weights of the chunk.
 #[allow(clippy::too_many_arguments)]
 fn run_panel(
     tile: Tile,
     wp: &[f32],
     x: &[f32],
-    offs: &[usize],
+    steps: &Steps,
     acc: &mut [f32],
     ld: usize,
     positions: usize,
     first: bool,
 ) {
     let (mr, nr) = (tile.mr, tile.nr);
-    let max_off = offs.iter().copied().max().unwrap_or(0);
+    let (offs, max_off) = (&steps.offs[..], steps.max_off);
     assert!(
         wp.len() >= offs.len() * mr && positions <= ld && acc.len() >= (mr - 1) * ld + positions
     );
@@ -507,20 +553,32 @@ const WG_BLOCK_POSITIONS: usize = 128;
 /// Measured on the zoo's layers (docs/PERFORMANCE.md, stop 40; 2 threads, AVX-512 Xeon, time direct /
 /// GEMM alternated in one process, 4–6 sittings): 128 → 128, 256 → 256, 512 → 512 1×3×3 0.48–0.90;
 /// 128 → 288, 256 → 576, 512 → 1152 0.69–1.06; 512 → 512 3×3×3 on 4×7² 0.75–1.06. With 64 or 96 it
-/// lost: ECO-Lite's 3×3 layers 0.87–1.27, R(2+1)D-18's 64 → 144 1.05–1.14, the 3-channel stems
-/// 0.94–1.93 (fewer columns per task re-use each block of dy less, and the packing of dy weighs more).
-const MIN_WG_CHANNELS: usize = 128;
+/// lost until dy was packed by gathers ([`pack_run_32x64`]; stop 41): since then, alternated call by
+/// call in one process, ECO-Lite's 3×3 layers on 16 × 28² 0.75–0.95, C2D-NL-R50's 64 → 64 1×3×3 on
+/// 8 × 56² 0.77–0.79, R(2+1)D-18's 64 → 144 and ECO-Lite's 64 → 192 on 56² 0.89–1.07. The 3-channel
+/// stems lost 0.94–1.93 (fewer columns per task re-use each block of dy less).
+const MIN_WG_CHANNELS: usize = 64;
+
+/// Columns (C_in/G × kernel volume) from which a strided layer (its input read through its stride
+/// phases) takes the direct weight gradient. Direct / GEMM time, alternated call by call in one
+/// process, two sittings (stop 41): ECO-Lite's 128 → 256 and 256 → 512 3×3×3 stride 2 (3456 and
+/// 6912 columns) 0.69–0.83 and 0.77–0.96, C2D-NL-R50's 256 → 256 1×3×3 stride (1, 2, 2) (2304)
+/// 0.95–0.98, R(2+1)D-18's 256 → 921 (2304) 0.90–1.00; with 1152 columns it lost: C2D-NL-R50's
+/// 128 → 128 on 8 × 56² 1.08–1.22, R(2+1)D-18's 128 → 460 1.06–1.07 (and 64 → 230, 576 columns,
+/// 0.98–1.33).
+const MIN_STRIDED_WG_COLUMNS: usize = 2304;
 
 /// Whether the direct kernel computes `g`'s weight gradient here: a CPU with AVX-512F and the
 /// direct kernel not turned off, not depthwise, not 1×1×1 (the GEMM reads a pointwise input in
-/// place), stride 1 (strided layers measured both ways, 0.81–1.49 in the suite's rows: R(2+1)D-18's
-/// and C2D-NL-R50's (1, 2, 2) layers mostly slower, ECO-Lite's 3×3×3 stride 2 mixed), at least
-/// [`MIN_WG_CHANNELS`] input channels per group.
+/// place), at least [`MIN_WG_CHANNELS`] input channels per group, and when strided at least
+/// [`MIN_STRIDED_WG_COLUMNS`] columns.
 pub(super) fn weight_grad_applies(g: &ConvGeom) -> bool {
+    let strided_pays =
+        g.stride == [1, 1, 1] || g.in_per_group() * g.kernel_volume() >= MIN_STRIDED_WG_COLUMNS;
     !g.is_depthwise()
         && g.kernel != [1, 1, 1]
-        && g.stride == [1, 1, 1]
         && g.in_per_group() >= MIN_WG_CHANNELS
+        && strided_pays
         && enabled().is_some_and(|t| t.name == AVX512.name)
 }
 
@@ -708,10 +766,18 @@ fn pack_dy(dy: &[f32], g: &ConvGeom, co_blocks: usize) -> Vec<f32> {
         let channels = WG_CO.min(cout_g - cb * WG_CO);
         let p0 = run * PACK_POSITIONS;
         let valid = PACK_POSITIONS.min(p_vol - p0);
+        let src = &dy[(ng * cout_g + cb * WG_CO) * p_vol + p0..];
+        if channels == WG_CO && valid == PACK_POSITIONS && gathers_reach(p_vol) {
+            // SAFETY: backward_weight checked AVX-512F; src holds 32 rows of p_vol floats from p0
+            // (channels cb·32.. of the group, all in dy), each with PACK_POSITIONS valid positions,
+            // and dst is one run of PACK_POSITIONS·32 floats.
+            unsafe { pack_run_32x64(src.as_ptr(), p_vol, dst.as_mut_ptr().cast()) };
+            return dst.len();
+        }
         for i in 0..WG_CO {
             let column = dst[i..].iter_mut().step_by(WG_CO);
             let src = if i < channels {
-                &dy[(ng * cout_g + cb * WG_CO + i) * p_vol + p0..][..valid]
+                &src[i * p_vol..][..valid]
             } else {
                 &[][..]
             };
@@ -721,6 +787,34 @@ fn pack_dy(dy: &[f32], g: &ConvGeom, co_blocks: usize) -> Vec<f32> {
         }
         dst.len()
     })
+}
+
+/// Whether [`pack_run_32x64`]'s gathers reach 16 rows of `stride` floats (32-bit byte offsets).
+fn gathers_reach(stride: usize) -> bool {
+    16 * stride * std::mem::size_of::<f32>() <= i32::MAX as usize
+}
+
+/// dst[k·32 + i] = src[i·stride + k] for positions k < [`PACK_POSITIONS`] and channels i < 32: one
+/// full run of [`pack_dy`], 16 channels of a position per gather (element by element, the packing
+/// took 10 % of a 64-channel weight gradient).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_run_32x64(src: *const f32, stride: usize, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    let rows = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let offsets = _mm512_mullo_epi32(rows, _mm512_set1_epi32(stride as i32));
+    let upper = src.add(16 * stride);
+    for k in 0..PACK_POSITIONS {
+        let lo = _mm512_i32gather_ps::<4>(offsets, src.add(k));
+        let hi = _mm512_i32gather_ps::<4>(offsets, upper.add(k));
+        _mm512_storeu_ps(dst.add(k * WG_CO), lo);
+        _mm512_storeu_ps(dst.add(k * WG_CO + 16), hi);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_run_32x64(_: *const f32, _: usize, _: *mut f32) {
+    unreachable!("the direct weight gradient runs only where `supported_tiles` found AVX-512F")
 }
 
 /// acc[j·32 + i] += Σ over the positions w < ow of each row r of `rows` (p counting them in order)
