@@ -242,8 +242,10 @@ fn col2vol_channel(src: &[f32], dxc: &mut [f32], g: &ConvGeom, taps: &Taps, r0: 
                     *d += s;
                 }
             } else {
-                for (d, s) in dst[w0..].iter_mut().step_by(sw).zip(&seg[lo..hi]) {
-                    *d += s;
+                // every sW-th element; chunks, not step_by, which took a third longer (`perf`:
+                // col2vol 9.8 → 6.4 % of R(2+1)D-18's 64 → 230 stride-(1, 2, 2) data gradient)
+                for (d, s) in dst[w0..].chunks_mut(sw).zip(&seg[lo..hi]) {
+                    d[0] += s;
                 }
             }
         }
@@ -511,8 +513,8 @@ impl Phases {
                         v.write(s);
                     }
                 } else {
-                    for (v, &s) in row[k0..k1].iter_mut().zip(line[first..].iter().step_by(sw)) {
-                        v.write(s);
+                    for (v, s) in row[k0..k1].iter_mut().zip(line[first..].chunks(sw)) {
+                        v.write(s[0]);
                     }
                 }
             }
