@@ -651,22 +651,34 @@ fn flipped_transposed(w: &[f32], g: &ConvGeom) -> Option<Vec<f32>> {
     if !super::elementwise::all_finite(w) {
         return None;
     }
+    // Pieces of FLIP_ROWS new rows, walked output channel by output channel: for each, the pieces'
+    // kernels are one contiguous run of w. Row by row (every output channel's kernel for one input
+    // channel, C_in/G·kvol floats apart: 55 KB for ECO-Lite's 512 → 512 3×3×3) each read touched a
+    // new page, and the copy took 18 % of that layer's data gradient (now 14 %, `perf`).
     Some(super::elementwise::par_build(
         w.len(),
-        cout_g * kvol,
-        |row, out| {
-            // new row (gi, ci): the kernels w[gi·cout_g + co_g, ci] for every co_g, reversed
-            let (gi, ci) = (row / cin_g, row % cin_g);
-            for (co_g, dst) in out.chunks_exact_mut(kvol).enumerate() {
-                let src = &w[((gi * cout_g + co_g) * cin_g + ci) * kvol..][..kvol];
-                for (d, &v) in dst.iter_mut().zip(src.iter().rev()) {
-                    d.write(v);
+        FLIP_ROWS * cout_g * kvol,
+        |piece, out| {
+            let row0 = piece * FLIP_ROWS;
+            let rows = out.len() / (cout_g * kvol);
+            for co_g in 0..cout_g {
+                for r in 0..rows {
+                    // new row (gi, ci) holds the kernels w[gi·cout_g + co_g, ci], reversed
+                    let (gi, ci) = ((row0 + r) / cin_g, (row0 + r) % cin_g);
+                    let src = &w[((gi * cout_g + co_g) * cin_g + ci) * kvol..][..kvol];
+                    let dst = &mut out[(r * cout_g + co_g) * kvol..][..kvol];
+                    for (d, &v) in dst.iter_mut().zip(src.iter().rev()) {
+                        d.write(v);
+                    }
                 }
             }
             out.len()
         },
     ))
 }
+
+/// New rows per piece of [`flipped_transposed`].
+const FLIP_ROWS: usize = 16;
 
 fn backward_weight_with(x: &[f32], dy: &[f32], g: &ConvGeom, chunking: Chunking) -> Vec<f32> {
     if g.is_depthwise() {

@@ -28,7 +28,11 @@
 //! positions in blocks (the chunk's input rows for a block, [`X_BLOCK_FLOATS`], stay in L2 while
 //! every panel runs over them). A block goes through every chunk before the next block starts: its
 //! accumulators, stored between chunks, stay in L2 (a whole slice's, 1.9 MB for a 144-channel layer on
-//! 56², had not), and are copied out to y (no zero-fill first) before the next block.
+//! 56², had not), and are copied out to y (no zero-fill first) before the next block. The padded
+//! input itself is never built whole: each task stages the padded rows its output depth slice reads
+//! in a buffer of its own ([`padded_window`], laid out by [`Grid::window`]), which its blocks then
+//! read from cache (one padded copy written to memory and read back took 11 % of a 144-channel layer
+//! on 56², docs/PERFORMANCE.md, stop 41).
 //!
 //! The weight gradient ([`backward_weight`], AVX-512 only) takes the same grid the other way round:
 //! dW[co, (ci, tap)] sums dy[co, p]·x[ci, p + tap] over the output positions p, each column (ci, tap)
@@ -614,23 +618,43 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     let packed_dy = pack_dy(dy, g, plan.co_blocks);
     let (tasks, tiles_per_task) = wgrad_tasks(g.groups * plan.co_blocks, plan.col_tiles);
     let kdim = plan.cols_per_group;
-    let mut dw = vec![0.0f32; g.c_out * kdim];
+    // written once, by the tasks below (no zero-fill first: 28 MB for ECO-Lite's 512 → 512 3×3×3)
+    let mut dw: Vec<f32> = Vec::with_capacity(g.c_out * kdim);
     let out = OutPtr(dw.as_mut_ptr());
     tasks.into_par_iter().for_each(|(gc, t0)| {
         let tiles = t0..(t0 + tiles_per_task).min(plan.col_tiles);
         let acc = plan.run_task(g, &padded, &packed_dy, gc, tiles.clone());
-        // acc is [column][32 channels]; dW is [channel][column]
+        // acc is [column][32 channels]; dW is [channel][column]. Transposed by runs of 16 columns,
+        // whose 2 KiB of acc stay in L1 while the 32 channels' rows take them: channel by channel
+        // over the whole run, every read missed L1 (a third of the 512 → 512 layer's time, `perf`).
         let (gi, cb) = (gc / plan.co_blocks, gc % plan.co_blocks);
         let co0 = gi * g.out_per_group() + cb * WG_CO;
         let cols = tiles.start * WG_COLS..(tiles.end * WG_COLS).min(kdim);
-        for i in 0..WG_CO.min(g.out_per_group() - cb * WG_CO) {
-            for col in cols.clone() {
-                // SAFETY: (co0 + i, col) lies in this task's block of channels and run of columns,
-                // which no other task writes; co0 + i < C_out, col < kdim.
-                unsafe { *out.at((co0 + i) * kdim + col) = acc[(col - cols.start) * WG_CO + i] };
+        let channels = WG_CO.min(g.out_per_group() - cb * WG_CO);
+        for (run, acc_run) in acc[..cols.len() * WG_CO].chunks(16 * WG_CO).enumerate() {
+            let col0 = cols.start + run * 16;
+            if acc_run.len() == 16 * WG_CO {
+                // SAFETY: backward_weight checked AVX-512F; acc_run holds 16 columns of 32 channels
+                // (channels ≤ 32), and dW's (co0 + i, col0..col0 + 16) for i < channels are in this
+                // task's block of channels and run of columns, which no other task writes.
+                unsafe {
+                    store_columns_16(acc_run.as_ptr(), channels, out.at(co0 * kdim + col0), kdim)
+                };
+                continue;
+            }
+            for i in 0..channels {
+                let row = out.at((co0 + i) * kdim + col0);
+                for (c, column) in acc_run.chunks_exact(WG_CO).enumerate() {
+                    // SAFETY: (co0 + i, col0 + c) lies in this task's block of channels and run of
+                    // columns, which no other task writes; co0 + i < C_out, col0 + c < kdim.
+                    unsafe { *row.add(c) = column[i] };
+                }
             }
         }
     });
+    // SAFETY: the tasks cover every (group, block of 32 output channels) and, for each, every column
+    // tile (wgrad_tasks), and each wrote its channels' rows at its columns: all C_out·kdim elements.
+    unsafe { dw.set_len(g.c_out * kdim) };
     dw
 }
 
@@ -814,6 +838,27 @@ unsafe fn pack_run_32x64(src: *const f32, stride: usize, dst: *mut f32) {
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn pack_run_32x64(_: *const f32, _: usize, _: *mut f32) {
+    unreachable!("the direct weight gradient runs only where `supported_tiles` found AVX-512F")
+}
+
+/// dst[i·ld + c] = src[32·c + i] for c < 16, i < `channels`: 16 columns of a task's [column][32]
+/// sums into dW's rows, a gather per channel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_columns_16(src: *const f32, channels: usize, dst: *mut f32, ld: usize) {
+    use std::arch::x86_64::*;
+    let columns = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let offsets = _mm512_mullo_epi32(columns, _mm512_set1_epi32(WG_CO as i32));
+    for i in 0..channels {
+        _mm512_storeu_ps(
+            dst.add(i * ld),
+            _mm512_i32gather_ps::<4>(offsets, src.add(i)),
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn store_columns_16(_: *const f32, _: usize, _: *mut f32, _: usize) {
     unreachable!("the direct weight gradient runs only where `supported_tiles` found AVX-512F")
 }
 
