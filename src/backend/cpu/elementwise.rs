@@ -158,6 +158,7 @@ pub(super) fn par_new_copies<'a, I: Iterator<Item = &'a [f32]>>(
 /// then written once into the new vector, as [`par_new`] does. `plane_work`: the elements one plane
 /// touches (a pooling window's input plane can be far larger than its output plane), which sizes the
 /// tasks and decides whether to run on the calling thread.
+#[cfg(test)] // the max pool's reference scatter (pool.rs)
 pub(super) fn par_new_planes(
     len: usize,
     plane: usize,
