@@ -17,6 +17,9 @@ the same way and prints vidgrad / PyTorch (> 1: vidgrad is slower).
     # whole models on a machine whose speed drifts (shared vCPUs): R rounds, each vidgrad then PyTorch
     # on one model back to back; per-round ratios and their median
     python tools/bench/torch_side_by_side.py --device cpu --rounds 3 --ours-cmd "cargo bench --bench suite -- cpu models"
+    # the same for the kernel rows: per model and round, the total's and every family's ratio, their median
+    python tools/bench/torch_side_by_side.py --device cpu --only kernels --rounds 3 \
+        --ours-cmd "cargo bench --bench suite -- cpu kernels"
 
 Each vidgrad row records its math mode (`math`); PyTorch runs it in the matching setting (TORCH_SETTINGS):
   fp32  TF32 off everywhere (cudnn.allow_tf32 = matmul.allow_tf32 = False): the like-for-like FP32 comparison.
@@ -536,6 +539,81 @@ def interleaved_rounds(args, d, cuda, configs):
     print(f"\nwrote {d / f'side_by_side_{args.device}_rounds.md'} and .json")
 
 
+def interleaved_kernel_rounds(args, d, cuda, configs):
+    """Kernels, `--rounds R` times: per round and model vidgrad's kernel bench (`--ours-cmd` plus the model's name)
+    and then PyTorch on every one of its rows, back to back, so that each round's family ratios are of two runs a
+    minute apart. Memory-bound rows on tensors above the L3 move with the host's memory bandwidth, which on shared
+    machines changes by 2x within minutes (docs/PERFORMANCE.md, stop 42): the median over rounds, and in how many
+    rounds a family was above 1.0, say more than one run. Prints and writes side_by_side_<dev>_kernel_rounds.md and
+    .json (per model: the total's and every family's ratio per round and their median)."""
+    from peak_rss import DEFAULT_MODELS
+    models = args.models or DEFAULT_MODELS
+    clock = Clock(cuda)
+    col = configs[0][0]  # CPU: the one column; CUDA: cudnn.benchmark off, PyTorch's default
+    per = {}  # model -> list per round of {(family, pass, math) or "total": (vidgrad s, torch s)}
+    for rnd_i in range(args.rounds):
+        for model in models:
+            out = d / "kernel_rounds" / f"{rnd_i}-{model}"
+            out.mkdir(parents=True, exist_ok=True)
+            cmd = shlex.split(args.ours_cmd) + [model]
+            print(f"round {rnd_i + 1}/{args.rounds}, {model}: {' '.join(cmd)}", flush=True)
+            done = subprocess.run(cmd, env=dict(os.environ, VIDGRAD_BENCH_OUT=str(out.resolve())),
+                                  stdout=subprocess.DEVNULL)
+            if done.returncode != 0:
+                sys.exit(f"--ours-cmd failed for {model}: `{' '.join(cmd)}` exited with {done.returncode}")
+            ours = json.loads((out / f"kernels_{args.device}.json").read_text())
+            if not cuda:
+                torch.set_num_threads(ours["device"]["threads"])
+            results = time_kernels(ours, clock, args.device, ours["timing"]["warmup"], [model], configs[0][1])
+            for m in ours["models"]:
+                if m["model"] != model:
+                    continue
+                sums = {}
+                for k, r in enumerate(r for r in m["rows"] if "error" not in r):
+                    t = results.get((model, k))
+                    if not isinstance(t, float):
+                        continue  # a row PyTorch could not run counts on neither side
+                    for key in ((r["family"], r["pass"], row_math(r)), "total"):
+                        a, b = sums.get(key, (0.0, 0.0))
+                        sums[key] = (a + r["count"] * r["us"] / 1e6, b + r["count"] * t)
+                per.setdefault(model, []).append(sums)
+                a, b = sums["total"]
+                print(f"  {model}: all kernels vidgrad {a * 1e3:.1f} ms, {col} {b * 1e3:.1f} ms (ratio {a / b:.2f})",
+                      flush=True)
+    dev_name = ours["device"]["name"]
+    md = [f"## Kernels, {args.rounds} interleaved rounds\n",
+          f"Each round runs vidgrad's kernel bench for one model and then PyTorch ({col}) on its rows; ratio = vidgrad "
+          f"time / PyTorch time, sums over the model's calls of count x median time. Machine {dev_name}, "
+          f"{ours['device'].get('threads', '?')} threads, vidgrad commit {ours['device']['commit']}, torch "
+          f"{torch.__version__}.\n"]
+    report = []
+    print(f"\nkernels, {args.rounds} interleaved rounds (ratio = vidgrad time / {col} time, per round):")
+    for model, rounds in per.items():
+        keys = sorted({k for s in rounds for k in s if k != "total"},
+                      key=lambda k: -statistics.median(s[k][0] for s in rounds if k in s))
+        md.append(f"\n### {model}\n\n| family | pass | math | vidgrad ms (median) | ratio per round | median ratio "
+                  f"| rounds above 1.0 |\n|---|---|---|---|---|---|---|")
+        print(f"  {model}")
+        for key in ["total"] + keys:
+            pairs = [s[key] for s in rounds if key in s]
+            ratios = [a / b for a, b in pairs]
+            med = statistics.median(ratios)
+            above = sum(x > 1.0 for x in ratios)
+            name = ("all kernels", "", "") if key == "total" else key
+            ms = statistics.median(a for a, _ in pairs) * 1e3
+            print(f"    {name[0]:<18} {name[1]:<8} {name[2]:<4} vidgrad {ms:9.2f} ms | ratios " +
+                  " ".join(f"{x:.2f}" for x in ratios) + f" | median {med:.2f}" +
+                  (f" | above 1.0 in {above} of {len(ratios)}" if above else ""))
+            md.append(f"| {name[0]} | {name[1]} | {name[2]} | {ms:.2f} | " + ", ".join(f"{x:.2f}" for x in ratios) +
+                      f" | {med:.2f} | {above} of {len(ratios)} |")
+            report.append(dict(model=model, family=name[0], pass_=name[1], math=name[2], vidgrad_ms=ms,
+                               ratios=ratios, median_ratio=med, rounds_above_1=above))
+    (d / f"side_by_side_{args.device}_kernel_rounds.json").write_text(json.dumps(
+        dict(device=dev_name, torch=torch.__version__, rounds=args.rounds, rows=report), indent=1))
+    (d / f"side_by_side_{args.device}_kernel_rounds.md").write_text("\n".join(md) + "\n")
+    print(f"\nwrote {d / f'side_by_side_{args.device}_kernel_rounds.md'} and .json")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -543,8 +621,9 @@ def main():
     ap.add_argument("--ours-cmd", help="run this (vidgrad's bench) first, so both sides run in one go")
     ap.add_argument("--only", choices=["kernels", "models"], help="one part only")
     ap.add_argument("--models", nargs="*", help="only these models")
-    ap.add_argument("--rounds", type=int, help="whole models only: R interleaved rounds of vidgrad then PyTorch per "
-                    "model (needs --ours-cmd; the model's name is appended to it)")
+    ap.add_argument("--rounds", type=int, help="R interleaved rounds of vidgrad then PyTorch per model (needs --ours-cmd; "
+                    "the model's name is appended to it): whole models, or with --only kernels every kernel row and "
+                    "the family sums")
     args = ap.parse_args()
     d = Path(args.dir)
     cuda = args.device == "cuda"
@@ -555,7 +634,10 @@ def main():
     if args.rounds is not None:
         if args.rounds < 1 or not args.ours_cmd:
             sys.exit("--rounds needs a count of at least 1 and --ours-cmd (vidgrad's bench, without a model name)")
-        interleaved_rounds(args, d, cuda, configs)
+        if args.only == "kernels":
+            interleaved_kernel_rounds(args, d, cuda, configs)
+        else:
+            interleaved_rounds(args, d, cuda, configs)
         return
     if args.ours_cmd:
         print(f"running vidgrad: {args.ours_cmd}", flush=True)

@@ -1204,8 +1204,8 @@ fn average_row(rows: &[f32], window_rows: &[usize], div: &[f32], out: &mut [Mayb
 /// Window averages over separable span tables; the divisor is the product of the spans' counts.
 /// An empty window gives 0 (as PyTorch's kernels skip it). Separably: first every input row's sums
 /// over the w-windows ([`AlongW::sum_row`]), then each output row adds the (d, h) rows of its window
-/// across all w at once (a vector loop), in the order a window-by-window sum would add them (the same
-/// bits).
+/// across all w at once ([`average_row`]), in the order a window-by-window sum would add them (the
+/// same bits).
 fn span_avg_forward(
     x: &[f32],
     planes: usize,
