@@ -472,6 +472,20 @@ def write_report(d, device, report, md):
     (d / f"side_by_side_{device}.md").write_text("\n".join(md) + "\n")
 
 
+def run_ours_for_model(args, rounds_dir, rnd_i, model, part, quiet=False):
+    """One round's vidgrad bench for one model (`--ours-cmd` plus the model's name), writing into
+    rounds_dir/<round>-<model>; returns its <part>_<dev>.json (part: models or kernels)."""
+    out = rounds_dir / f"{rnd_i}-{model}"
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = shlex.split(args.ours_cmd) + [model]
+    print(f"round {rnd_i + 1}/{args.rounds}, {model}: {' '.join(cmd)}", flush=True)
+    done = subprocess.run(cmd, env=dict(os.environ, VIDGRAD_BENCH_OUT=str(out.resolve())),
+                          stdout=subprocess.DEVNULL if quiet else None)
+    if done.returncode != 0:
+        sys.exit(f"--ours-cmd failed for {model}: `{' '.join(cmd)}` exited with {done.returncode}")
+    return json.loads((out / f"{part}_{args.device}.json").read_text())
+
+
 def interleaved_rounds(args, d, cuda, configs):
     """Whole models, `--rounds R` times: per round and model vidgrad's bench (`--ours-cmd` plus the model's
     name) and then PyTorch on its row, back to back. On a machine whose speed drifts over minutes (shared
@@ -484,14 +498,7 @@ def interleaved_rounds(args, d, cuda, configs):
     per = {}  # (model, math, input) -> one dict per round
     for rnd_i in range(args.rounds):
         for model in models:
-            out = d / "rounds" / f"{rnd_i}-{model}"
-            out.mkdir(parents=True, exist_ok=True)
-            cmd = shlex.split(args.ours_cmd) + [model]
-            print(f"round {rnd_i + 1}/{args.rounds}, {model}: {' '.join(cmd)}", flush=True)
-            done = subprocess.run(cmd, env=dict(os.environ, VIDGRAD_BENCH_OUT=str(out.resolve())))
-            if done.returncode != 0:
-                sys.exit(f"--ours-cmd failed for {model}: `{' '.join(cmd)}` exited with {done.returncode}")
-            ours = json.loads((out / f"models_{args.device}.json").read_text())
+            ours = run_ours_for_model(args, d / "rounds", rnd_i, model, "models")
             if not cuda:
                 torch.set_num_threads(ours["device"]["threads"])
             warmup, runs = ours["timing"]["warmup"], ours["timing"]["runs"]
@@ -553,15 +560,7 @@ def interleaved_kernel_rounds(args, d, cuda, configs):
     per = {}  # model -> list per round of {(family, pass, math) or "total": (vidgrad s, torch s)}
     for rnd_i in range(args.rounds):
         for model in models:
-            out = d / "kernel_rounds" / f"{rnd_i}-{model}"
-            out.mkdir(parents=True, exist_ok=True)
-            cmd = shlex.split(args.ours_cmd) + [model]
-            print(f"round {rnd_i + 1}/{args.rounds}, {model}: {' '.join(cmd)}", flush=True)
-            done = subprocess.run(cmd, env=dict(os.environ, VIDGRAD_BENCH_OUT=str(out.resolve())),
-                                  stdout=subprocess.DEVNULL)
-            if done.returncode != 0:
-                sys.exit(f"--ours-cmd failed for {model}: `{' '.join(cmd)}` exited with {done.returncode}")
-            ours = json.loads((out / f"kernels_{args.device}.json").read_text())
+            ours = run_ours_for_model(args, d / "kernel_rounds", rnd_i, model, "kernels", quiet=True)
             if not cuda:
                 torch.set_num_threads(ours["device"]["threads"])
             results = time_kernels(ours, clock, args.device, ours["timing"]["warmup"], [model], configs[0][1])

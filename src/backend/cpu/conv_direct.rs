@@ -818,6 +818,16 @@ fn gathers_reach(stride: usize) -> bool {
     16 * stride * std::mem::size_of::<f32>() <= i32::MAX as usize
 }
 
+/// A gather's 16 element offsets 0, step, …, 15·step (32-bit: [`gathers_reach`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn gather_offsets(step: usize) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    _mm512_mullo_epi32(lanes, _mm512_set1_epi32(step as i32))
+}
+
 /// dst[k·32 + i] = src[i·stride + k] for positions k < [`PACK_POSITIONS`] and channels i < 32: one
 /// full run of [`pack_dy`], 16 channels of a position per gather (element by element, the packing
 /// took 10 % of a 64-channel weight gradient).
@@ -825,8 +835,7 @@ fn gathers_reach(stride: usize) -> bool {
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_run_32x64(src: *const f32, stride: usize, dst: *mut f32) {
     use std::arch::x86_64::*;
-    let rows = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let offsets = _mm512_mullo_epi32(rows, _mm512_set1_epi32(stride as i32));
+    let offsets = gather_offsets(stride);
     let upper = src.add(16 * stride);
     for k in 0..PACK_POSITIONS {
         let lo = _mm512_i32gather_ps::<4>(offsets, src.add(k));
@@ -847,8 +856,7 @@ unsafe fn pack_run_32x64(_: *const f32, _: usize, _: *mut f32) {
 #[target_feature(enable = "avx512f")]
 unsafe fn store_columns_16(src: *const f32, channels: usize, dst: *mut f32, ld: usize) {
     use std::arch::x86_64::*;
-    let columns = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let offsets = _mm512_mullo_epi32(columns, _mm512_set1_epi32(WG_CO as i32));
+    let offsets = gather_offsets(WG_CO);
     for i in 0..channels {
         _mm512_storeu_ps(
             dst.add(i * ld),
