@@ -737,7 +737,7 @@ fn backward_weight_oriented(
     // a multiple of 1 kB apart, all C_out/G of them fall into at most 4 of L1's 64-byte sets and
     // evict each other (the stems: 112² and 56² planes, 50–400 kB apart). The task's chunk of dy
     // is then first copied row after row into a contiguous buffer: on a Zen 5, C2D-NL-R50's stem
-    // 11.1 → 7.0 ms, R(2+1)D-18's 3.9 → 2.9, ECO-Lite's 14.0 → 12.6, C2D-NL-R50's 256 → 64 on
+    // 11.0 → 7.0 ms, R(2+1)D-18's 3.9 → 2.9, ECO-Lite's 14.0 → 12.6, C2D-NL-R50's 256 → 64 on
     // 8 × 56² 2.95 → 2.65 (docs/PERFORMANCE.md, stop 42).
     let copy_dy = transposed && (p_vol * std::mem::size_of::<f32>()).is_multiple_of(1024);
     let dw = sum_in_order(&tasks, parts, w_len, |group, acc| {
@@ -1264,11 +1264,8 @@ pub(super) mod tests {
         println!("worst relative error {:.2e}: {}", worst.0, worst.1);
     }
 
-    /// Both orientations of the weight-gradient GEMM (dy·colᵀ, and col·dyᵀ into dWᵀ), whichever
-    /// `backward_weight_with` picks for a shape and thread count, against the f64 reference (the bound of
-    /// `matches_reference`), and with a NaN in x the reference's non-finite pattern.
-    /// dy's rows 4 kB apart (a 16 × 64 plane): col·dyᵀ copies each task's chunk of dy before the
-    /// GEMM (`copy_dy`), for whole and partial chunks.
+    /// dy's rows 8 kB apart (2 × 16 × 64 positions): col·dyᵀ copies each task's chunk of dy before
+    /// the GEMM (`copy_dy`), for whole and partial chunks.
     #[test]
     fn weight_gradient_copies_dy_rows_at_aligned_strides() {
         let g = ConvGeom {
@@ -1307,6 +1304,9 @@ pub(super) mod tests {
         }
     }
 
+    /// Both orientations of the weight-gradient GEMM (dy·colᵀ, and col·dyᵀ into dWᵀ), whichever
+    /// `backward_weight_with` picks for a shape and thread count, against the f64 reference (the bound of
+    /// `matches_reference`), and with a NaN in x the reference's non-finite pattern.
     #[test]
     fn weight_gradient_orientations() {
         let mut p = Pick(0x3a11);

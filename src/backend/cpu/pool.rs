@@ -1031,14 +1031,14 @@ impl AlongW<'_> {
         }
     }
 
-    /// Length of the row as [`Self::sum_row`] reads it and [`Self::spread_row`] writes it (its
-    /// phases, or the row).
-    fn row_len(&self, w: usize) -> usize {
+    /// The layout of a row as [`Self::sum_row`] reads it and [`Self::spread_row`] writes it: its
+    /// (stride, phase length) — the row itself, (1, w), for stride 1 and adaptive cells.
+    fn phases(&self, w: usize) -> (usize, usize) {
         match self {
             AlongW::Taps {
                 stride, phase_len, ..
-            } => stride * phase_len,
-            AlongW::Spans(_) => w,
+            } => (*stride, *phase_len),
+            AlongW::Spans(_) => (1, w),
         }
     }
 
@@ -1069,9 +1069,9 @@ impl AlongW<'_> {
         }
     }
 
-    /// The adjoint of [`Self::sum_row`]: `row` (of [`Self::row_len`]; in phase layout for taps at
-    /// stride > 1) with each element the sum of its windows' `grads` from +0, in increasing window
-    /// order, as a window-by-window loop adds them.
+    /// The adjoint of [`Self::sum_row`]: `row` (laid out as [`Self::phases`] says) with each element
+    /// the sum of its windows' `grads` from +0, in increasing window order, as a window-by-window
+    /// loop adds them.
     #[inline(always)]
     fn spread_row(&self, grads: &[f32], row: &mut [f32]) {
         match self {
@@ -1312,13 +1312,7 @@ fn span_avg_backward(
         });
     }
     let div = divisors(t);
-    let row_len = along_w.row_len(w);
-    let (stride, phase_len) = match &along_w {
-        AlongW::Taps {
-            stride, phase_len, ..
-        } => (*stride, *phase_len),
-        AlongW::Spans(_) => (1, w),
-    };
+    let (stride, phase_len) = along_w.phases(w);
     let len = planes * iv;
     let mut dx = Vec::with_capacity(len);
     dx.spare_capacity_mut()[..len]
@@ -1357,7 +1351,7 @@ fn span_avg_backward(
                     }
                 }
                 // along w, into the plane
-                s.row.resize(row_len, 0.0);
+                s.row.resize(stride * phase_len, 0.0);
                 for (out, src) in dxp.chunks_exact_mut(w).zip(by_h.chunks_exact(ow)) {
                     along_w.spread_row(src, &mut s.row);
                     merge_phases(&s.row, stride, phase_len, out);
