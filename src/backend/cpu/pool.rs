@@ -94,35 +94,61 @@ fn volume(v: &[usize; 3]) -> usize {
     v.iter().product()
 }
 
-/// Per tap c along w, the outputs j0..j1 whose tap lies inside the row (0 ≤ j·s − p + c < w) and
-/// where their values start: in the row (stride 1) or in its phases ([`split_phases`]) — the same
-/// for every row, so computed once per plane.
-struct WTaps {
-    /// (c, j0, j1, start of the values), taps with no output inside the row left out
+/// Per tap c along one axis (w for rows), the outputs j0..j1 whose tap lies inside the input
+/// (0 ≤ j·s − p + c < n) and where their values start: in the row (stride 1) or in its phases
+/// ([`split_phases`]) — the same for every row, so computed once per call.
+struct TapRuns {
+    /// (c, j0, j1, start of the values), taps with no output inside the input left out
     runs: Vec<(usize, usize, usize, usize)>,
     phase_len: usize,
 }
 
-impl WTaps {
-    fn new(g: &PoolGeom, outputs: usize) -> Self {
-        let (w, kw, sw, pw) = (g.input[2], g.kernel[2], g.stride[2], g.padding[2] as isize);
-        let phase_len = w.div_ceil(sw);
-        let runs = (0..kw)
+impl TapRuns {
+    fn new(g: &PoolGeom, axis: usize, outputs: usize) -> Self {
+        let (n, k, s) = (g.input[axis], g.kernel[axis], g.stride[axis]);
+        let p = g.padding[axis] as isize;
+        let phase_len = n.div_ceil(s);
+        let runs = (0..k)
             .filter_map(|c| {
-                let first = (pw - c as isize).max(0) as usize;
-                let j0 = first.div_ceil(sw);
-                let last = w as isize - 1 + pw - c as isize;
-                let j1 = (last >= 0).then(|| (last as usize / sw + 1).min(outputs))?;
-                let first_tap = ((j0 * sw) as isize - pw + c as isize) as usize;
-                let at = if sw == 1 {
+                let first = (p - c as isize).max(0) as usize;
+                let j0 = first.div_ceil(s);
+                let last = n as isize - 1 + p - c as isize;
+                let j1 = (last >= 0).then(|| (last as usize / s + 1).min(outputs))?;
+                let first_tap = ((j0 * s) as isize - p + c as isize) as usize;
+                let at = if s == 1 {
                     first_tap
                 } else {
-                    first_tap % sw * phase_len + first_tap / sw
+                    first_tap % s * phase_len + first_tap / s
                 };
                 (j0 < j1).then_some((c, j0, j1, at))
             })
             .collect();
-        WTaps { runs, phase_len }
+        TapRuns { runs, phase_len }
+    }
+
+    /// Forward, per tap c increasing: the outputs j0..j1 it feeds and the shift from an output to
+    /// its value, each index scaled by `unit` (a row's length, where the runs go over whole rows)
+    /// and the shifts offset by `base`.
+    fn gather(&self, unit: usize, base: isize) -> Vec<ShiftedRun> {
+        (self.runs.iter())
+            .map(|&(_, j0, j1, at)| ShiftedRun {
+                lo: j0 * unit,
+                hi: j1 * unit,
+                shift: (at as isize - j0 as isize) * unit as isize + base,
+            })
+            .collect()
+    }
+
+    /// Backward (the adjoint of [`Self::gather`]), per tap c decreasing: the input positions it
+    /// feeds and the shift from a position to its window's gradient, scaled the same way.
+    fn scatter(&self, unit: usize, base: isize) -> Vec<ShiftedRun> {
+        (self.runs.iter().rev())
+            .map(|&(_, j0, j1, at)| ShiftedRun {
+                lo: at * unit,
+                hi: (at + j1 - j0) * unit,
+                shift: (j0 as isize - at as isize) * unit as isize + base,
+            })
+            .collect()
     }
 }
 
@@ -162,14 +188,36 @@ fn plane_argmax<I: WindowOffset>(
     idx: Option<&mut [I]>,
     scratch: &mut PlaneScratch,
 ) {
+    if along_depth_only(g) {
+        return match idx {
+            None => plane_depth::<false, I>(xp, g, td, y, None, &mut scratch.row_best),
+            Some(idx) => plane_depth::<true, I>(xp, g, td, y, Some(idx), &mut scratch.row_best),
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if w3s2_forward(g) {
+        // SAFETY: `w3s2_forward` checked that the CPU has AVX2.
+        return unsafe {
+            match idx {
+                None => plane_w3s2::<false, I>(xp, g, [td, th, tw], y, None, scratch),
+                Some(idx) => plane_w3s2::<true, I>(xp, g, [td, th, tw], y, Some(idx), scratch),
+            }
+        };
+    }
+    if windows_tile(g) && g.kernel[2] == 2 && tw.len() >= LANES {
+        return match idx {
+            None => plane_pairs::<false, I>(xp, g, y, None, scratch),
+            Some(idx) => plane_pairs::<true, I>(xp, g, y, Some(idx), scratch),
+        };
+    }
     if windows_tile(g) && (tw.len() >= LANES || th.len() * tw.len() >= LANES) {
         return match (g.kernel[2], idx.is_some()) {
-            (1, false) => plane_tiled::<1, false, I>(xp, g, y, idx),
-            (2, false) => plane_tiled::<2, false, I>(xp, g, y, idx),
-            (_, false) => plane_tiled::<3, false, I>(xp, g, y, idx),
-            (1, true) => plane_tiled::<1, true, I>(xp, g, y, idx),
-            (2, true) => plane_tiled::<2, true, I>(xp, g, y, idx),
-            (_, true) => plane_tiled::<3, true, I>(xp, g, y, idx),
+            (1, false) => plane_tiled::<1, false, I>(xp, g, y, idx, scratch),
+            (2, false) => plane_tiled::<2, false, I>(xp, g, y, idx, scratch),
+            (_, false) => plane_tiled::<3, false, I>(xp, g, y, idx, scratch),
+            (1, true) => plane_tiled::<1, true, I>(xp, g, y, idx, scratch),
+            (2, true) => plane_tiled::<2, true, I>(xp, g, y, idx, scratch),
+            (_, true) => plane_tiled::<3, true, I>(xp, g, y, idx, scratch),
         };
     }
     match idx {
@@ -178,16 +226,361 @@ fn plane_argmax<I: WindowOffset>(
     }
 }
 
-/// Buffers of [`plane_separable`], kept from plane to plane by a task (resizing them on every plane
-/// zero-filled each anew).
+/// Whether every window lies along d alone (1×1 in h and w, stride 1 and no padding there): the
+/// temporal pools (C2D-NL-R50's 2×1×1), whose taps are whole depth slices of the input.
+fn along_depth_only(g: &PoolGeom) -> bool {
+    (1..3).all(|a| g.kernel[a] == 1 && g.stride[a] == 1 && g.padding[a] == 0)
+}
+
+/// [`plane_argmax`] for windows along d alone ([`along_depth_only`]): each output depth slice is
+/// its window's input slices' maximum element by element, LANES at a time along the whole slice
+/// (contiguous loads, no tables), by the rule of [`take_block`] from the window's first slice inside
+/// the input (the offset of a tap is its index in the window: kh = kw = 1). The argmaxes go to
+/// `best` and are narrowed after the slice (narrowed block by block, the selects became scalar).
+#[inline(always)]
+fn plane_depth<const TRACK: bool, I: WindowOffset>(
+    xp: &[f32],
+    g: &PoolGeom,
+    td: &[Span],
+    y: &mut [MaybeUninit<f32>],
+    mut idx: Option<&mut [I]>,
+    best: &mut Vec<u32>,
+) {
+    let slice = g.input[1] * g.input[2];
+    best.resize(slice, 0);
+    for (od, sd) in td.iter().enumerate() {
+        let y = &mut y[od * slice..][..slice];
+        let first = (sd.lo as isize - sd.start) as u32;
+        let taps = &xp[sd.lo * slice..sd.hi.max(sd.lo) * slice];
+        if slice < LANES {
+            depth_blocks::<TRACK, 1>(taps, slice, first, 0..slice, y, best);
+        } else {
+            let starts = (0..slice).step_by(LANES).map(|j| j.min(slice - LANES));
+            depth_blocks::<TRACK, LANES>(taps, slice, first, starts, y, best);
+        }
+        if let Some(idx) = idx.as_deref_mut() {
+            for (i, &b) in idx[od * slice..][..slice].iter_mut().zip(best.iter()) {
+                *i = I::from_offset(b as usize);
+            }
+        }
+    }
+}
+
+/// [`plane_depth`]'s blocks of N outputs of one depth slice starting at `starts`: `taps` holds the
+/// window's input slices of `slice` elements (none: an empty window, −inf at its first tap).
+#[inline(always)]
+fn depth_blocks<const TRACK: bool, const N: usize>(
+    taps: &[f32],
+    slice: usize,
+    first: u32,
+    starts: impl Iterator<Item = usize>,
+    y: &mut [MaybeUninit<f32>],
+    best: &mut [u32],
+) {
+    let mut taps = taps.chunks_exact(slice);
+    let Some(first_tap) = taps.next() else {
+        y.iter_mut().for_each(|v| _ = v.write(f32::NEG_INFINITY));
+        best.fill(first);
+        return;
+    };
+    for j in starts {
+        let mut m: [f32; N] = first_tap[j..j + N].try_into().unwrap();
+        let mut b = [first; N];
+        for (t, tap) in taps.clone().enumerate() {
+            let v: [f32; N] = tap[j..j + N].try_into().unwrap();
+            take_block::<TRACK, N>(v, (&mut m, &mut b), [first + 1 + t as u32; N]);
+        }
+        store(&mut y[j..j + N], &m);
+        if TRACK {
+            best[j..j + N].copy_from_slice(&b);
+        }
+    }
+}
+
+/// Buffers of [`plane_argmax`]'s paths, kept from plane to plane by a task (resizing them on every
+/// plane zero-filled each anew; allocating them per plane was 10 % of C2D-NL-R50's 14² pools).
 #[derive(Default)]
 struct PlaneScratch {
     phases: Vec<f32>,
     first_tap: Vec<u32>,
+    /// [`plane_separable`]: where tap c starts in the phases; [`plane_tiled`]: where a window's
+    /// rows start
     tap_at: Vec<usize>,
     row_max: Vec<f32>,
     row_best: Vec<u32>,
     window_rows: Vec<(usize, u32)>,
+    /// [`plane_w3s2`], [`plane_tiled`]: one output row's (or group's) argmaxes before they are
+    /// narrowed
+    out_best: Vec<u32>,
+    /// [`plane_tiled`]: where each window of a group starts
+    window_starts: Vec<usize>,
+}
+
+/// [`plane_argmax`] for windows 2 wide that tile the input in rows of LANES windows or more
+/// (C2D-NL-R50's 1×2×2 pool on 28²; the rows are whole windows, w = 2·ow): first every input
+/// pair's maximum and which of the two it was, along the whole plane at once (pairs never straddle
+/// rows), then each output row its window rows' pair maxima in scan order ([`column_maxima`]) — one
+/// scan's values and offsets, as [`plane_separable`] argues. 0.6× [`plane_tiled`]'s time in
+/// inference, 0.9× in training; on rows of fewer windows (14²: 7) 1.4× its time, the second
+/// pass going one window at a time.
+#[inline(always)]
+fn plane_pairs<const TRACK: bool, I: WindowOffset>(
+    xp: &[f32],
+    g: &PoolGeom,
+    y: &mut [MaybeUninit<f32>],
+    mut idx: Option<&mut [I]>,
+    scratch: &mut PlaneScratch,
+) {
+    let h = g.input[1];
+    let [_, oh, ow] = g.output;
+    let [kd, kh, kw] = g.kernel;
+    let PlaneScratch {
+        row_max: pair_max,
+        row_best: pair_best,
+        window_rows,
+        ..
+    } = scratch;
+    let pairs = xp.len() / 2;
+    pair_max.resize(pairs, 0.0);
+    pair_best.resize(pairs, 0);
+    if pairs < LANES {
+        pair_blocks::<TRACK, 1>(xp, 0..pairs, pair_max, pair_best);
+    } else {
+        let starts = (0..pairs).step_by(LANES).map(|j| j.min(pairs - LANES));
+        pair_blocks::<TRACK, LANES>(xp, starts, pair_max, pair_best);
+    }
+    // An output row's window rows, from where its first starts among the pairs.
+    window_rows.clear();
+    for d in 0..kd {
+        window_rows.extend((0..kh).map(|hh| ((d * h + hh) * ow, ((d * kh + hh) * kw) as u32)));
+    }
+    for (out, y_row) in y.chunks_exact_mut(ow).enumerate() {
+        let (od, oi) = (out / oh, out % oh);
+        let first = ((od * kd) * h + oi * kh) * ow;
+        let idx_row = idx.as_deref_mut().map(|i| &mut i[out * ow..][..ow]);
+        let (m, b) = (&pair_max[first..], &pair_best[first..]);
+        column_maxima::<TRACK, I>(m, b, window_rows, y_row, idx_row);
+    }
+}
+
+/// [`plane_pairs`]' first pass for the blocks of N pairs starting at `starts`: each pair's maximum
+/// (the first element, the second where it is greater or NaN: [`take_block`]) and which it was.
+#[inline(always)]
+fn pair_blocks<const TRACK: bool, const N: usize>(
+    xp: &[f32],
+    starts: impl Iterator<Item = usize>,
+    pair_max: &mut [f32],
+    pair_best: &mut [u32],
+) {
+    for j in starts {
+        let src = &xp[2 * j..][..2 * N];
+        let (mut m, mut v) = ([0f32; N], [0f32; N]);
+        for l in 0..N {
+            (m[l], v[l]) = (src[2 * l], src[2 * l + 1]);
+        }
+        let mut b = [0u32; N];
+        take_block::<TRACK, N>(v, (&mut m, &mut b), [1; N]);
+        pair_max[j..j + N].copy_from_slice(&m);
+        if TRACK {
+            pair_best[j..j + N].copy_from_slice(&b);
+        }
+    }
+}
+
+/// Whether [`plane_w3s2`] takes the planes: windows 3 wide with stride 2 along W, padding 0 or 1
+/// (ECO-Lite's 3×3 s2 and C2D-NL-R50's 1×3×3 s2 pools), rows of at least LANES outputs, and AVX2.
+#[cfg(target_arch = "x86_64")]
+fn w3s2_forward(g: &PoolGeom) -> bool {
+    g.kernel[2] == 3
+        && g.stride[2] == 2
+        && g.padding[2] <= 1
+        && g.output[2] >= LANES
+        && std::is_x86_feature_detected!("avx2")
+}
+
+/// [`plane_separable`] for windows 3 wide with stride 2 along W, in intrinsics: the generic passes
+/// spent most of their time around the arithmetic (phase splits, block iterators, bounds checks;
+/// docs/PERFORMANCE.md, stop 43). Per output depth slice, each input row of its window's depth taps
+/// is copied between −inf (the padding, and past the row's end) and its window maxima along W taken
+/// 8 windows at a time straight from the copy ([`row_w3s2_maxima`]); then each output row takes its
+/// window rows' maxima in scan order ([`column_w3s2`]). The same rule as [`plane_separable`] in the
+/// same order: the same values and offsets bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn plane_w3s2<const TRACK: bool, I: WindowOffset>(
+    xp: &[f32],
+    g: &PoolGeom,
+    [td, th, tw]: [&[Span]; 3],
+    y: &mut [MaybeUninit<f32>],
+    mut idx: Option<&mut [I]>,
+    scratch: &mut PlaneScratch,
+) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let [_, h, w] = g.input;
+    let (oh, ow) = (th.len(), tw.len());
+    let pw = g.padding[2];
+    // Row maxima are computed for whole blocks of LANES windows (those past ow unused).
+    let blocks = ow.div_ceil(LANES) * LANES;
+    let PlaneScratch {
+        phases: padded,
+        first_tap,
+        row_max,
+        row_best,
+        window_rows,
+        out_best,
+        ..
+    } = scratch;
+    // padded[pw + x] = row[x]; window j's taps at 2j + c, read up to 2·blocks + 2.
+    padded.clear();
+    padded.resize((2 * blocks + 2).max(pw + w), f32::NEG_INFINITY);
+    first_tap.clear();
+    first_tap.extend(tw.iter().map(|s| (s.lo as isize - s.start) as u32));
+    first_tap.resize(blocks, 0);
+    out_best.resize(ow, 0);
+    for (od, sd) in td.iter().enumerate() {
+        let depth_rows = (sd.hi - sd.lo) * h;
+        row_max.resize(depth_rows * blocks, 0.0);
+        row_best.resize(depth_rows * blocks, 0);
+        let slab = &xp[sd.lo * h * w..][..depth_rows * w];
+        for (r, row) in slab.chunks_exact(w).enumerate() {
+            // The hardware's prefetch fell behind these row-by-row reads (Zen 5: 4.0 → 2.6 ms on
+            // ECO-Lite's first pool in training, 2.35 → 2.0 in inference).
+            let ahead = (r * w + PREFETCH_AHEAD).min(slab.len())
+                ..((r + 1) * w + PREFETCH_AHEAD).min(slab.len());
+            for line in slab[ahead].chunks(16) {
+                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+            }
+            padded[pw..pw + w].copy_from_slice(row);
+            let (m, b) = (
+                &mut row_max[r * blocks..][..blocks],
+                &mut row_best[r * blocks..][..blocks],
+            );
+            // SAFETY: AVX2, as this function.
+            unsafe { row_w3s2_maxima::<TRACK>(padded, first_tap, m, b) };
+        }
+        for (oi, sh) in th.iter().enumerate() {
+            window_rows_of(g, sd, sh, blocks, window_rows);
+            let out = od * oh + oi;
+            let y_row = &mut y[out * ow..][..ow];
+            let idx_row = idx.as_deref_mut().map(|i| &mut i[out * ow..][..ow]);
+            if window_rows.is_empty() {
+                empty_windows(g, sd, sh, tw, y_row, idx_row);
+                continue;
+            }
+            // SAFETY: AVX2, as this function.
+            unsafe { column_w3s2::<TRACK>(row_max, row_best, window_rows, y_row, out_best) };
+            if let Some(idx_row) = idx_row {
+                for (i, &b) in idx_row.iter_mut().zip(out_best.iter()) {
+                    *i = I::from_offset(b as usize);
+                }
+            }
+        }
+    }
+}
+
+/// How far ahead of the row it reads [`plane_w3s2`] prefetches its input, in floats (4 kB: 8 of
+/// ECO-Lite's 112-wide rows; 2, 4, 8 and 16 rows tried, 8 the fastest).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_AHEAD: usize = 1024;
+
+/// One padded row's window maxima along W for [`plane_w3s2`], LANES windows a step: window j's taps
+/// c = 0, 1, 2 at `padded[2j + c]` — the even and odd elements of two loads from 2j₀ and the even
+/// ones of two from 2j₀ + 2, split in registers — each taken from −inf by the rule of [`take_block`],
+/// the argmax starting at the window's first tap inside the row (`first_tap`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_w3s2_maxima<const TRACK: bool>(
+    padded: &[f32],
+    first_tap: &[u32],
+    max: &mut [f32],
+    best: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    let blocks = max.len();
+    assert!(padded.len() >= 2 * blocks + 2 && first_tap.len() >= blocks && best.len() >= blocks);
+    // The even and odd elements of the 16 from p, each in order.
+    let split = |p: *const f32| {
+        // SAFETY: the callers' p + 16 lie inside `padded` (asserted above).
+        let (a, b) = unsafe { (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) };
+        let in_order =
+            |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(_mm256_castps_pd(v)));
+        (
+            in_order(_mm256_shuffle_ps::<0x88>(a, b)),
+            in_order(_mm256_shuffle_ps::<0xdd>(a, b)),
+        )
+    };
+    for j0 in (0..blocks).step_by(LANES) {
+        let p = padded.as_ptr().add(2 * j0);
+        let (c0, c1) = split(p);
+        let (c2, _) = split(p.add(2));
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut b = if TRACK {
+            _mm256_loadu_si256(first_tap.as_ptr().add(j0).cast())
+        } else {
+            _mm256_setzero_si256()
+        };
+        for (c, v) in [c0, c1, c2].into_iter().enumerate() {
+            let take = _mm256_or_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(v, m),
+                _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
+            );
+            m = _mm256_blendv_ps(m, v, take);
+            if TRACK {
+                let tap = _mm256_castsi256_ps(_mm256_set1_epi32(c as i32));
+                b = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b), tap, take));
+            }
+        }
+        _mm256_storeu_ps(max.as_mut_ptr().add(j0), m);
+        if TRACK {
+            _mm256_storeu_si256(best.as_mut_ptr().add(j0).cast(), b);
+        }
+    }
+}
+
+/// One output row of [`plane_w3s2`] from its window rows' maxima (`window_rows`: where each row's
+/// maxima start in `row_max`, and the offset of its first tap), LANES outputs a step (the last
+/// overlapping the one before), in scan order by the rule of [`take_block`]; the argmaxes to `best`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn column_w3s2<const TRACK: bool>(
+    row_max: &[f32],
+    row_best: &[u32],
+    window_rows: &[(usize, u32)],
+    y: &mut [MaybeUninit<f32>],
+    best: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    let ow = y.len();
+    let end = window_rows.iter().map(|&(at, _)| at).max().unwrap_or(0) + ow;
+    assert!(ow >= LANES && end <= row_max.len() && end <= row_best.len() && best.len() >= ow);
+    let (first, first_offset) = window_rows[0];
+    for j in (0..ow).step_by(LANES).map(|j| j.min(ow - LANES)) {
+        let tap = |at: usize, offset: u32| {
+            let b = _mm256_loadu_si256(row_best.as_ptr().add(at + j).cast());
+            _mm256_castsi256_ps(_mm256_add_epi32(b, _mm256_set1_epi32(offset as i32)))
+        };
+        let mut m = _mm256_loadu_ps(row_max.as_ptr().add(first + j));
+        let mut b = if TRACK {
+            tap(first, first_offset)
+        } else {
+            _mm256_setzero_ps()
+        };
+        for &(at, offset) in &window_rows[1..] {
+            let v = _mm256_loadu_ps(row_max.as_ptr().add(at + j));
+            let take = _mm256_or_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(v, m),
+                _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
+            );
+            m = _mm256_blendv_ps(m, v, take);
+            if TRACK {
+                b = _mm256_blendv_ps(b, tap(at, offset), take);
+            }
+        }
+        _mm256_storeu_ps(y.as_mut_ptr().add(j).cast(), m);
+        if TRACK {
+            _mm256_storeu_ps(best.as_mut_ptr().add(j).cast(), b);
+        }
+    }
 }
 
 /// [`plane_argmax`] in two passes: every input row's maxima over the windows along w (with the tap
@@ -225,6 +618,7 @@ fn plane_separable<const TRACK: bool, I: WindowOffset>(
         row_max,
         row_best,
         window_rows,
+        ..
     } = scratch;
     first_tap.clear();
     first_tap.extend(tw.iter().map(|s| (s.lo as isize - s.start) as u32));
@@ -479,19 +873,26 @@ fn plane_tiled<const KW: usize, const TRACK: bool, I: WindowOffset>(
     g: &PoolGeom,
     y: &mut [MaybeUninit<f32>],
     mut idx: Option<&mut [I]>,
+    scratch: &mut PlaneScratch,
 ) {
     let [_, h, w] = g.input;
     let [_, oh, ow] = g.output;
     let [kd, kh, _] = g.kernel;
+    let PlaneScratch {
+        tap_at: tap_rows,
+        window_starts: starts,
+        out_best: best,
+        ..
+    } = scratch;
     // Where a window's input rows start, from its first (the same for every window).
-    let tap_rows: Vec<usize> = (0..kd)
-        .flat_map(|d| (0..kh).map(move |hh| (d * h + hh) * w))
-        .collect();
+    tap_rows.clear();
+    tap_rows.extend((0..kd).flat_map(|d| (0..kh).map(move |hh| (d * h + hh) * w)));
     let by_rows = ow >= LANES;
     let group = if by_rows { ow } else { oh * ow };
     // Where each window of a group starts, from the group's first input element.
-    let starts: Vec<usize> = (0..group).map(|q| q / ow * kh * w + q % ow * KW).collect();
-    let mut best = vec![0u32; group];
+    starts.clear();
+    starts.extend((0..group).map(|q| q / ow * kh * w + q % ow * KW));
+    best.resize(group, 0);
     for (r, max) in y.chunks_exact_mut(group).enumerate() {
         let top = if by_rows {
             ((r / oh) * kd * h + (r % oh) * kh) * w
@@ -503,12 +904,18 @@ fn plane_tiled<const KW: usize, const TRACK: bool, I: WindowOffset>(
             for (t, &at) in tap_rows.iter().enumerate() {
                 for c in 0..KW {
                     let tap = (t * KW + c) as u32;
-                    let v: [f32; LANES] = if by_rows {
+                    // Plain loops: `array::from_fn` here was left a call once the function grew.
+                    let mut v = [0f32; LANES];
+                    if by_rows {
                         let row = &xp[top + at + q0 * KW..][..LANES * KW];
-                        std::array::from_fn(|l| row[l * KW + c])
+                        for (l, v) in v.iter_mut().enumerate() {
+                            *v = row[l * KW + c];
+                        }
                     } else {
-                        std::array::from_fn(|l| xp[top + starts[q0 + l] + at + c])
-                    };
+                        for (v, &start) in v.iter_mut().zip(&starts[q0..q0 + LANES]) {
+                            *v = xp[top + start + at + c];
+                        }
+                    }
                     take_block::<TRACK, LANES>(v, (&mut m, &mut b), [tap; LANES]);
                 }
             }
@@ -516,7 +923,7 @@ fn plane_tiled<const KW: usize, const TRACK: bool, I: WindowOffset>(
             best[q0..q0 + LANES].copy_from_slice(&b);
         }
         if let Some(idx) = idx.as_deref_mut() {
-            for (i, &b) in idx[r * group..][..group].iter_mut().zip(&best) {
+            for (i, &b) in idx[r * group..][..group].iter_mut().zip(best.iter()) {
                 *i = I::from_offset(b as usize);
             }
         }
@@ -874,7 +1281,7 @@ unsafe fn row_w3s2<'a>(
 fn backward_by_taps<I: WindowOffset>(idx: &[I], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
     let (iv, ov) = (volume(&g.input), volume(&g.output));
     let [td, th, tw] = pool_tables(g, true);
-    let taps = WTaps::new(g, tw.len());
+    let taps = TapRuns::new(g, 2, tw.len());
     let row_len = g.stride[2] * taps.phase_len; // the row itself when the stride is 1
     par_build(g.planes * iv, iv, |p, out| {
         let (ip, dyp) = (&idx[p * ov..][..ov], &dy[p * ov..][..ov]);
@@ -891,7 +1298,7 @@ fn plane_by_taps<I: WindowOffset>(
     dyp: &[f32],
     g: &PoolGeom,
     [td, th]: [&[Span]; 2],
-    taps: &WTaps,
+    taps: &TapRuns,
     rows: &mut [f32],
     out: &mut [MaybeUninit<f32>],
 ) {
@@ -991,16 +1398,16 @@ fn backward_scatter<I: WindowOffset>(idx: &[I], dy: &[f32], g: &PoolGeom) -> Vec
 
 /// How [`span_avg_forward`] and [`span_avg_backward`] walk an input row along w: by taps for pooling
 /// windows (every window k taps apart by the stride: one shifted slice per tap, in the row itself at
-/// stride 1 or in its phases, [`WTaps`] — a vector loop each), window by window for adaptive cells
+/// stride 1 or in its phases, [`TapRuns`] — a vector loop each), window by window for adaptive cells
 /// (whose sizes vary; only the models' global pools, [`is_global`], are adaptive in the zoo).
 enum AlongW<'a> {
     Taps {
         /// forward: per tap c increasing, the outputs j0..j1 it feeds and the shift from an output
         /// to its value in the row (or its phases)
-        gather: Vec<ShiftedRun>,
+        gather: SumPlan,
         /// backward: per tap c decreasing, the row (or phase) positions it feeds and the shift from
         /// a position to its window's gradient
-        scatter: Vec<ShiftedRun>,
+        scatter: SumPlan,
         stride: usize,
         phase_len: usize,
     },
@@ -1017,15 +1424,11 @@ struct ShiftedRun {
 
 impl AlongW<'_> {
     fn taps(g: &PoolGeom) -> Self {
-        let taps = WTaps::new(g, g.output[2]);
-        let run = |lo: usize, hi: usize, shift: isize| ShiftedRun { lo, hi, shift };
+        let taps = TapRuns::new(g, 2, g.output[2]);
+        let row_len = g.stride[2] * taps.phase_len;
         AlongW::Taps {
-            gather: (taps.runs.iter())
-                .map(|&(_, j0, j1, at)| run(j0, j1, at as isize - j0 as isize))
-                .collect(),
-            scatter: (taps.runs.iter().rev())
-                .map(|&(_, j0, j1, at)| run(at, at + j1 - j0, j0 as isize - at as isize))
-                .collect(),
+            gather: SumPlan::new(g.output[2], &taps.gather(1, 0)),
+            scatter: SumPlan::new(row_len, &taps.scatter(1, 0)),
             stride: g.stride[2],
             phase_len: taps.phase_len,
         }
@@ -1069,6 +1472,40 @@ impl AlongW<'_> {
         }
     }
 
+    /// [`Self::sum_row`] for consecutive input rows of `w` into rows of `sums`: across the rows at
+    /// once where the stride is 1 and the output rows are as long ([`shifted_sums_rows`]).
+    #[inline(always)]
+    fn sum_rows(&self, rows: &[f32], w: usize, phases: &mut Vec<f32>, sums: &mut [f32]) {
+        match self {
+            AlongW::Taps {
+                gather, stride: 1, ..
+            } if gather.n == w => shifted_sums_rows(sums, rows, gather, -0.0),
+            _ => {
+                let ow = sums.len() / (rows.len() / w).max(1);
+                for (row, sums) in rows.chunks_exact(w).zip(sums.chunks_exact_mut(ow)) {
+                    self.sum_row(row, phases, sums);
+                }
+            }
+        }
+    }
+
+    /// [`Self::spread_row`] for consecutive rows of `grads` into rows of `out` (each as
+    /// [`Self::phases`] lays it out), across the rows at once as [`Self::sum_rows`] sums them.
+    #[inline(always)]
+    fn spread_rows(&self, grads: &[f32], ow: usize, out: &mut [f32]) {
+        match self {
+            AlongW::Taps {
+                scatter, stride: 1, ..
+            } if scatter.n == ow => shifted_sums_rows(out, grads, scatter, 0.0),
+            _ => {
+                let row_len = out.len() / (grads.len() / ow).max(1);
+                for (grads, row) in grads.chunks_exact(ow).zip(out.chunks_exact_mut(row_len)) {
+                    self.spread_row(grads, row);
+                }
+            }
+        }
+    }
+
     /// The adjoint of [`Self::sum_row`]: `row` (laid out as [`Self::phases`] says) with each element
     /// the sum of its windows' `grads` from +0, in increasing window order, as a window-by-window
     /// loop adds them.
@@ -1086,45 +1523,109 @@ impl AlongW<'_> {
     }
 }
 
-/// `out[i]` = `init` + Σ over the runs holding i, in their order, of `src[i + shift]`: where every
-/// run holds i (the interior), LANES positions at a time in registers with no tests (a pass per run
-/// over a short row, reading and writing it back, ran at a third of the speed: ECO-Lite's pools
-/// have 28-wide rows), the last block overlapping the one before; the edges element by element.
-#[inline(always)]
-fn shifted_sums(out: &mut [f32], src: &[f32], runs: &[ShiftedRun], init: f32) {
-    let n = out.len();
-    let lo = runs.iter().map(|r| r.lo).max().unwrap_or(0).min(n);
-    let hi = runs.iter().map(|r| r.hi).min().unwrap_or(n).clamp(lo, n);
-    let one = |i: usize| {
-        let mut acc = init;
-        for r in runs.iter().filter(|r| (r.lo..r.hi).contains(&i)) {
-            acc += src[(i as isize + r.shift) as usize];
-        }
-        acc
-    };
-    for i in (0..lo).chain(hi..n) {
-        out[i] = one(i);
+/// A destination of `n` positions cut by its runs' ends into segments held by the same runs, for
+/// [`shifted_sums`]: built once per call, used for every row (or depth slice).
+struct SumPlan {
+    n: usize,
+    /// (a, b, the runs holding a..b in their order)
+    segments: Vec<(usize, usize, Vec<ShiftedRun>)>,
+}
+
+impl SumPlan {
+    fn new(n: usize, runs: &[ShiftedRun]) -> Self {
+        let mut cuts: Vec<usize> = (runs.iter())
+            .flat_map(|r| [r.lo, r.hi])
+            .chain([0, n])
+            .filter(|&e| e <= n)
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let segments = (cuts.windows(2))
+            .map(|ab| {
+                let (a, b) = (ab[0], ab[1]);
+                let held = runs.iter().filter(|r| r.lo <= a && b <= r.hi).copied();
+                (a, b, held.collect())
+            })
+            .collect();
+        SumPlan { n, segments }
     }
-    if hi - lo < LANES {
-        for (i, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
-            *o = one(i);
+}
+
+/// `out[i]` = `init` + Σ over the runs holding i, in their order, of `src[i + shift]`, segment by
+/// segment of the plan: one of LANES or more positions LANES at a time in registers (a pass per run
+/// over a short row, reading and writing it back, ran at a third of the speed: ECO-Lite's pools have
+/// 28-wide rows), one shorter (a row's edges) element by element.
+#[inline(always)]
+fn shifted_sums(out: &mut [f32], src: &[f32], plan: &SumPlan, init: f32) {
+    debug_assert_eq!(out.len(), plan.n);
+    for (a, b, runs) in &plan.segments {
+        sums_from(&mut out[*a..*b], src, *a, runs, init);
+    }
+}
+
+/// [`shifted_sums`] over consecutive rows of `plan.n` positions, `src` in rows of the same length
+/// (a stride-1 pool whose output rows are as long as its input's): the plan's widest segment as one
+/// loop across all the rows — the positions between, the other segments', computed from the next
+/// row's values and then overwritten row by row — so 28-wide rows go mostly in one vector loop.
+#[inline(always)]
+fn shifted_sums_rows(out: &mut [f32], src: &[f32], plan: &SumPlan, init: f32) {
+    let n = plan.n;
+    let widest = (0..plan.segments.len()).max_by_key(|&k| plan.segments[k].1 - plan.segments[k].0);
+    let (Some(widest), true) = (widest, out.len() >= n) else {
+        return;
+    };
+    debug_assert!(out.len().is_multiple_of(n) && src.len() == out.len());
+    // Each run's taps lie inside a row for positions a..b of it, so inside `src` over this span.
+    let (a, b, runs) = &plan.segments[widest];
+    let across = *a..out.len() - n + b;
+    sums_from(&mut out[across.clone()], src, across.start, runs, init);
+    for r in (0..out.len() / n).map(|r| r * n) {
+        for (k, (a, b, runs)) in plan.segments.iter().enumerate() {
+            if k != widest {
+                sums_from(&mut out[r + a..r + b], src, r + a, runs, init);
+            }
+        }
+    }
+}
+
+/// `out[i]` = `init` + Σ over `runs` in order of `src[at + i + shift]`: one segment of
+/// [`shifted_sums`] starting at position `at`, by [`segment_sums`] (unrolled for up to 3 runs).
+#[inline(always)]
+fn sums_from(out: &mut [f32], src: &[f32], at: usize, runs: &[ShiftedRun], init: f32) {
+    let tap = |r: &ShiftedRun| &src[(at as isize + r.shift) as usize..][..out.len()];
+    match runs.len() {
+        1 => segment_sums::<1>(out, &[tap(&runs[0])], init),
+        2 => segment_sums::<2>(out, &[tap(&runs[0]), tap(&runs[1])], init),
+        3 => segment_sums::<3>(out, &[tap(&runs[0]), tap(&runs[1]), tap(&runs[2])], init),
+        _ => segment_sums::<0>(out, &runs.iter().map(tap).collect::<Vec<_>>(), init),
+    }
+}
+
+/// One segment of [`shifted_sums`]: `out[i]` = `init` + Σ over `taps` in order of `tap[i]` (every
+/// tap as long as `out`), K taps (0: `taps.len()`, not unrolled); LANES at a time, the last block
+/// overlapping the one before, or element by element when `out` is shorter than LANES.
+#[inline(always)]
+fn segment_sums<const K: usize>(out: &mut [f32], taps: &[&[f32]], init: f32) {
+    let n = out.len();
+    let taps = &taps[..if K > 0 { K } else { taps.len() }];
+    if n < LANES {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = taps.iter().fold(init, |acc, t| acc + t[i]);
         }
         return;
     }
-    let mut i0 = lo;
+    let mut i0 = 0;
     loop {
-        let start = i0.min(hi - LANES);
+        let start = i0.min(n - LANES);
         let mut acc = [init; LANES];
-        for r in runs {
-            let v: &[f32; LANES] = src[(start as isize + r.shift) as usize..][..LANES]
-                .try_into()
-                .unwrap();
+        for t in taps {
+            let v: &[f32; LANES] = t[start..start + LANES].try_into().unwrap();
             for l in 0..LANES {
                 acc[l] += v[l];
             }
         }
         out[start..start + LANES].copy_from_slice(&acc);
-        if start == hi - LANES {
+        if start == n - LANES {
             break;
         }
         i0 += LANES;
@@ -1164,6 +1665,50 @@ struct AvgScratch {
     row: Vec<f32>,
     /// forward: where an output row's window rows start in `rows`
     window_rows: Vec<usize>,
+    /// forward: one output depth slice's window sums ([`HSteps`])
+    sums: Vec<f32>,
+}
+
+/// The h step of pooling windows at stride 1 along h, over whole depth slices: output row i + 1's
+/// window rows are row i's shifted by one, so each tap is one [`ShiftedRun`] over all output rows
+/// and a slice of ECO-Lite's 28-wide rows sums in one vector loop, not 28 short ones.
+struct HSteps {
+    /// forward, per output depth slice: its windows' sums of the row sums of every input depth slice
+    /// ([din][h][ow]), its depth taps in order and in each the h taps in order
+    gather: Vec<SumPlan>,
+    /// backward: one depth slice's gradients [oh][ow] spread along h to its rows [h][ow]
+    scatter: SumPlan,
+}
+
+impl HSteps {
+    fn new(g: &PoolGeom, td: &[Span]) -> Option<Self> {
+        if g.stride[1] != 1 {
+            return None;
+        }
+        let h = g.input[1];
+        let [_, oh, ow] = g.output;
+        let taps = TapRuns::new(g, 1, oh);
+        let gather = (td.iter())
+            .map(|sd| {
+                let runs: Vec<ShiftedRun> = (sd.lo..sd.hi)
+                    .flat_map(|d| taps.gather(ow, (d * h * ow) as isize))
+                    .collect();
+                SumPlan::new(oh * ow, &runs)
+            })
+            .collect();
+        let scatter = SumPlan::new(h * ow, &taps.scatter(ow, 0));
+        Some(HSteps { gather, scatter })
+    }
+}
+
+/// A window's average: its sum over its divisor, 0 for an empty window (divisor 0).
+#[inline(always)]
+fn average(sum: f32, n: f32) -> f32 {
+    if n == 0.0 {
+        0.0
+    } else {
+        sum / n
+    }
 }
 
 /// One output row of [`span_avg_forward`]: `out[j]` = (0 + Σ over the window's rows, in order, of
@@ -1172,7 +1717,6 @@ struct AvgScratch {
 /// read and write back per row, then dividing ran at 0.8× the speed on ECO-Lite's 28-wide rows.
 #[inline(always)]
 fn average_row(rows: &[f32], window_rows: &[usize], div: &[f32], out: &mut [MaybeUninit<f32>]) {
-    let average = |sum: f32, n: f32| if n == 0.0 { 0.0 } else { sum / n };
     let ow = out.len();
     if ow < LANES {
         for (j, o) in out.iter_mut().enumerate() {
@@ -1212,6 +1756,7 @@ fn span_avg_forward(
     input: [usize; 3],
     t: &[Vec<Span>; 3],
     along_w: AlongW,
+    along_h: Option<HSteps>,
 ) -> Vec<f32> {
     let [_, h, w] = input;
     let iv = volume(&input);
@@ -1235,8 +1780,18 @@ fn span_avg_forward(
         .for_each_init(AvgScratch::default, |s, (yp, xp)| {
             with_avx2!({
                 s.rows.resize(iv / w * ow, 0.0);
-                for (xr, sums) in xp.chunks_exact(w).zip(s.rows.chunks_exact_mut(ow)) {
-                    along_w.sum_row(xr, &mut s.phases, sums);
+                along_w.sum_rows(xp, w, &mut s.phases, &mut s.rows);
+                if let Some(hs) = &along_h {
+                    let slice = t[1].len() * ow;
+                    s.sums.resize(slice, 0.0);
+                    let outputs = yp.chunks_exact_mut(slice).zip(div.chunks_exact(slice));
+                    for (plan, (out, div)) in hs.gather.iter().zip(outputs) {
+                        shifted_sums(&mut s.sums, &s.rows, plan, 0.0);
+                        for ((o, &sum), &n) in out.iter_mut().zip(&s.sums).zip(div) {
+                            o.write(average(sum, n));
+                        }
+                    }
+                    return;
                 }
                 let mut outputs = yp.chunks_exact_mut(ow).zip(div.chunks_exact(ow));
                 for sd in &t[0] {
@@ -1298,6 +1853,7 @@ fn span_avg_backward(
     input: [usize; 3],
     t: &[Vec<Span>; 3],
     along_w: AlongW,
+    along_h: Option<HSteps>,
 ) -> Vec<f32> {
     let [din, h, w] = input;
     let iv = volume(&input);
@@ -1339,9 +1895,19 @@ fn span_avg_backward(
                 }
                 // along h: by_h[d][h][ow]
                 let by_h = &mut s.by_h;
-                by_h.clear();
-                by_h.resize(din * h * ow, 0.0);
-                for d in 0..din {
+                if let Some(hs) = &along_h {
+                    by_h.resize(din * h * ow, 0.0);
+                    for (dst, src) in by_h
+                        .chunks_exact_mut(h * ow)
+                        .zip(by_d.chunks_exact(oh * ow))
+                    {
+                        shifted_sums(dst, src, &hs.scatter, 0.0);
+                    }
+                } else {
+                    by_h.clear();
+                    by_h.resize(din * h * ow, 0.0);
+                }
+                for d in (0..din).filter(|_| along_h.is_none()) {
                     for (i, sh) in t[1].iter().enumerate() {
                         let src = &by_d[(d * oh + i) * ow..][..ow];
                         for hh in sh.lo..sh.hi {
@@ -1351,10 +1917,11 @@ fn span_avg_backward(
                     }
                 }
                 // along w, into the plane
-                s.row.resize(stride * phase_len, 0.0);
-                for (out, src) in dxp.chunks_exact_mut(w).zip(by_h.chunks_exact(ow)) {
-                    along_w.spread_row(src, &mut s.row);
-                    merge_phases(&s.row, stride, phase_len, out);
+                let row_len = stride * phase_len;
+                s.row.resize(din * h * row_len, 0.0);
+                along_w.spread_rows(by_h, ow, &mut s.row);
+                for (out, row) in dxp.chunks_exact_mut(w).zip(s.row.chunks_exact(row_len)) {
+                    merge_phases(row, stride, phase_len, out);
                 }
             })
         });
@@ -1367,22 +1934,24 @@ fn span_avg_backward(
 
 pub(super) fn avg_forward(x: &[f32], g: &PoolGeom, count_include_pad: bool) -> Vec<f32> {
     let t = pool_tables(g, count_include_pad);
-    span_avg_forward(x, g.planes, g.input, &t, AlongW::taps(g))
+    let along_h = HSteps::new(g, &t[0]);
+    span_avg_forward(x, g.planes, g.input, &t, AlongW::taps(g), along_h)
 }
 
 pub(super) fn avg_backward(dy: &[f32], g: &PoolGeom, count_include_pad: bool) -> Vec<f32> {
     let t = pool_tables(g, count_include_pad);
-    span_avg_backward(dy, g.planes, g.input, &t, AlongW::taps(g))
+    let along_h = HSteps::new(g, &t[0]);
+    span_avg_backward(dy, g.planes, g.input, &t, AlongW::taps(g), along_h)
 }
 
 pub(super) fn adaptive_forward(x: &[f32], g: &AdaptivePoolGeom) -> Vec<f32> {
     let t = adaptive_tables(g);
-    span_avg_forward(x, g.planes, g.input, &t, AlongW::Spans(&t[2]))
+    span_avg_forward(x, g.planes, g.input, &t, AlongW::Spans(&t[2]), None)
 }
 
 pub(super) fn adaptive_backward(dy: &[f32], g: &AdaptivePoolGeom) -> Vec<f32> {
     let t = adaptive_tables(g);
-    span_avg_backward(dy, g.planes, g.input, &t, AlongW::Spans(&t[2]))
+    span_avg_backward(dy, g.planes, g.input, &t, AlongW::Spans(&t[2]), None)
 }
 
 #[cfg(test)]
@@ -1641,7 +2210,9 @@ mod tests {
     /// Pools whose windows tile the input take [`backward_tiled`]: bit for bit the scatter's dx
     /// (ties, NaN, a −0 gradient), for u8 offsets, the shapes of the zoo and others (windows of 1, 2
     /// and 3 along W: each of its kernels). Their forward ([`plane_tiled`]) along rows, across rows
-    /// and on the two-pass path (groups under LANES windows), blocks overlapping at a group's end.
+    /// and on the two-pass path (groups under LANES windows), blocks overlapping at a group's end;
+    /// by pairs for rows of LANES windows 2 wide or more ([`plane_pairs`]), along depth alone
+    /// ([`plane_depth`]).
     #[test]
     fn tiled_backward_is_the_scatter() {
         let shapes = [
@@ -1650,6 +2221,7 @@ mod tests {
             ([2, 1, 1], [4, 2, 5]),
             ([2, 1, 1], [2, 3, 21]),
             ([2, 2, 2], [2, 4, 6]),
+            ([2, 2, 2], [4, 4, 20]), // 10 windows a row, over depth: plane_pairs
             ([1, 3, 1], [1, 9, 4]),
             ([1, 1, 3], [2, 2, 9]),
             ([1, 1, 3], [2, 4, 9]), // 12 windows a depth slice, rows of 3: across rows
@@ -1845,20 +2417,35 @@ mod tests {
     /// each window's value and argmax offset of one scan exactly — ties (the first), NaN (the last),
     /// ±inf, windows whose taps inside the input are all −inf (the first of them), at padded and
     /// ceil-mode edges — on rows of 1 to 70 windows (one at a time, LANES at a time with the last
-    /// block overlapping), kernels of 1 to 5 along w (unrolled and not) and windows over depth.
+    /// block overlapping), kernels of 1 to 5 along w (unrolled and not) and windows over depth; one
+    /// case in five 3 wide with stride 2 along w on rows of LANES windows or more ([`plane_w3s2`]),
+    /// one in five along depth alone ([`plane_depth`]).
     #[test]
     fn separable_forward_is_one_scan() {
         let mut dr = Draw::new(41);
-        for case in 0..150 {
+        for case in 0..200 {
             let ceil_mode = dr.bool();
-            let kernel = [
+            let mut kernel = [
                 if case % 3 == 0 { dr.int(1, 3) } else { 1 },
                 dr.int(1, 4),
                 dr.int(1, 5),
             ];
-            let stride = [dr.int(1, 2), dr.int(1, 3), dr.int(1, 3)];
-            let padding: [usize; 3] = std::array::from_fn(|i| dr.int(0, kernel[i] / 2));
-            let input = [dr.int(1, 3), dr.int(1, 9), dr.int(1, 150)];
+            let mut stride = [dr.int(1, 2), dr.int(1, 3), dr.int(1, 3)];
+            let mut padding: [usize; 3] = std::array::from_fn(|i| dr.int(0, kernel[i] / 2));
+            let mut input = [dr.int(1, 3), dr.int(1, 9), dr.int(1, 150)];
+            match case % 5 {
+                3 => {
+                    kernel = [dr.int(1, 3), 1, 1];
+                    (stride[1], stride[2]) = (1, 1);
+                    padding = [dr.int(0, kernel[0] / 2), 0, 0];
+                    input[0] = dr.int(1, 6);
+                }
+                4 => {
+                    (kernel[2], stride[2], padding[2]) = (3, 2, dr.int(0, 1));
+                    input[2] = dr.int(2 * LANES + 1, 150);
+                }
+                _ => {}
+            }
             let out: Vec<_> = (0..3)
                 .map(|i| pool_out_size(input[i], kernel[i], stride[i], padding[i], ceil_mode))
                 .collect();
@@ -1873,7 +2460,7 @@ mod tests {
                 stride,
                 padding,
             };
-            if windows_tile(&g) {
+            if windows_tile(&g) && !along_depth_only(&g) {
                 continue; // plane_tiled's, tested in tiled_backward_is_the_scatter
             }
             let iv = volume(&input);
