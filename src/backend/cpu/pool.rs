@@ -1868,6 +1868,9 @@ fn span_avg_backward(
         });
     }
     let div = divisors(t);
+    // Windows one depth slice deep, output slice d on input slice d (2D pools): no spread along d.
+    let depth_is_identity =
+        t[0].len() == din && (t[0].iter().enumerate()).all(|(i, sd)| (sd.lo, sd.hi) == (i, i + 1));
     let (stride, phase_len) = along_w.phases(w);
     let len = planes * iv;
     let mut dx = Vec::with_capacity(len);
@@ -1879,9 +1882,17 @@ fn span_avg_backward(
             with_avx2!({
                 // g = dy / divisor, spread along d: by_d[d][oh][ow]
                 let by_d = &mut s.rows;
-                by_d.clear();
-                by_d.resize(din * oh * ow, 0.0);
-                for (i, sd) in t[0].iter().enumerate() {
+                if depth_is_identity {
+                    // One depth tap per window: g itself (from +0, as the sum below adds it).
+                    by_d.resize(din * oh * ow, 0.0);
+                    for ((a, &gy), &n) in by_d.iter_mut().zip(dyp).zip(&div) {
+                        *a = 0.0 + average(gy, n);
+                    }
+                } else {
+                    by_d.clear();
+                    by_d.resize(din * oh * ow, 0.0);
+                }
+                for (i, sd) in t[0].iter().enumerate().filter(|_| !depth_is_identity) {
                     let (gy, n) = (
                         &dyp[i * oh * ow..][..oh * ow],
                         &div[i * oh * ow..][..oh * ow],
