@@ -1748,9 +1748,10 @@ fn average_row(rows: &[f32], window_rows: &[usize], div: &[f32], out: &mut [Mayb
 
 /// Window averages over separable span tables; the divisor is the product of the spans' counts.
 /// An empty window gives 0 (as PyTorch's kernels skip it). Separably: first every input row's sums
-/// over the w-windows ([`AlongW::sum_row`]), then each output row adds the (d, h) rows of its window
-/// across all w at once ([`average_row`]), in the order a window-by-window sum would add them (the
-/// same bits).
+/// over the w-windows ([`AlongW::sum_rows`]), then the (d, h) rows of each window added across all w
+/// at once — a whole depth slice at a time at stride 1 along h ([`average_slices`]), else output row
+/// by output row ([`average_rows`]) — in the order a window-by-window sum would add them (the same
+/// bits).
 fn span_avg_forward(
     x: &[f32],
     planes: usize,
@@ -1782,29 +1783,9 @@ fn span_avg_forward(
             with_avx2!({
                 s.rows.resize(iv / w * ow, 0.0);
                 along_w.sum_rows(xp, w, &mut s.phases, &mut s.rows);
-                if let Some(hs) = &along_h {
-                    let slice = t[1].len() * ow;
-                    s.sums.resize(slice, 0.0);
-                    let outputs = yp.chunks_exact_mut(slice).zip(div.chunks_exact(slice));
-                    for (plan, (out, div)) in hs.gather.iter().zip(outputs) {
-                        shifted_sums(&mut s.sums, &s.rows, plan, 0.0);
-                        for ((o, &sum), &n) in out.iter_mut().zip(&s.sums).zip(div) {
-                            o.write(average(sum, n));
-                        }
-                    }
-                    return;
-                }
-                let mut outputs = yp.chunks_exact_mut(ow).zip(div.chunks_exact(ow));
-                for sd in &t[0] {
-                    for sh in &t[1] {
-                        let (out, div) = outputs.next().unwrap();
-                        s.window_rows.clear();
-                        for d in sd.lo..sd.hi {
-                            s.window_rows
-                                .extend((sh.lo..sh.hi).map(|hh| (d * h + hh) * ow));
-                        }
-                        average_row(&s.rows, &s.window_rows, div, out);
-                    }
+                match &along_h {
+                    Some(hs) => average_slices(hs, &s.rows, &div, &mut s.sums, yp),
+                    None => average_rows(t, h, &s.rows, &div, &mut s.window_rows, yp),
                 }
             })
         });
@@ -1813,6 +1794,52 @@ fn span_avg_forward(
     // empty.
     unsafe { y.set_len(len) };
     y
+}
+
+/// [`span_avg_forward`]'s output plane by [`HSteps`]: each output depth slice's window sums of the
+/// row sums `rows` in one [`shifted_sums`] (through `sums`), divided as they are written.
+#[inline(always)]
+fn average_slices(
+    hs: &HSteps,
+    rows: &[f32],
+    div: &[f32],
+    sums: &mut Vec<f32>,
+    y: &mut [MaybeUninit<f32>],
+) {
+    let slice = y.len() / hs.gather.len();
+    sums.resize(slice, 0.0);
+    let outputs = y.chunks_exact_mut(slice).zip(div.chunks_exact(slice));
+    for (plan, (out, div)) in hs.gather.iter().zip(outputs) {
+        shifted_sums(sums, rows, plan, 0.0);
+        for ((o, &sum), &n) in out.iter_mut().zip(sums.iter()).zip(div) {
+            o.write(average(sum, n));
+        }
+    }
+}
+
+/// [`span_avg_forward`]'s output plane row by row ([`average_row`]) from the row sums `rows` of an
+/// input plane `h` rows high: where the windows move along h by more than one row, or are adaptive.
+#[inline(always)]
+fn average_rows(
+    t: &[Vec<Span>; 3],
+    h: usize,
+    rows: &[f32],
+    div: &[f32],
+    window_rows: &mut Vec<usize>,
+    y: &mut [MaybeUninit<f32>],
+) {
+    let ow = t[2].len();
+    let mut outputs = y.chunks_exact_mut(ow).zip(div.chunks_exact(ow));
+    for sd in &t[0] {
+        for sh in &t[1] {
+            let (out, div) = outputs.next().unwrap();
+            window_rows.clear();
+            for d in sd.lo..sd.hi {
+                window_rows.extend((sh.lo..sh.hi).map(|hh| (d * h + hh) * ow));
+            }
+            average_row(rows, window_rows, div, out);
+        }
+    }
 }
 
 /// Planes per piece of a global average (one output per plane).
@@ -1845,9 +1872,10 @@ fn lane_sum(x: &[f32]) -> f32 {
 
 /// The adjoint of [`span_avg_forward`]: each dy/divisor is spread over its (clipped) window —
 /// separably, as the forward sums: g = dy/divisor (0 for an empty window) is first spread along d
-/// over whole (h, w)-output rows, then along h over w-output rows, then along w into the row
-/// ([`AlongW::spread_row`]), all vector loops; a window of k_d·k_h·k_w taps costs k_d + k_h + k_w
-/// additions per element instead of their product.
+/// over whole (h, w)-output rows ([`spread_along_d`]), then along h over w-output rows (by
+/// [`HSteps`] a depth slice at a time at stride 1, else [`spread_along_h`]), then along w into the
+/// rows ([`AlongW::spread_rows`]), all vector loops; a window of k_d·k_h·k_w taps costs
+/// k_d + k_h + k_w additions per element instead of their product.
 fn span_avg_backward(
     dy: &[f32],
     planes: usize,
@@ -1881,52 +1909,19 @@ fn span_avg_backward(
         .zip(dy.par_chunks(ov))
         .for_each_init(AvgScratch::default, |s, (dxp, dyp)| {
             with_avx2!({
-                // g = dy / divisor, spread along d: by_d[d][oh][ow]
-                let by_d = &mut s.rows;
-                if depth_is_identity {
-                    // One depth tap per window: g itself (from +0, as the sum below adds it).
-                    by_d.resize(din * oh * ow, 0.0);
-                    for ((a, &gy), &n) in by_d.iter_mut().zip(dyp).zip(&div) {
-                        *a = 0.0 + average(gy, n);
-                    }
-                } else {
-                    by_d.clear();
-                    by_d.resize(din * oh * ow, 0.0);
-                }
-                for (i, sd) in t[0].iter().enumerate().filter(|_| !depth_is_identity) {
-                    let (gy, n) = (
-                        &dyp[i * oh * ow..][..oh * ow],
-                        &div[i * oh * ow..][..oh * ow],
-                    );
-                    for d in sd.lo..sd.hi {
-                        let dst = &mut by_d[d * oh * ow..][..oh * ow];
-                        for ((a, &gy), &n) in dst.iter_mut().zip(gy).zip(n) {
-                            *a += if n == 0.0 { 0.0 } else { gy / n };
+                let (by_d, by_h) = (&mut s.rows, &mut s.by_h);
+                spread_along_d(t, din, dyp, &div, depth_is_identity, by_d);
+                match &along_h {
+                    Some(hs) => {
+                        by_h.resize(din * h * ow, 0.0);
+                        let slices = by_h
+                            .chunks_exact_mut(h * ow)
+                            .zip(by_d.chunks_exact(oh * ow));
+                        for (dst, src) in slices {
+                            shifted_sums(dst, src, &hs.scatter, 0.0);
                         }
                     }
-                }
-                // along h: by_h[d][h][ow]
-                let by_h = &mut s.by_h;
-                if let Some(hs) = &along_h {
-                    by_h.resize(din * h * ow, 0.0);
-                    for (dst, src) in by_h
-                        .chunks_exact_mut(h * ow)
-                        .zip(by_d.chunks_exact(oh * ow))
-                    {
-                        shifted_sums(dst, src, &hs.scatter, 0.0);
-                    }
-                } else {
-                    by_h.clear();
-                    by_h.resize(din * h * ow, 0.0);
-                }
-                for d in (0..din).filter(|_| along_h.is_none()) {
-                    for (i, sh) in t[1].iter().enumerate() {
-                        let src = &by_d[(d * oh + i) * ow..][..ow];
-                        for hh in sh.lo..sh.hi {
-                            let dst = &mut by_h[(d * h + hh) * ow..][..ow];
-                            dst.iter_mut().zip(src).for_each(|(a, &b)| *a += b);
-                        }
-                    }
+                    None => spread_along_h(t, din, h, by_d, by_h),
                 }
                 // along w, into the plane
                 let row_len = stride * phase_len;
@@ -1942,6 +1937,57 @@ fn span_avg_backward(
     // `dx` empty.
     unsafe { dx.set_len(len) };
     dx
+}
+
+/// [`span_avg_backward`]'s first step: g = dy / divisor (0 for an empty window) spread along d,
+/// `by_d`[d][oh][ow] = (0 + Σ over the output slices whose windows hold d, in order, of g) — g itself
+/// where each window is one depth slice deep on its own slice (`depth_is_identity`).
+#[inline(always)]
+fn spread_along_d(
+    t: &[Vec<Span>; 3],
+    din: usize,
+    dy: &[f32],
+    div: &[f32],
+    depth_is_identity: bool,
+    by_d: &mut Vec<f32>,
+) {
+    let slice = t[1].len() * t[2].len();
+    if depth_is_identity {
+        by_d.resize(din * slice, 0.0);
+        for ((a, &gy), &n) in by_d.iter_mut().zip(dy).zip(div) {
+            *a = 0.0 + average(gy, n); // from +0, as the sum below adds it
+        }
+        return;
+    }
+    by_d.clear();
+    by_d.resize(din * slice, 0.0);
+    for (i, sd) in t[0].iter().enumerate() {
+        let (gy, n) = (&dy[i * slice..][..slice], &div[i * slice..][..slice]);
+        for d in sd.lo..sd.hi {
+            let dst = &mut by_d[d * slice..][..slice];
+            for ((a, &gy), &n) in dst.iter_mut().zip(gy).zip(n) {
+                *a += average(gy, n);
+            }
+        }
+    }
+}
+
+/// [`span_avg_backward`]'s h step output row by output row, where [`HSteps`] does not apply:
+/// `by_h`[d][h][ow] = 0 + Σ over the output rows whose windows hold h, in order, of `by_d`'s rows.
+#[inline(always)]
+fn spread_along_h(t: &[Vec<Span>; 3], din: usize, h: usize, by_d: &[f32], by_h: &mut Vec<f32>) {
+    let (oh, ow) = (t[1].len(), t[2].len());
+    by_h.clear();
+    by_h.resize(din * h * ow, 0.0);
+    for d in 0..din {
+        for (i, sh) in t[1].iter().enumerate() {
+            let src = &by_d[(d * oh + i) * ow..][..ow];
+            for hh in sh.lo..sh.hi {
+                let dst = &mut by_h[(d * h + hh) * ow..][..ow];
+                dst.iter_mut().zip(src).for_each(|(a, &b)| *a += b);
+            }
+        }
+    }
 }
 
 pub(super) fn avg_forward(x: &[f32], g: &PoolGeom, count_include_pad: bool) -> Vec<f32> {
