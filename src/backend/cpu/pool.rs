@@ -1580,11 +1580,41 @@ fn shifted_sums_rows(out: &mut [f32], src: &[f32], plan: &SumPlan, init: f32) {
     let (a, b, runs) = &plan.segments[widest];
     let across = *a..out.len() - n + b;
     sums_from(&mut out[across.clone()], src, across.start, runs, init);
-    for r in (0..out.len() / n).map(|r| r * n) {
-        for (k, (a, b, runs)) in plan.segments.iter().enumerate() {
-            if k != widest {
-                sums_from(&mut out[r + a..r + b], src, r + a, runs, init);
+    for (k, (a, b, runs)) in plan.segments.iter().enumerate() {
+        if k == widest {
+            continue;
+        }
+        match runs.len() {
+            _ if b - a >= LANES => {
+                for r in (0..out.len() / n).map(|r| r * n) {
+                    sums_from(&mut out[r + a..r + b], src, r + a, runs, init);
+                }
             }
+            1 => narrow_sums_rows::<1>(out, src, n, *a..*b, runs, init),
+            2 => narrow_sums_rows::<2>(out, src, n, *a..*b, runs, init),
+            3 => narrow_sums_rows::<3>(out, src, n, *a..*b, runs, init),
+            _ => narrow_sums_rows::<0>(out, src, n, *a..*b, runs, init),
+        }
+    }
+}
+
+/// One segment of fewer than LANES positions (a row's edge) of [`shifted_sums_rows`], in every row
+/// of `n`: element by element with the K runs' shifts in registers (a [`sums_from`] call per row and
+/// edge took a third of the time of ECO-Lite's stride-1 pools, whose rows are 28 wide).
+#[inline(always)]
+fn narrow_sums_rows<const K: usize>(
+    out: &mut [f32],
+    src: &[f32],
+    n: usize,
+    segment: std::ops::Range<usize>,
+    runs: &[ShiftedRun],
+    init: f32,
+) {
+    let runs = &runs[..if K > 0 { K } else { runs.len() }];
+    for r in (0..out.len() / n).map(|r| r * n) {
+        for i in r + segment.start..r + segment.end {
+            let tap = |run: &ShiftedRun| src[(i as isize + run.shift) as usize];
+            out[i] = runs.iter().fold(init, |acc, run| acc + tap(run));
         }
     }
 }
@@ -1592,13 +1622,13 @@ fn shifted_sums_rows(out: &mut [f32], src: &[f32], plan: &SumPlan, init: f32) {
 /// `out[i]` = `init` + Σ over `runs` in order of `src[at + i + shift]`: one segment of
 /// [`shifted_sums`] starting at position `at`, by [`segment_sums`] (unrolled for up to 3 runs).
 #[inline(always)]
-fn sums_from(out: &mut [f32], src: &[f32], at: usize, runs: &[ShiftedRun], init: f32) {
+fn sums_from<O: Slot>(out: &mut [O], src: &[f32], at: usize, runs: &[ShiftedRun], init: f32) {
     let tap = |r: &ShiftedRun| &src[(at as isize + r.shift) as usize..][..out.len()];
     match runs.len() {
-        1 => segment_sums::<1>(out, &[tap(&runs[0])], init),
-        2 => segment_sums::<2>(out, &[tap(&runs[0]), tap(&runs[1])], init),
-        3 => segment_sums::<3>(out, &[tap(&runs[0]), tap(&runs[1]), tap(&runs[2])], init),
-        _ => segment_sums::<0>(out, &runs.iter().map(tap).collect::<Vec<_>>(), init),
+        1 => segment_sums::<1, O>(out, &[tap(&runs[0])], init),
+        2 => segment_sums::<2, O>(out, &[tap(&runs[0]), tap(&runs[1])], init),
+        3 => segment_sums::<3, O>(out, &[tap(&runs[0]), tap(&runs[1]), tap(&runs[2])], init),
+        _ => segment_sums::<0, O>(out, &runs.iter().map(tap).collect::<Vec<_>>(), init),
     }
 }
 
@@ -1606,12 +1636,12 @@ fn sums_from(out: &mut [f32], src: &[f32], at: usize, runs: &[ShiftedRun], init:
 /// tap as long as `out`), K taps (0: `taps.len()`, not unrolled); LANES at a time, the last block
 /// overlapping the one before, or element by element when `out` is shorter than LANES.
 #[inline(always)]
-fn segment_sums<const K: usize>(out: &mut [f32], taps: &[&[f32]], init: f32) {
+fn segment_sums<const K: usize, O: Slot>(out: &mut [O], taps: &[&[f32]], init: f32) {
     let n = out.len();
     let taps = &taps[..if K > 0 { K } else { taps.len() }];
     if n < LANES {
         for (i, o) in out.iter_mut().enumerate() {
-            *o = taps.iter().fold(init, |acc, t| acc + t[i]);
+            o.set(taps.iter().fold(init, |acc, t| acc + t[i]));
         }
         return;
     }
@@ -1625,11 +1655,32 @@ fn segment_sums<const K: usize>(out: &mut [f32], taps: &[&[f32]], init: f32) {
                 acc[l] += v[l];
             }
         }
-        out[start..start + LANES].copy_from_slice(&acc);
+        for (o, &v) in out[start..start + LANES].iter_mut().zip(&acc) {
+            o.set(v);
+        }
         if start == n - LANES {
             break;
         }
         i0 += LANES;
+    }
+}
+
+/// A position the shifted sums write: a buffer's f32, or an output not yet written.
+trait Slot {
+    fn set(&mut self, v: f32);
+}
+
+impl Slot for f32 {
+    #[inline(always)]
+    fn set(&mut self, v: f32) {
+        *self = v;
+    }
+}
+
+impl Slot for MaybeUninit<f32> {
+    #[inline(always)]
+    fn set(&mut self, v: f32) {
+        self.write(v);
     }
 }
 
@@ -1674,11 +1725,9 @@ struct AvgScratch {
 /// window rows are row i's shifted by one, so each tap is one [`ShiftedRun`] over all output rows
 /// and a slice of ECO-Lite's 28-wide rows sums in one vector loop, not 28 short ones.
 struct HSteps {
-    /// forward, per output depth slice: its windows' sums of the row sums of every input depth slice
+    /// per output depth slice: its windows' sums of the row sums of every input depth slice
     /// ([din][h][ow]), its depth taps in order and in each the h taps in order
     gather: Vec<SumPlan>,
-    /// backward: one depth slice's gradients [oh][ow] spread along h to its rows [h][ow]
-    scatter: SumPlan,
 }
 
 impl HSteps {
@@ -1697,19 +1746,81 @@ impl HSteps {
                 SumPlan::new(oh * ow, &runs)
             })
             .collect();
-        let scatter = SumPlan::new(h * ow, &taps.scatter(ow, 0));
-        Some(HSteps { gather, scatter })
+        Some(HSteps { gather })
     }
 }
 
-/// A window's average: its sum over its divisor, 0 for an empty window (divisor 0).
+/// Where [`span_avg_backward`] keeps a plane's g = dy / divisor: per depth slice, `rows` rows of
+/// `pitch` with g's (oh, ow) block at (`top`, `left`) among zeros. Along an axis at stride 1 the
+/// zeros are the k − 1 − p positions before g and those after up to the input's length + k − 1, so
+/// input position i takes its windows' g, in window order, from positions i..i + k: k shifted sums
+/// over every position, no edges (the sums start from +0, and adding +0 changes none).
+struct GradLayout {
+    rows: usize,
+    pitch: usize,
+    top: usize,
+    left: usize,
+    /// at stride 1 along h: the k_h taps, each a shift by a row
+    box_h: Option<Vec<ShiftedRun>>,
+    /// at stride 1 along w: the k_w taps, each a shift by one
+    box_w: Option<Vec<ShiftedRun>>,
+}
+
+impl GradLayout {
+    /// g's block alone (adaptive cells, strides above 1).
+    fn plain(oh: usize, ow: usize) -> Self {
+        GradLayout {
+            rows: oh,
+            pitch: ow,
+            top: 0,
+            left: 0,
+            box_h: None,
+            box_w: None,
+        }
+    }
+
+    fn of(g: &PoolGeom) -> Self {
+        let mut layout = GradLayout::plain(g.output[1], g.output[2]);
+        // (the zeros before, the length along the axis, its k taps each shifted by `unit`)
+        let boxed = |axis: usize, unit: usize| {
+            let k = g.kernel[axis];
+            let before = k - 1 - g.padding[axis];
+            let taps = (0..k).map(|c| ShiftedRun {
+                lo: 0,
+                hi: 0,
+                shift: (c * unit) as isize,
+            });
+            (before, g.input[axis] + k - 1, taps.collect())
+        };
+        // (PyTorch's pools keep p ≤ k / 2; the layout needs p < k)
+        let at_stride_one = |axis: usize| g.stride[axis] == 1 && g.padding[axis] < g.kernel[axis];
+        if at_stride_one(2) {
+            let (left, pitch, taps) = boxed(2, 1);
+            (layout.left, layout.pitch, layout.box_w) = (left, pitch, Some(taps));
+        }
+        if at_stride_one(1) {
+            let (top, rows, taps) = boxed(1, layout.pitch);
+            (layout.top, layout.rows, layout.box_h) = (top, rows, Some(taps));
+        }
+        layout
+    }
+
+    fn slice(&self) -> usize {
+        self.rows * self.pitch
+    }
+
+    /// Where row i of g's block in depth slice d starts.
+    fn row_at(&self, d: usize, i: usize) -> usize {
+        d * self.slice() + (self.top + i) * self.pitch + self.left
+    }
+}
+
+/// A window's average: its sum over its divisor, +0 for an empty window (divisor 0). Without a
+/// branch, so that a loop of fixed length over it becomes vector code.
 #[inline(always)]
 fn average(sum: f32, n: f32) -> f32 {
-    if n == 0.0 {
-        0.0
-    } else {
-        sum / n
-    }
+    let inside = ((n != 0.0) as u32).wrapping_neg();
+    f32::from_bits((sum / n).to_bits() & inside)
 }
 
 /// One output row of [`span_avg_forward`]: `out[j]` = (0 + Σ over the window's rows, in order, of
@@ -1872,17 +1983,18 @@ fn lane_sum(x: &[f32]) -> f32 {
 
 /// The adjoint of [`span_avg_forward`]: each dy/divisor is spread over its (clipped) window —
 /// separably, as the forward sums: g = dy/divisor (0 for an empty window) is first spread along d
-/// over whole (h, w)-output rows ([`spread_along_d`]), then along h over w-output rows (by
-/// [`HSteps`] a depth slice at a time at stride 1, else [`spread_along_h`]), then along w into the
-/// rows ([`AlongW::spread_rows`]), all vector loops; a window of k_d·k_h·k_w taps costs
-/// k_d + k_h + k_w additions per element instead of their product.
+/// over whole (h, w)-output rows ([`spread_along_d`]) into the [`GradLayout`], then along h (at
+/// stride 1 a depth slice at a time as k_h shifted sums over the zero-padded rows, else
+/// [`spread_along_h`]), then along w into the plane (at stride 1 row by row as k_w shifted sums,
+/// else [`AlongW::spread_rows`] and [`merge_phases`]), all vector loops; a window of k_d·k_h·k_w
+/// taps costs k_d + k_h + k_w additions per element instead of their product.
 fn span_avg_backward(
     dy: &[f32],
     planes: usize,
     input: [usize; 3],
     t: &[Vec<Span>; 3],
     along_w: AlongW,
-    along_h: Option<HSteps>,
+    layout: GradLayout,
 ) -> Vec<f32> {
     let [din, h, w] = input;
     let iv = volume(&input);
@@ -1910,38 +2022,48 @@ fn span_avg_backward(
         .for_each_init(AvgScratch::default, |s, (dxp, dyp)| {
             with_avx2!({
                 let (by_d, by_h) = (&mut s.rows, &mut s.by_h);
-                spread_along_d(t, din, dyp, &div, depth_is_identity, by_d);
-                match &along_h {
-                    Some(hs) => {
-                        by_h.resize(din * h * ow, 0.0);
-                        let slices = by_h
-                            .chunks_exact_mut(h * ow)
-                            .zip(by_d.chunks_exact(oh * ow));
-                        for (dst, src) in slices {
-                            shifted_sums(dst, src, &hs.scatter, 0.0);
+                spread_along_d(t, din, dyp, &div, depth_is_identity, &layout, by_d);
+                let pitch = layout.pitch;
+                match &layout.box_h {
+                    Some(taps) => {
+                        by_h.resize(din * h * pitch, 0.0);
+                        for (d, dst) in by_h.chunks_exact_mut(h * pitch).enumerate() {
+                            sums_from(dst, by_d, d * layout.slice(), taps, 0.0);
                         }
                     }
-                    None => spread_along_h(t, din, h, by_d, by_h),
+                    None => spread_along_h(t, din, h, pitch, by_d, by_h),
                 }
                 // along w, into the plane
-                let row_len = stride * phase_len;
-                s.row.resize(din * h * row_len, 0.0);
-                along_w.spread_rows(by_h, ow, &mut s.row);
-                for (out, row) in dxp.chunks_exact_mut(w).zip(s.row.chunks_exact(row_len)) {
-                    merge_phases(row, stride, phase_len, out);
+                let rows = dxp.chunks_exact_mut(w);
+                match &layout.box_w {
+                    Some(taps) => {
+                        for (out, row) in rows.zip(by_h.chunks_exact(pitch)) {
+                            sums_from(out, row, 0, taps, 0.0);
+                        }
+                    }
+                    None => {
+                        let row_len = stride * phase_len;
+                        s.row.resize(din * h * row_len, 0.0);
+                        along_w.spread_rows(by_h, ow, &mut s.row);
+                        for (out, row) in rows.zip(s.row.chunks_exact(row_len)) {
+                            merge_phases(row, stride, phase_len, out);
+                        }
+                    }
                 }
             })
         });
     // SAFETY: the planes cover 0..len and every input row of a plane is written whole above
-    // (`merge_phases` writes every element of its row). A panic unwinds past this line, dropping
+    // (`sums_from` and `merge_phases` write every element of their row). A panic unwinds past this line, dropping
     // `dx` empty.
     unsafe { dx.set_len(len) };
     dx
 }
 
-/// [`span_avg_backward`]'s first step: g = dy / divisor (0 for an empty window) spread along d,
-/// `by_d`[d][oh][ow] = (0 + Σ over the output slices whose windows hold d, in order, of g) — g itself
-/// where each window is one depth slice deep on its own slice (`depth_is_identity`).
+/// [`span_avg_backward`]'s first step: g = dy / divisor (0 for an empty window) spread along d
+/// into `layout`'s rows, `by_d`[d][oh][ow] = (0 + Σ over the output slices whose windows hold d, in
+/// order, of g) — g itself where each window is one depth slice deep on its own slice
+/// (`depth_is_identity`). The layout's zeros are written with the buffer (it keeps its length
+/// from plane to plane).
 #[inline(always)]
 fn spread_along_d(
     t: &[Vec<Span>; 3],
@@ -1949,41 +2071,81 @@ fn spread_along_d(
     dy: &[f32],
     div: &[f32],
     depth_is_identity: bool,
+    layout: &GradLayout,
     by_d: &mut Vec<f32>,
 ) {
-    let slice = t[1].len() * t[2].len();
+    let (oh, ow) = (t[1].len(), t[2].len());
+    let rows_of = |o: usize| (dy.chunks_exact(ow).zip(div.chunks_exact(ow))).skip(o * oh);
     if depth_is_identity {
-        by_d.resize(din * slice, 0.0);
-        for ((a, &gy), &n) in by_d.iter_mut().zip(dy).zip(div) {
-            *a = 0.0 + average(gy, n); // from +0, as the sum below adds it
+        by_d.resize(din * layout.slice(), 0.0);
+        for d in 0..din {
+            for (i, (gy, n)) in rows_of(d).take(oh).enumerate() {
+                averages(&mut by_d[layout.row_at(d, i)..][..ow], gy, n);
+            }
         }
         return;
     }
     by_d.clear();
-    by_d.resize(din * slice, 0.0);
-    for (i, sd) in t[0].iter().enumerate() {
-        let (gy, n) = (&dy[i * slice..][..slice], &div[i * slice..][..slice]);
-        for d in sd.lo..sd.hi {
-            let dst = &mut by_d[d * slice..][..slice];
-            for ((a, &gy), &n) in dst.iter_mut().zip(gy).zip(n) {
-                *a += average(gy, n);
+    by_d.resize(din * layout.slice(), 0.0);
+    for (o, sd) in t[0].iter().enumerate() {
+        for (i, (gy, n)) in rows_of(o).take(oh).enumerate() {
+            for d in sd.lo..sd.hi {
+                let dst = &mut by_d[layout.row_at(d, i)..][..ow];
+                for ((a, &gy), &n) in dst.iter_mut().zip(gy).zip(n) {
+                    *a += average(gy, n);
+                }
             }
         }
     }
 }
 
-/// [`span_avg_backward`]'s h step output row by output row, where [`HSteps`] does not apply:
-/// `by_h`[d][h][ow] = 0 + Σ over the output rows whose windows hold h, in order, of `by_d`'s rows.
+/// `dst[j]` = average(`gy[j]`, `n[j]`), LANES at a time (the last block overlapping the one before:
+/// ECO-Lite's rows are 28 wide, and the loop's remainder took a third of this step's time).
 #[inline(always)]
-fn spread_along_h(t: &[Vec<Span>; 3], din: usize, h: usize, by_d: &[f32], by_h: &mut Vec<f32>) {
-    let (oh, ow) = (t[1].len(), t[2].len());
+fn averages(dst: &mut [f32], gy: &[f32], n: &[f32]) {
+    let len = dst.len();
+    if len < LANES {
+        for ((a, &gy), &n) in dst.iter_mut().zip(gy).zip(n) {
+            *a = average(gy, n);
+        }
+        return;
+    }
+    let mut j0 = 0;
+    loop {
+        let start = j0.min(len - LANES);
+        let gy: &[f32; LANES] = gy[start..][..LANES].try_into().unwrap();
+        let n: &[f32; LANES] = n[start..][..LANES].try_into().unwrap();
+        let a: &mut [f32; LANES] = (&mut dst[start..][..LANES]).try_into().unwrap();
+        for l in 0..LANES {
+            a[l] = average(gy[l], n[l]);
+        }
+        if start == len - LANES {
+            break;
+        }
+        j0 += LANES;
+    }
+}
+
+/// [`span_avg_backward`]'s h step output row by output row, where the windows move along h by more
+/// than a row (or are adaptive): `by_h`[d][h] = 0 + Σ over the output rows whose windows hold h, in
+/// order, of `by_d`'s rows (each `pitch` long, g's block at their start).
+#[inline(always)]
+fn spread_along_h(
+    t: &[Vec<Span>; 3],
+    din: usize,
+    h: usize,
+    pitch: usize,
+    by_d: &[f32],
+    by_h: &mut Vec<f32>,
+) {
+    let oh = t[1].len();
     by_h.clear();
-    by_h.resize(din * h * ow, 0.0);
+    by_h.resize(din * h * pitch, 0.0);
     for d in 0..din {
         for (i, sh) in t[1].iter().enumerate() {
-            let src = &by_d[(d * oh + i) * ow..][..ow];
+            let src = &by_d[(d * oh + i) * pitch..][..pitch];
             for hh in sh.lo..sh.hi {
-                let dst = &mut by_h[(d * h + hh) * ow..][..ow];
+                let dst = &mut by_h[(d * h + hh) * pitch..][..pitch];
                 dst.iter_mut().zip(src).for_each(|(a, &b)| *a += b);
             }
         }
@@ -1998,8 +2160,14 @@ pub(super) fn avg_forward(x: &[f32], g: &PoolGeom, count_include_pad: bool) -> V
 
 pub(super) fn avg_backward(dy: &[f32], g: &PoolGeom, count_include_pad: bool) -> Vec<f32> {
     let t = pool_tables(g, count_include_pad);
-    let along_h = HSteps::new(g, &t[0]);
-    span_avg_backward(dy, g.planes, g.input, &t, AlongW::taps(g), along_h)
+    span_avg_backward(
+        dy,
+        g.planes,
+        g.input,
+        &t,
+        AlongW::taps(g),
+        GradLayout::of(g),
+    )
 }
 
 pub(super) fn adaptive_forward(x: &[f32], g: &AdaptivePoolGeom) -> Vec<f32> {
@@ -2009,7 +2177,8 @@ pub(super) fn adaptive_forward(x: &[f32], g: &AdaptivePoolGeom) -> Vec<f32> {
 
 pub(super) fn adaptive_backward(dy: &[f32], g: &AdaptivePoolGeom) -> Vec<f32> {
     let t = adaptive_tables(g);
-    span_avg_backward(dy, g.planes, g.input, &t, AlongW::Spans(&t[2]), None)
+    let layout = GradLayout::plain(t[1].len(), t[2].len());
+    span_avg_backward(dy, g.planes, g.input, &t, AlongW::Spans(&t[2]), layout)
 }
 
 #[cfg(test)]
