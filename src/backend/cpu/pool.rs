@@ -437,12 +437,19 @@ unsafe fn plane_w3s2<const TRACK: bool, I: WindowOffset>(
     first_tap.extend(tw.iter().map(|s| (s.lo as isize - s.start) as u32));
     first_tap.resize(blocks, 0);
     out_best.resize(ow, 0);
+    // Rows of an even length and padding ≤ 1 go as one sequence ([`slab_w3s2_maxima`]).
+    let flat = pw <= 1 && w.is_multiple_of(2) && ow <= w / 2;
+    let row_len = if flat { w / 2 } else { blocks };
     for (od, sd) in td.iter().enumerate() {
         let depth_rows = (sd.hi - sd.lo) * h;
-        row_max.resize(depth_rows * blocks, 0.0);
-        row_best.resize(depth_rows * blocks, 0);
+        row_max.resize(depth_rows * row_len, 0.0);
+        row_best.resize(depth_rows * row_len, 0);
         let slab = &xp[sd.lo * h * w..][..depth_rows * w];
-        for (r, row) in slab.chunks_exact(w).enumerate() {
+        if flat {
+            // SAFETY: AVX2, as this function.
+            unsafe { slab_w3s2_maxima::<TRACK>(slab, w, pw, ow, row_max, row_best) };
+        }
+        for (r, row) in slab.chunks_exact(w).enumerate().filter(|_| !flat) {
             // The hardware's prefetch fell behind these row-by-row reads (Zen 5: 4.0 → 2.6 ms on
             // ECO-Lite's first pool in training, 2.35 → 2.0 in inference).
             let ahead = (r * w + PREFETCH_AHEAD).min(slab.len())
@@ -459,7 +466,7 @@ unsafe fn plane_w3s2<const TRACK: bool, I: WindowOffset>(
             unsafe { row_w3s2_maxima::<TRACK>(padded, first_tap, m, b) };
         }
         for (oi, sh) in th.iter().enumerate() {
-            window_rows_of(g, sd, sh, blocks, window_rows);
+            window_rows_of(g, sd, sh, row_len, window_rows);
             let out = od * oh + oi;
             let y_row = &mut y[out * ow..][..ow];
             let idx_row = idx.as_deref_mut().map(|i| &mut i[out * ow..][..ow]);
@@ -468,12 +475,7 @@ unsafe fn plane_w3s2<const TRACK: bool, I: WindowOffset>(
                 continue;
             }
             // SAFETY: AVX2, as this function.
-            unsafe { column_w3s2::<TRACK>(row_max, row_best, window_rows, y_row, out_best) };
-            if let Some(idx_row) = idx_row {
-                for (i, &b) in idx_row.iter_mut().zip(out_best.iter()) {
-                    *i = I::from_offset(b as usize);
-                }
-            }
+            unsafe { column_w3s2::<TRACK, I>(row_max, row_best, window_rows, y_row, idx_row) };
         }
     }
 }
@@ -499,9 +501,35 @@ unsafe fn row_w3s2_maxima<const TRACK: bool>(
     use std::arch::x86_64::*;
     let blocks = max.len();
     assert!(padded.len() >= 2 * blocks + 2 && first_tap.len() >= blocks && best.len() >= blocks);
+    for j0 in (0..blocks).step_by(LANES) {
+        let b = if TRACK {
+            _mm256_loadu_si256(first_tap.as_ptr().add(j0).cast())
+        } else {
+            _mm256_setzero_si256()
+        };
+        // SAFETY: the 18 floats from 2·j0 lie inside `padded` (asserted above).
+        let (m, b) = unsafe { w3s2_block::<TRACK>(padded.as_ptr().add(2 * j0), b) };
+        _mm256_storeu_ps(max.as_mut_ptr().add(j0), m);
+        if TRACK {
+            _mm256_storeu_si256(best.as_mut_ptr().add(j0).cast(), b);
+        }
+    }
+}
+
+/// LANES windows 3 wide at stride 2, window l's taps at `p` + 2l + c (c = 0, 1, 2; 18 floats read
+/// from `p`): the even and odd elements of two loads from `p` and the even ones of two from `p` + 2,
+/// split in registers, each taken from −inf by the rule of [`take_block`], the argmaxes (tap c)
+/// starting at `b`. For AVX2 functions only, into which it is inlined.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn w3s2_block<const TRACK: bool>(
+    p: *const f32,
+    mut b: std::arch::x86_64::__m256i,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
     // The even and odd elements of the 16 from p, each in order.
     let split = |p: *const f32| {
-        // SAFETY: the callers' p + 16 lie inside `padded` (asserted above).
+        // SAFETY: the caller's 18 floats.
         let (a, b) = unsafe { (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) };
         let in_order =
             |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(_mm256_castps_pd(v)));
@@ -510,50 +538,110 @@ unsafe fn row_w3s2_maxima<const TRACK: bool>(
             in_order(_mm256_shuffle_ps::<0xdd>(a, b)),
         )
     };
-    for j0 in (0..blocks).step_by(LANES) {
-        let p = padded.as_ptr().add(2 * j0);
-        let (c0, c1) = split(p);
-        let (c2, _) = split(p.add(2));
-        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
-        let mut b = if TRACK {
-            _mm256_loadu_si256(first_tap.as_ptr().add(j0).cast())
-        } else {
-            _mm256_setzero_si256()
-        };
-        for (c, v) in [c0, c1, c2].into_iter().enumerate() {
-            let take = _mm256_or_ps(
-                _mm256_cmp_ps::<_CMP_GT_OQ>(v, m),
-                _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
-            );
-            m = _mm256_blendv_ps(m, v, take);
-            if TRACK {
-                let tap = _mm256_castsi256_ps(_mm256_set1_epi32(c as i32));
-                b = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b), tap, take));
-            }
+    let (c0, c1) = split(p);
+    let (c2, _) = split(p.add(2));
+    let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+    for (c, v) in [c0, c1, c2].into_iter().enumerate() {
+        let take = _mm256_or_ps(
+            _mm256_cmp_ps::<_CMP_GT_OQ>(v, m),
+            _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
+        );
+        m = _mm256_blendv_ps(m, v, take);
+        if TRACK {
+            let tap = _mm256_castsi256_ps(_mm256_set1_epi32(c as i32));
+            b = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b), tap, take));
         }
+    }
+    (m, b)
+}
+
+/// [`row_w3s2_maxima`] for a whole slab of rows at once where the rows are an even number w of
+/// floats and the padding pw ≤ 1: window j of row r has its taps at r·w − pw + 2j + c, so the rows'
+/// windows continue one sequence, w/2 a row (window J = r·w/2 + j at 2J − pw), and the slab goes in
+/// one loop of blocks, its input prefetched ahead — per-row copies and calls took most of the time
+/// on ECO-Lite's 56-wide rows. Element by element ([`window_w3s2`]): the windows the loop leaves
+/// (the first block at pw = 1, which would read before the slab; the last, which would read past
+/// it) and those with a tap outside their row (window 0 at pw = 1, the last one clipped in ceil
+/// mode), whose values the loop took from the rows around.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn slab_w3s2_maxima<const TRACK: bool>(
+    slab: &[f32],
+    w: usize,
+    pw: usize,
+    ow: usize,
+    max: &mut [f32],
+    best: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    let half = w / 2;
+    let windows = slab.len() / w * half;
+    assert!(pw <= 1 && w.is_multiple_of(2) && ow <= half);
+    assert!(max.len() >= windows && best.len() >= windows);
+    let first = if pw > 0 { LANES.min(windows) } else { 0 };
+    let mut j0 = first;
+    // Block j0 reads slab[2·j0 − pw .. 2·j0 − pw + 18].
+    while j0 + LANES <= windows && 2 * j0 + 18 <= slab.len() + pw {
+        let p = slab.as_ptr().add(2 * j0 - pw);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD).cast());
+        // SAFETY: the 18 floats from p lie inside the slab (the loop's condition).
+        let (m, b) = unsafe { w3s2_block::<TRACK>(p, _mm256_setzero_si256()) };
         _mm256_storeu_ps(max.as_mut_ptr().add(j0), m);
         if TRACK {
             _mm256_storeu_si256(best.as_mut_ptr().add(j0).cast(), b);
         }
+        j0 += LANES;
     }
+    let mut scalar = |wi: usize| (max[wi], best[wi]) = window_w3s2(slab, w, pw, wi);
+    (0..first)
+        .chain(j0..windows)
+        .filter(|wi| wi % half < ow)
+        .for_each(&mut scalar);
+    // In the loop's range, window 0 of each row at pw = 1 and the last one if clipped.
+    let clipped = 2 * (ow - 1) + 2 >= w + pw;
+    for r in (0..slab.len() / w).map(|r| r * half) {
+        let edges = [(pw > 0).then_some(r), clipped.then_some(r + ow - 1)];
+        (edges.into_iter().flatten())
+            .filter(|wi| (first..j0).contains(wi))
+            .for_each(&mut scalar);
+    }
+}
+
+/// Window `wi` (= r·w/2 + j) of [`slab_w3s2_maxima`] element by element: its taps inside row r from
+/// −inf by the rule of [`take_block`], the argmax starting at its first tap inside the row.
+fn window_w3s2(slab: &[f32], w: usize, pw: usize, wi: usize) -> (f32, u32) {
+    let (r, j) = (wi / (w / 2), wi % (w / 2));
+    let row = &slab[r * w..][..w];
+    // taps c with 0 ≤ 2j − pw + c < w
+    let inside = pw.saturating_sub(2 * j)..(w + pw - 2 * j).min(3);
+    let (mut m, mut b) = (f32::NEG_INFINITY, inside.start as u32);
+    for c in inside {
+        let v = row[2 * j + c - pw];
+        if v > m || v.is_nan() {
+            (m, b) = (v, c as u32);
+        }
+    }
+    (m, b)
 }
 
 /// One output row of [`plane_w3s2`] from its window rows' maxima (`window_rows`: where each row's
 /// maxima start in `row_max`, and the offset of its first tap), LANES outputs a step (the last
-/// overlapping the one before), in scan order by the rule of [`take_block`]; the argmaxes to `best`.
+/// overlapping the one before), in scan order by the rule of [`take_block`]; the argmaxes narrowed
+/// into `idx` in registers ([`store_offsets`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn column_w3s2<const TRACK: bool>(
+unsafe fn column_w3s2<const TRACK: bool, I: WindowOffset>(
     row_max: &[f32],
     row_best: &[u32],
     window_rows: &[(usize, u32)],
     y: &mut [MaybeUninit<f32>],
-    best: &mut [u32],
+    mut idx: Option<&mut [I]>,
 ) {
     use std::arch::x86_64::*;
     let ow = y.len();
     let end = window_rows.iter().map(|&(at, _)| at).max().unwrap_or(0) + ow;
-    assert!(ow >= LANES && end <= row_max.len() && end <= row_best.len() && best.len() >= ow);
+    assert!(ow >= LANES && end <= row_max.len() && end <= row_best.len());
+    assert!(idx.as_ref().is_none_or(|idx| idx.len() == ow));
     let (first, first_offset) = window_rows[0];
     for j in (0..ow).step_by(LANES).map(|j| j.min(ow - LANES)) {
         let tap = |at: usize, offset: u32| {
@@ -578,8 +666,38 @@ unsafe fn column_w3s2<const TRACK: bool>(
             }
         }
         _mm256_storeu_ps(y.as_mut_ptr().add(j).cast(), m);
-        if TRACK {
-            _mm256_storeu_ps(best.as_mut_ptr().add(j).cast(), b);
+        if let (true, Some(idx)) = (TRACK, idx.as_deref_mut()) {
+            // SAFETY: j + LANES ≤ ow, asserted idx's length.
+            unsafe { store_offsets(&mut idx[j..], _mm256_castps_si256(b)) };
+        }
+    }
+}
+
+/// LANES argmax offsets (u32 lanes, each within `I`'s range) narrowed into `idx[..LANES]`: for u8
+/// (every pool of the model zoo) each lane's low byte gathered in registers and stored as 8 bytes
+/// (narrowing an output row element by element afterwards took a sixth of the training forward).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_offsets<I: WindowOffset>(idx: &mut [I], b: std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    assert!(idx.len() >= LANES);
+    if size_of::<I>() == 1 {
+        // The low byte of each lane to the first four bytes of its 128-bit half, then those two
+        // words side by side.
+        let pick = _mm256_setr_epi8(
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        );
+        let bytes = _mm256_shuffle_epi8(b, pick);
+        let low = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        // SAFETY: 8 bytes, idx's first LANES elements of one byte (asserted).
+        unsafe { _mm_storel_epi64(idx.as_mut_ptr().cast(), _mm256_castsi256_si128(low)) };
+    } else {
+        let mut lanes = [0u32; LANES];
+        // SAFETY: LANES u32s.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), b) };
+        for (i, &o) in idx.iter_mut().zip(&lanes) {
+            *i = I::from_offset(o as usize);
         }
     }
 }
@@ -2734,9 +2852,11 @@ mod tests {
 
     #[test]
     fn max_pool_wide_windows_save_u16_and_u32_offsets() {
-        // 17×17 = 289 taps (u16 offsets) with padding, and one 1-d window of 70 001 taps (u32).
+        // 17×17 = 289 taps (u16 offsets) with padding, 87×3 = 261 3 wide at stride 2 (u16, by
+        // `plane_w3s2`), and one 1-d window of 70 001 taps (u32).
         for (input, kernel, stride, padding, bytes) in [
             ([1, 20, 21], [1, 17, 17], [1, 2, 3], [0, 8, 7], 2),
+            ([1, 88, 40], [1, 87, 3], [1, 1, 2], [0, 0, 1], 2),
             ([1, 1, 70_001], [1, 1, 70_001], [1, 1, 1], [0, 0, 0], 4),
         ] {
             let output: [usize; 3] = std::array::from_fn(|i| {
