@@ -8,10 +8,10 @@
 //! batch 16, CUDA events around each run, 3 warm-up runs, median of ≥ 20 runs, inputs rotated over enough
 //! copies that the data touched between two uses of one copy exceeds twice the L2. CPU: batch 1 (the big
 //! 3-D convolutions at batch 16 would take minutes on two cores), wall clock, median of 3–15 runs after
-//! one warm-up. Rows give µs, TFLOP/s (conv, linear, matmul, attention) or GB/s (the rest) and the % of the
-//! device's peak for the row's math mode — FP32, dense TF32 or dense BF16 — or of its memory peak (GPU);
-//! on the CPU memory-bound rows are a % of a STREAM-like copy and FLOP rows a % of an FMA-bound loop's
-//! FLOP/s, both measured at the start of the same run with the same threads (`stream.rs`,
+//! one warm-up, glibc's allocator thresholds fixed (`settle_allocator`). Rows give µs, TFLOP/s (conv,
+//! linear, matmul, attention) or GB/s (the rest) and the % of the device's peak for the row's math
+//! mode — FP32, dense TF32 or dense BF16 — or of its memory peak (GPU); on the CPU memory-bound rows
+//! are a % of a STREAM-like copy and FLOP rows a % of an FMA-bound loop's FLOP/s, both measured at the start of the same run with the same threads (`stream.rs`,
 //! `fma_peak.rs`), and each model gets a table of kernel families (Σ bytes / Σ time over its calls).
 //!
 //! **Math modes.** The calls whose products the math mode changes (`Kernel::uses_math_mode`: convolutions
@@ -147,7 +147,24 @@ fn parse_args(all: &[BenchModel]) -> std::result::Result<Args, String> {
     Ok(a)
 }
 
+/// Fixes glibc's allocator thresholds, so that a kernel row times its kernel, not page faults: by
+/// default the threshold above which a buffer is mapped moves with the buffers freed, and in some
+/// runs the first 5–12 calls of a row got their fresh outputs mapped or trimmed away and faulted in
+/// again on every call (ECO-Lite's 3 × 3 average-pool backward, a probe of 20 calls: 0.87–0.97 ms
+/// for the first 5, 0.45–0.53 after; with the thresholds fixed, 0.44–0.54 from the second call),
+/// which a median of 3–15 runs can land on. A training step's heap settles likewise (the
+/// whole-model rows do not change with this). torch_side_by_side.py sets the same for PyTorch.
+fn settle_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets two of the allocator's parameters, before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
+
 fn main() -> ExitCode {
+    settle_allocator();
     // Before the STREAM copy touches rayon's pool: the main thread joins it, as it does on the CPU
     // backend's first use in a training run, so the copy and the kernels run on the same threads.
     vidgrad::backend::cpu::join_thread_pool();
