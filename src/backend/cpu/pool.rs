@@ -1293,11 +1293,8 @@ fn backward_w3s2(idx: &[u8], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
             pi[1..=ov].copy_from_slice(&idx[p * ov..][..ov]);
             pd[1..=ov].copy_from_slice(&dy[p * ov..][..ov]);
             for (row, cover) in out.chunks_exact_mut(w).zip(&covering) {
-                let rows = cover
-                    .iter()
-                    .map(|&(o_row, tap0)| (&pi[o_row * ow..], &pd[o_row * ow..], tap0));
                 // SAFETY: the caller checked that the CPU has AVX2.
-                unsafe { row_w3s2(row, rows, &steps, padded) };
+                unsafe { row_w3s2(row, (pi, pd), ow, cover, &steps, padded) };
             }
         });
         out.len()
@@ -1316,34 +1313,43 @@ thread_local! {
 #[cfg(target_arch = "x86_64")]
 const PAIRS: usize = 8;
 
-/// One input row of [`backward_w3s2`] from its covering output rows (each row's saved offsets and
-/// gradients from the element before its first window, and its window row's first tap); `steps`:
-/// the masks of the windows that exist, per step. In intrinsics: the same in plain Rust over arrays
-/// compiled to partly scalar byte compares and ran slower than [`backward_by_taps`].
+/// One input row of [`backward_w3s2`] from its covering output rows (`cover`: each one's index and
+/// its window row's first tap; the plane's saved offsets and gradients padded, each row's from the
+/// element before its first window, rows `ow` apart); `steps`: the masks of the windows that exist,
+/// per step. In intrinsics: the same in plain Rust over arrays compiled to partly scalar byte
+/// compares and ran slower than [`backward_by_taps`]. The bounds checked once per row, not per step
+/// and covering row (those checks and the row iterator were a third of its instructions).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn row_w3s2<'a>(
+unsafe fn row_w3s2(
     row: &mut [MaybeUninit<f32>],
-    rows: impl Iterator<Item = (&'a [u8], &'a [f32], usize)> + Clone,
+    (pi, pd): (&[u8], &[f32]),
+    ow: usize,
+    cover: &[(usize, usize)],
     steps: &[[[u32; PAIRS]; 3]],
     padded: bool,
 ) {
     use std::arch::x86_64::*;
     let w = row.len();
+    let last_step = (w.div_ceil(2).max(1) - 1) / PAIRS * PAIRS;
+    let reach = |o_row: usize| o_row * ow + last_step + PAIRS + 2;
+    assert!(cover
+        .iter()
+        .all(|&(o_row, _)| reach(o_row) <= pi.len().min(pd.len())));
     for (j0, valid) in (0..w.div_ceil(2)).step_by(PAIRS).zip(steps) {
         let mask = |k: usize| _mm256_loadu_si256(valid[k].as_ptr().cast());
         let masks = [mask(0), mask(1), mask(2)];
         let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for (pi, pd, tap0) in rows.clone() {
-            assert!(pi.len() >= j0 + PAIRS + 2 && pd.len() >= j0 + PAIRS + 2);
+        for &(o_row, tap0) in cover {
+            let at_row = o_row * ow + j0;
             // windows j0 − 1 + k + lane: offsets widened to 32 bits, gradients
             let at = |k: usize| {
-                // SAFETY: within the slices (asserted above).
+                // SAFETY: within the slices (asserted above: j0 ≤ last_step, k + 8 ≤ PAIRS + 2).
                 unsafe {
-                    let bytes = _mm_loadl_epi64(pi.as_ptr().add(j0 + k).cast());
+                    let bytes = _mm_loadl_epi64(pi.as_ptr().add(at_row + k).cast());
                     (
                         _mm256_cvtepu8_epi32(bytes),
-                        _mm256_loadu_ps(pd.as_ptr().add(j0 + k)),
+                        _mm256_loadu_ps(pd.as_ptr().add(at_row + k)),
                         masks[k],
                     )
                 }
