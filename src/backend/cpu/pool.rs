@@ -1284,19 +1284,26 @@ fn backward_w3s2(idx: &[u8], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
         })
         .collect();
     par_build(g.planes * iv, iv, |p, out| {
-        // the plane's saved offsets and gradients with one element before them and PAIRS + 2 after,
-        // so that every step reads its windows as whole vectors (those outside the row masked off)
-        PLANE_WINDOWS.with_borrow_mut(|(pi, pd)| {
-            let len = ov + PAIRS + 3;
-            pi.resize(len, 0);
-            pd.resize(len, 0.0);
-            pi[1..=ov].copy_from_slice(&idx[p * ov..][..ov]);
-            pd[1..=ov].copy_from_slice(&dy[p * ov..][..ov]);
+        let rows = |out: &mut [MaybeUninit<f32>], pi: &[u8], pd: &[f32]| {
             for (row, cover) in out.chunks_exact_mut(w).zip(&covering) {
                 // SAFETY: the caller checked that the CPU has AVX2.
                 unsafe { row_w3s2(row, (pi, pd), ow, cover, &steps, padded) };
             }
-        });
+        };
+        // Every step reads its windows as whole vectors from the element before the plane's first
+        // to PAIRS + 2 past its last, those outside a row masked off: straight from dy and the
+        // offsets where the planes around hold those elements, else from a padded copy.
+        let (len, end) = (ov + PAIRS + 3, idx.len().min(dy.len()));
+        match (p * ov).checked_sub(1).filter(|start| start + len <= end) {
+            Some(start) => rows(out, &idx[start..], &dy[start..]),
+            None => PLANE_WINDOWS.with_borrow_mut(|(pi, pd)| {
+                pi.resize(len, 0);
+                pd.resize(len, 0.0);
+                pi[1..=ov].copy_from_slice(&idx[p * ov..][..ov]);
+                pd[1..=ov].copy_from_slice(&dy[p * ov..][..ov]);
+                rows(out, pi, pd);
+            }),
+        }
         out.len()
     })
 }
