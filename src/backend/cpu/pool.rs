@@ -309,8 +309,7 @@ struct PlaneScratch {
     row_max: Vec<f32>,
     row_best: Vec<u32>,
     window_rows: Vec<(usize, u32)>,
-    /// [`plane_w3s2`], [`plane_tiled`]: one output row's (or group's) argmaxes before they are
-    /// narrowed
+    /// [`plane_tiled`]: one group's argmaxes before they are narrowed
     out_best: Vec<u32>,
     /// [`plane_tiled`]: where each window of a group starts
     window_starts: Vec<usize>,
@@ -400,11 +399,12 @@ fn w3s2_forward(g: &PoolGeom) -> bool {
 
 /// [`plane_separable`] for windows 3 wide with stride 2 along W, in intrinsics: the generic passes
 /// spent most of their time around the arithmetic (phase splits, block iterators, bounds checks;
-/// docs/PERFORMANCE.md, stop 43). Per output depth slice, each input row of its window's depth taps
-/// is copied between −inf (the padding, and past the row's end) and its window maxima along W taken
-/// 8 windows at a time straight from the copy ([`row_w3s2_maxima`]); then each output row takes its
-/// window rows' maxima in scan order ([`column_w3s2`]). The same rule as [`plane_separable`] in the
-/// same order: the same values and offsets bit for bit.
+/// docs/PERFORMANCE.md, stop 43). Per output depth slice, the window maxima along W of each input
+/// row of its window's depth taps, 8 windows at a time: for rows of an even length with padding ≤ 1
+/// (every such pool of the model zoo) over the whole slab at once ([`slab_w3s2_maxima`]), else row
+/// by row from a copy between −inf (the padding, and past the row's end; [`row_w3s2_maxima`]); then
+/// each output row takes its window rows' maxima in scan order ([`column_w3s2`]). The same rule as
+/// [`plane_separable`] in the same order: the same values and offsets bit for bit.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn plane_w3s2<const TRACK: bool, I: WindowOffset>(
@@ -427,7 +427,6 @@ unsafe fn plane_w3s2<const TRACK: bool, I: WindowOffset>(
         row_max,
         row_best,
         window_rows,
-        out_best,
         ..
     } = scratch;
     // padded[pw + x] = row[x]; window j's taps at 2j + c, read up to 2·blocks + 2.
@@ -436,7 +435,6 @@ unsafe fn plane_w3s2<const TRACK: bool, I: WindowOffset>(
     first_tap.clear();
     first_tap.extend(tw.iter().map(|s| (s.lo as isize - s.start) as u32));
     first_tap.resize(blocks, 0);
-    out_best.resize(ow, 0);
     // Rows of an even length and padding ≤ 1 go as one sequence ([`slab_w3s2_maxima`]).
     let flat = pw <= 1 && w.is_multiple_of(2) && ow <= w / 2;
     let row_len = if flat { w / 2 } else { blocks };
@@ -1316,7 +1314,8 @@ fn backward_w3s2(idx: &[u8], dy: &[f32], g: &PoolGeom) -> Vec<f32> {
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// [`backward_w3s2`]'s padded copy of one plane's saved offsets and gradients.
+    /// [`backward_w3s2`]'s padded copy of one plane's saved offsets and gradients (the first and
+    /// last planes, whose steps would read past the buffers' ends).
     static PLANE_WINDOWS: std::cell::RefCell<(Vec<u8>, Vec<f32>)> = const {
         std::cell::RefCell::new((Vec::new(), Vec::new()))
     };
@@ -1327,8 +1326,8 @@ thread_local! {
 const PAIRS: usize = 8;
 
 /// One input row of [`backward_w3s2`] from its covering output rows (`cover`: each one's index and
-/// its window row's first tap; the plane's saved offsets and gradients padded, each row's from the
-/// element before its first window, rows `ow` apart); `steps`: the masks of the windows that exist,
+/// its window row's first tap; the plane's saved offsets and gradients from the element before its
+/// first window, rows `ow` apart, in place or padded); `steps`: the masks of the windows that exist,
 /// per step. In intrinsics: the same in plain Rust over arrays compiled to partly scalar byte
 /// compares and ran slower than [`backward_by_taps`]. The bounds checked once per row, not per step
 /// and covering row (those checks and the row iterator were a third of its instructions).
