@@ -403,7 +403,7 @@ fn w3s2_forward(g: &PoolGeom) -> bool {
 /// row of its window's depth taps, 8 windows at a time: for rows of an even length with padding ≤ 1
 /// (every such pool of the model zoo) over the whole slab at once ([`slab_w3s2_maxima`]), else row
 /// by row from a copy between −inf (the padding, and past the row's end; [`row_w3s2_maxima`]); then
-/// each output row takes its window rows' maxima in scan order ([`column_w3s2`]). The same rule as
+/// each output row takes its window rows' maxima in scan order ([`column_avx2`]). The same rule as
 /// [`plane_separable`] in the same order: the same values and offsets bit for bit.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -473,7 +473,7 @@ unsafe fn plane_w3s2<const TRACK: bool, I: WindowOffset>(
                 continue;
             }
             // SAFETY: AVX2, as this function.
-            unsafe { column_w3s2::<TRACK, I>(row_max, row_best, window_rows, y_row, idx_row) };
+            unsafe { column_avx2::<TRACK, I>(row_max, row_best, window_rows, y_row, idx_row) };
         }
     }
 }
@@ -628,13 +628,14 @@ fn window_w3s2(slab: &[f32], w: usize, pw: usize, wi: usize) -> (f32, u32) {
     (m, b)
 }
 
-/// One output row of [`plane_w3s2`] from its window rows' maxima (`window_rows`: where each row's
-/// maxima start in `row_max`, and the offset of its first tap), LANES outputs a step (the last
+/// [`column_maxima`] in intrinsics, for rows of LANES outputs or more: LANES outputs a step (the last
 /// overlapping the one before), in scan order by the rule of [`take_block`]; the argmaxes narrowed
-/// into `idx` in registers ([`store_offsets`]).
+/// into `idx` in registers ([`store_offsets`]). The same in plain Rust over arrays
+/// ([`column_blocks`]) became partly scalar code, per-lane branches on the compare, when unrelated
+/// code of this file changed (plane_pairs' training forward on 512 × 4 × 28²: 250 → 345 µs).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn column_w3s2<const TRACK: bool, I: WindowOffset>(
+unsafe fn column_avx2<const TRACK: bool, I: WindowOffset>(
     row_max: &[f32],
     row_best: &[u32],
     window_rows: &[(usize, u32)],
@@ -920,7 +921,10 @@ fn row_blocks<const TRACK: bool, const K: usize, const N: usize>(
 }
 
 /// One output row from the row maxima of its window's rows (`window_rows`: where each row's maxima
-/// start, and the offset of its first tap), in scan order by the rule of [`plane_argmax`].
+/// start, and the offset of its first tap), in scan order by the rule of [`plane_argmax`]; with the
+/// argmaxes, in intrinsics where the CPU has AVX2 and the row LANES outputs or more
+/// ([`column_avx2`]: without them, the call per row made 28²'s inference 12 % slower than the
+/// inlined plain code).
 #[inline(always)]
 fn column_maxima<const TRACK: bool, I: WindowOffset>(
     row_max: &[f32],
@@ -930,6 +934,11 @@ fn column_maxima<const TRACK: bool, I: WindowOffset>(
     idx: Option<&mut [I]>,
 ) {
     let n = y.len();
+    #[cfg(target_arch = "x86_64")]
+    if TRACK && n >= LANES && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { column_avx2::<TRACK, I>(row_max, row_best, window_rows, y, idx) };
+    }
     if n < LANES {
         let all = 0..n;
         return column_blocks::<TRACK, 1, 0, I>(row_max, row_best, window_rows, all, y, idx);
@@ -2626,6 +2635,69 @@ mod tests {
 
     /// x and dy for the backward-against-scatter tests: ties in x for even cases, and NaN, ±inf
     /// and −0 placed in both (streams `seed`, `seed + 100`).
+    /// The two forms of a column pass agree bit for bit, values and offsets (u8 and u16), where
+    /// both run: [`column_avx2`] (what AVX2 CPUs run with argmaxes) and [`column_blocks`] (the
+    /// others), over 1–4 window rows of row maxima with ties, NaN, ±inf and ±0, rows of 8–40.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn column_avx2_is_column_blocks() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        fn both<I: WindowOffset + Copy + Default + PartialEq + std::fmt::Debug>(
+            (row_max, row_best): (&[f32], &[u32]),
+            rows: &[(usize, u32)],
+            ow: usize,
+        ) {
+            let run = |avx2: bool| {
+                let mut y = vec![MaybeUninit::new(0.0f32); ow];
+                let mut idx = vec![I::default(); ow];
+                if avx2 {
+                    // SAFETY: the CPU has AVX2 (checked by the test).
+                    unsafe {
+                        column_avx2::<true, I>(row_max, row_best, rows, &mut y, Some(&mut idx))
+                    };
+                } else {
+                    let starts = (0..ow).step_by(LANES).map(|j| j.min(ow - LANES));
+                    column_blocks::<true, LANES, 0, I>(
+                        row_max,
+                        row_best,
+                        rows,
+                        starts,
+                        &mut y,
+                        Some(&mut idx),
+                    );
+                }
+                // SAFETY: every output was initialised above.
+                let bits: Vec<u32> = y
+                    .iter()
+                    .map(|v| unsafe { v.assume_init() }.to_bits())
+                    .collect();
+                (bits, idx)
+            };
+            assert_eq!(run(true), run(false), "{rows:?} ow {ow}");
+        }
+        let mut dr = Draw::new(61);
+        for case in 0..100 {
+            let ow = dr.int(LANES, 40);
+            let n_rows = dr.int(1, 4);
+            let len = n_rows * ow + dr.int(0, 5);
+            let mut row_max = data(len, 900 + case as u64);
+            if case % 2 == 0 {
+                row_max.iter_mut().for_each(|v| *v = (*v * 2.0).round()); // ties, ±0
+            }
+            for special in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0] {
+                row_max[dr.int(0, len - 1)] = special;
+            }
+            let row_best: Vec<u32> = (0..len).map(|_| dr.int(0, 2) as u32).collect();
+            let rows: Vec<(usize, u32)> = (0..n_rows)
+                .map(|r| (r * ow + dr.int(0, len - n_rows * ow), (r * 3) as u32))
+                .collect();
+            both::<u8>((&row_max, &row_best), &rows, ow);
+            both::<u16>((&row_max, &row_best), &rows, ow);
+        }
+    }
+
     fn scatter_inputs(g: &PoolGeom, case: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
         let mut x = data(g.planes * volume(&g.input), seed + case as u64);
         if case.is_multiple_of(2) {
