@@ -1926,7 +1926,8 @@ impl GradLayout {
 
     fn of(g: &PoolGeom) -> Self {
         let mut layout = GradLayout::plain(g.output[1], g.output[2]);
-        // (the zeros before, the length along the axis, its k taps each shifted by `unit`)
+        // (the zeros before, the length along the axis, its k taps each shifted by `unit`; of a
+        // run, `sums_from` reads only the shift)
         let boxed = |axis: usize, unit: usize| {
             let k = g.kernel[axis];
             let before = k - 1 - g.padding[axis];
