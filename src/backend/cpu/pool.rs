@@ -446,22 +446,23 @@ unsafe fn plane_w3s2<const TRACK: bool, I: WindowOffset>(
         if flat {
             // SAFETY: AVX2, as this function.
             unsafe { slab_w3s2_maxima::<TRACK>(slab, w, pw, ow, row_max, row_best) };
-        }
-        for (r, row) in slab.chunks_exact(w).enumerate().filter(|_| !flat) {
-            // The hardware's prefetch fell behind these row-by-row reads (Zen 5: 4.0 → 2.6 ms on
-            // ECO-Lite's first pool in training, 2.35 → 2.0 in inference).
-            let ahead = (r * w + PREFETCH_AHEAD).min(slab.len())
-                ..((r + 1) * w + PREFETCH_AHEAD).min(slab.len());
-            for line in slab[ahead].chunks(16) {
-                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+        } else {
+            for (r, row) in slab.chunks_exact(w).enumerate() {
+                // The hardware's prefetch fell behind these row-by-row reads (Zen 5: 4.0 → 2.6 ms on
+                // ECO-Lite's first pool in training, 2.35 → 2.0 in inference).
+                let ahead = (r * w + PREFETCH_AHEAD).min(slab.len())
+                    ..((r + 1) * w + PREFETCH_AHEAD).min(slab.len());
+                for line in slab[ahead].chunks(16) {
+                    _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+                }
+                padded[pw..pw + w].copy_from_slice(row);
+                let (m, b) = (
+                    &mut row_max[r * blocks..][..blocks],
+                    &mut row_best[r * blocks..][..blocks],
+                );
+                // SAFETY: AVX2, as this function.
+                unsafe { row_w3s2_maxima::<TRACK>(padded, first_tap, m, b) };
             }
-            padded[pw..pw + w].copy_from_slice(row);
-            let (m, b) = (
-                &mut row_max[r * blocks..][..blocks],
-                &mut row_best[r * blocks..][..blocks],
-            );
-            // SAFETY: AVX2, as this function.
-            unsafe { row_w3s2_maxima::<TRACK>(padded, first_tap, m, b) };
         }
         for (oi, sh) in th.iter().enumerate() {
             window_rows_of(g, sd, sh, row_len, window_rows);
@@ -687,7 +688,7 @@ unsafe fn store_offsets<I: WindowOffset>(idx: &mut [I], b: std::arch::x86_64::__
     use std::arch::x86_64::*;
     assert!(idx.len() >= LANES);
     if size_of::<I>() == 1 {
-        // The low byte of each lane to the first four bytes of its 128-bit half, then those two
+        // (u8, the one one-byte WindowOffset.) The low byte of each lane to the first four bytes of its 128-bit half, then those two
         // words side by side.
         let pick = _mm256_setr_epi8(
             0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
@@ -1926,14 +1927,14 @@ impl GradLayout {
 
     fn of(g: &PoolGeom) -> Self {
         let mut layout = GradLayout::plain(g.output[1], g.output[2]);
-        // (the zeros before, the length along the axis, its k taps each shifted by `unit`; of a
-        // run, `sums_from` reads only the shift)
+        // (the zeros before, the length along the axis, its k taps: every input position, in
+        // units of `unit`, from g's shifted by c units)
         let boxed = |axis: usize, unit: usize| {
             let k = g.kernel[axis];
             let before = k - 1 - g.padding[axis];
             let taps = (0..k).map(|c| ShiftedRun {
                 lo: 0,
-                hi: 0,
+                hi: g.input[axis] * unit,
                 shift: (c * unit) as isize,
             });
             (before, g.input[axis] + k - 1, taps.collect())
@@ -2199,8 +2200,8 @@ fn span_avg_backward(
             })
         });
     // SAFETY: the planes cover 0..len and every input row of a plane is written whole above
-    // (`sums_from` and `merge_phases` write every element of their row). A panic unwinds past this line, dropping
-    // `dx` empty.
+    // (`sums_from` and `merge_phases` write every element of their row). A panic unwinds past this
+    // line, dropping `dx` empty.
     unsafe { dx.set_len(len) };
     dx
 }
