@@ -50,7 +50,8 @@ use crate::backend::ConvGeom;
 
 /// Winograd axes below which the transforms cost more than the products saved: with one (3×1×1,
 /// R(2+1)D-18's temporal layers; 1.5× fewer multiply-adds) every such layer took 1.0–3.7× the direct
-/// path's time (docs/PERFORMANCE.md). The algorithm itself handles any set of axes.
+/// path's time (docs/PERFORMANCE.md; conv_winograd_depth.rs computes those). The algorithm itself
+/// handles any set of axes.
 const MIN_AXES: usize = 2;
 /// Outputs over the outputs that whole tiles compute (odd extents waste a row per tile row).
 const MIN_USEFUL: f64 = 0.6;
@@ -58,6 +59,15 @@ const MIN_USEFUL: f64 = 0.6;
 /// load: ECO-Lite's 512 → 512 3×3×3 layers on 4×7×7 (16 tiles) took 1.1–1.4× the GEMM path's time,
 /// the weights' transform (64 × 512 × 512 floats) read for 16 tiles at a time.
 const MIN_ROW_TILES: usize = 32;
+/// [`MIN_ROW_TILES`] for 3×3 layers on CPUs with AVX-512, where the other paths' products run 512
+/// bits wide (the direct kernel's 8 × 32 tile, the gemm crate's microkernels) and these transforms
+/// 256: since [`Job::input_transform_2d`] and [`Job::output_transform_2d`], on a Zen 5, 3×3 layers on
+/// 28² and 56² (196 and 784 tiles) take 0.60–0.71× the direct kernel's time forward, 0.62–0.78× for
+/// the data gradient and 0.70–1.04× for the weight gradient (R(2+1)D-18, ECO-Lite, C2D-NL-R50); on
+/// 14² (49 tiles) the data and weight gradients took 1.05–1.2× (docs/PERFORMANCE.md, stop 45).
+/// (Before those transforms, 3×3 layers took 1.2–1.7× on an AVX-512 Xeon, and this path was off for
+/// them on AVX-512.)
+const MIN_ROW_TILES_3X3_AVX512: usize = 64;
 /// Floats of V (and of M) per tile chunk counting every point, 4 MiB: the GEMMs' N (tiles per chunk)
 /// gets large enough for the gemm crate's packing to pay. With a Winograd depth axis a chunk goes
 /// through its points in four slabs, so V and M hold a quarter of it at a time (1 MiB each, in L2
@@ -73,23 +83,41 @@ type Lanes = [f32; LANES];
 /// Whether the GEMMs are large against the transforms: per tile, the products grow with
 /// C_in/G·C_out/G and the transforms with C_in/G + C_out/G, so the ratio r = C_in·C_out/(C_in + C_out)
 /// (per group) decides. 3×3×3 (3.4× fewer products) pays from r = 8; 3×3 (2.25×) from r = 36: at
-/// 64 → 64 (r = 32) C2D-NL-R50's 3×3 layers on 56×56 took 1.1–1.5× the direct kernel's time, from
-/// 64 → 96 (r = 38.4) on 0.47–0.95× but for one data gradient (64 → 192 on 56×56, 1.2×)
-/// (docs/PERFORMANCE.md).
+/// 64 → 64 (r = 32) C2D-NL-R50's 3×3 layers on 56×56 took 1.1–1.5× the direct kernel's time on an
+/// AVX2 machine, from 64 → 96 (r = 38.4) on 0.47–0.95× but for one data gradient (64 → 192 on
+/// 56×56, 1.2×). (On a Zen 5 with the 2-D transforms below 64 → 64 took 0.80–0.85×, but its
+/// rounding took the non-local I3D fixtures past their tolerances: eval logits 2.5e-4 → 2.9e-3 of
+/// their scale, docs/PERFORMANCE.md, stop 45.)
 fn channels_pay(g: &ConvGeom) -> bool {
     let (ci, co) = (g.in_per_group(), g.out_per_group());
     let min_ratio = if g.kernel == [3, 3, 3] { 8 } else { 36 };
     ci * co >= min_ratio * (ci + co)
 }
 
-/// Whether `g` takes the Winograd path here (see the module docs), unless `VIDGRAD_CPU_CONV_WINOGRAD=0`.
+/// Whether `g` takes the Winograd path (see the module docs), unless `VIDGRAD_CPU_CONV_WINOGRAD=0`.
 pub(super) fn applies(g: &ConvGeom) -> bool {
+    let axes = g.kernel.iter().filter(|&&k| k == 3).count();
+    let min_row_tiles = if axes == 2 {
+        min_row_tiles_3x3()
+    } else {
+        MIN_ROW_TILES
+    };
     shape_applies(g)
-        && g.kernel.iter().filter(|&&k| k == 3).count() >= min_axes()
+        && axes >= MIN_AXES
         && channels_pay(g)
         && useful_fraction(g) >= MIN_USEFUL
-        && Tiling::new(g).tiles[1..].iter().product::<usize>() >= MIN_ROW_TILES
+        && Tiling::new(g).tiles[1..].iter().product::<usize>() >= min_row_tiles
         && enabled()
+}
+
+/// The fewest tiles per (height, width) plane for 3×3 layers (two Winograd axes): [`MIN_ROW_TILES`],
+/// or [`MIN_ROW_TILES_3X3_AVX512`] on CPUs with AVX-512.
+fn min_row_tiles_3x3() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        return MIN_ROW_TILES_3X3_AVX512;
+    }
+    MIN_ROW_TILES
 }
 
 /// The shapes the algorithm computes at all: stride 1, dilation 1, kernels of 1 or 3 taps per axis
@@ -100,19 +128,6 @@ fn shape_applies(g: &ConvGeom) -> bool {
         && !g.is_depthwise()
         && g.kernel.iter().all(|&k| k == 1 || k == 3)
         && g.kernel.contains(&3)
-}
-
-/// [`MIN_AXES`], or 3 on CPUs with AVX-512: there the products of the other paths (the gemm crate's
-/// microkernels, the direct kernel's 8 × 32 tile) run 512 bits wide while these transforms run 256.
-/// On an AVX-512 Xeon the 3×3 layers (two axes) took 1.2–1.7× the direct or GEMM path's time on
-/// ECO-Lite and C2D-NL-R50, 0.8–1.6× per layer and 1.17× in sum on R(2+1)D-18; the 3×3×3 ones
-/// 0.7–0.8× (docs/PERFORMANCE.md, stop 35).
-fn min_axes() -> usize {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        return 3;
-    }
-    MIN_AXES
 }
 
 /// Whether the Winograd paths (this one and conv_winograd_depth.rs) may run:
@@ -561,7 +576,7 @@ impl TileChunk {
 
 /// Asks for every cache line of `data` to be brought into L1 ahead of its use (x86-64; no-op elsewhere).
 #[inline(always)]
-fn prefetch(data: &[f32]) {
+pub(super) fn prefetch(data: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     for line in data.chunks(16) {
         // SAFETY: prefetching has no architectural effect; the address is inside `data`.
@@ -617,7 +632,80 @@ impl Job<'_> {
             self.slab_points() * self.point_stride(self.g.in_per_group()),
             0.0,
         );
+        #[cfg(target_arch = "x86_64")]
+        if !WD && WH && WW && is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { self.input_transform_2d(c, v) };
+        }
         with_avx2!(self.input_transform_body::<WD, WH, WW>(c, slab, v, rows))
+    }
+
+    /// [`Self::input_transform_body`] for 3×3 kernels (Winograd along height and width only) in
+    /// AVX2: per input channel and eight tiles, each of the box's four rows as two pairs of vectors
+    /// split into even and odd positions (the box's four columns, one tile per lane), Bᵀ along height
+    /// then width (the generic pass's order), and the 16 points stored into V.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn input_transform_2d(&self, c: &TileChunk, v: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (g, t, tc) = (self.g, &self.t, self.tc);
+        let cin_g = g.in_per_group();
+        let [pd, ph, pw] = self.padded;
+        let (n, gi) = (c.ng / g.groups, c.ng % g.groups);
+        let plane_len = pd * ph * pw;
+        let row0 = c.h0 * 2;
+        let rows_len = ((c.h1 - c.h0 - 1) * 2 + 4) * pw;
+        let ps = self.point_stride(cin_g);
+        let rows_at = |ci: usize| {
+            let chan = (n * g.c_in + gi * cin_g + ci) * plane_len;
+            &self.xp[chan + (c.td * ph + row0) * pw..][..rows_len]
+        };
+        // [a0 a2 a4 a6 b0 b2 b4 b6] and [a1 a3 a5 a7 b1 b3 b5 b7].
+        let split = |a: __m256, b: __m256| {
+            let even = _mm256_shuffle_ps::<0x88>(a, b);
+            let odd = _mm256_shuffle_ps::<0xDD>(a, b);
+            let order =
+                |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)));
+            (order(even), order(odd))
+        };
+        let line = |[d0, d1, d2, d3]: [__m256; 4]| {
+            [
+                _mm256_sub_ps(d0, d2),
+                _mm256_add_ps(d1, d2),
+                _mm256_sub_ps(d2, d1),
+                _mm256_sub_ps(d1, d3),
+            ]
+        };
+        for ci in 0..cin_g {
+            if ci + 1 < cin_g {
+                prefetch(rows_at(ci + 1));
+            }
+            let src = rows_at(ci);
+            for th in c.h0..c.h1 {
+                for tw0 in (0..t.tiles[2]).step_by(LANES) {
+                    // Box row bh of the eight tiles: 18 floats from `at` (tile l's four at 2l).
+                    let rows: [[__m256; 4]; 4] = std::array::from_fn(|bh| {
+                        let at = ((th - c.h0) * 2 + bh) * pw + tw0 * 2;
+                        let row = &src[at..at + 2 * (LANES - 1) + 4];
+                        let load = |i: usize| _mm256_loadu_ps(row.as_ptr().add(i));
+                        let (c0, c1) = split(load(0), load(LANES));
+                        let (c2, c3) = split(load(2), load(LANES + 2));
+                        [c0, c1, c2, c3]
+                    });
+                    let by_height: [[__m256; 4]; 4] =
+                        std::array::from_fn(|cw| line(rows.map(|row| row[cw])));
+                    let j = (th - c.h0) * t.tiles[2] + tw0;
+                    for bh in 0..4 {
+                        let points = line(by_height.map(|col| col[bh]));
+                        for (cw, point) in points.into_iter().enumerate() {
+                            let at = (bh * 4 + cw) * ps + ci * tc + j;
+                            debug_assert!(at + LANES <= v.len());
+                            _mm256_storeu_ps(v.as_mut_ptr().add(at), point);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[inline(always)]
@@ -859,6 +947,11 @@ impl Job<'_> {
         relu: bool,
         pieces: &mut [&mut [f32]],
     ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if !WD && WH && WW && is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { self.output_transform_2d(c, m, bias, relu, pieces) };
+        }
         if WD {
             let groups_per_row = self.t.tiles[2].div_ceil(LANES);
             acc.resize(
@@ -958,6 +1051,98 @@ impl Job<'_> {
         probe.iter().all(|v| *v == 0.0)
     }
 
+    /// [`Self::output_transform_body`] for 3×3 kernels (Winograd along height and width only) in
+    /// AVX2: per output channel and eight tiles, the 16 points' rows of M, Aᵀ along height then width
+    /// (the generic pass's order and sums, so the same results), + bias, ReLU, and the two outputs of
+    /// each tile row interleaved into 16 consecutive floats of y. The generic box code spent a third
+    /// of the 64 → 144 layer on 56² here (runtime box indices, a scalar store per output).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn output_transform_2d(
+        &self,
+        c: &TileChunk,
+        m: &[f32],
+        bias: Option<&[f32]>,
+        relu: bool,
+        pieces: &mut [&mut [f32]],
+    ) -> bool {
+        use std::arch::x86_64::*;
+        let (g, t, tc) = (self.g, &self.t, self.tc);
+        let cout_g = g.out_per_group();
+        let [_, oh, ow] = g.output;
+        let gi = c.ng % g.groups;
+        let ps = self.point_stride(cout_g);
+        let rows_h = ((c.h1 - c.h0) * 2).min(oh - c.h0 * 2);
+        let zero = _mm256_setzero_ps();
+        let mut probe = zero;
+        for co in 0..cout_g {
+            if co + 1 < cout_g {
+                let at = c.h0 * 2 * ow;
+                prefetch(&pieces[co + 1][at..at + rows_h * ow]);
+            }
+            let bv = _mm256_set1_ps(bias.map_or(0.0, |b| b[gi * cout_g + co]));
+            let piece = &mut *pieces[co];
+            for th in c.h0..c.h1 {
+                for tw0 in (0..t.tiles[2]).step_by(LANES) {
+                    let j = (th - c.h0) * t.tiles[2] + tw0;
+                    // Every point's eight lanes lie inside M (its columns have LANES − 1 of slack).
+                    let point = |q: usize| {
+                        let at = q * ps + co * tc + j;
+                        debug_assert!(at + LANES <= m.len());
+                        _mm256_loadu_ps(m.as_ptr().add(at))
+                    };
+                    // Aᵀ along height for each of the four columns of points...
+                    let cols: [[__m256; 2]; 4] = std::array::from_fn(|cw| {
+                        let [m0, m1, m2, m3] = std::array::from_fn(|bh| point(bh * 4 + cw));
+                        [
+                            _mm256_add_ps(_mm256_add_ps(m0, m1), m2),
+                            _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3),
+                        ]
+                    });
+                    let (h0, w0) = (th * 2, tw0 * 2);
+                    for bh in 0..2.min(oh - h0) {
+                        // ...then along width: the tile row's two outputs.
+                        let [r0, r1, r2, r3] = cols.map(|col| col[bh]);
+                        let y0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(r0, r1), r2), bv);
+                        let y1 = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(r1, r2), r3), bv);
+                        let row = &mut piece[(h0 + bh) * ow..][..ow];
+                        if w0 + 2 * LANES <= ow {
+                            probe = _mm256_add_ps(probe, _mm256_mul_ps(y0, zero));
+                            probe = _mm256_add_ps(probe, _mm256_mul_ps(y1, zero));
+                            // Finite values only matter (a non-finite output discards the
+                            // result): there max(s, 0) is the ReLU, −0 included.
+                            let (y0, y1) = if relu {
+                                (_mm256_max_ps(y0, zero), _mm256_max_ps(y1, zero))
+                            } else {
+                                (y0, y1)
+                            };
+                            // (y0[l], y1[l]) to positions 2l, 2l + 1.
+                            let (lo, hi) = (_mm256_unpacklo_ps(y0, y1), _mm256_unpackhi_ps(y0, y1));
+                            let dst = row.as_mut_ptr().add(w0);
+                            _mm256_storeu_ps(dst, _mm256_permute2f128_ps::<0x20>(lo, hi));
+                            _mm256_storeu_ps(
+                                dst.add(LANES),
+                                _mm256_permute2f128_ps::<0x31>(lo, hi),
+                            );
+                        } else {
+                            let mut outs = [[0.0f32; LANES]; 2];
+                            _mm256_storeu_ps(outs[0].as_mut_ptr(), y0);
+                            _mm256_storeu_ps(outs[1].as_mut_ptr(), y1);
+                            for (i, d) in row[w0..].iter_mut().enumerate() {
+                                let s = outs[i % 2][i / 2];
+                                probe = _mm256_add_ps(probe, _mm256_set1_ps(s * 0.0));
+                                *d = if relu { relu_f(s) } else { s };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut lanes: Lanes = [0.0; LANES];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), probe);
+        lanes.iter().all(|v| *v == 0.0)
+    }
+
     /// Writes eight tiles' outputs, b[a·16 + bh·4 + cw] for output (a, bh, cw) of each tile, + `bv`
     /// (ReLU'd when `relu`) into output channel `piece` of the task (its depth rows of y); adds each
     /// value·0 into `probe`.
@@ -1039,13 +1224,14 @@ mod tests {
             geom([96, 96], [1, 28, 28], [1, 3, 3], 1),    // ECO-Lite 2-D
             geom([64, 96], [1, 28, 28], [1, 3, 3], 1),    // ECO-Lite 2-D, r = 38.4
             geom([128, 230], [8, 28, 28], [1, 3, 3], 1),  // R(2+1)D-18 spatial
-            geom([256, 256], [4, 14, 14], [1, 3, 3], 1),  // C2D-NL-R50
+            geom([64, 144], [16, 56, 56], [1, 3, 3], 1),  // R(2+1)D-18 spatial, 56²
         ];
         for g in &taken {
-            // 3×3 layers (two axes) only where the other paths are not 512 bits wide
-            let axes = g.kernel.iter().filter(|&&k| k == 3).count();
-            assert_eq!(applies(g), axes >= min_axes(), "{g:?}");
+            assert!(applies(g), "{g:?}");
         }
+        // 49 tiles per plane: taken where the other paths are not 512 bits wide
+        let c2d_14 = geom([256, 256], [4, 14, 14], [1, 3, 3], 1);
+        assert_eq!(applies(&c2d_14), min_row_tiles_3x3() <= 49, "{c2d_14:?}");
         let not_taken = [
             geom([512, 512], [4, 7, 7], [3, 3, 3], 1), // 16 tiles per plane
             geom([64, 64], [8, 56, 56], [1, 3, 3], 1), // 3×3 with r = 32
