@@ -370,7 +370,7 @@ impl OutPtr {
 
 /// The next `len` floats of every row (each row keeps what follows): one task's disjoint pieces of
 /// every output channel, for forward passes whose tasks own consecutive spans of y's channel rows.
-pub(super) fn take_pieces<'a>(rows: &mut [&'a mut [f32]], len: usize) -> Vec<&'a mut [f32]> {
+pub(super) fn take_pieces<'a, T>(rows: &mut [&'a mut [T]], len: usize) -> Vec<&'a mut [T]> {
     rows.iter_mut()
         .map(|row| {
             let (head, tail) = std::mem::take(row).split_at_mut(len);

@@ -36,6 +36,8 @@
 //! direct sum gives ±Inf: the caller gets `None` — and takes the other paths, PyTorch's non-finite
 //! results — whenever a weight or an output is not finite (the forward), or a weight gradient is not.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::conv::sum_in_order;
@@ -175,11 +177,11 @@ fn spans(g: &ConvGeom, cols: usize) -> Vec<Span> {
 
 /// The forward's tasks: every span with its pieces of y — that run of the tile's output rows in
 /// every output channel of the group, in (channel, plane) order.
-fn tasks<'a>(y: &'a mut [f32], g: &ConvGeom, cols: usize) -> Vec<(Span, Vec<&'a mut [f32]>)> {
+fn tasks<'a, T>(y: &'a mut [T], g: &ConvGeom, cols: usize) -> Vec<(Span, Vec<&'a mut [T]>)> {
     let plane = g.output[1] * g.output[2];
     let (cout_g, depth) = (g.out_per_group(), g.output[0]);
     let (tiles, runs) = (depth.div_ceil(TILE), plane.div_ceil(cols));
-    let mut tasks: Vec<(Span, Vec<&mut [f32]>)> = spans(g, cols)
+    let mut tasks: Vec<(Span, Vec<&mut [T]>)> = spans(g, cols)
         .into_iter()
         .map(|span| (span, Vec::with_capacity(cout_g * TILE)))
         .collect();
@@ -214,8 +216,20 @@ pub(super) fn forward(
         return None;
     }
     let u = transform_weights(w, g);
-    let mut y = super::elementwise::par_zeros(g.n * g.c_out * g.output_volume());
-    run(x, &u, g, Epilogue { bias, relu }, &mut y).then_some(y)
+    // Not zero-filled: the output transform writes every element (as conv_winograd.rs).
+    let len = g.n * g.c_out * g.output_volume();
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let finite = run(
+        x,
+        &u,
+        g,
+        Epilogue { bias, relu },
+        &mut y.spare_capacity_mut()[..len],
+    );
+    // SAFETY: the tasks' pieces cover y (every output channel's rows of every tile of every
+    // sample·group), and the output transform stores every element of a piece.
+    unsafe { y.set_len(len) };
+    finite.then_some(y)
 }
 
 /// What the output transform adds to each output channel's rows.
@@ -227,7 +241,7 @@ struct Epilogue<'a> {
 
 /// y ← the convolution of `x` by the transformed weights `u` and the epilogue, task by task in
 /// parallel; whether every output was finite.
-fn run(x: &[f32], u: &[f32], g: &ConvGeom, epilogue: Epilogue, y: &mut [f32]) -> bool {
+fn run(x: &[f32], u: &[f32], g: &ConvGeom, epilogue: Epilogue, y: &mut [MaybeUninit<f32>]) -> bool {
     let cols = columns(g);
     let tasks = tasks(y, g, cols);
     let job = Job::new(x, g, cols, tasks.len());
@@ -431,7 +445,7 @@ impl<'a> Job<'a> {
         t: &Span,
         m: &[f32],
         epilogue: Epilogue,
-        rows: &mut [&mut [f32]],
+        rows: &mut [&mut [MaybeUninit<f32>]],
     ) -> bool {
         let g = self.g;
         let first_channel = t.ng % g.groups * g.out_per_group();
@@ -494,7 +508,7 @@ fn output_rows(
     ld: usize,
     bias: f32,
     relu: bool,
-    dst: &mut [&mut [f32]],
+    dst: &mut [&mut [MaybeUninit<f32>]],
     probe: &mut [f32; LANES],
 ) {
     let cols = dst[0].len();
@@ -521,12 +535,8 @@ fn output_rows(
                     probe[l] += values[l] * 0.0;
                 }
             }
-            if relu {
-                for (d, s) in out[c0..c0 + width].iter_mut().zip(values) {
-                    *d = relu_f(*s);
-                }
-            } else {
-                out[c0..c0 + width].copy_from_slice(&values[..width]);
+            for (d, s) in out[c0..c0 + width].iter_mut().zip(values) {
+                d.write(if relu { relu_f(*s) } else { *s });
             }
         }
     }
@@ -681,12 +691,14 @@ mod tests {
         let w = crate::backend::cpu::test_data(g.c_out * g.in_per_group() * 3, 7191);
         let mut u = transform_weights(&w, &g);
         u[3 * 8 * 8] *= 1.0 + 1e-4; // point 3's first weight
-        let mut y = vec![0.0f32; g.n * g.c_out * g.output_volume()];
+        let mut y = vec![MaybeUninit::new(0.0f32); g.n * g.c_out * g.output_volume()];
         let plain = Epilogue {
             bias: None,
             relu: false,
         };
         assert!(run(&x, &u, &g, plain, &mut y));
+        // SAFETY: initialised above (and written by `run`).
+        let y: Vec<f32> = y.iter().map(|v| unsafe { v.assume_init() }).collect();
         let (want, s_abs) = (reference(&x, &w, &g), forward_abs(&x, &w, &g));
         let k = (g.in_per_group() + 5) as f64;
         let gamma = k * f64::powi(2.0, -24) / (1.0 - k * f64::powi(2.0, -24));
