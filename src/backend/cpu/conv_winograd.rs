@@ -819,7 +819,84 @@ impl Job<'_> {
             self.slab_points() * self.point_stride(self.g.out_per_group()),
             0.0,
         );
+        #[cfg(target_arch = "x86_64")]
+        if !WD && WH && WW && is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { self.grad_transform_2d(c, dyp, dims, e) };
+        }
         with_avx2!(self.grad_transform_body::<WD, WH, WW>(c, slab, dyp, dims, e, rows))
+    }
+
+    /// [`Self::grad_transform_body`] for 3×3 kernels (Winograd along height and width only) in AVX2:
+    /// per output channel and eight tiles, each of the tiles' two rows of dy split into even and odd
+    /// positions (the two columns, one tile per lane), A along height then width (the generic pass's
+    /// order, −e as a sign flip), and the 16 points stored into E. The generic box code took 40 % of
+    /// ECO-Lite's 64 → 192 weight gradient on 56².
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn grad_transform_2d(
+        &self,
+        c: &TileChunk,
+        dyp: &[f32],
+        [dd, dh, dw]: [usize; 3],
+        e: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let (g, t, tc) = (self.g, &self.t, self.tc);
+        let cout_g = g.out_per_group();
+        let plane_len = dd * dh * dw;
+        let rows_len = (c.h1 - c.h0) * 2 * dw;
+        let ps = self.point_stride(cout_g);
+        let rows_at = |co: usize| {
+            let plane = (c.ng * cout_g + co) * plane_len;
+            &dyp[plane + (c.td * dh + c.h0 * 2) * dw..][..rows_len]
+        };
+        let sign = _mm256_set1_ps(-0.0);
+        // A·dy along one axis: (e0, e0 + e1, e0 − e1, −e1), as `grad_line`.
+        let line = |e0: __m256, e1: __m256| {
+            [
+                e0,
+                _mm256_add_ps(e0, e1),
+                _mm256_sub_ps(e0, e1),
+                _mm256_xor_ps(e1, sign),
+            ]
+        };
+        for co in 0..cout_g {
+            if co + 1 < cout_g {
+                prefetch(rows_at(co + 1));
+            }
+            let src = rows_at(co);
+            for th in c.h0..c.h1 {
+                for tw0 in (0..t.tiles[2]).step_by(LANES) {
+                    // Row bh of the eight tiles' outputs: 16 floats from `at` (tile l's two at 2l).
+                    let rows: [[__m256; 2]; 2] = std::array::from_fn(|bh| {
+                        let at = ((th - c.h0) * 2 + bh) * dw + tw0 * 2;
+                        let row = &src[at..at + 2 * LANES];
+                        let (a, b) = (
+                            _mm256_loadu_ps(row.as_ptr()),
+                            _mm256_loadu_ps(row.as_ptr().add(LANES)),
+                        );
+                        let order = |v: __m256| {
+                            _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)))
+                        };
+                        [
+                            order(_mm256_shuffle_ps::<0x88>(a, b)),
+                            order(_mm256_shuffle_ps::<0xDD>(a, b)),
+                        ]
+                    });
+                    let [col0, col1] = [0, 1].map(|cw| line(rows[0][cw], rows[1][cw]));
+                    let j = (th - c.h0) * t.tiles[2] + tw0;
+                    for (bh, (e0, e1)) in col0.into_iter().zip(col1).enumerate() {
+                        let points = line(e0, e1);
+                        for (cw, point) in points.into_iter().enumerate() {
+                            let at = (bh * 4 + cw) * ps + co * tc + j;
+                            debug_assert!(at + LANES <= e.len());
+                            _mm256_storeu_ps(e.as_mut_ptr().add(at), point);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[inline(always)]
