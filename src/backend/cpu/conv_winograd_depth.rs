@@ -450,19 +450,13 @@ impl<'a> Job<'a> {
         let g = self.g;
         let first_channel = t.ng % g.groups * g.out_per_group();
         let mut probe = [0.0f32; LANES];
-        let planes = t.planes(g);
         with_avx2!({
-            let channels = rows.len() / planes;
-            for co in 0..channels {
-                // The next channel's rows of y, fetched ahead of the stores (as the input rows).
-                if co + 1 < channels {
-                    rows[(co + 1) * planes..][..planes]
-                        .iter()
-                        .for_each(|row| prefetch(row));
-                }
-                let src = &m[co * POINTS * self.ld..][..POINTS * self.ld];
+            for (co, (src, dst)) in m
+                .chunks_exact(POINTS * self.ld)
+                .zip(rows.chunks_mut(t.planes(g)))
+                .enumerate()
+            {
                 let bias = epilogue.bias.map_or(0.0, |b| b[first_channel + co]);
-                let dst = &mut rows[co * planes..][..planes];
                 output_rows(src, self.ld, bias, epilogue.relu, dst, &mut probe);
             }
         });
