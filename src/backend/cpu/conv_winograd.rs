@@ -586,6 +586,25 @@ impl TileChunk {
     }
 }
 
+/// The even and odd elements of 16 consecutive floats a ++ b — [a0 a2 a4 a6 b0 b2 b4 b6] and [a1 a3
+/// a5 a7 b1 b3 b5 b7] — for the 2-D transforms: eight tiles' first and second columns, one per lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn even_odd(
+    a: std::arch::x86_64::__m256,
+    b: std::arch::x86_64::__m256,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    // The shuffles pick within 128-bit halves ([a0 a2 b0 b2 | a4 a6 b4 b6]); the permute puts the
+    // 64-bit pairs in order.
+    let order = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)));
+    (
+        order(_mm256_shuffle_ps::<0x88>(a, b)),
+        order(_mm256_shuffle_ps::<0xDD>(a, b)),
+    )
+}
+
 /// Asks for every cache line of `data` to be brought into L1 ahead of its use (x86-64; no-op elsewhere).
 #[inline(always)]
 pub(super) fn prefetch<T>(data: &[T]) {
@@ -672,14 +691,6 @@ impl Job<'_> {
             let chan = (n * g.c_in + gi * cin_g + ci) * plane_len;
             &self.xp[chan + (c.td * ph + row0) * pw..][..rows_len]
         };
-        // [a0 a2 a4 a6 b0 b2 b4 b6] and [a1 a3 a5 a7 b1 b3 b5 b7].
-        let split = |a: __m256, b: __m256| {
-            let even = _mm256_shuffle_ps::<0x88>(a, b);
-            let odd = _mm256_shuffle_ps::<0xDD>(a, b);
-            let order =
-                |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)));
-            (order(even), order(odd))
-        };
         let line = |[d0, d1, d2, d3]: [__m256; 4]| {
             [
                 _mm256_sub_ps(d0, d2),
@@ -700,8 +711,8 @@ impl Job<'_> {
                         let at = ((th - c.h0) * 2 + bh) * pw + tw0 * 2;
                         let row = &src[at..at + 2 * (LANES - 1) + 4];
                         let load = |i: usize| _mm256_loadu_ps(row.as_ptr().add(i));
-                        let (c0, c1) = split(load(0), load(LANES));
-                        let (c2, c3) = split(load(2), load(LANES + 2));
+                        let (c0, c1) = even_odd(load(0), load(LANES));
+                        let (c2, c3) = even_odd(load(2), load(LANES + 2));
                         [c0, c1, c2, c3]
                     });
                     let by_height: [[__m256; 4]; 4] =
@@ -872,17 +883,11 @@ impl Job<'_> {
                     let rows: [[__m256; 2]; 2] = std::array::from_fn(|bh| {
                         let at = ((th - c.h0) * 2 + bh) * dw + tw0 * 2;
                         let row = &src[at..at + 2 * LANES];
-                        let (a, b) = (
+                        let (even, odd) = even_odd(
                             _mm256_loadu_ps(row.as_ptr()),
                             _mm256_loadu_ps(row.as_ptr().add(LANES)),
                         );
-                        let order = |v: __m256| {
-                            _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)))
-                        };
-                        [
-                            order(_mm256_shuffle_ps::<0x88>(a, b)),
-                            order(_mm256_shuffle_ps::<0xDD>(a, b)),
-                        ]
+                        [even, odd]
                     });
                     let [col0, col1] = [0, 1].map(|cw| line(rows[0][cw], rows[1][cw]));
                     let j = (th - c.h0) * t.tiles[2] + tw0;
