@@ -63,11 +63,11 @@ const MIN_USEFUL: f64 = 0.6;
 const MIN_ROW_TILES: usize = 32;
 /// [`MIN_ROW_TILES`] for 3×3 layers on CPUs with AVX-512, where the other paths' products run 512
 /// bits wide (the direct kernel's 8 × 32 tile, the gemm crate's microkernels) and these transforms
-/// 256: since [`Job::input_transform_2d`] and [`Job::output_transform_2d`], on a Zen 5, 3×3 layers on
+/// 256: with [`Job::input_transform_2d`] and [`Job::output_transform_2d`], on a Zen 5, 3×3 layers on
 /// 28² and 56² (196 and 784 tiles) take 0.60–0.71× the direct kernel's time forward, 0.62–0.78× for
 /// the data gradient and 0.70–1.04× for the weight gradient (R(2+1)D-18, ECO-Lite, C2D-NL-R50); on
-/// 14² (49 tiles) the data and weight gradients took 1.05–1.2× (docs/PERFORMANCE.md, stop 45).
-/// (Before those transforms, 3×3 layers took 1.2–1.7× on an AVX-512 Xeon, and this path was off for
+/// 14² (49 tiles) the data and weight gradients took 1.05–1.2× (docs/PERFORMANCE.md, stop 45; the
+/// weight gradient's [`Job::grad_transform_2d`] came after). (Before those transforms, 3×3 layers took 1.2–1.7× on an AVX-512 Xeon, and this path was off for
 /// them on AVX-512.)
 const MIN_ROW_TILES_3X3_AVX512: usize = 64;
 /// Floats of V (and of M) per tile chunk counting every point, 4 MiB: the GEMMs' N (tiles per chunk)
