@@ -104,7 +104,8 @@ const BLOCK: usize = 8 * F32_LANES;
 /// blocks of [`BLOCK`] elements (8 per lane) and the blocks' sums in f64: the arithmetic of f32 vectors
 /// (a fifth of the instructions of f64 conversions and sums), with an error bound that does not grow
 /// with the row — every value is within γ₇·Σ|term| of the exact sum of the f32 terms, where PyTorch's
-/// f32 vector sums over a whole row are within γ_(row/8).
+/// f32 vector sums over a whole row are within γ_(row/8). The last block may be shorter (whole groups
+/// of [`F32_LANES`]); fewer than F32_LANES elements at the end go to [`lane_sums2`].
 #[inline(always)]
 fn block_sums2(
     dy: &[f32],
@@ -112,32 +113,60 @@ fn block_sums2(
     r: &[f32],
     term: impl Fn(f32, f32, f32) -> (f32, f32),
 ) -> (f64, f64) {
-    let (mut a64, mut b64) = ([0f64; F32_LANES], [0f64; F32_LANES]);
+    let mut sums = ([0f64; F32_LANES], [0f64; F32_LANES]);
     let full = dy.len() / BLOCK * BLOCK;
     for start in (0..full).step_by(BLOCK) {
-        let (d, v, r) = (
-            &dy[start..start + BLOCK],
-            &x[start..start + BLOCK],
-            &r[start..start + BLOCK],
-        );
-        let (mut a, mut b) = ([0f32; F32_LANES], [0f32; F32_LANES]);
-        for j in (0..BLOCK).step_by(F32_LANES) {
-            for i in 0..F32_LANES {
-                let (p, q) = term(d[j + i], v[j + i], r[j + i]);
-                a[i] += p;
-                b[i] += q;
-            }
-        }
-        for i in 0..F32_LANES {
-            a64[i] += a[i] as f64;
-            b64[i] += b[i] as f64;
-        }
+        add_groups::<8>(&dy[start..], &x[start..], &r[start..], &term, &mut sums);
     }
-    let (ta, tb) = lane_sums2(&dy[full..], &x[full..], &r[full..], |d, v, r| {
+    // the short block, its number of groups a constant in each arm: a loop over a run-time count
+    // kept the lanes on the stack, and rows shorter than a block (196: 4×7×7) had spent four fifths
+    // of their backward in lane_sums2's f64
+    let (d, v, rr) = (&dy[full..], &x[full..], &r[full..]);
+    let groups = d.len() / F32_LANES;
+    match groups {
+        0 => {}
+        1 => add_groups::<1>(d, v, rr, &term, &mut sums),
+        2 => add_groups::<2>(d, v, rr, &term, &mut sums),
+        3 => add_groups::<3>(d, v, rr, &term, &mut sums),
+        4 => add_groups::<4>(d, v, rr, &term, &mut sums),
+        5 => add_groups::<5>(d, v, rr, &term, &mut sums),
+        6 => add_groups::<6>(d, v, rr, &term, &mut sums),
+        _ => add_groups::<7>(d, v, rr, &term, &mut sums),
+    }
+    let rest = full + groups * F32_LANES;
+    let (ta, tb) = lane_sums2(&dy[rest..], &x[rest..], &r[rest..], |d, v, r| {
         let (p, q) = term(d, v, r);
         (p as f64, q as f64)
     });
-    (a64.iter().sum::<f64>() + ta, b64.iter().sum::<f64>() + tb)
+    (
+        sums.0.iter().sum::<f64>() + ta,
+        sums.1.iter().sum::<f64>() + tb,
+    )
+}
+
+/// The first G·[`F32_LANES`] terms of the rows, G per lane summed in f32, added into the f64 lanes.
+#[inline(always)]
+fn add_groups<const G: usize>(
+    dy: &[f32],
+    x: &[f32],
+    r: &[f32],
+    term: &impl Fn(f32, f32, f32) -> (f32, f32),
+    (a64, b64): &mut ([f64; F32_LANES], [f64; F32_LANES]),
+) {
+    let n = G * F32_LANES;
+    let (d, v, r) = (&dy[..n], &x[..n], &r[..n]);
+    let (mut a, mut b) = ([0f32; F32_LANES], [0f32; F32_LANES]);
+    for j in (0..n).step_by(F32_LANES) {
+        for i in 0..F32_LANES {
+            let (p, q) = term(d[j + i], v[j + i], r[j + i]);
+            a[i] += p;
+            b[i] += q;
+        }
+    }
+    for i in 0..F32_LANES {
+        a64[i] += a[i] as f64;
+        b64[i] += b[i] as f64;
+    }
 }
 
 /// Σ term(v) over a row, in [`LANES`] partial sums.
@@ -468,15 +497,18 @@ fn backward_by_channel<const MASK: u8>(
 ) -> (Vec<f32>, Vec<(f64, f64)>) {
     let len = x.len();
     let mut dx: Vec<f32> = Vec::with_capacity(len);
-    let mut rows: Vec<Vec<&mut [MaybeUninit<f32>]>> = (0..g.axis).map(|_| Vec::new()).collect();
+    // dx's rows ordered by channel (row o of channel c at c·outer + o), in one allocation: a vector
+    // per channel cost a malloc and a free each, a fifth of the time at 1,024 channels of 784
+    let mut rows: Vec<Option<&mut [MaybeUninit<f32>]>> =
+        (0..g.outer * g.axis).map(|_| None).collect();
     for (r, row) in dx.spare_capacity_mut()[..len]
         .chunks_mut(g.inner)
         .enumerate()
     {
-        rows[r % g.axis].push(row);
+        rows[(r % g.axis) * g.outer + r / g.axis] = Some(row);
     }
     let sums: Vec<(f64, f64)> = rows
-        .into_par_iter()
+        .par_chunks_mut(g.outer)
         .enumerate()
         .map(|(c, channel_rows)| {
             let a = aff(affine, c);
@@ -508,7 +540,7 @@ fn backward_by_channel<const MASK: u8>(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn write_dx_rows<const MASK: u8>(
-    rows: Vec<&mut [MaybeUninit<f32>]>,
+    rows: &mut [Option<&mut [MaybeUninit<f32>]>],
     dy: OuterRows,
     x: &[f32],
     ry: OuterRows,
@@ -518,7 +550,10 @@ fn write_dx_rows<const MASK: u8>(
     k: DxCoef,
     batch_stats: bool,
 ) {
-    for (o, out) in rows.into_iter().enumerate() {
+    for (o, out) in rows.iter_mut().enumerate() {
+        // taken by value: behind `&mut &mut`, the slice was reloaded after every store and the
+        // loop below did not vectorise
+        let out = out.take().expect("every row of dx is some channel's");
         let (r, n) = (row_range(g, o, c), out.len());
         let mask = if MASK != NO_MASK {
             ry.row(g, o, c)
@@ -547,15 +582,24 @@ mod tests {
     /// from its f32 coefficients, plus (δdmean + |x − mean|·δq)·|s| from the sums' errors. Both paths
     /// compute the same f32 operations: their dx agree bit for bit. A sum that drops or repeats one
     /// term fails (a term ~0.5 against γ₇·Σ|dy| ≈ 3·10⁻⁴ at these lengths); rows of 1,030 and 1,500
-    /// have full blocks and a tail, rows of 7 and 33 only a tail.
+    /// have full blocks and a tail (1,500: a short block of 6 groups), rows of 7 only a tail, rows of
+    /// 33, 196 and 255 a short block of 1, 6 and 7 groups and a tail, 64 two groups and no tail.
     #[test]
     fn backward_paths_match_f64_formula() {
         let u = f32::EPSILON as f64 / 2.0;
         let gamma = |k: f64| k * u / (1.0 - k * u);
         let gamma8 = gamma(8.0);
-        for (case, &(outer, axis, inner)) in [(1, 6, 1030), (2, 5, 1500), (3, 4, 7), (2, 9, 33)]
-            .iter()
-            .enumerate()
+        for (case, &(outer, axis, inner)) in [
+            (1, 6, 1030),
+            (2, 5, 1500),
+            (3, 4, 7),
+            (2, 9, 33),
+            (1, 3, 196),
+            (2, 3, 255),
+            (1, 2, 64),
+        ]
+        .iter()
+        .enumerate()
         {
             let g = AxisGeom { outer, axis, inner };
             let len = outer * axis * inner;
