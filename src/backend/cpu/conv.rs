@@ -1763,8 +1763,8 @@ pub(super) mod tests {
 
     /// A random shape [`conv_winograd`] computes (called whatever its channel counts, so small shapes
     /// run): every combination of 3-tap axes, paddings 0–2, odd extents (partial tiles), groups,
-    /// several lane blocks of channels; case 0 has more tiles than a chunk holds, case 8 odd 3×3
-    /// outputs over several groups of eight tiles. `None` for a depthwise draw.
+    /// several lane blocks of channels; case 0 has more tiles than a chunk holds, cases 8 and 9 odd
+    /// 3×3 and 3×3×3 outputs over several groups of eight tiles. `None` for a depthwise draw.
     fn winograd_geom(p: &mut Pick, case: usize) -> Option<ConvGeom> {
         let kernel: [usize; 3] = loop {
             let k = std::array::from_fn(|_| [1, 3][p.below(2)]);
@@ -1800,6 +1800,12 @@ pub(super) mod tests {
             // several whole groups of eight tiles and a partial one (the vector stores and the tail)
             (g.c_in, g.c_out, g.groups) = (2 * cin_g, 2 * cout_g, 2);
             (g.input, g.kernel, g.padding) = ([2, 9, 49], [1, 3, 3], [0, 1, 0]);
+        }
+        if case == 9 {
+            // 3×3×3 (the slabs through the 2-D transforms) with odd output extents — a last depth
+            // tile of one plane — and rows of whole groups of eight tiles and a partial one
+            (g.c_in, g.c_out, g.groups) = (2 * cin_g, 2 * cout_g, 2);
+            (g.input, g.kernel, g.padding) = ([5, 7, 41], [3, 3, 3], [1, 1, 0]);
         }
         for d in 0..3 {
             let span = g.kernel[d] - 1;

@@ -672,25 +672,40 @@ impl Job<'_> {
     }
 
     /// [`Self::input_transform_body`] for 3×3 kernels (Winograd along height and width only) in
-    /// AVX2: per input channel and eight tiles, each of the box's four rows as two pairs of vectors
-    /// split into even and odd positions (the box's four columns, one tile per lane), Bᵀ along height
-    /// then width (the generic pass's order), and the 16 points stored into V.
+    /// AVX2: channel by channel, [`Self::input_rows_2d`] of the channel's rows.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn input_transform_2d(&self, c: &TileChunk, v: &mut [f32]) {
-        use std::arch::x86_64::*;
-        let (g, t, tc) = (self.g, &self.t, self.tc);
+        let g = self.g;
         let cin_g = g.in_per_group();
         let [pd, ph, pw] = self.padded;
         let (n, gi) = (c.ng / g.groups, c.ng % g.groups);
         let plane_len = pd * ph * pw;
-        let row0 = c.h0 * 2;
         let rows_len = ((c.h1 - c.h0 - 1) * 2 + 4) * pw;
-        let ps = self.point_stride(cin_g);
         let rows_at = |ci: usize| {
             let chan = (n * g.c_in + gi * cin_g + ci) * plane_len;
-            &self.xp[chan + (c.td * ph + row0) * pw..][..rows_len]
+            &self.xp[chan + (c.td * ph + c.h0 * 2) * pw..][..rows_len]
         };
+        for ci in 0..cin_g {
+            if ci + 1 < cin_g {
+                prefetch(rows_at(ci + 1));
+            }
+            self.input_rows_2d(c, ci, rows_at(ci), v);
+        }
+    }
+
+    /// One input channel's points of V from its box rows `src` (the chunk's rows of one plane, or of
+    /// a depth slab's combination of two, [`Self::input_transform_body`]), in AVX2: per eight tiles,
+    /// each of the box's four rows as two pairs of vectors split into even and odd positions (the
+    /// box's four columns, one tile per lane), Bᵀ along height then width (the generic pass's order,
+    /// so the same results), and the 16 points stored into V.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn input_rows_2d(&self, c: &TileChunk, ci: usize, src: &[f32], v: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (t, tc) = (&self.t, self.tc);
+        let pw = self.padded[2];
+        let ps = self.point_stride(self.g.in_per_group());
         let line = |[d0, d1, d2, d3]: [__m256; 4]| {
             [
                 _mm256_sub_ps(d0, d2),
@@ -699,32 +714,26 @@ impl Job<'_> {
                 _mm256_sub_ps(d1, d3),
             ]
         };
-        for ci in 0..cin_g {
-            if ci + 1 < cin_g {
-                prefetch(rows_at(ci + 1));
-            }
-            let src = rows_at(ci);
-            for th in c.h0..c.h1 {
-                for tw0 in (0..t.tiles[2]).step_by(LANES) {
-                    // Box row bh of the eight tiles: 18 floats from `at` (tile l's four at 2l).
-                    let rows: [[__m256; 4]; 4] = std::array::from_fn(|bh| {
-                        let at = ((th - c.h0) * 2 + bh) * pw + tw0 * 2;
-                        let row = &src[at..at + 2 * (LANES - 1) + 4];
-                        let load = |i: usize| _mm256_loadu_ps(row.as_ptr().add(i));
-                        let (c0, c1) = even_odd(load(0), load(LANES));
-                        let (c2, c3) = even_odd(load(2), load(LANES + 2));
-                        [c0, c1, c2, c3]
-                    });
-                    let by_height: [[__m256; 4]; 4] =
-                        std::array::from_fn(|cw| line(rows.map(|row| row[cw])));
-                    let j = (th - c.h0) * t.tiles[2] + tw0;
-                    for bh in 0..4 {
-                        let points = line(by_height.map(|col| col[bh]));
-                        for (cw, point) in points.into_iter().enumerate() {
-                            let at = (bh * 4 + cw) * ps + ci * tc + j;
-                            debug_assert!(at + LANES <= v.len());
-                            _mm256_storeu_ps(v.as_mut_ptr().add(at), point);
-                        }
+        for th in c.h0..c.h1 {
+            for tw0 in (0..t.tiles[2]).step_by(LANES) {
+                // Box row bh of the eight tiles: 18 floats from `at` (tile l's four at 2l).
+                let rows: [[__m256; 4]; 4] = std::array::from_fn(|bh| {
+                    let at = ((th - c.h0) * 2 + bh) * pw + tw0 * 2;
+                    let row = &src[at..at + 2 * (LANES - 1) + 4];
+                    let load = |i: usize| _mm256_loadu_ps(row.as_ptr().add(i));
+                    let (c0, c1) = even_odd(load(0), load(LANES));
+                    let (c2, c3) = even_odd(load(2), load(LANES + 2));
+                    [c0, c1, c2, c3]
+                });
+                let by_height: [[__m256; 4]; 4] =
+                    std::array::from_fn(|cw| line(rows.map(|row| row[cw])));
+                let j = (th - c.h0) * t.tiles[2] + tw0;
+                for bh in 0..4 {
+                    let points = line(by_height.map(|col| col[bh]));
+                    for (cw, point) in points.into_iter().enumerate() {
+                        let at = (bh * 4 + cw) * ps + ci * tc + j;
+                        debug_assert!(at + LANES <= v.len());
+                        _mm256_storeu_ps(v.as_mut_ptr().add(at), point);
                     }
                 }
             }
@@ -763,6 +772,8 @@ impl Job<'_> {
             let chan = (n * g.c_in + gi * cin_g + ci) * plane_len;
             &self.xp[chan + ((d0 + d) * ph + row0) * pw..][..rows_len]
         };
+        #[cfg(target_arch = "x86_64")]
+        let rows_2d = WD && WH && WW && is_x86_feature_detected!("avx2");
         for ci in 0..cin_g {
             // The next channel's rows, fetched while this one is transformed: the gathers would
             // otherwise wait on memory one line at a time.
@@ -786,6 +797,14 @@ impl Job<'_> {
             } else {
                 rows_at(ci, 0)
             };
+            // 3×3×3: the slab's rows are a plane's, as a 3×3 kernel's (the same 16 points, in the same
+            // order in V)
+            #[cfg(target_arch = "x86_64")]
+            if rows_2d {
+                // SAFETY: the CPU has AVX2 (rows_2d).
+                unsafe { self.input_rows_2d(c, ci, src, v) };
+                continue;
+            }
             for th in c.h0..c.h1 {
                 for tw0 in (0..t.tiles[2]).step_by(LANES) {
                     for bh in 0..ext[1] {
@@ -839,10 +858,8 @@ impl Job<'_> {
     }
 
     /// [`Self::grad_transform_body`] for 3×3 kernels (Winograd along height and width only) in AVX2:
-    /// per output channel and eight tiles, each of the tiles' two rows of dy split into even and odd
-    /// positions (the two columns, one tile per lane), A along height then width (the generic pass's
-    /// order, −e as a sign flip), and the 16 points stored into E. The generic box code took 40 % of
-    /// ECO-Lite's 64 → 192 weight gradient on 56².
+    /// channel by channel, [`Self::grad_rows_2d`] of the channel's rows of dy. The generic box code
+    /// took 40 % of ECO-Lite's 64 → 192 weight gradient on 56².
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn grad_transform_2d(
@@ -852,16 +869,32 @@ impl Job<'_> {
         [dd, dh, dw]: [usize; 3],
         e: &mut [f32],
     ) {
-        use std::arch::x86_64::*;
-        let (g, t, tc) = (self.g, &self.t, self.tc);
-        let cout_g = g.out_per_group();
+        let cout_g = self.g.out_per_group();
         let plane_len = dd * dh * dw;
         let rows_len = (c.h1 - c.h0) * 2 * dw;
-        let ps = self.point_stride(cout_g);
         let rows_at = |co: usize| {
             let plane = (c.ng * cout_g + co) * plane_len;
             &dyp[plane + (c.td * dh + c.h0 * 2) * dw..][..rows_len]
         };
+        for co in 0..cout_g {
+            if co + 1 < cout_g {
+                prefetch(rows_at(co + 1));
+            }
+            self.grad_rows_2d(c, co, rows_at(co), dw, e);
+        }
+    }
+
+    /// One output channel's points of E from its rows of dy `src` (the chunk's rows of one plane, or
+    /// a depth slab's combination of two, [`Self::grad_transform_body`]; rows `dw` long), in AVX2: per
+    /// eight tiles, each of the tiles' two rows split into even and odd positions (the two columns,
+    /// one tile per lane), A along height then width (the generic pass's order, −e as a sign flip),
+    /// and the 16 points stored into E.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn grad_rows_2d(&self, c: &TileChunk, co: usize, src: &[f32], dw: usize, e: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (t, tc) = (&self.t, self.tc);
+        let ps = self.point_stride(self.g.out_per_group());
         let sign = _mm256_set1_ps(-0.0);
         // A·dy along one axis: (e0, e0 + e1, e0 − e1, −e1), as `grad_line`.
         let line = |e0: __m256, e1: __m256| {
@@ -872,32 +905,26 @@ impl Job<'_> {
                 _mm256_xor_ps(e1, sign),
             ]
         };
-        for co in 0..cout_g {
-            if co + 1 < cout_g {
-                prefetch(rows_at(co + 1));
-            }
-            let src = rows_at(co);
-            for th in c.h0..c.h1 {
-                for tw0 in (0..t.tiles[2]).step_by(LANES) {
-                    // Row bh of the eight tiles' outputs: 16 floats from `at` (tile l's two at 2l).
-                    let rows: [[__m256; 2]; 2] = std::array::from_fn(|bh| {
-                        let at = ((th - c.h0) * 2 + bh) * dw + tw0 * 2;
-                        let row = &src[at..at + 2 * LANES];
-                        let (even, odd) = even_odd(
-                            _mm256_loadu_ps(row.as_ptr()),
-                            _mm256_loadu_ps(row.as_ptr().add(LANES)),
-                        );
-                        [even, odd]
-                    });
-                    let [col0, col1] = [0, 1].map(|cw| line(rows[0][cw], rows[1][cw]));
-                    let j = (th - c.h0) * t.tiles[2] + tw0;
-                    for (bh, (e0, e1)) in col0.into_iter().zip(col1).enumerate() {
-                        let points = line(e0, e1);
-                        for (cw, point) in points.into_iter().enumerate() {
-                            let at = (bh * 4 + cw) * ps + co * tc + j;
-                            debug_assert!(at + LANES <= e.len());
-                            _mm256_storeu_ps(e.as_mut_ptr().add(at), point);
-                        }
+        for th in c.h0..c.h1 {
+            for tw0 in (0..t.tiles[2]).step_by(LANES) {
+                // Row bh of the eight tiles' outputs: 16 floats from `at` (tile l's two at 2l).
+                let rows: [[__m256; 2]; 2] = std::array::from_fn(|bh| {
+                    let at = ((th - c.h0) * 2 + bh) * dw + tw0 * 2;
+                    let row = &src[at..at + 2 * LANES];
+                    let (even, odd) = even_odd(
+                        _mm256_loadu_ps(row.as_ptr()),
+                        _mm256_loadu_ps(row.as_ptr().add(LANES)),
+                    );
+                    [even, odd]
+                });
+                let [col0, col1] = [0, 1].map(|cw| line(rows[0][cw], rows[1][cw]));
+                let j = (th - c.h0) * t.tiles[2] + tw0;
+                for (bh, (e0, e1)) in col0.into_iter().zip(col1).enumerate() {
+                    let points = line(e0, e1);
+                    for (cw, point) in points.into_iter().enumerate() {
+                        let at = (bh * 4 + cw) * ps + co * tc + j;
+                        debug_assert!(at + LANES <= e.len());
+                        _mm256_storeu_ps(e.as_mut_ptr().add(at), point);
                     }
                 }
             }
@@ -926,6 +953,8 @@ impl Job<'_> {
             let plane = (c.ng * cout_g + co) * plane_len;
             &dyp[plane + ((c.td * oe[0] + a) * dh + c.h0 * oe[1]) * dw..][..rows_len]
         };
+        #[cfg(target_arch = "x86_64")]
+        let rows_2d = WD && WH && WW && is_x86_feature_detected!("avx2");
         for co in 0..cout_g {
             // A's row `slab` along depth: (e0, e0 + e1, e0 − e1, −e1) of the tile's two depth rows.
             let src: &[f32] = if WD {
@@ -941,6 +970,13 @@ impl Job<'_> {
             } else {
                 rows_at(co, 0)
             };
+            // 3×3×3: the slab's rows are a plane's, as a 3×3 kernel's
+            #[cfg(target_arch = "x86_64")]
+            if rows_2d {
+                // SAFETY: the CPU has AVX2 (rows_2d).
+                unsafe { self.grad_rows_2d(c, co, src, dw, e) };
+                continue;
+            }
             for th in c.h0..c.h1 {
                 for tw0 in (0..t.tiles[2]).step_by(LANES) {
                     for bh in 0..oe[1] {
@@ -1052,6 +1088,11 @@ impl Job<'_> {
                 self.g.out_per_group() * (c.h1 - c.h0) * groups_per_row * 8,
                 [0.0; LANES],
             );
+            #[cfg(target_arch = "x86_64")]
+            if WH && WW && is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { self.output_slab_3d(c, slab, m, acc, bias, relu, pieces) };
+            }
         }
         with_avx2!(self.output_transform_body::<WD, WH, WW>(c, slab, m, acc, bias, relu, pieces))
     }
@@ -1161,11 +1202,10 @@ impl Job<'_> {
         pieces: &mut [&mut [MaybeUninit<f32>]],
     ) -> bool {
         use std::arch::x86_64::*;
-        let (g, t, tc) = (self.g, &self.t, self.tc);
+        let (g, t) = (self.g, &self.t);
         let cout_g = g.out_per_group();
         let [_, oh, ow] = g.output;
         let gi = c.ng % g.groups;
-        let ps = self.point_stride(cout_g);
         let rows_h = ((c.h1 - c.h0) * 2).min(oh - c.h0 * 2);
         let zero = _mm256_setzero_ps();
         let mut probe = zero;
@@ -1179,54 +1219,128 @@ impl Job<'_> {
             for th in c.h0..c.h1 {
                 for tw0 in (0..t.tiles[2]).step_by(LANES) {
                     let j = (th - c.h0) * t.tiles[2] + tw0;
-                    // Every point's eight lanes lie inside M (its columns have LANES − 1 of slack).
-                    let point = |q: usize| {
-                        let at = q * ps + co * tc + j;
-                        debug_assert!(at + LANES <= m.len());
-                        _mm256_loadu_ps(m.as_ptr().add(at))
-                    };
-                    // Aᵀ along height for each of the four columns of points...
-                    let cols: [[__m256; 2]; 4] = std::array::from_fn(|cw| {
-                        let [m0, m1, m2, m3] = std::array::from_fn(|bh| point(bh * 4 + cw));
-                        [
-                            _mm256_add_ps(_mm256_add_ps(m0, m1), m2),
-                            _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3),
-                        ]
-                    });
+                    let z = self.output_points_2d(m, co, j);
                     let (h0, w0) = (th * 2, tw0 * 2);
-                    for bh in 0..2.min(oh - h0) {
-                        // ...then along width: the tile row's two outputs.
-                        let [r0, r1, r2, r3] = cols.map(|col| col[bh]);
-                        let y0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(r0, r1), r2), bv);
-                        let y1 = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(r1, r2), r3), bv);
+                    for (bh, [z0, z1]) in z.into_iter().enumerate().take(2.min(oh - h0)) {
+                        let (y0, y1) = (_mm256_add_ps(z0, bv), _mm256_add_ps(z1, bv));
                         let row = &mut piece[(h0 + bh) * ow..][..ow];
-                        if w0 + 2 * LANES <= ow {
-                            probe = _mm256_add_ps(probe, _mm256_mul_ps(y0, zero));
-                            probe = _mm256_add_ps(probe, _mm256_mul_ps(y1, zero));
-                            // Finite values only matter (a non-finite output discards the
-                            // result): there max(s, 0) is the ReLU, −0 included.
-                            let (y0, y1) = if relu {
-                                (_mm256_max_ps(y0, zero), _mm256_max_ps(y1, zero))
-                            } else {
-                                (y0, y1)
-                            };
-                            // (y0[l], y1[l]) to positions 2l, 2l + 1.
-                            let (lo, hi) = (_mm256_unpacklo_ps(y0, y1), _mm256_unpackhi_ps(y0, y1));
-                            let dst = row.as_mut_ptr().add(w0).cast::<f32>();
-                            _mm256_storeu_ps(dst, _mm256_permute2f128_ps::<0x20>(lo, hi));
-                            _mm256_storeu_ps(
-                                dst.add(LANES),
-                                _mm256_permute2f128_ps::<0x31>(lo, hi),
-                            );
-                        } else {
-                            let mut outs = [[0.0f32; LANES]; 2];
-                            _mm256_storeu_ps(outs[0].as_mut_ptr(), y0);
-                            _mm256_storeu_ps(outs[1].as_mut_ptr(), y1);
-                            for (i, d) in row[w0..].iter_mut().enumerate() {
-                                let s = outs[i % 2][i / 2];
-                                probe = _mm256_add_ps(probe, _mm256_set1_ps(s * 0.0));
-                                d.write(if relu { relu_f(s) } else { s });
+                        store_output_pair(row, w0, y0, y1, relu, &mut probe);
+                    }
+                }
+            }
+        }
+        let mut lanes: Lanes = [0.0; LANES];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), probe);
+        lanes.iter().all(|v| *v == 0.0)
+    }
+
+    /// Eight tiles' 2×2 outputs (before bias) from their 16 points in M (output channel `co`, tiles
+    /// from column j): Aᵀ along height for each of the four columns of points, then along width —
+    /// the generic passes' order and sums. `[bh][cw]`, one tile per lane.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn output_points_2d(
+        &self,
+        m: &[f32],
+        co: usize,
+        j: usize,
+    ) -> [[std::arch::x86_64::__m256; 2]; 2] {
+        use std::arch::x86_64::*;
+        let (ps, tc) = (self.point_stride(self.g.out_per_group()), self.tc);
+        // Every point's eight lanes lie inside M (its columns have LANES − 1 of slack).
+        let point = |q: usize| {
+            let at = q * ps + co * tc + j;
+            debug_assert!(at + LANES <= m.len());
+            _mm256_loadu_ps(m.as_ptr().add(at))
+        };
+        let cols: [[__m256; 2]; 4] = std::array::from_fn(|cw| {
+            let [m0, m1, m2, m3] = std::array::from_fn(|bh| point(bh * 4 + cw));
+            [
+                _mm256_add_ps(_mm256_add_ps(m0, m1), m2),
+                _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3),
+            ]
+        });
+        std::array::from_fn(|bh| {
+            let [r0, r1, r2, r3] = cols.map(|col| col[bh]);
+            [
+                _mm256_add_ps(_mm256_add_ps(r0, r1), r2),
+                _mm256_sub_ps(_mm256_sub_ps(r1, r2), r3),
+            ]
+        })
+    }
+
+    /// [`Self::output_transform_body`] for 3×3×3 kernels in AVX2: per output channel and eight
+    /// tiles, the slab's 16 points through [`Self::output_points_2d`], Aᵀ along depth accumulated
+    /// across the four slabs in `acc` (the generic code's layout and order), and in the last slab
+    /// + bias, ReLU and the stores of [`store_output_pair`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn output_slab_3d(
+        &self,
+        c: &TileChunk,
+        slab: usize,
+        m: &[f32],
+        acc: &mut [Lanes],
+        bias: Option<&[f32]>,
+        relu: bool,
+        pieces: &mut [&mut [MaybeUninit<f32>]],
+    ) -> bool {
+        use std::arch::x86_64::*;
+        let (g, t) = (self.g, &self.t);
+        let cout_g = g.out_per_group();
+        let [od, oh, ow] = g.output;
+        let gi = c.ng % g.groups;
+        let groups_per_row = t.tiles[2].div_ceil(LANES);
+        let last = slab + 1 == self.slabs();
+        let rows_d = 2.min(od - c.td * 2);
+        let rows_h = ((c.h1 - c.h0) * 2).min(oh - c.h0 * 2);
+        let zero = _mm256_setzero_ps();
+        let mut probe = zero;
+        let load = |l: &Lanes| _mm256_loadu_ps(l.as_ptr());
+        let store = |l: &mut Lanes, v: __m256| _mm256_storeu_ps(l.as_mut_ptr(), v);
+        for co in 0..cout_g {
+            if last && co + 1 < cout_g {
+                for a in 0..rows_d {
+                    let at = (a * oh + c.h0 * 2) * ow;
+                    prefetch(&pieces[co + 1][at..at + rows_h * ow]);
+                }
+            }
+            let bv = _mm256_set1_ps(bias.map_or(0.0, |b| b[gi * cout_g + co]));
+            for th in c.h0..c.h1 {
+                for tw0 in (0..t.tiles[2]).step_by(LANES) {
+                    let j = (th - c.h0) * t.tiles[2] + tw0;
+                    let z = self.output_points_2d(m, co, j);
+                    let group =
+                        ((co * (c.h1 - c.h0) + th - c.h0) * groups_per_row + tw0 / LANES) * 8;
+                    // outs[a·4 + bh·2 + cw]: output (a, bh, cw), a the depth (Aᵀ's rows).
+                    let outs = &mut acc[group..group + 8];
+                    for (k, z) in z.into_iter().flatten().enumerate() {
+                        let (y0, y1) = (k, k + 4);
+                        let (a0, a1) = (load(&outs[y0]), load(&outs[y1]));
+                        match slab {
+                            0 => store(&mut outs[y0], z),
+                            1 => {
+                                store(&mut outs[y0], _mm256_add_ps(a0, z));
+                                store(&mut outs[y1], z);
                             }
+                            2 => {
+                                store(&mut outs[y0], _mm256_add_ps(a0, z));
+                                store(&mut outs[y1], _mm256_sub_ps(a1, z));
+                            }
+                            _ => store(&mut outs[y1], _mm256_sub_ps(a1, z)),
+                        }
+                    }
+                    if !last {
+                        continue;
+                    }
+                    let (h0, w0) = (th * 2, tw0 * 2);
+                    for a in 0..rows_d {
+                        for bh in 0..2.min(oh - h0) {
+                            let y0 = _mm256_add_ps(load(&outs[a * 4 + bh * 2]), bv);
+                            let y1 = _mm256_add_ps(load(&outs[a * 4 + bh * 2 + 1]), bv);
+                            let row = &mut pieces[co][(a * oh + h0 + bh) * ow..][..ow];
+                            store_output_pair(row, w0, y0, y1, relu, &mut probe);
                         }
                     }
                 }
@@ -1285,6 +1399,49 @@ impl Job<'_> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Eight tiles' two outputs along a row of y (y0, y1: output columns 2l and 2l + 1 of tile l from
+/// column w0), with bias already added: ReLU'd when `relu`, each value·0 added into `probe` (NaN
+/// there when one is not finite), interleaved into 16 consecutive floats — or one by one where
+/// the row ends within them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_output_pair(
+    row: &mut [MaybeUninit<f32>],
+    w0: usize,
+    y0: std::arch::x86_64::__m256,
+    y1: std::arch::x86_64::__m256,
+    relu: bool,
+    probe: &mut std::arch::x86_64::__m256,
+) {
+    use std::arch::x86_64::*;
+    let zero = _mm256_setzero_ps();
+    if w0 + 2 * LANES <= row.len() {
+        *probe = _mm256_add_ps(*probe, _mm256_mul_ps(y0, zero));
+        *probe = _mm256_add_ps(*probe, _mm256_mul_ps(y1, zero));
+        // Finite values only matter (a non-finite output discards the result): there max(s, 0) is
+        // the ReLU, −0 included.
+        let (y0, y1) = if relu {
+            (_mm256_max_ps(y0, zero), _mm256_max_ps(y1, zero))
+        } else {
+            (y0, y1)
+        };
+        // (y0[l], y1[l]) to positions 2l, 2l + 1.
+        let (lo, hi) = (_mm256_unpacklo_ps(y0, y1), _mm256_unpackhi_ps(y0, y1));
+        let dst = row.as_mut_ptr().add(w0).cast::<f32>();
+        _mm256_storeu_ps(dst, _mm256_permute2f128_ps::<0x20>(lo, hi));
+        _mm256_storeu_ps(dst.add(LANES), _mm256_permute2f128_ps::<0x31>(lo, hi));
+    } else {
+        let mut outs = [[0.0f32; LANES]; 2];
+        _mm256_storeu_ps(outs[0].as_mut_ptr(), y0);
+        _mm256_storeu_ps(outs[1].as_mut_ptr(), y1);
+        for (i, d) in row[w0..].iter_mut().enumerate() {
+            let s = outs[i % 2][i / 2];
+            *probe = _mm256_add_ps(*probe, _mm256_set1_ps(s * 0.0));
+            d.write(if relu { relu_f(s) } else { s });
         }
     }
 }
