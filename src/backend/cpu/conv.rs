@@ -802,22 +802,16 @@ pub(super) fn sum_in_order<T: Sync>(
     run: impl Fn(&[T], &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let parts = parts.clamp(1, tasks.len().max(1));
-    let mut partials = tasks
+    let partials: Vec<Vec<f32>> = tasks
         .par_chunks(tasks.len().div_ceil(parts).max(1))
         .map(|group| {
             let mut acc = vec![0.0f32; len];
             run(group, &mut acc);
             acc
         })
-        .collect::<Vec<Vec<f32>>>()
-        .into_iter();
-    // The sum in the first part itself: a new zeroed vector and the first part copied into it
-    // were a fifth of ECO-Lite's 256 → 256 3×3×3 weight gradient on 8×14² (16.8 MB parts, `perf`).
-    let Some(mut sum) = partials.next() else {
-        return vec![0.0; len];
-    };
-    let rest: Vec<Vec<f32>> = partials.collect();
-    add_parts(&mut sum, rest.iter().map(|p| &p[..]));
+        .collect();
+    let mut sum = vec![0.0; len];
+    sum_parts(&mut sum, partials.iter().map(|p| &p[..]));
     sum
 }
 
@@ -826,29 +820,13 @@ pub(super) fn sum_parts<'a>(
     out: &mut [f32],
     parts: impl Iterator<Item = &'a [f32]> + Clone + Sync,
 ) {
-    parts_into(out, parts, true);
-}
-
-/// out += Σ parts, element by element in the parts' order, in parallel over pieces of `out`.
-fn add_parts<'a>(out: &mut [f32], parts: impl Iterator<Item = &'a [f32]> + Clone + Sync) {
-    parts_into(out, parts, false);
-}
-
-/// [`sum_parts`] (`overwrite`: the first part copied over out) or [`add_parts`].
-fn parts_into<'a>(
-    out: &mut [f32],
-    parts: impl Iterator<Item = &'a [f32]> + Clone + Sync,
-    overwrite: bool,
-) {
     out.par_chunks_mut(16 * 1024)
         .enumerate()
         .for_each(|(i, o)| {
             let (at, len) = (i * 16 * 1024, o.len());
             let mut parts = parts.clone();
-            if overwrite {
-                if let Some(first) = parts.next() {
-                    o.copy_from_slice(&first[at..at + len]);
-                }
+            if let Some(first) = parts.next() {
+                o.copy_from_slice(&first[at..at + len]);
             }
             for part in parts {
                 with_avx2!(for (x, &a) in o.iter_mut().zip(&part[at..at + len]) {
