@@ -699,6 +699,12 @@ impl Job<'_> {
     /// each of the box's four rows as two pairs of vectors split into even and odd positions (the
     /// box's four columns, one tile per lane), Bᵀ along height then width (the generic pass's order,
     /// so the same results), and the 16 points stored into V.
+    ///
+    /// The AVX2 transforms build their arrays of vectors by indexing, not with `array::map` or
+    /// `array::from_fn`: those are core's generic functions, compiled without AVX2, and when the
+    /// inliner left one out of line (after an unrelated change elsewhere in the crate, 244b213) the
+    /// vectors went through memory on every call — this function 2.0 → 7.3 % of ECO-Lite's whole-model
+    /// profile and the model's inference 12 % slower (docs/PERFORMANCE.md, stop 46).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn input_rows_2d(&self, c: &TileChunk, ci: usize, src: &[f32], v: &mut [f32]) {
@@ -717,20 +723,24 @@ impl Job<'_> {
         for th in c.h0..c.h1 {
             for tw0 in (0..t.tiles[2]).step_by(LANES) {
                 // Box row bh of the eight tiles: 18 floats from `at` (tile l's four at 2l).
-                let rows: [[__m256; 4]; 4] = std::array::from_fn(|bh| {
+                let box_row = |bh: usize| {
                     let at = ((th - c.h0) * 2 + bh) * pw + tw0 * 2;
                     let row = &src[at..at + 2 * (LANES - 1) + 4];
                     let load = |i: usize| _mm256_loadu_ps(row.as_ptr().add(i));
                     let (c0, c1) = even_odd(load(0), load(LANES));
                     let (c2, c3) = even_odd(load(2), load(LANES + 2));
                     [c0, c1, c2, c3]
-                });
-                let by_height: [[__m256; 4]; 4] =
-                    std::array::from_fn(|cw| line(rows.map(|row| row[cw])));
+                };
+                let rows = [box_row(0), box_row(1), box_row(2), box_row(3)];
+                let column = |cw: usize| line([rows[0][cw], rows[1][cw], rows[2][cw], rows[3][cw]]);
+                let by_height = [column(0), column(1), column(2), column(3)];
+                let box_points = |bh: usize| {
+                    let col = |cw: usize| by_height[cw][bh];
+                    line([col(0), col(1), col(2), col(3)])
+                };
                 let j = (th - c.h0) * t.tiles[2] + tw0;
                 for bh in 0..4 {
-                    let points = line(by_height.map(|col| col[bh]));
-                    for (cw, point) in points.into_iter().enumerate() {
+                    for (cw, &point) in box_points(bh).iter().enumerate() {
                         let at = (bh * 4 + cw) * ps + ci * tc + j;
                         debug_assert!(at + LANES <= v.len());
                         _mm256_storeu_ps(v.as_mut_ptr().add(at), point);
@@ -908,20 +918,20 @@ impl Job<'_> {
         for th in c.h0..c.h1 {
             for tw0 in (0..t.tiles[2]).step_by(LANES) {
                 // Row bh of the eight tiles' outputs: 16 floats from `at` (tile l's two at 2l).
-                let rows: [[__m256; 2]; 2] = std::array::from_fn(|bh| {
+                let tile_row = |bh: usize| {
                     let at = ((th - c.h0) * 2 + bh) * dw + tw0 * 2;
                     let row = &src[at..at + 2 * LANES];
-                    let (even, odd) = even_odd(
+                    even_odd(
                         _mm256_loadu_ps(row.as_ptr()),
                         _mm256_loadu_ps(row.as_ptr().add(LANES)),
-                    );
-                    [even, odd]
-                });
-                let [col0, col1] = [0, 1].map(|cw| line(rows[0][cw], rows[1][cw]));
+                    )
+                };
+                let ((even0, odd0), (even1, odd1)) = (tile_row(0), tile_row(1));
+                let (col0, col1) = (line(even0, even1), line(odd0, odd1));
                 let j = (th - c.h0) * t.tiles[2] + tw0;
-                for (bh, (e0, e1)) in col0.into_iter().zip(col1).enumerate() {
-                    let points = line(e0, e1);
-                    for (cw, point) in points.into_iter().enumerate() {
+                for bh in 0..4 {
+                    let points = line(col0[bh], col1[bh]);
+                    for (cw, &point) in points.iter().enumerate() {
                         let at = (bh * 4 + cw) * ps + co * tc + j;
                         debug_assert!(at + LANES <= e.len());
                         _mm256_storeu_ps(e.as_mut_ptr().add(at), point);
@@ -1221,7 +1231,7 @@ impl Job<'_> {
                     let j = (th - c.h0) * t.tiles[2] + tw0;
                     let z = self.output_points_2d(m, co, j);
                     let (h0, w0) = (th * 2, tw0 * 2);
-                    for (bh, [z0, z1]) in z.into_iter().enumerate().take(2.min(oh - h0)) {
+                    for (bh, &[z0, z1]) in z.iter().enumerate().take(2.min(oh - h0)) {
                         let (y0, y1) = (_mm256_add_ps(z0, bv), _mm256_add_ps(z1, bv));
                         let row = &mut piece[(h0 + bh) * ow..][..ow];
                         store_output_pair(row, w0, y0, y1, relu, &mut probe);
@@ -1253,20 +1263,16 @@ impl Job<'_> {
             debug_assert!(at + LANES <= m.len());
             _mm256_loadu_ps(m.as_ptr().add(at))
         };
-        let cols: [[__m256; 2]; 4] = std::array::from_fn(|cw| {
-            let [m0, m1, m2, m3] = std::array::from_fn(|bh| point(bh * 4 + cw));
+        let line = |[d0, d1, d2, d3]: [__m256; 4]| {
             [
-                _mm256_add_ps(_mm256_add_ps(m0, m1), m2),
-                _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3),
+                _mm256_add_ps(_mm256_add_ps(d0, d1), d2),
+                _mm256_sub_ps(_mm256_sub_ps(d1, d2), d3),
             ]
-        });
-        std::array::from_fn(|bh| {
-            let [r0, r1, r2, r3] = cols.map(|col| col[bh]);
-            [
-                _mm256_add_ps(_mm256_add_ps(r0, r1), r2),
-                _mm256_sub_ps(_mm256_sub_ps(r1, r2), r3),
-            ]
-        })
+        };
+        let column = |cw: usize| line([point(cw), point(4 + cw), point(8 + cw), point(12 + cw)]);
+        let cols = [column(0), column(1), column(2), column(3)];
+        let row = |bh: usize| line([cols[0][bh], cols[1][bh], cols[2][bh], cols[3][bh]]);
+        [row(0), row(1)]
     }
 
     /// [`Self::output_transform_body`] for 3×3×3 kernels in AVX2: per output channel and eight
@@ -1315,8 +1321,8 @@ impl Job<'_> {
                         ((co * (c.h1 - c.h0) + th - c.h0) * groups_per_row + tw0 / LANES) * 8;
                     // outs[a·4 + bh·2 + cw]: output (a, bh, cw), a the depth (Aᵀ's rows).
                     let outs = &mut acc[group..group + 8];
-                    for (k, z) in z.into_iter().flatten().enumerate() {
-                        let (y0, y1) = (k, k + 4);
+                    for k in 0..4 {
+                        let (z, y0, y1) = (z[k / 2][k % 2], k, k + 4);
                         let (a0, a1) = (load(&outs[y0]), load(&outs[y1]));
                         match slab {
                             0 => store(&mut outs[y0], z),
