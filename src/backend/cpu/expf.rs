@@ -189,10 +189,10 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn lanes(x: __m256) -> __m256 {
-        // SAFETY: TABLE holds 32 u64, four vectors of eight.
-        let table: [__m512i; 4] = std::array::from_fn(|i| unsafe {
-            _mm512_loadu_si512(TABLE.as_ptr().add(8 * i).cast())
-        });
+        // SAFETY: TABLE holds 32 u64, four vectors of eight. (Indexed loads, not `array::from_fn`:
+        // core's generics are compiled without AVX-512, see conv_winograd.rs's `input_rows_2d`.)
+        let load = |i: usize| unsafe { _mm512_loadu_si512(TABLE.as_ptr().add(8 * i).cast()) };
+        let table: [__m512i; 4] = [load(0), load(1), load(2), load(3)];
         let xd = _mm512_cvtps_pd(x);
         let z = _mm512_mul_pd(_mm512_set1_pd(INV_LN2_32), xd);
         let shifted = _mm512_add_pd(z, _mm512_set1_pd(SHIFT));
