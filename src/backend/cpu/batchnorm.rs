@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use std::ops::Range;
 
-use super::elementwise::{par_fill, par_new, relu, relu_grad};
+use super::elementwise::{par_fill, par_new, relu, relu_grad, stream_into, streams, LINE};
 use crate::backend::AxisGeom;
 
 /// Visit every value of channel c.
@@ -297,17 +297,33 @@ pub(super) fn backward(
         eps,
         batch_stats,
     };
-    let fused = g.inner >= FUSED_MIN_ROW && g.axis >= 2 * rayon::current_num_threads();
+    let path = if g.inner < FUSED_MIN_ROW || g.axis < 2 * rayon::current_num_threads() {
+        DxPath::Rows
+    } else if streams(x.len()) {
+        DxPath::ChannelsStreamed
+    } else {
+        DxPath::Channels
+    };
     match mask {
-        ReluMask::None => {
-            backward_masked::<NO_MASK>(dy, x, OuterRows::EMPTY, &[], &stats, g, fused)
-        }
-        ReluMask::Output(ry) => backward_masked::<MASK_Y>(dy, x, ry, &[], &stats, g, fused),
+        ReluMask::None => backward_masked::<NO_MASK>(dy, x, OuterRows::EMPTY, &[], &stats, g, path),
+        ReluMask::Output(ry) => backward_masked::<MASK_Y>(dy, x, ry, &[], &stats, g, path),
         ReluMask::FromInput(norm) => {
             let rows = OuterRows::whole(x, g);
-            backward_masked::<MASK_X>(dy, x, rows, &norm.affine, &stats, g, fused)
+            backward_masked::<MASK_X>(dy, x, rows, &norm.affine, &stats, g, path)
         }
     }
+}
+
+/// How the backward makes dx; the same arithmetic on every path.
+#[derive(Clone, Copy, Debug)]
+enum DxPath {
+    /// Two row-parallel passes: the channels' sums, then dx.
+    Rows,
+    /// Channel by channel ([`backward_by_channel`]).
+    Channels,
+    /// Channel by channel, dx by non-temporal stores (a dx of half the last-level cache or more:
+    /// [`streams`]).
+    ChannelsStreamed,
 }
 
 /// What the backward reads besides dy and x.
@@ -339,8 +355,7 @@ const FUSED_MIN_ROW: usize = 512;
 
 /// [`backward`], with ReLU's backward mask applied as dy is read (no masked copy of dy): by `ry`'s
 /// values (MASK_Y), or by `ry`'s — x's — values through the per-channel `affine` (MASK_X); with
-/// NO_MASK `ry` is empty and the loops are the plain batch norm's. `fused`: channel by channel
-/// ([`backward_by_channel`]) rather than in two row-parallel passes; the same arithmetic.
+/// NO_MASK `ry` is empty and the loops are the plain batch norm's; dx made as `path` says.
 fn backward_masked<const MASK: u8>(
     dy: OuterRows,
     x: &[f32],
@@ -348,7 +363,7 @@ fn backward_masked<const MASK: u8>(
     affine: &[(f32, f32)],
     st: &Stats,
     g: AxisGeom,
-    fused: bool,
+    path: DxPath,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let invstd: Vec<f64> = st
         .var
@@ -387,8 +402,9 @@ fn backward_masked<const MASK: u8>(
             }
         }
     };
-    let (dx, sums) = if fused {
-        backward_by_channel::<MASK>(dy, x, ry, affine, g, st, &invstd, coef)
+    let (dx, sums) = if let DxPath::Channels | DxPath::ChannelsStreamed = path {
+        let stream = matches!(path, DxPath::ChannelsStreamed);
+        backward_by_channel::<MASK>(dy, x, ry, affine, g, st, &invstd, coef, stream)
     } else {
         let sums: Vec<(f64, f64)> = (0..g.axis).into_par_iter().map(sums_of).collect();
         let coefs: Vec<DxCoef> = (0..g.axis).map(|c| coef(c, sums[c])).collect();
@@ -482,8 +498,8 @@ fn channel_sums<const MASK: u8>(
 }
 
 /// dx channel by channel, channels in parallel: each task reads its channel once for the sums, then
-/// writes the channel's rows of dx at once (x and dy still in cache). Returns dx and every channel's
-/// sums.
+/// writes the channel's rows of dx at once (x and dy still in cache); with `stream`, by non-temporal
+/// stores ([`stream_into`]). Returns dx and every channel's sums.
 #[allow(clippy::too_many_arguments)]
 fn backward_by_channel<const MASK: u8>(
     dy: OuterRows,
@@ -494,6 +510,7 @@ fn backward_by_channel<const MASK: u8>(
     st: &Stats,
     invstd: &[f64],
     coef: impl Fn(usize, (f64, f64)) -> DxCoef + Sync,
+    stream: bool,
 ) -> (Vec<f32>, Vec<(f64, f64)>) {
     let len = x.len();
     let mut dx: Vec<f32> = Vec::with_capacity(len);
@@ -525,7 +542,8 @@ fn backward_by_channel<const MASK: u8>(
                 g,
                 c,
                 k,
-                st.batch_stats
+                st.batch_stats,
+                stream
             ));
             sums
         })
@@ -549,6 +567,7 @@ fn write_dx_rows<const MASK: u8>(
     c: usize,
     k: DxCoef,
     batch_stats: bool,
+    stream: bool,
 ) {
     for (o, out) in rows.iter_mut().enumerate() {
         // taken by value: behind `&mut &mut`, the slice was reloaded after every store and the
@@ -561,8 +580,20 @@ fn write_dx_rows<const MASK: u8>(
             &x[r.clone()]
         };
         let (dy, x, mask) = (&dy.row(g, o, c)[..n], &x[r][..n], &mask[..n]);
-        for i in 0..n {
-            out[i].write(dx_value::<MASK>(dy[i], x[i], mask[i], a, k, batch_stats));
+        if stream {
+            let value = |i: usize| dx_value::<MASK>(dy[i], x[i], mask[i], a, k, batch_stats);
+            stream_into(out, value, |i| {
+                let (dy, x, mask) = (&dy[i..][..LINE], &x[i..][..LINE], &mask[i..][..LINE]);
+                let mut v = [0.0; LINE];
+                for j in 0..LINE {
+                    v[j] = dx_value::<MASK>(dy[j], x[j], mask[j], a, k, batch_stats);
+                }
+                v
+            });
+        } else {
+            for i in 0..n {
+                out[i].write(dx_value::<MASK>(dy[i], x[i], mask[i], a, k, batch_stats));
+            }
         }
     }
 }
@@ -573,13 +604,14 @@ mod tests {
 
     use super::super::test_data as data;
 
-    /// dx, dweight and dbias of both paths (channel by channel and row-parallel) against the formula
-    /// in f64, with and without batch statistics and the ReLU mask. The sums ([`block_sums2`]): Σdy
+    /// dx, dweight and dbias of every path (channel by channel, also with streamed stores, and
+    /// row-parallel) against the formula in f64, with and without batch statistics and the ReLU
+    /// mask. The sums ([`block_sums2`]): Σdy
     /// within γ₇·Σ|dy| (8-term f32 sums, then f64), Σdy·(x − mean) within γ₉·Σ|dy·(x − mean)| (each
     /// term two f32 roundings more); dbias and dweight one f32 rounding more. dx is f32 arithmetic of 8
     /// roundings on its longest path (s, dmean, q, x − mean, its product with q, two subtractions, the
     /// product with s), so each dx is within γ₈·(|dy| + |dmean| + |x − mean|·|q|)·|s| of the value
-    /// from its f32 coefficients, plus (δdmean + |x − mean|·δq)·|s| from the sums' errors. Both paths
+    /// from its f32 coefficients, plus (δdmean + |x − mean|·δq)·|s| from the sums' errors. All paths
     /// compute the same f32 operations: their dx agree bit for bit. A sum that drops or repeats one
     /// term fails (a term ~0.5 against γ₇·Σ|dy| ≈ 3·10⁻⁴ at these lengths); rows of 1,030 and 1,500
     /// have full blocks and a tail (1,500: a short block of 6 groups), rows of 7 only a tail, rows of
@@ -621,19 +653,22 @@ mod tests {
                         eps: 1e-5,
                         batch_stats,
                     };
-                    let run = |dy: OuterRows, ry: OuterRows, fused| {
+                    let run = |dy: OuterRows, ry: OuterRows, path| {
                         if relu {
-                            backward_masked::<MASK_Y>(dy, &x, ry, &[], &st, g, fused)
+                            backward_masked::<MASK_Y>(dy, &x, ry, &[], &st, g, path)
                         } else {
                             let none = OuterRows::EMPTY;
-                            backward_masked::<NO_MASK>(dy, &x, none, &[], &st, g, fused)
+                            backward_masked::<NO_MASK>(dy, &x, none, &[], &st, g, path)
                         }
                     };
                     let (whole, whole_ry) = (OuterRows::whole(&dy, g), OuterRows::whole(&ry, g));
-                    let (fused, rows) = (run(whole, whole_ry, true), run(whole, whole_ry, false));
-                    assert_eq!(fused.0, rows.0, "case {case}: dx of the two paths");
-                    assert_eq!(fused.1, rows.1, "case {case}: dweight of the two paths");
-                    assert_eq!(fused.2, rows.2, "case {case}: dbias of the two paths");
+                    let fused = run(whole, whole_ry, DxPath::Channels);
+                    for path in [DxPath::Rows, DxPath::ChannelsStreamed] {
+                        let other = run(whole, whole_ry, path);
+                        assert_eq!(fused.0, other.0, "case {case}: dx, {path:?}");
+                        assert_eq!(fused.1, other.1, "case {case}: dweight, {path:?}");
+                        assert_eq!(fused.2, other.2, "case {case}: dbias, {path:?}");
+                    }
                     // dy and the ReLU's output as pieces of concatenations: their rows between 3
                     // values before and 5 after (garbage that must not be read), the same results
                     // bit for bit
@@ -654,7 +689,7 @@ mod tests {
                         offset: 3,
                         stride: row + 8,
                     };
-                    for path in [true, false] {
+                    for path in [DxPath::Channels, DxPath::Rows, DxPath::ChannelsStreamed] {
                         let strided = run(piece(&wide_dy), piece(&wide_ry), path);
                         assert_eq!(
                             strided, fused,
@@ -663,13 +698,13 @@ mod tests {
                     }
                     if relu {
                         // the mask recomputed from x is the mask of the forward's y, bit for bit
-                        // (a shift that puts about half of the values below 0), on both paths
+                        // (a shift that puts about half of the values below 0), on every path
                         let b: Vec<f32> = data(axis, 400).iter().map(|v| 0.3 * v).collect();
                         let norm = Normalize::new(Some(&w), Some(&b), &mean, &var, 1e-5, true);
                         let y = norm.apply(&x, g);
                         assert!(y.contains(&0.0) && y.iter().any(|&v| v > 0.0));
                         let (rows_y, rows_x) = (OuterRows::whole(&y, g), OuterRows::whole(&x, g));
-                        for path in [true, false] {
+                        for path in [DxPath::Channels, DxPath::Rows, DxPath::ChannelsStreamed] {
                             let stored =
                                 backward_masked::<MASK_Y>(whole, &x, rows_y, &[], &st, g, path);
                             let recomputed = backward_masked::<MASK_X>(
