@@ -60,9 +60,22 @@ pub(super) const LINE: usize = 16;
 /// beside the three). Measured on a Zen 5 with 32 MB of L3 (2 threads; the suite's C2D-NL-R50 rows, 6.4
 /// M floats, three alternated pairs): add 1216–1444 → 1097–1119 µs, ReLU backward 1214–1358 →
 /// 1059–1146; a ReLU forward (one input) 5 % slower with them, so one-input ops keep ordinary stores
-/// (docs/PERFORMANCE.md, stop 47).
+/// (docs/PERFORMANCE.md, stop 47). Only on x86-64 CPUs with AVX2 (elsewhere [`stream_into`] has no
+/// faster stores to offer than the callers' ordinary, vectorised paths).
 pub(super) fn streams(len: usize) -> bool {
-    len.saturating_mul(std::mem::size_of::<f32>()) >= stream_min_bytes()
+    len.saturating_mul(std::mem::size_of::<f32>()) >= stream_min_bytes() && has_stream_stores()
+}
+
+/// Whether [`stream_into`] writes with non-temporal stores on this CPU.
+fn has_stream_stores() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 fn stream_min_bytes() -> usize {
@@ -124,7 +137,7 @@ pub(super) fn stream_into(
     line: impl Fn(usize) -> [f32; LINE],
 ) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if has_stream_stores() {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
         return unsafe { stream_fill(out, value, line) };
     }
@@ -546,13 +559,7 @@ mod tests {
     #[test]
     fn stream_into_writes_every_element() {
         let src = data(2000, 7);
-        let avx2 = cfg!(target_arch = "x86_64") && {
-            #[cfg(target_arch = "x86_64")]
-            let has = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-            #[cfg(not(target_arch = "x86_64"))]
-            let has = false;
-            has
-        };
+        let avx2 = has_stream_stores();
         let mut buf = vec![MaybeUninit::<f32>::uninit(); 1100];
         for shift in 0..LINE {
             for len in [0, 1, 15, 16, 17, 31, 47, 100, 1000, 1040] {
