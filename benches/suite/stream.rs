@@ -61,26 +61,6 @@ impl Stream {
     }
 }
 
-/// The last-level cache's size from sysfs (0 when unknown).
-fn llc_bytes() -> usize {
-    (0..8)
-        .filter_map(|i| {
-            let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
-            let size = std::fs::read_to_string(format!("{dir}/size")).ok()?;
-            let s = size.trim();
-            let (num, mul) = match s.strip_suffix('K') {
-                Some(n) => (n, 1 << 10),
-                None => match s.strip_suffix('M') {
-                    Some(n) => (n, 1 << 20),
-                    None => (s, 1),
-                },
-            };
-            num.parse::<usize>().ok().map(|n| n * mul)
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 fn rate(mut secs: Vec<f64>, bytes: f64) -> Rate {
     secs.sort_by(|a, b| a.total_cmp(b));
     Rate {
@@ -102,7 +82,8 @@ fn time(mut f: impl FnMut()) -> Vec<f64> {
 }
 
 pub fn measure() -> Stream {
-    let array_bytes = (4 * llc_bytes()).max(MIN_ARRAY_BYTES);
+    let array_bytes =
+        (4 * vidgrad::backend::cpu::last_level_cache_bytes().unwrap_or(0)).max(MIN_ARRAY_BYTES);
     let n = array_bytes / 4;
     // first touch in parallel, as the loops will touch the pages
     let init = |v: f32| -> Vec<f32> {

@@ -81,37 +81,7 @@ fn has_stream_stores() -> bool {
 fn stream_min_bytes() -> usize {
     static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     // unknown cache: never (ordinary stores are never far behind, and ahead while the data fits)
-    *MIN.get_or_init(|| last_level_cache_bytes().map_or(usize::MAX, |b| b / 2))
-}
-
-/// The size of the CPU's highest-level cache, from Linux's sysfs (None elsewhere).
-fn last_level_cache_bytes() -> Option<usize> {
-    let caches = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
-    caches
-        .filter_map(|entry| {
-            let dir = entry.ok()?.path();
-            let level: u32 = std::fs::read_to_string(dir.join("level"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            let size = parse_cache_size(&std::fs::read_to_string(dir.join("size")).ok()?)?;
-            Some((level, size))
-        })
-        .max()
-        .map(|(_, size)| size)
-}
-
-/// A sysfs cache size ("32768K", "1M", "512") in bytes.
-fn parse_cache_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let (digits, unit) = match s.as_bytes().last()? {
-        b'K' => (&s[..s.len() - 1], 1 << 10),
-        b'M' => (&s[..s.len() - 1], 1 << 20),
-        b'G' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    digits.parse::<usize>().ok()?.checked_mul(unit)
+    *MIN.get_or_init(|| super::last_level_cache_bytes().map_or(usize::MAX, |b| b / 2))
 }
 
 /// A new vector of `len` values made in pieces of `piece` elements as [`par_build`], each piece by
@@ -539,17 +509,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn cache_sizes_parse_as_sysfs_writes_them() {
-        assert_eq!(parse_cache_size("32768K\n"), Some(32 << 20));
-        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
-        assert_eq!(parse_cache_size("2G"), Some(2 << 30));
-        assert_eq!(parse_cache_size("512"), Some(512));
-        assert_eq!(parse_cache_size(""), None);
-        assert_eq!(parse_cache_size("K"), None);
-        assert_eq!(parse_cache_size("12x"), None);
     }
 
     /// Every element written with its value, whatever the output's alignment (heads of 0 to 15

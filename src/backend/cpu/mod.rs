@@ -171,6 +171,37 @@ impl Drop for CpuRead<'_> {
     }
 }
 
+/// The size of the CPU's highest-level cache, from Linux's sysfs (None elsewhere): what the
+/// elementwise kernels' streaming stores are sized by, and the bench's STREAM-like arrays.
+pub fn last_level_cache_bytes() -> Option<usize> {
+    let caches = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    caches
+        .filter_map(|entry| {
+            let dir = entry.ok()?.path();
+            let level: u32 = std::fs::read_to_string(dir.join("level"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            let size = parse_cache_size(&std::fs::read_to_string(dir.join("size")).ok()?)?;
+            Some((level, size))
+        })
+        .max()
+        .map(|(_, size)| size)
+}
+
+/// A sysfs cache size ("32768K", "1M", "512") in bytes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (digits, unit) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 1 << 10),
+        b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(unit)
+}
+
 /// Makes the process's main thread, on its first use of the CPU backend, thread 0 of rayon's global
 /// pool, as OpenMP's master thread is (PyTorch's CPU kernels run that way): a parallel kernel called
 /// from it then starts on it at once and the other threads steal their parts. Outside the pool, the
@@ -954,6 +985,22 @@ pub fn host_available_memory() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::parse_cache_size;
+
+    #[test]
+    fn cache_sizes_parse_as_sysfs_writes_them() {
+        assert_eq!(parse_cache_size("32768K\n"), Some(32 << 20));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("2G"), Some(2 << 30));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size(""), None);
+        assert_eq!(parse_cache_size("K"), None);
+        assert_eq!(parse_cache_size("12x"), None);
+    }
 }
 
 #[cfg(test)]
